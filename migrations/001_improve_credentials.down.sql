@@ -1,0 +1,30 @@
+-- credgate migration 001_improve_credentials (down)
+--
+-- The seed's rollback plan: removes exactly what the up file added. The
+-- app's social_accounts table, its legacy columns and its rows stay.
+--
+-- Warning: this drops credentials_encrypted. Accounts connected through
+-- credgate hold their tokens only there and will have to reconnect.
+-- `caddy credgate migrate down` counts them and asks for --force first.
+
+DROP TABLE IF EXISTS token_refresh_queue;
+DROP TABLE IF EXISTS oauth_states;
+DROP TABLE IF EXISTS credential_audit_log;
+DROP TABLE IF EXISTS encryption_keys;
+DROP FUNCTION IF EXISTS credgate_audit_log_append_only();
+
+DROP POLICY IF EXISTS credgate_owner_read ON social_accounts;
+DROP INDEX IF EXISTS social_accounts_credentials_key_id_idx;
+DROP INDEX IF EXISTS social_accounts_expires_at_idx;
+
+ALTER TABLE social_accounts
+    DROP CONSTRAINT IF EXISTS social_accounts_credgate_status_check,
+    DROP CONSTRAINT IF EXISTS social_accounts_credgate_connected_via_check,
+    DROP COLUMN IF EXISTS credentials_encrypted,
+    DROP COLUMN IF EXISTS credentials_key_id,
+    DROP COLUMN IF EXISTS credentials_version,
+    DROP COLUMN IF EXISTS expires_at,
+    DROP COLUMN IF EXISTS status,
+    DROP COLUMN IF EXISTS scopes,
+    DROP COLUMN IF EXISTS last_refreshed_at,
+    DROP COLUMN IF EXISTS connected_via;

@@ -1,0 +1,376 @@
+package migrations_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/migrations"
+)
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func mustUp(t *testing.T, url string) migrations.Report {
+	t.Helper()
+	rep, err := migrations.Up(context.Background(), url)
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	return rep
+}
+
+func mustDown(t *testing.T, url string) migrations.Report {
+	t.Helper()
+	rep, err := migrations.Down(context.Background(), url, migrations.DownOptions{})
+	if err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	return rep
+}
+
+// assertComplete checks that every object the migration promises exists.
+func assertComplete(t *testing.T, s migrations.Schema) {
+	t.Helper()
+	if s.Version != 1 || s.Dirty {
+		t.Errorf("version = %d dirty=%v, want 1 clean", s.Version, s.Dirty)
+	}
+	if !s.SocialAccounts {
+		t.Error("social_accounts missing")
+	}
+	for _, group := range [][]migrations.Presence{s.Tables, s.Columns, s.RLS} {
+		for _, p := range group {
+			if !p.Present {
+				t.Errorf("%s missing after up", p.Name)
+			}
+		}
+	}
+}
+
+func TestUpCreatesEverythingAndTwiceIsNoop(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+
+	first := mustUp(t, url)
+	assertComplete(t, first.After)
+	if got := first.Created(); !slices.Equal(got, migrations.Tables) {
+		t.Errorf("created = %v, want %v", got, migrations.Tables)
+	}
+	if got := first.AddedColumns(); !slices.Equal(got, migrations.AccountColumns) {
+		t.Errorf("added columns = %v, want %v", got, migrations.AccountColumns)
+	}
+	if got := first.RLSEnabled(); !slices.Equal(got, migrations.Tables) {
+		t.Errorf("rls enabled = %v, want %v", got, migrations.Tables)
+	}
+
+	second := mustUp(t, url)
+	if second.Changed() || len(second.Created()) != 0 || len(second.AddedColumns()) != 0 {
+		t.Errorf("second up changed something: %+v", second)
+	}
+	assertComplete(t, second.After)
+}
+
+func TestUpDownUp(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+	mustUp(t, url)
+
+	down := mustDown(t, url)
+	if down.After.Version != 0 {
+		t.Errorf("version after down = %d, want 0", down.After.Version)
+	}
+	if got := down.Dropped(); !slices.Equal(got, migrations.Tables) {
+		t.Errorf("dropped = %v, want %v", got, migrations.Tables)
+	}
+	if got := down.RemovedColumns(); !slices.Equal(got, migrations.AccountColumns) {
+		t.Errorf("removed columns = %v, want %v", got, migrations.AccountColumns)
+	}
+	if !down.After.SocialAccounts {
+		t.Error("down dropped the app's social_accounts table")
+	}
+
+	again := mustUp(t, url)
+	assertComplete(t, again.After)
+	if got := again.Created(); !slices.Equal(got, migrations.Tables) {
+		t.Errorf("re-up created = %v, want %v", got, migrations.Tables)
+	}
+}
+
+// The app's table, as it exists before credgate: its rows must come through
+// up and down byte for byte.
+const legacyTable = `CREATE TABLE social_accounts (
+	id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	user_id uuid NOT NULL,
+	platform text NOT NULL,
+	platform_user_id text,
+	username text,
+	access_token text,
+	refresh_token text,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (user_id, platform))`
+
+const legacyRow = `SELECT id::text, user_id::text, platform, platform_user_id, username,
+	access_token, refresh_token, created_at::text, updated_at::text FROM social_accounts ORDER BY id`
+
+func legacyRows(t *testing.T, url string) [][]any {
+	t.Helper()
+	rows, err := connect(t, url).Query(context.Background(), legacyRow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]any
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, vals)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	return out
+}
+
+func TestLegacyRowsSurviveUpAndDown(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, legacyTable)
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, platform_user_id, username, access_token, refresh_token)
+		VALUES ('11111111-1111-1111-1111-111111111111', 'twitter', '42', 'alice', 'plain-access-token', 'plain-refresh-token'),
+		       ('22222222-2222-2222-2222-222222222222', 'facebook', '43', 'bob', 'fb-access', NULL)`)
+	before := legacyRows(t, url)
+	if len(before) != 2 {
+		t.Fatalf("setup: %d rows", len(before))
+	}
+
+	up := mustUp(t, url)
+	if slices.Contains(up.Created(), "social_accounts") {
+		t.Error("up claims to have created the app's table")
+	}
+	if got := legacyRows(t, url); !equalRows(got, before) {
+		t.Errorf("legacy rows changed by up:\n got %v\nwant %v", got, before)
+	}
+	// Existing rows describe themselves truthfully under the new columns.
+	var via, status string
+	var version int64
+	err := connect(t, url).QueryRow(context.Background(),
+		`SELECT connected_via, status, credentials_version FROM social_accounts WHERE platform = 'twitter'`).Scan(&via, &status, &version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if via != "legacy" || status != "connected" || version != 0 {
+		t.Errorf("legacy row reads connected_via=%q status=%q version=%d", via, status, version)
+	}
+
+	mustDown(t, url)
+	if got := legacyRows(t, url); !equalRows(got, before) {
+		t.Errorf("legacy rows changed by down:\n got %v\nwant %v", got, before)
+	}
+}
+
+func equalRows(a, b [][]any) bool {
+	return slices.EqualFunc(a, b, func(x, y []any) bool {
+		return slices.EqualFunc(x, y, func(p, q any) bool { return p == q })
+	})
+}
+
+func TestRowLevelSecurityHidesNewTablesFromOtherRoles(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+
+	for _, table := range migrations.Tables {
+		var rls bool
+		if err := conn.QueryRow(ctx, `SELECT relrowsecurity FROM pg_class WHERE oid = $1::regclass`, table).Scan(&rls); err != nil {
+			t.Fatal(err)
+		}
+		if !rls {
+			t.Errorf("row level security is off on %s", table)
+		}
+	}
+
+	// A role that was granted SELECT still sees no state rows: RLS with no
+	// policy shows non-owners nothing.
+	if _, err := conn.Exec(ctx, `INSERT INTO oauth_states (state_hash, user_id, platform, redirect_uri)
+		VALUES (sha256('s'), gen_random_uuid(), 'twitter', 'https://example.test/cb')`); err != nil {
+		t.Fatal(err)
+	}
+	role := pgx.Identifier{"cgtest_reader_" + randomSuffix(t)}.Sanitize()
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+role+` NOLOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), pgtest.ServerURL())
+		if err == nil {
+			defer c.Close(context.Background())
+			c.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+		}
+	})
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	for _, stmt := range []string{`GRANT SELECT ON oauth_states TO ` + role, `SET LOCAL ROLE ` + role} {
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var visible int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM oauth_states`).Scan(&visible); err != nil {
+		t.Fatal(err)
+	}
+	if visible != 0 {
+		t.Errorf("a non-owner role sees %d oauth_states rows, want 0", visible)
+	}
+	if _, err := tx.Exec(ctx, `RESET ROLE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `REVOKE ALL ON oauth_states FROM `+role); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentUpAppliesOnce(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+
+	const runners = 4
+	reports := make([]migrations.Report, runners)
+	errs := make([]error, runners)
+	var wg sync.WaitGroup
+	for i := range runners {
+		wg.Go(func() { reports[i], errs[i] = migrations.Up(context.Background(), url) })
+	}
+	wg.Wait()
+
+	applied := 0
+	for i := range runners {
+		if errs[i] != nil {
+			t.Fatalf("runner %d: %v", i, errs[i])
+		}
+		if len(reports[i].Created()) > 0 {
+			applied++
+		}
+	}
+	if applied != 1 {
+		t.Errorf("%d runners report creating tables, want exactly 1", applied)
+	}
+	var rows, version int
+	var dirty bool
+	err := connect(t, url).QueryRow(context.Background(),
+		`SELECT count(*) OVER (), version, dirty FROM `+migrations.VersionTable).Scan(&rows, &version, &dirty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 || version != 1 || dirty {
+		t.Errorf("version table: %d rows, version %d, dirty %v; want one row, 1, clean", rows, version, dirty)
+	}
+}
+
+// The up file is pasted into the Supabase SQL editor by hand, maybe twice:
+// each file must be idempotent on its own, outside the runner.
+func TestFilesAreIdempotentWhenRunByHand(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	for _, name := range []string{"001_improve_credentials.up.sql", "001_improve_credentials.up.sql",
+		"001_improve_credentials.down.sql", "001_improve_credentials.down.sql", "001_improve_credentials.up.sql"} {
+		sql, err := fs.ReadFile(migrations.Files(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, string(sql)); err != nil {
+			t.Fatalf("running %s by hand: %v", name, err)
+		}
+	}
+	s, err := migrations.Inspect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(s.Tables, s.Columns...) {
+		if !p.Present {
+			t.Errorf("%s missing after running the files by hand", p.Name)
+		}
+	}
+}
+
+// A run killed part-way leaves golang-migrate's version dirty. Because the
+// files are idempotent, Up repairs that instead of demanding a manual force.
+func TestUpRepairsDirtyVersion(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	pgtest.Exec(t, url, `DROP TABLE token_refresh_queue`)
+	pgtest.Exec(t, url, `UPDATE `+migrations.VersionTable+` SET dirty = true`)
+
+	rep := mustUp(t, url)
+	if !rep.Before.Dirty {
+		t.Fatal("setup: version not dirty")
+	}
+	assertComplete(t, rep.After)
+	if got := rep.Created(); !slices.Equal(got, []string{"token_refresh_queue"}) {
+		t.Errorf("repair created %v, want [token_refresh_queue]", got)
+	}
+}
+
+func TestDownRefusesToDestroyEncryptedOnlyCredentials(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, credentials_encrypted, credentials_key_id, connected_via)
+		VALUES (gen_random_uuid(), 'linkedin', '\x01'::bytea, 1, 'credgate')`)
+
+	_, err := migrations.Down(context.Background(), url, migrations.DownOptions{})
+	var refused migrations.ErrWouldDestroyCredentials
+	if !errors.As(err, &refused) || refused.Accounts != 1 {
+		t.Fatalf("down without force: err = %v, want ErrWouldDestroyCredentials{1}", err)
+	}
+	s, err := migrations.Inspect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertComplete(t, s)
+
+	rep, err := migrations.Down(context.Background(), url, migrations.DownOptions{Force: true})
+	if err != nil {
+		t.Fatalf("down with force: %v", err)
+	}
+	if rep.After.Version != 0 || len(rep.Dropped()) != len(migrations.Tables) {
+		t.Errorf("forced down left version %d, dropped %v", rep.After.Version, rep.Dropped())
+	}
+}
+
+func TestAuditLogIsAppendOnly(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status) VALUES ('connect', 'success')`)
+	conn := connect(t, url)
+	for _, stmt := range []string{
+		`UPDATE credential_audit_log SET status = 'failed'`,
+		`DELETE FROM credential_audit_log`,
+	} {
+		if _, err := conn.Exec(context.Background(), stmt); err == nil {
+			t.Errorf("%s succeeded on the append-only audit log", stmt)
+		}
+	}
+	var n int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM credential_audit_log WHERE status = 'success'`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("audit rows after refused edits: %d (%v), want 1", n, err)
+	}
+}
