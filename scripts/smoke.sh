@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# smoke.sh: the built binary, end to end: modules are registered, keygen
+# prints a key, migrate up/status/down work on a fresh database and errors
+# are one line with exit status 1. Run by `make test` after the Go tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CADDY_BIN=${CADDY_BIN:-bin/caddy}
+server=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
+db="cgsmoke_$$_$RANDOM"
+url=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1$db#" <<<"$server")
+passed=0 failed=0
+
+check() { # check NAME COMMAND...: run, count, show output on failure
+  local name=$1; shift
+  if out=$("$@" 2>&1); then
+    passed=$((passed + 1)); echo "ok   $name"
+  else
+    failed=$((failed + 1)); echo "FAIL $name"; sed 's/^/     /' <<<"$out"
+  fi
+}
+
+psql "$server" -qc "CREATE DATABASE $db"
+trap 'psql "$server" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+
+check "list-modules shows the credgate app" \
+  bash -c "'$CADDY_BIN' list-modules | grep -qx credgate"
+check "keygen prints base64 of 32 bytes" \
+  bash -c "test \$('$CADDY_BIN' credgate keygen | base64 -d | wc -c) -eq 32"
+check "migrate up creates the tables" \
+  bash -c "'$CADDY_BIN' credgate migrate up --database-url '$url' | grep -q '✓ Created table: oauth_states'"
+check "migrate status reports a complete schema" \
+  bash -c "DATABASE_URL='$url' '$CADDY_BIN' credgate migrate status | grep -q 'Schema complete.'"
+check "migrate down keeps social_accounts" \
+  bash -c "'$CADDY_BIN' credgate migrate down --database-url '$url' | grep -q 'Kept social_accounts' &&
+           psql '$url' -Atc \"SELECT to_regclass('social_accounts') IS NOT NULL, to_regclass('oauth_states') IS NULL\" | grep -qx 't|t'"
+check "an unreachable server is one error line and exit 1" \
+  bash -c "'$CADDY_BIN' credgate migrate up --database-url 'postgres://u:hunter2@127.0.0.1:1/x' >/dev/null 2>err.$$; rc=\$?;
+           lines=\$(wc -l <err.$$); leaked=\$(grep -c hunter2 err.$$ || true); rm -f err.$$;
+           test \$rc -eq 1 -a \$lines -eq 1 -a \$leaked -eq 0"
+check "the example Caddyfile validates" \
+  env DATABASE_URL="$url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
+  "$CADDY_BIN" validate --config Caddyfile --adapter caddyfile
+
+echo "smoke: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
