@@ -1,0 +1,318 @@
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credgate/credgate/secret"
+)
+
+// Status is the lifecycle of a connected account (social_accounts.status).
+type Status string
+
+// The statuses the migration allows.
+const (
+	StatusConnected    Status = "connected"
+	StatusExpiring     Status = "expiring"
+	StatusNeedsReauth  Status = "needs_reauth"
+	StatusRevoked      Status = "revoked"
+	StatusDisconnected Status = "disconnected"
+)
+
+// Flow is the rollout arm a credential came through.
+type Flow string
+
+// The two arms.
+const (
+	FlowLegacy   Flow = "legacy"
+	FlowCredgate Flow = "credgate"
+)
+
+// Credentials is the token set that is encrypted into
+// social_accounts.credentials_encrypted.
+type Credentials struct {
+	AccessToken  secret.Value
+	RefreshToken secret.Value
+	TokenType    string
+	Expiry       time.Time
+}
+
+// sealedCredentials is the plaintext inside the blob. It exists so that
+// revealing the secrets happens here and nowhere else.
+type sealedCredentials struct {
+	AccessToken  string     `json:"access_token"`
+	RefreshToken string     `json:"refresh_token,omitempty"`
+	TokenType    string     `json:"token_type,omitempty"`
+	Expiry       *time.Time `json:"expiry,omitempty"`
+}
+
+// Account is a social_accounts row without any secret: safe to list, log
+// and return from an API.
+type Account struct {
+	ID              string     `json:"id"`
+	UserID          string     `json:"user_id"`
+	Platform        string     `json:"platform"`
+	PlatformUserID  string     `json:"platform_user_id,omitempty"`
+	Username        string     `json:"username,omitempty"`
+	Status          Status     `json:"status"`
+	ExpiresAt       *time.Time `json:"expires_at"`
+	Scopes          []string   `json:"scopes,omitempty"`
+	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
+	ConnectedVia    Flow       `json:"connected_via"`
+	// Version is credentials_version, the compare-and-swap guard.
+	Version int64 `json:"-"`
+	// KeyID is the key the blob is sealed with; nil without a blob.
+	KeyID *uint32 `json:"-"`
+	// Encrypted reports whether the account has a credential blob.
+	Encrypted bool      `json:"-"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Connection is what a finished OAuth flow stores.
+type Connection struct {
+	UserID         string
+	Platform       string
+	PlatformUserID string
+	Username       string
+	Credentials    Credentials
+	Scopes         []string
+	ConnectedVia   Flow
+}
+
+// Accounts stores credentials in social_accounts, encrypted with keys.
+type Accounts struct {
+	keys *Keyring
+}
+
+// NewAccounts returns the account store.
+func NewAccounts(keys *Keyring) *Accounts { return &Accounts{keys: keys} }
+
+const accountColumns = `id::text, user_id::text, platform, coalesce(platform_user_id, ''), coalesce(username, ''),
+	status, expires_at, coalesce(scopes, '{}'), last_refreshed_at, connected_via, credentials_version,
+	credentials_key_id, credentials_encrypted IS NOT NULL, created_at, updated_at`
+
+func scanAccount(row pgx.Row) (Account, error) {
+	var a Account
+	var keyID *int64
+	err := row.Scan(&a.ID, &a.UserID, &a.Platform, &a.PlatformUserID, &a.Username, &a.Status, &a.ExpiresAt,
+		&a.Scopes, &a.LastRefreshedAt, &a.ConnectedVia, &a.Version, &keyID, &a.Encrypted, &a.CreatedAt, &a.UpdatedAt)
+	if keyID != nil {
+		id := uint32(*keyID)
+		a.KeyID = &id
+	}
+	return a, err
+}
+
+func accountBinding(id, userID, platform string) Binding {
+	return Binding{Table: "social_accounts", Column: "credentials_encrypted", RowID: id, UserID: userID, Platform: platform}
+}
+
+func (s *Accounts) seal(c Credentials, id, userID, platform string) ([]byte, error) {
+	p := sealedCredentials{AccessToken: c.AccessToken.Reveal(), RefreshToken: c.RefreshToken.Reveal(), TokenType: c.TokenType}
+	if !c.Expiry.IsZero() {
+		p.Expiry = &c.Expiry
+	}
+	plain, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	return s.keys.Seal(PurposeCredentials, plain, accountBinding(id, userID, platform))
+}
+
+func (s *Accounts) open(blob []byte, id, userID, platform string) (Credentials, uint32, error) {
+	plain, keyID, err := s.keys.Open(PurposeCredentials, blob, accountBinding(id, userID, platform))
+	if err != nil {
+		return Credentials{}, keyID, err
+	}
+	var p sealedCredentials
+	if err := json.Unmarshal(plain, &p); err != nil {
+		return Credentials{}, keyID, ErrMalformedBlob
+	}
+	c := Credentials{AccessToken: secret.New(p.AccessToken), RefreshToken: secret.New(p.RefreshToken), TokenType: p.TokenType}
+	if p.Expiry != nil {
+		c.Expiry = *p.Expiry
+	}
+	return c, keyID, nil
+}
+
+// Upsert stores a freshly connected credential for (user, platform),
+// encrypted and bound to its row, and bumps credentials_version. Legacy
+// plaintext tokens on the row are cleared: they belong to the superseded
+// connection, and a stale token left in the clear is only a liability.
+func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, error) {
+	if c.ConnectedVia == "" {
+		c.ConnectedVia = FlowCredgate
+	}
+	var acct Account
+	err := InTx(ctx, db, func(tx pgx.Tx) error {
+		// Lock or create the row first: the blob is bound to the row id,
+		// which a new row only has once inserted.
+		var id string
+		err := tx.QueryRow(ctx, `INSERT INTO social_accounts (user_id, platform) VALUES ($1, $2)
+			ON CONFLICT (user_id, platform) DO UPDATE SET updated_at = social_accounts.updated_at
+			RETURNING id::text`, c.UserID, c.Platform).Scan(&id)
+		if err != nil {
+			return fmt.Errorf("locking account: %w", err)
+		}
+		blob, err := s.seal(c.Credentials, id, c.UserID, c.Platform)
+		if err != nil {
+			return err
+		}
+		acct, err = scanAccount(tx.QueryRow(ctx, `UPDATE social_accounts SET
+				credentials_encrypted = $2, credentials_key_id = $3, credentials_version = credentials_version + 1,
+				status = 'connected', expires_at = $4, scopes = $5, platform_user_id = $6, username = $7,
+				connected_via = $8, last_refreshed_at = NULL, access_token = NULL, refresh_token = NULL,
+				updated_at = now()
+			WHERE id = $1 RETURNING `+accountColumns,
+			id, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry), c.Scopes,
+			c.PlatformUserID, c.Username, c.ConnectedVia))
+		return err
+	})
+	if err != nil {
+		return Account{}, fmt.Errorf("storing credentials: %w", err)
+	}
+	return acct, nil
+}
+
+// Get returns the account and its decrypted credentials. An account with no
+// blob, or a disconnected one, is ErrNotConnected.
+func (s *Accounts) Get(ctx context.Context, db DB, userID, platform string) (Account, Credentials, error) {
+	return s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, userID, platform)
+}
+
+// GetByID is Get by social_accounts.id, for the refresh worker.
+func (s *Accounts) GetByID(ctx context.Context, db DB, id string) (Account, Credentials, error) {
+	return s.get(ctx, db, `WHERE id = $1`, id)
+}
+
+// GetByIDForUpdate is GetByID that also locks the row until db's
+// transaction ends, so two refreshers never refresh one token at once.
+func (s *Accounts) GetByIDForUpdate(ctx context.Context, tx pgx.Tx, id string) (Account, Credentials, error) {
+	return s.get(ctx, tx, `WHERE id = $1 FOR UPDATE`, id)
+}
+
+func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (Account, Credentials, error) {
+	var blob []byte
+	row := db.QueryRow(ctx, `SELECT `+accountColumns+`, credentials_encrypted FROM social_accounts `+where, args...)
+	var a Account
+	var keyID *int64
+	err := row.Scan(&a.ID, &a.UserID, &a.Platform, &a.PlatformUserID, &a.Username, &a.Status, &a.ExpiresAt,
+		&a.Scopes, &a.LastRefreshedAt, &a.ConnectedVia, &a.Version, &keyID, &a.Encrypted, &a.CreatedAt, &a.UpdatedAt, &blob)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, Credentials{}, ErrNotConnected
+	}
+	if err != nil {
+		return Account{}, Credentials{}, fmt.Errorf("reading account: %w", err)
+	}
+	if keyID != nil {
+		id := uint32(*keyID)
+		a.KeyID = &id
+	}
+	if blob == nil || a.Status == StatusDisconnected {
+		return a, Credentials{}, ErrNotConnected
+	}
+	c, _, err := s.open(blob, a.ID, a.UserID, a.Platform)
+	if err != nil {
+		return a, Credentials{}, fmt.Errorf("decrypting credentials of account %s: %w", a.ID, err)
+	}
+	return a, c, nil
+}
+
+// List returns a user's accounts, including rows the legacy app wrote,
+// without any secret.
+func (s *Accounts) List(ctx context.Context, db DB, userID string) ([]Account, error) {
+	rows, err := db.Query(ctx, `SELECT `+accountColumns+` FROM social_accounts WHERE user_id = $1 ORDER BY platform`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("listing accounts: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Account, error) { return scanAccount(r) })
+	if err != nil {
+		return nil, fmt.Errorf("listing accounts: %w", err)
+	}
+	return out, nil
+}
+
+// MarkStatus sets an account's status (needs_reauth after a dead refresh
+// token, expiring ahead of a Facebook re-auth …).
+func (s *Accounts) MarkStatus(ctx context.Context, db DB, id string, status Status) error {
+	tag, err := db.Exec(ctx, `UPDATE social_accounts SET status = $2, updated_at = now() WHERE id = $1`, id, status)
+	if err != nil {
+		return fmt.Errorf("marking account %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrNotConnected
+	}
+	return nil
+}
+
+// Disconnect wipes the account's credentials, the legacy plaintext columns
+// included (the app must not keep using a token the user withdrew), and
+// sets status disconnected. The row stays, so history and the audit trail
+// keep their subject.
+func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform string) (Account, error) {
+	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
+			credentials_encrypted = NULL, credentials_key_id = NULL, access_token = NULL, refresh_token = NULL,
+			credentials_version = credentials_version + 1, status = 'disconnected', expires_at = NULL, updated_at = now()
+		WHERE user_id = $1 AND platform = $2 AND status <> 'disconnected'
+		RETURNING `+accountColumns, userID, platform))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, ErrNotConnected
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("disconnecting: %w", err)
+	}
+	return acct, nil
+}
+
+// Refreshed is the result of a token refresh, applied with CompareAndSwap.
+type Refreshed struct {
+	Credentials Credentials
+	Scopes      []string
+}
+
+// CompareAndSwap replaces an account's credentials only if
+// credentials_version still equals version, so a refresh never overwrites
+// a newer token (Twitter rotates refresh tokens: the newest must win).
+// It returns ErrVersionConflict when the row moved.
+func (s *Accounts) CompareAndSwap(ctx context.Context, db DB, a Account, version int64, r Refreshed) (Account, error) {
+	blob, err := s.seal(r.Credentials, a.ID, a.UserID, a.Platform)
+	if err != nil {
+		return Account{}, err
+	}
+	scopes := r.Scopes
+	if scopes == nil {
+		scopes = a.Scopes
+	}
+	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
+			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
+			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now()
+		WHERE id = $1 AND credentials_version = $2
+		RETURNING `+accountColumns, a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, ErrVersionConflict
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("swapping credentials: %w", err)
+	}
+	return acct, nil
+}
+
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func secretOf(s *string) secret.Value {
+	if s == nil {
+		return secret.Value{}
+	}
+	return secret.New(*s)
+}

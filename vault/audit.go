@@ -1,0 +1,85 @@
+package vault
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Action is what an audit row records.
+type Action string
+
+// The actions credgate writes.
+const (
+	ActionOAuthStart    Action = "oauth_start"
+	ActionConnect       Action = "connect"
+	ActionRefresh       Action = "refresh"
+	ActionDisconnect    Action = "disconnect"
+	ActionRevoke        Action = "revoke"
+	ActionRewrap        Action = "rewrap"
+	ActionBackfill      Action = "backfill"
+	ActionPurge         Action = "purge_plaintext"
+	ActionStateCleanup  Action = "state_cleanup"
+	ActionDecryptFailed Action = "decrypt_failed"
+)
+
+// Outcome is credential_audit_log.status.
+type Outcome string
+
+// The two outcomes.
+const (
+	Success Outcome = "success"
+	Failed  Outcome = "failed"
+)
+
+// Event is one credential_audit_log row. Details must never hold a secret:
+// values are limited to strings, numbers and booleans by convention, and a
+// secret.Value serialises as "[redacted]" anyway.
+type Event struct {
+	UserID    string
+	Platform  string
+	Action    Action
+	Status    Outcome
+	Flow      string
+	Duration  time.Duration
+	ErrorCode string
+	TraceID   string
+	Details   map[string]any
+}
+
+// Audit appends to credential_audit_log, which the migration makes
+// append-only.
+type Audit struct{}
+
+// Append writes one event. Run it on the same transaction as the change it
+// records, so both commit or neither does.
+func (Audit) Append(ctx context.Context, db DB, e Event) error {
+	if e.Status == "" {
+		e.Status = Success
+	}
+	details := e.Details
+	if details == nil {
+		details = map[string]any{}
+	}
+	var duration *int64
+	if e.Duration > 0 {
+		ms := e.Duration.Milliseconds()
+		duration = &ms
+	}
+	_, err := db.Exec(ctx, `INSERT INTO credential_audit_log
+			(user_id, platform, action, status, flow, duration_ms, error_code, trace_id, details)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		nullString(e.UserID), nullString(e.Platform), e.Action, e.Status, nullString(e.Flow), duration,
+		nullString(e.ErrorCode), nullString(e.TraceID), details)
+	if err != nil {
+		return fmt.Errorf("writing audit event %s: %w", e.Action, err)
+	}
+	return nil
+}
+
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}

@@ -1,0 +1,115 @@
+package vault
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// Blob layout (DESIGN §4):
+//
+//	version (1 byte) ‖ key id (4 bytes, big endian) ‖ nonce (24 bytes) ‖ ciphertext+tag
+//
+// The header is also part of the associated data, so changing the version
+// or the key id fails authentication rather than selecting another key.
+const (
+	blobVersion   byte = 1
+	headerSize         = 1 + 4
+	blobOverhead       = headerSize + chacha20poly1305.NonceSizeX + chacha20poly1305.Overhead
+	adDomain           = "credgate/ad/v1"
+	maxBindingLen      = 1 << 16
+)
+
+// Binding ties a blob to the row and column it is stored in. It is the
+// AEAD's associated data: a blob copied into another row, column, user or
+// platform fails to open.
+type Binding struct {
+	Table    string
+	Column   string
+	RowID    string
+	UserID   string
+	Platform string
+}
+
+// Errors from Open. They never carry key material or plaintext.
+var (
+	ErrUnknownKey       = errors.New("blob is sealed under a key id that is not configured")
+	ErrMalformedBlob    = errors.New("blob is malformed")
+	ErrDecryptionFailed = errors.New("blob failed authentication: wrong key, wrong row, or tampered")
+)
+
+// Seal encrypts plaintext under the primary key's subkey for purpose.
+func (k *Keyring) Seal(purpose Purpose, plaintext []byte, b Binding) ([]byte, error) {
+	e := k.keys[k.primary]
+	aead, ok := e.aead[purpose]
+	if !ok {
+		return nil, fmt.Errorf("vault: no subkey for purpose %q", purpose)
+	}
+	blob := make([]byte, headerSize+chacha20poly1305.NonceSizeX, blobOverhead+len(plaintext))
+	blob[0] = blobVersion
+	binary.BigEndian.PutUint32(blob[1:headerSize], e.id)
+	rand.Read(blob[headerSize:])
+	ad, err := associatedData(blob[:headerSize], b)
+	if err != nil {
+		return nil, err
+	}
+	return aead.Seal(blob, blob[headerSize:], plaintext, ad), nil
+}
+
+// Open decrypts a blob sealed by Seal with any key of the ring, and returns
+// the id of the key it was sealed with.
+func (k *Keyring) Open(purpose Purpose, blob []byte, b Binding) ([]byte, uint32, error) {
+	if len(blob) < blobOverhead || blob[0] != blobVersion {
+		return nil, 0, ErrMalformedBlob
+	}
+	id := binary.BigEndian.Uint32(blob[1:headerSize])
+	e, ok := k.keys[id]
+	if !ok {
+		return nil, id, fmt.Errorf("%w (key id %d; add it to %s)", ErrUnknownKey, id, EnvPreviousKeys)
+	}
+	aead, ok := e.aead[purpose]
+	if !ok {
+		return nil, id, fmt.Errorf("vault: no subkey for purpose %q", purpose)
+	}
+	ad, err := associatedData(blob[:headerSize], b)
+	if err != nil {
+		return nil, id, err
+	}
+	nonce := blob[headerSize : headerSize+chacha20poly1305.NonceSizeX]
+	plain, err := aead.Open(nil, nonce, blob[headerSize+chacha20poly1305.NonceSizeX:], ad)
+	if err != nil {
+		return nil, id, ErrDecryptionFailed
+	}
+	return plain, id, nil
+}
+
+// BlobKeyID reads the key id from a blob's header without decrypting it.
+func BlobKeyID(blob []byte) (uint32, bool) {
+	if len(blob) < blobOverhead || blob[0] != blobVersion {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(blob[1:headerSize]), true
+}
+
+// associatedData is the header followed by each binding field with a
+// length prefix, so ("ab","c") and ("a","bc") differ.
+func associatedData(header []byte, b Binding) ([]byte, error) {
+	fields := []string{adDomain, b.Table, b.Column, b.RowID, b.UserID, b.Platform}
+	n := len(header)
+	for _, f := range fields {
+		if len(f) > maxBindingLen {
+			return nil, errors.New("vault: binding field too long")
+		}
+		n += 4 + len(f)
+	}
+	ad := make([]byte, 0, n)
+	ad = append(ad, header...)
+	for _, f := range fields {
+		ad = binary.BigEndian.AppendUint32(ad, uint32(len(f)))
+		ad = append(ad, f...)
+	}
+	return ad, nil
+}

@@ -1,0 +1,339 @@
+package vault
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DefaultBatchSize is how many rows rewrap, backfill and purge handle per
+// transaction.
+const DefaultBatchSize = 500
+
+// Progress is reported after every batch and returned at the end.
+type Progress struct {
+	// Done counts rows changed.
+	Done int64
+	// Skipped counts rows that needed nothing (backfill: blob already
+	// matches the plaintext).
+	Skipped int64
+	// Failed counts rows that could not be processed (a blob that does not
+	// decrypt, a stale blob at purge). Each has an audit row.
+	Failed int64
+	// Remaining counts rows still to do; only rewrap knows it exactly.
+	Remaining int64
+	Batches   int
+	Elapsed   time.Duration
+}
+
+// BatchOptions tune the batch jobs.
+type BatchOptions struct {
+	// BatchSize defaults to DefaultBatchSize.
+	BatchSize int
+	// Progress, if set, is called after every batch.
+	Progress func(Progress)
+	// Worker names this process in the audit details.
+	Worker string
+}
+
+func (o BatchOptions) size() int {
+	if o.BatchSize <= 0 {
+		return DefaultBatchSize
+	}
+	return o.BatchSize
+}
+
+// Rewrap re-encrypts, under the primary key, every blob sealed with another
+// key: the online half of a key rotation. Rows are taken in batches with
+// FOR UPDATE SKIP LOCKED, so several processes can rewrap at once, each
+// taking different rows; a run that is stopped loses at most its open batch
+// (rolled back) and the next run resumes where the table says. Every batch
+// writes one audit row. A blob that fails to decrypt is left untouched,
+// counted as failed and audited.
+func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
+	start := time.Now()
+	var p Progress
+	var failedIDs []string
+	primary := int64(s.keys.PrimaryID())
+	// Counted once: a count per batch would cost more than the batch.
+	initial, err := s.countNotOnPrimary(ctx, db)
+	if err != nil {
+		return p, fmt.Errorf("rewrapping credentials: %w", err)
+	}
+	for {
+		var changed, failed int
+		err := InTx(ctx, db, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
+				FROM social_accounts
+				WHERE credentials_encrypted IS NOT NULL AND credentials_key_id IS DISTINCT FROM $1
+				  AND NOT (id = ANY($3::uuid[]))
+				ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED`, primary, opt.size(), failedIDs)
+			if err != nil {
+				return err
+			}
+			var ids []string
+			var blobs [][]byte
+			var versions []int64
+			var bad []Event
+			for rows.Next() {
+				var id, user, platform string
+				var blob []byte
+				var version int64
+				if err := rows.Scan(&id, &user, &platform, &blob, &version); err != nil {
+					return err
+				}
+				b := accountBinding(id, user, platform)
+				plain, oldKey, err := s.keys.Open(PurposeCredentials, blob, b)
+				if err != nil {
+					failedIDs = append(failedIDs, id)
+					bad = append(bad, Event{UserID: user, Platform: platform, Action: ActionDecryptFailed, Status: Failed,
+						ErrorCode: "decrypt_failed", Details: map[string]any{"account_id": id, "key_id": oldKey, "during": "rewrap"}})
+					continue
+				}
+				sealed, err := s.keys.Seal(PurposeCredentials, plain, b)
+				if err != nil {
+					return err
+				}
+				ids, blobs, versions = append(ids, id), append(blobs, sealed), append(versions, version)
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			failed = len(bad)
+			for _, e := range bad {
+				if err := (Audit{}).Append(ctx, tx, e); err != nil {
+					return err
+				}
+			}
+			if len(ids) == 0 {
+				return nil
+			}
+			tag, err := tx.Exec(ctx, `UPDATE social_accounts a SET credentials_encrypted = u.blob, credentials_key_id = $4,
+					credentials_version = a.credentials_version + 1
+				FROM unnest($1::uuid[], $2::bytea[], $3::bigint[]) AS u(id, blob, version)
+				WHERE a.id = u.id AND a.credentials_version = u.version`, ids, blobs, versions, primary)
+			if err != nil {
+				return err
+			}
+			changed = int(tag.RowsAffected())
+			return Audit{}.Append(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
+				"rows": changed, "to_key_id": primary, "worker": opt.Worker}})
+		})
+		if err != nil {
+			return p, fmt.Errorf("rewrapping credentials: %w", err)
+		}
+		if changed == 0 && failed == 0 {
+			break
+		}
+		p.Done += int64(changed)
+		p.Failed += int64(failed)
+		p.Batches++
+		p.Elapsed = time.Since(start)
+		if opt.Progress != nil {
+			// Approximate while other rewrappers work too; exact at the end.
+			p.Remaining = max(0, initial-p.Done-p.Failed)
+			opt.Progress(p)
+		}
+	}
+	p.Remaining, err = s.countNotOnPrimary(ctx, db)
+	p.Elapsed = time.Since(start)
+	return p, err
+}
+
+// countNotOnPrimary counts blobs still sealed under another key; after a
+// complete rewrap it is 0 and the old key can be dropped.
+func (s *Accounts) countNotOnPrimary(ctx context.Context, db DB) (int64, error) {
+	var n int64
+	err := db.QueryRow(ctx, `SELECT count(*) FROM social_accounts
+		WHERE credentials_encrypted IS NOT NULL AND credentials_key_id IS DISTINCT FROM $1`, int64(s.keys.PrimaryID())).Scan(&n)
+	return n, err
+}
+
+// KeyUsage counts blobs per key id (for `credgate verify` and rotation).
+func (s *Accounts) KeyUsage(ctx context.Context, db DB) (map[uint32]int64, error) {
+	rows, err := db.Query(ctx, `SELECT coalesce(credentials_key_id, 0), count(*) FROM social_accounts
+		WHERE credentials_encrypted IS NOT NULL GROUP BY 1`)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]int64{}
+	for rows.Next() {
+		var id, n int64
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		out[uint32(id)] = n
+	}
+	return out, rows.Err()
+}
+
+// BackfillPlan is what a dry run finds.
+type BackfillPlan struct {
+	// ToEncrypt counts legacy rows with plaintext tokens and no blob.
+	ToEncrypt int64
+	// ToVerify counts rows with both; backfill re-encrypts those whose
+	// plaintext changed since (the legacy app refreshed the token).
+	ToVerify int64
+}
+
+// PlanBackfill counts without changing anything (--dry-run).
+func (s *Accounts) PlanBackfill(ctx context.Context, db DB) (BackfillPlan, error) {
+	var p BackfillPlan
+	err := db.QueryRow(ctx, `SELECT
+			count(*) FILTER (WHERE credentials_encrypted IS NULL),
+			count(*) FILTER (WHERE credentials_encrypted IS NOT NULL)
+		FROM social_accounts WHERE access_token IS NOT NULL OR refresh_token IS NOT NULL`).Scan(&p.ToEncrypt, &p.ToVerify)
+	if err != nil {
+		return p, fmt.Errorf("planning backfill: %w", err)
+	}
+	return p, nil
+}
+
+// Backfill encrypts legacy plaintext access_token/refresh_token into
+// credentials_encrypted, leaving the plaintext in place for the unchanged
+// app. A row whose blob already decrypts to its current plaintext is
+// skipped; one whose plaintext changed since is sealed again. One audit row
+// per batch.
+func (s *Accounts) Backfill(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
+	return s.walkPlaintext(ctx, db, opt, ActionBackfill, func(r plaintextRow) (rowChange, error) {
+		if r.blob != nil {
+			if c, _, err := s.open(r.blob, r.id, r.user, r.platform); err == nil && r.matches(c) {
+				return skip, nil
+			}
+		}
+		blob, err := s.seal(r.credentials(), r.id, r.user, r.platform)
+		if err != nil {
+			return fail, err
+		}
+		return rowChange{set: `credentials_encrypted = $2, credentials_key_id = $3`, args: []any{blob, int64(s.keys.PrimaryID())}}, nil
+	})
+}
+
+// PurgePlaintext clears access_token/refresh_token, but only on rows whose
+// blob has just been read back, decrypted and found equal to the
+// plaintext. Rows whose blob is missing, stale or unreadable keep their
+// plaintext and count as failed (run Backfill again). Do this only after
+// the app has stopped reading the plaintext columns (guide Phase 5).
+func (s *Accounts) PurgePlaintext(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
+	return s.walkPlaintext(ctx, db, opt, ActionPurge, func(r plaintextRow) (rowChange, error) {
+		if r.blob == nil {
+			return fail, nil
+		}
+		c, _, err := s.open(r.blob, r.id, r.user, r.platform)
+		if err != nil || !r.matches(c) {
+			return fail, nil
+		}
+		return rowChange{set: `access_token = NULL, refresh_token = NULL`}, nil
+	})
+}
+
+type plaintextRow struct {
+	id, user, platform string
+	access, refresh    *string
+	blob               []byte
+	version            int64
+}
+
+func (r plaintextRow) credentials() Credentials {
+	return Credentials{AccessToken: secretOf(r.access), RefreshToken: secretOf(r.refresh)}
+}
+
+func (r plaintextRow) matches(c Credentials) bool {
+	return c.AccessToken.Equal(secretOf(r.access)) && c.RefreshToken.Equal(secretOf(r.refresh))
+}
+
+type rowChange struct {
+	set  string
+	args []any
+	skip bool
+	fail bool
+}
+
+var (
+	skip = rowChange{skip: true}
+	fail = rowChange{fail: true}
+)
+
+// walkPlaintext visits every row holding plaintext tokens in id order, a
+// batch per transaction, applying decide's change to each row with a CAS
+// on credentials_version.
+func (s *Accounts) walkPlaintext(ctx context.Context, db DB, opt BatchOptions, action Action,
+	decide func(plaintextRow) (rowChange, error)) (Progress, error) {
+	start := time.Now()
+	var p Progress
+	last := "00000000-0000-0000-0000-000000000000"
+	for {
+		var seen int
+		var batch Progress
+		err := InTx(ctx, db, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, access_token, refresh_token,
+					credentials_encrypted, credentials_version
+				FROM social_accounts
+				WHERE id > $1 AND (access_token IS NOT NULL OR refresh_token IS NOT NULL)
+				ORDER BY id LIMIT $2 FOR UPDATE`, last, opt.size())
+			if err != nil {
+				return err
+			}
+			list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (plaintextRow, error) {
+				var x plaintextRow
+				err := r.Scan(&x.id, &x.user, &x.platform, &x.access, &x.refresh, &x.blob, &x.version)
+				return x, err
+			})
+			if err != nil {
+				return err
+			}
+			seen = len(list)
+			for _, r := range list {
+				last = r.id
+				change, err := decide(r)
+				if err != nil {
+					return err
+				}
+				switch {
+				case change.skip:
+					batch.Skipped++
+				case change.fail:
+					batch.Failed++
+					if err := (Audit{}).Append(ctx, tx, Event{UserID: r.user, Platform: r.platform, Action: action,
+						Status: Failed, ErrorCode: "blob_mismatch", Details: map[string]any{"account_id": r.id}}); err != nil {
+						return err
+					}
+				default:
+					args := append([]any{r.id}, change.args...)
+					args = append(args, r.version)
+					tag, err := tx.Exec(ctx, `UPDATE social_accounts SET `+change.set+`,
+						credentials_version = credentials_version + 1
+						WHERE id = $1 AND credentials_version = $`+fmt.Sprint(len(args)), args...)
+					if err != nil {
+						return err
+					}
+					batch.Done += tag.RowsAffected()
+				}
+			}
+			if seen == 0 {
+				return nil
+			}
+			return Audit{}.Append(ctx, tx, Event{Action: action, Status: Success, Details: map[string]any{
+				"rows": batch.Done, "skipped": batch.Skipped, "failed": batch.Failed, "worker": opt.Worker}})
+		})
+		if err != nil {
+			return p, fmt.Errorf("%s: %w", action, err)
+		}
+		if seen == 0 {
+			break
+		}
+		p.Done += batch.Done
+		p.Skipped += batch.Skipped
+		p.Failed += batch.Failed
+		p.Batches++
+		p.Elapsed = time.Since(start)
+		if opt.Progress != nil {
+			opt.Progress(p)
+		}
+	}
+	p.Elapsed = time.Since(start)
+	return p, nil
+}
+
