@@ -49,7 +49,18 @@ const (
 	purposeFingerprint Purpose = "credgate/encryption_keys.fingerprint/v1"
 )
 
-var aeadPurposes = []Purpose{PurposeCredentials, PurposeVerifier}
+// aeadPurposes are the purposes with an encryption subkey; an array so the
+// per-call lookup is an index, not a map hash.
+var aeadPurposes = [...]Purpose{PurposeCredentials, PurposeVerifier}
+
+func (e *keyEntry) aeadFor(p Purpose) (cipher.AEAD, error) {
+	for i, q := range aeadPurposes {
+		if q == p {
+			return e.aead[i], nil
+		}
+	}
+	return nil, fmt.Errorf("vault: no subkey for purpose %q", p)
+}
 
 // KeyConfig is where a keyring comes from: the environment or config values.
 type KeyConfig struct {
@@ -85,7 +96,7 @@ type Keyring struct {
 
 type keyEntry struct {
 	id          uint32
-	aead        map[Purpose]cipher.AEAD
+	aead        [len(aeadPurposes)]cipher.AEAD
 	macKey      []byte
 	fingerprint []byte
 }
@@ -150,13 +161,13 @@ func (k *Keyring) add(id uint32, material []byte, name string) error {
 			return fmt.Errorf("%s: key id %d holds the same key as id %d; %s", name, id, other.id, keygenHint)
 		}
 	}
-	e := &keyEntry{id: id, aead: map[Purpose]cipher.AEAD{}}
-	for _, p := range aeadPurposes {
+	e := &keyEntry{id: id}
+	for i, p := range aeadPurposes {
 		aead, err := chacha20poly1305.NewX(derive(material, p))
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		e.aead[p] = aead
+		e.aead[i] = aead
 	}
 	e.macKey = derive(material, PurposeStateMAC)
 	e.fingerprint = derive(material, purposeFingerprint)

@@ -2,11 +2,15 @@ package vault
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// zeroUUID sorts before every id: the start of a keyset walk.
+const zeroUUID = "00000000-0000-0000-0000-000000000000"
 
 // DefaultBatchSize is how many rows rewrap, backfill and purge handle per
 // transaction.
@@ -55,86 +59,113 @@ func (o BatchOptions) size() int {
 func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
 	start := time.Now()
 	var p Progress
-	var failedIDs []string
 	primary := int64(s.keys.PrimaryID())
 	// Counted once: a count per batch would cost more than the batch.
 	initial, err := s.countNotOnPrimary(ctx, db)
 	if err != nil {
 		return p, fmt.Errorf("rewrapping credentials: %w", err)
 	}
-	for {
-		var changed, failed int
-		err := InTx(ctx, db, func(tx pgx.Tx) error {
-			rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
-				FROM social_accounts
-				WHERE credentials_encrypted IS NOT NULL AND credentials_key_id IS DISTINCT FROM $1
-				  AND NOT (id = ANY($3::uuid[]))
-				ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED`, primary, opt.size(), failedIDs)
-			if err != nil {
-				return err
-			}
-			var ids []string
-			var blobs [][]byte
-			var versions []int64
-			var bad []Event
-			for rows.Next() {
-				var id, user, platform string
-				var blob []byte
-				var version int64
-				if err := rows.Scan(&id, &user, &platform, &blob, &version); err != nil {
+	// Each pass walks the table once in id order (keyset pagination keeps
+	// every batch an index range scan). Rows another process held locked
+	// are skipped by SKIP LOCKED; the next pass picks up any it left.
+	for pass := 0; ; pass++ {
+		last := zeroUUID
+		passChanged := 0
+		for {
+			var changed, failed, seen int
+			prev := last
+			err := InTx(ctx, db, func(tx pgx.Tx) error {
+				// Walk the primary key in fixed chunks and filter inside
+				// each: the plan is a pkey range scan whatever the column
+				// statistics say (stale ones made "key <> $1" a seq scan).
+				var end string
+				if err := tx.QueryRow(ctx, `SELECT c.id::text FROM (SELECT id FROM social_accounts
+					WHERE id > $1 ORDER BY id LIMIT $2) c ORDER BY c.id DESC LIMIT 1`, last, opt.size()).Scan(&end); errors.Is(err, pgx.ErrNoRows) {
+					return nil
+				} else if err != nil {
 					return err
 				}
-				b := accountBinding(id, user, platform)
-				plain, oldKey, err := s.keys.Open(PurposeCredentials, blob, b)
-				if err != nil {
-					failedIDs = append(failedIDs, id)
-					bad = append(bad, Event{UserID: user, Platform: platform, Action: ActionDecryptFailed, Status: Failed,
-						ErrorCode: "decrypt_failed", Details: map[string]any{"account_id": id, "key_id": oldKey, "during": "rewrap"}})
-					continue
-				}
-				sealed, err := s.keys.Seal(PurposeCredentials, plain, b)
+				seen, last = 1, end
+				rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
+					FROM social_accounts
+					WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL AND credentials_key_id <> $1
+					FOR UPDATE SKIP LOCKED`, primary, prev, last)
 				if err != nil {
 					return err
 				}
-				ids, blobs, versions = append(ids, id), append(blobs, sealed), append(versions, version)
-			}
-			if err := rows.Err(); err != nil {
-				return err
-			}
-			failed = len(bad)
-			for _, e := range bad {
-				if err := (Audit{}).Append(ctx, tx, e); err != nil {
+				var ids []string
+				var blobs [][]byte
+				var versions []int64
+				var bad []Event
+				for rows.Next() {
+					var id, user, platform string
+					var blob []byte
+					var version int64
+					if err := rows.Scan(&id, &user, &platform, &blob, &version); err != nil {
+						return err
+					}
+					b := accountBinding(id, user, platform)
+					plain, oldKey, err := s.keys.Open(PurposeCredentials, blob, b)
+					if err != nil {
+						bad = append(bad, Event{UserID: user, Platform: platform, Action: ActionDecryptFailed, Status: Failed,
+							ErrorCode: "decrypt_failed", Details: map[string]any{"account_id": id, "key_id": oldKey, "during": "rewrap"}})
+						continue
+					}
+					sealed, err := s.keys.Seal(PurposeCredentials, plain, b)
+					if err != nil {
+						return err
+					}
+					ids, blobs, versions = append(ids, id), append(blobs, sealed), append(versions, version)
+				}
+				if err := rows.Err(); err != nil {
 					return err
 				}
-			}
-			if len(ids) == 0 {
-				return nil
-			}
-			tag, err := tx.Exec(ctx, `UPDATE social_accounts a SET credentials_encrypted = u.blob, credentials_key_id = $4,
-					credentials_version = a.credentials_version + 1
-				FROM unnest($1::uuid[], $2::bytea[], $3::bigint[]) AS u(id, blob, version)
-				WHERE a.id = u.id AND a.credentials_version = u.version`, ids, blobs, versions, primary)
+				failed = len(bad)
+				for _, e := range bad {
+					if pass > 0 {
+						break // audited on the first pass
+					}
+					if err := (Audit{}).Append(ctx, tx, e); err != nil {
+						return err
+					}
+				}
+				if len(ids) == 0 {
+					return nil
+				}
+				tag, err := tx.Exec(ctx, `UPDATE social_accounts a SET credentials_encrypted = u.blob, credentials_key_id = $4,
+						credentials_version = a.credentials_version + 1
+					FROM unnest($1::uuid[], $2::bytea[], $3::bigint[]) AS u(id, blob, version)
+					WHERE a.id = u.id AND a.credentials_version = u.version`, ids, blobs, versions, primary)
+				if err != nil {
+					return err
+				}
+				changed = int(tag.RowsAffected())
+				return Audit{}.Append(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
+					"rows": changed, "to_key_id": primary, "worker": opt.Worker}})
+			})
 			if err != nil {
-				return err
+				return p, fmt.Errorf("rewrapping credentials: %w", err)
 			}
-			changed = int(tag.RowsAffected())
-			return Audit{}.Append(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
-				"rows": changed, "to_key_id": primary, "worker": opt.Worker}})
-		})
-		if err != nil {
-			return p, fmt.Errorf("rewrapping credentials: %w", err)
+			if seen == 0 {
+				break
+			}
+			passChanged += changed
+			p.Done += int64(changed)
+			if pass == 0 {
+				// Undecryptable rows are met again on later passes; count
+				// (and audit) them once.
+				p.Failed += int64(failed)
+			}
+			p.Batches++
+			p.Elapsed = time.Since(start)
+			if opt.Progress != nil {
+				// Approximate while other rewrappers work too; exact at the end.
+				p.Remaining = max(0, initial-p.Done-p.Failed)
+				opt.Progress(p)
+			}
 		}
-		if changed == 0 && failed == 0 {
+		if passChanged == 0 {
 			break
-		}
-		p.Done += int64(changed)
-		p.Failed += int64(failed)
-		p.Batches++
-		p.Elapsed = time.Since(start)
-		if opt.Progress != nil {
-			// Approximate while other rewrappers work too; exact at the end.
-			p.Remaining = max(0, initial-p.Done-p.Failed)
-			opt.Progress(p)
 		}
 	}
 	p.Remaining, err = s.countNotOnPrimary(ctx, db)
@@ -263,7 +294,7 @@ func (s *Accounts) walkPlaintext(ctx context.Context, db DB, opt BatchOptions, a
 	decide func(plaintextRow) (rowChange, error)) (Progress, error) {
 	start := time.Now()
 	var p Progress
-	last := "00000000-0000-0000-0000-000000000000"
+	last := zeroUUID
 	for {
 		var seen int
 		var batch Progress
@@ -272,7 +303,7 @@ func (s *Accounts) walkPlaintext(ctx context.Context, db DB, opt BatchOptions, a
 					credentials_encrypted, credentials_version
 				FROM social_accounts
 				WHERE id > $1 AND (access_token IS NOT NULL OR refresh_token IS NOT NULL)
-				ORDER BY id LIMIT $2 FOR UPDATE`, last, opt.size())
+				ORDER BY social_accounts.id LIMIT $2 FOR UPDATE`, last, opt.size())
 			if err != nil {
 				return err
 			}
@@ -336,4 +367,3 @@ func (s *Accounts) walkPlaintext(ctx context.Context, db DB, opt BatchOptions, a
 	p.Elapsed = time.Since(start)
 	return p, nil
 }
-
