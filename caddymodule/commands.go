@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/credgate/credgate/migrations"
@@ -21,7 +24,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "credgate",
 		Usage: "<command> [flags]",
-		Short: "Manages credgate: master keys and the database schema",
+		Short: "Manages credgate: master keys, the database schema, key rotation and backfill",
 		Long: `
 Operator commands for credgate. Each reads DATABASE_URL and
 ENCRYPTION_MASTER_KEY from the environment unless a flag says otherwise,
@@ -109,7 +112,178 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		},
 	}
 	migrate.AddCommand(up, down, status)
-	return []*cobra.Command{keygen, migrate}
+	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand()}
+}
+
+// progressInterval is how often a long batch job prints where it is.
+const progressInterval = 2 * time.Second
+
+func rotateCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rotate",
+		Short: "Re-encrypts every credential under the primary key (key rotation)",
+		Long: `Rewraps, in batches, every credential blob sealed with a key other than
+ENCRYPTION_MASTER_KEY (ENCRYPTION_MASTER_KEY_ID): the online half of a
+monthly key rotation. Deploy the new key as primary with the old one in
+ENCRYPTION_PREVIOUS_KEYS first. Safe to run from several processes at once;
+a stopped run resumes where it stopped. Exits 1 if any row is left on an
+old key.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			keys, pool, err := openVault(ctx, cmd)
+			if err != nil {
+				return fail(cmd, err)
+			}
+			defer pool.Close()
+			size, _ := cmd.Flags().GetInt("batch-size")
+			w := cmd.OutOrStdout()
+			p, err := withProgress(w, "rewrap", progressInterval, func(report func(vault.Progress)) (vault.Progress, error) {
+				return vault.NewAccounts(keys).Rewrap(ctx, pool, vault.BatchOptions{BatchSize: size, Progress: report, Worker: hostname()})
+			})
+			if err != nil {
+				return fail(cmd, err)
+			}
+			fmt.Fprintf(w, "✓ rewrap: %d rows re-encrypted under key %d, %d failed, %d left on old keys (%s)\n",
+				p.Done, keys.PrimaryID(), p.Failed, p.Remaining, p.Elapsed.Round(time.Millisecond))
+			if p.Failed > 0 || p.Remaining > 0 {
+				return fail(cmd, fmt.Errorf("%d rows are still on an old key (%d failed to decrypt: see action 'decrypt_failed' in credential_audit_log); keep the old key in %s",
+					p.Remaining, p.Failed, vault.EnvPreviousKeys))
+			}
+			fmt.Fprintf(w, "✓ no blob uses an old key any more: it can be removed from %s\n", vault.EnvPreviousKeys)
+			return nil
+		},
+	}
+	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
+	cmd.Flags().Int("batch-size", vault.DefaultBatchSize, "rows per transaction")
+	return cmd
+}
+
+func backfillCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backfill [--dry-run] [--purge-plaintext]",
+		Short: "Encrypts legacy plaintext tokens into credentials_encrypted",
+		Long: `Encrypts the legacy access_token/refresh_token of every account into
+credentials_encrypted, in batches, leaving the plaintext in place for the
+unchanged app. Rows whose blob already matches are skipped; rows the app
+changed since are sealed again. Every batch is audited.
+
+--dry-run only counts. --purge-plaintext then clears the plaintext columns,
+only on rows whose blob was just read back and found equal; do it only once
+the app no longer reads those columns (guide Phase 5). Exits 1 if any row
+could not be processed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			keys, pool, err := openVault(ctx, cmd)
+			if err != nil {
+				return fail(cmd, err)
+			}
+			defer pool.Close()
+			accounts := vault.NewAccounts(keys)
+			w := cmd.OutOrStdout()
+			if dry, _ := cmd.Flags().GetBool("dry-run"); dry {
+				plan, err := accounts.PlanBackfill(ctx, pool)
+				if err != nil {
+					return fail(cmd, err)
+				}
+				fmt.Fprintf(w, "dry run: %d rows would be encrypted, %d rows with a blob would be verified; nothing was changed\n",
+					plan.ToEncrypt, plan.ToVerify)
+				return nil
+			}
+			size, _ := cmd.Flags().GetInt("batch-size")
+			opt := vault.BatchOptions{BatchSize: size, Worker: hostname()}
+			p, err := withProgress(w, "backfill", progressInterval, func(report func(vault.Progress)) (vault.Progress, error) {
+				opt.Progress = report
+				return accounts.Backfill(ctx, pool, opt)
+			})
+			if err != nil {
+				return fail(cmd, err)
+			}
+			fmt.Fprintf(w, "✓ backfill: %d rows encrypted, %d already matched, %d failed (%s)\n",
+				p.Done, p.Skipped, p.Failed, p.Elapsed.Round(time.Millisecond))
+			failed := p.Failed
+			if purge, _ := cmd.Flags().GetBool("purge-plaintext"); purge {
+				p, err := withProgress(w, "purge", progressInterval, func(report func(vault.Progress)) (vault.Progress, error) {
+					opt.Progress = report
+					return accounts.PurgePlaintext(ctx, pool, opt)
+				})
+				if err != nil {
+					return fail(cmd, err)
+				}
+				fmt.Fprintf(w, "✓ purge: plaintext cleared on %d rows, %d kept because their blob did not match (%s)\n",
+					p.Done, p.Failed, p.Elapsed.Round(time.Millisecond))
+				failed += p.Failed
+			}
+			if failed > 0 {
+				return fail(cmd, fmt.Errorf("%d rows could not be processed; see failed backfill/purge_plaintext rows in credential_audit_log", failed))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
+	cmd.Flags().Int("batch-size", vault.DefaultBatchSize, "rows per transaction")
+	cmd.Flags().Bool("dry-run", false, "only count what would be done")
+	cmd.Flags().Bool("purge-plaintext", false, "after backfilling, clear plaintext on rows whose blob reads back equal")
+	return cmd
+}
+
+// openVault builds the keyring from the environment, connects, and checks
+// the keys against the fingerprints recorded in the database.
+func openVault(ctx context.Context, cmd *cobra.Command) (*vault.Keyring, *pgxpool.Pool, error) {
+	keys, err := vault.KeyringFromEnv()
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := vault.OpenPool(ctx, databaseURL(cmd))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := keys.VerifyFingerprints(ctx, pool); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return keys, pool, nil
+}
+
+// withProgress runs a batch job and prints its latest progress every
+// interval while it runs, so an operator (or a log) sees it move.
+func withProgress(w io.Writer, label string, interval time.Duration, run func(report func(vault.Progress)) (vault.Progress, error)) (vault.Progress, error) {
+	var mu sync.Mutex
+	var latest vault.Progress
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				mu.Lock()
+				p := latest
+				mu.Unlock()
+				fmt.Fprintf(w, "%s: %d done, %d remaining, %d failed, %d batches (%s)\n",
+					label, p.Done, p.Remaining, p.Failed, p.Batches, p.Elapsed.Round(time.Second))
+			}
+		}
+	})
+	p, err := run(func(p vault.Progress) {
+		mu.Lock()
+		latest = p
+		mu.Unlock()
+	})
+	close(done)
+	wg.Wait()
+	return p, err
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", h, os.Getpid())
 }
 
 // databaseURL prefers the flag and falls back to DATABASE_URL.

@@ -19,17 +19,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"strings"
-	"time"
 
 	"github.com/golang-migrate/migrate/v4"
-	"github.com/golang-migrate/migrate/v4/database"
 	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/credgate/credgate/internal/dberr"
+	"github.com/credgate/credgate/internal/pgurl"
 )
 
 //go:embed *.sql
@@ -42,10 +39,6 @@ const VersionTable = "credgate_schema_migrations"
 // runLockKey is the advisory lock that serialises credgate migration runs
 // (an arbitrary constant: "cgmigr" in ASCII).
 const runLockKey int64 = 0x63676d696772
-
-// defaultConnectTimeout bounds how long a command waits for an unreachable
-// server when the URL does not set connect_timeout itself.
-const defaultConnectTimeout = 10 * time.Second
 
 // Files is the embedded SQL, for printing or for tools that apply it
 // themselves.
@@ -239,18 +232,11 @@ func run(ctx context.Context, databaseURL string, step func(*migrate.Migrate, *s
 // open connects with a bounded connect timeout and checks the server
 // answers, so that a bad URL or a dead server fails fast and plainly.
 func open(ctx context.Context, databaseURL string) (*sql.DB, error) {
-	if strings.TrimSpace(databaseURL) == "" {
-		return nil, errors.New("no database URL: set DATABASE_URL or pass --database-url")
-	}
-	cfg, err := pgx.ParseConfig(databaseURL)
+	poolCfg, err := pgurl.Parse(databaseURL)
 	if err != nil {
-		// pgx redacts the password from parse errors, but the message can
-		// still echo the URL; say only what is wrong.
-		return nil, errors.New("the database URL is not valid: expected postgres://user[:password]@host[:port]/dbname[?options]")
+		return nil, err
 	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = defaultConnectTimeout
-	}
+	cfg := poolCfg.ConnConfig
 	db := stdlib.OpenDB(*cfg)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
@@ -340,32 +326,6 @@ func latestVersion() uint {
 	return latest
 }
 
-// explain turns driver and migration errors into one line an operator can
-// act on: golang-migrate's errors embed the whole SQL file, and PostgreSQL's
-// carry detail on separate lines.
-func explain(doing string, err error) error {
-	// golang-migrate's database.Error embeds the SQL and does not unwrap.
-	if dbErr, ok := errors.AsType[database.Error](err); ok && dbErr.OrigErr != nil {
-		err = dbErr.OrigErr
-	} else if dbErr, ok := errors.AsType[*database.Error](err); ok && dbErr.OrigErr != nil {
-		err = dbErr.OrigErr
-	}
-	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
-		return fmt.Errorf("%s: %s (SQLSTATE %s)", doing, oneLine(pgErr.Message), pgErr.Code)
-	}
-	// pgx repeats the dial error once per address it tried; the network
-	// error alone says it.
-	if netErr, ok := errors.AsType[*net.OpError](err); ok {
-		return fmt.Errorf("%s: %s", doing, oneLine(netErr.Error()))
-	}
-	return fmt.Errorf("%s: %s", doing, oneLine(err.Error()))
-}
+func explain(doing string, err error) error { return dberr.Explain(doing, err) }
 
-func explainIf(doing string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return explain(doing, err)
-}
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+func explainIf(doing string, err error) error { return dberr.Explain(doing, err) }
