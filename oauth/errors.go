@@ -1,0 +1,255 @@
+package oauth
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Code is a stable, platform-independent error code. The audit log,
+// metrics and the user-facing redirect (?oauth_error=<code>) all use it.
+type Code string
+
+// The codes. New ones may be added; existing ones never change meaning.
+const (
+	CodeAccessDenied        Code = "access_denied"        // the user said no at the consent screen
+	CodeInvalidGrant        Code = "invalid_grant"        // code or refresh token unknown, used, expired or revoked
+	CodeInvalidRequest      Code = "invalid_request"      // the provider rejected the request as malformed
+	CodeInvalidClient       Code = "invalid_client"       // client id/secret (or auth method) rejected
+	CodeInvalidScope        Code = "invalid_scope"        // a requested scope is not allowed
+	CodeInsufficientScope   Code = "insufficient_scope"   // the token lacks a permission the call needs
+	CodeRateLimited         Code = "rate_limited"         // slow down and retry later
+	CodeProviderUnavailable Code = "provider_unavailable" // 5xx, timeout, HTML or empty body: retry later
+	CodeInvalidResponse     Code = "invalid_response"     // a 2xx answer that is not a usable token or profile
+	CodeNeedsReauth         Code = "needs_reauth"         // no way to renew without the user (no refresh token, Facebook)
+	CodeUnsupported         Code = "unsupported"          // the platform has no such operation (revoke on LinkedIn)
+	CodeServerError         Code = "server_error"         // the provider reported an internal error
+)
+
+// Error is every failure this package returns. Its message never holds a
+// token, a code, a secret or the provider's raw body: only the operation,
+// the stable code, the HTTP status and a short sanitised description.
+type Error struct {
+	Code Code
+	// Op is what failed: "exchange", "refresh", "profile", "revoke",
+	// "long_lived_exchange".
+	Op       string
+	Platform string
+	// Status is the provider's HTTP status, 0 when none was received.
+	Status int
+	// Description is the provider's own error description, cut short and
+	// stripped of anything that looks like a token.
+	Description string
+	// Retryable says whether the same call may succeed later.
+	Retryable bool
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s: %s", e.Platform, e.Op, e.Code)
+	if e.Status != 0 {
+		fmt.Fprintf(&b, " (HTTP %d)", e.Status)
+	}
+	if e.Description != "" {
+		fmt.Fprintf(&b, ": %s", e.Description)
+	}
+	return b.String()
+}
+
+// CodeOf returns the stable code of err, or provider_unavailable for an
+// error that did not come from this package.
+func CodeOf(err error) Code {
+	if e, ok := errors.AsType[*Error](err); ok {
+		return e.Code
+	}
+	return CodeProviderUnavailable
+}
+
+// ErrRevokeUnsupported is returned by Revoke on platforms with no revoke
+// endpoint; the caller still wipes the credential locally.
+var ErrRevokeUnsupported = &Error{Code: CodeUnsupported, Op: "revoke", Description: "the platform has no token revocation endpoint"}
+
+func retryable(c Code) bool {
+	switch c {
+	case CodeRateLimited, CodeProviderUnavailable, CodeServerError:
+		return true
+	}
+	return false
+}
+
+func newError(platform, op string, code Code, status int, desc string) *Error {
+	return &Error{Code: code, Op: op, Platform: platform, Status: status, Description: sanitize(desc), Retryable: retryable(code)}
+}
+
+// sanitize keeps a description short and drops anything token-like, so a
+// provider that echoes the request cannot leak it through our errors.
+func sanitize(s string) string {
+	var out []string
+	for _, w := range strings.Fields(s) {
+		if len(w) >= 20 && !strings.ContainsAny(w, " ") && looksLikeToken(w) {
+			w = "[redacted]"
+		}
+		out = append(out, w)
+	}
+	s = strings.Join(out, " ")
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+func looksLikeToken(w string) bool {
+	letters, digits := 0, 0
+	for _, r := range w {
+		switch {
+		case r >= '0' && r <= '9':
+			digits++
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
+			letters++
+		}
+	}
+	return digits > 0 && letters > 0
+}
+
+// errorParser turns a provider error body into a code and description; it
+// returns ok=false when the body is not an error in its shape.
+type errorParser func(status int, body []byte) (code Code, desc string, ok bool)
+
+// parseRFC6749 reads {"error": "...", "error_description": "..."}.
+func parseRFC6749(status int, body []byte) (Code, string, bool) {
+	var e struct {
+		Error       any    `json:"error"`
+		Description string `json:"error_description"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return "", "", false
+	}
+	name, ok := e.Error.(string)
+	if !ok || name == "" {
+		return "", "", false
+	}
+	return rfcCode(name, status), e.Description, true
+}
+
+func rfcCode(name string, status int) Code {
+	switch name {
+	case "access_denied", "invalid_grant", "invalid_request", "invalid_client", "invalid_scope", "insufficient_scope", "server_error":
+		return Code(name)
+	case "unauthorized_client", "unsupported_grant_type":
+		return CodeInvalidClient
+	case "temporarily_unavailable":
+		return CodeProviderUnavailable
+	case "slow_down", "rate_limit_exceeded", "too_many_requests":
+		return CodeRateLimited
+	}
+	return statusCode(status)
+}
+
+// parseGraph reads Facebook's {"error": {"message","type","code","error_subcode"}}.
+func parseGraph(status int, body []byte) (Code, string, bool) {
+	var e struct {
+		Error *struct {
+			Message string `json:"message"`
+			Type    string `json:"type"`
+			Code    int    `json:"code"`
+			Subcode int    `json:"error_subcode"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil || e.Error == nil {
+		return "", "", false
+	}
+	return graphCode(e.Error.Code, e.Error.Subcode, e.Error.Message, status), e.Error.Message, true
+}
+
+// graphCode maps Graph API error codes
+// (developers.facebook.com/docs/graph-api/guides/error-handling).
+func graphCode(code, subcode int, message string, status int) Code {
+	switch {
+	case code == 190 || code == 102 || code == 463 || code == 467:
+		return CodeInvalidGrant // token expired, invalidated or session gone
+	case code == 100 && (subcode == 36007 || subcode == 36009 || subcode == 36008):
+		return CodeInvalidGrant // code expired / used / redirect mismatch
+	case code == 101 || strings.Contains(strings.ToLower(message), "client secret"):
+		return CodeInvalidClient
+	case code == 4 || code == 17 || code == 32 || code == 341 || code == 613:
+		return CodeRateLimited
+	case code == 10 || (code >= 200 && code <= 299):
+		return CodeInsufficientScope
+	case code == 1 || code == 2:
+		return CodeProviderUnavailable // "API Unknown" / "API Service": temporary
+	case code == 100:
+		return CodeInvalidRequest
+	}
+	return statusCode(status)
+}
+
+// parseInstagramFlat reads Instagram's {"error_type","code","error_message"}.
+func parseInstagramFlat(status int, body []byte) (Code, string, bool) {
+	var e struct {
+		Type    string `json:"error_type"`
+		Code    int    `json:"code"`
+		Message string `json:"error_message"`
+	}
+	if json.Unmarshal(body, &e) != nil || e.Type == "" {
+		return "", "", false
+	}
+	msg := strings.ToLower(e.Message)
+	switch {
+	case strings.Contains(msg, "code") && (strings.Contains(msg, "not found") || strings.Contains(msg, "used") || strings.Contains(msg, "expired")):
+		return CodeInvalidGrant, e.Message, true
+	case strings.Contains(msg, "client") || strings.Contains(msg, "app secret") || strings.Contains(msg, "client_secret"):
+		return CodeInvalidClient, e.Message, true
+	case strings.Contains(msg, "redirect"):
+		return CodeInvalidRequest, e.Message, true
+	}
+	if e.Type == "OAuthException" && status == http.StatusBadRequest {
+		return CodeInvalidRequest, e.Message, true
+	}
+	return statusCode(status), e.Message, true
+}
+
+// anyShape tries every known shape: errors delivered with HTTP 200 may
+// come in any of them.
+func anyShape(status int, body []byte) (Code, string, bool) {
+	for _, p := range []errorParser{parseGraph, parseInstagramFlat, parseRFC6749} {
+		if c, d, ok := p(status, body); ok {
+			return c, d, true
+		}
+	}
+	return "", "", false
+}
+
+// statusCode is the fallback when the body says nothing usable.
+func statusCode(status int) Code {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return CodeRateLimited
+	case status == http.StatusUnauthorized:
+		return CodeInvalidClient
+	case status == http.StatusForbidden:
+		return CodeInsufficientScope
+	case status >= 500 || status == 0:
+		return CodeProviderUnavailable
+	case status >= 400:
+		return CodeInvalidRequest
+	}
+	return CodeInvalidResponse
+}
+
+// CallbackError reads the error a platform put on the redirect back to the
+// app (?error=…), or returns nil when there is none. Each platform words a
+// refusal its own way; all of them become access_denied.
+func CallbackError(platform string, q interface{ Get(string) string }) *Error {
+	name := q.Get("error")
+	if name == "" {
+		return nil
+	}
+	code := rfcCode(name, 400)
+	switch name {
+	case "access_denied", "user_cancelled_authorize", "user_cancelled_login", "user_denied":
+		code = CodeAccessDenied
+	}
+	return newError(platform, "authorize", code, 0, q.Get("error_description"))
+}

@@ -1,0 +1,348 @@
+package oauth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/credgate/credgate/secret"
+)
+
+// Platforms lists the built-in platform names.
+var Platforms = []string{"twitter", "linkedin", "facebook", "instagram"}
+
+// Lookup returns the profile of a built-in platform, or the generic
+// profile built from g.
+func Lookup(name string, g GenericSettings) (Profile, error) {
+	switch name {
+	case "twitter":
+		return twitter(), nil
+	case "linkedin":
+		return linkedin(), nil
+	case "facebook":
+		return facebook(), nil
+	case "instagram":
+		return instagram(), nil
+	case "generic":
+		return generic(g), nil
+	}
+	return Profile{}, fmt.Errorf("oauth: unknown platform %q (want twitter, linkedin, facebook, instagram or generic)", name)
+}
+
+// SandboxURLs are a platform's auth, token and API URLs on the credgate
+// sandbox at base: the sandbox serves every real path of a platform under
+// base/<platform>, so each real origin is replaced by that prefix.
+func SandboxURLs(platform, base string) (authURL, tokenURL, apiBase string, err error) {
+	p, err := Lookup(platform, GenericSettings{})
+	if err != nil || platform == "generic" {
+		return "", "", "", fmt.Errorf("oauth: no sandbox for %q", platform)
+	}
+	prefix := strings.TrimRight(base, "/") + "/" + platform
+	swap := func(real string) string {
+		u, _ := url.Parse(real)
+		return prefix + u.Path
+	}
+	return swap(p.AuthURL), swap(p.TokenURL), prefix, nil
+}
+
+func twitter() Profile {
+	return Profile{
+		Name:     "twitter",
+		AuthURL:  "https://x.com/i/oauth2/authorize",
+		TokenURL: "https://api.x.com/2/oauth2/token",
+		APIBase:  "https://api.x.com",
+		// X requires HTTP Basic for confidential clients.
+		AuthStyle:       oauth2.AuthStyleInHeader,
+		PKCE:            PKCERequired,
+		ScopeSeparator:  " ",
+		DefaultScopes:   []string{"tweet.read", "users.read", "offline.access"},
+		DefaultLifetime: 2 * time.Hour,
+		errors:          twitterErrors,
+		refresh:         refreshToken,
+		identify: func(ctx context.Context, p *Provider, access secret.Value) (Identity, error) {
+			var r struct {
+				Data struct {
+					ID       string `json:"id"`
+					Username string `json:"username"`
+				} `json:"data"`
+			}
+			err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+"/2/users/me", nil, access, &r)
+			return Identity{ID: r.Data.ID, Username: r.Data.Username}, err
+		},
+		revoke: func(ctx context.Context, p *Provider, t TokenSet) error {
+			// Revoking the refresh token ends the whole grant.
+			tok, hint := t.RefreshToken, "refresh_token"
+			if tok.IsZero() {
+				tok, hint = t.AccessToken, "access_token"
+			}
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.profile.APIBase+"/2/oauth2/revoke",
+				strings.NewReader(url.Values{"token": {tok.Reveal()}, "token_type_hint": {hint}}.Encode()))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.SetBasicAuth(url.QueryEscape(p.cfg.ClientID), url.QueryEscape(p.cfg.ClientSecret.Reveal()))
+			resp, err := p.client.Do(req)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			return nil
+		},
+	}
+}
+
+// twitterErrors: X answers a bad, used or expired code (and a dead refresh
+// token) with 400 invalid_request, "Value passed for the token was
+// invalid." rather than invalid_grant; normalise it.
+func twitterErrors(status int, body []byte) (Code, string, bool) {
+	code, desc, ok := anyShape(status, body)
+	if ok && code == CodeInvalidRequest && strings.Contains(strings.ToLower(desc), "token was invalid") {
+		code = CodeInvalidGrant
+	}
+	return code, desc, ok
+}
+
+func linkedin() Profile {
+	return Profile{
+		Name:            "linkedin",
+		AuthURL:         "https://www.linkedin.com/oauth/v2/authorization",
+		TokenURL:        "https://www.linkedin.com/oauth/v2/accessToken",
+		APIBase:         "https://api.linkedin.com",
+		AuthStyle:       oauth2.AuthStyleInParams,
+		PKCE:            PKCENever,
+		ScopeSeparator:  " ",
+		DefaultScopes:   []string{"openid", "profile", "email"},
+		DefaultLifetime: 60 * 24 * time.Hour,
+		errors:          linkedinErrors,
+		// Refresh tokens exist only for approved apps; without one the
+		// refresh reports needs_reauth.
+		refresh: refreshToken,
+		identify: func(ctx context.Context, p *Provider, access secret.Value) (Identity, error) {
+			var r struct {
+				Sub  string `json:"sub"`
+				Name string `json:"name"`
+			}
+			err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+"/v2/userinfo", nil, access, &r)
+			return Identity{ID: r.Sub, Username: r.Name}, err
+		},
+	}
+}
+
+// linkedinErrors: LinkedIn's bad-code answer is 400 invalid_request with a
+// long description naming the code; normalise to invalid_grant.
+func linkedinErrors(status int, body []byte) (Code, string, bool) {
+	code, desc, ok := anyShape(status, body)
+	if ok && code == CodeInvalidRequest && strings.Contains(strings.ToLower(desc), "authorization code") {
+		code = CodeInvalidGrant
+	}
+	return code, desc, ok
+}
+
+func facebook() Profile {
+	return Profile{
+		Name:     "facebook",
+		AuthURL:  "https://www.facebook.com/v22.0/dialog/oauth",
+		TokenURL: "https://graph.facebook.com/v22.0/oauth/access_token",
+		APIBase:  "https://graph.facebook.com",
+		// Facebook takes the secret as a parameter.
+		AuthStyle:       oauth2.AuthStyleInParams,
+		PKCE:            PKCES256,
+		ScopeSeparator:  ",",
+		DefaultScopes:   []string{"public_profile"},
+		DefaultLifetime: 60 * 24 * time.Hour,
+		errors:          anyShape,
+		afterExchange:   facebookLongLived,
+		// No refresh tokens: a still-valid long-lived token is exchanged
+		// again; an expired one needs the user.
+		refresh: func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
+			if !t.Expiry.IsZero() && !p.now().Before(t.Expiry) {
+				return TokenSet{}, newError(p.profile.Name, "refresh", CodeNeedsReauth, 0, "long-lived token expired")
+			}
+			out, err := facebookLongLived(ctx, p, t)
+			if e, ok := errors.AsType[*Error](err); ok && e.Code == CodeInvalidGrant {
+				e.Code, e.Retryable = CodeNeedsReauth, false
+			}
+			return out, err
+		},
+		identify: func(ctx context.Context, p *Provider, access secret.Value) (Identity, error) {
+			var r struct {
+				ID   string `json:"id"`
+				Name string `json:"name"`
+			}
+			err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+"/me?fields=id,name", nil, access, &r)
+			return Identity{ID: r.ID, Username: r.Name}, err
+		},
+		revoke: func(ctx context.Context, p *Provider, t TokenSet) error {
+			if t.PlatformUserID == "" {
+				return newError(p.profile.Name, "revoke", CodeInvalidRequest, 0, "no platform user id")
+			}
+			var r struct {
+				Success bool `json:"success"`
+			}
+			err := p.callJSON(ctx, http.MethodDelete, p.profile.APIBase+"/"+url.PathEscape(t.PlatformUserID)+"/permissions", nil, t.AccessToken, &r)
+			if err == nil && !r.Success {
+				return newError(p.profile.Name, "revoke", CodeInvalidResponse, 200, "revoke not confirmed")
+			}
+			return err
+		},
+	}
+}
+
+// facebookLongLived swaps a token for a long-lived one (~60 days) with
+// grant_type=fb_exchange_token.
+func facebookLongLived(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
+	q := url.Values{
+		"grant_type":        {"fb_exchange_token"},
+		"client_id":         {p.cfg.ClientID},
+		"client_secret":     {p.cfg.ClientSecret.Reveal()},
+		"fb_exchange_token": {t.AccessToken.Reveal()},
+	}
+	var r tokenResponse
+	if err := p.callJSON(ctx, http.MethodGet, p.profile.TokenURL+"?"+q.Encode(), nil, secret.Value{}, &r); err != nil {
+		return TokenSet{}, err
+	}
+	out, err := p.fromResponse(r)
+	out.Scopes = t.Scopes
+	return out, err
+}
+
+func instagram() Profile {
+	return Profile{
+		Name:            "instagram",
+		AuthURL:         "https://www.instagram.com/oauth/authorize",
+		TokenURL:        "https://api.instagram.com/oauth/access_token",
+		APIBase:         "https://graph.instagram.com",
+		AuthStyle:       oauth2.AuthStyleInParams,
+		PKCE:            PKCENever,
+		ScopeSeparator:  ",",
+		DefaultScopes:   []string{"instagram_business_basic"},
+		DefaultLifetime: 60 * 24 * time.Hour,
+		errors:          anyShape,
+		exchange:        instagramExchange,
+		afterExchange: func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
+			return instagramGrant(ctx, p, "/access_token", url.Values{
+				"grant_type": {"ig_exchange_token"}, "client_secret": {p.cfg.ClientSecret.Reveal()}, "access_token": {t.AccessToken.Reveal()}}, t)
+		},
+		// ig_refresh_token renews a long-lived token at least 24 h old.
+		refresh: func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
+			if !t.Expiry.IsZero() && !p.now().Before(t.Expiry) {
+				return TokenSet{}, newError(p.profile.Name, "refresh", CodeNeedsReauth, 0, "long-lived token expired")
+			}
+			return instagramGrant(ctx, p, "/refresh_access_token", url.Values{
+				"grant_type": {"ig_refresh_token"}, "access_token": {t.AccessToken.Reveal()}}, t)
+		},
+		identify: func(ctx context.Context, p *Provider, access secret.Value) (Identity, error) {
+			var r struct {
+				UserID   json.Number `json:"user_id"`
+				ID       string      `json:"id"`
+				Username string      `json:"username"`
+			}
+			err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+"/me?fields=user_id,username", nil, access, &r)
+			id := r.UserID.String()
+			if id == "" {
+				id = r.ID
+			}
+			return Identity{ID: id, Username: r.Username}, err
+		},
+	}
+}
+
+// instagramExchange does the code exchange by hand: Instagram answers
+// either {"data":[{…}]} (as documented) or a flat object with a numeric
+// user_id that a float64 would corrupt.
+func instagramExchange(ctx context.Context, p *Provider, code string, _ secret.Value) (TokenSet, error) {
+	form := url.Values{
+		"client_id": {p.cfg.ClientID}, "client_secret": {p.cfg.ClientSecret.Reveal()},
+		"grant_type": {"authorization_code"}, "redirect_uri": {p.cfg.RedirectURL}, "code": {code},
+	}
+	var r tokenResponse
+	if err := p.callJSON(ctx, http.MethodPost, p.profile.TokenURL, form, secret.Value{}, &r); err != nil {
+		return TokenSet{}, err
+	}
+	if len(r.Data) > 0 {
+		r.AccessToken, r.UserID, r.Permissions = r.Data[0].AccessToken, r.Data[0].UserID, r.Data[0].Permissions
+	}
+	t, err := p.fromResponse(r)
+	t.PlatformUserID = r.UserID.String()
+	switch perms := r.Permissions.(type) {
+	case string:
+		t.Scopes = splitScopes(perms)
+	case []any:
+		for _, s := range perms {
+			if s, ok := s.(string); ok {
+				t.Scopes = append(t.Scopes, s)
+			}
+		}
+	}
+	return t, err
+}
+
+func instagramGrant(ctx context.Context, p *Provider, path string, q url.Values, prev TokenSet) (TokenSet, error) {
+	var r tokenResponse
+	if err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+path+"?"+q.Encode(), nil, secret.Value{}, &r); err != nil {
+		return TokenSet{}, err
+	}
+	t, err := p.fromResponse(r)
+	t.PlatformUserID, t.Scopes = prev.PlatformUserID, prev.Scopes
+	return t, err
+}
+
+func generic(g GenericSettings) Profile {
+	style := oauth2.AuthStyleInParams
+	if g.AuthStyle == "header" {
+		style = oauth2.AuthStyleInHeader
+	}
+	pkce := PKCES256
+	if g.PKCE != nil && !*g.PKCE {
+		pkce = PKCENever
+	}
+	sep := g.ScopeSeparator
+	if sep == "" {
+		sep = " "
+	}
+	idField, nameField := g.IDField, g.NameField
+	if idField == "" {
+		idField = "sub"
+	}
+	if nameField == "" {
+		nameField = "preferred_username"
+	}
+	p := Profile{
+		Name: "generic", AuthStyle: style, PKCE: pkce, ScopeSeparator: sep,
+		DefaultScopes: []string{"openid", "profile"}, errors: anyShape, refresh: refreshToken,
+	}
+	if g.UserinfoURL != "" {
+		p.identify = func(ctx context.Context, pr *Provider, access secret.Value) (Identity, error) {
+			var r map[string]any
+			if err := pr.callJSON(ctx, http.MethodGet, g.UserinfoURL, nil, access, &r); err != nil {
+				return Identity{}, err
+			}
+			str := func(k string) string {
+				if v, ok := r[k]; ok && v != nil {
+					return fmt.Sprint(v)
+				}
+				return ""
+			}
+			return Identity{ID: str(idField), Username: str(nameField)}, nil
+		}
+	}
+	if g.RevokeURL != "" {
+		p.revoke = func(ctx context.Context, pr *Provider, t TokenSet) error {
+			tok := t.RefreshToken
+			if tok.IsZero() {
+				tok = t.AccessToken
+			}
+			form := url.Values{"token": {tok.Reveal()}, "client_id": {pr.cfg.ClientID}, "client_secret": {pr.cfg.ClientSecret.Reveal()}}
+			return pr.callJSON(ctx, http.MethodPost, g.RevokeURL, form, secret.Value{}, nil)
+		}
+	}
+	return p
+}

@@ -1,0 +1,472 @@
+package oauth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/credgate/credgate/secret"
+)
+
+// PKCE is a platform's PKCE policy.
+type PKCE int
+
+// The policies.
+const (
+	// PKCENever: the platform rejects code_verifier (LinkedIn answers 401).
+	PKCENever PKCE = iota
+	// PKCES256: S256 is sent whenever the platform accepts it.
+	PKCES256
+	// PKCERequired: the platform refuses a flow without S256 (Twitter/X).
+	PKCERequired
+)
+
+// DefaultTimeout bounds every outbound call unless Config.Timeout says
+// otherwise.
+const DefaultTimeout = 10 * time.Second
+
+// plausibleLifetime is the longest expires_in believed. Larger values
+// (nanoseconds by mistake, "never") fall back to the profile's documented
+// lifetime rather than storing a token that never looks expired.
+const plausibleLifetime = 366 * 24 * time.Hour
+
+// TokenSet is what a completed flow or a refresh yields.
+type TokenSet struct {
+	AccessToken  secret.Value
+	RefreshToken secret.Value
+	TokenType    string
+	// Expiry is when the access token stops working; zero when unknown.
+	Expiry time.Time
+	// IssuedAt is when the access token was issued (Instagram only
+	// refreshes tokens at least 24 h old).
+	IssuedAt       time.Time
+	Scopes         []string
+	PlatformUserID string
+	Username       string
+}
+
+// Identity is the account a token belongs to.
+type Identity struct {
+	ID       string
+	Username string
+}
+
+// Start is a flow being begun: send the browser to URL, keep the rest
+// (State in oauth_states, BrowserBinding in a cookie).
+type Start struct {
+	URL            string
+	State          secret.Value
+	Verifier       secret.Value
+	BrowserBinding secret.Value
+}
+
+// Profile describes one platform. The built-in ones come from Lookup; a
+// Profile's URLs can be overridden per Provider through Config.
+type Profile struct {
+	Name     string
+	AuthURL  string
+	TokenURL string
+	// APIBase is the origin of the platform's API (profile, revoke,
+	// long-lived exchange).
+	APIBase        string
+	AuthStyle      oauth2.AuthStyle
+	PKCE           PKCE
+	ScopeSeparator string
+	DefaultScopes  []string
+	// DefaultLifetime is assumed when expires_in is missing or implausible.
+	DefaultLifetime time.Duration
+
+	errors errorParser
+	// exchange replaces the standard code exchange (Instagram).
+	exchange func(ctx context.Context, p *Provider, code string, verifier secret.Value) (TokenSet, error)
+	// afterExchange swaps a short-lived token for a long-lived one.
+	afterExchange func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error)
+	refresh       func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error)
+	revoke        func(ctx context.Context, p *Provider, t TokenSet) error
+	identify      func(ctx context.Context, p *Provider, access secret.Value) (Identity, error)
+}
+
+// Config is one app's registration at a platform, plus overrides.
+type Config struct {
+	ClientID     string
+	ClientSecret secret.Value
+	// RedirectURL is the callback registered at the platform.
+	RedirectURL string
+	// Scopes default to the profile's.
+	Scopes []string
+	// AuthURL, TokenURL and APIBase override the profile's, for a sandbox
+	// or a proxy.
+	AuthURL, TokenURL, APIBase string
+	// Timeout bounds each outbound call; default DefaultTimeout.
+	Timeout time.Duration
+	// Transport carries the requests; default http.DefaultTransport.
+	Transport http.RoundTripper
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Generic configures the generic profile; ignored by the others.
+	Generic GenericSettings
+}
+
+// GenericSettings configure the "generic" profile for any standard OAuth
+// 2.0 / OIDC provider.
+type GenericSettings struct {
+	UserinfoURL string
+	RevokeURL   string
+	// AuthStyle is "header" (client_secret_basic) or "params"
+	// (client_secret_post, the default).
+	AuthStyle string
+	// PKCE sends S256 (default true).
+	PKCE *bool
+	// IDField and NameField name the userinfo JSON fields; default "sub"
+	// and "preferred_username".
+	IDField, NameField string
+	ScopeSeparator     string
+}
+
+// Provider is a Profile bound to one app's credentials.
+type Provider struct {
+	profile Profile
+	cfg     Config
+	oauth   *oauth2.Config
+	client  *http.Client
+	now     func() time.Time
+}
+
+// New returns the provider for platform ("twitter", "linkedin",
+// "facebook", "instagram" or "generic") with cfg.
+func New(platform string, cfg Config) (*Provider, error) {
+	profile, err := Lookup(platform, cfg.Generic)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ClientID == "" {
+		return nil, fmt.Errorf("oauth %s: client_id is required", platform)
+	}
+	if cfg.RedirectURL == "" {
+		return nil, fmt.Errorf("oauth %s: redirect_url is required", platform)
+	}
+	for name, override := range map[string]*string{"auth_url": &profile.AuthURL, "token_url": &profile.TokenURL, "api_base": &profile.APIBase} {
+		v := map[string]string{"auth_url": cfg.AuthURL, "token_url": cfg.TokenURL, "api_base": cfg.APIBase}[name]
+		if v != "" {
+			*override = strings.TrimRight(v, "/")
+		}
+		if *override == "" && name != "api_base" {
+			return nil, fmt.Errorf("oauth %s: %s is required", platform, name)
+		}
+	}
+	if len(cfg.Scopes) == 0 {
+		cfg.Scopes = profile.DefaultScopes
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = http.DefaultTransport
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	p := &Provider{profile: profile, cfg: cfg, now: cfg.Now}
+	p.client = &http.Client{
+		Timeout:   cfg.Timeout,
+		Transport: &guard{next: cfg.Transport, platform: profile.Name, parse: profile.errors},
+		// A provider API never legitimately redirects an API call.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	p.oauth = &oauth2.Config{
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret.Reveal(),
+		RedirectURL:  cfg.RedirectURL,
+		Endpoint:     oauth2.Endpoint{AuthURL: profile.AuthURL, TokenURL: profile.TokenURL, AuthStyle: profile.AuthStyle},
+	}
+	if profile.ScopeSeparator == " " {
+		p.oauth.Scopes = cfg.Scopes
+	}
+	return p, nil
+}
+
+// Name is the platform name.
+func (p *Provider) Name() string { return p.profile.Name }
+
+// RedirectURL is the callback this provider sends the browser back to.
+func (p *Provider) RedirectURL() string { return p.cfg.RedirectURL }
+
+// UsesPKCE reports whether flows send a code challenge.
+func (p *Provider) UsesPKCE() bool { return p.profile.PKCE != PKCENever }
+
+// CanRevoke reports whether the platform has a revoke endpoint.
+func (p *Provider) CanRevoke() bool { return p.profile.revoke != nil }
+
+// BeginOption adjusts Begin.
+type BeginOption func(*beginOptions)
+
+type beginOptions struct{ state secret.Value }
+
+// WithState uses state instead of a fresh random one (credgate issues
+// self-authenticating states; see vault.Keyring.StateMACKey).
+func WithState(state secret.Value) BeginOption { return func(o *beginOptions) { o.state = state } }
+
+// RandomToken returns n random bytes, URL-safe base64 without padding.
+func RandomToken(n int) secret.Value {
+	b := make([]byte, n)
+	rand.Read(b)
+	return secret.New(base64.RawURLEncoding.EncodeToString(b))
+}
+
+// Begin starts a flow: a fresh state (32 random bytes, URL-safe), a PKCE
+// verifier when the platform uses PKCE, a browser-binding secret, and the
+// authorize URL carrying them.
+func (p *Provider) Begin(opts ...BeginOption) (Start, error) {
+	var o beginOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	s := Start{State: o.state, BrowserBinding: RandomToken(32)}
+	if s.State.IsZero() {
+		s.State = RandomToken(32)
+	}
+	var params []oauth2.AuthCodeOption
+	if p.profile.ScopeSeparator != " " && len(p.cfg.Scopes) > 0 {
+		params = append(params, oauth2.SetAuthURLParam("scope", strings.Join(p.cfg.Scopes, p.profile.ScopeSeparator)))
+	}
+	if p.UsesPKCE() {
+		s.Verifier = secret.New(oauth2.GenerateVerifier())
+		params = append(params, oauth2.S256ChallengeOption(s.Verifier.Reveal()))
+	}
+	s.URL = p.oauth.AuthCodeURL(s.State.Reveal(), params...)
+	return s, nil
+}
+
+// Complete exchanges an authorization code for a token set, applies the
+// platform's post-exchange step (Facebook and Instagram long-lived tokens)
+// and looks up the account's identity.
+func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value) (TokenSet, error) {
+	raw := strings.TrimSpace(code.Reveal())
+	// Facebook appends #_=_ and Instagram #_ to the redirect; a client
+	// that copies the whole fragment-bearing value must not send it.
+	raw = strings.TrimSuffix(strings.TrimSuffix(raw, "#_=_"), "#_")
+	if raw == "" {
+		return TokenSet{}, newError(p.profile.Name, "exchange", CodeInvalidRequest, 0, "no authorization code")
+	}
+	if p.profile.PKCE == PKCERequired && verifier.IsZero() {
+		return TokenSet{}, newError(p.profile.Name, "exchange", CodeInvalidRequest, 0, "no PKCE verifier for a platform that requires PKCE")
+	}
+	ctx = p.context(ctx, "exchange")
+	var t TokenSet
+	var err error
+	if p.profile.exchange != nil {
+		t, err = p.profile.exchange(ctx, p, raw, verifier)
+	} else {
+		t, err = p.standardExchange(ctx, raw, verifier)
+	}
+	if err != nil {
+		return TokenSet{}, p.asError("exchange", err)
+	}
+	if p.profile.afterExchange != nil {
+		if t, err = p.profile.afterExchange(p.context(ctx, "long_lived_exchange"), p, t); err != nil {
+			return TokenSet{}, p.asError("long_lived_exchange", err)
+		}
+	}
+	if p.profile.identify != nil {
+		id, err := p.profile.identify(p.context(ctx, "profile"), p, t.AccessToken)
+		if err != nil {
+			return TokenSet{}, p.asError("profile", err)
+		}
+		if id.ID == "" {
+			return TokenSet{}, newError(p.profile.Name, "profile", CodeInvalidResponse, 200, "profile without an id")
+		}
+		t.PlatformUserID, t.Username = id.ID, id.Username
+	}
+	return t, nil
+}
+
+// Refresh renews a token set by the platform's strategy. A platform or
+// token that cannot be renewed without the user yields needs_reauth.
+func (p *Provider) Refresh(ctx context.Context, t TokenSet) (TokenSet, error) {
+	if p.profile.refresh == nil {
+		return TokenSet{}, newError(p.profile.Name, "refresh", CodeNeedsReauth, 0, "the platform issues no refresh token")
+	}
+	out, err := p.profile.refresh(p.context(ctx, "refresh"), p, t)
+	if err != nil {
+		return TokenSet{}, p.asError("refresh", err)
+	}
+	out.PlatformUserID, out.Username = t.PlatformUserID, t.Username
+	if out.Scopes == nil {
+		out.Scopes = t.Scopes
+	}
+	return out, nil
+}
+
+// Revoke withdraws the token at the platform where it supports that, and
+// returns ErrRevokeUnsupported (code "unsupported") where it does not.
+func (p *Provider) Revoke(ctx context.Context, t TokenSet) error {
+	if p.profile.revoke == nil {
+		e := *ErrRevokeUnsupported
+		e.Platform = p.profile.Name
+		return &e
+	}
+	if err := p.profile.revoke(p.context(ctx, "revoke"), p, t); err != nil {
+		return p.asError("revoke", err)
+	}
+	return nil
+}
+
+// Identify looks up the account behind an access token.
+func (p *Provider) Identify(ctx context.Context, access secret.Value) (Identity, error) {
+	if p.profile.identify == nil {
+		return Identity{}, newError(p.profile.Name, "profile", CodeUnsupported, 0, "no profile endpoint configured")
+	}
+	id, err := p.profile.identify(p.context(ctx, "profile"), p, access)
+	if err != nil {
+		return Identity{}, p.asError("profile", err)
+	}
+	return id, nil
+}
+
+// context carries the HTTP client for x/oauth2 and the operation name for
+// the guard's errors.
+func (p *Provider) context(ctx context.Context, op string) context.Context {
+	return context.WithValue(withOp(ctx, op), oauth2.HTTPClient, p.client)
+}
+
+func (p *Provider) standardExchange(ctx context.Context, code string, verifier secret.Value) (TokenSet, error) {
+	var opts []oauth2.AuthCodeOption
+	// LinkedIn answers 401 when code_verifier is present, so a platform
+	// without PKCE never sends it, whatever the caller passed.
+	if p.UsesPKCE() && !verifier.IsZero() {
+		opts = append(opts, oauth2.VerifierOption(verifier.Reveal()))
+	}
+	tok, err := p.oauth.Exchange(ctx, code, opts...)
+	if err != nil {
+		return TokenSet{}, err
+	}
+	return p.fromOAuth2(tok)
+}
+
+// refreshToken runs the RFC 6749 refresh_token grant. x/oauth2 keeps the
+// old refresh token when the response has none, and returns the new one
+// when the platform rotates it (Twitter): the caller must persist it.
+func refreshToken(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
+	if t.RefreshToken.IsZero() {
+		return TokenSet{}, newError(p.profile.Name, "refresh", CodeNeedsReauth, 0, "no refresh token")
+	}
+	src := p.oauth.TokenSource(ctx, &oauth2.Token{RefreshToken: t.RefreshToken.Reveal(), Expiry: time.Unix(1, 0)})
+	tok, err := src.Token()
+	if err != nil {
+		return TokenSet{}, err
+	}
+	return p.fromOAuth2(tok)
+}
+
+func (p *Provider) fromOAuth2(tok *oauth2.Token) (TokenSet, error) {
+	t := TokenSet{
+		AccessToken:  secret.New(tok.AccessToken),
+		RefreshToken: secret.New(tok.RefreshToken),
+		TokenType:    tok.TokenType,
+		IssuedAt:     p.now(),
+	}
+	if scope, ok := tok.Extra("scope").(string); ok && scope != "" {
+		t.Scopes = splitScopes(scope)
+	}
+	var err error
+	t.Expiry, err = p.expiry(tok.ExpiresIn, !tok.Expiry.IsZero())
+	return t, err
+}
+
+// expiry turns expires_in seconds into a time, distrusting negative and
+// implausible values.
+func (p *Provider) expiry(seconds int64, present bool) (time.Time, error) {
+	now := p.now()
+	switch {
+	case present && seconds < 0:
+		return time.Time{}, newError(p.profile.Name, "", CodeInvalidResponse, 200, "negative expires_in")
+	case !present || seconds == 0 || time.Duration(seconds)*time.Second > plausibleLifetime:
+		if p.profile.DefaultLifetime > 0 {
+			return now.Add(p.profile.DefaultLifetime), nil
+		}
+		return time.Time{}, nil
+	}
+	return now.Add(time.Duration(seconds) * time.Second), nil
+}
+
+func splitScopes(s string) []string {
+	return slices.DeleteFunc(strings.FieldsFunc(s, func(r rune) bool { return r == ' ' || r == ',' }), func(x string) bool { return x == "" })
+}
+
+// callJSON performs a request through the guard and decodes a clean 2xx
+// JSON body into out (numbers kept exact).
+func (p *Provider) callJSON(ctx context.Context, method, rawURL string, form url.Values, bearer secret.Value, out any) error {
+	var body io.Reader
+	if form != nil && method != http.MethodGet && method != http.MethodDelete {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequestWithContext(ctx, method, rawURL, body)
+	if err != nil {
+		return newError(p.profile.Name, opOf(ctx), CodeInvalidRequest, 0, "bad endpoint URL")
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	req.Header.Set("Accept", "application/json")
+	if !bearer.IsZero() {
+		req.Header.Set("Authorization", "Bearer "+bearer.Reveal())
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	dec := json.NewDecoder(resp.Body)
+	dec.UseNumber()
+	if err := dec.Decode(out); err != nil {
+		return newError(p.profile.Name, opOf(ctx), CodeInvalidResponse, resp.StatusCode, "malformed JSON response")
+	}
+	return nil
+}
+
+// tokenResponse is a token endpoint answer decoded by hand (the
+// non-standard exchanges).
+type tokenResponse struct {
+	AccessToken string      `json:"access_token"`
+	TokenType   string      `json:"token_type"`
+	ExpiresIn   json.Number `json:"expires_in"`
+	UserID      json.Number `json:"user_id"`
+	Permissions any         `json:"permissions"`
+	Data        []struct {
+		AccessToken string      `json:"access_token"`
+		UserID      json.Number `json:"user_id"`
+		Permissions any         `json:"permissions"`
+	} `json:"data"`
+}
+
+func (p *Provider) fromResponse(r tokenResponse) (TokenSet, error) {
+	if r.AccessToken == "" {
+		return TokenSet{}, newError(p.profile.Name, "", CodeInvalidResponse, 200, "no access_token in the response")
+	}
+	t := TokenSet{AccessToken: secret.New(r.AccessToken), TokenType: r.TokenType, IssuedAt: p.now()}
+	var seconds int64
+	present := r.ExpiresIn != ""
+	if present {
+		n, err := r.ExpiresIn.Int64()
+		if err != nil {
+			return TokenSet{}, newError(p.profile.Name, "", CodeInvalidResponse, 200, "expires_in is not a whole number")
+		}
+		seconds = n
+	}
+	var err error
+	t.Expiry, err = p.expiry(seconds, present)
+	return t, err
+}

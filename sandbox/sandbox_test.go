@@ -1,0 +1,204 @@
+package sandbox_test
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credgate/credgate/sandbox"
+)
+
+var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+func start(t *testing.T, cfg sandbox.Config) (*sandbox.Server, string) {
+	t.Helper()
+	s := sandbox.New(cfg)
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return s, srv.URL
+}
+
+const twitterCallback = "http://localhost:8080/api/twitter/callback"
+
+func challenge(verifier string) string {
+	sum := sha256.Sum256([]byte(verifier))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+func twitterAuthorize(base string, extra url.Values) string {
+	q := url.Values{"response_type": {"code"}, "client_id": {"twitter-client-id"}, "redirect_uri": {twitterCallback},
+		"state": {"st"}, "scope": {"tweet.read users.read offline.access"},
+		"code_challenge": {challenge("verifier-verifier-verifier-verifier-verif")}, "code_challenge_method": {"S256"}}
+	for k, v := range extra {
+		q[k] = v
+	}
+	return base + "/twitter/i/oauth2/authorize?" + q.Encode()
+}
+
+func get(t *testing.T, u string) (*http.Response, string) {
+	t.Helper()
+	resp, err := noRedirects.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(b)
+}
+
+func TestConsentPageAndDecision(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{})
+	resp, body := get(t, twitterAuthorize(base, nil))
+	if resp.StatusCode != 200 || !strings.Contains(body, `<form method="post">`) ||
+		!strings.Contains(body, `name="decision" value="approve"`) || !strings.Contains(body, `name="decision" value="deny"`) {
+		t.Fatalf("consent page: %d\n%s", resp.StatusCode, body)
+	}
+	if !strings.Contains(body, "twitter-client-id") || !strings.Contains(body, "offline.access") {
+		t.Error("consent page does not say who asks for what")
+	}
+	resp, err := noRedirects.PostForm(twitterAuthorize(base, nil), url.Values{"decision": {"approve"}, "sandbox_user": {"bob"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != 302 || loc.Query().Get("code") == "" || loc.Query().Get("state") != "st" ||
+		!strings.HasPrefix(loc.String(), twitterCallback+"?") {
+		t.Fatalf("approve: %d %s", resp.StatusCode, loc)
+	}
+	if s.Stats()["twitter"].CodesIssued != 1 {
+		t.Error("code not counted")
+	}
+}
+
+func TestAuthorizeRefusals(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{AutoApprove: true})
+	cases := []struct {
+		name     string
+		extra    url.Values
+		status   int
+		errParam string
+		reason   string
+	}{
+		{"unknown client", url.Values{"client_id": {"nobody"}}, 400, "", "unknown_client"},
+		{"redirect off by one", url.Values{"redirect_uri": {twitterCallback + "/"}}, 400, "", "redirect_uri_mismatch"},
+		{"no pkce", url.Values{"code_challenge": nil, "code_challenge_method": nil}, 302, "invalid_request", "pkce_required"},
+		{"plain pkce", url.Values{"code_challenge_method": {"plain"}}, 302, "invalid_request", "pkce_required"},
+		{"state over 500", url.Values{"state": {strings.Repeat("s", 501)}}, 302, "invalid_request", "state_too_long"},
+		{"wrong response type", url.Values{"response_type": {"token"}}, 302, "unsupported_response_type", "unsupported_response_type"},
+	}
+	for _, tc := range cases {
+		resp, _ := get(t, twitterAuthorize(base, tc.extra))
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		if resp.StatusCode != tc.status || loc.Query().Get("error") != tc.errParam || loc.Query().Get("code") != "" {
+			t.Errorf("%s: %d %s", tc.name, resp.StatusCode, loc)
+		}
+		if s.Stats()["twitter"].Rejected[tc.reason] == 0 {
+			t.Errorf("%s: reason %s not counted: %v", tc.name, tc.reason, s.Stats()["twitter"].Rejected)
+		}
+	}
+}
+
+func redeemTwitter(base, code, verifier string) (*http.Response, map[string]any) {
+	req, _ := http.NewRequest("POST", base+"/twitter/2/oauth2/token", strings.NewReader(url.Values{
+		"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {twitterCallback}, "code_verifier": {verifier}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("twitter-client-id", "twitter-client-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	json.NewDecoder(resp.Body).Decode(&m)
+	return resp, m
+}
+
+func TestCodesAreSingleUseAndShortLived(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{AutoApprove: true})
+	code := func() string {
+		resp, _ := get(t, twitterAuthorize(base, nil))
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		return loc.Query().Get("code")
+	}
+	const verifier = "verifier-verifier-verifier-verifier-verif"
+	c := code()
+	resp, body := redeemTwitter(base, c, verifier)
+	if resp.StatusCode != 200 || body["access_token"] == nil || body["refresh_token"] == nil || body["expires_in"].(float64) != 7200 {
+		t.Fatalf("redeem: %d %v", resp.StatusCode, body)
+	}
+	resp, body = redeemTwitter(base, c, verifier)
+	if resp.StatusCode != 400 || body["error"] != "invalid_request" {
+		t.Errorf("reuse: %d %v", resp.StatusCode, body)
+	}
+	c = code()
+	s.Clock().Advance(sandbox.CodeTTL + time.Second)
+	if resp, _ = redeemTwitter(base, c, verifier); resp.StatusCode != 400 {
+		t.Errorf("expired code: %d", resp.StatusCode)
+	}
+	c = code()
+	if resp, _ = redeemTwitter(base, c, verifier+"x"); resp.StatusCode != 400 {
+		t.Errorf("wrong verifier: %d", resp.StatusCode)
+	}
+	rej := s.Stats()["twitter"].Rejected
+	if rej["reused_code"] != 1 || rej["expired_code"] != 1 || rej["wrong_code_verifier"] != 1 {
+		t.Errorf("rejections: %v", rej)
+	}
+}
+
+func TestAdminAPI(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{AutoApprove: true})
+
+	req, _ := http.NewRequest("PUT", base+"/_sandbox/faults/*.token", strings.NewReader(`{"html_502":true,"latency":"10ms"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("set fault: %v %v", resp.StatusCode, err)
+	}
+	resp, body := get(t, base+"/_sandbox/stats")
+	_ = body
+	r, _ := http.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
+	if r.StatusCode != 502 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") {
+		t.Errorf("wildcard fault not applied: %d", r.StatusCode)
+	}
+	req, _ = http.NewRequest("DELETE", base+"/_sandbox/faults/*.token", nil)
+	http.DefaultClient.Do(req)
+	r, _ = http.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
+	if r.StatusCode != 401 {
+		t.Errorf("after clearing the fault: %d, want 401 (no client credentials)", r.StatusCode)
+	}
+
+	before := s.Clock().Now()
+	r, _ = http.Post(base+"/_sandbox/clock?advance=24h", "", nil)
+	if r.StatusCode != 200 || s.Clock().Now().Sub(before) < 24*time.Hour {
+		t.Errorf("clock: %d", r.StatusCode)
+	}
+	if r, _ = http.Post(base+"/_sandbox/clock?advance=-1h", "", nil); r.StatusCode != 400 {
+		t.Errorf("negative advance: %d", r.StatusCode)
+	}
+
+	resp, body = get(t, base+"/_sandbox/stats")
+	var stats map[string]sandbox.PlatformStats
+	if err := json.Unmarshal([]byte(body), &stats); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stats: %v %s", err, body)
+	}
+	if stats["linkedin"].Rejected["fault_html_502"] != 1 || stats["linkedin"].Rejected["bad_client_credentials"] != 1 || len(stats) != 4 {
+		t.Errorf("stats: %+v", stats)
+	}
+	resp, body = get(t, base+"/_sandbox/apps")
+	if !strings.Contains(body, "instagram-client-secret") || !strings.Contains(body, "http://localhost:8080/api/auth/oauth/instagram/callback") {
+		t.Errorf("apps: %s", body)
+	}
+	if resp, _ = get(t, base+"/nowhere/at/all"); resp.StatusCode != 404 {
+		t.Errorf("unknown path: %d", resp.StatusCode)
+	}
+}
