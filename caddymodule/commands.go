@@ -1,14 +1,19 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -17,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/credgate/credgate/migrations"
+	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -69,7 +75,7 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		Short: "Creates credgate's tables and columns",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			rep, err := migrations.Up(ctx, databaseURL(cmd))
 			if err != nil {
@@ -84,7 +90,7 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		Short: "Drops what up added; keeps social_accounts and its legacy rows",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			force, _ := cmd.Flags().GetBool("force")
 			rep, err := migrations.Down(ctx, databaseURL(cmd), migrations.DownOptions{Force: force})
@@ -101,7 +107,7 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		Short: "Prints the applied version and which tables and columns exist",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			s, err := migrations.Inspect(ctx, databaseURL(cmd))
 			if err != nil {
@@ -112,7 +118,7 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		},
 	}
 	migrate.AddCommand(up, down, status)
-	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand()}
+	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), sandboxCommand()}
 }
 
 // progressInterval is how often a long batch job prints where it is.
@@ -130,7 +136,7 @@ a stopped run resumes where it stopped. Exits 1 if any row is left on an
 old key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			keys, pool, err := openVault(ctx, cmd)
 			if err != nil {
@@ -175,7 +181,7 @@ the app no longer reads those columns (guide Phase 5). Exits 1 if any row
 could not be processed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
 			keys, pool, err := openVault(ctx, cmd)
 			if err != nil {
@@ -279,6 +285,74 @@ func withProgress(w io.Writer, label string, interval time.Duration, run func(re
 	close(done)
 	wg.Wait()
 	return p, err
+}
+
+func sandboxCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sandbox [--listen 127.0.0.1:9090] [--config sandbox.json] [--app-origin URL] [--auto-approve]",
+		Short: "Runs the provider emulator for Twitter/X, LinkedIn, Facebook and Instagram",
+		Long: `Serves the four platforms' OAuth endpoints on their real paths under
+http://<listen>/<platform>/…, enforcing each platform's quirks, for staging
+checks and the demo. Prints the client ids and secrets it accepts.
+
+--config reads a JSON file: {"apps": [...], "auto_approve": true,
+"faults": {"twitter.token": {"error_rate": 0.2, "latency": "300ms"}}}.
+Faults can also be changed while it runs: PUT /_sandbox/faults/<key>.
+Counters: GET /_sandbox/stats.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			var cfg sandbox.Config
+			if path, _ := cmd.Flags().GetString("config"); path != "" {
+				raw, err := os.ReadFile(path)
+				if err != nil {
+					return fail(cmd, fmt.Errorf("reading sandbox config: %w", err))
+				}
+				dec := json.NewDecoder(bytes.NewReader(raw))
+				dec.DisallowUnknownFields()
+				if err := dec.Decode(&cfg); err != nil {
+					return fail(cmd, fmt.Errorf("sandbox config %s: %w", path, err))
+				}
+			}
+			if auto, _ := cmd.Flags().GetBool("auto-approve"); auto {
+				cfg.AutoApprove = true
+			}
+			if len(cfg.Apps) == 0 {
+				origin, _ := cmd.Flags().GetString("app-origin")
+				cfg.Apps = sandbox.DefaultApps(origin)
+			}
+			listen, _ := cmd.Flags().GetString("listen")
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fail(cmd, fmt.Errorf("listening on %s: %w", listen, err))
+			}
+			srv := sandbox.New(cfg)
+			w := cmd.OutOrStdout()
+			base := "http://" + ln.Addr().String()
+			fmt.Fprintf(w, "credgate sandbox listening on %s\n", base)
+			for _, a := range srv.Apps() {
+				fmt.Fprintf(w, "  %-9s client_id=%s client_secret=%s redirect_uris=%s\n", a.Platform, a.ClientID, a.ClientSecret, strings.Join(a.RedirectURIs, ","))
+			}
+			fmt.Fprintf(w, "  stats: %s/_sandbox/stats\n", base)
+			hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-ctx.Done()
+				shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				hs.Shutdown(shutdown)
+			}()
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fail(cmd, err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().String("listen", "127.0.0.1:9090", "address to listen on")
+	cmd.Flags().String("config", "", "JSON file with apps, auto_approve and faults")
+	cmd.Flags().String("app-origin", "http://localhost:8080", "origin of the app whose callbacks the default apps register")
+	cmd.Flags().Bool("auto-approve", false, "approve every authorization without showing the consent page")
+	return cmd
 }
 
 func hostname() string {

@@ -41,5 +41,37 @@ check "the example Caddyfile validates" \
   env DATABASE_URL="$url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
   "$CADDY_BIN" validate --config Caddyfile --adapter caddyfile
 
+# The provider emulator, standalone and as a Caddy handler.
+sandbox_port=$((20000 + RANDOM % 10000))
+"$CADDY_BIN" credgate sandbox --listen "127.0.0.1:$sandbox_port" --auto-approve >sandbox.$$.log 2>&1 &
+sandbox_pid=$!
+caddy_port=$((sandbox_port + 1))
+cat >Caddyfile.$$ <<CADDY
+{
+	admin off
+}
+:$caddy_port {
+	credgate_sandbox {
+		auto_approve
+	}
+}
+CADDY
+"$CADDY_BIN" run --config Caddyfile.$$ --adapter caddyfile >caddy.$$.log 2>&1 &
+caddy_pid=$!
+trap 'kill $sandbox_pid $caddy_pid 2>/dev/null; rm -f sandbox.$$.log caddy.$$.log Caddyfile.$$; psql "$server" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+for _ in $(seq 1 50); do
+  curl -sf "http://127.0.0.1:$sandbox_port/_sandbox/stats" >/dev/null && curl -sf "http://127.0.0.1:$caddy_port/_sandbox/stats" >/dev/null && break
+  sleep 0.2
+done
+authorize="/twitter/i/oauth2/authorize?response_type=code&client_id=twitter-client-id&state=s&code_challenge=abc&code_challenge_method=S256&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2Fapi%2Ftwitter%2Fcallback"
+check "credgate sandbox prints the apps it accepts" \
+  grep -q "client_id=twitter-client-id client_secret=twitter-client-secret" sandbox.$$.log
+check "credgate sandbox issues a code" \
+  bash -c "curl -s -o /dev/null -w '%{redirect_url}' 'http://127.0.0.1:$sandbox_port$authorize' | grep -q 'code='"
+check "credgate_sandbox in a Caddyfile issues a code" \
+  bash -c "curl -s -o /dev/null -w '%{redirect_url}' 'http://127.0.0.1:$caddy_port$authorize' | grep -q 'code='"
+check "sandbox stats count the codes" \
+  bash -c "curl -s 'http://127.0.0.1:$caddy_port/_sandbox/stats' | grep -q '\"codes_issued\":1'"
+
 echo "smoke: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
