@@ -5,8 +5,15 @@
 package caddymodule
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/flags"
 )
 
 func init() {
@@ -26,8 +33,14 @@ type App struct {
 	// config as written.
 	MasterKey string `json:"master_key,omitempty"`
 
+	// FlagsRaw is the rollout's flag provider, a module in the
+	// credgate.flags namespace (flagd, flagd_rpc, static, or one of your
+	// own). Default: none, which keeps every user on the legacy flow.
+	FlagsRaw json.RawMessage `json:"flags,omitempty" caddy:"namespace=credgate.flags inline_key=provider"`
+
 	databaseURL string
 	masterKey   string
+	rollout     *flags.Rollout
 	logger      *zap.Logger
 }
 
@@ -46,14 +59,43 @@ func (a *App) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	a.databaseURL = repl.ReplaceKnown(a.DatabaseURL, "")
 	a.masterKey = repl.ReplaceKnown(a.MasterKey, "")
+
+	provider, err := flags.Static(0)
+	if a.FlagsRaw != nil {
+		mod, err := ctx.LoadModule(a, "FlagsRaw")
+		if err != nil {
+			return fmt.Errorf("loading flag provider: %w", err)
+		}
+		fp, ok := mod.(FlagProvider)
+		if !ok {
+			return fmt.Errorf("flag provider module %T does not implement caddymodule.FlagProvider", mod)
+		}
+		provider, err = fp.OpenFeatureProvider()
+		if err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	a.rollout = flags.NewRollout(provider)
 	return nil
 }
 
-// Start is a no-op until the app owns background work.
-func (a *App) Start() error { return nil }
+// Start initialises the flag provider in the background: until it is
+// ready, every user stays on the legacy flow.
+func (a *App) Start() error {
+	return a.rollout.Start(context.Background())
+}
 
-// Stop is a no-op until the app owns background work.
-func (a *App) Stop() error { return nil }
+// Stop shuts the flag provider down, within a bounded wait.
+func (a *App) Stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return a.rollout.Close(ctx)
+}
+
+// Rollout is the app's rollout decision.
+func (a *App) Rollout() *flags.Rollout { return a.rollout }
 
 // Interface guards.
 var (

@@ -17,6 +17,7 @@ func init() {
 //		credgate {
 //			database_url <url>
 //			master_key   <base64 key>
+//			flags        flagd <path> | flagd_rpc <host:port> [tls <ca.pem>] | static <percent>
 //		}
 //	}
 //
@@ -41,6 +42,17 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.AllArgs(&app.MasterKey) {
 				return nil, d.ArgErr()
 			}
+		case "flags":
+			if !d.NextArg() {
+				return nil, d.Err("credgate: flags needs a provider: flagd <path>, flagd_rpc <host:port> or static <percent>")
+			}
+			// The provider's unmarshaler gets "<name> <args…>".
+			name := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "credgate.flags."+name)
+			if err != nil {
+				return nil, err
+			}
+			app.FlagsRaw = caddyconfig.JSONModuleObject(unm, "provider", name, nil)
 		default:
 			return nil, d.Errf("credgate: unrecognized option %q", d.Val())
 		}

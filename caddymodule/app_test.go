@@ -1,0 +1,77 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/credgate/credgate/flags"
+)
+
+// runningApp loads config into the process-wide Caddy and returns the
+// credgate app it started.
+func runningApp(t *testing.T, appJSON string) *App {
+	t.Helper()
+	cfg := `{"admin":{"disabled":true},"apps":{"credgate":` + appJSON + `}}`
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	app, err := caddy.ActiveContext().App("credgate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app.(*App)
+}
+
+func decideWithin(t *testing.T, app *App, want flags.Arm) flags.Decision {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d := app.Rollout().Decide(context.Background(), "11111111-1111-1111-1111-111111111111", "twitter")
+		if d.Arm == want || time.Now().After(deadline) {
+			return d
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The app builds the rollout from its flags module, starts the provider
+// in the background, and a config reload swaps it.
+func TestAppRolloutFromConfigAndReload(t *testing.T) {
+	// Not parallel: it drives the process-wide Caddy instance.
+	path := filepath.Join(t.TempDir(), "flags.json")
+	all := `{"flags":{"oauth-new-flow-enabled":{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"},
+		"oauth-new-flow":{"state":"ENABLED","variants":{"new":"new","legacy":"legacy"},"defaultVariant":"legacy",
+		"targeting":{"fractional":[["new",100],["legacy",0]]}}}}`
+	os.WriteFile(path, []byte(all), 0o644)
+	t.Cleanup(func() { caddy.Stop() })
+
+	pathJSON, _ := json.Marshal(path)
+	app := runningApp(t, `{"flags":{"provider":"flagd","path":`+string(pathJSON)+`}}`)
+	if d := decideWithin(t, app, flags.ArmNew); d.Arm != flags.ArmNew || d.Reason != flags.ReasonRollout {
+		t.Fatalf("flagd at 100%%: %+v", d)
+	}
+
+	app = runningApp(t, `{"flags":{"provider":"static","percent":0}}`)
+	if d := decideWithin(t, app, flags.ArmLegacy); d.Arm != flags.ArmLegacy || d.Reason != flags.ReasonKillSwitch {
+		t.Fatalf("static 0: %+v", d)
+	}
+
+	// No flags configured: everyone stays legacy.
+	app = runningApp(t, `{}`)
+	if d := decideWithin(t, app, flags.ArmLegacy); d.Arm != flags.ArmLegacy {
+		t.Fatalf("no provider: %+v", d)
+	}
+
+	// A missing flag file does not stop Caddy: legacy until it is fixed.
+	missing, _ := json.Marshal(filepath.Join(t.TempDir(), "missing.json"))
+	app = runningApp(t, `{"flags":{"provider":"flagd","path":`+string(missing)+`}}`)
+	if d := app.Rollout().Decide(context.Background(), "u1", "twitter"); d.Reason != flags.ReasonProviderNotReady {
+		t.Fatalf("missing flag file: %+v", d)
+	}
+}

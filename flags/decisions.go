@@ -1,0 +1,88 @@
+package flags
+
+import (
+	"context"
+	"sort"
+	"sync"
+
+	"github.com/open-feature/go-sdk/openfeature"
+)
+
+// DecisionKey groups decisions for counting.
+type DecisionKey struct {
+	Arm      Arm
+	Variant  string
+	Platform string
+	Reason   Reason
+}
+
+// Decisions counts rollout decisions by arm, variant, platform and reason,
+// for the telemetry layer to export. It is safe for concurrent use.
+type Decisions struct {
+	mu     sync.Mutex
+	counts map[DecisionKey]uint64
+}
+
+// NewDecisions returns an empty counter.
+func NewDecisions() *Decisions { return &Decisions{counts: map[DecisionKey]uint64{}} }
+
+func (c *Decisions) record(platform string, d Decision) Decision {
+	c.mu.Lock()
+	c.counts[DecisionKey{Arm: d.Arm, Variant: d.Variant, Platform: platform, Reason: d.Reason}]++
+	c.mu.Unlock()
+	return d
+}
+
+// DecisionCount is one row of a snapshot.
+type DecisionCount struct {
+	DecisionKey
+	Count uint64
+}
+
+// Snapshot returns the counts, sorted for stable output.
+func (c *Decisions) Snapshot() []DecisionCount {
+	c.mu.Lock()
+	out := make([]DecisionCount, 0, len(c.counts))
+	for k, n := range c.counts {
+		out = append(out, DecisionCount{k, n})
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].DecisionKey, out[j].DecisionKey
+		if a.Platform != b.Platform {
+			return a.Platform < b.Platform
+		}
+		if a.Arm != b.Arm {
+			return a.Arm < b.Arm
+		}
+		return a.Reason < b.Reason
+	})
+	return out
+}
+
+// decisionHook is the OpenFeature hook that counts every evaluation of
+// oauth-new-flow, whatever its outcome: Finally runs for errors and for
+// short-circuits (provider not ready) too.
+type decisionHook struct {
+	counts *Decisions
+}
+
+var _ openfeature.Hook = decisionHook{}
+
+func (decisionHook) Before(context.Context, openfeature.HookContext, openfeature.HookHints) (*openfeature.EvaluationContext, error) {
+	return nil, nil
+}
+
+func (decisionHook) After(context.Context, openfeature.HookContext, openfeature.InterfaceEvaluationDetails, openfeature.HookHints) error {
+	return nil
+}
+
+func (decisionHook) Error(context.Context, openfeature.HookContext, error, openfeature.HookHints) {}
+
+func (h decisionHook) Finally(_ context.Context, hc openfeature.HookContext, d openfeature.InterfaceEvaluationDetails, _ openfeature.HookHints) {
+	if hc.FlagKey() != FlagNewFlow {
+		return
+	}
+	platform, _ := hc.EvaluationContext().Attribute("platform").(string)
+	h.counts.record(platform, decisionOf(d.Value, d.Variant, d.ErrorCode, d.ErrorMessage))
+}

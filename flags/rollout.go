@@ -1,0 +1,190 @@
+// Package flags decides, per user and platform, whether an OAuth flow goes
+// to credgate's new flow or stays with the legacy app: the percentage
+// rollout of the migration guide's Phase 4, behind the OpenFeature Go SDK.
+//
+// Two flags drive it:
+//
+//   - oauth-new-flow-enabled, a boolean kill switch, evaluated first;
+//   - oauth-new-flow, a string flag whose "new" and "legacy" variants are
+//     split by flagd's fractional operation on the user id, optionally
+//     targeted per platform.
+//
+// Every failure falls back to legacy: no user id, the kill switch off, a
+// provider that is not ready or has failed, a missing or disabled flag, an
+// empty flag file, an unknown variant. Each fallback has its own Reason.
+//
+// Providers: flagd in-process reading a flag file (changes are picked up
+// without a restart), flagd over RPC for a shared daemon, and a static
+// percentage. Nothing outside this package imports a provider; the rest of
+// credgate sees openfeature.FeatureProvider and Rollout.Decide.
+package flags
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/open-feature/go-sdk/openfeature"
+	"github.com/open-feature/go-sdk/openfeature/isolated"
+)
+
+// The flag keys.
+const (
+	FlagNewFlow = "oauth-new-flow"
+	FlagEnabled = "oauth-new-flow-enabled"
+)
+
+// Arm is the side of the split a flow goes to.
+type Arm string
+
+// The two arms.
+const (
+	ArmNew    Arm = "new"
+	ArmLegacy Arm = "legacy"
+)
+
+// Reason says why a decision came out the way it did.
+type Reason string
+
+// The reasons. Everything but ReasonRollout is a fallback to legacy.
+const (
+	ReasonRollout          Reason = "rollout"            // the flag's split (or targeting) decided
+	ReasonNoIdentity       Reason = "no_identity"        // no user id: never hashed
+	ReasonKillSwitch       Reason = "kill_switch"        // oauth-new-flow-enabled is off
+	ReasonProviderNotReady Reason = "provider_not_ready" // still starting, or failed to start
+	ReasonProviderError    Reason = "provider_error"     // the provider failed to evaluate
+	ReasonFlagNotFound     Reason = "flag_not_found"     // flag missing (or an empty flag file)
+	ReasonFlagDisabled     Reason = "flag_disabled"      // flag state DISABLED
+	ReasonInvalidVariant   Reason = "invalid_variant"    // a value other than "new" or "legacy"
+)
+
+// Decision is the outcome for one user and platform.
+type Decision struct {
+	Arm Arm
+	// Variant is the flag variant, "" when none was evaluated.
+	Variant string
+	Reason  Reason
+}
+
+// Rollout evaluates the two flags through its own OpenFeature API
+// instance, so that several rollouts (Caddy config reloads, parallel
+// tests) never share global state.
+type Rollout struct {
+	api      *openfeature.EvaluationAPI
+	client   *openfeature.Client
+	provider openfeature.FeatureProvider
+	counts   *Decisions
+	// ready turns true the first time the provider reports ready. Until
+	// then (never started, or failed to start) every decision is legacy:
+	// a flagd provider whose file was missing at start answers
+	// FLAG_NOT_FOUND, which would hide the real problem. After that it
+	// stays true: flagd's state can stay ERROR after one bad file while it
+	// keeps evaluating the last good one.
+	ready atomic.Bool
+}
+
+// NewRollout wraps provider. Call Start before Decide; until the provider
+// is ready every decision is legacy.
+func NewRollout(provider openfeature.FeatureProvider) *Rollout {
+	api := isolated.NewAPI()
+	r := &Rollout{api: api, provider: provider, counts: NewDecisions()}
+	r.client = api.NewClient()
+	r.client.AddHooks(decisionHook{r.counts})
+	ready := func(openfeature.EventDetails) { r.ready.Store(true) }
+	api.AddHandler(openfeature.ProviderReady, &ready)
+	return r
+}
+
+// Start initialises the provider in the background and returns at once:
+// a provider that is slow to start (a flagd daemon not yet up) must not
+// hold up the server, and decisions are legacy until it is ready.
+func (r *Rollout) Start(ctx context.Context) error {
+	return r.api.SetProvider(ctx, r.provider)
+}
+
+// StartAndWait initialises the provider and waits until it is ready or
+// has failed.
+func (r *Rollout) StartAndWait(ctx context.Context) error {
+	if err := r.api.SetProviderAndWait(ctx, r.provider); err != nil {
+		return err
+	}
+	r.ready.Store(true)
+	return nil
+}
+
+// Ready reports whether the provider has been ready at least once.
+func (r *Rollout) Ready() bool { return r.ready.Load() }
+
+// Close shuts the provider down.
+func (r *Rollout) Close(ctx context.Context) error { return r.api.Shutdown(ctx) }
+
+// Counts is the decision counter, by variant, platform and reason.
+func (r *Rollout) Counts() *Decisions { return r.counts }
+
+// Decide says which arm a flow for userID on platform goes to. It never
+// fails: every problem is a legacy decision with its reason.
+func (r *Rollout) Decide(ctx context.Context, userID, platform string) Decision {
+	if userID == "" {
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonNoIdentity})
+	}
+	if !r.ready.Load() {
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonProviderNotReady})
+	}
+	evalCtx := openfeature.NewEvaluationContext(userID, map[string]any{"platform": platform})
+
+	// See evaluationLock: flagd core's rule engine has a global table.
+	evaluationLock.RLock()
+	enabled, err := r.client.BooleanValueDetails(ctx, FlagEnabled, false, evalCtx)
+	evaluationLock.RUnlock()
+	if err != nil {
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: reasonOf(enabled.ErrorCode, enabled.ErrorMessage)})
+	}
+	if !enabled.Value {
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Variant: enabled.Variant, Reason: ReasonKillSwitch})
+	}
+
+	// The decision hook counts this evaluation.
+	evaluationLock.RLock()
+	d, _ := r.client.StringValueDetails(ctx, FlagNewFlow, string(ArmLegacy), evalCtx)
+	evaluationLock.RUnlock()
+	return decisionOf(d.Value, d.Variant, d.ErrorCode, d.ErrorMessage)
+}
+
+// decisionOf turns an oauth-new-flow evaluation into a decision.
+func decisionOf(value any, variant string, code openfeature.ErrorCode, message string) Decision {
+	if code != "" {
+		return Decision{Arm: ArmLegacy, Variant: variant, Reason: reasonOf(code, message)}
+	}
+	switch value {
+	case string(ArmNew):
+		return Decision{Arm: ArmNew, Variant: variant, Reason: ReasonRollout}
+	case string(ArmLegacy):
+		return Decision{Arm: ArmLegacy, Variant: variant, Reason: ReasonRollout}
+	}
+	return Decision{Arm: ArmLegacy, Variant: variant, Reason: ReasonInvalidVariant}
+}
+
+func reasonOf(code openfeature.ErrorCode, message string) Reason {
+	switch code {
+	case openfeature.ProviderNotReadyCode:
+		return ReasonProviderNotReady
+	case openfeature.FlagNotFoundCode:
+		// flagd reports a DISABLED flag as FLAG_NOT_FOUND "… is disabled".
+		if strings.Contains(message, "disabled") {
+			return ReasonFlagDisabled
+		}
+		return ReasonFlagNotFound
+	case openfeature.TypeMismatchCode:
+		return ReasonInvalidVariant
+	}
+	return ReasonProviderError
+}
+
+// evaluationLock serialises creating a flagd provider with evaluations.
+// Every flagd in-process provider registers its custom operations in
+// jsonlogic's package-level table while evaluations read it; without this
+// lock a config reload (a new provider while the old one serves) is a data
+// race. Evaluations share the read side, so they do not wait for each
+// other.
+var evaluationLock sync.RWMutex

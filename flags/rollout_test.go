@@ -1,0 +1,347 @@
+package flags_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/open-feature/go-sdk/openfeature"
+
+	"github.com/credgate/credgate/flags"
+)
+
+// flagFile renders a flag file: the kill switch state and the new-flow
+// percentage, plus optional raw replacements for special cases.
+func flagFile(enabled bool, percent int) string {
+	variant := "on"
+	if !enabled {
+		variant = "off"
+	}
+	return fmt.Sprintf(`{"flags":{
+		"oauth-new-flow-enabled":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":%q},
+		"oauth-new-flow":{"state":"ENABLED","variants":{"new":"new","legacy":"legacy"},"defaultVariant":"legacy",
+			"targeting":{"fractional":[["new",%d],["legacy",%d]]}}}}`, variant, percent, 100-percent)
+}
+
+// writeAtomically is how ops are told to change the file: write a
+// temporary file in the same directory, then rename it over the flag file.
+func writeAtomically(t testing.TB, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flagdRollout starts a flagd in-process rollout on a fresh flag file.
+func flagdRollout(t testing.TB, content string) (*flags.Rollout, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "flags.json")
+	writeAtomically(t, path, content)
+	p, err := flags.FlagdFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flags.NewRollout(p)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.StartAndWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	return r, path
+}
+
+func userID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+func TestRolloutIsMonotonicAndOnTarget(t *testing.T) {
+	const users = 100_000
+	percents := []int{25, 50, 75, 100}
+	rollouts := map[int]*flags.Rollout{}
+	for _, p := range percents {
+		rollouts[p], _ = flagdRollout(t, flagFile(true, p))
+	}
+	cohorts := map[int][]bool{}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, p := range percents {
+		wg.Go(func() {
+			cohort := make([]bool, users)
+			for i := range users {
+				d := rollouts[p].Decide(context.Background(), userID(i), "twitter")
+				if d.Reason != flags.ReasonRollout {
+					t.Errorf("user %d at %d%%: reason %s", i, p, d.Reason)
+					return
+				}
+				cohort[i] = d.Arm == flags.ArmNew
+			}
+			mu.Lock()
+			cohorts[p] = cohort
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for k, p := range percents {
+		n := 0
+		for i, isNew := range cohorts[p] {
+			if isNew {
+				n++
+			}
+			if k > 0 && cohorts[percents[k-1]][i] && !isNew {
+				t.Fatalf("user %d is new at %d%% but not at %d%%: rollout is not monotonic", i, percents[k-1], p)
+			}
+		}
+		share := float64(n) / users * 100
+		if share < float64(p)-1 || share > float64(p)+1 {
+			t.Errorf("at %d%%: %.2f%% of users are new, want ±1%%", p, share)
+		}
+		t.Logf("at %d%%: %.2f%% new", p, share)
+	}
+}
+
+// The same id gets the same arm in another process.
+func TestRolloutIsStickyAcrossProcesses(t *testing.T) {
+	if path := os.Getenv("CREDGATE_FLAGS_HELPER"); path != "" {
+		return // running as the helper: TestHelperDecide does the work
+	}
+	r, path := flagdRollout(t, flagFile(true, 50))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperDecide$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "CREDGATE_FLAGS_HELPER="+path)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper process: %v", err)
+	}
+	var theirs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if arm, ok := strings.CutPrefix(line, "arm:"); ok {
+			theirs = append(theirs, arm)
+		}
+	}
+	if len(theirs) != 2000 {
+		t.Fatalf("helper printed %d decisions", len(theirs))
+	}
+	for i, arm := range theirs {
+		if mine := r.Decide(context.Background(), userID(i), "facebook").Arm; string(mine) != arm {
+			t.Fatalf("user %d: %s here, %s in another process", i, mine, arm)
+		}
+	}
+}
+
+func TestHelperDecide(t *testing.T) {
+	path := os.Getenv("CREDGATE_FLAGS_HELPER")
+	if path == "" {
+		return // only meaningful as TestRolloutIsStickyAcrossProcesses's child
+	}
+	p, err := flags.FlagdFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flags.NewRollout(p)
+	if err := r.StartAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		fmt.Printf("arm:%s\n", r.Decide(context.Background(), userID(i), "facebook").Arm)
+	}
+}
+
+func share(r *flags.Rollout, users int) float64 {
+	n := 0
+	for i := range users {
+		if r.Decide(context.Background(), userID(i), "twitter").Arm == flags.ArmNew {
+			n++
+		}
+	}
+	return float64(n) / float64(users) * 100
+}
+
+func TestHotReloadWithoutRestart(t *testing.T) {
+	r, path := flagdRollout(t, flagFile(true, 25))
+	if s := share(r, 2000); s < 22 || s > 28 {
+		t.Fatalf("share at 25%%: %.1f", s)
+	}
+
+	// A sampler keeps deciding through the switch: every decision must be
+	// a clean new or legacy from the rollout, never an error fallback.
+	stop := make(chan struct{})
+	var bad atomic.Int64
+	var sampled atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d := r.Decide(context.Background(), userID(i%5000), "twitter")
+			if d.Reason != flags.ReasonRollout || (d.Arm != flags.ArmNew && d.Arm != flags.ArmLegacy) {
+				bad.Add(1)
+			}
+			sampled.Add(1)
+		}
+	})
+
+	start := time.Now()
+	writeAtomically(t, path, flagFile(true, 75))
+	var took time.Duration
+	for time.Since(start) < 5*time.Second {
+		if s := share(r, 500); s > 65 {
+			took = time.Since(start)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if took == 0 || took > 2*time.Second {
+		t.Fatalf("decisions did not move to 75%% within 2 s (took %v)", took)
+	}
+	if bad.Load() != 0 {
+		t.Errorf("%d of %d decisions during the reload were not clean rollout decisions", bad.Load(), sampled.Load())
+	}
+	t.Logf("reload visible after %v; %d decisions sampled meanwhile", took, sampled.Load())
+	if s := share(r, 2000); s < 72 || s > 78 {
+		t.Errorf("share at 75%%: %.1f", s)
+	}
+}
+
+func TestFallbacksToLegacy(t *testing.T) {
+	ctx := context.Background()
+	type tc struct {
+		name    string
+		rollout func(t *testing.T) *flags.Rollout
+		user    string
+		want    flags.Reason
+	}
+	file := func(content string) func(t *testing.T) *flags.Rollout {
+		return func(t *testing.T) *flags.Rollout { r, _ := flagdRollout(t, content); return r }
+	}
+	cases := []tc{
+		{"empty user id", file(flagFile(true, 100)), "", flags.ReasonNoIdentity},
+		{"kill switch off overrides 100%", file(flagFile(false, 100)), "u1", flags.ReasonKillSwitch},
+		{"kill switch flag missing", file(`{"flags":{"oauth-new-flow":{"state":"ENABLED","variants":{"new":"new"},"defaultVariant":"new"}}}`), "u1", flags.ReasonFlagNotFound},
+		{"new-flow flag missing", file(`{"flags":{"oauth-new-flow-enabled":{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"}}}`), "u1", flags.ReasonFlagNotFound},
+		{"empty flag file", file(`{}`), "u1", flags.ReasonFlagNotFound},
+		{"disabled flag", file(strings.Replace(flagFile(true, 100), `"oauth-new-flow":{"state":"ENABLED"`, `"oauth-new-flow":{"state":"DISABLED"`, 1)), "u1", flags.ReasonFlagDisabled},
+		{"unknown variant", file(`{"flags":{"oauth-new-flow-enabled":{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"},
+			"oauth-new-flow":{"state":"ENABLED","variants":{"maybe":"maybe"},"defaultVariant":"maybe"}}}`), "u1", flags.ReasonInvalidVariant},
+		{"provider not started", func(t *testing.T) *flags.Rollout {
+			p, _ := flags.Static(100)
+			return flags.NewRollout(p) // Start never called
+		}, "u1", flags.ReasonProviderNotReady},
+		{"flag file missing at start", func(t *testing.T) *flags.Rollout {
+			p, err := flags.FlagdFile(filepath.Join(t.TempDir(), "nope.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := flags.NewRollout(p)
+			if err := r.StartAndWait(ctx); err == nil {
+				t.Fatal("a missing flag file started")
+			}
+			return r
+		}, "u1", flags.ReasonProviderNotReady},
+		{"flagd daemon unreachable", func(t *testing.T) *flags.Rollout {
+			p, err := flags.FlagdRPC("127.0.0.1", 1, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := flags.NewRollout(p)
+			r.StartAndWait(ctx)
+			return r
+		}, "u1", flags.ReasonProviderNotReady},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := c.rollout(t)
+			d := r.Decide(ctx, c.user, "twitter")
+			if d.Arm != flags.ArmLegacy || d.Reason != c.want {
+				t.Errorf("decision %+v, want legacy because %s", d, c.want)
+			}
+		})
+	}
+}
+
+// An empty file written in place of a good one drops every flag: legacy
+// for everyone, with its own reason, until a good file returns.
+func TestEmptyFileAtRuntimeFallsBackAndRecovers(t *testing.T) {
+	r, path := flagdRollout(t, flagFile(true, 100))
+	if d := r.Decide(context.Background(), "u1", "twitter"); d.Arm != flags.ArmNew {
+		t.Fatalf("at 100%%: %+v", d)
+	}
+	writeAtomically(t, path, "")
+	waitFor(t, func() bool { return r.Decide(context.Background(), "u1", "twitter").Reason == flags.ReasonFlagNotFound })
+	writeAtomically(t, path, flagFile(true, 100))
+	waitFor(t, func() bool { return r.Decide(context.Background(), "u1", "twitter").Arm == flags.ArmNew })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 3 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStaticProviderMatchesFlagd(t *testing.T) {
+	for _, p := range []int{0, 33, 100} {
+		st, err := flags.Static(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		static := flags.NewRollout(st)
+		static.StartAndWait(context.Background())
+		flagd, _ := flagdRollout(t, flagFile(true, p))
+		for i := range 3000 {
+			a := static.Decide(context.Background(), userID(i), "instagram")
+			b := flagd.Decide(context.Background(), userID(i), "instagram")
+			wantReason := flags.ReasonRollout
+			if p == 0 {
+				wantReason = flags.ReasonKillSwitch // static 0% turns the switch off
+			}
+			if a.Arm != b.Arm || a.Reason != wantReason {
+				t.Fatalf("user %d at %d%%: static %+v, flagd %+v", i, p, a, b)
+			}
+		}
+	}
+	if _, err := flags.Static(101); err == nil {
+		t.Error("static 101% accepted")
+	}
+}
+
+func TestDecisionsAreCounted(t *testing.T) {
+	r, _ := flagdRollout(t, flagFile(true, 50))
+	for i := range 200 {
+		r.Decide(context.Background(), userID(i), "twitter")
+	}
+	r.Decide(context.Background(), "", "linkedin")
+	var newN, legacyN, anon uint64
+	for _, c := range r.Counts().Snapshot() {
+		switch {
+		case c.Platform == "twitter" && c.Arm == flags.ArmNew && c.Reason == flags.ReasonRollout && c.Variant == "new":
+			newN = c.Count
+		case c.Platform == "twitter" && c.Arm == flags.ArmLegacy && c.Reason == flags.ReasonRollout:
+			legacyN = c.Count
+		case c.Platform == "linkedin" && c.Reason == flags.ReasonNoIdentity:
+			anon = c.Count
+		}
+	}
+	if newN+legacyN != 200 || newN < 70 || anon != 1 {
+		t.Errorf("counts: new %d legacy %d anonymous %d; snapshot %+v", newN, legacyN, anon, r.Counts().Snapshot())
+	}
+}
+
+var _ = openfeature.TargetingKey
