@@ -75,7 +75,9 @@ type staticProvider struct {
 	percent int
 }
 
-func (staticProvider) Metadata() openfeature.Metadata { return openfeature.Metadata{Name: "credgate-static"} }
+func (staticProvider) Metadata() openfeature.Metadata {
+	return openfeature.Metadata{Name: "credgate-static"}
+}
 
 func (staticProvider) Hooks() []openfeature.Hook { return nil }
 
