@@ -1,47 +1,129 @@
 // Package caddymodule is the Caddy glue for credgate: the credgate app (the
-// lifecycle of shared resources), its Caddyfile global option and the
-// `caddy credgate …` commands. It parses configuration and maps results to
-// Caddy; the logic it calls lives in the core packages.
+// lifecycle of the database pool, the keyring and the flag provider), the
+// credgate and credgate_sandbox HTTP handlers, their Caddyfile syntax and
+// the `caddy credgate …` commands. It parses configuration, wires the core
+// packages together and maps their results to HTTP; the logic lives in
+// vault, oauth, flags and sandbox.
 package caddymodule
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/pgurl"
+	"github.com/credgate/credgate/vault"
 )
 
 func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the credgate app. It holds what every credgate handler in the
-// config shares: the database and the keyring.
+// pools shares one pgx pool per database URL across config reloads: Caddy
+// starts the new config before it stops the old one, and the two must not
+// each hold a full set of connections, nor close the pool under the other.
+var pools = caddy.NewUsagePool()
+
+type sharedPool struct{ *pgxpool.Pool }
+
+func (p sharedPool) Destruct() error {
+	p.Close()
+	return nil
+}
+
+// App is the credgate app, configured by the `credgate` global option. It
+// holds what every credgate handler shares: the database pool, the
+// keyring, the provider settings and the rollout.
 type App struct {
-	// DatabaseURL is the PostgreSQL URL, for example
-	// "{env.DATABASE_URL}". Placeholders are expanded at provision.
-	// Required once handlers use the database.
+	// DatabaseURL is the PostgreSQL URL, normally "{env.DATABASE_URL}".
+	// Required.
 	DatabaseURL string `json:"database_url,omitempty"`
 
-	// MasterKey is the base64 master key, normally "{env.ENCRYPTION_MASTER_KEY}".
-	// Write the placeholder, not the key: Caddy's admin API returns the
-	// config as written.
+	// MasterKey is the base64 master key, normally
+	// "{env.ENCRYPTION_MASTER_KEY}". Write the placeholder, not the key:
+	// Caddy's admin API returns the config as written. Required.
 	MasterKey string `json:"master_key,omitempty"`
+
+	// MasterKeyID is the master key's id. Default 1.
+	MasterKeyID string `json:"master_key_id,omitempty"`
+
+	// PreviousKeys are decrypt-only keys, "id:base64,…", normally
+	// "{env.ENCRYPTION_PREVIOUS_KEYS}". Default none.
+	PreviousKeys string `json:"previous_keys,omitempty"`
+
+	// StateTTL is how long an OAuth flow may take between start and
+	// callback. Default 10m.
+	StateTTL caddy.Duration `json:"state_ttl,omitempty"`
+
+	// RefreshAhead schedules a token's refresh this long before it
+	// expires. Default 72h (the guide's "refresh tokens expiring in 3
+	// days").
+	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
+
+	// Providers configures each platform by name (twitter, linkedin,
+	// facebook, instagram, generic).
+	Providers map[string]*ProviderConfig `json:"providers,omitempty"`
 
 	// FlagsRaw is the rollout's flag provider, a module in the
 	// credgate.flags namespace (flagd, flagd_rpc, static, or one of your
 	// own). Default: none, which keeps every user on the legacy flow.
 	FlagsRaw json.RawMessage `json:"flags,omitempty" caddy:"namespace=credgate.flags inline_key=provider"`
 
-	databaseURL string
-	masterKey   string
-	rollout     *flags.Rollout
-	logger      *zap.Logger
+	keys     *vault.Keyring
+	pool     *pgxpool.Pool
+	poolKey  string
+	rollout  *flags.Rollout
+	logger   *zap.Logger
+	accounts *vault.Accounts
+	states   *vault.States
+
+	run *appRun
+}
+
+// appRun is the app's running state, behind a pointer because Caddy
+// copies module values.
+type appRun struct {
+	// available is true once the database answered and the key
+	// fingerprints matched; credgate routes answer 503 until then.
+	available atomic.Bool
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// ProviderConfig is one platform's app registration.
+type ProviderConfig struct {
+	// ClientID is the app's client id at the platform. Required.
+	ClientID string `json:"client_id,omitempty"`
+	// ClientSecret, normally a placeholder such as
+	// "{env.TWITTER_CLIENT_SECRET}". Required.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// RedirectURL is the callback registered at the platform. Default:
+	// <public_origin>/api/<platform>/callback, the legacy URL the app
+	// already registered, so a rollout needs no change at the platform.
+	RedirectURL string `json:"redirect_url,omitempty"`
+	// Scopes default to the platform's (see docs/providers.md).
+	Scopes []string `json:"scopes,omitempty"`
+	// Sandbox, if set, points every URL at a credgate sandbox at this
+	// base URL.
+	Sandbox string `json:"sandbox,omitempty"`
+	// AuthURL, TokenURL and APIBase override single URLs.
+	AuthURL  string `json:"auth_url,omitempty"`
+	TokenURL string `json:"token_url,omitempty"`
+	APIBase  string `json:"api_base,omitempty"`
+	// UserinfoURL and RevokeURL configure the generic profile.
+	UserinfoURL string `json:"userinfo_url,omitempty"`
+	RevokeURL   string `json:"revoke_url,omitempty"`
+	// Timeout bounds each call to the platform. Default 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -52,53 +134,169 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision expands placeholders. It touches no network, because it also
-// runs for `caddy validate`.
+// Provision validates the configuration and builds the keyring, the flag
+// provider and the (lazy) database pool. It touches no network, because it
+// also runs for `caddy validate`; a bad key fails here, closed.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.run = new(appRun)
 	repl := caddy.NewReplacer()
-	a.databaseURL = repl.ReplaceKnown(a.DatabaseURL, "")
-	a.masterKey = repl.ReplaceKnown(a.MasterKey, "")
+	databaseURL := repl.ReplaceKnown(a.DatabaseURL, "")
+	if a.StateTTL <= 0 {
+		a.StateTTL = caddy.Duration(vault.DefaultStateTTL)
+	}
+	if a.RefreshAhead <= 0 {
+		a.RefreshAhead = caddy.Duration(72 * time.Hour)
+	}
+
+	keyCfg := vault.KeyConfig{
+		MasterKey:    repl.ReplaceKnown(a.MasterKey, ""),
+		PreviousKeys: repl.ReplaceKnown(a.PreviousKeys, ""),
+	}
+	if id := repl.ReplaceKnown(a.MasterKeyID, ""); id != "" {
+		var n uint32
+		if _, err := fmt.Sscan(id, &n); err != nil || n == 0 {
+			return fmt.Errorf("credgate: master_key_id must be a whole number from 1, got %q", id)
+		}
+		keyCfg.MasterKeyID = n
+	}
+	keys, err := vault.NewKeyring(keyCfg)
+	if err != nil {
+		return fmt.Errorf("credgate: %w", err)
+	}
+	a.keys = keys
+	a.accounts, a.states = vault.NewAccounts(keys), vault.NewStates(keys)
+
+	poolCfg, err := pgurl.Parse(databaseURL)
+	if err != nil {
+		return fmt.Errorf("credgate: database_url: %w", err)
+	}
+	// A request must not wait 10 s for a dead database.
+	poolCfg.ConnConfig.ConnectTimeout = 3 * time.Second
+	a.poolKey = databaseURL
+	shared, _, err := pools.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		p, err := pgxpool.NewWithConfig(context.Background(), poolCfg) // connects lazily
+		return sharedPool{p}, err
+	})
+	if err != nil {
+		return fmt.Errorf("credgate: database pool: %w", err)
+	}
+	a.pool = shared.(sharedPool).Pool
 
 	provider, err := flags.Static(0)
+	if err != nil {
+		return err
+	}
 	if a.FlagsRaw != nil {
 		mod, err := ctx.LoadModule(a, "FlagsRaw")
 		if err != nil {
-			return fmt.Errorf("loading flag provider: %w", err)
+			return fmt.Errorf("credgate: loading flag provider: %w", err)
 		}
 		fp, ok := mod.(FlagProvider)
 		if !ok {
-			return fmt.Errorf("flag provider module %T does not implement caddymodule.FlagProvider", mod)
+			return fmt.Errorf("credgate: flag provider module %T does not implement caddymodule.FlagProvider", mod)
 		}
-		provider, err = fp.OpenFeatureProvider()
-		if err != nil {
-			return err
+		if provider, err = fp.OpenFeatureProvider(); err != nil {
+			return fmt.Errorf("credgate: %w", err)
 		}
-	} else if err != nil {
-		return err
 	}
 	a.rollout = flags.NewRollout(provider)
 	return nil
 }
 
-// Start initialises the flag provider in the background: until it is
-// ready, every user stays on the legacy flow.
+// Start starts the flag provider in the background and checks the
+// database. A key whose fingerprint does not match the one recorded in the
+// database stops Caddy from starting (fail closed). An unreachable
+// database does not: pass-through traffic flows, credgate routes answer
+// 503, and a background loop keeps trying.
 func (a *App) Start() error {
-	return a.rollout.Start(context.Background())
+	if err := a.rollout.Start(context.Background()); err != nil {
+		return fmt.Errorf("credgate: starting flag provider: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.run.cancel = cancel
+	err := a.checkDatabase(ctx, 3*time.Second)
+	if errors.Is(err, vault.ErrKeyMismatch) {
+		cancel()
+		return fmt.Errorf("credgate: %w", err)
+	}
+	if err != nil {
+		a.logger.Warn("database unavailable; credgate routes answer 503 until it is back", zap.Error(err))
+		a.run.wg.Go(func() { a.reconnect(ctx) })
+	}
+	return nil
 }
 
-// Stop shuts the flag provider down, within a bounded wait.
+// checkDatabase pings and verifies the key fingerprints.
+func (a *App) checkDatabase(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := a.keys.VerifyFingerprints(ctx, a.pool); err != nil {
+		return err
+	}
+	a.run.available.Store(true)
+	return nil
+}
+
+// reconnect retries the database with capped backoff until it answers.
+func (a *App) reconnect(ctx context.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.logger.Error("database reconnect loop panicked", zap.Any("panic", r))
+		}
+	}()
+	delay := 500 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		err := a.checkDatabase(ctx, 3*time.Second)
+		switch {
+		case err == nil:
+			a.logger.Info("database available; credgate routes are serving")
+			return
+		case errors.Is(err, vault.ErrKeyMismatch):
+			// Never serve with the wrong key: stay unavailable, loudly.
+			a.logger.Error("refusing to serve credgate routes", zap.Error(err))
+			return
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+// Stop ends the background work and the flag provider within a bounded
+// wait.
 func (a *App) Stop() error {
+	if a.run.cancel != nil {
+		a.run.cancel()
+	}
+	a.run.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return a.rollout.Close(ctx)
 }
+
+// Cleanup releases this config's hold on the shared pool; the last config
+// to let go closes it. It copes with a Provision that failed half-way.
+func (a *App) Cleanup() error {
+	if a.pool != nil {
+		_, err := pools.Delete(a.poolKey)
+		return err
+	}
+	return nil
+}
+
+// Available reports whether credgate routes can use the database.
+func (a *App) Available() bool { return a.run.available.Load() }
 
 // Rollout is the app's rollout decision.
 func (a *App) Rollout() *flags.Rollout { return a.rollout }
 
 // Interface guards.
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

@@ -11,21 +11,28 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/pgtest"
 )
 
 // runningApp loads config into the process-wide Caddy and returns the
 // credgate app it started.
-func runningApp(t *testing.T, appJSON string) *App {
+func runningApp(t *testing.T, db, appJSON string) *App {
 	t.Helper()
-	cfg := `{"admin":{"disabled":true},"apps":{"credgate":` + appJSON + `}}`
+	var app map[string]any
+	if err := json.Unmarshal([]byte(appJSON), &app); err != nil {
+		t.Fatal(err)
+	}
+	app["database_url"], app["master_key"] = db, testKey(1)
+	appBytes, _ := json.Marshal(app)
+	cfg := `{"admin":{"disabled":true},"apps":{"credgate":` + string(appBytes) + `}}`
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
-	app, err := caddy.ActiveContext().App("credgate")
+	running, err := caddy.ActiveContext().App("credgate")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return app.(*App)
+	return running.(*App)
 }
 
 func decideWithin(t *testing.T, app *App, want flags.Arm) flags.Decision {
@@ -50,27 +57,28 @@ func TestAppRolloutFromConfigAndReload(t *testing.T) {
 		"targeting":{"fractional":[["new",100],["legacy",0]]}}}}`
 	os.WriteFile(path, []byte(all), 0o644)
 	t.Cleanup(func() { caddy.Stop() })
+	db := pgtest.Database(t)
 
 	pathJSON, _ := json.Marshal(path)
-	app := runningApp(t, `{"flags":{"provider":"flagd","path":`+string(pathJSON)+`}}`)
+	app := runningApp(t, db, `{"flags":{"provider":"flagd","path":`+string(pathJSON)+`}}`)
 	if d := decideWithin(t, app, flags.ArmNew); d.Arm != flags.ArmNew || d.Reason != flags.ReasonRollout {
 		t.Fatalf("flagd at 100%%: %+v", d)
 	}
 
-	app = runningApp(t, `{"flags":{"provider":"static","percent":0}}`)
+	app = runningApp(t, db, `{"flags":{"provider":"static","percent":0}}`)
 	if d := decideWithin(t, app, flags.ArmLegacy); d.Arm != flags.ArmLegacy || d.Reason != flags.ReasonKillSwitch {
 		t.Fatalf("static 0: %+v", d)
 	}
 
 	// No flags configured: everyone stays legacy.
-	app = runningApp(t, `{}`)
+	app = runningApp(t, db, `{}`)
 	if d := decideWithin(t, app, flags.ArmLegacy); d.Arm != flags.ArmLegacy {
 		t.Fatalf("no provider: %+v", d)
 	}
 
 	// A missing flag file does not stop Caddy: legacy until it is fixed.
 	missing, _ := json.Marshal(filepath.Join(t.TempDir(), "missing.json"))
-	app = runningApp(t, `{"flags":{"provider":"flagd","path":`+string(missing)+`}}`)
+	app = runningApp(t, db, `{"flags":{"provider":"flagd","path":`+string(missing)+`}}`)
 	if d := app.Rollout().Decide(context.Background(), "u1", "twitter"); d.Reason != flags.ReasonProviderNotReady {
 		t.Fatalf("missing flag file: %+v", d)
 	}

@@ -58,14 +58,32 @@ func TestCaddyfileAdapt(t *testing.T) {
 
 func TestProvisionExpandsEnvironmentPlaceholders(t *testing.T) {
 	t.Setenv("CG_TEST_DB", "postgres://db.internal/app")
-	t.Setenv("CG_TEST_KEY", "a2V5")
-	app := &App{DatabaseURL: "{env.CG_TEST_DB}", MasterKey: "{env.CG_TEST_KEY}"}
+	t.Setenv("CG_TEST_KEY", testKey(7))
+	app := &App{DatabaseURL: "{env.CG_TEST_DB}", MasterKey: "{env.CG_TEST_KEY}", MasterKeyID: "3"}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	defer cancel()
 	if err := app.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if app.databaseURL != "postgres://db.internal/app" || app.masterKey != "a2V5" {
-		t.Errorf("provisioned database_url=%q master_key=%q", app.databaseURL, app.masterKey)
+	defer app.Cleanup()
+	if app.poolKey != "postgres://db.internal/app" || app.keys.PrimaryID() != 3 {
+		t.Errorf("provisioned database %q, key id %d", app.poolKey, app.keys.PrimaryID())
+	}
+}
+
+func TestProvisionFailsClosedOnBadKeys(t *testing.T) {
+	for name, app := range map[string]*App{
+		"no key":      {DatabaseURL: "postgres://x/y"},
+		"placeholder": {DatabaseURL: "postgres://x/y", MasterKey: "<generate-secure-key>"},
+		"no database": {MasterKey: testKey(1)},
+		"bad key id":  {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "zero"},
+	} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+		err := app.Provision(ctx)
+		cancel()
+		if err == nil {
+			t.Errorf("%s: provisioned", name)
+		}
+		app.Cleanup()
 	}
 }

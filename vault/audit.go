@@ -2,8 +2,11 @@ package vault
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Action is what an audit row records.
@@ -82,4 +85,32 @@ func nullString(s string) *string {
 		return nil
 	}
 	return &s
+}
+
+// LastEvent is the most recent audit row of one action for a user's
+// platform, for the health check's "last refresh outcome".
+type LastEvent struct {
+	Status    Outcome
+	ErrorCode string
+	At        time.Time
+}
+
+// Last returns the newest event of action for (userID, platform), or
+// ok=false when there is none.
+func (Audit) Last(ctx context.Context, db DB, userID, platform string, action Action) (LastEvent, bool, error) {
+	var e LastEvent
+	var code *string
+	err := db.QueryRow(ctx, `SELECT status, error_code, created_at FROM credential_audit_log
+		WHERE user_id = $1 AND platform = $2 AND action = $3 ORDER BY created_at DESC, id DESC LIMIT 1`,
+		userID, platform, action).Scan(&e.Status, &code, &e.At)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return e, false, nil
+	}
+	if err != nil {
+		return e, false, fmt.Errorf("reading audit log: %w", err)
+	}
+	if code != nil {
+		e.ErrorCode = *code
+	}
+	return e, true, nil
 }

@@ -193,3 +193,33 @@ func TestUnknownKeyIDIsAClearError(t *testing.T) {
 		t.Errorf("err = %v (id %d), want ErrUnknownKey naming id 42 and %s", err, id, vault.EnvPreviousKeys)
 	}
 }
+
+func TestIssuedStatesRecogniseThemselves(t *testing.T) {
+	t.Parallel()
+	k := mustKeyring(t, vault.KeyConfig{MasterKey: key(1)})
+	s := k.IssueState().Reveal()
+	if len(s) != vault.StateLength || !strings.HasPrefix(s, "cg1.") || !k.RecognizeState(s) {
+		t.Fatalf("issued state %q not recognised", s)
+	}
+	if k.IssueState().Reveal() == s {
+		t.Error("two states are equal")
+	}
+	rotated := mustKeyring(t, vault.KeyConfig{MasterKey: key(100), MasterKeyID: 2, PreviousKeys: "1:" + key(1)})
+	if !rotated.RecognizeState(s) {
+		t.Error("a state issued before a key rotation is no longer recognised")
+	}
+	other := mustKeyring(t, vault.KeyConfig{MasterKey: key(50)})
+	tampered := s[:10] + string(s[10]^1) + s[11:]
+	for name, bad := range map[string]string{
+		"other key": s, "tampered": tampered, "empty": "", "legacy app state": "a1b2c3d4e5",
+		"too long": s + "x", "sql": "cg1.' OR 1=1 --", "same length, wrong chars": "cg1." + strings.Repeat("!", vault.StateLength-4),
+	} {
+		k := k
+		if name == "other key" {
+			k = other
+		}
+		if k.RecognizeState(bad) {
+			t.Errorf("%s recognised", name)
+		}
+	}
+}

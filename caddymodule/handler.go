@@ -1,0 +1,175 @@
+package caddymodule
+
+import (
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/secret"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the credgate HTTP handler: it serves the new OAuth and
+// credential routes (routes.go) and passes everything else to the next
+// handler untouched, with no database access, no body read and no header
+// change.
+type Handler struct {
+	// Identity says how to learn the user id. Required for the routes
+	// that act for a user.
+	Identity *Identity `json:"identity,omitempty"`
+
+	// ReturnToAllow lists the path prefixes a flow may return to.
+	// Default ["/"].
+	ReturnToAllow []string `json:"return_to_allow,omitempty"`
+
+	// LoginURL is where a browser without a session is sent when it
+	// starts a flow. Default: none (401 JSON).
+	LoginURL string `json:"login_url,omitempty"`
+
+	// AdminToken guards /api/maintenance/cleanup and
+	// /api/credentials/service-health ("Authorization: Bearer <token>"),
+	// normally "{env.CREDGATE_ADMIN_TOKEN}". Default: none, and those
+	// routes answer 403.
+	AdminToken string `json:"admin_token,omitempty"`
+
+	// PublicOrigin is the app's origin as browsers see it, such as
+	// "https://app.example.com". It builds the default redirect URLs and
+	// is the origin state-changing requests must come from. Required.
+	PublicOrigin string `json:"public_origin,omitempty"`
+
+	app        *App
+	providers  map[string]*oauth.Provider
+	adminToken secret.Value
+	logger     *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.credgate",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision binds the handler to the credgate app and builds one OAuth
+// provider per configured platform. No network.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	appIface, err := ctx.App("credgate")
+	if err != nil {
+		return fmt.Errorf("credgate handler: the credgate global option is needed: %w", err)
+	}
+	h.app = appIface.(*App)
+	repl := caddy.NewReplacer()
+	h.adminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))
+	h.PublicOrigin = strings.TrimRight(repl.ReplaceKnown(h.PublicOrigin, ""), "/")
+	if u, err := url.Parse(h.PublicOrigin); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
+		return fmt.Errorf("credgate handler: public_origin must be an origin such as https://app.example.com, got %q", h.PublicOrigin)
+	}
+	if len(h.ReturnToAllow) == 0 {
+		h.ReturnToAllow = []string{"/"}
+	}
+	for _, p := range h.ReturnToAllow {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("credgate handler: return_to_allow entries are paths starting with /, got %q", p)
+		}
+	}
+	if h.Identity != nil {
+		if err := h.Identity.provision(ctx); err != nil {
+			return err
+		}
+	}
+	h.providers = map[string]*oauth.Provider{}
+	for name, pc := range h.app.Providers {
+		p, err := h.buildProvider(name, pc, repl)
+		if err != nil {
+			return fmt.Errorf("credgate handler: provider %s: %w", name, err)
+		}
+		h.providers[name] = p
+	}
+	return nil
+}
+
+func (h *Handler) buildProvider(name string, pc *ProviderConfig, repl *caddy.Replacer) (*oauth.Provider, error) {
+	cfg := oauth.Config{
+		ClientID:     repl.ReplaceKnown(pc.ClientID, ""),
+		ClientSecret: secret.New(repl.ReplaceKnown(pc.ClientSecret, "")),
+		RedirectURL:  repl.ReplaceKnown(pc.RedirectURL, ""),
+		Scopes:       pc.Scopes,
+		AuthURL:      repl.ReplaceKnown(pc.AuthURL, ""),
+		TokenURL:     repl.ReplaceKnown(pc.TokenURL, ""),
+		APIBase:      repl.ReplaceKnown(pc.APIBase, ""),
+		Timeout:      time.Duration(pc.Timeout),
+		Generic:      oauth.GenericSettings{UserinfoURL: pc.UserinfoURL, RevokeURL: pc.RevokeURL},
+	}
+	if cfg.RedirectURL == "" {
+		// The legacy callback the app registered: no change at the
+		// platform is needed to roll out (guide Step 5.4 is optional).
+		cfg.RedirectURL = h.PublicOrigin + "/api/" + name + "/callback"
+	}
+	if base := repl.ReplaceKnown(pc.Sandbox, ""); base != "" {
+		auth, token, api, err := oauth.SandboxURLs(name, base)
+		if err != nil {
+			return nil, err
+		}
+		cfg.AuthURL, cfg.TokenURL, cfg.APIBase = auth, token, api
+	}
+	if cfg.ClientSecret.IsZero() {
+		return nil, fmt.Errorf("client_secret is required")
+	}
+	return oauth.New(name, cfg)
+}
+
+// ServeHTTP routes credgate's paths and passes the rest on untouched.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	path := r.URL.Path
+	// The cheap test first: pass-through traffic pays one prefix check.
+	if !strings.HasPrefix(path, "/api/") {
+		return next.ServeHTTP(w, r)
+	}
+	if route := h.route(r.Method, path); route != nil {
+		route(w, r)
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// adminAllowed checks "Authorization: Bearer <admin token>" in constant
+// time; without a configured token nobody is admin.
+func (h *Handler) adminAllowed(r *http.Request) bool {
+	if h.adminToken.IsZero() {
+		return false
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.adminToken.Reveal())) == 1
+}
+
+// sameOrigin accepts a state-changing request only from the app's own
+// pages: Origin equal to public_origin, or Sec-Fetch-Site same-origin.
+func (h *Handler) sameOrigin(r *http.Request) bool {
+	if origin := r.Header.Get("Origin"); origin != "" {
+		return origin == h.PublicOrigin
+	}
+	return r.Header.Get("Sec-Fetch-Site") == "same-origin"
+}
+
+func errField(err error) zap.Field { return zap.String("error", err.Error()) }
+
+func pathField(r *http.Request) zap.Field { return zap.String("path", r.URL.Path) }
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

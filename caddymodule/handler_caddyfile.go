@@ -1,0 +1,92 @@
+package caddymodule
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("credgate", parseHandlerDirective)
+	// Before reverse_proxy, so a plain `credgate` line in front of the app
+	// works without a route block.
+	httpcaddyfile.RegisterDirectiveOrder("credgate", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseHandlerDirective parses:
+//
+//	credgate {
+//		public_origin   <origin>                 # required: https://app.example.com
+//		identity {
+//			jwt_secret  <secret>                 # HS256, or:
+//			jwks_url    <url>                    # RS256/ES256 by key id, or:
+//			placeholder {http.auth.user.id}      # another Caddy auth module
+//			cookie      <name>                   # default sb-access-token
+//			no_header                            # do not read Authorization: Bearer
+//			claim       <name>                   # default sub
+//			issuer      <iss>
+//			audience    <aud>
+//		}
+//		return_to_allow <path prefix…>           # default /
+//		login_url       <url>
+//		admin_token     <token>
+//	}
+func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	d := h.Dispenser
+	d.Next()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "public_origin", "login_url", "admin_token":
+			target := map[string]*string{"public_origin": &handler.PublicOrigin, "login_url": &handler.LoginURL, "admin_token": &handler.AdminToken}[opt]
+			if !d.AllArgs(target) {
+				return nil, d.ArgErr()
+			}
+		case "return_to_allow":
+			handler.ReturnToAllow = d.RemainingArgs()
+			if len(handler.ReturnToAllow) == 0 {
+				return nil, d.ArgErr()
+			}
+		case "identity":
+			id, err := parseIdentity(d)
+			if err != nil {
+				return nil, err
+			}
+			handler.Identity = id
+		default:
+			return nil, d.Errf("credgate: unrecognized option %q", opt)
+		}
+	}
+	return handler, nil
+}
+
+func parseIdentity(d *caddyfile.Dispenser) (*Identity, error) {
+	id := new(Identity)
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		target := map[string]*string{
+			"jwt_secret": &id.JWTSecret, "jwks_url": &id.JWKSURL, "placeholder": &id.Placeholder,
+			"cookie": &id.Cookie, "claim": &id.Claim, "issuer": &id.Issuer, "audience": &id.Audience,
+		}[opt]
+		switch {
+		case target != nil:
+			if !d.AllArgs(target) {
+				return nil, d.ArgErr()
+			}
+		case opt == "no_header":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			id.NoHeader = true
+		default:
+			return nil, d.Errf("credgate: unrecognized identity option %q", opt)
+		}
+	}
+	return id, nil
+}

@@ -1,0 +1,67 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// apiError is the body of every credgate error response:
+// {"error":{"code","message"}}. Messages are written for the client and
+// never carry an internal error, a token or a stack.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: message}})
+}
+
+// writeStoreError maps a database failure: an unreachable database is 503
+// "unavailable" (the pass-through keeps working meanwhile); anything else
+// is a 500 whose detail stays in the log.
+func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing string, err error) {
+	if unavailable(err) {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
+		return
+	}
+	h.logger.Error(doing, errField(err), pathField(r))
+	writeError(w, http.StatusInternalServerError, "internal", "internal error")
+}
+
+// unavailable reports whether err means the database cannot be reached.
+func unavailable(err error) bool {
+	var netErr net.Error
+	var connErr *pgconn.ConnectError
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) || errors.As(err, &connErr) ||
+		pgconn.Timeout(err) || errors.Is(err, net.ErrClosed)
+}
+
+// redirectWith sends the browser back to the app's return path with extra
+// query parameters (connected=…, or oauth_error=…&platform=…).
+func redirectWith(w http.ResponseWriter, r *http.Request, returnTo string, params url.Values) {
+	u, err := url.Parse(returnTo)
+	if err != nil || returnTo == "" {
+		u = &url.URL{Path: "/"}
+	}
+	q := u.Query()
+	for k, v := range params {
+		q[k] = v
+	}
+	u.RawQuery = q.Encode()
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, u.String(), http.StatusFound)
+}

@@ -1,0 +1,510 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/vault"
+)
+
+// Every route credgate owns, in one place:
+//
+//	GET    /api/auth/oauth/{platform}              start a flow (PKCE, state row) → 302 to the provider
+//	GET    /api/auth/oauth/{platform}/callback     finish a flow
+//	GET    /api/credentials/status                 this user's connections
+//	DELETE /api/credentials/{platform}/disconnect  revoke, wipe, audit
+//	GET    /api/credentials/health-check           this user's credential health
+//	GET    /api/credentials/service-health         (admin) database, keys, flags, providers
+//	POST   /api/maintenance/cleanup                (admin) delete expired states
+//
+// Anything else under /api/ goes to the next handler.
+func (h *Handler) route(method, path string) http.HandlerFunc {
+	rest, ok := strings.CutPrefix(path, "/api/auth/oauth/")
+	if ok {
+		platform, tail, _ := strings.Cut(rest, "/")
+		switch tail {
+		case "":
+			return h.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { h.start(w, r, platform) }})
+		case "callback":
+			return h.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { h.callback(w, r, platform) }})
+		}
+		return nil
+	}
+	switch path {
+	case "/api/credentials/status":
+		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.status})
+	case "/api/credentials/health-check":
+		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.healthCheck})
+	case "/api/credentials/service-health":
+		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.serviceHealth})
+	case "/api/maintenance/cleanup":
+		return h.methods(map[string]http.HandlerFunc{http.MethodPost: h.cleanup})
+	}
+	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
+		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok && !strings.Contains(platform, "/") {
+			return h.methods(map[string]http.HandlerFunc{http.MethodDelete: func(w http.ResponseWriter, r *http.Request) { h.disconnect(w, r, platform) }})
+		}
+	}
+	return nil
+}
+
+// methods answers 405 with an Allow header for any other method.
+func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if f, ok := byMethod[r.Method]; ok {
+			f(w, r)
+			return
+		}
+		for m := range byMethod {
+			w.Header().Set("Allow", m)
+		}
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
+	}
+}
+
+// dbTimeout bounds every database step of a request.
+const dbTimeout = 5 * time.Second
+
+// ready answers 503 while the database is unreachable or the key check
+// has not passed.
+func (h *Handler) ready(w http.ResponseWriter) bool {
+	if !h.app.Available() {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
+		return false
+	}
+	return true
+}
+
+func (h *Handler) userID(r *http.Request) string {
+	if h.Identity == nil {
+		return ""
+	}
+	return h.Identity.userID(r)
+}
+
+// requireUser answers 401 JSON when the request has no identity.
+func (h *Handler) requireUser(w http.ResponseWriter, r *http.Request) (string, bool) {
+	user := h.userID(r)
+	if user == "" {
+		writeError(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
+		return "", false
+	}
+	return user, true
+}
+
+func wantsJSON(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "application/json") || r.Header.Get("X-Requested-With") == "XMLHttpRequest"
+}
+
+// bindingCookie is per platform, so two flows started in two tabs do not
+// overwrite each other's binding.
+func bindingCookie(platform string) string { return "__Host-credgate-" + platform }
+
+// validReturnTo accepts only a same-origin relative path under an allowed
+// prefix: no scheme, no host, no "//" or "\" tricks, no control bytes.
+func (h *Handler) validReturnTo(raw string) (string, bool) {
+	if raw == "" {
+		return h.ReturnToAllow[0], true
+	}
+	if len(raw) > 2048 || !strings.HasPrefix(raw, "/") || strings.HasPrefix(raw, "//") ||
+		strings.ContainsAny(raw, "\\\x00\r\n\t") {
+		return "", false
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || strings.Contains(u.Path, "/../") || strings.HasSuffix(u.Path, "/..") {
+		return "", false
+	}
+	for _, prefix := range h.ReturnToAllow {
+		if strings.HasPrefix(u.Path, prefix) {
+			return u.RequestURI(), true
+		}
+	}
+	return "", false
+}
+
+// start: GET /api/auth/oauth/{platform}?return_to=…
+func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string) {
+	p, ok := h.providers[platform]
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		return
+	}
+	user := h.userID(r)
+	if user == "" {
+		if h.LoginURL != "" && !wantsJSON(r) {
+			redirectWith(w, r, h.LoginURL, url.Values{"return_to": {r.URL.RequestURI()}})
+			return
+		}
+		writeError(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
+		return
+	}
+	returnTo, ok := h.validReturnTo(r.URL.Query().Get("return_to"))
+	if !ok {
+		writeError(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
+		return
+	}
+	if !h.ready(w) {
+		return
+	}
+	flow, err := p.Begin(oauth.WithState(h.app.keys.IssueState()))
+	if err != nil {
+		h.writeStoreError(w, r, "starting oauth flow", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer cancel()
+	ttl := time.Duration(h.app.StateTTL)
+	err = vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
+		if err := h.app.states.Create(ctx, tx, vault.NewState{
+			State: flow.State, UserID: user, Platform: platform, Flow: "new", Verifier: flow.Verifier,
+			BrowserBinding: flow.BrowserBinding, ReturnTo: returnTo, RedirectURI: p.RedirectURL(), TTL: ttl,
+		}); err != nil {
+			return err
+		}
+		return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: user, Platform: platform, Action: vault.ActionOAuthStart,
+			Status: vault.Success, Flow: "new"})
+	})
+	if err != nil {
+		h.writeStoreError(w, r, "storing oauth state", err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: bindingCookie(platform), Value: flow.BrowserBinding.Reveal(), Path: "/",
+		MaxAge: int(ttl.Seconds()), Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode,
+	})
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, flow.URL, http.StatusFound)
+}
+
+// callback: GET /api/auth/oauth/{platform}/callback?code&state (or error).
+func (h *Handler) callback(w http.ResponseWriter, r *http.Request, platform string) {
+	p, ok := h.providers[platform]
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		return
+	}
+	h.finish(w, r, p, r.URL.Query().Get("state"))
+}
+
+// finish completes a flow credgate started: consume the state (single
+// use), check it belongs to this platform, browser and user, then exchange
+// the code and store the result in one transaction with its refresh job
+// and audit row. Shared by the new callback and, later, the legacy one.
+func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provider, rawState string) {
+	platform := p.Name()
+	if !h.ready(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer cancel()
+	refuse := func(code, message, user string, details map[string]any) {
+		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionConnect,
+			Status: vault.Failed, Flow: "new", ErrorCode: code, Details: details}); err != nil {
+			h.logger.Error("writing audit row", errField(err))
+		}
+		writeError(w, http.StatusBadRequest, code, message)
+	}
+	if rawState == "" {
+		refuse("invalid_state", "the sign-in link is missing its state; start again", "", map[string]any{"reason": "missing"})
+		return
+	}
+	st, err := h.app.states.Consume(ctx, h.app.pool, secret.New(rawState))
+	switch {
+	case errors.Is(err, vault.ErrStateNotFound):
+		refuse("invalid_state", "this sign-in link is unknown or was already used; start again", "", map[string]any{"reason": "unknown_or_used"})
+		return
+	case errors.Is(err, vault.ErrStateExpired):
+		refuse("invalid_state", "this sign-in link has expired; start again", "", map[string]any{"reason": "expired"})
+		return
+	case err != nil:
+		h.writeStoreError(w, r, "consuming oauth state", err)
+		return
+	}
+	cookie, _ := r.Cookie(bindingCookie(platform))
+	var binding secret.Value
+	if cookie != nil {
+		binding = secret.New(cookie.Value)
+	}
+	switch {
+	case st.Platform != platform:
+		refuse("state_mismatch", "this sign-in link belongs to another platform", st.UserID, map[string]any{"reason": "platform"})
+		return
+	case !st.MatchesBrowser(binding):
+		refuse("state_mismatch", "this sign-in was started in another browser", st.UserID, map[string]any{"reason": "browser"})
+		return
+	}
+	if user := h.userID(r); user != "" && user != st.UserID {
+		refuse("state_mismatch", "this sign-in was started by another user", st.UserID, map[string]any{"reason": "user"})
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+
+	fail := func(code oauth.Code) {
+		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+			Status: vault.Failed, Flow: st.Flow, ErrorCode: string(code), Duration: time.Since(st.CreatedAt)}); err != nil {
+			h.logger.Error("writing audit row", errField(err))
+		}
+		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {string(code)}, "platform": {platform}})
+	}
+	if cbErr := oauth.CallbackError(platform, r.URL.Query()); cbErr != nil {
+		fail(cbErr.Code)
+		return
+	}
+	// The code exchange gets its own budget: providers may be slow.
+	exCtx, exCancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer exCancel()
+	tok, err := p.Complete(exCtx, secret.New(r.URL.Query().Get("code")), st.Verifier)
+	if err != nil {
+		h.logger.Info("oauth exchange failed", zap.String("platform", platform), errField(err))
+		fail(oauth.CodeOf(err))
+		return
+	}
+
+	storeCtx, storeCancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer storeCancel()
+	err = vault.InTx(storeCtx, h.app.pool, func(tx pgx.Tx) error {
+		acct, err := h.app.accounts.Upsert(storeCtx, tx, vault.Connection{
+			UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
+			Credentials: vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry},
+			Scopes:      tok.Scopes, ConnectedVia: vault.FlowCredgate,
+		})
+		if err != nil {
+			return err
+		}
+		if !tok.Expiry.IsZero() {
+			runAt := tok.Expiry.Add(-time.Duration(h.app.RefreshAhead))
+			if _, err := (vault.RefreshQueue{}).Schedule(storeCtx, tx, acct.ID, runAt); err != nil {
+				return err
+			}
+		}
+		return vault.Audit{}.Append(storeCtx, tx, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+			Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
+			Details: map[string]any{"account_id": acct.ID, "scopes": len(tok.Scopes)}})
+	})
+	if err != nil {
+		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
+		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
+		return
+	}
+	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
+}
+
+// accountView is what the status endpoint shows of an account: no secret.
+type accountView struct {
+	Platform        string     `json:"platform"`
+	Status          string     `json:"status"`
+	Username        string     `json:"username,omitempty"`
+	ExpiresAt       *time.Time `json:"expires_at"`
+	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
+	ConnectedVia    string     `json:"connected_via"`
+}
+
+// status: GET /api/credentials/status
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	user, ok := h.requireUser(w, r)
+	if !ok || !h.ready(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer cancel()
+	accounts, err := h.app.accounts.List(ctx, h.app.pool, user)
+	if err != nil {
+		h.writeStoreError(w, r, "listing accounts", err)
+		return
+	}
+	views := []accountView{}
+	for _, a := range accounts {
+		views = append(views, accountView{Platform: a.Platform, Status: string(a.Status), Username: a.Username,
+			ExpiresAt: a.ExpiresAt, LastRefreshedAt: a.LastRefreshedAt, ConnectedVia: string(a.ConnectedVia)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"accounts": views})
+}
+
+// disconnect: DELETE /api/credentials/{platform}/disconnect
+func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform string) {
+	user, ok := h.requireUser(w, r)
+	if !ok {
+		return
+	}
+	if !h.sameOrigin(r) {
+		writeError(w, http.StatusForbidden, "cross_origin", "this request must come from the app's own pages")
+		return
+	}
+	if !h.ready(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer cancel()
+	acct, creds, err := h.app.accounts.Get(ctx, h.app.pool, user, platform)
+	if err != nil && !errors.Is(err, vault.ErrNotConnected) {
+		// A blob that no longer decrypts must not block the user from
+		// disconnecting: log it and wipe.
+		if unavailable(err) {
+			h.writeStoreError(w, r, "reading account", err)
+			return
+		}
+		h.logger.Warn("disconnecting an account whose credentials do not decrypt", zap.String("platform", platform), errField(err))
+	}
+	revoked := false
+	if p, ok := h.providers[platform]; ok && err == nil && p.CanRevoke() {
+		rctx, rcancel := context.WithTimeout(r.Context(), 15*time.Second)
+		rerr := p.Revoke(rctx, oauth.TokenSet{AccessToken: creds.AccessToken, RefreshToken: creds.RefreshToken, PlatformUserID: acct.PlatformUserID})
+		rcancel()
+		revoked = rerr == nil
+		ev := vault.Event{UserID: user, Platform: platform, Action: vault.ActionRevoke, Status: vault.Success}
+		if rerr != nil {
+			ev.Status, ev.ErrorCode = vault.Failed, string(oauth.CodeOf(rerr))
+		}
+		if aerr := (vault.Audit{}).Append(ctx, h.app.pool, ev); aerr != nil {
+			h.logger.Error("writing audit row", errField(aerr))
+		}
+	}
+	err = vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
+		gone, err := h.app.accounts.Disconnect(ctx, tx, user, platform)
+		if err != nil {
+			return err
+		}
+		if err := (vault.RefreshQueue{}).Cancel(ctx, tx, gone.ID); err != nil {
+			return err
+		}
+		return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDisconnect,
+			Status: vault.Success, Details: map[string]any{"revoked": revoked}})
+	})
+	if errors.Is(err, vault.ErrNotConnected) {
+		writeError(w, http.StatusNotFound, "not_connected", "this platform is not connected")
+		return
+	}
+	if err != nil {
+		h.writeStoreError(w, r, "disconnecting", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
+}
+
+type healthView struct {
+	Platform         string  `json:"platform"`
+	Status           string  `json:"status"`
+	SecondsToExpiry  *int64  `json:"seconds_to_expiry"`
+	NeedsReauth      bool    `json:"needs_reauth"`
+	LastRefresh      *string `json:"last_refresh"`
+	LastRefreshError string  `json:"last_refresh_error,omitempty"`
+}
+
+// healthCheck: GET /api/credentials/health-check
+func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
+	user, ok := h.requireUser(w, r)
+	if !ok || !h.ready(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer cancel()
+	accounts, err := h.app.accounts.List(ctx, h.app.pool, user)
+	if err != nil {
+		h.writeStoreError(w, r, "listing accounts", err)
+		return
+	}
+	views := []healthView{}
+	now := time.Now()
+	for _, a := range accounts {
+		v := healthView{Platform: a.Platform, Status: string(a.Status)}
+		if a.ExpiresAt != nil {
+			s := int64(a.ExpiresAt.Sub(now).Seconds())
+			v.SecondsToExpiry = &s
+		}
+		v.NeedsReauth = a.Status == vault.StatusNeedsReauth || (a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) && a.Status != vault.StatusDisconnected)
+		last, found, err := vault.Audit{}.Last(ctx, h.app.pool, user, a.Platform, vault.ActionRefresh)
+		if err != nil {
+			h.writeStoreError(w, r, "reading refresh outcome", err)
+			return
+		}
+		if found {
+			outcome := string(last.Status)
+			v.LastRefresh, v.LastRefreshError = &outcome, last.ErrorCode
+		}
+		views = append(views, v)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"accounts": views})
+}
+
+// serviceHealth: GET /api/credentials/service-health (admin)
+func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
+	if !h.adminAllowed(r) {
+		writeError(w, http.StatusForbidden, "forbidden", "admin token required")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	healthy := true
+	check := func(err error) map[string]any {
+		if err != nil {
+			healthy = false
+			return map[string]any{"ok": false, "error": err.Error()}
+		}
+		return map[string]any{"ok": true}
+	}
+	dbErr := h.app.pool.Ping(ctx)
+	if dbErr != nil {
+		dbErr = errors.New("unreachable")
+	} else if !h.app.Available() {
+		dbErr = errors.New("key check has not passed")
+	}
+	var flagsErr error
+	if !h.app.rollout.Ready() {
+		flagsErr = errors.New("flag provider not ready: every user is on the legacy flow")
+	}
+	providers := map[string]any{}
+	for name := range h.app.Providers {
+		if _, ok := h.providers[name]; ok {
+			providers[name] = map[string]any{"ok": true}
+		}
+	}
+	body := map[string]any{
+		"database":  check(dbErr),
+		"keyring":   map[string]any{"ok": true, "primary_key_id": h.app.keys.PrimaryID()},
+		"flags":     check(flagsErr),
+		"providers": providers,
+	}
+	status := http.StatusOK
+	if !healthy {
+		status = http.StatusServiceUnavailable
+	}
+	body["ok"] = healthy
+	writeJSON(w, status, body)
+}
+
+// cleanup: POST /api/maintenance/cleanup (admin), the guide's Step 5.2.
+func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
+	if !h.adminAllowed(r) {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
+		return
+	}
+	if !h.ready(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	var deleted int64
+	err := vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
+		var err error
+		if deleted, err = h.app.states.CleanupExpired(ctx, tx); err != nil {
+			return err
+		}
+		return vault.Audit{}.Append(ctx, tx, vault.Event{Action: vault.ActionStateCleanup, Status: vault.Success,
+			Details: map[string]any{"deleted": deleted, "trigger": "api"}})
+	})
+	if err != nil {
+		h.writeStoreError(w, r, "cleaning up states", err)
+		return
+	}
+	h.logger.Info("cleaned up expired oauth states", zap.Int64("deleted", deleted))
+	writeJSON(w, http.StatusOK, map[string]any{"deleted": deleted})
+}
