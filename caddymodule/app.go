@@ -33,7 +33,14 @@ func init() {
 // each hold a full set of connections, nor close the pool under the other.
 var pools = caddy.NewUsagePool()
 
-type sharedPool struct{ *pgxpool.Pool }
+// sharedPool is a pool plus the keyrings the database has accepted
+// through it. A reloaded config with the same keys is available at once:
+// Caddy may start the new HTTP server before the new credgate app, and
+// flows in flight must not see a 503 for that.
+type sharedPool struct {
+	*pgxpool.Pool
+	verified *sync.Map // keyring identity → true
+}
 
 func (p sharedPool) Destruct() error {
 	p.Close()
@@ -80,6 +87,7 @@ type App struct {
 
 	keys     *vault.Keyring
 	pool     *pgxpool.Pool
+	shared   sharedPool
 	poolKey  string
 	rollout  *flags.Rollout
 	logger   *zap.Logger
@@ -176,12 +184,16 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.poolKey = databaseURL
 	shared, _, err := pools.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		p, err := pgxpool.NewWithConfig(context.Background(), poolCfg) // connects lazily
-		return sharedPool{p}, err
+		return sharedPool{Pool: p, verified: new(sync.Map)}, err
 	})
 	if err != nil {
 		return fmt.Errorf("credgate: database pool: %w", err)
 	}
-	a.pool = shared.(sharedPool).Pool
+	a.shared = shared.(sharedPool)
+	a.pool = a.shared.Pool
+	if _, ok := a.shared.verified.Load(keys.Identity()); ok {
+		a.run.available.Store(true)
+	}
 
 	provider, err := flags.Static(0)
 	if err != nil {
@@ -234,6 +246,7 @@ func (a *App) checkDatabase(ctx context.Context, timeout time.Duration) error {
 	if err := a.keys.VerifyFingerprints(ctx, a.pool); err != nil {
 		return err
 	}
+	a.shared.verified.Store(a.keys.Identity(), true)
 	a.run.available.Store(true)
 	return nil
 }

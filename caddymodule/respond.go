@@ -1,14 +1,14 @@
 package caddymodule
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"net/url"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/credgate/credgate/vault"
 )
 
 // apiError is the body of every credgate error response:
@@ -42,12 +42,20 @@ func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing 
 	writeError(w, http.StatusInternalServerError, "internal", "internal error")
 }
 
-// unavailable reports whether err means the database cannot be reached.
+// unavailable reports whether err means the database cannot be reached:
+// anything that is not an answer from PostgreSQL (an SQL error) nor one of
+// credgate's own data errors — refused or cut connections, EOFs, timeouts.
 func unavailable(err error) bool {
-	var netErr net.Error
-	var connErr *pgconn.ConnectError
-	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) || errors.As(err, &connErr) ||
-		pgconn.Timeout(err) || errors.Is(err, net.ErrClosed)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return false
+	}
+	for _, own := range []error{vault.ErrDecryptionFailed, vault.ErrUnknownKey, vault.ErrMalformedBlob, vault.ErrNotConnected} {
+		if errors.Is(err, own) {
+			return false
+		}
+	}
+	return true
 }
 
 // redirectWith sends the browser back to the app's return path with extra

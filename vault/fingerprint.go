@@ -3,6 +3,8 @@ package vault
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 )
@@ -36,4 +38,14 @@ func (k *Keyring) VerifyFingerprints(ctx context.Context, db DB) error {
 		}
 	}
 	return nil
+}
+
+// Identity names this keyring's exact set of keys (ids and fingerprints),
+// so that a process can remember that a database already accepted it.
+func (k *Keyring) Identity() string {
+	h := sha256.New()
+	for _, id := range k.IDs() {
+		fmt.Fprintf(h, "%d:%x;", id, k.keys[id].fingerprint)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

@@ -1,0 +1,306 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/sandbox"
+	"github.com/credgate/credgate/vault"
+)
+
+const (
+	devSecret  = "test-jwt-secret-test-jwt-secret-0123456789"
+	adminToken = "admin-token-for-tests"
+	alice      = "11111111-1111-4111-8111-111111111111"
+	bob        = "22222222-2222-4222-8222-222222222222"
+)
+
+// upstreamRequest is what the stub app received.
+type upstreamRequest struct {
+	Method, Path, Query string
+	Header              http.Header
+	Body                []byte
+}
+
+// harness is a real Caddy (loaded in this process from a Caddyfile) with
+// the credgate handler in front of a stub app, the sandbox on real HTTP,
+// and a database of its own.
+type harness struct {
+	t        *testing.T
+	db       string
+	origin   string // Caddy's site, what browsers see
+	sandbox  *sandbox.Server
+	sbURL    string
+	upstream *httptest.Server
+	mu       sync.Mutex
+	seen     []upstreamRequest
+	keys     *vault.Keyring
+
+	retryTransport   bool
+	transportRetries atomic.Int64
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type harnessOptions struct {
+	databaseURL string // default: a fresh migrated database
+	extraSite   string // more handler options
+}
+
+func newHarness(t *testing.T, opt harnessOptions) *harness {
+	t.Helper()
+	h := &harness{t: t}
+	h.db = opt.databaseURL
+	if h.db == "" {
+		h.db = pgtest.Database(t)
+	}
+	port := freePort(t)
+	h.origin = fmt.Sprintf("http://127.0.0.1:%d", port)
+	h.sandbox = sandbox.New(sandbox.Config{AutoApprove: true, Apps: sandbox.DefaultApps(h.origin)})
+	sb := httptest.NewServer(h.sandbox)
+	t.Cleanup(sb.Close)
+	h.sbURL = sb.URL
+	h.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		h.mu.Lock()
+		h.seen = append(h.seen, upstreamRequest{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Clone(), body})
+		h.mu.Unlock()
+		w.Header().Set("X-Upstream", "stub-app")
+		w.Header().Set("Set-Cookie", "app_session=abc; Path=/")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprintf(w, "app saw %s %s %d bytes", r.Method, r.URL.Path, len(body))
+	}))
+	t.Cleanup(h.upstream.Close)
+	h.keys, _ = vault.NewKeyring(vault.KeyConfig{MasterKey: testKey(1)})
+	h.load(opt.extraSite)
+	t.Cleanup(func() { caddy.Stop() })
+	return h
+}
+
+// caddyfile renders the config under test.
+func (h *harness) caddyfile(extraSite string) string {
+	var providers strings.Builder
+	for _, p := range sandbox.Platforms {
+		fmt.Fprintf(&providers, `
+		provider %s {
+			client_id %s-client-id
+			client_secret %s-client-secret
+			redirect_url %s/api/auth/oauth/%s/callback
+			sandbox %s
+		}`, p, p, p, h.origin, p, h.sbURL)
+	}
+	return fmt.Sprintf(`{
+	admin off
+	credgate {
+		database_url %s
+		master_key %s
+		flags static 100%s
+	}
+}
+
+%s {
+	credgate {
+		public_origin %s
+		identity {
+			jwt_secret %s
+		}
+		return_to_allow /settings /accounts
+		admin_token %s
+		%s
+	}
+	reverse_proxy %s
+}
+`, h.db, testKey(1), providers.String(), h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
+}
+
+func (h *harness) load(extraSite string) {
+	h.t.Helper()
+	cfgJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(h.caddyfile(extraSite)), nil)
+	if err != nil {
+		h.t.Fatalf("adapting: %v", err)
+	}
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		h.t.Fatalf("loading: %v", err)
+	}
+	waitUntil(h.t, 10*time.Second, func() bool {
+		// A credgate-owned path: a probe through reverse_proxy would leave
+		// an idle upstream connection per config, which Caddy keeps.
+		resp, err := http.Get(h.origin + "/api/credentials/status")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	h.mu.Lock()
+	h.seen = nil // the readiness probes
+	h.mu.Unlock()
+}
+
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var client = &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+func (h *harness) token(user string) string {
+	tok, err := SignDevToken(user, devSecret, time.Hour)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return tok
+}
+
+// do sends a request as user ("" = anonymous) with extra headers.
+func (h *harness) do(method, path, user string, headers map[string]string) (*http.Response, []byte) {
+	h.t.Helper()
+	target := path
+	if !strings.HasPrefix(path, "http") {
+		target = h.origin + path
+	}
+	req, _ := http.NewRequest(method, target, nil)
+	if user != "" {
+		req.Header.Set("Authorization", "Bearer "+h.token(user))
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	for attempt := 0; err != nil && h.retryTransport && attempt < 3; attempt++ {
+		// Caddy's graceful reload can reset a connection the kernel had
+		// queued on the old listener; the request never reached a
+		// handler, so a browser-style retry is safe.
+		h.transportRetries.Add(1)
+		time.Sleep(50 * time.Millisecond)
+		resp, err = client.Do(req)
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, body
+}
+
+// errorCode reads {"error":{"code"}}.
+func errorCode(body []byte) string {
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	json.Unmarshal(body, &e)
+	return e.Error.Code
+}
+
+// startFlow begins a flow and returns the provider URL and the binding cookie.
+func (h *harness) startFlow(user, platform, returnTo string) (string, *http.Cookie) {
+	h.t.Helper()
+	resp, body := h.do("GET", "/api/auth/oauth/"+platform+"?return_to="+url.QueryEscape(returnTo), user, nil)
+	if resp.StatusCode != http.StatusFound {
+		h.t.Fatalf("start %s: %d %s", platform, resp.StatusCode, body)
+	}
+	var binding *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "__Host-credgate-"+platform {
+			binding = c
+		}
+	}
+	if binding == nil || !binding.Secure || !binding.HttpOnly || binding.SameSite != http.SameSiteLaxMode || binding.Path != "/" {
+		h.t.Fatalf("binding cookie: %+v", binding)
+	}
+	return resp.Header.Get("Location"), binding
+}
+
+// authorize follows the provider URL (auto-approved by the sandbox) and
+// returns the callback URL the provider sent the browser to.
+func (h *harness) authorize(providerURL string) string {
+	h.t.Helper()
+	resp, err := client.Get(providerURL)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound {
+		h.t.Fatalf("provider authorize: %d", resp.StatusCode)
+	}
+	return resp.Header.Get("Location")
+}
+
+// callback delivers the provider's redirect to credgate with the cookie.
+func (h *harness) callback(callbackURL string, cookie *http.Cookie, user string) (*http.Response, []byte) {
+	h.t.Helper()
+	headers := map[string]string{}
+	if cookie != nil {
+		headers["Cookie"] = cookie.Name + "=" + cookie.Value
+	}
+	return h.do("GET", strings.SplitN(callbackURL, "#", 2)[0], user, headers)
+}
+
+// connect runs a whole flow and returns credgate's final redirect.
+func (h *harness) connect(user, platform string) string {
+	h.t.Helper()
+	providerURL, cookie := h.startFlow(user, platform, "/settings")
+	resp, body := h.callback(h.authorize(providerURL), cookie, user)
+	if resp.StatusCode != http.StatusFound {
+		h.t.Fatalf("callback %s: %d %s", platform, resp.StatusCode, body)
+	}
+	return resp.Header.Get("Location")
+}
+
+func (h *harness) count(sql string, args ...any) int {
+	h.t.Helper()
+	pool := pgtest.Pool(h.t, h.db)
+	var n int
+	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		h.t.Fatalf("%s: %v", sql, err)
+	}
+	pool.Close()
+	return n
+}
+
+func (h *harness) upstreamSaw() []upstreamRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]upstreamRequest(nil), h.seen...)
+}
+
+func pgDump(t *testing.T, db string) string {
+	t.Helper()
+	out, err := exec.Command("pg_dump", "--data-only", db).Output()
+	if err != nil {
+		t.Fatalf("pg_dump: %v", err)
+	}
+	return string(out)
+}
+
+var _ = bytes.NewReader

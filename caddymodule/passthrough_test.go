@@ -1,0 +1,252 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/sandbox"
+)
+
+// Requests credgate does not own reach the app byte for byte, and the
+// app's answer comes back unchanged.
+func TestPassThroughIsUntouched(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	cases := []struct {
+		method, path string
+		body         []byte
+	}{
+		{"GET", "/", nil},
+		{"POST", "/api/posts?draft=1", []byte(`{"text":"hello \u00e9 world","n":1}`)},
+		{"PUT", "/api/twitter/callback?code=abc&state=legacy-state", bytes.Repeat([]byte{0, 1, 2, 255}, 4096)},
+		{"GET", "/api/auth/other", nil},
+		{"DELETE", "/api/credentials", nil},
+		{"GET", "/static/app.js", nil},
+	}
+	for _, c := range cases {
+		req, _ := http.NewRequest(c.method, h.origin+c.path, bytes.NewReader(c.body))
+		req.Header.Set("X-Custom", "kept as is")
+		req.Header.Set("Cookie", "sb-access-token=whatever; app_session=1")
+		req.Header.Set("Authorization", "Bearer "+h.token(alice))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := fmt.Sprintf("app saw %s %s %d bytes", c.method, strings.SplitN(c.path, "?", 2)[0], len(c.body))
+		if resp.StatusCode != 200 || string(got) != want || resp.Header.Get("X-Upstream") != "stub-app" ||
+			resp.Header.Get("Set-Cookie") != "app_session=abc; Path=/" {
+			t.Errorf("%s %s: %d %q %v", c.method, c.path, resp.StatusCode, got, resp.Header)
+		}
+	}
+	seen := h.upstreamSaw()
+	if len(seen) != len(cases) {
+		t.Fatalf("app saw %d requests, want %d", len(seen), len(cases))
+	}
+	for i, c := range cases {
+		s := seen[i]
+		if s.Method != c.method || s.Path+queryOf(s.Query) != c.path || !bytes.Equal(s.Body, c.body) ||
+			s.Header.Get("X-Custom") != "kept as is" || s.Header.Get("Cookie") != "sb-access-token=whatever; app_session=1" ||
+			!strings.HasPrefix(s.Header.Get("Authorization"), "Bearer ") {
+			t.Errorf("request %d reached the app changed: %+v", i, s)
+		}
+		for k := range s.Header {
+			if strings.HasPrefix(strings.ToLower(k), "x-credgate") {
+				t.Errorf("credgate added header %s", k)
+			}
+		}
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log`); n != 0 {
+		t.Errorf("pass-through wrote %d audit rows", n)
+	}
+}
+
+func queryOf(q string) string {
+	if q == "" {
+		return ""
+	}
+	return "?" + q
+}
+
+// tcpProxy stands between credgate and PostgreSQL so a test can take the
+// database away and bring it back without touching the shared server.
+type tcpProxy struct {
+	addr   string
+	target string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
+}
+
+func newTCPProxy(t *testing.T, target string) *tcpProxy {
+	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), target: target}
+	t.Cleanup(p.down)
+	return p
+}
+
+func (p *tcpProxy) up(t *testing.T) {
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+}
+
+// down closes the listener and cuts every open connection.
+func (p *tcpProxy) down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// With PostgreSQL unreachable Caddy still starts and the app keeps
+// answering; credgate routes answer 503 until the database is back, and
+// again while it is gone.
+func TestDatabaseOutage(t *testing.T) {
+	db := pgtest.Database(t)
+	cfg, _ := pgx.ParseConfig(db)
+	proxy := newTCPProxy(t, "127.0.0.1:5432")
+	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.addr, cfg.Database)
+
+	h := newHarness(t, harnessOptions{databaseURL: viaProxy})
+	unavailable := func(when string) {
+		t.Helper()
+		for _, path := range []string{"/api/auth/oauth/twitter", "/api/credentials/status"} {
+			resp, body := h.do("GET", path, alice, nil)
+			if resp.StatusCode != 503 || strings.TrimSpace(string(body)) != `{"error":{"code":"unavailable","message":"credential storage is temporarily unavailable"}}` {
+				t.Errorf("%s, %s: %d %s", when, path, resp.StatusCode, body)
+			}
+		}
+		resp, body := h.do("GET", "/dashboard", alice, nil)
+		if resp.StatusCode != 200 || string(body) != "app saw GET /dashboard 0 bytes" {
+			t.Errorf("%s, pass-through: %d %s", when, resp.StatusCode, body)
+		}
+	}
+	unavailable("before the database ever answered")
+
+	proxy.up(t)
+	waitUntil(t, 20*time.Second, func() bool {
+		resp, _ := h.do("GET", "/api/credentials/status", alice, nil)
+		return resp.StatusCode == 200
+	})
+	h.connect(alice, "linkedin")
+
+	proxy.down()
+	unavailable("after the database went away")
+}
+
+// Reload the config 50 times while flows are in flight: every flow
+// completes, and goroutines and database connections return to baseline.
+func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	// Warm the pool and the sandbox with as many flows at once as the test
+	// will run.
+	var warm sync.WaitGroup
+	for w := range 4 {
+		warm.Go(func() { h.connect(fmt.Sprintf("00000000-0000-4000-9000-%012d", w), "twitter") })
+	}
+	warm.Wait()
+	time.Sleep(200 * time.Millisecond)
+	client.CloseIdleConnections()
+	http.DefaultClient.CloseIdleConnections()
+	time.Sleep(100 * time.Millisecond)
+	baseGoroutines := runtime.NumGoroutine()
+	cfg, _ := pgx.ParseConfig(h.db)
+	dbConns := func() int {
+		return h.count(`SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, cfg.Database)
+	}
+	baseConns := dbConns()
+
+	h.retryTransport = true
+	const workers, flowsEach = 4, 8
+	var wg sync.WaitGroup
+	errs := make(chan string, workers*flowsEach)
+	stop := make(chan struct{})
+	for w := range workers {
+		wg.Go(func() {
+			user := fmt.Sprintf("00000000-0000-4000-8000-%012d", w)
+			for i := range flowsEach {
+				platform := sandbox.Platforms[(w+i)%4]
+				providerURL, cookie := h.startFlow(user, platform, "/settings")
+				time.Sleep(20 * time.Millisecond) // let a reload land mid-flow
+				resp, body := h.callback(h.authorize(providerURL), cookie, user)
+				if resp.StatusCode != 302 || resp.Header.Get("Location") != "/settings?connected="+platform {
+					errs <- fmt.Sprintf("worker %d flow %d (%s): %d %s %s", w, i, platform, resp.StatusCode, resp.Header.Get("Location"), body)
+				}
+			}
+		})
+	}
+	reloads := 0
+	go func() { wg.Wait(); close(stop) }()
+	for reloads < 50 {
+		h.load("")
+		reloads++
+		select {
+		case <-stop:
+		default:
+		}
+	}
+	<-stop
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'success'`); n != 4+workers*flowsEach {
+		t.Errorf("%d connects succeeded, want %d", n, 4+workers*flowsEach)
+	}
+	client.CloseIdleConnections()
+	http.DefaultClient.CloseIdleConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > baseGoroutines+5 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > baseGoroutines+5 {
+		buf := make([]byte, 1<<20)
+		t.Errorf("goroutines: %d after, %d before\n%s", g, baseGoroutines, buf[:runtime.Stack(buf, true)])
+	}
+	if c := dbConns(); c > baseConns {
+		t.Errorf("database connections: %d after 50 reloads, %d before", c, baseConns)
+	}
+	t.Logf("50 reloads with %d flows in flight; goroutines %d → %d; db connections %d → %d; %d connection-level retries",
+		workers*flowsEach, baseGoroutines, runtime.NumGoroutine(), baseConns, dbConns(), h.transportRetries.Load())
+	_ = context.Background
+}

@@ -1,0 +1,346 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/sandbox"
+	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/vault"
+)
+
+// TestConnectEveryPlatform runs connect → status → health-check →
+// disconnect for the four platforms through a real Caddy, the sandbox and
+// PostgreSQL, and checks the rows behind each step.
+func TestConnectEveryPlatform(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ctx := context.Background()
+	pool := pgtest.Pool(t, h.db)
+	accounts := vault.NewAccounts(h.keys)
+	var tokens []string
+
+	for _, platform := range sandbox.Platforms {
+		loc := h.connect(alice, platform)
+		if loc != "/settings?connected="+platform {
+			t.Fatalf("%s: final redirect %q", platform, loc)
+		}
+		acct, creds, err := accounts.Get(ctx, pool, alice, platform)
+		if err != nil {
+			t.Fatalf("%s: %v", platform, err)
+		}
+		if acct.ConnectedVia != vault.FlowCredgate || acct.Status != vault.StatusConnected || acct.Version != 1 || acct.ExpiresAt == nil {
+			t.Errorf("%s account: %+v", platform, acct)
+		}
+		// The blob holds the sandbox's live token: the sandbox's own
+		// profile endpoint accepts it and names the same account.
+		auth, tok, api, _ := oauth.SandboxURLs(platform, h.sbURL)
+		p, _ := oauth.New(platform, oauth.Config{ClientID: platform + "-client-id", ClientSecret: secret.New(platform + "-client-secret"),
+			RedirectURL: "http://x/cb", AuthURL: auth, TokenURL: tok, APIBase: api})
+		id, err := p.Identify(ctx, creds.AccessToken)
+		if err != nil || id.ID != acct.PlatformUserID {
+			t.Errorf("%s: stored token does not work at the provider: %v (%s vs %s)", platform, err, id.ID, acct.PlatformUserID)
+		}
+		tokens = append(tokens, creds.AccessToken.Reveal())
+		if !creds.RefreshToken.IsZero() {
+			tokens = append(tokens, creds.RefreshToken.Reveal())
+		}
+		if n := h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id
+			WHERE a.user_id = $1 AND a.platform = $2 AND q.status = 'pending'`, alice, platform); n != 1 {
+			t.Errorf("%s: %d refresh jobs", platform, n)
+		}
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'oauth_start' AND status = 'success' AND flow = 'new'`); n != 4 {
+		t.Errorf("oauth_start audit rows: %d", n)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'success' AND flow = 'new' AND duration_ms IS NOT NULL`); n != 4 {
+		t.Errorf("connect audit rows: %d", n)
+	}
+	if n := h.count(`SELECT count(*) FROM oauth_states`); n != 0 {
+		t.Errorf("%d states left after four completed flows", n)
+	}
+	dump := pgDump(t, h.db)
+	for _, tok := range tokens {
+		if strings.Contains(dump, tok) {
+			t.Fatalf("a plaintext token appears in pg_dump")
+		}
+	}
+
+	// Status includes a row the legacy app wrote, and no secret.
+	pool.Exec(ctx, `INSERT INTO social_accounts (user_id, platform, access_token, username) VALUES ($1, 'legacyplatform', 'legacy-secret-token', 'old')`, alice)
+	resp, body := h.do("GET", "/api/credentials/status", alice, nil)
+	var status struct{ Accounts []accountView }
+	json.Unmarshal(body, &status)
+	if resp.StatusCode != 200 || len(status.Accounts) != 5 || strings.Contains(string(body), "legacy-secret-token") {
+		t.Fatalf("status: %d %s", resp.StatusCode, body)
+	}
+	for _, tok := range tokens {
+		if strings.Contains(string(body), tok) {
+			t.Fatal("status leaks a token")
+		}
+	}
+	resp, body = h.do("GET", "/api/credentials/health-check", alice, nil)
+	var health struct{ Accounts []healthView }
+	json.Unmarshal(body, &health)
+	if resp.StatusCode != 200 || len(health.Accounts) != 5 {
+		t.Fatalf("health-check: %d %s", resp.StatusCode, body)
+	}
+	for _, a := range health.Accounts {
+		if a.Platform == "twitter" && (a.SecondsToExpiry == nil || *a.SecondsToExpiry < 7000 || a.NeedsReauth) {
+			t.Errorf("twitter health: %+v", a)
+		}
+	}
+
+	// Bob sees none of it.
+	_, body = h.do("GET", "/api/credentials/status", bob, nil)
+	if string(body) != `{"accounts":[]}`+"\n" {
+		t.Errorf("another user's status: %s", body)
+	}
+
+	for _, platform := range sandbox.Platforms {
+		resp, body := h.do("DELETE", "/api/credentials/"+platform+"/disconnect", alice, map[string]string{"Origin": h.origin})
+		var out struct {
+			Platform     string
+			Disconnected bool
+			Revoked      bool
+		}
+		json.Unmarshal(body, &out)
+		wantRevoked := platform == "twitter" || platform == "facebook"
+		if resp.StatusCode != 200 || out.Platform != platform || !out.Disconnected || out.Revoked != wantRevoked {
+			t.Errorf("%s disconnect: %d %s", platform, resp.StatusCode, body)
+		}
+		if _, _, err := accounts.Get(ctx, pool, alice, platform); err != vault.ErrNotConnected {
+			t.Errorf("%s still connected after disconnect: %v", platform, err)
+		}
+		resp, body = h.do("DELETE", "/api/credentials/"+platform+"/disconnect", alice, map[string]string{"Origin": h.origin})
+		if resp.StatusCode != 404 || errorCode(body) != "not_connected" {
+			t.Errorf("%s second disconnect: %d %s", platform, resp.StatusCode, body)
+		}
+	}
+	stats := h.sandbox.Stats()
+	if stats["twitter"].Revocations != 1 || stats["facebook"].Revocations != 1 {
+		t.Errorf("revocations at the sandbox: %+v", stats)
+	}
+	if n := h.count(`SELECT count(*) FROM token_refresh_queue WHERE status IN ('pending','running')`); n != 0 {
+		t.Errorf("%d refresh jobs survive disconnect", n)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'disconnect' AND status = 'success'`); n != 4 {
+		t.Errorf("disconnect audit rows: %d", n)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'revoke' AND status = 'success'`); n != 2 {
+		t.Errorf("revoke audit rows: %d", n)
+	}
+}
+
+// TestRouteErrors checks every error case: status, code, and that
+// nothing was stored.
+func TestRouteErrors(t *testing.T) {
+	h := newHarness(t, harnessOptions{extraSite: "login_url /login"})
+	nothingStored := func(t *testing.T) {
+		t.Helper()
+		if n := h.count(`SELECT count(*) FROM social_accounts`); n != 0 {
+			t.Errorf("%d accounts stored", n)
+		}
+	}
+
+	t.Run("start without identity", func(t *testing.T) {
+		resp, body := h.do("GET", "/api/auth/oauth/twitter", "", map[string]string{"Accept": "application/json"})
+		if resp.StatusCode != 401 || errorCode(body) != "unauthenticated" {
+			t.Errorf("api: %d %s", resp.StatusCode, body)
+		}
+		resp, _ = h.do("GET", "/api/auth/oauth/twitter?return_to=/settings", "", nil)
+		if resp.StatusCode != 302 || !strings.HasPrefix(resp.Header.Get("Location"), "/login?return_to=") {
+			t.Errorf("browser: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		resp, _ = h.do("GET", "/api/auth/oauth/twitter", "", map[string]string{"Authorization": "Bearer not.a.jwt"})
+		if resp.StatusCode != 302 {
+			t.Errorf("bad token is no identity: %d", resp.StatusCode)
+		}
+	})
+	t.Run("unknown platform", func(t *testing.T) {
+		for _, path := range []string{"/api/auth/oauth/myspace", "/api/auth/oauth/myspace/callback?state=x"} {
+			resp, body := h.do("GET", path, alice, nil)
+			if resp.StatusCode != 404 || errorCode(body) != "unknown_platform" {
+				t.Errorf("%s: %d %s", path, resp.StatusCode, body)
+			}
+		}
+	})
+	t.Run("open redirect attempts", func(t *testing.T) {
+		for _, rt := range []string{"https://evil.example/", "//evil.example/x", "/\\evil.example", "/other", "javascript:alert(1)",
+			"/settings/../../evil", "settings", "/settings\r\nX: y", "http:/settings"} {
+			resp, body := h.do("GET", "/api/auth/oauth/twitter?return_to="+url.QueryEscape(rt), alice, nil)
+			if resp.StatusCode != 400 || errorCode(body) != "invalid_return_to" {
+				t.Errorf("return_to %q: %d %s", rt, resp.StatusCode, body)
+			}
+		}
+	})
+	t.Run("bad states", func(t *testing.T) {
+		providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
+		cb := h.authorize(providerURL)
+		u, _ := url.Parse(cb)
+		good := u.Query().Get("state")
+		withState := func(s string) string {
+			q := u.Query()
+			if s == "" {
+				q.Del("state")
+			} else {
+				q.Set("state", s)
+			}
+			return h.origin + "/api/auth/oauth/twitter/callback?" + q.Encode()
+		}
+		cases := []struct {
+			name, url string
+			cookie    *http.Cookie
+			user      string
+			want      string
+		}{
+			{"missing", withState(""), cookie, alice, "invalid_state"},
+			{"random", withState("cg1.random"), cookie, alice, "invalid_state"},
+			{"another user", withState(good), cookie, bob, "state_mismatch"},
+		}
+		for _, c := range cases {
+			resp, body := h.callback(c.url, c.cookie, c.user)
+			if resp.StatusCode != 400 || errorCode(body) != c.want {
+				t.Errorf("%s: %d %s", c.name, resp.StatusCode, body)
+			}
+		}
+		// The foreign-user attempt consumed the state: replaying it with
+		// the right user now fails as unknown.
+		resp, body := h.callback(withState(good), cookie, alice)
+		if resp.StatusCode != 400 || errorCode(body) != "invalid_state" {
+			t.Errorf("replay: %d %s", resp.StatusCode, body)
+		}
+		// Another browser (no binding cookie).
+		providerURL, _ = h.startFlow(alice, "facebook", "/settings")
+		resp, body = h.callback(h.authorize(providerURL), nil, alice)
+		if resp.StatusCode != 400 || errorCode(body) != "state_mismatch" {
+			t.Errorf("no cookie: %d %s", resp.StatusCode, body)
+		}
+		// A state from one platform on another's callback.
+		providerURL, cookie = h.startFlow(alice, "linkedin", "/settings")
+		cb = strings.Replace(h.authorize(providerURL), "/oauth/linkedin/", "/oauth/instagram/", 1)
+		resp, body = h.callback(cb, &http.Cookie{Name: "__Host-credgate-instagram", Value: cookie.Value}, alice)
+		if resp.StatusCode != 400 || errorCode(body) != "state_mismatch" {
+			t.Errorf("cross-platform: %d %s", resp.StatusCode, body)
+		}
+		// Expired.
+		providerURL, cookie = h.startFlow(alice, "twitter", "/settings")
+		pool := pgtest.Pool(t, h.db)
+		pool.Exec(context.Background(), `UPDATE oauth_states SET expires_at = now() - interval '1 second'`)
+		resp, body = h.callback(h.authorize(providerURL), cookie, alice)
+		if resp.StatusCode != 400 || errorCode(body) != "invalid_state" {
+			t.Errorf("expired: %d %s", resp.StatusCode, body)
+		}
+		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND error_code IN ('invalid_state','state_mismatch')`); n != 7 {
+			t.Errorf("failed audit rows: %d, want 7", n)
+		}
+		nothingStored(t)
+	})
+	t.Run("provider denial and exchange failure", func(t *testing.T) {
+		providerURL, cookie := h.startFlow(alice, "instagram", "/accounts")
+		u, _ := url.Parse(providerURL)
+		q := u.Query()
+		q.Set("sandbox_decision", "deny")
+		u.RawQuery = q.Encode()
+		h.sandbox.Stats() // (the sandbox auto-approves; the explicit decision wins)
+		resp, _ := h.callback(h.authorizeDeny(u.String()), cookie, alice)
+		if resp.StatusCode != 302 || resp.Header.Get("Location") != "/accounts?oauth_error=access_denied&platform=instagram" {
+			t.Errorf("denied: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		h.sandbox.SetFault("twitter.token", sandbox.Fault{InvalidGrant: true})
+		defer h.sandbox.SetFault("twitter.token", sandbox.Fault{})
+		providerURL, cookie = h.startFlow(alice, "twitter", "/settings")
+		resp, _ = h.callback(h.authorize(providerURL), cookie, alice)
+		if resp.StatusCode != 302 || resp.Header.Get("Location") != "/settings?oauth_error=invalid_grant&platform=twitter" {
+			t.Errorf("exchange failure: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+		}
+		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND error_code IN ('access_denied','invalid_grant')`); n != 2 {
+			t.Errorf("failed audit rows: %d", n)
+		}
+		nothingStored(t)
+	})
+	t.Run("disconnect guards", func(t *testing.T) {
+		resp, body := h.do("POST", "/api/credentials/twitter/disconnect", alice, map[string]string{"Origin": h.origin})
+		if resp.StatusCode != 405 || resp.Header.Get("Allow") != "DELETE" {
+			t.Errorf("POST: %d %s", resp.StatusCode, body)
+		}
+		resp, body = h.do("DELETE", "/api/credentials/twitter/disconnect", "", map[string]string{"Origin": h.origin})
+		if resp.StatusCode != 401 {
+			t.Errorf("anonymous: %d %s", resp.StatusCode, body)
+		}
+		for _, hdr := range []map[string]string{{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {}} {
+			resp, body = h.do("DELETE", "/api/credentials/twitter/disconnect", alice, hdr)
+			if resp.StatusCode != 403 || errorCode(body) != "cross_origin" {
+				t.Errorf("cross-origin %v: %d %s", hdr, resp.StatusCode, body)
+			}
+		}
+		resp, body = h.do("DELETE", "/api/credentials/twitter/disconnect", alice, map[string]string{"Sec-Fetch-Site": "same-origin"})
+		if resp.StatusCode != 404 || errorCode(body) != "not_connected" {
+			t.Errorf("not connected: %d %s", resp.StatusCode, body)
+		}
+	})
+	t.Run("admin routes", func(t *testing.T) {
+		resp, body := h.do("POST", "/api/maintenance/cleanup", "", nil)
+		if resp.StatusCode != 401 {
+			t.Errorf("cleanup without token: %d %s", resp.StatusCode, body)
+		}
+		resp, body = h.do("POST", "/api/maintenance/cleanup", "", map[string]string{"Authorization": "Bearer wrong"})
+		if resp.StatusCode != 401 {
+			t.Errorf("cleanup with a wrong token: %d %s", resp.StatusCode, body)
+		}
+		resp, _ = h.do("GET", "/api/maintenance/cleanup", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		if resp.StatusCode != 405 {
+			t.Errorf("GET cleanup: %d", resp.StatusCode)
+		}
+		h.startFlow(alice, "twitter", "/settings")
+		h.startFlow(alice, "facebook", "/settings")
+		pgtest.Pool(t, h.db).Exec(context.Background(), `UPDATE oauth_states SET expires_at = now() - interval '1 minute'`)
+		resp, body = h.do("POST", "/api/maintenance/cleanup", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != `{"deleted":2}` {
+			t.Errorf("cleanup: %d %s", resp.StatusCode, body)
+		}
+		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'state_cleanup' AND (details->>'deleted')::int = 2`); n != 1 {
+			t.Errorf("cleanup audit rows: %d", n)
+		}
+		resp, body = h.do("GET", "/api/credentials/service-health", alice, nil)
+		if resp.StatusCode != 403 {
+			t.Errorf("service-health as a user: %d", resp.StatusCode)
+		}
+		resp, body = h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		var sh map[string]any
+		json.Unmarshal(body, &sh)
+		if resp.StatusCode != 200 || sh["ok"] != true || len(sh["providers"].(map[string]any)) != 4 {
+			t.Errorf("service-health: %d %s", resp.StatusCode, body)
+		}
+		if strings.Contains(string(body), testKey(1)) || strings.Contains(string(body), "client-secret") {
+			t.Error("service-health leaks a secret")
+		}
+	})
+	t.Run("credential routes without identity", func(t *testing.T) {
+		for _, path := range []string{"/api/credentials/status", "/api/credentials/health-check"} {
+			resp, body := h.do("GET", path, "", nil)
+			if resp.StatusCode != 401 || errorCode(body) != "unauthenticated" || resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("%s: %d %s", path, resp.StatusCode, body)
+			}
+		}
+	})
+	if len(h.upstreamSaw()) != 0 {
+		t.Errorf("credgate routes leaked to the app: %+v", h.upstreamSaw())
+	}
+}
+
+// authorizeDeny posts a denial to the consent form.
+func (h *harness) authorizeDeny(providerURL string) string {
+	h.t.Helper()
+	resp, err := client.PostForm(providerURL, url.Values{"decision": {"deny"}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.Header.Get("Location")
+}
