@@ -7,6 +7,11 @@
 -- credgate hold their tokens only there and will have to reconnect.
 -- `caddy credgate migrate down` counts them and asks for --force first.
 
+-- Altering the app's table needs a brief exclusive lock. Give up after a
+-- few seconds rather than queue every app query behind a long-running
+-- transaction; run it again when the table is quiet.
+SET lock_timeout = '5s';
+
 DROP TABLE IF EXISTS token_refresh_queue;
 DROP TABLE IF EXISTS oauth_states;
 DROP TABLE IF EXISTS credential_audit_log;

@@ -13,6 +13,11 @@
 -- The app's existing table is never rewritten: added columns either have no
 -- default or a constant default, which PostgreSQL 11+ stores as metadata only.
 
+-- Altering the app's table needs a brief exclusive lock. Give up after a
+-- few seconds rather than queue every app query behind a long-running
+-- transaction; run it again when the table is quiet.
+SET lock_timeout = '5s';
+
 -- The legacy shape, created only for fresh databases (tests, the demo). In
 -- production the app's own table already exists and is left as it is.
 CREATE TABLE IF NOT EXISTS social_accounts (

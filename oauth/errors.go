@@ -197,6 +197,9 @@ func parseInstagramFlat(status int, body []byte) (Code, string, bool) {
 	}
 	msg := strings.ToLower(e.Message)
 	switch {
+	case e.Code == 190 || strings.Contains(msg, "access token") || strings.Contains(msg, "session has expired"):
+		// A dead or revoked token: the account needs the user again.
+		return CodeInvalidGrant, e.Message, true
 	case strings.Contains(msg, "code") && (strings.Contains(msg, "not found") || strings.Contains(msg, "used") || strings.Contains(msg, "expired")):
 		return CodeInvalidGrant, e.Message, true
 	case strings.Contains(msg, "client") || strings.Contains(msg, "app secret") || strings.Contains(msg, "client_secret"):

@@ -56,6 +56,7 @@ func TestHostileTokenResponses(t *testing.T) {
 		{"invalid client", 401, "application/json", `{"error":"invalid_client","error_description":"` + echo + `"}`, false, oauth.CodeInvalidClient, 0},
 		{"error is an array", 400, "application/json", `{"error":["` + echo + `"]}`, false, oauth.CodeInvalidRequest, 0},
 		{"null body", 200, "application/json", `null`, false, oauth.CodeInvalidResponse, 0},
+		{"form-encoded error in 200", 200, "application/x-www-form-urlencoded", "error=invalid_grant&error_description=bad+" + echo, false, oauth.CodeInvalidGrant, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

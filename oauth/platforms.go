@@ -91,7 +91,7 @@ func twitter() Profile {
 			req.SetBasicAuth(url.QueryEscape(p.cfg.ClientID), url.QueryEscape(p.cfg.ClientSecret.Reveal()))
 			resp, err := p.client.Do(req)
 			if err != nil {
-				return err
+				return stripURL(err)
 			}
 			resp.Body.Close()
 			return nil

@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -390,7 +391,7 @@ func (p *Provider) expiry(seconds int64, present bool) (time.Time, error) {
 	switch {
 	case present && seconds < 0:
 		return time.Time{}, newError(p.profile.Name, "", CodeInvalidResponse, 200, "negative expires_in")
-	case !present || seconds == 0 || time.Duration(seconds)*time.Second > plausibleLifetime:
+	case !present || seconds == 0 || seconds > int64(plausibleLifetime/time.Second):
 		if p.profile.DefaultLifetime > 0 {
 			return now.Add(p.profile.DefaultLifetime), nil
 		}
@@ -423,13 +424,15 @@ func (p *Provider) callJSON(ctx context.Context, method, rawURL string, form url
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return err
+		return stripURL(err)
 	}
 	defer resp.Body.Close()
-	if out == nil {
+	raw, _ := io.ReadAll(resp.Body) // the guard already bounded and buffered it
+	if out == nil || len(bytes.TrimSpace(raw)) == 0 {
+		// The guard only lets an empty 2xx through for a revoke.
 		return nil
 	}
-	dec := json.NewDecoder(resp.Body)
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	if err := dec.Decode(out); err != nil {
 		return newError(p.profile.Name, opOf(ctx), CodeInvalidResponse, resp.StatusCode, "malformed JSON response")

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"golang.org/x/oauth2"
 )
 
 // MaxResponseBytes is the most any provider response may hold.
@@ -107,11 +109,30 @@ func transportProblem(err error) string {
 	return "network error"
 }
 
+// stripURL drops the *url.Error wrapper http.Client puts around failures:
+// its message carries the full URL, and Instagram and Facebook calls carry
+// tokens and the client secret in the query.
+func stripURL(err error) error {
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		return ue.Err
+	}
+	return err
+}
+
 // asError turns whatever a call returned into an *Error for op.
 func (p *Provider) asError(op string, err error) *Error {
 	if e, ok := errors.AsType[*Error](err); ok {
 		e.Op = op
 		return e
+	}
+	// A form-encoded error x/oauth2 parsed itself (a 200 carrying
+	// error=…, as some providers send).
+	if re, ok := errors.AsType[*oauth2.RetrieveError](err); ok && re.ErrorCode != "" {
+		status := 0
+		if re.Response != nil {
+			status = re.Response.StatusCode
+		}
+		return newError(p.profile.Name, op, rfcCode(re.ErrorCode, status), status, re.ErrorDescription)
 	}
 	msg := err.Error()
 	switch {

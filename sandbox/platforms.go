@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"crypto/subtle"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -338,9 +339,10 @@ func (s *Server) instagramToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The short-lived token answer: user_id is a JSON number above 2^53.
-	w.Header().Set("Content-Type", "application/json")
-	tok := s.issue(a, c.user, c.scopes, shortLivedTTL, false, false, "")
-	w.Write([]byte(`{"access_token":"` + tok + `","user_id":` + c.user.ID + `,"permissions":"` + strings.Join(c.scopes, ",") + `"}`))
+	writeJSON(w, http.StatusOK, map[string]any{
+		"access_token": s.issue(a, c.user, c.scopes, shortLivedTTL, false, false, ""),
+		"user_id":      json.Number(c.user.ID), "permissions": strings.Join(c.scopes, ","),
+	})
 }
 
 func (s *Server) instagramExchange(w http.ResponseWriter, r *http.Request) {

@@ -143,8 +143,9 @@ func (s *Accounts) open(blob []byte, id, userID, platform string) (Credentials, 
 
 // Upsert stores a freshly connected credential for (user, platform),
 // encrypted and bound to its row, and bumps credentials_version. Legacy
-// plaintext tokens on the row are cleared: they belong to the superseded
-// connection, and a stale token left in the clear is only a liability.
+// plaintext tokens on the row are left alone: the unchanged app may still
+// use them until they expire, and plaintext is cleared only by an explicit
+// purge (DESIGN §4). Backfill never touches rows credgate connected.
 func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, error) {
 	if c.ConnectedVia == "" {
 		c.ConnectedVia = FlowCredgate
@@ -167,8 +168,7 @@ func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, er
 		acct, err = scanAccount(tx.QueryRow(ctx, `UPDATE social_accounts SET
 				credentials_encrypted = $2, credentials_key_id = $3, credentials_version = credentials_version + 1,
 				status = 'connected', expires_at = $4, scopes = $5, platform_user_id = $6, username = $7,
-				connected_via = $8, last_refreshed_at = NULL, access_token = NULL, refresh_token = NULL,
-				updated_at = now()
+				connected_via = $8, last_refreshed_at = NULL, updated_at = now()
 			WHERE id = $1 RETURNING `+accountColumns,
 			id, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry), c.Scopes,
 			c.PlatformUserID, c.Username, c.ConnectedVia))

@@ -70,14 +70,17 @@ type RefreshQueue struct{}
 var ErrLeaseLost = errors.New("refresh job lease was lost to another worker")
 
 // Schedule enqueues a refresh of account at runAt. It is idempotent: an
-// open job for the account is kept, its run time moved when still pending.
+// open job for the account is kept, its run time moved only while it has
+// never been tried (a job in backoff keeps its retry time).
 // It returns the job id.
 func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, runAt time.Time) (int64, error) {
 	var id int64
 	err := db.QueryRow(ctx, `INSERT INTO token_refresh_queue (social_account_id, run_at) VALUES ($1, $2)
 		ON CONFLICT (social_account_id) WHERE status IN ('pending', 'running')
-		DO UPDATE SET run_at = CASE WHEN token_refresh_queue.status = 'pending' THEN EXCLUDED.run_at
-		                            ELSE token_refresh_queue.run_at END,
+		DO UPDATE SET run_at = CASE
+		                  -- A job waiting out a retry backoff keeps its time.
+		                  WHEN token_refresh_queue.status = 'pending' AND token_refresh_queue.attempts = 0
+		                  THEN EXCLUDED.run_at ELSE token_refresh_queue.run_at END,
 		              updated_at = now()
 		RETURNING id`, accountID, runAt).Scan(&id)
 	if err != nil {
@@ -116,10 +119,12 @@ func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, leas
 	return jobs, nil
 }
 
-// Complete marks a job done.
+// Complete marks a job done. Complete, Fail and Kill match the claim by
+// worker and attempt number, so a worker whose lease expired cannot finish
+// the job another claim now holds, even under the same worker name.
 func (RefreshQueue) Complete(ctx context.Context, db DB, job Job, worker string) error {
 	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'done', locked_by = NULL, locked_until = NULL,
-		last_error = NULL, updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = 'running'`, job.ID, worker)
+		last_error = NULL, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`, job.ID, worker, job.Attempts)
 }
 
 // Fail records a failed attempt: the job is retried after b's backoff, or
@@ -129,18 +134,18 @@ func (RefreshQueue) Fail(ctx context.Context, db DB, job Job, worker, errorCode 
 	b = b.withDefaults()
 	if job.Attempts >= b.MaxAttempts {
 		return true, finish(ctx, db, `UPDATE token_refresh_queue SET status = 'dead', locked_by = NULL, locked_until = NULL,
-			last_error = $3, updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = 'running'`, job.ID, worker, errorCode)
+			last_error = $3, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $4 AND status = 'running'`, job.ID, worker, errorCode, job.Attempts)
 	}
 	return false, finish(ctx, db, `UPDATE token_refresh_queue SET status = 'pending', locked_by = NULL, locked_until = NULL,
 		last_error = $3, run_at = now() + $4::interval, updated_at = now()
-		WHERE id = $1 AND locked_by = $2 AND status = 'running'`, job.ID, worker, errorCode, b.Delay(job.Attempts))
+		WHERE id = $1 AND locked_by = $2 AND attempts = $5 AND status = 'running'`, job.ID, worker, errorCode, b.Delay(job.Attempts), job.Attempts)
 }
 
 // Kill marks a job dead at once, for errors no retry can fix
 // (invalid_grant after the account was marked needs_reauth).
 func (RefreshQueue) Kill(ctx context.Context, db DB, job Job, worker, errorCode string) error {
 	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'dead', locked_by = NULL, locked_until = NULL,
-		last_error = $3, updated_at = now() WHERE id = $1 AND locked_by = $2 AND status = 'running'`, job.ID, worker, errorCode)
+		last_error = $3, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $4 AND status = 'running'`, job.ID, worker, errorCode, job.Attempts)
 }
 
 // Cancel removes an account's open jobs (on disconnect).

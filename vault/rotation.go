@@ -88,7 +88,7 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 				seen, last = 1, end
 				rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
 					FROM social_accounts
-					WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL AND credentials_key_id <> $1
+					WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL AND credentials_key_id IS DISTINCT FROM $1
 					FOR UPDATE SKIP LOCKED`, primary, prev, last)
 				if err != nil {
 					return err
@@ -215,7 +215,7 @@ func (s *Accounts) PlanBackfill(ctx context.Context, db DB) (BackfillPlan, error
 	err := db.QueryRow(ctx, `SELECT
 			count(*) FILTER (WHERE credentials_encrypted IS NULL),
 			count(*) FILTER (WHERE credentials_encrypted IS NOT NULL)
-		FROM social_accounts WHERE access_token IS NOT NULL OR refresh_token IS NOT NULL`).Scan(&p.ToEncrypt, &p.ToVerify)
+		FROM social_accounts WHERE (access_token IS NOT NULL OR refresh_token IS NOT NULL) AND connected_via = 'legacy'`).Scan(&p.ToEncrypt, &p.ToVerify)
 	if err != nil {
 		return p, fmt.Errorf("planning backfill: %w", err)
 	}
@@ -224,11 +224,17 @@ func (s *Accounts) PlanBackfill(ctx context.Context, db DB) (BackfillPlan, error
 
 // Backfill encrypts legacy plaintext access_token/refresh_token into
 // credentials_encrypted, leaving the plaintext in place for the unchanged
-// app. A row whose blob already decrypts to its current plaintext is
-// skipped; one whose plaintext changed since is sealed again. One audit row
-// per batch.
+// app. Only rows the legacy app owns (connected_via = 'legacy') are
+// considered: a row whose blob already decrypts to its current plaintext
+// is skipped; one whose plaintext the app changed since is sealed again.
+// One audit row per batch.
 func (s *Accounts) Backfill(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
 	return s.walkPlaintext(ctx, db, opt, ActionBackfill, func(r plaintextRow) (rowChange, error) {
+		if r.via != FlowLegacy {
+			// credgate connected (and refreshes) this row: its blob is
+			// newer than any plaintext and must never be overwritten.
+			return skip, nil
+		}
 		if r.blob != nil {
 			if c, _, err := s.open(r.blob, r.id, r.user, r.platform); err == nil && r.matches(c) {
 				return skip, nil
@@ -253,7 +259,10 @@ func (s *Accounts) PurgePlaintext(ctx context.Context, db DB, opt BatchOptions) 
 			return fail, nil
 		}
 		c, _, err := s.open(r.blob, r.id, r.user, r.platform)
-		if err != nil || !r.matches(c) {
+		// On a row credgate connected the plaintext is a superseded grant:
+		// a readable blob is enough. On a legacy row the blob must hold
+		// exactly the plaintext being cleared.
+		if err != nil || (r.via == FlowLegacy && !r.matches(c)) {
 			return fail, nil
 		}
 		return rowChange{set: `access_token = NULL, refresh_token = NULL`}, nil
@@ -262,6 +271,7 @@ func (s *Accounts) PurgePlaintext(ctx context.Context, db DB, opt BatchOptions) 
 
 type plaintextRow struct {
 	id, user, platform string
+	via                Flow
 	access, refresh    *string
 	blob               []byte
 	version            int64
@@ -299,7 +309,7 @@ func (s *Accounts) walkPlaintext(ctx context.Context, db DB, opt BatchOptions, a
 		var seen int
 		var batch Progress
 		err := InTx(ctx, db, func(tx pgx.Tx) error {
-			rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, access_token, refresh_token,
+			rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, connected_via, access_token, refresh_token,
 					credentials_encrypted, credentials_version
 				FROM social_accounts
 				WHERE id > $1 AND (access_token IS NOT NULL OR refresh_token IS NOT NULL)
@@ -309,7 +319,7 @@ func (s *Accounts) walkPlaintext(ctx context.Context, db DB, opt BatchOptions, a
 			}
 			list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (plaintextRow, error) {
 				var x plaintextRow
-				err := r.Scan(&x.id, &x.user, &x.platform, &x.access, &x.refresh, &x.blob, &x.version)
+				err := r.Scan(&x.id, &x.user, &x.platform, &x.via, &x.access, &x.refresh, &x.blob, &x.version)
 				return x, err
 			})
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -243,5 +244,39 @@ func TestPurgeKeepsPlaintextWithoutAMatchingBlob(t *testing.T) {
 	pool.QueryRow(ctx, `SELECT count(*) FROM social_accounts WHERE access_token IS NOT NULL`).Scan(&kept)
 	if kept != 2 {
 		t.Errorf("purge cleared plaintext without a matching blob (%d kept)", kept)
+	}
+}
+
+// A row credgate connected and refreshed keeps its newer blob: backfill
+// never reseals it from the (older) plaintext the legacy app left, and
+// purge clears that superseded plaintext.
+func TestBackfillNeverOverwritesCredgateRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	accounts := vault.NewAccounts(mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}))
+	pool.Exec(ctx, `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token) VALUES ($1, 'twitter', 'old-access', 'old-refresh')`, alice)
+	acct, err := accounts.Upsert(ctx, pool, connection(alice, "twitter", "new-access", "new-refresh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := accounts.CompareAndSwap(ctx, pool, acct, acct.Version, vault.Refreshed{Credentials: vault.Credentials{
+		AccessToken: secret.New("rotated-access"), RefreshToken: secret.New("rotated-refresh")}}); err != nil {
+		t.Fatal(err)
+	}
+	plan, _ := accounts.PlanBackfill(ctx, pool)
+	p, err := accounts.Backfill(ctx, pool, vault.BatchOptions{})
+	if err != nil || p.Done != 0 || plan.ToEncrypt+plan.ToVerify != 0 {
+		t.Fatalf("backfill touched a credgate row: %+v plan %+v %v", p, plan, err)
+	}
+	if _, c, _ := accounts.Get(ctx, pool, alice, "twitter"); c.RefreshToken.Reveal() != "rotated-refresh" {
+		t.Fatalf("refresh token after backfill: %q", c.RefreshToken.Reveal())
+	}
+	p, err = accounts.PurgePlaintext(ctx, pool, vault.BatchOptions{})
+	if err != nil || p.Done != 1 || p.Failed != 0 {
+		t.Fatalf("purge: %+v %v", p, err)
+	}
+	if _, c, _ := accounts.Get(ctx, pool, alice, "twitter"); c.AccessToken.Reveal() != "rotated-access" {
+		t.Fatalf("purge changed the blob: %q", c.AccessToken.Reveal())
 	}
 }

@@ -419,6 +419,13 @@ func TestRefreshQueue(t *testing.T) {
 	if err := q.Complete(ctx, pool, job, claimed[job.ID]); !errors.Is(err, vault.ErrLeaseLost) {
 		t.Errorf("old holder completed a lost job: %v", err)
 	}
+	// Even under the same worker name, a claim from an earlier attempt
+	// cannot finish the job.
+	stale := again[0]
+	stale.Attempts = 1
+	if err := q.Complete(ctx, pool, stale, "rescuer"); !errors.Is(err, vault.ErrLeaseLost) {
+		t.Errorf("a stale attempt completed the job: %v", err)
+	}
 	if err := q.Complete(ctx, pool, again[0], "rescuer"); err != nil {
 		t.Fatal(err)
 	}
