@@ -21,12 +21,16 @@ unit:
 smoke: $(CADDY_BIN)
 	CADDY_BIN=$(CADDY_BIN) bash scripts/smoke.sh
 
-# Until the demo lands: build, create and migrate the database, run Caddy
-# with the example config.
+# Build, create and migrate the demo database, and run credgate in front of
+# a stub app with the provider sandbox (examples/sandbox.Caddyfile). The
+# demo master key is generated once into .demo-key (git-ignored); set
+# ENCRYPTION_MASTER_KEY to use your own. Then try: bash examples/connect.sh
 demo: $(CADDY_BIN)
 	bash scripts/createdb.sh "$(DATABASE_URL)"
 	$(CADDY_BIN) credgate migrate up
-	$(CADDY_BIN) run --config Caddyfile --adapter caddyfile
+	@test -n "$$ENCRYPTION_MASTER_KEY" || test -s .demo-key || $(CADDY_BIN) credgate keygen > .demo-key
+	ENCRYPTION_MASTER_KEY="$${ENCRYPTION_MASTER_KEY:-$$(cat .demo-key)}" \
+		$(CADDY_BIN) run --config examples/sandbox.Caddyfile --adapter caddyfile
 
 clean:
 	rm -rf bin

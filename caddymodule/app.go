@@ -115,8 +115,7 @@ type ProviderConfig struct {
 	// "{env.TWITTER_CLIENT_SECRET}". Required.
 	ClientSecret string `json:"client_secret,omitempty"`
 	// RedirectURL is the callback registered at the platform. Default:
-	// <public_origin>/api/<platform>/callback, the legacy URL the app
-	// already registered, so a rollout needs no change at the platform.
+	// <public_origin>/api/auth/oauth/<platform>/callback.
 	RedirectURL string `json:"redirect_url,omitempty"`
 	// Scopes default to the platform's (see docs/providers.md).
 	Scopes []string `json:"scopes,omitempty"`

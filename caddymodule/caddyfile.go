@@ -28,7 +28,7 @@ func init() {
 //			provider <twitter|linkedin|facebook|instagram|generic> {
 //				client_id     <id>
 //				client_secret <secret>
-//				redirect_url  <url>         # default <public_origin>/api/<platform>/callback
+//				redirect_url  <url>         # default <public_origin>/api/auth/oauth/<platform>/callback
 //				scopes        <scope…>
 //				sandbox       <base url>    # point every URL at a credgate sandbox
 //				auth_url | token_url | api_base | userinfo_url | revoke_url <url>

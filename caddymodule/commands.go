@@ -118,7 +118,7 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		},
 	}
 	migrate.AddCommand(up, down, status)
-	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), sandboxCommand()}
+	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), sandboxCommand(), devtokenCommand()}
 }
 
 // progressInterval is how often a long batch job prints where it is.
@@ -352,6 +352,40 @@ Counters: GET /_sandbox/stats.`,
 	cmd.Flags().String("config", "", "JSON file with apps, auto_approve and faults")
 	cmd.Flags().String("app-origin", "http://localhost:8080", "origin of the app whose callbacks the default apps register")
 	cmd.Flags().Bool("auto-approve", false, "approve every authorization without showing the consent page")
+	return cmd
+}
+
+func devtokenCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "devtoken --user <uuid> --secret <secret> [--ttl 1h]",
+		Short: "Prints an HS256 JWT for a user, for local development only",
+		Long: `Prints a JWT signed with --secret (HS256, claim sub = --user), to try
+credgate's routes with curl against a handler whose identity uses the same
+jwt_secret. For development and staging only: never use a production
+secret here. The secret must be given explicitly; it is never read from
+the environment.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			user, _ := cmd.Flags().GetString("user")
+			devSecret, _ := cmd.Flags().GetString("secret")
+			ttl, _ := cmd.Flags().GetDuration("ttl")
+			if devSecret == "" {
+				return fail(cmd, errors.New("devtoken needs an explicit --secret (the handler's identity jwt_secret)"))
+			}
+			if ttl <= 0 || ttl > 24*time.Hour {
+				return fail(cmd, errors.New("--ttl must be between 1s and 24h"))
+			}
+			tok, err := SignDevToken(user, devSecret, ttl)
+			if err != nil {
+				return fail(cmd, err)
+			}
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return err
+		},
+	}
+	cmd.Flags().String("user", "", "the user id (a UUID) to put in the sub claim")
+	cmd.Flags().String("secret", "", "the HS256 secret, the same as the handler's identity jwt_secret")
+	cmd.Flags().Duration("ttl", time.Hour, "how long the token is valid")
 	return cmd
 }
 

@@ -2,11 +2,15 @@ package caddymodule
 
 import (
 	"bytes"
+	"net/http"
+
 	"context"
 	"encoding/base64"
 	neturl "net/url"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
@@ -161,4 +165,33 @@ func noPrivilegeURL(t *testing.T) string {
 	}
 	u.User = neturl.UserPassword(role, "hunter2")
 	return u.String()
+}
+
+func TestDevtoken(t *testing.T) {
+	t.Parallel()
+	const secretValue = "dev-secret-dev-secret-dev-secret-0123"
+	out, err := runCLI(t, "devtoken", "--user", "11111111-1111-4111-8111-111111111111", "--secret", secretValue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &Identity{JWTSecret: secretValue}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	if err := id.provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := http.NewRequest("GET", "/", nil)
+	r.Header.Set("Authorization", "Bearer "+strings.TrimSpace(out))
+	if got := id.userID(r); got != "11111111-1111-4111-8111-111111111111" {
+		t.Errorf("the handler reads user %q from the dev token", got)
+	}
+	for _, args := range [][]string{
+		{"devtoken", "--user", "11111111-1111-4111-8111-111111111111"},
+		{"devtoken", "--user", "not-a-uuid", "--secret", secretValue},
+		{"devtoken", "--user", "11111111-1111-4111-8111-111111111111", "--secret", "short"},
+	} {
+		if _, err := runCLI(t, args...); err == nil {
+			t.Errorf("%v succeeded", args)
+		}
+	}
 }

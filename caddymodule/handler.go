@@ -114,9 +114,7 @@ func (h *Handler) buildProvider(name string, pc *ProviderConfig, repl *caddy.Rep
 		Generic:      oauth.GenericSettings{UserinfoURL: pc.UserinfoURL, RevokeURL: pc.RevokeURL},
 	}
 	if cfg.RedirectURL == "" {
-		// The legacy callback the app registered: no change at the
-		// platform is needed to roll out (guide Step 5.4 is optional).
-		cfg.RedirectURL = h.PublicOrigin + "/api/" + name + "/callback"
+		cfg.RedirectURL = h.PublicOrigin + "/api/auth/oauth/" + name + "/callback"
 	}
 	if base := repl.ReplaceKnown(pc.Sandbox, ""); base != "" {
 		auth, token, api, err := oauth.SandboxURLs(name, base)

@@ -39,7 +39,13 @@ check "an unreachable server is one error line and exit 1" \
            test \$rc -eq 1 -a \$lines -eq 1 -a \$leaked -eq 0"
 check "the example Caddyfile validates" \
   env DATABASE_URL="$url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
+  SUPABASE_JWT_SECRET=validate-only-secret-validate-only-secret CREDGATE_ADMIN_TOKEN=x \
+  TWITTER_CLIENT_ID=x TWITTER_CLIENT_SECRET=x LINKEDIN_CLIENT_ID=x LINKEDIN_CLIENT_SECRET=x \
+  FACEBOOK_CLIENT_ID=x FACEBOOK_CLIENT_SECRET=x INSTAGRAM_CLIENT_ID=x INSTAGRAM_CLIENT_SECRET=x \
   "$CADDY_BIN" validate --config Caddyfile --adapter caddyfile
+check "examples/sandbox.Caddyfile validates" \
+  env DATABASE_URL="$url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
+  "$CADDY_BIN" validate --config examples/sandbox.Caddyfile --adapter caddyfile
 
 # The provider emulator, standalone and as a Caddy handler.
 sandbox_port=$((20000 + RANDOM % 10000))
@@ -72,6 +78,23 @@ check "credgate_sandbox in a Caddyfile issues a code" \
   bash -c "curl -s -o /dev/null -w '%{redirect_url}' 'http://127.0.0.1:$caddy_port$authorize' | grep -q 'code='"
 check "sandbox stats count the codes" \
   bash -c "curl -s 'http://127.0.0.1:$caddy_port/_sandbox/stats' | grep -q '\"codes_issued\":1'"
+
+# The README walkthrough: examples/sandbox.Caddyfile on the built binary,
+# one connect per platform with curl (examples/connect.sh). Uses the
+# example's fixed ports (8080, 3000, 9090).
+psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)" -qc "CREATE DATABASE ${db}_demo"
+demo_url=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1${db}_demo#" <<<"$server")
+"$CADDY_BIN" credgate migrate up --database-url "$demo_url" >/dev/null
+DATABASE_URL="$demo_url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
+  "$CADDY_BIN" run --config examples/sandbox.Caddyfile --adapter caddyfile >demo.$$.log 2>&1 &
+demo_pid=$!
+for _ in $(seq 1 50); do curl -sf -o /dev/null http://localhost:9090/_sandbox/stats && break; sleep 0.2; done
+for platform in twitter linkedin facebook instagram; do
+  check "examples/connect.sh $platform through examples/sandbox.Caddyfile" bash examples/connect.sh "$platform"
+done
+kill $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true
+rm -f demo.$$.log
+psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)"
 
 echo "smoke: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# examples/connect.sh [platform] [user-uuid]: one complete connect through
+# examples/sandbox.Caddyfile with curl, printing each hop. The README's
+# walkthrough, as a script; `make test` runs it against the built binary.
+set -euo pipefail
+platform=${1:-twitter}
+user=${2:-11111111-1111-4111-8111-111111111111}
+caddy=${CADDY_BIN:-bin/caddy}
+jar=$(mktemp)
+trap 'rm -f "$jar"' EXIT
+
+token=$("$caddy" credgate devtoken --user "$user" --secret development-only-jwt-secret-do-not-use-in-production)
+
+# 1. Start: credgate stores a single-use state, sets the binding cookie and
+#    sends the browser to the provider (the sandbox's consent page).
+authorize=$(curl -sS -c "$jar" -b "$jar" -H "Authorization: Bearer $token" -o /dev/null -w '%{redirect_url}' \
+  "http://localhost:8080/api/auth/oauth/$platform?return_to=/settings")
+echo "1. provider authorize URL: ${authorize%%\?*}?…"
+
+# 2. Consent: approve at the sandbox (a browser would click "Authorize app").
+callback=$(curl -sS -o /dev/null -w '%{redirect_url}' "$authorize&sandbox_decision=approve")
+echo "2. provider redirects to:  ${callback%%\?*}?code=…&state=…"
+
+# 3. Callback: credgate consumes the state, exchanges the code, stores the
+#    encrypted tokens and sends the browser back to the app.
+final=$(curl -sS -b "$jar" -H "Authorization: Bearer $token" -o /dev/null -w '%{redirect_url}' "${callback%%#*}")
+echo "3. back to the app:        $final"
+
+# 4. The user's connections.
+echo "4. status: $(curl -sS -H "Authorization: Bearer $token" http://localhost:8080/api/credentials/status)"
+case "$final" in *"connected=$platform"*) ;; *) echo "connect failed" >&2; exit 1 ;; esac
