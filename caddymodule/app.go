@@ -131,6 +131,10 @@ type ProviderConfig struct {
 	RevokeURL   string `json:"revoke_url,omitempty"`
 	// Timeout bounds each call to the platform. Default 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// LegacyCallback and LegacyStart override the handler's legacy path
+	// patterns for this platform.
+	LegacyCallback string `json:"legacy_callback,omitempty"`
+	LegacyStart    string `json:"legacy_start,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.

@@ -33,6 +33,8 @@ func init() {
 //				sandbox       <base url>    # point every URL at a credgate sandbox
 //				auth_url | token_url | api_base | userinfo_url | revoke_url <url>
 //				timeout       <duration>    # default 10s
+//				legacy_callback <path>      # override the handler's pattern
+//				legacy_start    <path>
 //			}
 //		}
 //	}
@@ -129,6 +131,7 @@ func parseProvider(d *caddyfile.Dispenser) (*ProviderConfig, error) {
 			"client_id": &pc.ClientID, "client_secret": &pc.ClientSecret, "redirect_url": &pc.RedirectURL,
 			"sandbox": &pc.Sandbox, "auth_url": &pc.AuthURL, "token_url": &pc.TokenURL, "api_base": &pc.APIBase,
 			"userinfo_url": &pc.UserinfoURL, "revoke_url": &pc.RevokeURL,
+			"legacy_callback": &pc.LegacyCallback, "legacy_start": &pc.LegacyStart,
 		}[opt]
 		switch {
 		case target != nil:

@@ -54,6 +54,7 @@ type harness struct {
 	seen     []upstreamRequest
 	keys     *vault.Keyring
 
+	opt              harnessOptions
 	retryTransport   bool
 	transportRetries atomic.Int64
 }
@@ -70,6 +71,12 @@ func freePort(t *testing.T) int {
 type harnessOptions struct {
 	databaseURL string // default: a fresh migrated database
 	extraSite   string // more handler options
+	// flagsFile, if set, drives the rollout with flagd reading this
+	// file; otherwise static 100%.
+	flagsFile string
+	// legacyRedirect registers the app's legacy callback URL as each
+	// provider's redirect_url, as a real rollout does.
+	legacyRedirect bool
 }
 
 func newHarness(t *testing.T, opt harnessOptions) *harness {
@@ -92,11 +99,16 @@ func newHarness(t *testing.T, opt harnessOptions) *harness {
 		h.mu.Unlock()
 		w.Header().Set("X-Upstream", "stub-app")
 		w.Header().Set("Set-Cookie", "app_session=abc; Path=/")
-		w.WriteHeader(http.StatusOK)
+		status := http.StatusOK
+		if r.URL.Query().Get("stub_status") == "500" {
+			status = http.StatusInternalServerError
+		}
+		w.WriteHeader(status)
 		fmt.Fprintf(w, "app saw %s %s %d bytes", r.Method, r.URL.Path, len(body))
 	}))
 	t.Cleanup(h.upstream.Close)
 	h.keys, _ = vault.NewKeyring(vault.KeyConfig{MasterKey: testKey(1)})
+	h.opt = opt
 	h.load(opt.extraSite)
 	t.Cleanup(func() { caddy.Stop() })
 	return h
@@ -106,20 +118,28 @@ func newHarness(t *testing.T, opt harnessOptions) *harness {
 func (h *harness) caddyfile(extraSite string) string {
 	var providers strings.Builder
 	for _, p := range sandbox.Platforms {
+		redirect := h.origin + "/api/auth/oauth/" + p + "/callback"
+		if h.opt.legacyRedirect {
+			redirect = h.origin + "/api/" + p + "/callback"
+		}
 		fmt.Fprintf(&providers, `
 		provider %s {
 			client_id %s-client-id
 			client_secret %s-client-secret
-			redirect_url %s/api/auth/oauth/%s/callback
+			redirect_url %s
 			sandbox %s
-		}`, p, p, p, h.origin, p, h.sbURL)
+		}`, p, p, p, redirect, h.sbURL)
+	}
+	flagsLine := "static 100"
+	if h.opt.flagsFile != "" {
+		flagsLine = "flagd " + h.opt.flagsFile
 	}
 	return fmt.Sprintf(`{
 	admin off
 	credgate {
 		database_url %s
 		master_key %s
-		flags static 100%s
+		flags %s%s
 	}
 }
 
@@ -135,7 +155,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	}
 	reverse_proxy %s
 }
-`, h.db, testKey(1), providers.String(), h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
+`, h.db, testKey(1), flagsLine, providers.String(), h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
 }
 
 func (h *harness) load(extraSite string) {

@@ -48,10 +48,41 @@ type Handler struct {
 	// is the origin state-changing requests must come from. Required.
 	PublicOrigin string `json:"public_origin,omitempty"`
 
+	// Legacy is "on" (the default) while the app's own OAuth routes are
+	// alive: credgate takes over only the flows it started and passes the
+	// rest on. "off" is the cutover (guide Phase 5.3, "remove old
+	// routes"): credgate answers the legacy routes itself, every start
+	// goes to the new flow, and an unknown state on a legacy callback is
+	// invalid_state. Turning it back on (a config reload) restores the
+	// fall-through: the rollback.
+	Legacy string `json:"legacy,omitempty"`
+
+	// LegacyCallback is the path of the app's own OAuth callback, with
+	// {platform} replaced by each platform's name. Default
+	// "/api/{platform}/callback". A provider block can override it.
+	LegacyCallback string `json:"legacy_callback,omitempty"`
+
+	// LegacyStart is the path of the app's own "connect" entry point,
+	// with {platform} replaced. There the rollout decides, per user,
+	// between the app (legacy) and a 302 to the new start route. Default:
+	// none, and the app's start route is not intercepted.
+	LegacyStart string `json:"legacy_start,omitempty"`
+
+	// LegacyReturnTo is where flows begun at the legacy start route
+	// return. Default: the path of a same-origin Referer, else "/".
+	LegacyReturnTo string `json:"legacy_return_to,omitempty"`
+
 	app        *App
 	providers  map[string]*oauth.Provider
 	adminToken secret.Value
 	logger     *zap.Logger
+
+	legacyOff       bool
+	legacyCallbacks map[string]*oauth.Provider // by exact path
+	legacyStarts    map[string]*oauth.Provider // by exact path
+	// legacyOutsideAPI is true when a legacy path does not start with
+	// /api/, so the pass-through fast path must look it up.
+	legacyOutsideAPI bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -90,13 +121,55 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	switch h.Legacy {
+	case "", "on":
+	case "off":
+		h.legacyOff = true
+	default:
+		return fmt.Errorf("credgate handler: legacy must be on or off, got %q", h.Legacy)
+	}
+	if h.LegacyCallback == "" {
+		h.LegacyCallback = "/api/{platform}/callback"
+	}
+	if h.LegacyReturnTo != "" {
+		if _, ok := h.validReturnTo(h.LegacyReturnTo); !ok {
+			return fmt.Errorf("credgate handler: legacy_return_to must be a path under return_to_allow, got %q", h.LegacyReturnTo)
+		}
+	}
 	h.providers = map[string]*oauth.Provider{}
+	h.legacyCallbacks = map[string]*oauth.Provider{}
+	h.legacyStarts = map[string]*oauth.Provider{}
 	for name, pc := range h.app.Providers {
 		p, err := h.buildProvider(name, pc, repl)
 		if err != nil {
 			return fmt.Errorf("credgate handler: provider %s: %w", name, err)
 		}
 		h.providers[name] = p
+		for _, legacy := range []struct {
+			override, pattern string
+			into              map[string]*oauth.Provider
+		}{{pc.LegacyCallback, h.LegacyCallback, h.legacyCallbacks}, {pc.LegacyStart, h.LegacyStart, h.legacyStarts}} {
+			path := legacy.override
+			if path == "" {
+				path = strings.ReplaceAll(legacy.pattern, "{platform}", name)
+			}
+			if path == "" {
+				continue
+			}
+			if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "/api/auth/oauth/") || strings.HasPrefix(path, "/api/credentials/") {
+				return fmt.Errorf("credgate handler: legacy path %q for %s must be an absolute path outside credgate's own routes", path, name)
+			}
+			if other, dup := h.legacyCallbacks[path]; dup {
+				return fmt.Errorf("credgate handler: legacy path %q is used by %s and %s", path, other.Name(), name)
+			}
+			if other, dup := h.legacyStarts[path]; dup {
+				return fmt.Errorf("credgate handler: legacy path %q is used by %s and %s", path, other.Name(), name)
+			}
+			legacy.into[path] = p
+			if !strings.HasPrefix(path, "/api/") {
+				h.legacyOutsideAPI = true
+			}
+		}
 	}
 	return nil
 }
@@ -133,8 +206,14 @@ func (h *Handler) buildProvider(name string, pc *ProviderConfig, repl *caddy.Rep
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
 	// The cheap test first: pass-through traffic pays one prefix check.
-	if !strings.HasPrefix(path, "/api/") {
+	if !strings.HasPrefix(path, "/api/") && !h.legacyOutsideAPI {
 		return next.ServeHTTP(w, r)
+	}
+	if p, ok := h.legacyCallbacks[path]; ok {
+		return h.legacyCallback(w, r, next, p)
+	}
+	if p, ok := h.legacyStarts[path]; ok {
+		return h.legacyStart(w, r, next, p)
 	}
 	if route := h.route(r.Method, path); route != nil {
 		route(w, r)

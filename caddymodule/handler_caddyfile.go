@@ -30,6 +30,10 @@ func init() {
 //		return_to_allow <path prefix…>           # default /
 //		login_url       <url>
 //		admin_token     <token>
+//		legacy          on|off                    # off = cutover: credgate answers the legacy routes
+//		legacy_callback /api/{platform}/callback  # the app's callback (default)
+//		legacy_start    /api/{platform}/connect   # the app's connect route: the rollout splits here
+//		legacy_return_to <path>                   # default: same-origin Referer path, else /
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -40,8 +44,10 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
-		case "public_origin", "login_url", "admin_token":
-			target := map[string]*string{"public_origin": &handler.PublicOrigin, "login_url": &handler.LoginURL, "admin_token": &handler.AdminToken}[opt]
+		case "public_origin", "login_url", "admin_token", "legacy", "legacy_callback", "legacy_start", "legacy_return_to":
+			target := map[string]*string{"public_origin": &handler.PublicOrigin, "login_url": &handler.LoginURL,
+				"admin_token": &handler.AdminToken, "legacy": &handler.Legacy, "legacy_callback": &handler.LegacyCallback,
+				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo}[opt]
 			if !d.AllArgs(target) {
 				return nil, d.ArgErr()
 			}

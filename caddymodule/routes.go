@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
@@ -198,7 +199,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request, platform stri
 // finish completes a flow credgate started: consume the state (single
 // use), check it belongs to this platform, browser and user, then exchange
 // the code and store the result in one transaction with its refresh job
-// and audit row. Shared by the new callback and, later, the legacy one.
+// and audit row. Shared by the new callback and the legacy one.
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provider, rawState string) {
 	platform := p.Name()
 	if !h.ready(w) {
@@ -248,7 +249,9 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 	http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 
+	outcome := h.app.rollout.Outcomes()
 	fail := func(code oauth.Code) {
+		outcome.Record(flags.ArmNew, platform, false)
 		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
 			Status: vault.Failed, Flow: st.Flow, ErrorCode: string(code), Duration: time.Since(st.CreatedAt)}); err != nil {
 			h.logger.Error("writing audit row", errField(err))
@@ -292,9 +295,11 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	})
 	if err != nil {
 		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
+		outcome.Record(flags.ArmNew, platform, false)
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
 		return
 	}
+	outcome.Record(flags.ArmNew, platform, true)
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
 }
 

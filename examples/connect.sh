@@ -19,7 +19,7 @@ echo "1. provider authorize URL: ${authorize%%\?*}?…"
 
 # 2. Consent: approve at the sandbox (a browser would click "Authorize app").
 callback=$(curl -sS -o /dev/null -w '%{redirect_url}' "$authorize&sandbox_decision=approve")
-echo "2. provider redirects to:  ${callback%%\?*}?code=…&state=…"
+echo "2. provider redirects to:  ${callback%%\?*}?code=…&state=… (the app's legacy callback; credgate knows its state)"
 
 # 3. Callback: credgate consumes the state, exchanges the code, stores the
 #    encrypted tokens and sends the browser back to the app.

@@ -75,6 +75,7 @@ type Rollout struct {
 	client   *openfeature.Client
 	provider openfeature.FeatureProvider
 	counts   *Decisions
+	outcomes *Outcomes
 	// ready turns true the first time the provider reports ready. Until
 	// then (never started, or failed to start) every decision is legacy:
 	// a flagd provider whose file was missing at start answers
@@ -88,7 +89,7 @@ type Rollout struct {
 // is ready every decision is legacy.
 func NewRollout(provider openfeature.FeatureProvider) *Rollout {
 	api := isolated.NewAPI()
-	r := &Rollout{api: api, provider: provider, counts: NewDecisions()}
+	r := &Rollout{api: api, provider: provider, counts: NewDecisions(), outcomes: NewOutcomes()}
 	r.client = api.NewClient()
 	r.client.AddHooks(decisionHook{r.counts})
 	ready := func(openfeature.EventDetails) { r.ready.Store(true) }
@@ -121,6 +122,9 @@ func (r *Rollout) Close(ctx context.Context) error { return r.api.Shutdown(ctx) 
 
 // Counts is the decision counter, by variant, platform and reason.
 func (r *Rollout) Counts() *Decisions { return r.counts }
+
+// Outcomes is the counter of finished flows by arm and platform.
+func (r *Rollout) Outcomes() *Outcomes { return r.outcomes }
 
 // Decide says which arm a flow for userID on platform goes to. It never
 // fails: every problem is a legacy decision with its reason.

@@ -1,0 +1,76 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/url"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/oauth"
+)
+
+// legacyCallback handles the app's own callback URL, which the platforms
+// already know. A state credgate issued (recognised by its MAC, with no
+// database lookup) is finished here, whatever the rollout says now: flow
+// affinity. Anything else is the legacy app's flow and goes to it
+// untouched; its outcome is counted by the app's response status, which
+// is streamed, never buffered.
+func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
+	state := r.URL.Query().Get("state")
+	if h.app.keys.RecognizeState(state) {
+		h.finish(w, r, p, state)
+		return nil
+	}
+	if h.legacyOff {
+		writeError(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")
+		return nil
+	}
+	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+	err := next.ServeHTTP(rec, r)
+	status := rec.Status()
+	if status == 0 {
+		status = http.StatusOK
+	}
+	h.app.rollout.Outcomes().Record(flags.ArmLegacy, p.Name(), err == nil && status < 400)
+	return err
+}
+
+// legacyStart handles the app's own "connect" route: the rollout decides,
+// once per flow, whether this user goes to the new flow (302 to the new
+// start route, which stores the decision with the flow's state) or stays
+// with the app. No identity means legacy. With legacy off everyone goes to
+// the new flow.
+func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
+	if !h.legacyOff {
+		user := h.userID(r)
+		if user == "" {
+			return next.ServeHTTP(w, r)
+		}
+		d := h.app.rollout.Decide(r.Context(), user, p.Name())
+		if d.Arm != flags.ArmNew {
+			return next.ServeHTTP(w, r)
+		}
+		h.logger.Debug("rollout: new flow", zap.String("platform", p.Name()), zap.String("reason", string(d.Reason)))
+	}
+	target := url.URL{Path: "/api/auth/oauth/" + p.Name(), RawQuery: url.Values{"return_to": {h.legacyReturnTo(r)}}.Encode()}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, target.String(), http.StatusFound)
+	return nil
+}
+
+// legacyReturnTo is where a flow begun at the legacy start route returns:
+// the configured path, else the page the user came from if it is on this
+// site and allowed, else the first allowed prefix.
+func (h *Handler) legacyReturnTo(r *http.Request) string {
+	if h.LegacyReturnTo != "" {
+		return h.LegacyReturnTo
+	}
+	if ref, err := url.Parse(r.Referer()); err == nil && ref.Scheme+"://"+ref.Host == h.PublicOrigin {
+		if rt, ok := h.validReturnTo(ref.RequestURI()); ok {
+			return rt
+		}
+	}
+	return h.ReturnToAllow[0]
+}
