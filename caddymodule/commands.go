@@ -74,48 +74,39 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		Use:   "up",
 		Short: "Creates credgate's tables and columns",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-			defer stop()
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			rep, err := migrations.Up(ctx, databaseURL(cmd))
-			if err != nil {
-				return fail(cmd, err)
+			if err == nil {
+				printUp(cmd.OutOrStdout(), rep)
 			}
-			printUp(cmd.OutOrStdout(), rep)
-			return nil
-		},
+			return err
+		}),
 	}
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Drops what up added; keeps social_accounts and its legacy rows",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-			defer stop()
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			force, _ := cmd.Flags().GetBool("force")
 			rep, err := migrations.Down(ctx, databaseURL(cmd), migrations.DownOptions{Force: force})
-			if err != nil {
-				return fail(cmd, err)
+			if err == nil {
+				printDown(cmd.OutOrStdout(), rep)
 			}
-			printDown(cmd.OutOrStdout(), rep)
-			return nil
-		},
+			return err
+		}),
 	}
 	down.Flags().Bool("force", false, "roll back even if accounts connected through credgate would lose their tokens")
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Prints the applied version and which tables and columns exist",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-			defer stop()
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			s, err := migrations.Inspect(ctx, databaseURL(cmd))
-			if err != nil {
-				return fail(cmd, err)
+			if err == nil {
+				printStatus(cmd.OutOrStdout(), s)
 			}
-			printStatus(cmd.OutOrStdout(), s)
-			return nil
-		},
+			return err
+		}),
 	}
 	migrate.AddCommand(up, down, status)
 	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), sandboxCommand(), devtokenCommand()}
@@ -392,6 +383,19 @@ the environment.`,
 func hostname() string {
 	h, _ := os.Hostname()
 	return fmt.Sprintf("%s/%d", h, os.Getpid())
+}
+
+// interruptible runs a command with a context that Ctrl-C cancels, and
+// reports its error the way every credgate command does (see fail).
+func interruptible(run func(ctx context.Context, cmd *cobra.Command) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := run(ctx, cmd); err != nil {
+			return fail(cmd, err)
+		}
+		return nil
+	}
 }
 
 // databaseURL prefers the flag and falls back to DATABASE_URL.

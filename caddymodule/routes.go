@@ -313,17 +313,27 @@ type accountView struct {
 	ConnectedVia    string     `json:"connected_via"`
 }
 
-// status: GET /api/credentials/status
-func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+// userAccounts answers for the status and health-check routes: the
+// signed-in user's accounts, or false once an error response is written.
+func (h *Handler) userAccounts(ctx context.Context, w http.ResponseWriter, r *http.Request) (string, []vault.Account, bool) {
 	user, ok := h.requireUser(w, r)
 	if !ok || !h.ready(w) {
-		return
+		return "", nil, false
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
-	defer cancel()
 	accounts, err := h.app.accounts.List(ctx, h.app.pool, user)
 	if err != nil {
 		h.writeStoreError(w, r, "listing accounts", err)
+		return "", nil, false
+	}
+	return user, accounts, true
+}
+
+// status: GET /api/credentials/status
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+	defer cancel()
+	_, accounts, ok := h.userAccounts(ctx, w, r)
+	if !ok {
 		return
 	}
 	views := []accountView{}
@@ -406,15 +416,10 @@ type healthView struct {
 
 // healthCheck: GET /api/credentials/health-check
 func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
-	user, ok := h.requireUser(w, r)
-	if !ok || !h.ready(w) {
-		return
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer cancel()
-	accounts, err := h.app.accounts.List(ctx, h.app.pool, user)
-	if err != nil {
-		h.writeStoreError(w, r, "listing accounts", err)
+	user, accounts, ok := h.userAccounts(ctx, w, r)
+	if !ok {
 		return
 	}
 	views := []healthView{}

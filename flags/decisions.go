@@ -1,9 +1,8 @@
 package flags
 
 import (
+	"cmp"
 	"context"
-	"sort"
-	"sync"
 
 	"github.com/open-feature/go-sdk/openfeature"
 )
@@ -19,17 +18,14 @@ type DecisionKey struct {
 // Decisions counts rollout decisions by arm, variant, platform and reason,
 // for the telemetry layer to export. It is safe for concurrent use.
 type Decisions struct {
-	mu     sync.Mutex
-	counts map[DecisionKey]uint64
+	c counter[DecisionKey]
 }
 
 // NewDecisions returns an empty counter.
-func NewDecisions() *Decisions { return &Decisions{counts: map[DecisionKey]uint64{}} }
+func NewDecisions() *Decisions { return &Decisions{c: newCounter[DecisionKey]()} }
 
 func (c *Decisions) record(platform string, d Decision) Decision {
-	c.mu.Lock()
-	c.counts[DecisionKey{Arm: d.Arm, Variant: d.Variant, Platform: platform, Reason: d.Reason}]++
-	c.mu.Unlock()
+	c.c.add(DecisionKey{Arm: d.Arm, Variant: d.Variant, Platform: platform, Reason: d.Reason})
 	return d
 }
 
@@ -41,23 +37,11 @@ type DecisionCount struct {
 
 // Snapshot returns the counts, sorted for stable output.
 func (c *Decisions) Snapshot() []DecisionCount {
-	c.mu.Lock()
-	out := make([]DecisionCount, 0, len(c.counts))
-	for k, n := range c.counts {
-		out = append(out, DecisionCount{k, n})
-	}
-	c.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].DecisionKey, out[j].DecisionKey
-		if a.Platform != b.Platform {
-			return a.Platform < b.Platform
-		}
-		if a.Arm != b.Arm {
-			return a.Arm < b.Arm
-		}
-		return a.Reason < b.Reason
-	})
-	return out
+	return snapshot(&c.c, func(k DecisionKey, n uint64) DecisionCount { return DecisionCount{k, n} },
+		func(a, b DecisionCount) int {
+			return cmp.Or(cmp.Compare(a.Platform, b.Platform), cmp.Compare(a.Arm, b.Arm),
+				cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Variant, b.Variant))
+		})
 }
 
 // decisionHook is the OpenFeature hook that counts every evaluation of

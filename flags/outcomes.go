@@ -1,9 +1,6 @@
 package flags
 
-import (
-	"sort"
-	"sync"
-)
+import "cmp"
 
 // OutcomeKey groups finished flows for counting.
 type OutcomeKey struct {
@@ -17,18 +14,15 @@ type OutcomeKey struct {
 // own flows, and the legacy app's callbacks by their HTTP status (2xx/3xx
 // success, anything else failure). Safe for concurrent use.
 type Outcomes struct {
-	mu     sync.Mutex
-	counts map[OutcomeKey]uint64
+	c counter[OutcomeKey]
 }
 
 // NewOutcomes returns an empty counter.
-func NewOutcomes() *Outcomes { return &Outcomes{counts: map[OutcomeKey]uint64{}} }
+func NewOutcomes() *Outcomes { return &Outcomes{c: newCounter[OutcomeKey]()} }
 
 // Record counts one finished flow.
 func (o *Outcomes) Record(arm Arm, platform string, success bool) {
-	o.mu.Lock()
-	o.counts[OutcomeKey{Arm: arm, Platform: platform, Success: success}]++
-	o.mu.Unlock()
+	o.c.add(OutcomeKey{Arm: arm, Platform: platform, Success: success})
 }
 
 // OutcomeCount is one row of a snapshot.
@@ -39,21 +33,18 @@ type OutcomeCount struct {
 
 // Snapshot returns the counts, sorted for stable output.
 func (o *Outcomes) Snapshot() []OutcomeCount {
-	o.mu.Lock()
-	out := make([]OutcomeCount, 0, len(o.counts))
-	for k, n := range o.counts {
-		out = append(out, OutcomeCount{k, n})
+	return snapshot(&o.c, func(k OutcomeKey, n uint64) OutcomeCount { return OutcomeCount{k, n} },
+		func(a, b OutcomeCount) int {
+			return cmp.Or(cmp.Compare(a.Platform, b.Platform), cmp.Compare(a.Arm, b.Arm), boolCompare(a.Success, b.Success))
+		})
+}
+
+func boolCompare(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case b:
+		return -1
 	}
-	o.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].OutcomeKey, out[j].OutcomeKey
-		if a.Platform != b.Platform {
-			return a.Platform < b.Platform
-		}
-		if a.Arm != b.Arm {
-			return a.Arm < b.Arm
-		}
-		return !a.Success && b.Success
-	})
-	return out
+	return 1
 }
