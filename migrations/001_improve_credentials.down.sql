@@ -24,12 +24,21 @@ DROP INDEX IF EXISTS social_accounts_expires_at_idx;
 
 ALTER TABLE social_accounts
     DROP CONSTRAINT IF EXISTS social_accounts_credgate_status_check,
-    DROP CONSTRAINT IF EXISTS social_accounts_credgate_connected_via_check,
-    DROP COLUMN IF EXISTS credentials_encrypted,
-    DROP COLUMN IF EXISTS credentials_key_id,
-    DROP COLUMN IF EXISTS credentials_version,
-    DROP COLUMN IF EXISTS expires_at,
-    DROP COLUMN IF EXISTS status,
-    DROP COLUMN IF EXISTS scopes,
-    DROP COLUMN IF EXISTS last_refreshed_at,
-    DROP COLUMN IF EXISTS connected_via;
+    DROP CONSTRAINT IF EXISTS social_accounts_credgate_connected_via_check;
+
+-- Only the columns credgate added (marked by their comment): never a
+-- column of the app's that happens to share a name.
+DO $$
+DECLARE
+    col text;
+BEGIN
+    FOREACH col IN ARRAY ARRAY['credentials_encrypted', 'credentials_key_id', 'credentials_version', 'expires_at',
+                               'status', 'scopes', 'last_refreshed_at', 'connected_via'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_attribute a
+                   WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = col AND NOT a.attisdropped
+                     AND col_description(a.attrelid, a.attnum) LIKE 'credgate:%') THEN
+            EXECUTE format('ALTER TABLE social_accounts DROP COLUMN %I', col);
+        END IF;
+    END LOOP;
+END
+$$;

@@ -33,6 +33,30 @@ CREATE TABLE IF NOT EXISTS social_accounts (
     UNIQUE (user_id, platform)
 );
 
+-- The app's table must not already have a column by one of credgate's
+-- names: ADD COLUMN IF NOT EXISTS would silently share it, credgate's
+-- CHECK constraints would then reject the app's own values, and the
+-- rollback would drop the app's data. credgate marks its columns with a
+-- comment; any other column of the same name stops the migration here,
+-- before anything changed.
+DO $$
+DECLARE
+    col        text;
+    found_type text;
+BEGIN
+    FOREACH col IN ARRAY ARRAY['credentials_encrypted', 'credentials_key_id', 'credentials_version', 'expires_at',
+                               'status', 'scopes', 'last_refreshed_at', 'connected_via'] LOOP
+        SELECT format_type(a.atttypid, a.atttypmod) INTO found_type
+        FROM pg_attribute a
+        WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = col AND NOT a.attisdropped
+          AND coalesce(col_description(a.attrelid, a.attnum), '') NOT LIKE 'credgate:%';
+        IF found_type IS NOT NULL THEN
+            RAISE EXCEPTION 'social_accounts.% already exists (%) and is not credgate''s: rename the app''s column, then run the migration again', col, found_type;
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- credgate's columns. Rows the unchanged app keeps inserting get the defaults
 -- that describe them truthfully: connected, through the legacy flow.
 ALTER TABLE social_accounts
@@ -44,6 +68,15 @@ ALTER TABLE social_accounts
     ADD COLUMN IF NOT EXISTS scopes                text[],
     ADD COLUMN IF NOT EXISTS last_refreshed_at     timestamptz,
     ADD COLUMN IF NOT EXISTS connected_via         text NOT NULL DEFAULT 'legacy';
+
+COMMENT ON COLUMN social_accounts.credentials_encrypted IS 'credgate: the token set, XChaCha20-Poly1305, bound to this row';
+COMMENT ON COLUMN social_accounts.credentials_key_id IS 'credgate: id of the master key that sealed credentials_encrypted';
+COMMENT ON COLUMN social_accounts.credentials_version IS 'credgate: bumped on every credential write (compare-and-swap guard)';
+COMMENT ON COLUMN social_accounts.expires_at IS 'credgate: when the access token expires';
+COMMENT ON COLUMN social_accounts.status IS 'credgate: connected, expiring, needs_reauth, revoked or disconnected';
+COMMENT ON COLUMN social_accounts.scopes IS 'credgate: scopes granted';
+COMMENT ON COLUMN social_accounts.last_refreshed_at IS 'credgate: last successful refresh';
+COMMENT ON COLUMN social_accounts.connected_via IS 'credgate: legacy or credgate';
 
 -- ADD CONSTRAINT has no IF NOT EXISTS; NOT VALID skips the scan of existing
 -- rows (they all hold the defaults above) and takes no long lock.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -372,5 +373,38 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 	var n int
 	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM credential_audit_log WHERE status = 'success'`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("audit rows after refused edits: %d (%v), want 1", n, err)
+	}
+}
+
+// An app whose table already has a column by one of credgate's names
+// (here its own "status") stops the migration with a clear message before
+// anything changes; credgate never shares or drops the app's column.
+func TestUpRefusesToShareAnAppColumn(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, legacyTable)
+	pgtest.Exec(t, url, `ALTER TABLE social_accounts ADD COLUMN status text;
+		INSERT INTO social_accounts (user_id, platform, status) VALUES (gen_random_uuid(), 'twitter', 'active')`)
+	_, err := migrations.Up(context.Background(), url)
+	if err == nil || !strings.Contains(err.Error(), "social_accounts.status already exists (text) and is not credgate's") {
+		t.Fatalf("up: %v", err)
+	}
+	s, err := migrations.Inspect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(s.Tables, s.Columns...) {
+		if p.Present && p.Name != "status" {
+			t.Errorf("%s was created by a refused migration", p.Name)
+		}
+	}
+	// Down leaves the app's column alone.
+	pgtest.Exec(t, url, `ALTER TABLE social_accounts RENAME COLUMN status TO app_status`)
+	mustUp(t, url)
+	pgtest.Exec(t, url, `ALTER TABLE social_accounts RENAME COLUMN app_status TO legacy_status`)
+	mustDown(t, url)
+	var n int
+	if err := connect(t, url).QueryRow(context.Background(), `SELECT count(*) FROM social_accounts WHERE legacy_status = 'active'`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("the app's column after down: %d %v", n, err)
 	}
 }
