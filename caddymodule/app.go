@@ -233,6 +233,11 @@ func (a *App) Start() error {
 	err := a.checkDatabase(ctx, 3*time.Second)
 	if errors.Is(err, vault.ErrKeyMismatch) {
 		cancel()
+		// Caddy does not Stop an app whose Start failed: release the flag
+		// provider here.
+		closeCtx, closeCancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer closeCancel()
+		a.rollout.Close(closeCtx)
 		return fmt.Errorf("credgate: %w", err)
 	}
 	if err != nil {

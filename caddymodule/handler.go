@@ -105,8 +105,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	h.adminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))
 	h.PublicOrigin = strings.TrimRight(repl.ReplaceKnown(h.PublicOrigin, ""), "/")
-	if u, err := url.Parse(h.PublicOrigin); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
+	u, err := url.Parse(h.PublicOrigin)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
 		return fmt.Errorf("credgate handler: public_origin must be an origin such as https://app.example.com, got %q", h.PublicOrigin)
+	}
+	// The binding cookie is __Host- and Secure: browsers accept it over
+	// plain http only from localhost.
+	if host := u.Hostname(); u.Scheme == "http" && host != "localhost" && host != "127.0.0.1" && host != "::1" {
+		return fmt.Errorf("credgate handler: public_origin %q must be https (plain http works only for localhost)", h.PublicOrigin)
 	}
 	if len(h.ReturnToAllow) == 0 {
 		h.ReturnToAllow = []string{"/"}

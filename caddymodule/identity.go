@@ -90,15 +90,25 @@ func (id *Identity) userID(r *http.Request) string {
 		}
 		return validUUID(repl.ReplaceKnown(id.Placeholder, ""))
 	}
-	var raw string
+	// The cookie first, then the header: a stale cookie must not hide a
+	// valid bearer token.
 	if c, err := r.Cookie(id.Cookie); err == nil {
-		raw = c.Value
-	} else if !id.NoHeader {
-		raw, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if raw == r.Header.Get("Authorization") {
-			raw = ""
+		if user := id.verify(c.Value); user != "" {
+			return user
 		}
 	}
+	if id.NoHeader {
+		return ""
+	}
+	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	return id.verify(raw)
+}
+
+// verify returns the user id of a valid token, or "".
+func (id *Identity) verify(raw string) string {
 	if raw == "" || len(raw) > 8192 {
 		return ""
 	}

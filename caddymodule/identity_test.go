@@ -99,6 +99,15 @@ func TestIdentityFromPlaceholderAndCookie(t *testing.T) {
 		t.Errorf("a non-UUID user id was accepted: %q", got)
 	}
 
+	both := &Identity{JWTSecret: devSecret}
+	provisionIdentity(t, both)
+	r = httptest.NewRequest("GET", "/", nil)
+	r.AddCookie(&http.Cookie{Name: "sb-access-token", Value: "stale.garbage.token"})
+	r.Header.Set("Authorization", "Bearer "+mustHS(t))
+	if got := both.userID(r); got != alice {
+		t.Errorf("a stale cookie hid a valid bearer token: %q", got)
+	}
+
 	cookieID := &Identity{JWTSecret: devSecret, NoHeader: true}
 	provisionIdentity(t, cookieID)
 	r = httptest.NewRequest("GET", "/", nil)

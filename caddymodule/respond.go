@@ -35,6 +35,7 @@ func writeError(w http.ResponseWriter, status int, code, message string) {
 // is a 500 whose detail stays in the log.
 func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing string, err error) {
 	if unavailable(err) {
+		h.logger.Warn(doing+": database unavailable", errField(err), pathField(r))
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return
 	}

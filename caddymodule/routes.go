@@ -125,7 +125,9 @@ func (h *Handler) validReturnTo(raw string) (string, bool) {
 		return "", false
 	}
 	for _, prefix := range h.ReturnToAllow {
-		if strings.HasPrefix(u.Path, prefix) {
+		base := strings.TrimSuffix(prefix, "/")
+		// Whole path segments: /settings allows /settings/x, not /settingsx.
+		if base == "" || u.Path == base || strings.HasPrefix(u.Path, base+"/") {
 			return u.RequestURI(), true
 		}
 	}
@@ -137,6 +139,12 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 	p, ok := h.providers[platform]
 	if !ok {
 		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		return
+	}
+	// A cross-site page must not start flows for the user: it would write
+	// state rows and replace the binding cookie of a flow in another tab.
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		writeError(w, http.StatusForbidden, "cross_origin", "start the connection from the app's own pages")
 		return
 	}
 	user := h.userID(r)
@@ -214,8 +222,10 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		}
 		writeError(w, http.StatusBadRequest, code, message)
 	}
-	if rawState == "" {
-		refuse("invalid_state", "the sign-in link is missing its state; start again", "", map[string]any{"reason": "missing"})
+	if !h.app.keys.RecognizeState(rawState) {
+		// Missing, forged or random: not a state credgate issued. Answer
+		// without touching the database, so junk requests cannot write.
+		writeError(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")
 		return
 	}
 	st, err := h.app.states.Consume(ctx, h.app.pool, secret.New(rawState))
@@ -252,7 +262,10 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	outcome := h.app.rollout.Outcomes()
 	fail := func(code oauth.Code) {
 		outcome.Record(flags.ArmNew, platform, false)
-		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+		// A fresh budget: the exchange may have used up the request's.
+		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+		defer acancel()
+		if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
 			Status: vault.Failed, Flow: st.Flow, ErrorCode: string(code), Duration: time.Since(st.CreatedAt)}); err != nil {
 			h.logger.Error("writing audit row", errField(err))
 		}
@@ -265,7 +278,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	// The code exchange gets its own budget: providers may be slow.
 	exCtx, exCancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer exCancel()
-	tok, err := p.Complete(exCtx, secret.New(r.URL.Query().Get("code")), st.Verifier)
+	tok, err := p.Complete(exCtx, secret.New(r.URL.Query().Get("code")), st.Verifier, oauth.WithRedirectURL(st.RedirectURI))
 	if err != nil {
 		h.logger.Info("oauth exchange failed", zap.String("platform", platform), errField(err))
 		fail(oauth.CodeOf(err))
@@ -379,10 +392,16 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 		if rerr != nil {
 			ev.Status, ev.ErrorCode = vault.Failed, string(oauth.CodeOf(rerr))
 		}
-		if aerr := (vault.Audit{}).Append(ctx, h.app.pool, ev); aerr != nil {
+		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+		if aerr := (vault.Audit{}).Append(actx, h.app.pool, ev); aerr != nil {
 			h.logger.Error("writing audit row", errField(aerr))
 		}
+		acancel()
 	}
+	// A fresh budget for the wipe: a slow revoke must not cost the user
+	// the local disconnect.
+	ctx, cancel = context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+	defer cancel()
 	err = vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
 		gone, err := h.app.accounts.Disconnect(ctx, tx, user, platform)
 		if err != nil {

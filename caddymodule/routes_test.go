@@ -162,6 +162,15 @@ func TestRouteErrors(t *testing.T) {
 			t.Errorf("bad token is no identity: %d", resp.StatusCode)
 		}
 	})
+	t.Run("cross-site start", func(t *testing.T) {
+		resp, body := h.do("GET", "/api/auth/oauth/twitter", alice, map[string]string{"Sec-Fetch-Site": "cross-site"})
+		if resp.StatusCode != 403 || errorCode(body) != "cross_origin" {
+			t.Errorf("cross-site: %d %s", resp.StatusCode, body)
+		}
+		if n := h.count(`SELECT count(*) FROM oauth_states`); n != 0 {
+			t.Errorf("a cross-site start stored %d states", n)
+		}
+	})
 	t.Run("unknown platform", func(t *testing.T) {
 		for _, path := range []string{"/api/auth/oauth/myspace", "/api/auth/oauth/myspace/callback?state=x"} {
 			resp, body := h.do("GET", path, alice, nil)
@@ -171,7 +180,7 @@ func TestRouteErrors(t *testing.T) {
 		}
 	})
 	t.Run("open redirect attempts", func(t *testing.T) {
-		for _, rt := range []string{"https://evil.example/", "//evil.example/x", "/\\evil.example", "/other", "javascript:alert(1)",
+		for _, rt := range []string{"https://evil.example/", "//evil.example/x", "/\\evil.example", "/other", "/settingsx", "javascript:alert(1)",
 			"/settings/../../evil", "settings", "/settings\r\nX: y", "http:/settings"} {
 			resp, body := h.do("GET", "/api/auth/oauth/twitter?return_to="+url.QueryEscape(rt), alice, nil)
 			if resp.StatusCode != 400 || errorCode(body) != "invalid_return_to" {
@@ -208,6 +217,9 @@ func TestRouteErrors(t *testing.T) {
 			if resp.StatusCode != 400 || errorCode(body) != c.want {
 				t.Errorf("%s: %d %s", c.name, resp.StatusCode, body)
 			}
+			if c.name == "random" && h.count(`SELECT count(*) FROM credential_audit_log WHERE status = 'failed'`) != 0 {
+				t.Error("a state credgate never issued reached the database")
+			}
 		}
 		// The foreign-user attempt consumed the state: replaying it with
 		// the right user now fails as unknown.
@@ -236,8 +248,8 @@ func TestRouteErrors(t *testing.T) {
 		if resp.StatusCode != 400 || errorCode(body) != "invalid_state" {
 			t.Errorf("expired: %d %s", resp.StatusCode, body)
 		}
-		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND error_code IN ('invalid_state','state_mismatch')`); n != 7 {
-			t.Errorf("failed audit rows: %d, want 7", n)
+		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND error_code IN ('invalid_state','state_mismatch')`); n != 5 {
+			t.Errorf("failed audit rows: %d, want 5 (junk states are not audited)", n)
 		}
 		nothingStored(t)
 	})
@@ -343,4 +355,18 @@ func (h *harness) authorizeDeny(providerURL string) string {
 	}
 	resp.Body.Close()
 	return resp.Header.Get("Location")
+}
+
+// A flow in flight when redirect_url changes (guide Step 5.4) exchanges its
+// code with the redirect URI it was started with.
+func TestRedirectURLChangeMidFlow(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	providerURL, cookie := h.startFlow(alice, "linkedin", "/settings")
+	cb := h.authorize(providerURL)
+	h.opt.legacyRedirect = true
+	h.load("")
+	resp, body := h.callback(cb, cookie, alice)
+	if resp.StatusCode != 302 || resp.Header.Get("Location") != "/settings?connected=linkedin" {
+		t.Fatalf("callback after the redirect_url change: %d %s %s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
 }

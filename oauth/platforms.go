@@ -258,10 +258,10 @@ func instagram() Profile {
 // instagramExchange does the code exchange by hand: Instagram answers
 // either {"data":[{…}]} (as documented) or a flat object with a numeric
 // user_id that a float64 would corrupt.
-func instagramExchange(ctx context.Context, p *Provider, code string, _ secret.Value) (TokenSet, error) {
+func instagramExchange(ctx context.Context, p *Provider, code string, _ secret.Value, redirectURL string) (TokenSet, error) {
 	form := url.Values{
 		"client_id": {p.cfg.ClientID}, "client_secret": {p.cfg.ClientSecret.Reveal()},
-		"grant_type": {"authorization_code"}, "redirect_uri": {p.cfg.RedirectURL}, "code": {code},
+		"grant_type": {"authorization_code"}, "redirect_uri": {redirectURL}, "code": {code},
 	}
 	var r tokenResponse
 	if err := p.callJSON(ctx, http.MethodPost, p.profile.TokenURL, form, secret.Value{}, &r); err != nil {

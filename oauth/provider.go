@@ -89,7 +89,7 @@ type Profile struct {
 
 	errors errorParser
 	// exchange replaces the standard code exchange (Instagram).
-	exchange func(ctx context.Context, p *Provider, code string, verifier secret.Value) (TokenSet, error)
+	exchange func(ctx context.Context, p *Provider, code string, verifier secret.Value, redirectURL string) (TokenSet, error)
 	// afterExchange swaps a short-lived token for a long-lived one.
 	afterExchange func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error)
 	refresh       func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error)
@@ -248,10 +248,27 @@ func (p *Provider) Begin(opts ...BeginOption) (Start, error) {
 	return s, nil
 }
 
+// CompleteOption adjusts Complete.
+type CompleteOption func(*completeOptions)
+
+type completeOptions struct{ redirectURL string }
+
+// WithRedirectURL sends the redirect URI the flow was started with, which
+// the platform requires to match exactly; it may differ from the current
+// configuration when redirect_url changed while the flow was in flight.
+func WithRedirectURL(u string) CompleteOption { return func(o *completeOptions) { o.redirectURL = u } }
+
 // Complete exchanges an authorization code for a token set, applies the
 // platform's post-exchange step (Facebook and Instagram long-lived tokens)
 // and looks up the account's identity.
-func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value) (TokenSet, error) {
+func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value, opts ...CompleteOption) (TokenSet, error) {
+	o := completeOptions{redirectURL: p.cfg.RedirectURL}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.redirectURL == "" {
+		o.redirectURL = p.cfg.RedirectURL
+	}
 	raw := strings.TrimSpace(code.Reveal())
 	// Facebook appends #_=_ and Instagram #_ to the redirect; a client
 	// that copies the whole fragment-bearing value must not send it.
@@ -266,9 +283,9 @@ func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value) (T
 	var t TokenSet
 	var err error
 	if p.profile.exchange != nil {
-		t, err = p.profile.exchange(ctx, p, raw, verifier)
+		t, err = p.profile.exchange(ctx, p, raw, verifier, o.redirectURL)
 	} else {
-		t, err = p.standardExchange(ctx, raw, verifier)
+		t, err = p.standardExchange(ctx, raw, verifier, o.redirectURL)
 	}
 	if err != nil {
 		return TokenSet{}, p.asError("exchange", err)
@@ -340,8 +357,8 @@ func (p *Provider) context(ctx context.Context, op string) context.Context {
 	return context.WithValue(withOp(ctx, op), oauth2.HTTPClient, p.client)
 }
 
-func (p *Provider) standardExchange(ctx context.Context, code string, verifier secret.Value) (TokenSet, error) {
-	var opts []oauth2.AuthCodeOption
+func (p *Provider) standardExchange(ctx context.Context, code string, verifier secret.Value, redirectURL string) (TokenSet, error) {
+	opts := []oauth2.AuthCodeOption{oauth2.SetAuthURLParam("redirect_uri", redirectURL)}
 	// LinkedIn answers 401 when code_verifier is present, so a platform
 	// without PKCE never sends it, whatever the caller passed.
 	if p.UsesPKCE() && !verifier.IsZero() {
