@@ -126,12 +126,10 @@ ENCRYPTION_PREVIOUS_KEYS first. Safe to run from several processes at once;
 a stopped run resumes where it stopped. Exits 1 if any row is left on an
 old key.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-			defer stop()
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			keys, pool, err := openVault(ctx, cmd)
 			if err != nil {
-				return fail(cmd, err)
+				return err
 			}
 			defer pool.Close()
 			size, _ := cmd.Flags().GetInt("batch-size")
@@ -140,7 +138,7 @@ old key.`,
 				return vault.NewAccounts(keys).Rewrap(ctx, pool, vault.BatchOptions{BatchSize: size, Progress: report, Worker: hostname()})
 			})
 			if err != nil {
-				return fail(cmd, err)
+				return err
 			}
 			fmt.Fprintf(w, "✓ rewrap: %d rows re-encrypted under key %d, %d failed, %d left on old keys (%s)\n",
 				p.Done, keys.PrimaryID(), p.Failed, p.Remaining, p.Elapsed.Round(time.Millisecond))
@@ -150,7 +148,7 @@ old key.`,
 			}
 			fmt.Fprintf(w, "✓ no blob uses an old key any more: it can be removed from %s\n", vault.EnvPreviousKeys)
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
 	cmd.Flags().Int("batch-size", vault.DefaultBatchSize, "rows per transaction")
@@ -171,12 +169,10 @@ only on rows whose blob was just read back and found equal; do it only once
 the app no longer reads those columns (guide Phase 5). Exits 1 if any row
 could not be processed.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
-			defer stop()
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			keys, pool, err := openVault(ctx, cmd)
 			if err != nil {
-				return fail(cmd, err)
+				return err
 			}
 			defer pool.Close()
 			accounts := vault.NewAccounts(keys)
@@ -184,7 +180,7 @@ could not be processed.`,
 			if dry, _ := cmd.Flags().GetBool("dry-run"); dry {
 				plan, err := accounts.PlanBackfill(ctx, pool)
 				if err != nil {
-					return fail(cmd, err)
+					return err
 				}
 				fmt.Fprintf(w, "dry run: %d rows would be encrypted, %d rows with a blob would be verified; nothing was changed\n",
 					plan.ToEncrypt, plan.ToVerify)
@@ -197,7 +193,7 @@ could not be processed.`,
 				return accounts.Backfill(ctx, pool, opt)
 			})
 			if err != nil {
-				return fail(cmd, err)
+				return err
 			}
 			fmt.Fprintf(w, "✓ backfill: %d rows encrypted, %d already matched, %d failed (%s)\n",
 				p.Done, p.Skipped, p.Failed, p.Elapsed.Round(time.Millisecond))
@@ -208,17 +204,17 @@ could not be processed.`,
 					return accounts.PurgePlaintext(ctx, pool, opt)
 				})
 				if err != nil {
-					return fail(cmd, err)
+					return err
 				}
 				fmt.Fprintf(w, "✓ purge: plaintext cleared on %d rows, %d kept because their blob did not match (%s)\n",
 					p.Done, p.Failed, p.Elapsed.Round(time.Millisecond))
 				failed += p.Failed
 			}
 			if failed > 0 {
-				return fail(cmd, fmt.Errorf("%d rows could not be processed; see failed backfill/purge_plaintext rows in credential_audit_log", failed))
+				return fmt.Errorf("%d rows could not be processed; see failed backfill/purge_plaintext rows in credential_audit_log", failed)
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
 	cmd.Flags().Int("batch-size", vault.DefaultBatchSize, "rows per transaction")

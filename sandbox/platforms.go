@@ -26,11 +26,9 @@ const (
 
 func (s *Server) twitterToken(w http.ResponseWriter, r *http.Request) {
 	const p = "twitter"
-	if r.Method != http.MethodPost {
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	if !postForm(w, r) {
 		return
 	}
-	r.ParseForm()
 	// Confidential clients must authenticate with HTTP Basic; credentials
 	// in the body are not accepted.
 	id, secret, ok := r.BasicAuth()
@@ -140,11 +138,9 @@ func (s *Server) twitterMe(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) linkedinToken(w http.ResponseWriter, r *http.Request) {
 	const p = "linkedin"
-	if r.Method != http.MethodPost {
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	if !postForm(w, r) {
 		return
 	}
-	r.ParseForm()
 	f := r.PostForm
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -313,11 +309,9 @@ func (s *Server) facebookRevoke(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) instagramToken(w http.ResponseWriter, r *http.Request) {
 	const p = "instagram"
-	if r.Method != http.MethodPost {
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	if !postForm(w, r) {
 		return
 	}
-	r.ParseForm()
 	f := r.PostForm
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -405,3 +399,17 @@ func (s *Server) instagramMe(w http.ResponseWriter, r *http.Request) {
 }
 
 func subtleEqual(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
+
+// postForm accepts only a POSTed form, as every platform's token endpoint
+// does, and parses it.
+func postForm(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return false
+	}
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return false
+	}
+	return true
+}
