@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -322,5 +321,3 @@ func pgDump(t *testing.T, db string) string {
 	}
 	return string(out)
 }
-
-var _ = bytes.NewReader

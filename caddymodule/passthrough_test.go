@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -248,5 +247,4 @@ func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
 	}
 	t.Logf("50 reloads with %d flows in flight; goroutines %d → %d; db connections %d → %d; %d connection-level retries",
 		workers*flowsEach, baseGoroutines, runtime.NumGoroutine(), baseConns, dbConns(), h.transportRetries.Load())
-	_ = context.Background
 }

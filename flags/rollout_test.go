@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/open-feature/go-sdk/openfeature"
-
 	"github.com/credgate/credgate/flags"
 )
 
@@ -343,5 +341,3 @@ func TestDecisionsAreCounted(t *testing.T) {
 		t.Errorf("counts: new %d legacy %d anonymous %d; snapshot %+v", newN, legacyN, anon, r.Counts().Snapshot())
 	}
 }
-
-var _ = openfeature.TargetingKey

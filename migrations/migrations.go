@@ -193,11 +193,11 @@ func run(ctx context.Context, databaseURL string, step func(*migrate.Migrate, *s
 	}
 	driver, err := migratepgx.WithInstance(db, &migratepgx.Config{MigrationsTable: VersionTable})
 	if err != nil {
-		return Report{}, explain("preparing the version table", err)
+		return Report{}, dberr.Explain("preparing the version table", err)
 	}
 	m, err := migrate.NewWithInstance("iofs", src, "pgx5", driver)
 	if err != nil {
-		return Report{}, explain("preparing migrations", err)
+		return Report{}, dberr.Explain("preparing migrations", err)
 	}
 	// Closing m closes db too, so it must run after the lock is released.
 	defer m.Close()
@@ -207,11 +207,11 @@ func run(ctx context.Context, databaseURL string, step func(*migrate.Migrate, *s
 	// runner that waited for another sees the finished schema as "before".
 	lockConn, err := db.Conn(ctx)
 	if err != nil {
-		return Report{}, explain("connecting", err)
+		return Report{}, dberr.Explain("connecting", err)
 	}
 	defer lockConn.Close()
 	if _, err := lockConn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, runLockKey); err != nil {
-		return Report{}, explain("waiting for another migration run", err)
+		return Report{}, dberr.Explain("waiting for another migration run", err)
 	}
 	defer lockConn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, runLockKey)
 
@@ -223,7 +223,7 @@ func run(ctx context.Context, databaseURL string, step func(*migrate.Migrate, *s
 		if _, ok := errors.AsType[ErrWouldDestroyCredentials](err); ok {
 			return rep, err
 		}
-		return rep, explain("applying migrations", err)
+		return rep, dberr.Explain("applying migrations", err)
 	}
 	rep.After, err = inspect(ctx, db)
 	return rep, err
@@ -240,7 +240,7 @@ func open(ctx context.Context, databaseURL string) (*sql.DB, error) {
 	db := stdlib.OpenDB(*cfg)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
-		return nil, explain(fmt.Sprintf("connecting to database %q on %s:%d", cfg.Database, cfg.Host, cfg.Port), err)
+		return nil, dberr.Explain(fmt.Sprintf("connecting to database %q on %s:%d", cfg.Database, cfg.Host, cfg.Port), err)
 	}
 	return db, nil
 }
@@ -249,27 +249,27 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 	var s Schema
 	var versionTable bool
 	if err := db.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, VersionTable).Scan(&versionTable); err != nil {
-		return s, explain("reading the schema", err)
+		return s, dberr.Explain("reading the schema", err)
 	}
 	if versionTable {
 		var v int64
 		err := db.QueryRowContext(ctx, `SELECT version, dirty FROM `+VersionTable+` LIMIT 1`).Scan(&v, &s.Dirty)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return s, explain("reading the applied version", err)
+			return s, dberr.Explain("reading the applied version", err)
 		}
 		if v > 0 {
 			s.Version = uint(v)
 		}
 	}
 	if err := db.QueryRowContext(ctx, `SELECT to_regclass('social_accounts') IS NOT NULL`).Scan(&s.SocialAccounts); err != nil {
-		return s, explain("reading the schema", err)
+		return s, dberr.Explain("reading the schema", err)
 	}
 	for _, t := range Tables {
 		var present, rls bool
 		err := db.QueryRowContext(ctx,
 			`SELECT true, relrowsecurity FROM pg_class WHERE oid = to_regclass($1)`, t).Scan(&present, &rls)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return s, explain("reading the schema", err)
+			return s, dberr.Explain("reading the schema", err)
 		}
 		s.Tables = append(s.Tables, Presence{Name: t, Present: present})
 		s.RLS = append(s.RLS, Presence{Name: t, Present: rls})
@@ -277,19 +277,19 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 	rows, err := db.QueryContext(ctx, `SELECT column_name FROM information_schema.columns
 		WHERE table_schema = current_schema() AND table_name = 'social_accounts'`)
 	if err != nil {
-		return s, explain("reading the schema", err)
+		return s, dberr.Explain("reading the schema", err)
 	}
 	defer rows.Close()
 	have := map[string]bool{}
 	for rows.Next() {
 		var c string
 		if err := rows.Scan(&c); err != nil {
-			return s, explain("reading the schema", err)
+			return s, dberr.Explain("reading the schema", err)
 		}
 		have[c] = true
 	}
 	if err := rows.Err(); err != nil {
-		return s, explain("reading the schema", err)
+		return s, dberr.Explain("reading the schema", err)
 	}
 	for _, c := range AccountColumns {
 		s.Columns = append(s.Columns, Presence{Name: c, Present: have[c]})
@@ -305,12 +305,12 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 		WHERE table_schema = current_schema() AND table_name = 'social_accounts'
 		  AND column_name = 'credentials_encrypted')`).Scan(&hasColumn)
 	if err != nil || !hasColumn {
-		return 0, explainIf("reading the schema", err)
+		return 0, dberr.Explain("reading the schema", err)
 	}
 	var n int64
 	err = db.QueryRowContext(ctx, `SELECT count(*) FROM social_accounts
 		WHERE credentials_encrypted IS NOT NULL AND access_token IS NULL`).Scan(&n)
-	return n, explainIf("counting encrypted-only accounts", err)
+	return n, dberr.Explain("counting encrypted-only accounts", err)
 }
 
 // latestVersion is the highest version among the embedded files.
@@ -325,7 +325,3 @@ func latestVersion() uint {
 	}
 	return latest
 }
-
-func explain(doing string, err error) error { return dberr.Explain(doing, err) }
-
-func explainIf(doing string, err error) error { return dberr.Explain(doing, err) }

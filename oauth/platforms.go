@@ -101,14 +101,8 @@ func twitter() Profile {
 
 // twitterErrors: X answers a bad, used or expired code (and a dead refresh
 // token) with 400 invalid_request, "Value passed for the token was
-// invalid." rather than invalid_grant; normalise it.
-func twitterErrors(status int, body []byte) (Code, string, bool) {
-	code, desc, ok := anyShape(status, body)
-	if ok && code == CodeInvalidRequest && strings.Contains(strings.ToLower(desc), "token was invalid") {
-		code = CodeInvalidGrant
-	}
-	return code, desc, ok
-}
+// invalid." rather than invalid_grant.
+var twitterErrors = grantErrorNamed("token was invalid")
 
 func linkedin() Profile {
 	return Profile{
@@ -137,13 +131,20 @@ func linkedin() Profile {
 }
 
 // linkedinErrors: LinkedIn's bad-code answer is 400 invalid_request with a
-// long description naming the code; normalise to invalid_grant.
-func linkedinErrors(status int, body []byte) (Code, string, bool) {
-	code, desc, ok := anyShape(status, body)
-	if ok && code == CodeInvalidRequest && strings.Contains(strings.ToLower(desc), "authorization code") {
-		code = CodeInvalidGrant
+// long description naming the authorization code.
+var linkedinErrors = grantErrorNamed("authorization code")
+
+// grantErrorNamed parses any known error shape and normalises an
+// invalid_request whose description contains phrase to invalid_grant, for
+// platforms that report a dead code or token that way.
+func grantErrorNamed(phrase string) errorParser {
+	return func(status int, body []byte) (Code, string, bool) {
+		code, desc, ok := anyShape(status, body)
+		if ok && code == CodeInvalidRequest && strings.Contains(strings.ToLower(desc), phrase) {
+			code = CodeInvalidGrant
+		}
+		return code, desc, ok
 	}
-	return code, desc, ok
 }
 
 func facebook() Profile {

@@ -296,9 +296,9 @@ func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value, op
 		}
 	}
 	if p.profile.identify != nil {
-		id, err := p.profile.identify(p.context(ctx, "profile"), p, t.AccessToken)
+		id, err := p.Identify(ctx, t.AccessToken)
 		if err != nil {
-			return TokenSet{}, p.asError("profile", err)
+			return TokenSet{}, err
 		}
 		if id.ID == "" {
 			return TokenSet{}, newError(p.profile.Name, "profile", CodeInvalidResponse, 200, "profile without an id")

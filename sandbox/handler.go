@@ -26,6 +26,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}
+	// Facebook's long-lived exchange shares the token URL; faults for it
+	// are configured under its own endpoint name.
+	if platform == "facebook" && endpoint == EndpointToken && r.FormValue("grant_type") == "fb_exchange_token" {
+		endpoint = EndpointExchange
+	}
 	if s.injectFault(w, r, platform, endpoint) {
 		return
 	}

@@ -123,15 +123,11 @@ func (s *Server) twitterRevoke(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) twitterMe(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t := s.bearer(r, "twitter")
-	if t == nil {
-		s.reject("twitter", "bad_access_token")
+	s.serveProfile(w, r, "twitter", func(w http.ResponseWriter) {
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"})
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"id": t.user.ID, "name": t.user.Name, "username": t.user.Name}})
+	}, func(t *token) any {
+		return map[string]any{"data": map[string]any{"id": t.user.ID, "name": t.user.Name, "username": t.user.Name}}
+	})
 }
 
 // --- LinkedIn ------------------------------------------------------------
@@ -194,16 +190,12 @@ func (s *Server) linkedinToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) linkedinUserinfo(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t := s.bearer(r, "linkedin")
-	if t == nil {
-		s.reject("linkedin", "bad_access_token")
+	s.serveProfile(w, r, "linkedin", func(w http.ResponseWriter) {
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"status": 401, "serviceErrorCode": 65600, "code": "INVALID_ACCESS_TOKEN", "message": "Invalid access token"})
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"sub": t.user.ID, "name": t.user.Name, "email_verified": true,
-		"locale": map[string]string{"country": "US", "language": "en"}})
+	}, func(t *token) any {
+		return map[string]any{"sub": t.user.ID, "name": t.user.Name, "email_verified": true,
+			"locale": map[string]string{"country": "US", "language": "en"}}
+	})
 }
 
 // --- Facebook ------------------------------------------------------------
@@ -221,9 +213,6 @@ func (s *Server) facebookToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f.Get("grant_type") == "fb_exchange_token" {
-		if s.injectLocked(w, p, EndpointExchange) {
-			return
-		}
 		old := s.tokens[f.Get("fb_exchange_token")]
 		if old == nil || old.refresh || old.revoked || old.app != a || !s.clock.Now().Before(old.expires) {
 			s.reject(p, "bad_exchange_token")
@@ -254,34 +243,10 @@ func (s *Server) facebookToken(w http.ResponseWriter, r *http.Request) {
 		"token_type": "bearer", "expires_in": int(shortLivedTTL.Seconds())})
 }
 
-// injectLocked applies a fault for an endpoint reached through a shared
-// path (Facebook's exchange shares the token URL); call with s.mu held.
-func (s *Server) injectLocked(w http.ResponseWriter, platform, endpoint string) bool {
-	var f Fault
-	for _, k := range []string{platform + "." + endpoint, platform + ".*", "*." + endpoint} {
-		if v, ok := s.faults[k]; ok {
-			f = v
-			break
-		}
-	}
-	if f.InvalidGrant {
-		s.reject(platform, "fault_invalid_grant")
-		platformError(w, platform, http.StatusBadRequest, "", "Error validating access token: Session has expired.", 190, 463)
-		return true
-	}
-	return false
-}
-
 func (s *Server) facebookMe(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t := s.bearer(r, "facebook")
-	if t == nil {
-		s.reject("facebook", "bad_access_token")
+	s.serveProfile(w, r, "facebook", func(w http.ResponseWriter) {
 		platformError(w, "facebook", http.StatusBadRequest, "", "Invalid OAuth access token - Cannot parse access token", 190, 0)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"id": t.user.ID, "name": t.user.Name})
+	}, func(t *token) any { return map[string]any{"id": t.user.ID, "name": t.user.Name} })
 }
 
 func (s *Server) facebookRevoke(w http.ResponseWriter, r *http.Request) {
@@ -387,15 +352,24 @@ func (s *Server) instagramRefresh(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) instagramMe(w http.ResponseWriter, r *http.Request) {
+	s.serveProfile(w, r, "instagram", func(w http.ResponseWriter) {
+		platformError(w, "instagram", http.StatusBadRequest, "", "Invalid OAuth access token", 0, 0)
+	}, func(t *token) any { return map[string]any{"user_id": t.user.ID, "username": t.user.Name} })
+}
+
+// serveProfile is every platform's "who am I" endpoint: a live access
+// token gets body(token), anything else the platform's own refusal.
+func (s *Server) serveProfile(w http.ResponseWriter, r *http.Request, platform string,
+	unauthorized func(http.ResponseWriter), body func(*token) any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := s.bearer(r, "instagram")
+	t := s.bearer(r, platform)
 	if t == nil {
-		s.reject("instagram", "bad_access_token")
-		platformError(w, "instagram", http.StatusBadRequest, "", "Invalid OAuth access token", 0, 0)
+		s.reject(platform, "bad_access_token")
+		unauthorized(w)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"user_id": t.user.ID, "username": t.user.Name})
+	writeJSON(w, http.StatusOK, body(t))
 }
 
 func subtleEqual(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }

@@ -202,3 +202,21 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("unknown path: %d", resp.StatusCode)
 	}
 }
+
+// Facebook's long-lived exchange shares the token URL but has its own
+// fault endpoint name.
+func TestFacebookExchangeFault(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{})
+	exchange := base + "/facebook/v22.0/oauth/access_token?" + url.Values{"grant_type": {"fb_exchange_token"},
+		"client_id": {"facebook-client-id"}, "client_secret": {"facebook-client-secret"}, "fb_exchange_token": {"t"}}.Encode()
+	s.SetFault("facebook.exchange", sandbox.Fault{InvalidGrant: true})
+	if resp, _ := get(t, exchange); resp.StatusCode != 400 || s.Stats()["facebook"].Rejected["fault_invalid_grant"] != 1 {
+		t.Errorf("exchange fault: %d %v", resp.StatusCode, s.Stats()["facebook"].Rejected)
+	}
+	code := base + "/facebook/v22.0/oauth/access_token?" + url.Values{"client_id": {"facebook-client-id"},
+		"client_secret": {"facebook-client-secret"}, "code": {"nope"}, "redirect_uri": {"http://localhost:8080/api/facebook/callback"}}.Encode()
+	if get(t, code); s.Stats()["facebook"].Rejected["unknown_code"] != 1 {
+		t.Errorf("the exchange fault hit the code exchange: %v", s.Stats()["facebook"].Rejected)
+	}
+}
