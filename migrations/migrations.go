@@ -44,9 +44,10 @@ const runLockKey int64 = 0x63676d696772
 // themselves.
 func Files() fs.FS { return files }
 
-// Tables credgate creates (social_accounts only when missing), in the order
-// the migration guide lists them.
-var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys"}
+// Tables credgate creates (social_accounts only when missing): the four the
+// migration guide lists (001), then the audit roll-up (002).
+var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
+	"credential_audit_daily", "credential_audit_rollups"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{
