@@ -161,6 +161,8 @@ func facebook() Profile {
 		DefaultLifetime: 60 * 24 * time.Hour,
 		errors:          anyShape,
 		afterExchange:   facebookLongLived,
+		// DESIGN §5: no refresh token; the user re-authorises before expiry.
+		Renewal: RenewNever,
 		// No refresh tokens: a still-valid long-lived token is exchanged
 		// again; an expired one needs the user.
 		refresh: func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
@@ -228,6 +230,8 @@ func instagram() Profile {
 		DefaultLifetime: 60 * 24 * time.Hour,
 		errors:          anyShape,
 		exchange:        instagramExchange,
+		Renewal:         RenewAccessToken,
+		MinRefreshAge:   24 * time.Hour,
 		afterExchange: func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error) {
 			return instagramGrant(ctx, p, "/access_token", url.Values{
 				"grant_type": {"ig_exchange_token"}, "client_secret": {p.cfg.ClientSecret.Reveal()}, "access_token": {t.AccessToken.Reveal()}}, t)

@@ -86,6 +86,12 @@ type Profile struct {
 	DefaultScopes  []string
 	// DefaultLifetime is assumed when expires_in is missing or implausible.
 	DefaultLifetime time.Duration
+	// Renewal is how a token is renewed without the user, for the
+	// background refresh.
+	Renewal Renewal
+	// MinRefreshAge is how old a token must be before the platform
+	// renews it (Instagram: 24 h).
+	MinRefreshAge time.Duration
 
 	errors errorParser
 	// exchange replaces the standard code exchange (Instagram).
@@ -96,6 +102,24 @@ type Profile struct {
 	revoke        func(ctx context.Context, p *Provider, t TokenSet) error
 	identify      func(ctx context.Context, p *Provider, access secret.Value) (Identity, error)
 }
+
+// Renewal is how a platform renews a token without the user.
+type Renewal int
+
+// The renewal strategies.
+const (
+	// RenewWithRefreshToken: the refresh_token grant, when the token set
+	// has a refresh token (Twitter/X, LinkedIn for approved apps, generic).
+	// Refresh tokens outlive access tokens, so an expired access token
+	// can still be renewed.
+	RenewWithRefreshToken Renewal = iota
+	// RenewAccessToken: the live access token itself is exchanged for a
+	// new one (Instagram's ig_refresh_token); an expired one cannot be.
+	RenewAccessToken
+	// RenewNever: only the user can renew (Facebook): the account is
+	// marked expiring ahead of expiry and needs_reauth at expiry.
+	RenewNever
+)
 
 // Config is one app's registration at a platform, plus overrides.
 type Config struct {
@@ -204,6 +228,16 @@ func (p *Provider) RedirectURL() string { return p.cfg.RedirectURL }
 
 // UsesPKCE reports whether flows send a code challenge.
 func (p *Provider) UsesPKCE() bool { return p.profile.PKCE != PKCENever }
+
+// Renewal is how the platform renews tokens without the user.
+func (p *Provider) Renewal() Renewal { return p.profile.Renewal }
+
+// MinRefreshAge is how old a token must be before the platform renews it.
+func (p *Provider) MinRefreshAge() time.Duration { return p.profile.MinRefreshAge }
+
+// Lifetime is the platform's documented access-token lifetime (zero for
+// generic).
+func (p *Provider) Lifetime() time.Duration { return p.profile.DefaultLifetime }
 
 // CanRevoke reports whether the platform has a revoke endpoint.
 func (p *Provider) CanRevoke() bool { return p.profile.revoke != nil }

@@ -40,6 +40,9 @@ type Credentials struct {
 	RefreshToken secret.Value
 	TokenType    string
 	Expiry       time.Time
+	// IssuedAt is when the access token was issued; zero when unknown
+	// (legacy rows). Instagram renews only tokens at least a day old.
+	IssuedAt time.Time
 }
 
 // sealedCredentials is the plaintext inside the blob. It exists so that
@@ -49,6 +52,7 @@ type sealedCredentials struct {
 	RefreshToken string     `json:"refresh_token,omitempty"`
 	TokenType    string     `json:"token_type,omitempty"`
 	Expiry       *time.Time `json:"expiry,omitempty"`
+	IssuedAt     *time.Time `json:"issued_at,omitempty"`
 }
 
 // Account is a social_accounts row without any secret: safe to list, log
@@ -97,11 +101,14 @@ const accountColumns = `id::text, user_id::text, platform, coalesce(platform_use
 	status, expires_at, coalesce(scopes, '{}'), last_refreshed_at, connected_via, credentials_version,
 	credentials_key_id, credentials_encrypted IS NOT NULL, created_at, updated_at`
 
-func scanAccount(row pgx.Row) (Account, error) {
+func scanAccount(row pgx.Row) (Account, error) { return scanAccountWith(row) }
+
+// scanAccountWith scans accountColumns followed by extra columns.
+func scanAccountWith(row pgx.Row, extra ...any) (Account, error) {
 	var a Account
 	var keyID *int64
-	err := row.Scan(&a.ID, &a.UserID, &a.Platform, &a.PlatformUserID, &a.Username, &a.Status, &a.ExpiresAt,
-		&a.Scopes, &a.LastRefreshedAt, &a.ConnectedVia, &a.Version, &keyID, &a.Encrypted, &a.CreatedAt, &a.UpdatedAt)
+	err := row.Scan(append([]any{&a.ID, &a.UserID, &a.Platform, &a.PlatformUserID, &a.Username, &a.Status, &a.ExpiresAt,
+		&a.Scopes, &a.LastRefreshedAt, &a.ConnectedVia, &a.Version, &keyID, &a.Encrypted, &a.CreatedAt, &a.UpdatedAt}, extra...)...)
 	if keyID != nil {
 		id := uint32(*keyID)
 		a.KeyID = &id
@@ -117,6 +124,9 @@ func (s *Accounts) seal(c Credentials, id, userID, platform string) ([]byte, err
 	p := sealedCredentials{AccessToken: c.AccessToken.Reveal(), RefreshToken: c.RefreshToken.Reveal(), TokenType: c.TokenType}
 	if !c.Expiry.IsZero() {
 		p.Expiry = &c.Expiry
+	}
+	if !c.IssuedAt.IsZero() {
+		p.IssuedAt = &c.IssuedAt
 	}
 	plain, err := json.Marshal(p)
 	if err != nil {
@@ -137,6 +147,9 @@ func (s *Accounts) open(blob []byte, id, userID, platform string) (Credentials, 
 	c := Credentials{AccessToken: secret.New(p.AccessToken), RefreshToken: secret.New(p.RefreshToken), TokenType: p.TokenType}
 	if p.Expiry != nil {
 		c.Expiry = *p.Expiry
+	}
+	if p.IssuedAt != nil {
+		c.IssuedAt = *p.IssuedAt
 	}
 	return c, keyID, nil
 }
@@ -199,20 +212,12 @@ func (s *Accounts) GetByIDForUpdate(ctx context.Context, tx pgx.Tx, id string) (
 
 func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (Account, Credentials, error) {
 	var blob []byte
-	row := db.QueryRow(ctx, `SELECT `+accountColumns+`, credentials_encrypted FROM social_accounts `+where, args...)
-	var a Account
-	var keyID *int64
-	err := row.Scan(&a.ID, &a.UserID, &a.Platform, &a.PlatformUserID, &a.Username, &a.Status, &a.ExpiresAt,
-		&a.Scopes, &a.LastRefreshedAt, &a.ConnectedVia, &a.Version, &keyID, &a.Encrypted, &a.CreatedAt, &a.UpdatedAt, &blob)
+	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, credentials_encrypted FROM social_accounts `+where, args...), &blob)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, Credentials{}, ErrNotConnected
 	}
 	if err != nil {
 		return Account{}, Credentials{}, fmt.Errorf("reading account: %w", err)
-	}
-	if keyID != nil {
-		id := uint32(*keyID)
-		a.KeyID = &id
 	}
 	if blob == nil || a.Status == StatusDisconnected {
 		return a, Credentials{}, ErrNotConnected
@@ -222,6 +227,25 @@ func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (A
 		return a, Credentials{}, fmt.Errorf("decrypting credentials of account %s: %w", a.ID, err)
 	}
 	return a, c, nil
+}
+
+// LegacyToken returns the access token the legacy app stored in plaintext
+// for (user, platform), for a token API that may serve rows not yet
+// backfilled. ErrNotConnected when the row has none or is disconnected.
+func (s *Accounts) LegacyToken(ctx context.Context, db DB, userID, platform string) (Account, secret.Value, error) {
+	var token *string
+	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, access_token FROM social_accounts
+		WHERE user_id = $1 AND platform = $2`, userID, platform), &token)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Account{}, secret.Value{}, ErrNotConnected
+	}
+	if err != nil {
+		return Account{}, secret.Value{}, fmt.Errorf("reading account: %w", err)
+	}
+	if token == nil || *token == "" || a.Status == StatusDisconnected {
+		return a, secret.Value{}, ErrNotConnected
+	}
+	return a, secretOf(token), nil
 }
 
 // List returns a user's accounts, including rows the legacy app wrote,
@@ -280,6 +304,12 @@ type Refreshed struct {
 // credentials_version still equals version, so a refresh never overwrites
 // a newer token (Twitter rotates refresh tokens: the newest must win).
 // It returns ErrVersionConflict when the row moved.
+//
+// A row the legacy app wrote and still reads (connected_via legacy, its
+// plaintext access_token not yet purged) gets the new tokens in its
+// plaintext columns too, in the same statement: otherwise the unchanged
+// app would keep using a superseded token, and replaying a rotated
+// Twitter refresh token revokes the whole grant for both of them.
 func (s *Accounts) CompareAndSwap(ctx context.Context, db DB, a Account, version int64, r Refreshed) (Account, error) {
 	blob, err := s.seal(r.Credentials, a.ID, a.UserID, a.Platform)
 	if err != nil {
@@ -291,9 +321,13 @@ func (s *Accounts) CompareAndSwap(ctx context.Context, db DB, a Account, version
 	}
 	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
 			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
-			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now()
+			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now(),
+			access_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL THEN $7 ELSE access_token END,
+			refresh_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL AND $8::text IS NOT NULL
+			                     THEN $8 ELSE refresh_token END
 		WHERE id = $1 AND credentials_version = $2
-		RETURNING `+accountColumns, a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes))
+		RETURNING `+accountColumns, a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes,
+		r.Credentials.AccessToken.Reveal(), nullString(r.Credentials.RefreshToken.Reveal())))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, ErrVersionConflict
 	}

@@ -24,6 +24,12 @@ const (
 	ActionPurge         Action = "purge_plaintext"
 	ActionStateCleanup  Action = "state_cleanup"
 	ActionDecryptFailed Action = "decrypt_failed"
+	// ActionExpiring: a token that cannot be renewed without the user
+	// (Facebook, LinkedIn without a refresh token) nears its expiry.
+	ActionExpiring Action = "expiring"
+	// ActionTokenRead: the app's back end fetched a token through the
+	// token API (the token itself is never recorded).
+	ActionTokenRead Action = "token_read"
 )
 
 // Outcome is credential_audit_log.status.

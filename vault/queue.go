@@ -14,6 +14,9 @@ import (
 type Job struct {
 	ID        int64
 	AccountID string
+	// Version is the credentials_version the job was scheduled for; 0
+	// for jobs written before migration 002.
+	Version int64
 	// Attempts counts this claim.
 	Attempts int
 	RunAt    time.Time
@@ -69,33 +72,47 @@ type RefreshQueue struct{}
 // took it over.
 var ErrLeaseLost = errors.New("refresh job lease was lost to another worker")
 
-// Schedule enqueues a refresh of account at runAt. It is idempotent: an
-// open job for the account is kept, its run time moved only while it has
-// never been tried (a job in backoff keeps its retry time).
+// Schedule enqueues a refresh of account, whose credentials are at
+// version, at runAt. It is idempotent: an open job for the account is
+// kept; while it is pending it takes the new version, and its run time
+// moves unless it is waiting out a retry backoff for the same version.
 // It returns the job id.
-func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, runAt time.Time) (int64, error) {
+func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, version int64, runAt time.Time) (int64, error) {
 	var id int64
-	err := db.QueryRow(ctx, `INSERT INTO token_refresh_queue (social_account_id, run_at) VALUES ($1, $2)
+	err := db.QueryRow(ctx, `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at) VALUES ($1, $2, $3)
 		ON CONFLICT (social_account_id) WHERE status IN ('pending', 'running')
 		DO UPDATE SET run_at = CASE
-		                  -- A job waiting out a retry backoff keeps its time.
-		                  WHEN token_refresh_queue.status = 'pending' AND token_refresh_queue.attempts = 0
+		                  -- A job waiting out a retry backoff keeps its time,
+		                  -- unless the credentials changed under it.
+		                  WHEN token_refresh_queue.status = 'pending' AND (token_refresh_queue.attempts = 0
+		                       OR token_refresh_queue.credentials_version IS DISTINCT FROM EXCLUDED.credentials_version)
 		                  THEN EXCLUDED.run_at ELSE token_refresh_queue.run_at END,
+		              attempts = CASE
+		                  WHEN token_refresh_queue.status = 'pending'
+		                       AND token_refresh_queue.credentials_version IS DISTINCT FROM EXCLUDED.credentials_version
+		                  THEN 0 ELSE token_refresh_queue.attempts END,
+		              credentials_version = CASE WHEN token_refresh_queue.status = 'pending'
+		                  THEN EXCLUDED.credentials_version ELSE token_refresh_queue.credentials_version END,
 		              updated_at = now()
-		RETURNING id`, accountID, runAt).Scan(&id)
+		RETURNING id`, accountID, version, runAt).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("scheduling refresh: %w", err)
 	}
 	return id, nil
 }
 
-// Claim leases up to n due jobs to worker for lease. Jobs whose lease has
-// expired are due again. FOR UPDATE SKIP LOCKED lets many workers claim at
-// once without ever handing one job to two of them.
-func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, lease time.Duration) ([]Job, error) {
+// Claim leases up to n jobs due at now to worker for lease. Jobs whose
+// lease has expired are due again. FOR UPDATE SKIP LOCKED lets many
+// workers claim at once without ever handing one job to two of them.
+//
+// Two clocks meet here on purpose: "due" compares run_at with the
+// caller's clock, the one token expiries are computed with (a test moves
+// it forward); a lease is measured by the database's clock, because it
+// is about how long a worker has really been silent.
+func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, lease time.Duration, now time.Time) ([]Job, error) {
 	rows, err := db.Query(ctx, `WITH due AS (
 			SELECT id FROM token_refresh_queue
-			WHERE (status = 'pending' AND run_at <= now())
+			WHERE (status = 'pending' AND run_at <= $4)
 			   OR (status = 'running' AND locked_until < now())
 			ORDER BY run_at
 			LIMIT $2
@@ -104,13 +121,13 @@ func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, leas
 		SET status = 'running', locked_by = $1, locked_until = now() + $3::interval,
 		    attempts = q.attempts + 1, updated_at = now()
 		FROM due WHERE q.id = due.id
-		RETURNING q.id, q.social_account_id::text, q.attempts, q.run_at`, worker, n, lease)
+		RETURNING q.id, q.social_account_id::text, coalesce(q.credentials_version, 0), q.attempts, q.run_at`, worker, n, lease, now)
 	if err != nil {
 		return nil, fmt.Errorf("claiming refresh jobs: %w", err)
 	}
 	jobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Job, error) {
 		var j Job
-		err := r.Scan(&j.ID, &j.AccountID, &j.Attempts, &j.RunAt)
+		err := r.Scan(&j.ID, &j.AccountID, &j.Version, &j.Attempts, &j.RunAt)
 		return j, err
 	})
 	if err != nil {
@@ -127,18 +144,19 @@ func (RefreshQueue) Complete(ctx context.Context, db DB, job Job, worker string)
 		last_error = NULL, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`, job.ID, worker, job.Attempts)
 }
 
-// Fail records a failed attempt: the job is retried after b's backoff, or
-// marked dead after b.MaxAttempts. errorCode is a stable code, never a
-// provider's raw message. It reports whether the job is now dead.
-func (RefreshQueue) Fail(ctx context.Context, db DB, job Job, worker, errorCode string, b Backoff) (dead bool, err error) {
+// Fail records a failed attempt: the job is retried after b's backoff
+// from now, or marked dead after b.MaxAttempts. errorCode is a stable
+// code, never a provider's raw message. It reports whether the job is now
+// dead.
+func (RefreshQueue) Fail(ctx context.Context, db DB, job Job, worker, errorCode string, b Backoff, now time.Time) (dead bool, err error) {
 	b = b.withDefaults()
 	if job.Attempts >= b.MaxAttempts {
 		return true, finish(ctx, db, `UPDATE token_refresh_queue SET status = 'dead', locked_by = NULL, locked_until = NULL,
 			last_error = $3, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $4 AND status = 'running'`, job.ID, worker, errorCode, job.Attempts)
 	}
 	return false, finish(ctx, db, `UPDATE token_refresh_queue SET status = 'pending', locked_by = NULL, locked_until = NULL,
-		last_error = $3, run_at = now() + $4::interval, updated_at = now()
-		WHERE id = $1 AND locked_by = $2 AND attempts = $5 AND status = 'running'`, job.ID, worker, errorCode, b.Delay(job.Attempts), job.Attempts)
+		last_error = $3, run_at = $4, updated_at = now()
+		WHERE id = $1 AND locked_by = $2 AND attempts = $5 AND status = 'running'`, job.ID, worker, errorCode, now.Add(b.Delay(job.Attempts)), job.Attempts)
 }
 
 // Kill marks a job dead at once, for errors no retry can fix
@@ -166,4 +184,75 @@ func finish(ctx context.Context, db DB, sql string, args ...any) error {
 		return ErrLeaseLost
 	}
 	return nil
+}
+
+// ScheduleUnscheduled queues, due at now, up to limit accounts with live
+// credentials that have no job for their current credentials version:
+// legacy rows backfill sealed, accounts whose job was pruned, and
+// accounts from before migration 002. The worker that takes the job
+// decides when the token really is due. A job that finished (done or
+// dead) for the current version counts, so an account is never queued
+// twice for the same token: that is what stops refresh loops.
+// It returns how many jobs it queued.
+func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Time, limit int) (int64, error) {
+	tag, err := db.Exec(ctx, `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at)
+		SELECT a.id, a.credentials_version, $1 FROM social_accounts a
+		WHERE a.credentials_encrypted IS NOT NULL AND a.status IN ('connected', 'expiring')
+		  AND NOT EXISTS (SELECT 1 FROM token_refresh_queue q WHERE q.social_account_id = a.id
+		                  AND (q.status IN ('pending', 'running') OR q.credentials_version = a.credentials_version))
+		LIMIT $2
+		ON CONFLICT DO NOTHING`, now, limit)
+	if err != nil {
+		return 0, fmt.Errorf("scheduling unscheduled accounts: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// PruneFinished deletes done jobs last touched before cutoff. Dead jobs
+// stay: they are the record of an account that needs a person.
+func (RefreshQueue) PruneFinished(ctx context.Context, db DB, cutoff time.Time) (int64, error) {
+	tag, err := db.Exec(ctx, `DELETE FROM token_refresh_queue WHERE status = 'done' AND updated_at < $1`, cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("pruning finished refresh jobs: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// QueueStats is the refresh queue's health, for service-health and verify.
+type QueueStats struct {
+	Pending int64 `json:"pending"`
+	// Due are pending jobs whose time has come.
+	Due     int64 `json:"due"`
+	Running int64 `json:"running"`
+	// Overdue are jobs due for longer than the grace the caller gave, or
+	// running under an expired lease: workers are missing or stuck.
+	Overdue int64 `json:"overdue"`
+	// Dead are jobs that gave up on the account's current credentials.
+	Dead int64 `json:"dead"`
+	// OldestDue is how long the longest-waiting due job has waited.
+	OldestDue time.Duration `json:"-"`
+}
+
+// Stats reads the queue's health at now; a job due for longer than grace
+// is overdue.
+func (RefreshQueue) Stats(ctx context.Context, db DB, now time.Time, grace time.Duration) (QueueStats, error) {
+	var s QueueStats
+	var oldest *time.Time
+	err := db.QueryRow(ctx, `SELECT
+			count(*) FILTER (WHERE q.status = 'pending'),
+			count(*) FILTER (WHERE q.status = 'pending' AND q.run_at <= $1),
+			count(*) FILTER (WHERE q.status = 'running'),
+			count(*) FILTER (WHERE (q.status = 'pending' AND q.run_at <= $2) OR (q.status = 'running' AND q.locked_until < now())),
+			count(*) FILTER (WHERE q.status = 'dead' AND a.credentials_version IS NOT DISTINCT FROM coalesce(q.credentials_version, a.credentials_version)
+			                       AND a.status IN ('connected', 'expiring')),
+			min(q.run_at) FILTER (WHERE q.status = 'pending' AND q.run_at <= $1)
+		FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id`, now, now.Add(-grace)).
+		Scan(&s.Pending, &s.Due, &s.Running, &s.Overdue, &s.Dead, &oldest)
+	if err != nil {
+		return s, fmt.Errorf("reading refresh queue: %w", err)
+	}
+	if oldest != nil {
+		s.OldestDue = max(now.Sub(*oldest), 0)
+	}
+	return s, nil
 }

@@ -365,11 +365,11 @@ func TestRefreshQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids = append(ids, a.ID)
-		first, err := q.Schedule(ctx, pool, a.ID, time.Now().Add(-time.Minute))
+		first, err := q.Schedule(ctx, pool, a.ID, a.Version, time.Now().Add(-time.Minute))
 		if err != nil {
 			t.Fatal(err)
 		}
-		second, err := q.Schedule(ctx, pool, a.ID, time.Now().Add(-time.Minute))
+		second, err := q.Schedule(ctx, pool, a.ID, a.Version, time.Now().Add(-time.Minute))
 		if err != nil || second != first {
 			t.Fatalf("schedule twice: %d then %d (%v), want the same open job", first, second, err)
 		}
@@ -384,7 +384,7 @@ func TestRefreshQueue(t *testing.T) {
 		wg.Go(func() {
 			worker := fmt.Sprintf("worker-%d", w)
 			for {
-				jobs, err := q.Claim(ctx, pools[w%2], worker, 3, time.Minute)
+				jobs, err := q.Claim(ctx, pools[w%2], worker, 3, time.Minute, time.Now())
 				if err != nil {
 					t.Error(err)
 					return
@@ -412,7 +412,7 @@ func TestRefreshQueue(t *testing.T) {
 	var job vault.Job
 	pool.QueryRow(ctx, `UPDATE token_refresh_queue SET locked_until = now() - interval '1 second'
 		WHERE id = (SELECT min(id) FROM token_refresh_queue) RETURNING id, social_account_id::text, attempts`).Scan(&job.ID, &job.AccountID, &job.Attempts)
-	again, err := q.Claim(ctx, pool, "rescuer", 10, time.Minute)
+	again, err := q.Claim(ctx, pool, "rescuer", 10, time.Minute, time.Now())
 	if err != nil || len(again) != 1 || again[0].ID != job.ID || again[0].Attempts != 2 {
 		t.Fatalf("reclaim: %+v %v", again, err)
 	}
@@ -437,7 +437,7 @@ func TestRefreshQueue(t *testing.T) {
 		if id != job.ID {
 			failing = vault.Job{ID: id}
 			pool.QueryRow(ctx, `SELECT social_account_id::text, attempts FROM token_refresh_queue WHERE id = $1`, id).Scan(&failing.AccountID, &failing.Attempts)
-			dead, err := q.Fail(ctx, pool, failing, w, "provider_unavailable", backoff)
+			dead, err := q.Fail(ctx, pool, failing, w, "provider_unavailable", backoff, time.Now())
 			if err != nil || dead {
 				t.Fatalf("first failure: dead=%v %v", dead, err)
 			}
@@ -451,7 +451,7 @@ func TestRefreshQueue(t *testing.T) {
 		t.Errorf("after failure: %s %s retry in %v, want pending in 30–60 min", status, lastErr, delay)
 	}
 	pool.Exec(ctx, `UPDATE token_refresh_queue SET run_at = now() WHERE id = $1`, failing.ID)
-	retry, _ := q.Claim(ctx, pool, "w2", 100, time.Minute)
+	retry, _ := q.Claim(ctx, pool, "w2", 100, time.Minute, time.Now())
 	var mine vault.Job
 	for _, j := range retry {
 		if j.ID == failing.ID {
@@ -461,7 +461,7 @@ func TestRefreshQueue(t *testing.T) {
 	if mine.Attempts != 2 {
 		t.Fatalf("retry not claimed: %+v", retry)
 	}
-	dead, err := q.Fail(ctx, pool, mine, "w2", "provider_unavailable", backoff)
+	dead, err := q.Fail(ctx, pool, mine, "w2", "provider_unavailable", backoff, time.Now())
 	if err != nil || !dead {
 		t.Errorf("second failure with MaxAttempts 2: dead=%v %v", dead, err)
 	}
