@@ -1,0 +1,137 @@
+package worker
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Loops are the background loops of one credgate instance: the refresh
+// workers, the scheduler, the cleanup and the roll-up. Start them once
+// per config; Stop ends them within a bounded wait.
+type Loops struct {
+	Workers *Workers
+	// ScheduleInterval is how often unscheduled accounts are looked
+	// for. Default 1m.
+	ScheduleInterval time.Duration
+	// CleanupInterval is how often expired states are deleted. Default 5m.
+	CleanupInterval time.Duration
+	// RollupInterval is how often finished days are rolled up. Default 1h.
+	RollupInterval time.Duration
+
+	cancel     context.CancelFunc
+	cancelJobs context.CancelFunc
+	wg         sync.WaitGroup
+	last       struct{ cleanup, schedule, rollup atomic.Int64 } // unix nanos of the last good run
+}
+
+// Start starts every loop.
+func (l *Loops) Start() {
+	if l.ScheduleInterval <= 0 {
+		l.ScheduleInterval = time.Minute
+	}
+	if l.CleanupInterval <= 0 {
+		l.CleanupInterval = 5 * time.Minute
+	}
+	if l.RollupInterval <= 0 {
+		l.RollupInterval = time.Hour
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	jobCtx, cancelJobs := context.WithCancel(context.Background())
+	l.cancel, l.cancelJobs = cancel, cancelJobs
+	r := l.Workers.Refresher
+	l.wg.Go(func() { l.Workers.Run(ctx, jobCtx) })
+	l.every(ctx, "scheduler", l.ScheduleInterval, &l.last.schedule, func(ctx context.Context) error {
+		n, err := ScheduleUnscheduled(ctx, r.DB, r.now())
+		if n > 0 {
+			r.logger().Info("scheduled refresh jobs for unscheduled accounts", zap.Int64("queued", n))
+		}
+		return err
+	})
+	l.every(ctx, "cleanup", l.CleanupInterval, &l.last.cleanup, func(ctx context.Context) error {
+		res, err := Cleanup(ctx, r.DB, r.now(), "schedule", false)
+		if res.States > 0 || res.Jobs > 0 {
+			r.logger().Info("cleaned up", zap.Int64("expired_states", res.States), zap.Int64("finished_jobs", res.Jobs))
+		}
+		return err
+	})
+	l.every(ctx, "audit roll-up", l.RollupInterval, &l.last.rollup, func(ctx context.Context) error {
+		days, err := RollUp(ctx, r.DB, time.Now())
+		if len(days) > 0 {
+			r.logger().Info("rolled up the audit log", zap.Int("days", len(days)))
+		}
+		return err
+	})
+}
+
+// every runs fn now and then every interval (with jitter, so replicas
+// drift apart) until ctx is done, logging failures and recovering panics.
+func (l *Loops) every(ctx context.Context, name string, interval time.Duration, last *atomic.Int64, fn func(context.Context) error) {
+	log := l.Workers.Refresher.logger()
+	l.wg.Go(func() {
+		// A first run soon after start, not at once: a reload starts the
+		// new config before the old one stops.
+		wait := rand.N(interval/10 + time.Second)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = interval + rand.N(interval/10+1)
+			if !l.Workers.Ready() {
+				continue
+			}
+			func() {
+				defer func() {
+					if p := recover(); p != nil {
+						log.Error("background loop panicked", zap.String("loop", name), zap.Any("panic", p))
+					}
+				}()
+				rctx, cancel := context.WithTimeout(ctx, max(interval, time.Minute))
+				defer cancel()
+				if err := fn(rctx); err != nil {
+					if ctx.Err() == nil {
+						log.Warn("background loop failed; it runs again next interval", zap.String("loop", name), zap.Error(err))
+					}
+					return
+				}
+				last.Store(time.Now().UnixNano())
+			}()
+		}
+	})
+}
+
+// Stop stops claiming at once, lets running jobs finish for up to grace,
+// then cancels them (their leases expire and another replica retries).
+func (l *Loops) Stop(grace time.Duration) {
+	if l.cancel == nil {
+		return
+	}
+	l.cancel()
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		l.cancelJobs()
+		<-done
+	}
+	l.cancelJobs()
+}
+
+// LastRuns reports when each periodic loop last succeeded in this
+// process (zero: never).
+func (l *Loops) LastRuns() map[string]time.Time {
+	out := map[string]time.Time{}
+	for name, v := range map[string]*atomic.Int64{"cleanup": &l.last.cleanup, "scheduler": &l.last.schedule, "rollup": &l.last.rollup} {
+		if n := v.Load(); n > 0 {
+			out[name] = time.Unix(0, n)
+		}
+	}
+	return out
+}

@@ -1,0 +1,255 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/vault"
+)
+
+// Errors EnsureFresh returns; test with errors.Is.
+var (
+	// ErrNeedsReauth: only the user can renew this account's token.
+	ErrNeedsReauth = errors.New("the account needs the user to reconnect")
+	// ErrUnknownPlatform: no provider is configured for the platform.
+	ErrUnknownPlatform = errors.New("no provider is configured for this platform")
+)
+
+// Refresher renews tokens under their account's row lock. The workers,
+// the token API and the egress proxy all go through it, so that one
+// token is never renewed twice at once: the second caller waits for the
+// lock, then finds the token fresh. That matters beyond cost: Twitter
+// rotates refresh tokens and revokes the whole grant when an old one
+// comes back.
+type Refresher struct {
+	DB        vault.DB
+	Accounts  *vault.Accounts
+	Providers map[string]*oauth.Provider
+	Policy    Policy
+	// Now is credgate's clock (the one token expiries are computed
+	// with); default time.Now.
+	Now    func() time.Time
+	Logger *zap.Logger
+	// ProviderTimeout bounds one renewal at the platform. Default 30s.
+	ProviderTimeout time.Duration
+}
+
+func (r *Refresher) now() time.Time {
+	if r.Now == nil {
+		return time.Now()
+	}
+	return r.Now()
+}
+
+func (r *Refresher) logger() *zap.Logger {
+	if r.Logger == nil {
+		return zap.NewNop()
+	}
+	return r.Logger
+}
+
+// Token is an account with credentials the caller may use.
+type Token struct {
+	Account     vault.Account
+	Credentials vault.Credentials
+	// Refreshed is true when this call renewed the token.
+	Refreshed bool
+	// RenewalFailed is true when the token expires within the asked
+	// validity and renewing it failed for a reason that may pass; the
+	// token is still valid, just not for as long as asked.
+	RenewalFailed bool
+}
+
+// EnsureFresh returns the user's credentials for platform, renewed first
+// when they expire within minValidity. trigger names the caller in the
+// audit log ("token_api", "egress").
+func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, minValidity time.Duration, trigger string) (Token, error) {
+	p, ok := r.Providers[platform]
+	if !ok {
+		return Token{}, ErrUnknownPlatform
+	}
+	a, c, err := r.Accounts.Get(ctx, r.DB, userID, platform)
+	if err != nil {
+		return Token{}, err
+	}
+	if done, tok, err := r.settled(p, a, c, minValidity); done {
+		return tok, err
+	}
+	var out Token
+	// failure is reported after the commit: the audit row and the status
+	// of a failed renewal must stay.
+	var failure error
+	err = vault.InTx(ctx, r.DB, func(tx pgx.Tx) error {
+		a, c, err := r.Accounts.GetByIDForUpdate(ctx, tx, a.ID)
+		if err != nil {
+			return err
+		}
+		// Whoever held the lock before us may have renewed it already.
+		if done, tok, err := r.settled(p, a, c, minValidity); done {
+			out = tok
+			return err
+		}
+		na, nc, rerr := r.renew(ctx, tx, p, a, c, trigger, 0)
+		switch {
+		case rerr == nil:
+			out = Token{Account: na, Credentials: nc, Refreshed: true}
+			return r.Schedule(ctx, tx, p, na, nc)
+		case needsUser(rerr):
+			if err := r.markNeedsReauth(ctx, tx, a, rerr); err != nil {
+				return err
+			}
+			if err := (vault.RefreshQueue{}).Cancel(ctx, tx, a.ID); err != nil {
+				return err
+			}
+			failure = ErrNeedsReauth
+			return nil
+		}
+		if err := r.auditFailure(ctx, tx, a, rerr, trigger, nil); err != nil {
+			return err
+		}
+		if r.now().Before(expiryOf(a, c)) {
+			out = Token{Account: a, Credentials: c, RenewalFailed: true}
+			return nil
+		}
+		failure = rerr
+		return nil
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	if failure != nil {
+		return Token{}, failure
+	}
+	return out, nil
+}
+
+// auditFailure records a renewal that failed for a reason that may pass.
+func (r *Refresher) auditFailure(ctx context.Context, tx pgx.Tx, a vault.Account, cause error, trigger string, extra map[string]any) error {
+	details := map[string]any{"account_id": a.ID, "trigger": trigger}
+	for k, v := range extra {
+		details[k] = v
+	}
+	return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
+		Status: vault.Failed, ErrorCode: errorCode(cause), Details: details})
+}
+
+// settled decides EnsureFresh without a renewal when it can: done is
+// false when the token must be renewed.
+func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credentials, minValidity time.Duration) (done bool, tok Token, err error) {
+	if a.Status == vault.StatusNeedsReauth || a.Status == vault.StatusRevoked {
+		return true, Token{}, ErrNeedsReauth
+	}
+	now := r.now()
+	need, can := r.Policy.NeedsRenewal(RenewalOf(p), a, c, now, minValidity)
+	switch {
+	case !need:
+		return true, Token{Account: a, Credentials: c}, nil
+	case can:
+		return false, Token{}, nil
+	case now.Before(expiryOf(a, c)):
+		// Cannot be renewed, but still works for a while.
+		return true, Token{Account: a, Credentials: c}, nil
+	}
+	return true, Token{}, ErrNeedsReauth
+}
+
+// renew calls the platform and stores the new token set with its audit
+// row, in tx, on the row the caller locked.
+func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a vault.Account, c vault.Credentials, trigger string, attempt int) (vault.Account, vault.Credentials, error) {
+	timeout := r.ProviderTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	out, err := p.Refresh(pctx, oauth.TokenSet{
+		AccessToken: c.AccessToken, RefreshToken: c.RefreshToken, TokenType: c.TokenType, Expiry: expiryOf(a, c),
+		IssuedAt: c.IssuedAt, Scopes: a.Scopes, PlatformUserID: a.PlatformUserID, Username: a.Username,
+	})
+	details := map[string]any{"account_id": a.ID, "trigger": trigger}
+	if attempt > 0 {
+		details["attempt"] = attempt
+	}
+	if err != nil {
+		// The audit row for a failure is the caller's: it knows whether
+		// the account now needs the user or the job will retry.
+		return a, c, err
+	}
+	nc := vault.Credentials{AccessToken: out.AccessToken, RefreshToken: out.RefreshToken, TokenType: out.TokenType,
+		Expiry: out.Expiry, IssuedAt: out.IssuedAt}
+	if nc.RefreshToken.IsZero() && p.Renewal() == oauth.RenewWithRefreshToken {
+		// The platform kept the refresh token (RFC 6749 §6).
+		nc.RefreshToken = c.RefreshToken
+	}
+	na, err := r.Accounts.CompareAndSwap(ctx, tx, a, a.Version, vault.Refreshed{Credentials: nc, Scopes: out.Scopes})
+	if err != nil {
+		return a, c, fmt.Errorf("storing renewed token: %w", err)
+	}
+	err = vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
+		Status: vault.Success, Duration: time.Since(start), Details: details})
+	return na, nc, err
+}
+
+// needsUser reports whether a renewal error means only the user can
+// renew: the grant is gone.
+func needsUser(err error) bool {
+	var e *oauth.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	return e.Code == oauth.CodeInvalidGrant || e.Code == oauth.CodeNeedsReauth
+}
+
+// errorCode is the stable code for an audit row or a job's last_error.
+func errorCode(err error) string {
+	var e *oauth.Error
+	if errors.As(err, &e) {
+		return string(e.Code)
+	}
+	return string(oauth.CodeProviderUnavailable)
+}
+
+// markNeedsReauth records that only the user can renew the account.
+func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Account, cause error) error {
+	if err := r.Accounts.MarkStatus(ctx, tx, a.ID, vault.StatusNeedsReauth); err != nil {
+		return err
+	}
+	code := string(oauth.CodeNeedsReauth)
+	if cause != nil {
+		code = errorCode(cause)
+	}
+	return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
+		Status: vault.Failed, ErrorCode: code, Details: map[string]any{"account_id": a.ID, "needs_reauth": true}})
+}
+
+// Schedule queues the next look at account a, whose token c was just
+// written (a connect, a renewal), in the caller's transaction.
+func (r *Refresher) Schedule(ctx context.Context, tx vault.DB, p *oauth.Provider, a vault.Account, c vault.Credentials) error {
+	plan := r.Policy.Next(RenewalOf(p), a, c, r.now())
+	if plan.Step == StepIdle {
+		return nil
+	}
+	at := plan.At
+	if at.IsZero() {
+		at = r.now()
+	}
+	_, err := vault.RefreshQueue{}.Schedule(ctx, tx, a.ID, a.Version, at)
+	return err
+}
+
+// ScheduleConnected is Schedule for a fresh connection by platform name;
+// a platform without a provider is not scheduled.
+func (r *Refresher) ScheduleConnected(ctx context.Context, tx vault.DB, a vault.Account, c vault.Credentials) error {
+	p, ok := r.Providers[a.Platform]
+	if !ok {
+		return nil
+	}
+	return r.Schedule(ctx, tx, p, a, c)
+}

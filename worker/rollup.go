@@ -1,0 +1,23 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credgate/credgate/vault"
+)
+
+// rollupGrace is how long after midnight (UTC) a day is taken as over.
+const rollupGrace = time.Hour
+
+// RollUp writes the daily audit counts of finished days not yet rolled
+// up (up to a month per run), as a singleton.
+func RollUp(ctx context.Context, db vault.DB, now time.Time) (days []time.Time, err error) {
+	_, err = exclusively(ctx, db, lockRollup, false, func(tx pgx.Tx) error {
+		days, err = vault.RollUpAuditDays(ctx, tx, now, rollupGrace, 31)
+		return err
+	})
+	return days, err
+}
