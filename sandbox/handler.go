@@ -80,9 +80,17 @@ func (s *Server) route(platform, method, path string) (string, handlerFunc) {
 func (s *Server) injectFault(w http.ResponseWriter, r *http.Request, platform, endpoint string) bool {
 	f := s.fault(platform, endpoint)
 	if f.Latency > 0 {
+		// Read the form first: only once the body is read does the server
+		// notice a client that hangs up. A client that gave up waiting is
+		// not served, as behind a platform's gateway timeout; otherwise a
+		// refresh would rotate a token that nobody receives.
+		r.ParseForm()
 		select {
 		case <-time.After(time.Duration(f.Latency)):
 		case <-r.Context().Done():
+			return true
+		}
+		if r.Context().Err() != nil {
 			return true
 		}
 	}
