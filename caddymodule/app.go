@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/internal/pgurl"
 	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
 )
 
 func init() {
@@ -71,10 +73,38 @@ type App struct {
 	// callback. Default 10m.
 	StateTTL caddy.Duration `json:"state_ttl,omitempty"`
 
-	// RefreshAhead schedules a token's refresh this long before it
-	// expires. Default 72h (the guide's "refresh tokens expiring in 3
-	// days").
+	// RefreshAhead is how long before expiry the background workers
+	// renew a long-lived token (LinkedIn, Facebook, Instagram). Default
+	// 72h (the guide's "refresh tokens expiring in 3 days").
 	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
+
+	// RefreshAheadShort is the same for short-lived tokens, whose whole
+	// lifetime is no longer than refresh_ahead (Twitter/X's 2 hours).
+	// Default 15m.
+	RefreshAheadShort caddy.Duration `json:"refresh_ahead_short,omitempty"`
+
+	// RefreshWorkers is how many renewals this instance runs at once.
+	// Default 4.
+	RefreshWorkers int `json:"refresh_workers,omitempty"`
+
+	// RefreshMaxAttempts marks a refresh job dead after this many failed
+	// attempts (retried with capped exponential backoff). Default 8.
+	RefreshMaxAttempts int `json:"refresh_max_attempts,omitempty"`
+
+	// RefreshLease is how long a claimed refresh job belongs to one
+	// instance before another may take it over (an instance that died
+	// mid-job). Default 2m.
+	RefreshLease caddy.Duration `json:"refresh_lease,omitempty"`
+
+	// CleanupInterval is how often expired OAuth states are deleted.
+	// Default 5m.
+	CleanupInterval caddy.Duration `json:"cleanup_interval,omitempty"`
+
+	// Background is "on" (the default) or "off": whether this instance
+	// runs the refresh workers, the scheduler, the cleanup and the audit
+	// roll-up. Every replica may run them; "off" suits a replica that
+	// should only serve requests.
+	Background string `json:"background,omitempty"`
 
 	// Providers configures each platform by name (twitter, linkedin,
 	// facebook, instagram, generic).
@@ -85,14 +115,16 @@ type App struct {
 	// own). Default: none, which keeps every user on the legacy flow.
 	FlagsRaw json.RawMessage `json:"flags,omitempty" caddy:"namespace=credgate.flags inline_key=provider"`
 
-	keys     *vault.Keyring
-	pool     *pgxpool.Pool
-	shared   sharedPool
-	poolKey  string
-	rollout  *flags.Rollout
-	logger   *zap.Logger
-	accounts *vault.Accounts
-	states   *vault.States
+	keys      *vault.Keyring
+	pool      *pgxpool.Pool
+	shared    sharedPool
+	poolKey   string
+	rollout   *flags.Rollout
+	logger    *zap.Logger
+	accounts  *vault.Accounts
+	states    *vault.States
+	refresher *worker.Refresher
+	loops     *worker.Loops
 
 	run *appRun
 }
@@ -105,6 +137,9 @@ type appRun struct {
 	available atomic.Bool
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	// clock, when set, replaces time.Now as credgate's clock (tests that
+	// move a sandbox's clock forward share it with credgate).
+	clock atomic.Pointer[func() time.Time]
 }
 
 // ProviderConfig is one platform's app registration.
@@ -156,8 +191,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.StateTTL <= 0 {
 		a.StateTTL = caddy.Duration(vault.DefaultStateTTL)
 	}
-	if a.RefreshAhead <= 0 {
-		a.RefreshAhead = caddy.Duration(72 * time.Hour)
+	if err := a.provisionBackground(); err != nil {
+		return err
 	}
 
 	keyCfg := vault.KeyConfig{
@@ -184,6 +219,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	// A request must not wait 10 s for a dead database.
 	poolCfg.ConnConfig.ConnectTimeout = 3 * time.Second
+	// Each running renewal holds a connection while it waits for the
+	// platform; requests need theirs too.
+	if !strings.Contains(databaseURL, "pool_max_conns") {
+		poolCfg.MaxConns = max(poolCfg.MaxConns, int32(a.RefreshWorkers+8))
+	}
 	a.poolKey = databaseURL
 	shared, _, err := pools.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		p, err := pgxpool.NewWithConfig(context.Background(), poolCfg) // connects lazily
@@ -216,7 +256,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	a.rollout = flags.NewRollout(provider)
-	return nil
+	return a.provisionRefresher(repl)
 }
 
 // Start starts the flag provider in the background and checks the
@@ -244,6 +284,7 @@ func (a *App) Start() error {
 		a.logger.Warn("database unavailable; credgate routes answer 503 until it is back", zap.Error(err))
 		a.run.wg.Go(func() { a.reconnect(ctx) })
 	}
+	a.startBackground()
 	return nil
 }
 
@@ -294,6 +335,9 @@ func (a *App) Stop() error {
 		a.run.cancel()
 	}
 	a.run.wg.Wait()
+	if a.loops != nil {
+		a.loops.Stop(10 * time.Second)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return a.rollout.Close(ctx)

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -23,7 +25,13 @@ func init() {
 //			master_key_id <id>            # default 1
 //			previous_keys <id:base64,…>   # decrypt-only, during a rotation
 //			state_ttl     <duration>      # default 10m
-//			refresh_ahead <duration>      # default 72h
+//			refresh_ahead <duration>      # default 72h: long-lived tokens renewed this long before expiry
+//			refresh_ahead_short <duration> # default 15m: short-lived tokens (Twitter/X's 2 h)
+//			refresh_workers <n>           # default 4: renewals this instance runs at once
+//			refresh_max_attempts <n>      # default 8: then the job is dead (audited)
+//			refresh_lease <duration>      # default 2m: a dead instance's jobs are retaken after this
+//			cleanup_interval <duration>   # default 5m: expired OAuth states deleted
+//			background on|off             # default on: run the loops on this instance
 //			flags         flagd <path> | flagd_rpc <host:port> [tls <ca.pem>] | static <percent>
 //			provider <twitter|linkedin|facebook|instagram|generic> {
 //				client_id     <id>
@@ -68,20 +76,32 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.AllArgs(&app.PreviousKeys) {
 				return nil, d.ArgErr()
 			}
-		case "state_ttl", "refresh_ahead":
+		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "cleanup_interval":
+			opt := d.Val()
+			dur, err := parseDurationArg(d, opt)
+			if err != nil {
+				return nil, err
+			}
+			*map[string]*caddy.Duration{"state_ttl": &app.StateTTL, "refresh_ahead": &app.RefreshAhead,
+				"refresh_ahead_short": &app.RefreshAheadShort, "refresh_lease": &app.RefreshLease,
+				"cleanup_interval": &app.CleanupInterval}[opt] = caddy.Duration(dur)
+		case "refresh_workers", "refresh_max_attempts":
 			opt := d.Val()
 			var raw string
 			if !d.AllArgs(&raw) {
 				return nil, d.ArgErr()
 			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil || dur <= 0 {
-				return nil, d.Errf("credgate: %s must be a positive duration such as 10m, got %q", opt, raw)
+			n, err := strconv.Atoi(raw)
+			if err != nil || n < 1 || n > 256 {
+				return nil, d.Errf("credgate: %s must be a whole number from 1 to 256, got %q", opt, raw)
 			}
-			if opt == "state_ttl" {
-				app.StateTTL = caddy.Duration(dur)
-			} else {
-				app.RefreshAhead = caddy.Duration(dur)
+			*map[string]*int{"refresh_workers": &app.RefreshWorkers, "refresh_max_attempts": &app.RefreshMaxAttempts}[opt] = n
+		case "background":
+			if !d.AllArgs(&app.Background) {
+				return nil, d.ArgErr()
+			}
+			if app.Background != "on" && app.Background != "off" {
+				return nil, d.Errf("credgate: background must be on or off, got %q", app.Background)
 			}
 		case "provider":
 			var name string

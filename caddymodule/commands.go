@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -30,7 +29,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "credgate",
 		Usage: "<command> [flags]",
-		Short: "Manages credgate: master keys, the database schema, key rotation and backfill",
+		Short: "Manages credgate: keys, schema, rotation, backfill, cleanup, reports and verification",
 		Long: `
 Operator commands for credgate. Each reads DATABASE_URL and
 ENCRYPTION_MASTER_KEY from the environment unless a flag says otherwise,
@@ -102,14 +101,18 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 		Args:  cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			s, err := migrations.Inspect(ctx, databaseURL(cmd))
-			if err == nil {
-				printStatus(cmd.OutOrStdout(), s)
+			if err != nil {
+				return err
 			}
-			return err
+			if !printStatus(cmd.OutOrStdout(), s) {
+				return errors.New("the schema is incomplete: run `caddy credgate migrate up`")
+			}
+			return nil
 		}),
 	}
 	migrate.AddCommand(up, down, status)
-	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), sandboxCommand(), devtokenCommand()}
+	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), cleanupCommand(), reportCommand(),
+		verifyCommand(), sandboxCommand(), devtokenCommand()}
 }
 
 // progressInterval is how often a long batch job prints where it is.
@@ -402,11 +405,11 @@ func databaseURL(cmd *cobra.Command) string {
 	return os.Getenv("DATABASE_URL")
 }
 
-// fail reports err the way Caddy's own commands do: one log line, exit 1,
-// no usage dump and no stack trace.
+// fail reports err as one plain line on stderr and exits 1, with no
+// usage dump and no stack trace.
 func fail(cmd *cobra.Command, err error) error {
 	msg := strings.Join(strings.Fields(err.Error()), " ")
-	caddy.Log().Error(msg)
+	plainError(cmd.ErrOrStderr(), msg)
 	cmd.SilenceErrors = true
 	cmd.SilenceUsage = true
 	return errors.New(msg)
@@ -447,7 +450,9 @@ func printDown(w io.Writer, rep migrations.Report) {
 	fmt.Fprintf(w, "✓ Schema at version %d\n", rep.After.Version)
 }
 
-func printStatus(w io.Writer, s migrations.Schema) {
+// printStatus prints the schema report and reports whether it is
+// complete.
+func printStatus(w io.Writer, s migrations.Schema) bool {
 	state := "clean"
 	if s.Dirty {
 		state = "dirty: a run stopped part-way; `migrate up` repairs it"
@@ -482,7 +487,8 @@ func printStatus(w io.Writer, s migrations.Schema) {
 	}
 	if complete && !s.Dirty {
 		fmt.Fprintln(w, "Schema complete.")
-	} else {
-		fmt.Fprintln(w, "Schema incomplete: run `caddy credgate migrate up`.")
+		return true
 	}
+	fmt.Fprintln(w, "Schema incomplete: run `caddy credgate migrate up`.")
+	return false
 }

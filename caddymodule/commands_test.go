@@ -52,8 +52,8 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	url := pgtest.EmptyDatabase(t)
 
 	out, err := runCLI(t, "migrate", "status", "--database-url", url)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil || !strings.Contains(err.Error(), "schema is incomplete") {
+		t.Fatalf("status of an empty database: err %v, want a non-zero exit saying the schema is incomplete", err)
 	}
 	for _, want := range []string{"Applied version: none", "✗ oauth_states", "Schema incomplete"} {
 		if !strings.Contains(out, want) {
@@ -70,8 +70,8 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: credential_audit_log\n",
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
-		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys\n",
-		"✓ Schema at version 1\n",
+		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups\n",
+		"✓ Schema at version 2\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q:\n%s", want, out)
@@ -79,7 +79,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	}
 
 	out, err = runCLI(t, "migrate", "up", "--database-url", url)
-	if err != nil || out != "✓ Already up to date (version 1)\n" {
+	if err != nil || out != "✓ Already up to date (version 2)\n" {
 		t.Errorf("second up: %q, %v", out, err)
 	}
 
@@ -88,7 +88,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 1 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
+	for _, want := range []string{"Applied version: 2 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}
@@ -124,13 +124,17 @@ func TestMigrateErrorsAreOneLine(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := runCLI(t, tc.args...)
+			out, err := runCLI(t, tc.args...)
 			if err == nil {
 				t.Fatal("expected an error")
 			}
 			msg := err.Error()
 			if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) || strings.Contains(msg, "hunter2") {
 				t.Errorf("error %q: want one line containing %q and no password", msg, tc.want)
+			}
+			// What the operator sees: one plain line, not a JSON log entry.
+			if out != "Error: "+msg+"\n" {
+				t.Errorf("printed %q, want the one line %q", out, "Error: "+msg)
 			}
 		})
 	}

@@ -46,6 +46,7 @@ type harness struct {
 	t        *testing.T
 	db       string
 	origin   string // Caddy's site, what browsers see
+	internal string // the internal site with the token API, if any
 	sandbox  *sandbox.Server
 	sbURL    string
 	upstream *httptest.Server
@@ -76,6 +77,10 @@ type harnessOptions struct {
 	// legacyRedirect registers the app's legacy callback URL as each
 	// provider's redirect_url, as a real rollout does.
 	legacyRedirect bool
+	// globalOptions are more lines in the credgate global option.
+	globalOptions string
+	// tokenAPI adds an internal site with credgate_tokens (h.internal).
+	tokenAPI string
 }
 
 func newHarness(t *testing.T, opt harnessOptions) *harness {
@@ -87,6 +92,9 @@ func newHarness(t *testing.T, opt harnessOptions) *harness {
 	}
 	port := freePort(t)
 	h.origin = fmt.Sprintf("http://127.0.0.1:%d", port)
+	if opt.tokenAPI != "" {
+		h.internal = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	}
 	h.sandbox = sandbox.New(sandbox.Config{AutoApprove: true, Apps: sandbox.DefaultApps(h.origin)})
 	sb := httptest.NewServer(h.sandbox)
 	t.Cleanup(sb.Close)
@@ -133,15 +141,20 @@ func (h *harness) caddyfile(extraSite string) string {
 	if h.opt.flagsFile != "" {
 		flagsLine = "flagd " + h.opt.flagsFile
 	}
+	internalSite := ""
+	if h.internal != "" {
+		internalSite = fmt.Sprintf("\n%s {\n\tcredgate_tokens {\n\t\t%s\n\t}\n\trespond \"internal: not found\" 404\n}\n", h.internal, h.opt.tokenAPI)
+	}
 	return fmt.Sprintf(`{
 	admin off
 	credgate {
 		database_url %s
 		master_key %s
 		flags %s%s
+		%s
 	}
 }
-
+`+internalSite+`
 %s {
 	credgate {
 		public_origin %s
@@ -154,7 +167,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	}
 	reverse_proxy %s
 }
-`, h.db, testKey(1), flagsLine, providers.String(), h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
+`, h.db, testKey(1), flagsLine, providers.String(), h.opt.globalOptions, h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
 }
 
 func (h *harness) load(extraSite string) {
@@ -178,6 +191,13 @@ func (h *harness) load(extraSite string) {
 	h.mu.Lock()
 	h.seen = nil // the readiness probes
 	h.mu.Unlock()
+	// credgate runs on the sandbox's clock, so a test that moves one
+	// moves both.
+	app, err := caddy.ActiveContext().App("credgate")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	app.(*App).setClock(h.sandbox.Clock().Now)
 }
 
 func waitUntil(t *testing.T, d time.Duration, cond func() bool) {

@@ -1,12 +1,10 @@
 package caddymodule
 
 import (
-	"crypto/subtle"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -146,7 +144,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.legacyCallbacks = map[string]*oauth.Provider{}
 	h.legacyStarts = map[string]*oauth.Provider{}
 	for name, pc := range h.app.Providers {
-		p, err := h.buildProvider(name, pc, repl)
+		p, err := h.app.buildProvider(name, pc, repl, h.PublicOrigin+"/api/auth/oauth/"+name+"/callback")
 		if err != nil {
 			return fmt.Errorf("credgate handler: provider %s: %w", name, err)
 		}
@@ -180,34 +178,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-func (h *Handler) buildProvider(name string, pc *ProviderConfig, repl *caddy.Replacer) (*oauth.Provider, error) {
-	cfg := oauth.Config{
-		ClientID:     repl.ReplaceKnown(pc.ClientID, ""),
-		ClientSecret: secret.New(repl.ReplaceKnown(pc.ClientSecret, "")),
-		RedirectURL:  repl.ReplaceKnown(pc.RedirectURL, ""),
-		Scopes:       pc.Scopes,
-		AuthURL:      repl.ReplaceKnown(pc.AuthURL, ""),
-		TokenURL:     repl.ReplaceKnown(pc.TokenURL, ""),
-		APIBase:      repl.ReplaceKnown(pc.APIBase, ""),
-		Timeout:      time.Duration(pc.Timeout),
-		Generic:      oauth.GenericSettings{UserinfoURL: pc.UserinfoURL, RevokeURL: pc.RevokeURL},
-	}
-	if cfg.RedirectURL == "" {
-		cfg.RedirectURL = h.PublicOrigin + "/api/auth/oauth/" + name + "/callback"
-	}
-	if base := repl.ReplaceKnown(pc.Sandbox, ""); base != "" {
-		auth, token, api, err := oauth.SandboxURLs(name, base)
-		if err != nil {
-			return nil, err
-		}
-		cfg.AuthURL, cfg.TokenURL, cfg.APIBase = auth, token, api
-	}
-	if cfg.ClientSecret.IsZero() {
-		return nil, fmt.Errorf("client_secret is required")
-	}
-	return oauth.New(name, cfg)
-}
-
 // ServeHTTP routes credgate's paths and passes the rest on untouched.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
@@ -230,13 +200,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // adminAllowed checks "Authorization: Bearer <admin token>" in constant
 // time; without a configured token nobody is admin.
-func (h *Handler) adminAllowed(r *http.Request) bool {
-	if h.adminToken.IsZero() {
-		return false
-	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.adminToken.Reveal())) == 1
-}
+func (h *Handler) adminAllowed(r *http.Request) bool { return bearerMatches(r, h.adminToken) }
 
 // sameOrigin accepts a state-changing request only from the app's own
 // pages: Origin equal to public_origin, or Sec-Fetch-Site same-origin.

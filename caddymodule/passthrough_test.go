@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -79,72 +78,14 @@ func queryOf(q string) string {
 	return "?" + q
 }
 
-// tcpProxy stands between credgate and PostgreSQL so a test can take the
-// database away and bring it back without touching the shared server.
-type tcpProxy struct {
-	addr   string
-	target string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  []net.Conn
-}
-
-func newTCPProxy(t *testing.T, target string) *tcpProxy {
-	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), target: target}
-	t.Cleanup(p.down)
-	return p
-}
-
-func (p *tcpProxy) up(t *testing.T) {
-	ln, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
-		}
-	}()
-}
-
-// down closes the listener and cuts every open connection.
-func (p *tcpProxy) down() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // With PostgreSQL unreachable Caddy still starts and the app keeps
 // answering; credgate routes answer 503 until the database is back, and
 // again while it is gone.
 func TestDatabaseOutage(t *testing.T) {
 	db := pgtest.Database(t)
 	cfg, _ := pgx.ParseConfig(db)
-	proxy := newTCPProxy(t, "127.0.0.1:5432")
-	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.addr, cfg.Database)
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.Addr, cfg.Database)
 
 	h := newHarness(t, harnessOptions{databaseURL: viaProxy})
 	unavailable := func(when string) {
@@ -162,14 +103,14 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	unavailable("before the database ever answered")
 
-	proxy.up(t)
+	proxy.Up(t)
 	waitUntil(t, 20*time.Second, func() bool {
 		resp, _ := h.do("GET", "/api/credentials/status", alice, nil)
 		return resp.StatusCode == 200
 	})
 	h.connect(alice, "linkedin")
 
-	proxy.down()
+	proxy.Down()
 	unavailable("after the database went away")
 }
 

@@ -1,13 +1,17 @@
 package caddymodule
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -34,13 +38,27 @@ func writeError(w http.ResponseWriter, status int, code, message string) {
 // "unavailable" (the pass-through keeps working meanwhile); anything else
 // is a 500 whose detail stays in the log.
 func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing string, err error) {
+	writeStoreError(h.logger, w, r, doing, err)
+}
+
+func writeStoreError(log *zap.Logger, w http.ResponseWriter, r *http.Request, doing string, err error) {
 	if unavailable(err) {
-		h.logger.Warn(doing+": database unavailable", errField(err), pathField(r))
+		log.Warn(doing+": database unavailable", errField(err), pathField(r))
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return
 	}
-	h.logger.Error(doing, errField(err), pathField(r))
+	log.Error(doing, errField(err), pathField(r))
 	writeError(w, http.StatusInternalServerError, "internal", "internal error")
+}
+
+// bearerMatches checks "Authorization: Bearer <want>" in constant time;
+// an empty want matches nothing.
+func bearerMatches(r *http.Request, want secret.Value) bool {
+	if want.IsZero() {
+		return false
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want.Reveal())) == 1
 }
 
 // unavailable reports whether err means the database cannot be reached:

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
 )
 
 // Every route credgate owns, in one place:
@@ -26,9 +28,15 @@ import (
 //	GET    /api/credentials/health-check           this user's credential health
 //	GET    /api/credentials/service-health         (admin) database, keys, flags, providers
 //	POST   /api/maintenance/cleanup                (admin) delete expired states
+//	*      /api/internal/credentials/…             404: the token API (credgate_tokens) is never public
 //
 // Anything else under /api/ goes to the next handler.
 func (h *Handler) route(method, path string) http.HandlerFunc {
+	if strings.HasPrefix(path, tokenRoutePrefix) {
+		return func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, http.StatusNotFound, "not_found", "not found")
+		}
+	}
 	rest, ok := strings.CutPrefix(path, "/api/auth/oauth/")
 	if ok {
 		platform, tail, _ := strings.Cut(rest, "/")
@@ -288,19 +296,18 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	storeCtx, storeCancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer storeCancel()
 	err = vault.InTx(storeCtx, h.app.pool, func(tx pgx.Tx) error {
+		creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
+			Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
 		acct, err := h.app.accounts.Upsert(storeCtx, tx, vault.Connection{
 			UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
-			Credentials: vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType, Expiry: tok.Expiry},
-			Scopes:      tok.Scopes, ConnectedVia: vault.FlowCredgate,
+			Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate,
 		})
 		if err != nil {
 			return err
 		}
-		if !tok.Expiry.IsZero() {
-			runAt := tok.Expiry.Add(-time.Duration(h.app.RefreshAhead))
-			if _, err := (vault.RefreshQueue{}).Schedule(storeCtx, tx, acct.ID, runAt); err != nil {
-				return err
-			}
+		// The refresh job for this token, committed with it.
+		if err := h.app.refresher.Schedule(storeCtx, tx, p, acct, creds); err != nil {
+			return err
 		}
 		return vault.Audit{}.Append(storeCtx, tx, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
 			Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
@@ -425,12 +432,16 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 }
 
 type healthView struct {
-	Platform         string  `json:"platform"`
-	Status           string  `json:"status"`
-	SecondsToExpiry  *int64  `json:"seconds_to_expiry"`
-	NeedsReauth      bool    `json:"needs_reauth"`
-	LastRefresh      *string `json:"last_refresh"`
-	LastRefreshError string  `json:"last_refresh_error,omitempty"`
+	Platform        string     `json:"platform"`
+	Status          string     `json:"status"`
+	SecondsToExpiry *int64     `json:"seconds_to_expiry"`
+	NeedsReauth     bool       `json:"needs_reauth"`
+	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
+	// LastRefresh is the outcome of the latest renewal attempt
+	// ("success" or "failed"), null before the first one.
+	LastRefresh      *string    `json:"last_refresh"`
+	LastRefreshAt    *time.Time `json:"last_refresh_at,omitempty"`
+	LastRefreshError string     `json:"last_refresh_error,omitempty"`
 }
 
 // healthCheck: GET /api/credentials/health-check
@@ -442,9 +453,9 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	views := []healthView{}
-	now := time.Now()
+	now := h.app.now()
 	for _, a := range accounts {
-		v := healthView{Platform: a.Platform, Status: string(a.Status)}
+		v := healthView{Platform: a.Platform, Status: string(a.Status), LastRefreshedAt: a.LastRefreshedAt}
 		if a.ExpiresAt != nil {
 			s := int64(a.ExpiresAt.Sub(now).Seconds())
 			v.SecondsToExpiry = &s
@@ -456,8 +467,8 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if found {
-			outcome := string(last.Status)
-			v.LastRefresh, v.LastRefreshError = &outcome, last.ErrorCode
+			outcome, at := string(last.Status), last.At
+			v.LastRefresh, v.LastRefreshAt, v.LastRefreshError = &outcome, &at, last.ErrorCode
 		}
 		views = append(views, v)
 	}
@@ -497,10 +508,12 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	body := map[string]any{
-		"database":  check(dbErr),
-		"keyring":   map[string]any{"ok": true, "primary_key_id": h.app.keys.PrimaryID()},
-		"flags":     check(flagsErr),
-		"providers": providers,
+		"database":      check(dbErr),
+		"keyring":       map[string]any{"ok": true, "primary_key_id": h.app.keys.PrimaryID()},
+		"flags":         check(flagsErr),
+		"providers":     providers,
+		"refresh_queue": h.queueHealth(ctx, dbErr == nil, &healthy),
+		"background":    h.app.backgroundHealth(),
 	}
 	status := http.StatusOK
 	if !healthy {
@@ -508,6 +521,30 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	body["ok"] = healthy
 	writeJSON(w, status, body)
+}
+
+// overdueGrace is how long a due refresh job may wait before
+// service-health calls it overdue: workers claim due jobs within seconds.
+const overdueGrace = 5 * time.Minute
+
+// queueHealth reports the refresh queue; overdue jobs make the service
+// unhealthy, since they mean no worker is keeping up.
+func (h *Handler) queueHealth(ctx context.Context, reachable bool, healthy *bool) map[string]any {
+	if !reachable {
+		return map[string]any{"ok": false, "error": "database unreachable"}
+	}
+	st, err := vault.RefreshQueue{}.Stats(ctx, h.app.pool, h.app.now(), overdueGrace)
+	if err != nil {
+		*healthy = false
+		return map[string]any{"ok": false, "error": "cannot read the refresh queue"}
+	}
+	view := map[string]any{"ok": st.Overdue == 0, "pending": st.Pending, "due": st.Due, "running": st.Running,
+		"overdue": st.Overdue, "dead": st.Dead, "oldest_due_seconds": int64(st.OldestDue.Seconds())}
+	if st.Overdue > 0 {
+		*healthy = false
+		view["error"] = fmt.Sprintf("%d refresh jobs are overdue: are the refresh workers running?", st.Overdue)
+	}
+	return view
 }
 
 // cleanup: POST /api/maintenance/cleanup (admin), the guide's Step 5.2.
@@ -521,19 +558,12 @@ func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	var deleted int64
-	err := vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
-		var err error
-		if deleted, err = h.app.states.CleanupExpired(ctx, tx); err != nil {
-			return err
-		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{Action: vault.ActionStateCleanup, Status: vault.Success,
-			Details: map[string]any{"deleted": deleted, "trigger": "api"}})
-	})
+	res, err := worker.Cleanup(ctx, h.app.pool, h.app.now(), "api", true)
 	if err != nil {
 		h.writeStoreError(w, r, "cleaning up states", err)
 		return
 	}
+	deleted := res.States
 	h.logger.Info("cleaned up expired oauth states", zap.Int64("deleted", deleted))
 	writeJSON(w, http.StatusOK, map[string]any{"deleted": deleted})
 }

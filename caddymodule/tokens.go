@@ -1,0 +1,257 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
+)
+
+func init() {
+	caddy.RegisterModule(TokenAPI{})
+	httpcaddyfile.RegisterHandlerDirective("credgate_tokens", parseTokenAPI)
+	// Before respond, so a catch-all "respond 404" in the internal site
+	// does not shadow it.
+	httpcaddyfile.RegisterDirectiveOrder("credgate_tokens", httpcaddyfile.Before, "respond")
+}
+
+// tokenRoutePrefix is where the token API lives. The public credgate
+// handler answers 404 under it, so a token is never served on the app's
+// public origin even if the app or a proxy rule would route it.
+const tokenRoutePrefix = "/api/internal/credentials/"
+
+// TokenAPI is the credgate_tokens handler: the app's back end fetches a
+// user's current access token from it instead of reading
+// social_accounts.access_token, which accounts connected through the new
+// flow no longer have.
+//
+//	GET /api/internal/credentials/{user_id}/{platform}/token
+//	Authorization: Bearer <service_token>
+//
+// Put it in a site on an internal listener (127.0.0.1:8081 in the
+// example), never on the public origin.
+type TokenAPI struct {
+	// ServiceToken is the bearer token the app's back end sends, normally
+	// "{env.CREDGATE_SERVICE_TOKEN}". Required; there is no default.
+	ServiceToken string `json:"service_token,omitempty"`
+
+	// MinValidity: a token that expires sooner is renewed before it is
+	// returned. Default 5m.
+	MinValidity caddy.Duration `json:"min_validity,omitempty"`
+
+	// ServeLegacyPlaintext returns the legacy plaintext access_token of
+	// an account that backfill has not sealed yet. Default false: such an
+	// account is not_connected here until `caddy credgate backfill` runs.
+	ServeLegacyPlaintext bool `json:"serve_legacy_plaintext,omitempty"`
+
+	app    *App
+	token  secret.Value
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (TokenAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.credgate_tokens",
+		New: func() caddy.Module { return new(TokenAPI) },
+	}
+}
+
+// Provision binds the handler to the credgate app. No network.
+func (t *TokenAPI) Provision(ctx caddy.Context) error {
+	t.logger = ctx.Logger()
+	appIface, err := ctx.App("credgate")
+	if err != nil {
+		return fmt.Errorf("credgate_tokens: the credgate global option is needed: %w", err)
+	}
+	t.app = appIface.(*App)
+	t.token = secret.New(caddy.NewReplacer().ReplaceKnown(t.ServiceToken, ""))
+	if len(t.token.Reveal()) < 16 {
+		return errors.New("credgate_tokens: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})")
+	}
+	if t.MinValidity <= 0 {
+		t.MinValidity = caddy.Duration(5 * time.Minute)
+	}
+	return nil
+}
+
+// tokenView is the token API's answer.
+type tokenView struct {
+	AccessToken    string     `json:"access_token"`
+	TokenType      string     `json:"token_type"`
+	ExpiresAt      *time.Time `json:"expires_at"`
+	PlatformUserID string     `json:"platform_user_id"`
+	Scopes         []string   `json:"scopes"`
+}
+
+// ServeHTTP serves the token route and passes everything else on.
+func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	rest, ok := strings.CutPrefix(r.URL.Path, tokenRoutePrefix)
+	if !ok {
+		return next.ServeHTTP(w, r)
+	}
+	// The service token first: without it nothing about the route,
+	// users or platforms is revealed.
+	if !bearerMatches(r, t.token) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="credgate"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
+		return nil
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || parts[2] != "token" {
+		writeError(w, http.StatusNotFound, "not_found", "the token route is "+tokenRoutePrefix+"{user_id}/{platform}/token")
+		return nil
+	}
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
+		return nil
+	}
+	user, platform := parts[0], parts[1]
+	if _, err := uuid.Parse(user); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_user", "user_id must be a UUID")
+		return nil
+	}
+	if _, ok := t.app.refresher.Providers[platform]; !ok {
+		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		return nil
+	}
+	if !t.app.Available() {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
+		return nil
+	}
+	t.serveToken(w, r, user, platform)
+	return nil
+}
+
+func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, platform string) {
+	// A renewal waits for the platform: give it the refresher's budget.
+	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
+	defer cancel()
+	tok, err := t.app.refresher.EnsureFresh(ctx, user, platform, time.Duration(t.MinValidity), "token_api")
+	source := "credentials_encrypted"
+	if errors.Is(err, vault.ErrNotConnected) && t.ServeLegacyPlaintext {
+		var access secret.Value
+		tok.Account, access, err = t.app.accounts.LegacyToken(ctx, t.app.pool, user, platform)
+		tok.Credentials = vault.Credentials{AccessToken: access}
+		source = "legacy_plaintext"
+	}
+	audit := func(status vault.Outcome, code string) {
+		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+		defer acancel()
+		details := map[string]any{"source": source, "refreshed": tok.Refreshed}
+		if tok.RenewalFailed {
+			details["renewal_failed"] = true
+		}
+		if aerr := (vault.Audit{}).Append(actx, t.app.pool, vault.Event{UserID: user, Platform: platform,
+			Action: vault.ActionTokenRead, Status: status, ErrorCode: code, Details: details}); aerr != nil {
+			t.logger.Error("writing audit row", errField(aerr))
+		}
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, vault.ErrNotConnected):
+		audit(vault.Failed, "not_connected")
+		writeError(w, http.StatusNotFound, "not_connected", "this user has no connected account on this platform")
+		return
+	case errors.Is(err, worker.ErrNeedsReauth):
+		audit(vault.Failed, "needs_reauth")
+		writeError(w, http.StatusConflict, "needs_reauth", "the user must reconnect this platform")
+		return
+	case errors.Is(err, vault.ErrDecryptionFailed), errors.Is(err, vault.ErrUnknownKey), errors.Is(err, vault.ErrMalformedBlob):
+		audit(vault.Failed, "decrypt_failed")
+		t.logger.Error("token API: credentials do not decrypt", zap.String("platform", platform), errField(err))
+		writeError(w, http.StatusInternalServerError, "decrypt_failed", "the stored credentials cannot be decrypted with the configured keys")
+		return
+	default:
+		if _, ok := errors.AsType[*oauth.Error](err); ok {
+			audit(vault.Failed, string(oauth.CodeOf(err)))
+			w.Header().Set("Retry-After", "30")
+			writeError(w, http.StatusServiceUnavailable, "provider_unavailable", "the token expired and the platform did not renew it; try again later")
+			return
+		}
+		writeStoreError(t.logger, w, r, "reading a token", err)
+		return
+	}
+	audit(vault.Success, "")
+	view := tokenView{AccessToken: tok.Credentials.AccessToken.Reveal(), TokenType: tok.Credentials.TokenType,
+		ExpiresAt: tok.Account.ExpiresAt, PlatformUserID: tok.Account.PlatformUserID, Scopes: tok.Account.Scopes}
+	if view.TokenType == "" {
+		view.TokenType = "bearer"
+	}
+	if view.Scopes == nil {
+		view.Scopes = []string{}
+	}
+	writeJSON(w, http.StatusOK, view)
+}
+
+// parseTokenAPI parses:
+//
+//	credgate_tokens {
+//		service_token <token>      # required, e.g. {env.CREDGATE_SERVICE_TOKEN}
+//		min_validity  <duration>   # default 5m
+//		serve_legacy_plaintext     # default off
+//	}
+func parseTokenAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	t := new(TokenAPI)
+	d := h.Dispenser
+	d.Next()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "service_token":
+			if !d.AllArgs(&t.ServiceToken) {
+				return nil, d.ArgErr()
+			}
+		case "min_validity":
+			dur, err := parseDurationArg(d, opt)
+			if err != nil {
+				return nil, err
+			}
+			t.MinValidity = caddy.Duration(dur)
+		case "serve_legacy_plaintext":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			t.ServeLegacyPlaintext = true
+		default:
+			return nil, d.Errf("credgate_tokens: unrecognized option %q", opt)
+		}
+	}
+	return t, nil
+}
+
+// parseDurationArg reads one positive duration argument of option opt.
+func parseDurationArg(d *caddyfile.Dispenser, opt string) (time.Duration, error) {
+	var raw string
+	if !d.AllArgs(&raw) {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(raw)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("credgate: %s must be a positive duration such as 10m, got %q", opt, raw)
+	}
+	return dur, nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*TokenAPI)(nil)
+	_ caddyhttp.MiddlewareHandler = (*TokenAPI)(nil)
+)

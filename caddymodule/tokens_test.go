@@ -1,0 +1,187 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/sandbox"
+	"github.com/credgate/credgate/secret"
+)
+
+const serviceToken = "service-token-for-tests-0123456789"
+
+// tokenResponse is the token API's answer.
+type tokenResponse struct {
+	AccessToken    string    `json:"access_token"`
+	TokenType      string    `json:"token_type"`
+	ExpiresAt      time.Time `json:"expires_at"`
+	PlatformUserID string    `json:"platform_user_id"`
+	Scopes         []string  `json:"scopes"`
+}
+
+// fetchToken calls the token API as the app's back end does.
+func (h *harness) fetchToken(base, user, platform, bearer string) (int, tokenResponse, []byte) {
+	h.t.Helper()
+	headers := map[string]string{}
+	if bearer != "" {
+		headers["Authorization"] = "Bearer " + bearer
+	}
+	resp, body := h.do("GET", base+"/api/internal/credentials/"+user+"/"+platform+"/token", "", headers)
+	var tok tokenResponse
+	json.Unmarshal(body, &tok)
+	return resp.StatusCode, tok, body
+}
+
+// worksAtSandbox reports whether the platform accepts access now.
+func (h *harness) worksAtSandbox(platform, access string) bool {
+	h.t.Helper()
+	auth, tokenURL, api, _ := oauth.SandboxURLs(platform, h.sbURL)
+	p, err := oauth.New(platform, oauth.Config{ClientID: platform + "-client-id", ClientSecret: secret.New("x"),
+		RedirectURL: "http://unused", AuthURL: auth, TokenURL: tokenURL, APIBase: api})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	_, err = p.Identify(context.Background(), secret.New(access))
+	return err == nil
+}
+
+func TestTokenAPI(t *testing.T) {
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken + "\n\t\tmin_validity 5m"})
+	h.connect(alice, "twitter")
+	h.connect(alice, "linkedin")
+
+	// The service token is required, and compared exactly.
+	for _, bearer := range []string{"", "wrong", serviceToken + "x", strings.ToUpper(serviceToken)} {
+		if code, _, body := h.fetchToken(h.internal, alice, "twitter", bearer); code != http.StatusUnauthorized || errorCode(body) != "unauthorized" {
+			t.Errorf("bearer %q: %d %s, want 401 unauthorized", bearer, code, body)
+		}
+	}
+	// The public origin has no such route, whatever the token.
+	if code, _, body := h.fetchToken(h.origin, alice, "twitter", serviceToken); code != http.StatusNotFound || strings.Contains(string(body), "access_token") {
+		t.Errorf("public origin: %d %s, want 404", code, body)
+	}
+	if len(h.upstreamSaw()) != 0 {
+		t.Errorf("the token route reached the app: %+v", h.upstreamSaw())
+	}
+
+	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || tok.AccessToken == "" || tok.TokenType != "bearer" || tok.PlatformUserID == "" || len(tok.Scopes) == 0 {
+		t.Fatalf("token: %d %s", code, body)
+	}
+	if d := time.Until(tok.ExpiresAt); d < 110*time.Minute || d > 2*time.Hour {
+		t.Errorf("expires in %v, want about 2h", d)
+	}
+	if !h.worksAtSandbox("twitter", tok.AccessToken) {
+		t.Error("the returned token does not work at the platform")
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'token_read' AND status = 'success'`); n != 1 {
+		t.Errorf("%d token_read audit rows, want 1", n)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE details::text LIKE '%' || $1 || '%'`, tok.AccessToken); n != 0 {
+		t.Error("the token is in the audit log")
+	}
+
+	for _, tc := range []struct {
+		user, platform string
+		status         int
+		code           string
+	}{
+		{bob, "twitter", http.StatusNotFound, "not_connected"},
+		{alice, "myspace", http.StatusNotFound, "unknown_platform"},
+		{"not-a-uuid", "twitter", http.StatusBadRequest, "invalid_user"},
+	} {
+		if code, _, body := h.fetchToken(h.internal, tc.user, tc.platform, serviceToken); code != tc.status || errorCode(body) != tc.code {
+			t.Errorf("%s/%s: %d %s, want %d %s", tc.user, tc.platform, code, body, tc.status, tc.code)
+		}
+	}
+
+	// Near expiry the route renews first; fifty calls at once cause one
+	// renewal and get the same token.
+	before := h.sandbox.Stats()["twitter"].Refreshes
+	h.sandbox.Clock().Advance(117 * time.Minute)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]int{}
+	for range 50 {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", h.internal+"/api/internal/credentials/"+alice+"/twitter/token", nil)
+			req.Header.Set("Authorization", "Bearer "+serviceToken)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			var tok tokenResponse
+			json.NewDecoder(resp.Body).Decode(&tok)
+			mu.Lock()
+			seen[tok.AccessToken+"/"+resp.Status]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	st := h.sandbox.Stats()["twitter"]
+	if st.Refreshes-before != 1 || st.RefreshReuse != 0 || len(seen) != 1 {
+		t.Fatalf("50 concurrent calls near expiry: %d renewals, %d reuse, answers %v; want 1, 0 and one token", st.Refreshes-before, st.RefreshReuse, seen)
+	}
+	for k := range seen {
+		if !strings.HasSuffix(k, "/200 OK") || !h.worksAtSandbox("twitter", strings.TrimSuffix(k, "/200 OK")) {
+			t.Errorf("answer %q is not a working token", k)
+		}
+	}
+
+	// A dead grant is 409 needs_reauth.
+	h.sandbox.SetFault("twitter.token", sandbox.Fault{InvalidGrant: true})
+	h.sandbox.Clock().Advance(2 * time.Hour)
+	if code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != http.StatusConflict || errorCode(body) != "needs_reauth" {
+		t.Errorf("after invalid_grant: %d %s, want 409 needs_reauth", code, body)
+	}
+}
+
+// The migration guide's promise for the new flow, end to end: a Twitter
+// account connected through credgate still yields a working token from
+// the token API three token lifetimes later, renewed in the background by
+// the refresh workers on the clock credgate shares with the platform.
+func TestTwitterTokenStillWorksThreeLifetimesLater(t *testing.T) {
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken})
+	h.connect(alice, "twitter")
+	for cycle := 1; cycle <= 3; cycle++ {
+		h.sandbox.Clock().Advance(2 * time.Hour)
+		waitUntil(t, 30*time.Second, func() bool { return h.sandbox.Stats()["twitter"].Refreshes >= cycle })
+	}
+	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || !h.worksAtSandbox("twitter", tok.AccessToken) {
+		t.Fatalf("after three lifetimes: %d %s, or the token does not work", code, body)
+	}
+	st := h.sandbox.Stats()["twitter"]
+	if st.Refreshes != 3 || st.RefreshReuse != 0 {
+		t.Errorf("%d renewals and %d reused refresh tokens, want 3 background renewals and 0", st.Refreshes, st.RefreshReuse)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'success' AND details->>'trigger' = 'refresh_worker'`); n != 3 {
+		t.Errorf("%d background refresh audit rows, want 3", n)
+	}
+	// The health route tells the truth about it.
+	resp, body := h.do("GET", "/api/credentials/health-check", alice, nil)
+	var health struct {
+		Accounts []healthView `json:"accounts"`
+	}
+	json.Unmarshal(body, &health)
+	if resp.StatusCode != http.StatusOK || len(health.Accounts) != 1 || health.Accounts[0].LastRefresh == nil ||
+		*health.Accounts[0].LastRefresh != "success" || health.Accounts[0].LastRefreshedAt == nil || health.Accounts[0].NeedsReauth {
+		t.Errorf("health-check: %d %s", resp.StatusCode, body)
+	}
+	resp, body = h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+	var service struct {
+		Queue map[string]any `json:"refresh_queue"`
+	}
+	json.Unmarshal(body, &service)
+	if resp.StatusCode != http.StatusOK || service.Queue["pending"] != float64(1) || service.Queue["overdue"] != float64(0) || service.Queue["dead"] != float64(0) {
+		t.Errorf("service-health: %d %s", resp.StatusCode, body)
+	}
+}

@@ -1,0 +1,203 @@
+package report
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/credgate/credgate/migrations"
+	"github.com/credgate/credgate/vault"
+)
+
+// Check is one line of the post-migration checklist.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+// VerifyOptions tune Verify.
+type VerifyOptions struct {
+	// MinSuccessRate is the lowest acceptable connection and refresh
+	// success rate per platform. Default 0.95 (the guide's Day 1).
+	MinSuccessRate float64
+	// Window is how far back success rates and audit activity are
+	// read. Default 24h.
+	Window time.Duration
+	// OverdueGrace: a due refresh job waiting longer is stuck. Default 5m.
+	OverdueGrace time.Duration
+}
+
+// Verify runs the guide's post-migration verification (Day 1 and Day 3,
+// "Success Criteria", the weekly "verify encryption is working") and
+// returns one Check per line, in order. keys is the keyring credgate runs
+// with; databaseURL is used for the schema inspection.
+func Verify(ctx context.Context, db vault.DB, databaseURL string, keys *vault.Keyring, now time.Time, opt VerifyOptions) ([]Check, error) {
+	if opt.MinSuccessRate <= 0 {
+		opt.MinSuccessRate = 0.95
+	}
+	if opt.Window <= 0 {
+		opt.Window = 24 * time.Hour
+	}
+	if opt.OverdueGrace <= 0 {
+		opt.OverdueGrace = 5 * time.Minute
+	}
+	var checks []Check
+	schema, err := migrations.Inspect(ctx, databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	checks = append(checks, schemaChecks(schema)...)
+	if !schemaComplete(schema) {
+		// The other checks read tables that are not there.
+		return checks, nil
+	}
+	steps := []func(context.Context, vault.DB, *vault.Keyring, time.Time, VerifyOptions) ([]Check, error){
+		encryptionChecks, keyChecks, auditChecks, rateChecks, queueChecks,
+	}
+	for _, step := range steps {
+		c, err := step(ctx, db, keys, now, opt)
+		if err != nil {
+			return checks, err
+		}
+		checks = append(checks, c...)
+	}
+	return checks, nil
+}
+
+// Passed reports whether every check passed.
+func Passed(checks []Check) bool {
+	return !slices.ContainsFunc(checks, func(c Check) bool { return !c.OK })
+}
+
+func schemaComplete(s migrations.Schema) bool {
+	ok := s.SocialAccounts && !s.Dirty
+	for _, group := range [][]migrations.Presence{s.Tables, s.Columns, s.RLS} {
+		for _, p := range group {
+			ok = ok && p.Present
+		}
+	}
+	return ok
+}
+
+func missing(group []migrations.Presence) []string {
+	var out []string
+	for _, p := range group {
+		if !p.Present {
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
+
+func schemaChecks(s migrations.Schema) []Check {
+	tables := Check{Name: "schema: tables and columns in place", OK: true,
+		Detail: fmt.Sprintf("version %d, %d tables, %d columns on social_accounts", s.Version, len(s.Tables), len(s.Columns))}
+	if gone := append(missing(s.Tables), missing(s.Columns)...); len(gone) > 0 || s.Dirty || !s.SocialAccounts {
+		tables.OK = false
+		tables.Detail = "missing: " + strings.Join(gone, ", ") + "; run `caddy credgate migrate up`"
+		if s.Dirty {
+			tables.Detail = "a migration stopped part-way; run `caddy credgate migrate up`"
+		}
+	}
+	rls := Check{Name: "schema: row level security on credgate's tables", OK: true, Detail: "enabled on every table"}
+	if off := missing(s.RLS); len(off) > 0 {
+		rls.OK = false
+		rls.Detail = "off on: " + strings.Join(off, ", ") + "; run `caddy credgate migrate up`"
+	}
+	return []Check{tables, rls}
+}
+
+func encryptionChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, _ VerifyOptions) ([]Check, error) {
+	var live, sealed, plaintext int64
+	err := db.QueryRow(ctx, `SELECT
+			count(*) FILTER (WHERE status IN ('connected', 'expiring')),
+			count(*) FILTER (WHERE status IN ('connected', 'expiring') AND credentials_encrypted IS NOT NULL),
+			count(*) FILTER (WHERE access_token IS NOT NULL OR refresh_token IS NOT NULL)
+		FROM social_accounts`).Scan(&live, &sealed, &plaintext)
+	if err != nil {
+		return nil, fmt.Errorf("reading encryption coverage: %w", err)
+	}
+	coverage := Check{Name: "encryption: every connected account has an encrypted blob", OK: sealed == live,
+		Detail: fmt.Sprintf("%d of %d connected accounts encrypted", sealed, live)}
+	if !coverage.OK {
+		coverage.Detail += "; run `caddy credgate backfill`"
+	}
+	clear := Check{Name: "encryption: no plaintext tokens left", OK: plaintext == 0,
+		Detail: fmt.Sprintf("%d rows hold plaintext tokens", plaintext)}
+	if !clear.OK {
+		clear.Detail += "; once the app reads tokens from credgate, run `caddy credgate backfill --purge-plaintext`"
+	}
+	return []Check{coverage, clear}, nil
+}
+
+func keyChecks(ctx context.Context, db vault.DB, keys *vault.Keyring, _ time.Time, _ VerifyOptions) ([]Check, error) {
+	usage, err := vault.NewAccounts(keys).KeyUsage(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	have := keys.IDs()
+	var unknown []string
+	for id, n := range usage {
+		if !slices.Contains(have, id) {
+			unknown = append(unknown, fmt.Sprintf("key %d (%d rows)", id, n))
+		}
+	}
+	slices.Sort(unknown)
+	c := Check{Name: "keys: every blob's key is in the keyring", OK: len(unknown) == 0,
+		Detail: fmt.Sprintf("keyring holds %v", have)}
+	if !c.OK {
+		c.Detail = "blobs under " + strings.Join(unknown, ", ") + " that the keyring lacks; add them to " + vault.EnvPreviousKeys
+	}
+	return []Check{c}, nil
+}
+
+func auditChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Time, opt VerifyOptions) ([]Check, error) {
+	var n int64
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM credential_audit_log WHERE created_at > $1`, now.Add(-opt.Window)).Scan(&n); err != nil {
+		return nil, fmt.Errorf("reading the audit log: %w", err)
+	}
+	return []Check{{Name: "audit: events recorded in the last " + opt.Window.String(), OK: n > 0,
+		Detail: fmt.Sprintf("%d events", n)}}, nil
+}
+
+func rateChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Time, opt VerifyOptions) ([]Check, error) {
+	var checks []Check
+	for _, kind := range []struct {
+		action vault.Action
+		name   string
+	}{{vault.ActionConnect, "connections"}, {vault.ActionRefresh, "token refresh"}} {
+		rs, err := rates(ctx, db, kind.action, false, now.Add(-opt.Window))
+		if err != nil {
+			return nil, err
+		}
+		if len(rs) == 0 {
+			checks = append(checks, Check{Name: kind.name + ": success rate", OK: true,
+				Detail: "no attempts in the last " + opt.Window.String()})
+			continue
+		}
+		for _, r := range rs {
+			checks = append(checks, Check{
+				Name:   fmt.Sprintf("%s: %s success rate ≥ %.0f%%", kind.name, r.Platform, opt.MinSuccessRate*100),
+				OK:     r.Rate >= opt.MinSuccessRate,
+				Detail: fmt.Sprintf("%.1f%% (%d of %d)", r.Rate*100, r.Success, r.Success+r.Failed),
+			})
+		}
+	}
+	return checks, nil
+}
+
+func queueChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Time, opt VerifyOptions) ([]Check, error) {
+	st, err := vault.RefreshQueue{}.Stats(ctx, db, now, opt.OverdueGrace)
+	if err != nil {
+		return nil, err
+	}
+	c := Check{Name: "refresh: no account stuck (dead or overdue jobs)", OK: st.Dead == 0 && st.Overdue == 0,
+		Detail: fmt.Sprintf("%d dead, %d overdue, %d pending", st.Dead, st.Overdue, st.Pending)}
+	if !c.OK {
+		c.Detail += "; see last_error in token_refresh_queue and failed refresh rows in credential_audit_log"
+	}
+	return []Check{c}, nil
+}
