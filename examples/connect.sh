@@ -29,3 +29,11 @@ echo "3. back to the app:        $final"
 # 4. The user's connections.
 echo "4. status: $(curl -sS -H "Authorization: Bearer $token" http://localhost:8080/api/credentials/status)"
 case "$final" in *"connected=$platform"*) ;; *) echo "connect failed" >&2; exit 1 ;; esac
+
+# 5. What the app's back end does instead of reading
+#    social_accounts.access_token: ask the token API on the internal
+#    listener (the token itself is not printed here).
+answer=$(curl -sS -H 'Authorization: Bearer development-service-token-do-not-use' \
+  "http://127.0.0.1:8081/api/internal/credentials/$user/$platform/token")
+grep -q '"access_token":"[^"]' <<<"$answer" || { echo "5. token API: no token: $answer"; exit 1; }
+echo "5. token API: a $(grep -o '"token_type":"[^"]*"' <<<"$answer"), $(grep -o '"expires_at":[^,]*' <<<"$answer")"

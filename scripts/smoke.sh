@@ -81,17 +81,38 @@ check "sandbox stats count the codes" \
 
 # The README walkthrough: examples/sandbox.Caddyfile on the built binary,
 # one connect per platform with curl (examples/connect.sh). Uses the
-# example's fixed ports (8080, 3000, 9090).
+# example's fixed ports (8080, 8081, 3000, 9090): Caddy binds with
+# SO_REUSEPORT, so a second server on one of them would silently share it.
+for port in 8080 8081 3000 9090; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "smoke: port $port is in use (a running \`make demo\`?); stop it and run again" >&2
+    exit 1
+  fi
+done
 psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)" -qc "CREATE DATABASE ${db}_demo"
 demo_url=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1${db}_demo#" <<<"$server")
 "$CADDY_BIN" credgate migrate up --database-url "$demo_url" >/dev/null
-DATABASE_URL="$demo_url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
+demo_key=$("$CADDY_BIN" credgate keygen)
+DATABASE_URL="$demo_url" ENCRYPTION_MASTER_KEY="$demo_key" \
   "$CADDY_BIN" run --config examples/sandbox.Caddyfile --adapter caddyfile >demo.$$.log 2>&1 &
 demo_pid=$!
 for _ in $(seq 1 50); do curl -sf -o /dev/null http://localhost:9090/_sandbox/stats && break; sleep 0.2; done
 for platform in twitter linkedin facebook instagram; do
   check "examples/connect.sh $platform through examples/sandbox.Caddyfile" bash examples/connect.sh "$platform"
 done
+check "the token API is not on the public origin" \
+  bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer development-service-token-do-not-use' \
+           http://localhost:8080/api/internal/credentials/11111111-1111-4111-8111-111111111111/twitter/token) = 404"
+check "report shows the four connections" \
+  bash -c "'$CADDY_BIN' credgate report --database-url '$demo_url' | grep -Eq '^connect +success +4$'"
+check "verify passes on the demo database" \
+  env ENCRYPTION_MASTER_KEY="$demo_key" "$CADDY_BIN" credgate verify --database-url "$demo_url"
+check "cleanup runs" \
+  bash -c "'$CADDY_BIN' credgate cleanup --database-url '$demo_url' | grep -q '✓ deleted'"
+check "migrate status exits 1 on an empty database" \
+  bash -c "! DATABASE_URL='$url' '$CADDY_BIN' credgate migrate status >/dev/null 2>&1"
+check "a command's error is one plain line, not JSON" \
+  bash -c "'$CADDY_BIN' credgate report --database-url 'postgres://u:hunter2@127.0.0.1:1/x' 2>&1 >/dev/null | grep -qx 'Error: .*127.0.0.1:1.*'"
 kill $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true
 rm -f demo.$$.log
 psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)"
