@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -158,6 +159,19 @@ type GenericSettings struct {
 	ScopeSeparator     string
 }
 
+// sharedTransport is the connection pool every Provider without a
+// Transport of its own uses: one per process, like http.DefaultTransport
+// (a pool per Provider would keep idle connections, and their
+// goroutines, for every config a reload left behind), but keeping 32 idle
+// connections per platform instead of 2, so that concurrent renewals
+// reuse warm connections instead of each opening (and TLS-handshaking)
+// a new one.
+var sharedTransport = sync.OnceValue(func() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 32
+	return t
+})
+
 // Provider is a Profile bound to one app's credentials.
 type Provider struct {
 	profile Profile
@@ -196,7 +210,7 @@ func New(platform string, cfg Config) (*Provider, error) {
 		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Transport == nil {
-		cfg.Transport = http.DefaultTransport
+		cfg.Transport = sharedTransport()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

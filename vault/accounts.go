@@ -311,23 +311,37 @@ type Refreshed struct {
 // app would keep using a superseded token, and replaying a rotated
 // Twitter refresh token revokes the whole grant for both of them.
 func (s *Accounts) CompareAndSwap(ctx context.Context, db DB, a Account, version int64, r Refreshed) (Account, error) {
-	blob, err := s.seal(r.Credentials, a.ID, a.UserID, a.Platform)
+	return s.swap(ctx, db, a, version, r, nil)
+}
+
+// QueueCompareAndSwapAudited queues on b a CompareAndSwap that also
+// appends e to the audit log in the same statement, only if the swap
+// happened, so that a renewal can send everything it writes in one round
+// trip. The swapped account lands in *out when b runs; a moved version
+// is ErrVersionConflict from the batch.
+func (s *Accounts) QueueCompareAndSwapAudited(b *pgx.Batch, a Account, version int64, r Refreshed, e Event, out *Account) error {
+	sql, args, err := s.swapStatement(a, version, r, &e)
+	if err != nil {
+		return err
+	}
+	b.Queue(sql, args...).QueryRow(func(row pgx.Row) error {
+		acct, err := scanSwapped(row)
+		*out = acct
+		return err
+	})
+	return nil
+}
+
+func (s *Accounts) swap(ctx context.Context, db DB, a Account, version int64, r Refreshed, e *Event) (Account, error) {
+	sql, args, err := s.swapStatement(a, version, r, e)
 	if err != nil {
 		return Account{}, err
 	}
-	scopes := r.Scopes
-	if scopes == nil {
-		scopes = a.Scopes
-	}
-	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
-			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
-			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now(),
-			access_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL THEN $7 ELSE access_token END,
-			refresh_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL AND $8::text IS NOT NULL
-			                     THEN $8 ELSE refresh_token END
-		WHERE id = $1 AND credentials_version = $2
-		RETURNING `+accountColumns, a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes,
-		r.Credentials.AccessToken.Reveal(), nullString(r.Credentials.RefreshToken.Reveal())))
+	return scanSwapped(db.QueryRow(ctx, sql, args...))
+}
+
+func scanSwapped(row pgx.Row) (Account, error) {
+	acct, err := scanAccount(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, ErrVersionConflict
 	}
@@ -335,6 +349,40 @@ func (s *Accounts) CompareAndSwap(ctx context.Context, db DB, a Account, version
 		return Account{}, fmt.Errorf("swapping credentials: %w", err)
 	}
 	return acct, nil
+}
+
+// swapStatement builds the compare-and-swap, with the audit insert when e
+// is set.
+func (s *Accounts) swapStatement(a Account, version int64, r Refreshed, e *Event) (string, []any, error) {
+	blob, err := s.seal(r.Credentials, a.ID, a.UserID, a.Platform)
+	if err != nil {
+		return "", nil, err
+	}
+	scopes := r.Scopes
+	if scopes == nil {
+		scopes = a.Scopes
+	}
+	args := []any{a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes,
+		r.Credentials.AccessToken.Reveal(), nullString(r.Credentials.RefreshToken.Reveal())}
+	update := `UPDATE social_accounts SET
+			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
+			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now(),
+			access_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL THEN $7 ELSE access_token END,
+			refresh_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL AND $8::text IS NOT NULL
+			                     THEN $8 ELSE refresh_token END
+		WHERE id = $1 AND credentials_version = $2
+		RETURNING ` + accountColumns
+	sql := update
+	if e != nil {
+		// The audit row is inserted from the swap's result, so it exists
+		// exactly when the swap happened.
+		sql = `WITH swapped AS (` + update + `), audited AS (
+				INSERT INTO credential_audit_log ` + auditColumns + `
+				SELECT $9::uuid, $10::text, $11::text, $12::text, $13::text, $14::integer, $15::text, $16::text, $17::jsonb FROM swapped)
+			SELECT * FROM swapped`
+		args = append(args, e.args()...)
+	}
+	return sql, args, nil
 }
 
 func nullTime(t time.Time) *time.Time {

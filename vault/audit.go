@@ -60,9 +60,11 @@ type Event struct {
 // append-only.
 type Audit struct{}
 
-// Append writes one event. Run it on the same transaction as the change it
-// records, so both commit or neither does.
-func (Audit) Append(ctx context.Context, db DB, e Event) error {
+// auditColumns are what an Event fills, in the order of Event.args.
+const auditColumns = `(user_id, platform, action, status, flow, duration_ms, error_code, trace_id, details)`
+
+// args are the event's values for auditColumns.
+func (e Event) args() []any {
 	if e.Status == "" {
 		e.Status = Success
 	}
@@ -75,11 +77,15 @@ func (Audit) Append(ctx context.Context, db DB, e Event) error {
 		ms := e.Duration.Milliseconds()
 		duration = &ms
 	}
-	_, err := db.Exec(ctx, `INSERT INTO credential_audit_log
-			(user_id, platform, action, status, flow, duration_ms, error_code, trace_id, details)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		nullString(e.UserID), nullString(e.Platform), e.Action, e.Status, nullString(e.Flow), duration,
-		nullString(e.ErrorCode), nullString(e.TraceID), details)
+	return []any{nullString(e.UserID), nullString(e.Platform), e.Action, e.Status, nullString(e.Flow), duration,
+		nullString(e.ErrorCode), nullString(e.TraceID), details}
+}
+
+// Append writes one event. Run it on the same transaction as the change it
+// records, so both commit or neither does.
+func (Audit) Append(ctx context.Context, db DB, e Event) error {
+	_, err := db.Exec(ctx, `INSERT INTO credential_audit_log `+auditColumns+` VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		e.args()...)
 	if err != nil {
 		return fmt.Errorf("writing audit event %s: %w", e.Action, err)
 	}

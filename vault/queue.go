@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Job is a claimed token_refresh_queue row.
@@ -79,7 +80,18 @@ var ErrLeaseLost = errors.New("refresh job lease was lost to another worker")
 // It returns the job id.
 func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, version int64, runAt time.Time) (int64, error) {
 	var id int64
-	err := db.QueryRow(ctx, `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at) VALUES ($1, $2, $3)
+	if err := db.QueryRow(ctx, scheduleSQL, accountID, version, runAt).Scan(&id); err != nil {
+		return 0, fmt.Errorf("scheduling refresh: %w", err)
+	}
+	return id, nil
+}
+
+// QueueSchedule queues Schedule on b.
+func (RefreshQueue) QueueSchedule(b *pgx.Batch, accountID string, version int64, runAt time.Time) {
+	b.Queue(scheduleSQL, accountID, version, runAt)
+}
+
+const scheduleSQL = `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at) VALUES ($1, $2, $3)
 		ON CONFLICT (social_account_id) WHERE status IN ('pending', 'running')
 		DO UPDATE SET run_at = CASE
 		                  -- A job waiting out a retry backoff keeps its time,
@@ -94,12 +106,7 @@ func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, versi
 		              credentials_version = CASE WHEN token_refresh_queue.status = 'pending'
 		                  THEN EXCLUDED.credentials_version ELSE token_refresh_queue.credentials_version END,
 		              updated_at = now()
-		RETURNING id`, accountID, version, runAt).Scan(&id)
-	if err != nil {
-		return 0, fmt.Errorf("scheduling refresh: %w", err)
-	}
-	return id, nil
-}
+		RETURNING id`
 
 // Claim leases up to n jobs due at now to worker for lease. Jobs whose
 // lease has expired are due again. FOR UPDATE SKIP LOCKED lets many
@@ -140,8 +147,41 @@ func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, leas
 // worker and attempt number, so a worker whose lease expired cannot finish
 // the job another claim now holds, even under the same worker name.
 func (RefreshQueue) Complete(ctx context.Context, db DB, job Job, worker string) error {
-	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'done', locked_by = NULL, locked_until = NULL,
-		last_error = NULL, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`, job.ID, worker, job.Attempts)
+	return finish(ctx, db, completeSQL, job.ID, worker, job.Attempts)
+}
+
+const completeSQL = `UPDATE token_refresh_queue SET status = 'done', locked_by = NULL, locked_until = NULL,
+		last_error = NULL, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`
+
+// Reschedule ends this claim by turning the job itself into the
+// account's next one: pending at runAt for credentials version, with no
+// attempts. One statement instead of Complete plus Schedule, which is
+// what a renewal does every time.
+func (RefreshQueue) Reschedule(ctx context.Context, db DB, job Job, worker string, version int64, runAt time.Time) error {
+	return finish(ctx, db, rescheduleSQL, job.ID, worker, job.Attempts, version, runAt)
+}
+
+// QueueReschedule queues Reschedule on b; a lost lease is ErrLeaseLost
+// from the batch.
+func (RefreshQueue) QueueReschedule(b *pgx.Batch, job Job, worker string, version int64, runAt time.Time) {
+	b.Queue(rescheduleSQL, job.ID, worker, job.Attempts, version, runAt).Exec(leaseHeld)
+}
+
+const rescheduleSQL = `UPDATE token_refresh_queue SET status = 'pending', locked_by = NULL, locked_until = NULL,
+		last_error = NULL, attempts = 0, credentials_version = $4, run_at = $5, updated_at = now()
+		WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`
+
+// QueueComplete queues Complete on b; a lost lease is ErrLeaseLost from
+// the batch.
+func (RefreshQueue) QueueComplete(b *pgx.Batch, job Job, worker string) {
+	b.Queue(completeSQL, job.ID, worker, job.Attempts).Exec(leaseHeld)
+}
+
+func leaseHeld(tag pgconn.CommandTag) error {
+	if tag.RowsAffected() == 0 {
+		return ErrLeaseLost
+	}
+	return nil
 }
 
 // Fail records a failed attempt: the job is retried after b's backoff

@@ -27,7 +27,7 @@ const redirect = "http://app.test/api/auth/oauth/cb"
 // HTTP, and credgate's stores and providers, all on the sandbox's movable
 // clock: the clock credgate and the platforms share.
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	url       string
 	pool      *pgxpool.Pool
 	keys      *vault.Keyring
@@ -37,7 +37,7 @@ type env struct {
 	providers map[string]*oauth.Provider
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, url: pgtest.Database(t), clock: &sandbox.Clock{}}
 	defer e.dumpOnFailure()

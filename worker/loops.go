@@ -44,6 +44,7 @@ func (l *Loops) Start() {
 	jobCtx, cancelJobs := context.WithCancel(context.Background())
 	l.cancel, l.cancelJobs = cancel, cancelJobs
 	r := l.Workers.Refresher
+	l.Workers.defaults() // before the loops below read Ready
 	l.wg.Go(func() { l.Workers.Run(ctx, jobCtx) })
 	l.every(ctx, "scheduler", l.ScheduleInterval, &l.last.schedule, func(ctx context.Context) error {
 		n, err := ScheduleUnscheduled(ctx, r.DB, r.now())

@@ -95,11 +95,15 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 			out = tok
 			return err
 		}
-		na, nc, rerr := r.renew(ctx, tx, p, a, c, trigger, 0)
+		na, nc, rerr := r.renew(ctx, tx, p, a, c, trigger, 0, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
+			if at, ok := r.nextLook(p, na, nc); ok {
+				vault.RefreshQueue{}.QueueSchedule(b, na.ID, na.Version, at)
+			}
+		})
 		switch {
 		case rerr == nil:
 			out = Token{Account: na, Credentials: nc, Refreshed: true}
-			return r.Schedule(ctx, tx, p, na, nc)
+			return nil
 		case needsUser(rerr):
 			if err := r.markNeedsReauth(ctx, tx, a, rerr); err != nil {
 				return err
@@ -160,8 +164,11 @@ func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credenti
 }
 
 // renew calls the platform and stores the new token set with its audit
-// row, in tx, on the row the caller locked.
-func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a vault.Account, c vault.Credentials, trigger string, attempt int) (vault.Account, vault.Credentials, error) {
+// row, on the row the caller locked in tx. What next queues (the
+// account's next job) goes in the same round trip: a renewal's writes
+// cost one trip to the database, not four.
+func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a vault.Account, c vault.Credentials,
+	trigger string, attempt int, next func(b *pgx.Batch, na vault.Account, nc vault.Credentials)) (vault.Account, vault.Credentials, error) {
 	timeout := r.ProviderTimeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -173,10 +180,6 @@ func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a v
 		AccessToken: c.AccessToken, RefreshToken: c.RefreshToken, TokenType: c.TokenType, Expiry: expiryOf(a, c),
 		IssuedAt: c.IssuedAt, Scopes: a.Scopes, PlatformUserID: a.PlatformUserID, Username: a.Username,
 	})
-	details := map[string]any{"account_id": a.ID, "trigger": trigger}
-	if attempt > 0 {
-		details["attempt"] = attempt
-	}
 	if err != nil {
 		// The audit row for a failure is the caller's: it knows whether
 		// the account now needs the user or the job will retry.
@@ -188,13 +191,31 @@ func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a v
 		// The platform kept the refresh token (RFC 6749 §6).
 		nc.RefreshToken = c.RefreshToken
 	}
-	na, err := r.Accounts.CompareAndSwap(ctx, tx, a, a.Version, vault.Refreshed{Credentials: nc, Scopes: out.Scopes})
+	details := map[string]any{"account_id": a.ID, "trigger": trigger}
+	if attempt > 0 {
+		details["attempt"] = attempt
+	}
+	b := &pgx.Batch{}
+	var na vault.Account
+	err = r.Accounts.QueueCompareAndSwapAudited(b, a, a.Version, vault.Refreshed{Credentials: nc, Scopes: out.Scopes},
+		vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh, Status: vault.Success,
+			Duration: time.Since(start), Details: details}, &na)
 	if err != nil {
+		return a, c, err
+	}
+	if next != nil {
+		// The swap sets exactly these; the row is locked, so they hold.
+		swapped := a
+		swapped.Version, swapped.Status = a.Version+1, vault.StatusConnected
+		if !nc.Expiry.IsZero() {
+			swapped.ExpiresAt = &nc.Expiry
+		}
+		next(b, swapped, nc)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil && !errors.Is(err, vault.ErrLeaseLost) {
 		return a, c, fmt.Errorf("storing renewed token: %w", err)
 	}
-	err = vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
-		Status: vault.Success, Duration: time.Since(start), Details: details})
-	return na, nc, err
+	return na, nc, nil
 }
 
 // needsUser reports whether a renewal error means only the user can
@@ -232,16 +253,25 @@ func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Acco
 // Schedule queues the next look at account a, whose token c was just
 // written (a connect, a renewal), in the caller's transaction.
 func (r *Refresher) Schedule(ctx context.Context, tx vault.DB, p *oauth.Provider, a vault.Account, c vault.Credentials) error {
-	plan := r.Policy.Next(RenewalOf(p), a, c, r.now())
-	if plan.Step == StepIdle {
+	at, ok := r.nextLook(p, a, c)
+	if !ok {
 		return nil
-	}
-	at := plan.At
-	if at.IsZero() {
-		at = r.now()
 	}
 	_, err := vault.RefreshQueue{}.Schedule(ctx, tx, a.ID, a.Version, at)
 	return err
+}
+
+// nextLook is when the account's token needs looking at again; false when
+// never.
+func (r *Refresher) nextLook(p *oauth.Provider, a vault.Account, c vault.Credentials) (time.Time, bool) {
+	plan := r.Policy.Next(RenewalOf(p), a, c, r.now())
+	if plan.Step == StepIdle {
+		return time.Time{}, false
+	}
+	if plan.At.IsZero() {
+		return r.now(), true
+	}
+	return plan.At, true
 }
 
 // ScheduleConnected is Schedule for a fresh connection by platform name;

@@ -50,9 +50,14 @@ type Workers struct {
 	Ready func() bool
 	// OnResult, if set, sees every finished job.
 	OnResult func(platform string, r JobResult)
+
+	once sync.Once
 }
 
-func (w *Workers) defaults() {
+// defaults fills unset fields once, before any goroutine reads them.
+func (w *Workers) defaults() { w.once.Do(w.setDefaults) }
+
+func (w *Workers) setDefaults() {
 	if w.N <= 0 {
 		w.N = 4
 	}
@@ -209,17 +214,20 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 			}
 			return w.finish(ctx, tx, q.Complete(ctx, tx, j, w.Name))
 		}
-		na, nc, rerr := r.renew(ctx, tx, p, a, c, "refresh_worker", j.Attempts)
+		// A lost lease does not stop the renewal from being saved: the
+		// platform has already rotated the token. The other claimant finds
+		// it fresh once it gets the row lock, and ends the job itself.
+		_, _, rerr := r.renew(ctx, tx, p, a, c, "refresh_worker", j.Attempts, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
+			if at, ok := r.nextLook(p, na, nc); ok {
+				q.QueueReschedule(b, j, w.Name, na.Version, at)
+			} else {
+				q.QueueComplete(b, j, w.Name)
+			}
+		})
 		switch {
 		case rerr == nil:
 			res = ResultRefreshed
-			// The new token is saved even if the lease was lost: the
-			// platform has already rotated it. The other claimant will
-			// find it fresh once it gets the row lock.
-			if err := w.finish(ctx, tx, q.Complete(ctx, tx, j, w.Name)); err != nil {
-				return err
-			}
-			return r.Schedule(ctx, tx, p, na, nc)
+			return nil
 		case ctx.Err() != nil:
 			return rerr
 		case needsUser(rerr):
@@ -245,13 +253,9 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 	return platform, res, nil
 }
 
-// reschedule ends this claim and queues the account's next look.
+// reschedule ends this claim by making the job the account's next look.
 func (w *Workers) reschedule(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Account, at time.Time) error {
-	if err := w.finish(ctx, tx, (vault.RefreshQueue{}).Complete(ctx, tx, j, w.Name)); err != nil {
-		return err
-	}
-	_, err := vault.RefreshQueue{}.Schedule(ctx, tx, a.ID, a.Version, at)
-	return err
+	return w.finish(ctx, tx, (vault.RefreshQueue{}).Reschedule(ctx, tx, j, w.Name, a.Version, at))
 }
 
 // finish tolerates a lost lease: the account row lock, not the job,
