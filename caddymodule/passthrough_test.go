@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
 )
 
@@ -129,6 +130,7 @@ func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	client.CloseIdleConnections()
 	http.DefaultClient.CloseIdleConnections()
+	oauth.CloseIdleConnections() // the providers' warm connections to the sandbox
 	time.Sleep(100 * time.Millisecond)
 	baseGoroutines := runtime.NumGoroutine()
 	cfg, _ := pgx.ParseConfig(h.db)
@@ -176,6 +178,7 @@ func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 	http.DefaultClient.CloseIdleConnections()
+	oauth.CloseIdleConnections() // the providers' warm connections to the sandbox
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > baseGoroutines+5 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

@@ -172,6 +172,11 @@ var sharedTransport = sync.OnceValue(func() http.RoundTripper {
 	return t
 })
 
+// CloseIdleConnections closes the shared pool's idle connections (they
+// are bounded and time out after 90 s anyway; tests that count
+// goroutines call it).
+func CloseIdleConnections() { sharedTransport().(*http.Transport).CloseIdleConnections() }
+
 // Provider is a Profile bound to one app's credentials.
 type Provider struct {
 	profile Profile
