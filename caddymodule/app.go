@@ -353,6 +353,16 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
+// credgateApp is the credgate app a handler (named who, for the error)
+// works with.
+func credgateApp(ctx caddy.Context, who string) (*App, error) {
+	app, err := ctx.App("credgate")
+	if err != nil {
+		return nil, fmt.Errorf("%s: the credgate global option is needed: %w", who, err)
+	}
+	return app.(*App), nil
+}
+
 // Available reports whether credgate routes can use the database.
 func (a *App) Available() bool { return a.run.available.Load() }
 

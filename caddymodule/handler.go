@@ -95,11 +95,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // provider per configured platform. No network.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	appIface, err := ctx.App("credgate")
+	app, err := credgateApp(ctx, "credgate handler")
 	if err != nil {
-		return fmt.Errorf("credgate handler: the credgate global option is needed: %w", err)
+		return err
 	}
-	h.app = appIface.(*App)
+	h.app = app
 	repl := caddy.NewReplacer()
 	h.adminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))
 	h.PublicOrigin = strings.TrimRight(repl.ReplaceKnown(h.PublicOrigin, ""), "/")

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -74,11 +73,11 @@ func (TokenAPI) CaddyModule() caddy.ModuleInfo {
 // Provision binds the handler to the credgate app. No network.
 func (t *TokenAPI) Provision(ctx caddy.Context) error {
 	t.logger = ctx.Logger()
-	appIface, err := ctx.App("credgate")
+	app, err := credgateApp(ctx, "credgate_tokens")
 	if err != nil {
-		return fmt.Errorf("credgate_tokens: the credgate global option is needed: %w", err)
+		return err
 	}
-	t.app = appIface.(*App)
+	t.app = app
 	t.token = secret.New(caddy.NewReplacer().ReplaceKnown(t.ServiceToken, ""))
 	if len(t.token.Reveal()) < 16 {
 		return errors.New("credgate_tokens: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})")
