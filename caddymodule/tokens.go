@@ -120,11 +120,15 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
 		return nil
 	}
-	user, platform := parts[0], parts[1]
-	if _, err := uuid.Parse(user); err != nil {
+	platform := parts[1]
+	id, err := uuid.Parse(parts[0])
+	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_user", "user_id must be a UUID")
 		return nil
 	}
+	// The canonical form: uuid.Parse also takes urn:uuid:… and braces,
+	// which PostgreSQL does not.
+	user := id.String()
 	if _, ok := t.app.refresher.Providers[platform]; !ok {
 		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return nil

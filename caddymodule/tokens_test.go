@@ -95,6 +95,9 @@ func TestTokenAPI(t *testing.T) {
 		{bob, "twitter", http.StatusNotFound, "not_connected"},
 		{alice, "myspace", http.StatusNotFound, "unknown_platform"},
 		{"not-a-uuid", "twitter", http.StatusBadRequest, "invalid_user"},
+		// Forms uuid.Parse accepts and PostgreSQL does not are read canonically.
+		{"urn:uuid:" + bob, "twitter", http.StatusNotFound, "not_connected"},
+		{"{" + bob + "}", "twitter", http.StatusNotFound, "not_connected"},
 	} {
 		if code, _, body := h.fetchToken(h.internal, tc.user, tc.platform, serviceToken); code != tc.status || errorCode(body) != tc.code {
 			t.Errorf("%s/%s: %d %s, want %d %s", tc.user, tc.platform, code, body, tc.status, tc.code)

@@ -196,23 +196,57 @@ func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, er
 // Get returns the account and its decrypted credentials. An account with no
 // blob, or a disconnected one, is ErrNotConnected.
 func (s *Accounts) Get(ctx context.Context, db DB, userID, platform string) (Account, Credentials, error) {
-	return s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, userID, platform)
+	return s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, []any{userID, platform}, "")
 }
 
 // GetByID is Get by social_accounts.id, for the refresh worker.
 func (s *Accounts) GetByID(ctx context.Context, db DB, id string) (Account, Credentials, error) {
-	return s.get(ctx, db, `WHERE id = $1`, id)
+	return s.get(ctx, db, `WHERE id = $1`, []any{id}, "")
 }
 
-// GetByIDForUpdate is GetByID that also locks the row until db's
-// transaction ends, so two refreshers never refresh one token at once.
-func (s *Accounts) GetByIDForUpdate(ctx context.Context, tx pgx.Tx, id string) (Account, Credentials, error) {
-	return s.get(ctx, tx, `WHERE id = $1 FOR UPDATE`, id)
+// Renewable is an account locked for renewal.
+type Renewable struct {
+	Account     Account
+	Credentials Credentials
+	// AppReadsPlaintext marks a row the legacy app wrote and still reads
+	// (plaintext access_token present): a renewal writes its new tokens
+	// to the plaintext columns too.
+	AppReadsPlaintext bool
 }
 
-func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (Account, Credentials, error) {
+// LockForRenewal reads an account and locks its row until tx ends, so two
+// renewals of one token never run at once. The lock is FOR NO KEY UPDATE:
+// it still lets another transaction insert a refresh job referencing the
+// row (a foreign-key check takes KEY SHARE), which FOR UPDATE would block
+// for the whole platform call — and deadlock against this transaction's
+// own job insert.
+//
+// On a legacy row whose plaintext the app changed since backfill sealed
+// it (the app refreshed the token itself), the plaintext tokens are the
+// current ones and are returned instead of the blob's.
+func (s *Accounts) LockForRenewal(ctx context.Context, tx pgx.Tx, id string) (Renewable, error) {
+	var access, refresh *string
+	a, c, err := s.get(ctx, tx, `WHERE id = $1 FOR NO KEY UPDATE`, []any{id},
+		`CASE WHEN connected_via = 'legacy' THEN access_token END, CASE WHEN connected_via = 'legacy' THEN refresh_token END`,
+		&access, &refresh)
+	r := Renewable{Account: a, Credentials: c, AppReadsPlaintext: access != nil && *access != ""}
+	if err != nil || !r.AppReadsPlaintext {
+		return r, err
+	}
+	plain := plaintextRow{access: access, refresh: refresh}
+	if !plain.matches(c) {
+		r.Credentials.AccessToken, r.Credentials.RefreshToken = secretOf(access), secretOf(refresh)
+	}
+	return r, nil
+}
+
+func (s *Accounts) get(ctx context.Context, db DB, where string, args []any, extraColumns string, extra ...any) (Account, Credentials, error) {
 	var blob []byte
-	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, credentials_encrypted FROM social_accounts `+where, args...), &blob)
+	columns := accountColumns + `, credentials_encrypted`
+	if extraColumns != "" {
+		columns += ", " + extraColumns
+	}
+	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+columns+` FROM social_accounts `+where, args...), append([]any{&blob}, extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, Credentials{}, ErrNotConnected
 	}
@@ -298,6 +332,11 @@ func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform strin
 type Refreshed struct {
 	Credentials Credentials
 	Scopes      []string
+	// WritePlaintext also writes the tokens to the plaintext columns of
+	// a legacy row whose plaintext the app still reads (see
+	// Renewable.AppReadsPlaintext); otherwise the tokens never leave
+	// this process unencrypted.
+	WritePlaintext bool
 }
 
 // CompareAndSwap replaces an account's credentials only if
@@ -305,11 +344,12 @@ type Refreshed struct {
 // a newer token (Twitter rotates refresh tokens: the newest must win).
 // It returns ErrVersionConflict when the row moved.
 //
-// A row the legacy app wrote and still reads (connected_via legacy, its
-// plaintext access_token not yet purged) gets the new tokens in its
-// plaintext columns too, in the same statement: otherwise the unchanged
-// app would keep using a superseded token, and replaying a rotated
-// Twitter refresh token revokes the whole grant for both of them.
+// With r.WritePlaintext, a row the legacy app wrote and still reads
+// (connected_via legacy, its plaintext access_token not yet purged) gets
+// the new tokens in its plaintext columns too, in the same statement:
+// otherwise the unchanged app would keep using a superseded token, and
+// replaying a rotated Twitter refresh token revokes the whole grant for
+// both of them.
 func (s *Accounts) CompareAndSwap(ctx context.Context, db DB, a Account, version int64, r Refreshed) (Account, error) {
 	return s.swap(ctx, db, a, version, r, nil)
 }
@@ -362,14 +402,20 @@ func (s *Accounts) swapStatement(a Account, version int64, r Refreshed, e *Event
 	if scopes == nil {
 		scopes = a.Scopes
 	}
-	args := []any{a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes,
-		r.Credentials.AccessToken.Reveal(), nullString(r.Credentials.RefreshToken.Reveal())}
+	// The plaintext goes to the server only for a row that gets it: bind
+	// parameters can end up in the server's statement log.
+	var plainAccess, plainRefresh *string
+	if r.WritePlaintext {
+		plainAccess, plainRefresh = nullString(r.Credentials.AccessToken.Reveal()), nullString(r.Credentials.RefreshToken.Reveal())
+	}
+	args := []any{a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes, plainAccess, plainRefresh}
 	update := `UPDATE social_accounts SET
 			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
 			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now(),
-			access_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL THEN $7 ELSE access_token END,
-			refresh_token = CASE WHEN connected_via = 'legacy' AND access_token IS NOT NULL AND $8::text IS NOT NULL
-			                     THEN $8 ELSE refresh_token END
+			access_token = CASE WHEN $7::text IS NOT NULL AND connected_via = 'legacy' AND access_token IS NOT NULL
+			                    THEN $7 ELSE access_token END,
+			refresh_token = CASE WHEN $7::text IS NOT NULL AND connected_via = 'legacy' AND access_token IS NOT NULL
+			                          AND $8::text IS NOT NULL THEN $8 ELSE refresh_token END
 		WHERE id = $1 AND credentials_version = $2
 		RETURNING ` + accountColumns
 	sql := update

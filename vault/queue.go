@@ -47,6 +47,9 @@ func (b Backoff) withDefaults() Backoff {
 	return b
 }
 
+// Limit is the number of attempts after which a job is dead.
+func (b Backoff) Limit() int { return b.withDefaults().MaxAttempts }
+
 // Delay is the wait before retry number attempt (1-based): exponential,
 // capped, with "equal jitter" (half fixed, half random) so that replicas
 // that failed together do not retry together.
@@ -235,6 +238,20 @@ func finish(ctx context.Context, db DB, sql string, args ...any) error {
 // twice for the same token: that is what stops refresh loops.
 // It returns how many jobs it queued.
 func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Time, limit int) (int64, error) {
+	// A job that died of errors that pass (a platform outage longer than
+	// the backoff) is revived after a cool-off, so that a live account's
+	// token is not left to expire. A grant the platform refused, a blob
+	// that does not open or a platform no longer configured stay dead.
+	revived, err := db.Exec(ctx, `UPDATE token_refresh_queue q SET status = 'pending', attempts = 0, run_at = $1, updated_at = now()
+		FROM social_accounts a
+		WHERE q.social_account_id = a.id AND q.status = 'dead' AND q.credentials_version = a.credentials_version
+		  AND a.status IN ('connected', 'expiring') AND q.updated_at < now() - $2::interval
+		  AND coalesce(q.last_error, '') NOT IN ('invalid_grant', 'needs_reauth', 'decrypt_failed', 'unknown_platform')
+		  AND NOT EXISTS (SELECT 1 FROM token_refresh_queue o WHERE o.social_account_id = a.id AND o.status IN ('pending', 'running'))`,
+		now, DeadJobCoolOff)
+	if err != nil {
+		return 0, fmt.Errorf("reviving refresh jobs: %w", err)
+	}
 	tag, err := db.Exec(ctx, `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at)
 		SELECT a.id, a.credentials_version, $1 FROM social_accounts a
 		WHERE a.credentials_encrypted IS NOT NULL AND a.status IN ('connected', 'expiring')
@@ -245,8 +262,12 @@ func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Tim
 	if err != nil {
 		return 0, fmt.Errorf("scheduling unscheduled accounts: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return revived.RowsAffected() + tag.RowsAffected(), nil
 }
+
+// DeadJobCoolOff is how long a job that died of passing errors waits
+// before the scheduler tries it again.
+const DeadJobCoolOff = 6 * time.Hour
 
 // PruneFinished deletes done jobs last touched before cutoff. Dead jobs
 // stay: they are the record of an account that needs a person.
@@ -283,7 +304,7 @@ func (RefreshQueue) Stats(ctx context.Context, db DB, now time.Time, grace time.
 			count(*) FILTER (WHERE q.status = 'pending' AND q.run_at <= $1),
 			count(*) FILTER (WHERE q.status = 'running'),
 			count(*) FILTER (WHERE (q.status = 'pending' AND q.run_at <= $2) OR (q.status = 'running' AND q.locked_until < now())),
-			count(*) FILTER (WHERE q.status = 'dead' AND a.credentials_version IS NOT DISTINCT FROM coalesce(q.credentials_version, a.credentials_version)
+			count(*) FILTER (WHERE q.status = 'dead' AND q.credentials_version = a.credentials_version
 			                       AND a.status IN ('connected', 'expiring')),
 			min(q.run_at) FILTER (WHERE q.status = 'pending' AND q.run_at <= $1)
 		FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id`, now, now.Add(-grace)).

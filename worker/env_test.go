@@ -27,14 +27,15 @@ const redirect = "http://app.test/api/auth/oauth/cb"
 // HTTP, and credgate's stores and providers, all on the sandbox's movable
 // clock: the clock credgate and the platforms share.
 type env struct {
-	t         testing.TB
-	url       string
-	pool      *pgxpool.Pool
-	keys      *vault.Keyring
-	accounts  *vault.Accounts
-	sandbox   *sandbox.Server
-	clock     *sandbox.Clock
-	providers map[string]*oauth.Provider
+	t          testing.TB
+	url        string
+	pool       *pgxpool.Pool
+	keys       *vault.Keyring
+	accounts   *vault.Accounts
+	sandbox    *sandbox.Server
+	sandboxURL string
+	clock      *sandbox.Clock
+	providers  map[string]*oauth.Provider
 }
 
 func newEnv(t testing.TB) *env {
@@ -58,6 +59,7 @@ func newEnv(t testing.TB) *env {
 	e.sandbox = sandbox.New(sandbox.Config{AutoApprove: true, Apps: apps, Clock: e.clock})
 	srv := httptest.NewServer(e.sandbox)
 	t.Cleanup(srv.Close)
+	e.sandboxURL = srv.URL
 	e.providers = map[string]*oauth.Provider{}
 	for _, p := range sandbox.Platforms {
 		e.providers[p] = e.provider(srv.URL, p, p+"-id", p+"-secret")

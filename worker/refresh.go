@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
@@ -38,6 +39,8 @@ type Refresher struct {
 	Logger *zap.Logger
 	// ProviderTimeout bounds one renewal at the platform. Default 30s.
 	ProviderTimeout time.Duration
+
+	flight singleflight.Group
 }
 
 func (r *Refresher) now() time.Time {
@@ -81,21 +84,39 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 	if done, tok, err := r.settled(p, a, c, minValidity); done {
 		return tok, err
 	}
+	// Callers in this process that need the same account renewed wait for
+	// one renewal instead of each holding a pooled connection while they
+	// queue on the row lock.
+	// The shared renewal does not end when the first caller goes away:
+	// the others still want it, and the platform call is bounded anyway.
+	v, err, _ := r.flight.Do(a.ID, func() (any, error) {
+		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, minValidity, trigger)
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	return v.(Token), nil
+}
+
+// renewLocked renews account id under its row lock unless whoever held
+// the lock before renewed it already.
+func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id string, minValidity time.Duration, trigger string) (Token, error) {
 	var out Token
 	// failure is reported after the commit: the audit row and the status
 	// of a failed renewal must stay.
 	var failure error
-	err = vault.InTx(ctx, r.DB, func(tx pgx.Tx) error {
-		a, c, err := r.Accounts.GetByIDForUpdate(ctx, tx, a.ID)
+	err := r.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
+		locked, err := r.Accounts.LockForRenewal(txCtx, tx, id)
 		if err != nil {
 			return err
 		}
+		a, c := locked.Account, locked.Credentials
 		// Whoever held the lock before us may have renewed it already.
 		if done, tok, err := r.settled(p, a, c, minValidity); done {
-			out = tok
-			return err
+			out, failure = tok, err
+			return nil
 		}
-		na, nc, rerr := r.renew(ctx, tx, p, a, c, trigger, 0, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
+		na, nc, rerr := r.renew(ctx, txCtx, tx, p, locked, trigger, 0, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
 			if at, ok := r.nextLook(p, na, nc); ok {
 				vault.RefreshQueue{}.QueueSchedule(b, na.ID, na.Version, at)
 			}
@@ -104,17 +125,19 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 		case rerr == nil:
 			out = Token{Account: na, Credentials: nc, Refreshed: true}
 			return nil
+		case !fromPlatform(rerr):
+			return rerr
 		case needsUser(rerr):
-			if err := r.markNeedsReauth(ctx, tx, a, rerr); err != nil {
+			if err := r.markNeedsReauth(txCtx, tx, a, rerr); err != nil {
 				return err
 			}
-			if err := (vault.RefreshQueue{}).Cancel(ctx, tx, a.ID); err != nil {
+			if err := (vault.RefreshQueue{}).Cancel(txCtx, tx, a.ID); err != nil {
 				return err
 			}
 			failure = ErrNeedsReauth
 			return nil
 		}
-		if err := r.auditFailure(ctx, tx, a, rerr, trigger, nil); err != nil {
+		if err := r.auditFailure(txCtx, tx, a, rerr, trigger, nil); err != nil {
 			return err
 		}
 		if r.now().Before(expiryOf(a, c)) {
@@ -127,10 +150,38 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 	if err != nil {
 		return Token{}, err
 	}
-	if failure != nil {
-		return Token{}, failure
+	return out, failure
+}
+
+// inRenewalTx runs fn in a transaction whose statements the caller cannot
+// cancel, only a deadline can: once the platform has answered, its new
+// token must be committed even if the request that asked for it went
+// away or the instance is stopping, or a rotated refresh token is lost.
+// The platform call itself stays on the caller's ctx.
+func (r *Refresher) inRenewalTx(ctx context.Context, fn func(txCtx context.Context, tx pgx.Tx) error) error {
+	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.providerTimeout()+renewalWriteBudget)
+	defer cancel()
+	return vault.InTx(txCtx, r.DB, func(tx pgx.Tx) error { return fn(txCtx, tx) })
+}
+
+// renewalWriteBudget bounds a renewal's database work beyond the platform
+// call: waiting for the row lock, reading, writing, committing.
+const renewalWriteBudget = 15 * time.Second
+
+func (r *Refresher) providerTimeout() time.Duration {
+	if r.ProviderTimeout <= 0 {
+		return 30 * time.Second
 	}
-	return out, nil
+	return r.ProviderTimeout
+}
+
+// fromPlatform reports whether err came from the platform (so the
+// transaction is intact and the failure can be recorded in it), rather
+// than from the database (the transaction is aborted: give up and let it
+// roll back).
+func fromPlatform(err error) bool {
+	var e *oauth.Error
+	return errors.As(err, &e)
 }
 
 // auditFailure records a renewal that failed for a reason that may pass.
@@ -163,17 +214,16 @@ func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credenti
 	return true, Token{}, ErrNeedsReauth
 }
 
-// renew calls the platform and stores the new token set with its audit
-// row, on the row the caller locked in tx. What next queues (the
-// account's next job) goes in the same round trip: a renewal's writes
-// cost one trip to the database, not four.
-func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a vault.Account, c vault.Credentials,
+// renew calls the platform on ctx and stores the new token set with its
+// audit row on txCtx, on the row the caller locked in tx. What next
+// queues (the account's next job) goes in the same round trip: a
+// renewal's writes cost one trip to the database, not four. An error
+// that is not an *oauth.Error comes from the database and has aborted
+// tx.
+func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provider, locked vault.Renewable,
 	trigger string, attempt int, next func(b *pgx.Batch, na vault.Account, nc vault.Credentials)) (vault.Account, vault.Credentials, error) {
-	timeout := r.ProviderTimeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	pctx, cancel := context.WithTimeout(ctx, timeout)
+	a, c := locked.Account, locked.Credentials
+	pctx, cancel := context.WithTimeout(ctx, r.providerTimeout())
 	defer cancel()
 	start := time.Now()
 	out, err := p.Refresh(pctx, oauth.TokenSet{
@@ -181,6 +231,12 @@ func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a v
 		IssuedAt: c.IssuedAt, Scopes: a.Scopes, PlatformUserID: a.PlatformUserID, Username: a.Username,
 	})
 	if err != nil {
+		if !fromPlatform(err) {
+			// A cancelled or timed-out call: the platform may or may not
+			// have answered; to the caller it is a platform failure.
+			err = &oauth.Error{Code: oauth.CodeProviderUnavailable, Op: "refresh", Platform: p.Name(), Retryable: true,
+				Description: "the call did not complete"}
+		}
 		// The audit row for a failure is the caller's: it knows whether
 		// the account now needs the user or the job will retry.
 		return a, c, err
@@ -197,7 +253,8 @@ func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a v
 	}
 	b := &pgx.Batch{}
 	var na vault.Account
-	err = r.Accounts.QueueCompareAndSwapAudited(b, a, a.Version, vault.Refreshed{Credentials: nc, Scopes: out.Scopes},
+	err = r.Accounts.QueueCompareAndSwapAudited(b, a, a.Version,
+		vault.Refreshed{Credentials: nc, Scopes: out.Scopes, WritePlaintext: locked.AppReadsPlaintext},
 		vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh, Status: vault.Success,
 			Duration: time.Since(start), Details: details}, &na)
 	if err != nil {
@@ -212,7 +269,7 @@ func (r *Refresher) renew(ctx context.Context, tx pgx.Tx, p *oauth.Provider, a v
 		}
 		next(b, swapped, nc)
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil && !errors.Is(err, vault.ErrLeaseLost) {
+	if err := tx.SendBatch(txCtx, b).Close(); err != nil && !errors.Is(err, vault.ErrLeaseLost) {
 		return a, c, fmt.Errorf("storing renewed token: %w", err)
 	}
 	return na, nc, nil

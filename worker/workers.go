@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -160,92 +161,12 @@ func (w *Workers) runSafely(ctx context.Context, j vault.Job) {
 // will run out and another claim will retry it.
 func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res JobResult, err error) {
 	w.defaults()
-	r := w.Refresher
-	q := vault.RefreshQueue{}
-	err = vault.InTx(ctx, r.DB, func(tx pgx.Tx) error {
-		a, c, err := r.Accounts.GetByIDForUpdate(ctx, tx, j.AccountID)
-		platform = a.Platform
-		if errors.Is(err, vault.ErrNotConnected) || (err == nil && a.Status != vault.StatusConnected && a.Status != vault.StatusExpiring) {
-			res = ResultSkipped
-			return w.finish(ctx, tx, q.Complete(ctx, tx, j, w.Name))
-		}
-		if err != nil {
-			if ctx.Err() != nil || a.ID == "" {
-				return err
-			}
-			// The blob does not open: no retry fixes that, a key does.
-			res = ResultDead
-			if aerr := (vault.Audit{}).Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform,
-				Action: vault.ActionDecryptFailed, Status: vault.Failed, ErrorCode: "decrypt_failed",
-				Details: map[string]any{"account_id": a.ID, "trigger": "refresh_worker"}}); aerr != nil {
-				return aerr
-			}
-			return w.finish(ctx, tx, q.Kill(ctx, tx, j, w.Name, "decrypt_failed"))
-		}
-		p, ok := r.Providers[a.Platform]
-		if !ok {
-			// A platform removed from the config: nothing can renew it.
-			res = ResultSkipped
-			return w.finish(ctx, tx, q.Kill(ctx, tx, j, w.Name, "unknown_platform"))
-		}
-		plan := r.Policy.Next(RenewalOf(p), a, c, r.now())
-		switch plan.Step {
-		case StepIdle:
-			res = ResultSkipped
-			return w.finish(ctx, tx, q.Complete(ctx, tx, j, w.Name))
-		case StepWait:
-			res = ResultWaiting
-			return w.reschedule(ctx, tx, j, a, plan.At)
-		case StepMarkExpiring:
-			res = ResultExpiring
-			if err := r.Accounts.MarkStatus(ctx, tx, a.ID, vault.StatusExpiring); err != nil {
-				return err
-			}
-			if err := (vault.Audit{}).Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform,
-				Action: vault.ActionExpiring, Status: vault.Success,
-				Details: map[string]any{"account_id": a.ID, "expires_at": plan.At.UTC().Format(time.RFC3339)}}); err != nil {
-				return err
-			}
-			return w.reschedule(ctx, tx, j, a, plan.At)
-		case StepNeedsReauth:
-			res = ResultNeedsReauth
-			if err := r.markNeedsReauth(ctx, tx, a, nil); err != nil {
-				return err
-			}
-			return w.finish(ctx, tx, q.Complete(ctx, tx, j, w.Name))
-		}
-		// A lost lease does not stop the renewal from being saved: the
-		// platform has already rotated the token. The other claimant finds
-		// it fresh once it gets the row lock, and ends the job itself.
-		_, _, rerr := r.renew(ctx, tx, p, a, c, "refresh_worker", j.Attempts, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
-			if at, ok := r.nextLook(p, na, nc); ok {
-				q.QueueReschedule(b, j, w.Name, na.Version, at)
-			} else {
-				q.QueueComplete(b, j, w.Name)
-			}
-		})
-		switch {
-		case rerr == nil:
-			res = ResultRefreshed
-			return nil
-		case ctx.Err() != nil:
-			return rerr
-		case needsUser(rerr):
-			res = ResultNeedsReauth
-			if err := r.markNeedsReauth(ctx, tx, a, rerr); err != nil {
-				return err
-			}
-			return w.finish(ctx, tx, q.Kill(ctx, tx, j, w.Name, errorCode(rerr)))
-		}
-		dead, ferr := q.Fail(ctx, tx, j, w.Name, errorCode(rerr), w.Backoff, r.now())
-		res = ResultRetry
-		if dead {
-			res = ResultDead
-		}
-		if err := r.auditFailure(ctx, tx, a, rerr, "refresh_worker", map[string]any{"attempt": j.Attempts, "dead": dead}); err != nil {
-			return err
-		}
-		return w.finish(ctx, tx, ferr)
+	err = w.Refresher.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
+		locked, lockErr := w.Refresher.Accounts.LockForRenewal(txCtx, tx, j.AccountID)
+		platform = locked.Account.Platform
+		var err error
+		res, err = w.runLocked(ctx, txCtx, tx, j, locked, lockErr)
+		return err
 	})
 	if err != nil {
 		return platform, "", fmt.Errorf("refresh job %d: %w", j.ID, err)
@@ -253,15 +174,113 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 	return platform, res, nil
 }
 
+// runLocked decides and does the job's work on the locked account.
+func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, locked vault.Renewable, lockErr error) (JobResult, error) {
+	r, q := w.Refresher, vault.RefreshQueue{}
+	a, c := locked.Account, locked.Credentials
+	live := a.Status == vault.StatusConnected || a.Status == vault.StatusExpiring
+	switch {
+	case errors.Is(lockErr, vault.ErrNotConnected) || (lockErr == nil && !live):
+		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))
+	case undecryptable(lockErr) && a.ID != "":
+		// No retry fixes that, a key does.
+		return ResultDead, w.kill(txCtx, tx, j, a, vault.ActionDecryptFailed, "decrypt_failed")
+	case lockErr != nil:
+		return "", lockErr
+	case j.Attempts > w.Backoff.Limit():
+		// Claimed again and again without ever finishing (each claim's
+		// lease ran out): stop before it loops for ever.
+		return ResultDead, w.kill(txCtx, tx, j, a, vault.ActionRefresh, "too_many_attempts")
+	}
+	p, ok := r.Providers[a.Platform]
+	if !ok {
+		// A platform removed from the config: nothing can renew it.
+		return ResultSkipped, w.finish(q.Kill(txCtx, tx, j, w.Name, "unknown_platform"))
+	}
+	switch plan := r.Policy.Next(RenewalOf(p), a, c, r.now()); plan.Step {
+	case StepIdle:
+		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))
+	case StepWait:
+		return ResultWaiting, w.reschedule(txCtx, tx, j, a, plan.At)
+	case StepMarkExpiring:
+		if err := r.Accounts.MarkStatus(txCtx, tx, a.ID, vault.StatusExpiring); err != nil {
+			return "", err
+		}
+		if err := (vault.Audit{}).Append(txCtx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform,
+			Action: vault.ActionExpiring, Status: vault.Success,
+			Details: map[string]any{"account_id": a.ID, "expires_at": plan.At.UTC().Format(time.RFC3339)}}); err != nil {
+			return "", err
+		}
+		return ResultExpiring, w.reschedule(txCtx, tx, j, a, plan.At)
+	case StepNeedsReauth:
+		if err := r.markNeedsReauth(txCtx, tx, a, nil); err != nil {
+			return "", err
+		}
+		return ResultNeedsReauth, w.finish(q.Complete(txCtx, tx, j, w.Name))
+	}
+	return w.renewJob(ctx, txCtx, tx, j, p, locked)
+}
+
+// renewJob renews a due token and ends the claim: the job becomes the
+// account's next look, or is retried with backoff, or dies.
+func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p *oauth.Provider, locked vault.Renewable) (JobResult, error) {
+	r, q, a := w.Refresher, vault.RefreshQueue{}, locked.Account
+	// A lost lease does not stop the renewal from being saved: the
+	// platform has already rotated the token. The other claimant finds it
+	// fresh once it gets the row lock, and ends the job itself.
+	_, _, rerr := r.renew(ctx, txCtx, tx, p, locked, "refresh_worker", j.Attempts, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
+		if at, ok := r.nextLook(p, na, nc); ok {
+			q.QueueReschedule(b, j, w.Name, na.Version, at)
+		} else {
+			q.QueueComplete(b, j, w.Name)
+		}
+	})
+	switch {
+	case rerr == nil:
+		return ResultRefreshed, nil
+	case !fromPlatform(rerr):
+		return "", rerr
+	case needsUser(rerr):
+		if err := r.markNeedsReauth(txCtx, tx, a, rerr); err != nil {
+			return "", err
+		}
+		return ResultNeedsReauth, w.finish(q.Kill(txCtx, tx, j, w.Name, errorCode(rerr)))
+	}
+	dead, ferr := q.Fail(txCtx, tx, j, w.Name, errorCode(rerr), w.Backoff, r.now())
+	if err := r.auditFailure(txCtx, tx, a, rerr, "refresh_worker", map[string]any{"attempt": j.Attempts, "dead": dead}); err != nil {
+		return "", err
+	}
+	if dead {
+		return ResultDead, w.finish(ferr)
+	}
+	return ResultRetry, w.finish(ferr)
+}
+
+// kill ends a job for good with a failed audit row saying why.
+func (w *Workers) kill(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Account, action vault.Action, code string) error {
+	if err := (vault.Audit{}).Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: action,
+		Status: vault.Failed, ErrorCode: code,
+		Details: map[string]any{"account_id": a.ID, "trigger": "refresh_worker", "attempt": j.Attempts, "dead": true}}); err != nil {
+		return err
+	}
+	return w.finish((vault.RefreshQueue{}).Kill(ctx, tx, j, w.Name, code))
+}
+
+// undecryptable reports whether err means the blob does not open with
+// the configured keys.
+func undecryptable(err error) bool {
+	return errors.Is(err, vault.ErrDecryptionFailed) || errors.Is(err, vault.ErrUnknownKey) || errors.Is(err, vault.ErrMalformedBlob)
+}
+
 // reschedule ends this claim by making the job the account's next look.
 func (w *Workers) reschedule(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Account, at time.Time) error {
-	return w.finish(ctx, tx, (vault.RefreshQueue{}).Reschedule(ctx, tx, j, w.Name, a.Version, at))
+	return w.finish((vault.RefreshQueue{}).Reschedule(ctx, tx, j, w.Name, a.Version, at))
 }
 
 // finish tolerates a lost lease: the account row lock, not the job,
 // serialises renewals, so the job's status is bookkeeping that the
 // claimant now holding it will write.
-func (w *Workers) finish(_ context.Context, _ pgx.Tx, err error) error {
+func (w *Workers) finish(err error) error {
 	if errors.Is(err, vault.ErrLeaseLost) {
 		w.Refresher.logger().Info("refresh job lease was lost; the new claimant finishes it")
 		return nil
