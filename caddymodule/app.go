@@ -22,6 +22,7 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/internal/pgurl"
+	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
 )
@@ -125,6 +126,9 @@ type App struct {
 	states    *vault.States
 	refresher *worker.Refresher
 	loops     *worker.Loops
+	metrics   *telemetry.Metrics
+	// holdsMetrics is true once this config took the shared metrics.
+	holdsMetrics bool
 
 	run *appRun
 }
@@ -256,6 +260,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	a.rollout = flags.NewRollout(provider)
+	if err := a.provisionMetrics(ctx); err != nil {
+		return fmt.Errorf("credgate: metrics: %w", err)
+	}
 	return a.provisionRefresher(repl)
 }
 
@@ -346,6 +353,9 @@ func (a *App) Stop() error {
 // Cleanup releases this config's hold on the shared pool; the last config
 // to let go closes it. It copes with a Provision that failed half-way.
 func (a *App) Cleanup() error {
+	if a.holdsMetrics {
+		metricsPool.Delete(metricsKey)
+	}
 	if a.pool != nil {
 		_, err := pools.Delete(a.poolKey)
 		return err

@@ -63,7 +63,8 @@ func (a *App) provisionRefresher(repl *caddy.Replacer) error {
 	}
 	a.refresher = &worker.Refresher{
 		DB: a.pool, Accounts: a.accounts, Providers: providers, Logger: a.logger.Named("refresh"), Now: a.now,
-		Policy: worker.Policy{Ahead: time.Duration(a.RefreshAhead), AheadShort: time.Duration(a.RefreshAheadShort)},
+		Policy:  worker.Policy{Ahead: time.Duration(a.RefreshAhead), AheadShort: time.Duration(a.RefreshAheadShort)},
+		Observe: a.metrics.Refresh,
 	}
 	return nil
 }
@@ -111,6 +112,7 @@ func (a *App) startBackground() {
 			Backoff: vault.Backoff{MaxAttempts: a.RefreshMaxAttempts}, Ready: a.Available,
 		},
 		CleanupInterval: time.Duration(a.CleanupInterval),
+		OnCleanup:       a.metrics.StatesCleaned,
 	}
 	a.loops.Start()
 }

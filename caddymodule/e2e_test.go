@@ -46,7 +46,8 @@ type harness struct {
 	t        *testing.T
 	db       string
 	origin   string // Caddy's site, what browsers see
-	internal string // the internal site with the token API, if any
+	internal   string // the internal site with the token API, if any
+	metricsURL string // Caddy's Prometheus endpoint, if any
 	sandbox  *sandbox.Server
 	sbURL    string
 	upstream *httptest.Server
@@ -81,6 +82,8 @@ type harnessOptions struct {
 	globalOptions string
 	// tokenAPI adds an internal site with credgate_tokens (h.internal).
 	tokenAPI string
+	// metrics adds a site serving Caddy's metrics (h.metricsURL).
+	metrics bool
 }
 
 func newHarness(t *testing.T, opt harnessOptions) *harness {
@@ -94,6 +97,9 @@ func newHarness(t *testing.T, opt harnessOptions) *harness {
 	h.origin = fmt.Sprintf("http://127.0.0.1:%d", port)
 	if opt.tokenAPI != "" {
 		h.internal = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	}
+	if opt.metrics {
+		h.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", freePort(t))
 	}
 	h.sandbox = sandbox.New(sandbox.Config{AutoApprove: true, Apps: sandbox.DefaultApps(h.origin)})
 	sb := httptest.NewServer(h.sandbox)
@@ -142,8 +148,11 @@ func (h *harness) caddyfile(extraSite string) string {
 		flagsLine = "flagd " + h.opt.flagsFile
 	}
 	internalSite := ""
+	if h.metricsURL != "" {
+		internalSite += fmt.Sprintf("\n%s {\n\tmetrics /metrics\n}\n", strings.TrimSuffix(h.metricsURL, "/metrics"))
+	}
 	if h.internal != "" {
-		internalSite = fmt.Sprintf("\n%s {\n\tcredgate_tokens {\n\t\t%s\n\t}\n\trespond \"internal: not found\" 404\n}\n", h.internal, h.opt.tokenAPI)
+		internalSite += fmt.Sprintf("\n%s {\n\tcredgate_tokens {\n\t\t%s\n\t}\n\trespond \"internal: not found\" 404\n}\n", h.internal, h.opt.tokenAPI)
 	}
 	return fmt.Sprintf(`{
 	admin off

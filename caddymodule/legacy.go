@@ -9,6 +9,7 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/telemetry"
 )
 
 // legacyCallback handles the app's own callback URL, which the platforms
@@ -33,7 +34,19 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 	if status == 0 {
 		status = http.StatusOK
 	}
-	h.app.rollout.Outcomes().Record(flags.ArmLegacy, p.Name(), err == nil && status < 400)
+	ok := err == nil && status < 400
+	h.app.rollout.Outcomes().Record(flags.ArmLegacy, p.Name(), ok)
+	// The app's failure as a closed-set code: its status class.
+	code := ""
+	switch {
+	case err != nil:
+		code = "app_error"
+	case status >= 500:
+		code = "http_5xx"
+	case status >= 400:
+		code = "http_4xx"
+	}
+	h.app.metrics.Connection(p.Name(), telemetry.FlowLegacy, ok, code, 0)
 	return err
 }
 
@@ -49,6 +62,7 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 			return next.ServeHTTP(w, r)
 		}
 		d := h.app.rollout.Decide(r.Context(), user, p.Name())
+		h.app.metrics.Decision(p.Name(), string(d.Arm), string(d.Reason))
 		if d.Arm != flags.ArmNew {
 			return next.ServeHTTP(w, r)
 		}

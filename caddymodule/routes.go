@@ -15,6 +15,7 @@ import (
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
 )
@@ -228,6 +229,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 			Status: vault.Failed, Flow: "new", ErrorCode: code, Details: details}); err != nil {
 			h.logger.Error("writing audit row", errField(err))
 		}
+		h.app.metrics.Connection(platform, telemetry.FlowNew, false, code, 0)
 		writeError(w, http.StatusBadRequest, code, message)
 	}
 	if !h.app.keys.RecognizeState(rawState) {
@@ -270,6 +272,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	outcome := h.app.rollout.Outcomes()
 	fail := func(code oauth.Code) {
 		outcome.Record(flags.ArmNew, platform, false)
+		h.app.metrics.Connection(platform, telemetry.FlowNew, false, string(code), time.Since(st.CreatedAt))
 		// A fresh budget: the exchange may have used up the request's.
 		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
 		defer acancel()
@@ -316,10 +319,12 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	if err != nil {
 		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
 		outcome.Record(flags.ArmNew, platform, false)
+		h.app.metrics.Connection(platform, telemetry.FlowNew, false, "storage_unavailable", time.Since(st.CreatedAt))
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
 		return
 	}
 	outcome.Record(flags.ArmNew, platform, true)
+	h.app.metrics.Connection(platform, telemetry.FlowNew, true, "", time.Since(st.CreatedAt))
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
 }
 
@@ -564,6 +569,7 @@ func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	deleted := res.States
+	h.app.metrics.StatesCleaned(deleted)
 	h.logger.Info("cleaned up expired oauth states", zap.Int64("deleted", deleted))
 	writeJSON(w, http.StatusOK, map[string]any{"deleted": deleted})
 }

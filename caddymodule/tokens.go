@@ -16,6 +16,7 @@ import (
 
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
 )
@@ -164,6 +165,11 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 			Action: vault.ActionTokenRead, Status: status, ErrorCode: code, Details: details}); aerr != nil {
 			t.logger.Error("writing audit row", errField(aerr))
 		}
+		outcome := code
+		if status == vault.Success {
+			outcome = telemetry.Success
+		}
+		t.app.metrics.TokenRead(platform, outcome)
 	}
 	switch {
 	case err == nil:

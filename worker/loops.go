@@ -22,6 +22,9 @@ type Loops struct {
 	CleanupInterval time.Duration
 	// RollupInterval is how often finished days are rolled up. Default 1h.
 	RollupInterval time.Duration
+	// OnCleanup, if set, sees how many expired states each cleanup
+	// deleted.
+	OnCleanup func(deleted int64)
 
 	cancel     context.CancelFunc
 	cancelJobs context.CancelFunc
@@ -55,6 +58,9 @@ func (l *Loops) Start() {
 	})
 	l.every(ctx, "cleanup", l.CleanupInterval, &l.last.cleanup, func(ctx context.Context) error {
 		res, err := Cleanup(ctx, r.DB, r.now(), "schedule", false)
+		if l.OnCleanup != nil && err == nil {
+			l.OnCleanup(res.States)
+		}
 		if res.States > 0 || res.Jobs > 0 {
 			r.logger().Info("cleaned up", zap.Int64("expired_states", res.States), zap.Int64("finished_jobs", res.Jobs))
 		}

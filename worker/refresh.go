@@ -39,6 +39,9 @@ type Refresher struct {
 	Logger *zap.Logger
 	// ProviderTimeout bounds one renewal at the platform. Default 30s.
 	ProviderTimeout time.Duration
+	// Observe, if set, sees the outcome of every renewal attempt that
+	// reached the platform: "success", "failure" or "needs_reauth".
+	Observe func(platform, outcome string)
 
 	flight singleflight.Group
 }
@@ -121,6 +124,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 				vault.RefreshQueue{}.QueueSchedule(b, na.ID, na.Version, at)
 			}
 		})
+		r.observe(a.Platform, rerr)
 		switch {
 		case rerr == nil:
 			out = Token{Account: na, Credentials: nc, Refreshed: true}
@@ -173,6 +177,21 @@ func (r *Refresher) providerTimeout() time.Duration {
 		return 30 * time.Second
 	}
 	return r.ProviderTimeout
+}
+
+// observe reports a renewal attempt's outcome to Observe.
+func (r *Refresher) observe(platform string, err error) {
+	if r.Observe == nil || (err != nil && !fromPlatform(err)) {
+		return
+	}
+	switch {
+	case err == nil:
+		r.Observe(platform, "success")
+	case needsUser(err):
+		r.Observe(platform, "needs_reauth")
+	default:
+		r.Observe(platform, "failure")
+	}
 }
 
 // fromPlatform reports whether err came from the platform (so the

@@ -235,6 +235,7 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 			q.QueueComplete(b, j, w.Name)
 		}
 	})
+	r.observe(a.Platform, rerr)
 	switch {
 	case rerr == nil:
 		return ResultRefreshed, nil
