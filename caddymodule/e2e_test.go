@@ -43,17 +43,17 @@ type upstreamRequest struct {
 // the credgate handler in front of a stub app, the sandbox on real HTTP,
 // and a database of its own.
 type harness struct {
-	t        *testing.T
-	db       string
-	origin   string // Caddy's site, what browsers see
+	t          *testing.T
+	db         string
+	origin     string // Caddy's site, what browsers see
 	internal   string // the internal site with the token API, if any
 	metricsURL string // Caddy's Prometheus endpoint, if any
-	sandbox  *sandbox.Server
-	sbURL    string
-	upstream *httptest.Server
-	mu       sync.Mutex
-	seen     []upstreamRequest
-	keys     *vault.Keyring
+	sandbox    *sandbox.Server
+	sbURL      string
+	upstream   *httptest.Server
+	mu         sync.Mutex
+	seen       []upstreamRequest
+	keys       *vault.Keyring
 
 	opt              harnessOptions
 	retryTransport   bool
