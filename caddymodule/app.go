@@ -127,8 +127,10 @@ type App struct {
 	refresher *worker.Refresher
 	loops     *worker.Loops
 	metrics   *telemetry.Metrics
-	// holdsMetrics is true once this config took the shared metrics.
-	holdsMetrics bool
+	tracing   *telemetry.Tracing
+	// holdsMetrics and holdsTracing are true once this config took the
+	// shared metrics and tracer provider.
+	holdsMetrics, holdsTracing bool
 
 	run *appRun
 }
@@ -144,6 +146,8 @@ type appRun struct {
 	// clock, when set, replaces time.Now as credgate's clock (tests that
 	// move a sandbox's clock forward share it with credgate).
 	clock atomic.Pointer[func() time.Time]
+	// tracing, when set, replaces the shared tracer provider (tests).
+	tracing atomic.Pointer[telemetry.Tracing]
 }
 
 // ProviderConfig is one platform's app registration.
@@ -263,6 +267,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionMetrics(ctx); err != nil {
 		return fmt.Errorf("credgate: metrics: %w", err)
 	}
+	if err := a.provisionTracing(); err != nil {
+		return fmt.Errorf("credgate: tracing: %w", err)
+	}
 	return a.provisionRefresher(repl)
 }
 
@@ -355,6 +362,9 @@ func (a *App) Stop() error {
 func (a *App) Cleanup() error {
 	if a.holdsMetrics {
 		metricsPool.Delete(metricsKey)
+	}
+	if a.holdsTracing {
+		tracingPool.Delete(tracingKey)
 	}
 	if a.pool != nil {
 		_, err := pools.Delete(a.poolKey)

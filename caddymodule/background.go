@@ -64,7 +64,7 @@ func (a *App) provisionRefresher(repl *caddy.Replacer) error {
 	a.refresher = &worker.Refresher{
 		DB: a.pool, Accounts: a.accounts, Providers: providers, Logger: a.logger.Named("refresh"), Now: a.now,
 		Policy:  worker.Policy{Ahead: time.Duration(a.RefreshAhead), AheadShort: time.Duration(a.RefreshAheadShort)},
-		Observe: a.metrics.Refresh,
+		Observe: a.metrics.Refresh, Tracer: a.tracer(),
 	}
 	return nil
 }
@@ -83,6 +83,7 @@ func (a *App) buildProvider(name string, pc *ProviderConfig, repl *caddy.Replace
 		Timeout:      time.Duration(pc.Timeout),
 		Generic:      oauth.GenericSettings{UserinfoURL: pc.UserinfoURL, RevokeURL: pc.RevokeURL},
 		Now:          a.now,
+		Tracer:       a.tracer(),
 	}
 	if cfg.RedirectURL == "" {
 		cfg.RedirectURL = defaultRedirect

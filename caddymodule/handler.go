@@ -12,6 +12,7 @@ import (
 
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/telemetry"
 )
 
 func init() {
@@ -192,10 +193,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.legacyStart(w, r, next, p)
 	}
 	if route := h.route(r.Method, path); route != nil {
-		route(w, r)
+		name, platform, flow := routeSpan(path)
+		h.app.traced(w, r, name, spanAttrs(platform, flow), route)
 		return nil
 	}
 	return next.ServeHTTP(w, r)
+}
+
+// routeSpan names the span of a credgate route, with the platform and
+// flow its path names (closed sets: the path was routed).
+func routeSpan(path string) (name, platform, flow string) {
+	if rest, ok := strings.CutPrefix(path, "/api/auth/oauth/"); ok {
+		platform, tail, _ := strings.Cut(rest, "/")
+		if tail == "callback" {
+			return "credgate.oauth.callback", platform, telemetry.FlowNew
+		}
+		return "credgate.oauth.start", platform, telemetry.FlowNew
+	}
+	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
+		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok {
+			return "credgate.disconnect", platform, ""
+		}
+	}
+	return "credgate.api", "", ""
 }
 
 // adminAllowed checks "Authorization: Bearer <admin token>" in constant

@@ -5,6 +5,7 @@ import (
 	"net/url"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
@@ -21,15 +22,19 @@ import (
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
-		h.finish(w, r, p, state)
+		h.app.traced(w, r, "credgate.oauth.callback", spanAttrs(p.Name(), telemetry.FlowNew), func(w http.ResponseWriter, r *http.Request) {
+			h.finish(w, r, p, state)
+		})
 		return nil
 	}
 	if h.legacyOff {
 		writeError(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")
 		return nil
 	}
+	// The legacy arm as credgate observes it: the app's answer, streamed.
+	ctx, span := h.app.tracer().Start(r.Context(), "credgate.legacy.callback", spanAttrs(p.Name(), telemetry.FlowLegacy)...)
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
-	err := next.ServeHTTP(rec, r)
+	err := next.ServeHTTP(rec, r.WithContext(ctx))
 	status := rec.Status()
 	if status == 0 {
 		status = http.StatusOK
@@ -47,6 +52,7 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 		code = "http_4xx"
 	}
 	h.app.metrics.Connection(p.Name(), telemetry.FlowLegacy, ok, code, 0)
+	telemetry.End(span, code)
 	return err
 }
 
@@ -63,6 +69,10 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 		}
 		d := h.app.rollout.Decide(r.Context(), user, p.Name())
 		h.app.metrics.Decision(p.Name(), string(d.Arm), string(d.Reason))
+		_, span := h.app.tracer().Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
+			telemetry.AttrPlatform.String(p.Name()), telemetry.AttrFlow.String(string(d.Arm)),
+			telemetry.AttrRolloutReason.String(string(d.Reason))))
+		span.End()
 		if d.Arm != flags.ArmNew {
 			return next.ServeHTTP(w, r)
 		}

@@ -31,6 +31,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, message string) {
+	noteCode(w, code)
 	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: message}})
 }
 
@@ -83,6 +84,9 @@ func redirectWith(w http.ResponseWriter, r *http.Request, returnTo string, param
 	u, err := url.Parse(returnTo)
 	if err != nil || returnTo == "" {
 		u = &url.URL{Path: "/"}
+	}
+	if code := params.Get("oauth_error"); code != "" {
+		noteCode(w, code)
 	}
 	q := u.Query()
 	for k, v := range params {

@@ -298,6 +298,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 
 	storeCtx, storeCancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer storeCancel()
+	storeCtx, storeSpan := h.app.tracer().Start(storeCtx, "credgate.vault.store", spanAttrs(platform, st.Flow)...)
 	err = vault.InTx(storeCtx, h.app.pool, func(tx pgx.Tx) error {
 		creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
 			Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
@@ -316,6 +317,11 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 			Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
 			Details: map[string]any{"account_id": acct.ID, "scopes": len(tok.Scopes)}})
 	})
+	storeCode := ""
+	if err != nil {
+		storeCode = "storage_unavailable"
+	}
+	telemetry.End(storeSpan, storeCode)
 	if err != nil {
 		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
 		outcome.Record(flags.ArmNew, platform, false)

@@ -138,7 +138,9 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return nil
 	}
-	t.serveToken(w, r, user, platform)
+	t.app.traced(w, r, "credgate.token.read", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
+		t.serveToken(w, r, user, platform)
+	})
 	return nil
 }
 

@@ -15,6 +15,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 
 	"github.com/credgate/credgate/secret"
@@ -141,6 +144,9 @@ type Config struct {
 	Now func() time.Time
 	// Generic configures the generic profile; ignored by the others.
 	Generic GenericSettings
+	// Tracer, if set, traces the code exchange and the profile lookup
+	// (credgate.oauth.exchange, credgate.oauth.profile).
+	Tracer trace.Tracer
 }
 
 // GenericSettings configure the "generic" profile for any standard OAuth
@@ -332,24 +338,14 @@ func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value, op
 	if p.profile.PKCE == PKCERequired && verifier.IsZero() {
 		return TokenSet{}, newError(p.profile.Name, "exchange", CodeInvalidRequest, 0, "no PKCE verifier for a platform that requires PKCE")
 	}
-	ctx = p.context(ctx, "exchange")
-	var t TokenSet
-	var err error
-	if p.profile.exchange != nil {
-		t, err = p.profile.exchange(ctx, p, raw, verifier, o.redirectURL)
-	} else {
-		t, err = p.standardExchange(ctx, raw, verifier, o.redirectURL)
-	}
+	t, err := p.exchange(ctx, raw, verifier, o.redirectURL)
 	if err != nil {
-		return TokenSet{}, p.asError("exchange", err)
-	}
-	if p.profile.afterExchange != nil {
-		if t, err = p.profile.afterExchange(p.context(ctx, "long_lived_exchange"), p, t); err != nil {
-			return TokenSet{}, p.asError("long_lived_exchange", err)
-		}
+		return TokenSet{}, err
 	}
 	if p.profile.identify != nil {
-		id, err := p.Identify(ctx, t.AccessToken)
+		pctx, span := p.startSpan(ctx, "credgate.oauth.profile")
+		id, err := p.Identify(pctx, t.AccessToken)
+		endSpan(span, err)
 		if err != nil {
 			return TokenSet{}, err
 		}
@@ -359,6 +355,49 @@ func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value, op
 		t.PlatformUserID, t.Username = id.ID, id.Username
 	}
 	return t, nil
+}
+
+// exchange redeems the code and applies the long-lived exchange, in one
+// credgate.oauth.exchange span.
+func (p *Provider) exchange(ctx context.Context, code string, verifier secret.Value, redirectURL string) (t TokenSet, err error) {
+	ctx, span := p.startSpan(ctx, "credgate.oauth.exchange")
+	defer func() { endSpan(span, err) }()
+	ctx = p.context(ctx, "exchange")
+	if p.profile.exchange != nil {
+		t, err = p.profile.exchange(ctx, p, code, verifier, redirectURL)
+	} else {
+		t, err = p.standardExchange(ctx, code, verifier, redirectURL)
+	}
+	if err != nil {
+		return TokenSet{}, p.asError("exchange", err)
+	}
+	if p.profile.afterExchange != nil {
+		if t, err = p.profile.afterExchange(p.context(ctx, "long_lived_exchange"), p, t); err != nil {
+			return TokenSet{}, p.asError("long_lived_exchange", err)
+		}
+	}
+	return t, nil
+}
+
+// startSpan starts a child span when a tracer is configured.
+func (p *Provider) startSpan(ctx context.Context, name string) (context.Context, trace.Span) {
+	if p.cfg.Tracer == nil {
+		return ctx, trace.SpanFromContext(context.Background()) // a no-op span
+	}
+	return p.cfg.Tracer.Start(ctx, name, trace.WithAttributes(attribute.String("credgate.platform", p.profile.Name)))
+}
+
+// endSpan ends span with the stable code of err as error.type: never a
+// message, which could echo the platform's answer.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		code := string(CodeOf(err))
+		span.SetAttributes(attribute.String("credgate.outcome", "failure"), attribute.String("error.type", code))
+		span.SetStatus(codes.Error, code)
+	} else {
+		span.SetAttributes(attribute.String("credgate.outcome", "success"))
+	}
+	span.End()
 }
 
 // Refresh renews a token set by the platform's strategy. A platform or

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Action is what an audit row records.
@@ -84,12 +85,24 @@ func (e Event) args() []any {
 // Append writes one event. Run it on the same transaction as the change it
 // records, so both commit or neither does.
 func (Audit) Append(ctx context.Context, db DB, e Event) error {
+	if e.TraceID == "" {
+		e.TraceID = TraceID(ctx)
+	}
 	_, err := db.Exec(ctx, `INSERT INTO credential_audit_log `+auditColumns+` VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		e.args()...)
 	if err != nil {
 		return fmt.Errorf("writing audit event %s: %w", e.Action, err)
 	}
 	return nil
+}
+
+// TraceID is the id of the trace ctx belongs to ("" outside one), so an
+// audit row leads straight to its trace.
+func TraceID(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		return sc.TraceID().String()
+	}
+	return ""
 }
 
 func nullString(s string) *string {

@@ -3,11 +3,14 @@ package worker
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/telemetry"
 )
 
 // Loops are the background loops of one credgate instance: the refresh
@@ -101,7 +104,14 @@ func (l *Loops) every(ctx context.Context, name string, interval time.Duration, 
 				}()
 				rctx, cancel := context.WithTimeout(ctx, max(interval, time.Minute))
 				defer cancel()
-				if err := fn(rctx); err != nil {
+				rctx, span := l.Workers.Refresher.tracer().Start(rctx, "credgate.loop."+strings.ReplaceAll(name, " ", "_"))
+				err := fn(rctx)
+				code := ""
+				if err != nil {
+					code = "loop_failed"
+				}
+				telemetry.End(span, code)
+				if err != nil {
 					if ctx.Err() == nil {
 						log.Warn("background loop failed; it runs again next interval", zap.String("loop", name), zap.Error(err))
 					}

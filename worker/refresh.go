@@ -7,10 +7,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -42,6 +46,8 @@ type Refresher struct {
 	// Observe, if set, sees the outcome of every renewal attempt that
 	// reached the platform: "success", "failure" or "needs_reauth".
 	Observe func(platform, outcome string)
+	// Tracer, if set, traces each renewal (credgate.refresh) and loop run.
+	Tracer trace.Tracer
 
 	flight singleflight.Group
 }
@@ -51,6 +57,13 @@ func (r *Refresher) now() time.Time {
 		return time.Now()
 	}
 	return r.Now()
+}
+
+func (r *Refresher) tracer() trace.Tracer {
+	if r.Tracer == nil {
+		return noop.NewTracerProvider().Tracer(telemetry.ScopeName)
+	}
+	return r.Tracer
 }
 
 func (r *Refresher) logger() *zap.Logger {
@@ -242,6 +255,10 @@ func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credenti
 func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provider, locked vault.Renewable,
 	trigger string, attempt int, next func(b *pgx.Batch, na vault.Account, nc vault.Credentials)) (vault.Account, vault.Credentials, error) {
 	a, c := locked.Account, locked.Credentials
+	ctx, span := r.tracer().Start(ctx, "credgate.refresh", trace.WithAttributes(
+		telemetry.AttrPlatform.String(a.Platform), attribute.String("credgate.trigger", trigger)))
+	var spanCode string
+	defer func() { telemetry.End(span, spanCode) }()
 	pctx, cancel := context.WithTimeout(ctx, r.providerTimeout())
 	defer cancel()
 	start := time.Now()
@@ -258,6 +275,7 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		}
 		// The audit row for a failure is the caller's: it knows whether
 		// the account now needs the user or the job will retry.
+		spanCode = errorCode(err)
 		return a, c, err
 	}
 	nc := vault.Credentials{AccessToken: out.AccessToken, RefreshToken: out.RefreshToken, TokenType: out.TokenType,
@@ -275,7 +293,7 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 	err = r.Accounts.QueueCompareAndSwapAudited(b, a, a.Version,
 		vault.Refreshed{Credentials: nc, Scopes: out.Scopes, WritePlaintext: locked.AppReadsPlaintext},
 		vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh, Status: vault.Success,
-			Duration: time.Since(start), Details: details}, &na)
+			Duration: time.Since(start), Details: details, TraceID: vault.TraceID(ctx)}, &na)
 	if err != nil {
 		return a, c, err
 	}
@@ -289,6 +307,7 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		next(b, swapped, nc)
 	}
 	if err := tx.SendBatch(txCtx, b).Close(); err != nil && !errors.Is(err, vault.ErrLeaseLost) {
+		spanCode = "storage_unavailable"
 		return a, c, fmt.Errorf("storing renewed token: %w", err)
 	}
 	return na, nc, nil
