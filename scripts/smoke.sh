@@ -81,9 +81,9 @@ check "sandbox stats count the codes" \
 
 # The README walkthrough: examples/sandbox.Caddyfile on the built binary,
 # one connect per platform with curl (examples/connect.sh). Uses the
-# example's fixed ports (8080, 8081, 3000, 9090): Caddy binds with
+# example's fixed ports (8080, 8081, 3000, 9090, 9180): Caddy binds with
 # SO_REUSEPORT, so a second server on one of them would silently share it.
-for port in 8080 8081 3000 9090; do
+for port in 8080 8081 3000 9090 9180; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "smoke: port $port is in use (a running \`make demo\`?); stop it and run again" >&2
     exit 1
@@ -103,6 +103,8 @@ done
 check "the token API is not on the public origin" \
   bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer development-service-token-do-not-use' \
            http://localhost:8080/api/internal/credentials/11111111-1111-4111-8111-111111111111/twitter/token) = 404"
+check "/metrics counts the four new-flow connections" \
+  bash -c "curl -s http://127.0.0.1:9180/metrics | grep -E '^credgate_connections_total\\{' | grep 'flow=\"new\"' | grep 'outcome=\"success\"' | awk '{s+=\$2} END {exit !(s==4)}'"
 check "report shows the four connections" \
   bash -c "'$CADDY_BIN' credgate report --database-url '$demo_url' | grep -Eq '^connect +success +4$'"
 check "verify passes on the demo database" \
