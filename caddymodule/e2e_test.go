@@ -84,6 +84,8 @@ type harnessOptions struct {
 	tokenAPI string
 	// metrics adds a site serving Caddy's metrics (h.metricsURL).
 	metrics bool
+	// caddyGlobals are more global options (outside credgate's block).
+	caddyGlobals string
 }
 
 func newHarness(t *testing.T, opt harnessOptions) *harness {
@@ -156,6 +158,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	}
 	return fmt.Sprintf(`{
 	admin off
+	`+h.opt.caddyGlobals+`
 	credgate {
 		database_url %s
 		master_key %s

@@ -195,6 +195,13 @@ func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
 	if c, bound := dbConns(), int(app.(*App).pool.Config().MaxConns); c > bound {
 		t.Errorf("database connections: %d after 50 reloads, %d before; one shared pool holds at most %d", c, baseConns, bound)
 	}
+	// One tracer provider (and metrics set) for the process, whatever
+	// the number of reloads: held once, by the config now running.
+	for name, pool := range map[string]*caddy.UsagePool{tracingKey: tracingPool, metricsKey: metricsPool} {
+		if refs, ok := pool.References(name); !ok || refs != 1 {
+			t.Errorf("%s held %d times after 50 reloads, want once", name, refs)
+		}
+	}
 	t.Logf("50 reloads with %d flows in flight; goroutines %d → %d; db connections %d → %d; %d connection-level retries",
 		workers*flowsEach, baseGoroutines, runtime.NumGoroutine(), baseConns, dbConns(), h.transportRetries.Load())
 }
