@@ -24,7 +24,7 @@ import (
 type otlpReceiver struct {
 	mu    sync.Mutex
 	spans map[string][]map[string]string // span name → each one's string attributes
-	raw   bytes.Buffer                 // every request body, decoded
+	raw   bytes.Buffer                   // every request body, decoded
 }
 
 func (o *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
