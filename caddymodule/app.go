@@ -127,7 +127,7 @@ type App struct {
 	refresher *worker.Refresher
 	loops     *worker.Loops
 	metrics   *telemetry.Metrics
-	tracing   *telemetry.Tracing
+	tracing   *telemetry.Export
 	// holdsMetrics and holdsTracing are true once this config took the
 	// shared metrics and tracer provider.
 	holdsMetrics, holdsTracing bool
@@ -147,7 +147,7 @@ type appRun struct {
 	// move a sandbox's clock forward share it with credgate).
 	clock atomic.Pointer[func() time.Time]
 	// tracing, when set, replaces the shared tracer provider (tests).
-	tracing atomic.Pointer[telemetry.Tracing]
+	tracing atomic.Pointer[telemetry.Export]
 }
 
 // ProviderConfig is one platform's app registration.

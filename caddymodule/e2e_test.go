@@ -86,6 +86,8 @@ type harnessOptions struct {
 	metrics bool
 	// caddyGlobals are more global options (outside credgate's block).
 	caddyGlobals string
+	// siteDirectives go in the public site before credgate (tracing …).
+	siteDirectives string
 }
 
 func newHarness(t *testing.T, opt harnessOptions) *harness {
@@ -168,6 +170,7 @@ func (h *harness) caddyfile(extraSite string) string {
 }
 `+internalSite+`
 %s {
+	`+h.opt.siteDirectives+`
 	credgate {
 		public_origin %s
 		identity {

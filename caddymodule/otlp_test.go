@@ -15,16 +15,20 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/credgate/credgate/sandbox"
+	colmetrics "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
 )
 
-// otlpReceiver is an OTLP/HTTP trace endpoint that decodes the protobuf
-// it receives, as a collector would.
+// otlpReceiver is an OTLP/HTTP endpoint for traces and metrics that
+// decodes the protobuf it receives, as a collector would.
 type otlpReceiver struct {
-	mu    sync.Mutex
-	spans map[string][]map[string]string // span name → each one's string attributes
-	raw   bytes.Buffer                   // every request body, decoded
+	mu      sync.Mutex
+	spans   map[string][]map[string]string // span name → each one's string attributes
+	names   map[string]string              // span id → span name
+	parents map[string]string              // span id → parent span id
+	metrics map[string]bool                // metric names received
+	raw     bytes.Buffer                   // every request body, decoded
 }
 
 func (o *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -34,6 +38,27 @@ func (o *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			body, _ = io.ReadAll(zr)
 		}
+	}
+	if r.URL.Path == "/v1/metrics" {
+		var req colmetrics.ExportMetricsServiceRequest
+		if err := proto.Unmarshal(body, &req); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		o.mu.Lock()
+		o.raw.Write(body)
+		for _, rm := range req.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					o.metrics[m.Name] = true
+				}
+			}
+		}
+		o.mu.Unlock()
+		out, _ := proto.Marshal(&colmetrics.ExportMetricsServiceResponse{})
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.Write(out)
+		return
 	}
 	if r.URL.Path != "/v1/traces" {
 		w.WriteHeader(http.StatusNotFound)
@@ -55,6 +80,8 @@ func (o *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					attrs[a.Key] = a.Value.GetStringValue()
 				}
 				o.spans[sp.Name] = append(o.spans[sp.Name], attrs)
+				o.names[string(sp.SpanId)] = sp.Name
+				o.parents[string(sp.SpanId)] = string(sp.ParentSpanId)
 			}
 		}
 	}
@@ -68,19 +95,22 @@ func (o *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // read and a disconnect, no span, metric or log line carries a token, a
 // code, a verifier, the master key, a client secret or the service token.
 func TestSpansArriveOverOTLPAndNothingLeaksASecret(t *testing.T) {
-	recv := &otlpReceiver{spans: map[string][]map[string]string{}}
+	recv := &otlpReceiver{spans: map[string][]map[string]string{}, names: map[string]string{},
+		parents: map[string]string{}, metrics: map[string]bool{}}
 	srv := httptest.NewServer(recv)
 	defer srv.Close()
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL)
 	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	// Secrets go in as placeholders, as the README says: Caddy logs the
 	// config as written at debug level. (The harness's admin token is a
 	// literal, so it is not among the secrets checked below.)
 	t.Setenv("CREDGATE_TEST_SERVICE_TOKEN", serviceToken)
 	h := newHarness(t, harnessOptions{tokenAPI: "service_token {env.CREDGATE_TEST_SERVICE_TOKEN}", metrics: true,
-		caddyGlobals: "log {\n\t\toutput file " + logFile + "\n\t\tlevel DEBUG\n\t}"})
+		caddyGlobals:   "log {\n\t\toutput file " + logFile + "\n\t\tlevel DEBUG\n\t}",
+		siteDirectives: "tracing {\n\t\tspan caddy.request\n\t}"})
 
 	// Every secret the flows below handle, as the sandbox and credgate see them.
 	providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
@@ -124,6 +154,23 @@ func TestSpansArriveOverOTLPAndNothingLeaksASecret(t *testing.T) {
 		if spans[name] == nil {
 			t.Errorf("span %s did not arrive over OTLP", name)
 		}
+	}
+	// Caddy's tracing directive started the request span; credgate's
+	// route spans are its children.
+	recv.mu.Lock()
+	var orphans []string
+	for id, name := range recv.names {
+		if name == "credgate.oauth.start" && recv.names[recv.parents[id]] != "caddy.request" {
+			orphans = append(orphans, name)
+		}
+	}
+	gotMetrics := recv.metrics["credgate_connections_total"] || recv.metrics["credgate_connections"]
+	recv.mu.Unlock()
+	if len(orphans) > 0 {
+		t.Errorf("%v are not children of Caddy's request span", orphans)
+	}
+	if !gotMetrics {
+		t.Errorf("credgate_connections_total did not arrive over OTLP")
 	}
 	outcomes := map[string]bool{}
 	for _, a := range spans["credgate.oauth.callback"] {

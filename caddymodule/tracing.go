@@ -19,7 +19,7 @@ const tracingKey = "credgate.tracing"
 
 var tracingPool = caddy.NewUsagePool()
 
-type sharedTracing struct{ *telemetry.Tracing }
+type sharedTracing struct{ *telemetry.Export }
 
 func (t sharedTracing) Destruct() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -31,13 +31,13 @@ func (t sharedTracing) Destruct() error {
 // variables the first time.
 func (a *App) provisionTracing() error {
 	t, _, err := tracingPool.LoadOrNew(tracingKey, func() (caddy.Destructor, error) {
-		tr, err := telemetry.TracingFromEnv(context.Background())
+		tr, err := telemetry.ExportFromEnv(context.Background(), a.metrics)
 		return sharedTracing{tr}, err
 	})
 	if err != nil {
 		return err
 	}
-	a.tracing = t.(sharedTracing).Tracing
+	a.tracing = t.(sharedTracing).Export
 	a.holdsTracing = true
 	return nil
 }
@@ -60,7 +60,7 @@ func (t appTracer) Start(ctx context.Context, name string, opts ...trace.SpanSta
 }
 
 // setTracing replaces the provider; for tests with an in-memory exporter.
-func (a *App) setTracing(t *telemetry.Tracing) { a.run.tracing.Store(t) }
+func (a *App) setTracing(t *telemetry.Export) { a.run.tracing.Store(t) }
 
 // spanWriter remembers the stable error code a credgate response
 // carried (writeError, or an oauth_error redirect), for its route's span.

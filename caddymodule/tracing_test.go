@@ -19,7 +19,7 @@ import (
 func tracedHarness(t *testing.T, opt harnessOptions) (*harness, *tracetest.InMemoryExporter) {
 	h := newHarness(t, opt)
 	exp := tracetest.NewInMemoryExporter()
-	currentApp(t).setTracing(telemetry.NewTracing(sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))))
+	currentApp(t).setTracing(telemetry.NewExport(sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))))
 	return h, exp
 }
 

@@ -20,6 +20,10 @@ import (
 
 // Metrics are credgate's counters and histograms.
 type Metrics struct {
+	// registry holds the collectors for the OTLP export, which reads
+	// them through the Prometheus bridge.
+	registry *prometheus.Registry
+
 	connections        *prometheus.CounterVec
 	connectionDuration *prometheus.HistogramVec
 	refreshes          *prometheus.CounterVec
@@ -40,9 +44,10 @@ const (
 	Failure = "failure"
 )
 
-// New returns unregistered metrics.
+// New returns the metrics, registered only with their own registry (for
+// the OTLP export): register Collectors with Caddy's as well.
 func New() *Metrics {
-	return &Metrics{
+	m := &Metrics{
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credgate_connections_total",
 			Help: "Finished OAuth connections by platform, arm (new/legacy), outcome and stable error code.",
@@ -70,6 +75,9 @@ func New() *Metrics {
 			Help: "Rollout decisions at the app's connect route by platform, arm and reason.",
 		}, []string{"platform", "arm", "reason"}),
 	}
+	m.registry = prometheus.NewRegistry()
+	m.registry.MustRegister(m.Collectors()...)
+	return m
 }
 
 // Collectors are what to register with a Prometheus registry.
