@@ -43,7 +43,7 @@ type upstreamRequest struct {
 // the credgate handler in front of a stub app, the sandbox on real HTTP,
 // and a database of its own.
 type harness struct {
-	t          *testing.T
+	t          testing.TB
 	db         string
 	origin     string // Caddy's site, what browsers see
 	internal   string // the internal site with the token API, if any
@@ -60,7 +60,7 @@ type harness struct {
 	transportRetries atomic.Int64
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ type harnessOptions struct {
 	siteDirectives string
 }
 
-func newHarness(t *testing.T, opt harnessOptions) *harness {
+func newHarness(t testing.TB, opt harnessOptions) *harness {
 	t.Helper()
 	h := &harness{t: t}
 	h.db = opt.databaseURL
@@ -215,7 +215,7 @@ func (h *harness) load(extraSite string) {
 	app.(*App).setClock(h.sandbox.Clock().Now)
 }
 
-func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+func waitUntil(t testing.TB, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {

@@ -181,11 +181,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // ServeHTTP routes credgate's paths and passes the rest on untouched.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	path := r.URL.Path
 	// The cheap test first: pass-through traffic pays one prefix check.
-	if !strings.HasPrefix(path, "/api/") && !h.legacyOutsideAPI {
+	// Everything else lives in serveOwn, so that this frame stays small.
+	if !strings.HasPrefix(r.URL.Path, "/api/") && !h.legacyOutsideAPI {
 		return next.ServeHTTP(w, r)
 	}
+	return h.serveOwn(w, r, next)
+}
+
+// serveOwn serves the paths credgate may own: the legacy routes it
+// watches and its own routes; any other /api/ path passes on.
+func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	path := r.URL.Path
 	if p, ok := h.legacyCallbacks[path]; ok {
 		return h.legacyCallback(w, r, next, p)
 	}
