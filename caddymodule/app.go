@@ -128,9 +128,9 @@ type App struct {
 	loops     *worker.Loops
 	metrics   *telemetry.Metrics
 	tracing   *telemetry.Export
-	// holdsMetrics and holdsTracing are true once this config took the
-	// shared metrics and tracer provider.
-	holdsMetrics, holdsTracing bool
+	// holdsTelemetry is true once this config took the shared metrics
+	// and providers.
+	holdsTelemetry bool
 
 	run *appRun
 }
@@ -264,11 +264,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	a.rollout = flags.NewRollout(provider)
-	if err := a.provisionMetrics(ctx); err != nil {
-		return fmt.Errorf("credgate: metrics: %w", err)
-	}
-	if err := a.provisionTracing(); err != nil {
-		return fmt.Errorf("credgate: tracing: %w", err)
+	if err := a.provisionTelemetry(ctx); err != nil {
+		return fmt.Errorf("credgate: telemetry: %w", err)
 	}
 	return a.provisionRefresher(repl)
 }
@@ -360,11 +357,8 @@ func (a *App) Stop() error {
 // Cleanup releases this config's hold on the shared pool; the last config
 // to let go closes it. It copes with a Provision that failed half-way.
 func (a *App) Cleanup() error {
-	if a.holdsMetrics {
-		metricsPool.Delete(metricsKey)
-	}
-	if a.holdsTracing {
-		tracingPool.Delete(tracingKey)
+	if a.holdsTelemetry {
+		telemetryPool.Delete(telemetryKey)
 	}
 	if a.pool != nil {
 		_, err := pools.Delete(a.poolKey)

@@ -201,6 +201,11 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	if route := h.route(r.Method, path); route != nil {
 		name, platform, flow := routeSpan(path)
+		if _, ok := h.providers[platform]; !ok {
+			// Only a configured platform is a label: the path is the
+			// client's to choose.
+			platform = ""
+		}
 		h.app.traced(w, r, name, spanAttrs(platform, flow), route)
 		return nil
 	}

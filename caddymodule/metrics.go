@@ -14,37 +14,50 @@ import (
 	"github.com/credgate/credgate/vault"
 )
 
-// metricsKey names the process's one telemetry.Metrics in the usage pool:
-// counters must keep counting across config reloads, while each config
-// has a Prometheus registry of its own that they are registered with.
-const metricsKey = "credgate.metrics"
+// telemetryKey names the process's one set of metrics and OTel providers
+// in the usage pool: counters must keep counting across config reloads,
+// and fifty reloads must leave one tracer provider (and exporter) alive,
+// not fifty. Each config still has a Prometheus registry of its own, which
+// the shared collectors are registered with. The last config to let go
+// flushes and shuts the providers down.
+const telemetryKey = "credgate.telemetry"
 
-var metricsPool = caddy.NewUsagePool()
+var telemetryPool = caddy.NewUsagePool()
 
-type sharedMetrics struct{ *telemetry.Metrics }
+type sharedTelemetry struct {
+	metrics *telemetry.Metrics
+	export  *telemetry.Export
+}
 
-func (sharedMetrics) Destruct() error { return nil }
+func (t sharedTelemetry) Destruct() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return t.export.Shutdown(ctx)
+}
 
-// provisionMetrics takes the shared metrics and registers them, and this
-// config's database gauges, with the config's registry (served by Caddy's
-// `metrics` handler and admin endpoint).
-func (a *App) provisionMetrics(ctx caddy.Context) error {
-	m, _, err := metricsPool.LoadOrNew(metricsKey, func() (caddy.Destructor, error) {
-		return sharedMetrics{telemetry.New()}, nil
+// provisionTelemetry takes the shared metrics and providers (built from
+// the OTEL_* variables the first time) and registers the metrics, and
+// this config's database gauges, with the config's registry (served by
+// Caddy's `metrics` handler and admin endpoint).
+func (a *App) provisionTelemetry(ctx caddy.Context) error {
+	shared, _, err := telemetryPool.LoadOrNew(telemetryKey, func() (caddy.Destructor, error) {
+		m := telemetry.New()
+		e, err := telemetry.ExportFromEnv(context.Background(), m)
+		return sharedTelemetry{metrics: m, export: e}, err
 	})
 	if err != nil {
 		return err
 	}
-	a.metrics = m.(sharedMetrics).Metrics
-	a.holdsMetrics = true
+	t := shared.(sharedTelemetry)
+	a.metrics, a.tracing, a.holdsTelemetry = t.metrics, t.export, true
+	a.metrics.Prepare(a.platforms())
 	registry := ctx.GetMetricsRegistry()
 	if registry == nil {
 		return nil
 	}
 	for _, c := range append(a.metrics.Collectors(), &gauges{app: a}) {
-		// Two credgate apps never share a config, but a registry may
-		// already hold the shared collectors (a config provisioned twice):
-		// that is the same collector, which is fine.
+		// A registry may already hold the shared collectors (a config
+		// provisioned twice): that is the same collector, which is fine.
 		if err := registry.Register(c); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
 				return err
@@ -118,16 +131,30 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 	if err != nil {
 		return g.cached
 	}
-	counts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (prometheus.Metric, error) {
+	// Every configured platform × status, zeros included: a series that
+	// appears only at its first non-zero value hides the jump from zero
+	// that an alert wants to see.
+	byKey := map[[2]string]float64{}
+	for _, p := range g.app.platforms() {
+		for _, st := range []vault.Status{vault.StatusConnected, vault.StatusExpiring, vault.StatusNeedsReauth, vault.StatusRevoked, vault.StatusDisconnected} {
+			byKey[[2]string{p, string(st)}] = 0
+		}
+	}
+	_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct{}, error) {
 		var platform, status string
 		var n int64
-		if err := r.Scan(&platform, &status, &n); err != nil {
-			return nil, err
+		err := r.Scan(&platform, &status, &n)
+		if _, known := byKey[[2]string{platform, status}]; known {
+			byKey[[2]string{platform, status}] = float64(n)
 		}
-		return prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, float64(n), platform, status), nil
+		return struct{}{}, err
 	})
 	if err != nil {
 		return g.cached
+	}
+	var counts []prometheus.Metric
+	for k, n := range byKey {
+		counts = append(counts, prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, n, k[0], k[1]))
 	}
 	g.cached, g.at = append(out, counts...), time.Now()
 	return g.cached

@@ -81,6 +81,8 @@ func TestMetricsOnCaddysEndpointForBothArms(t *testing.T) {
 	if code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != http.StatusOK {
 		t.Fatalf("token: %d %s", code, body)
 	}
+	// A reloaded or replayed callback is refused, not a failed connection.
+	h.do("GET", "/api/auth/oauth/twitter/callback?code=x&state="+url.QueryEscape(u.Query().Get("state")), bob, nil)
 
 	body := h.scrape()
 	for _, c := range []struct {
@@ -100,6 +102,9 @@ func TestMetricsOnCaddysEndpointForBothArms(t *testing.T) {
 		{"credgate_accounts", []string{`platform="twitter"`, `status="connected"`}, 1},
 		{"credgate_refresh_queue_jobs", []string{`status="pending"`}, 1},
 		{"credgate_refresh_queue_jobs", []string{`status="dead"`}, 0},
+		// Zeros are series too: an alert must see a jump from zero.
+		{"credgate_accounts", []string{`platform="linkedin"`, `status="needs_reauth"`}, 0},
+		{"credgate_connections_total", []string{`error="invalid_state"`}, -1},
 	} {
 		if got := metricValue(body, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -82,8 +82,11 @@ func TestDashboardAndRulesAgainstARealPrometheus(t *testing.T) {
 		return n > 0
 	})
 	traffic()
-	waitUntil(t, 30*time.Second, func() bool {
-		n, _ := query(`rate(credgate_refresh_total[5m]) > 0 and on() count_over_time(credgate_flag_provider_ready[1m]) > 4`)
+	waitUntil(t, 60*time.Second, func() bool {
+		n, _ := query(`sum(rate(credgate_refresh_total[5m])) > 0
+			and on() sum(rate(credgate_connections_total{flow="new"}[5m])) > 0
+			and on() sum(rate(credgate_connections_total{flow="legacy"}[5m])) > 0
+			and on() count_over_time(credgate_flag_provider_ready[1m]) > 4`)
 		return n > 0
 	})
 

@@ -229,7 +229,6 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 			Status: vault.Failed, Flow: "new", ErrorCode: code, Details: details}); err != nil {
 			h.logger.Error("writing audit row", errField(err))
 		}
-		h.app.metrics.Connection(platform, telemetry.FlowNew, false, code, 0)
 		writeError(w, http.StatusBadRequest, code, message)
 	}
 	if !h.app.keys.RecognizeState(rawState) {

@@ -3,44 +3,12 @@ package caddymodule
 import (
 	"context"
 	"net/http"
-	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
 
 	"github.com/credgate/credgate/telemetry"
 )
-
-// tracingKey names the process's one tracer provider in the usage pool:
-// fifty reloads must leave one provider (and one exporter) alive, not
-// fifty; the last config to let go flushes and shuts it down.
-const tracingKey = "credgate.tracing"
-
-var tracingPool = caddy.NewUsagePool()
-
-type sharedTracing struct{ *telemetry.Export }
-
-func (t sharedTracing) Destruct() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return t.Shutdown(ctx)
-}
-
-// provisionTracing takes the shared provider, built from the OTEL_*
-// variables the first time.
-func (a *App) provisionTracing() error {
-	t, _, err := tracingPool.LoadOrNew(tracingKey, func() (caddy.Destructor, error) {
-		tr, err := telemetry.ExportFromEnv(context.Background(), a.metrics)
-		return sharedTracing{tr}, err
-	})
-	if err != nil {
-		return err
-	}
-	a.tracing = t.(sharedTracing).Export
-	a.holdsTracing = true
-	return nil
-}
 
 // tracer is credgate's tracer. It resolves the provider at each span, so
 // a test can swap in an in-memory one after the config has loaded.
@@ -92,16 +60,28 @@ func noteCode(w http.ResponseWriter, code string) {
 func (a *App) traced(w http.ResponseWriter, r *http.Request, name string, attrs []trace.SpanStartOption, serve func(http.ResponseWriter, *http.Request)) {
 	ctx, span := a.tracer().Start(r.Context(), name, attrs...)
 	sw := &spanWriter{ResponseWriter: w}
+	// Deferred, so that a panic in serve (recovered by Caddy) still ends
+	// the span.
+	defer func() {
+		p := recover()
+		code := sw.code
+		if code == "" && (sw.status >= 500 || p != nil) {
+			code = "internal"
+		}
+		telemetry.End(span, code)
+		if p != nil {
+			panic(p) // Caddy's own recovery answers it
+		}
+	}()
 	serve(sw, r.WithContext(ctx))
-	code := sw.code
-	if code == "" && sw.status >= 500 {
-		code = "internal"
-	}
-	telemetry.End(span, code)
 }
 
-// spanAttrs are the start options for a span about platform and flow.
+// spanAttrs are the start options for a span about platform and flow
+// (either may be empty).
 func spanAttrs(platform, flow string) []trace.SpanStartOption {
+	if platform == "" {
+		return nil
+	}
 	if flow == "" {
 		return []trace.SpanStartOption{trace.WithAttributes(telemetry.AttrPlatform.String(platform))}
 	}

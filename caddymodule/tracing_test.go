@@ -80,6 +80,16 @@ func TestSpansOfAConnectAndItsFailures(t *testing.T) {
 	h.callback(h.authorize(providerURL), cookie, bob)
 	h.sandbox.SetFault("twitter.token", sandbox.Fault{})
 	h.do("GET", "/api/auth/oauth/twitter/callback?code=x&state=cg1.forged.mac", "", nil)
+	// A platform nobody configured is not a label value: the path is the
+	// client's to choose.
+	h.do("GET", "/api/auth/oauth/attacker-chosen-value", alice, nil)
+	for _, s := range exp.GetSpans() {
+		for _, a := range s.Attributes {
+			if strings.Contains(a.Value.Emit(), "attacker-chosen-value") {
+				t.Errorf("span %s carries %s=%s", s.Name, a.Key, a.Value.Emit())
+			}
+		}
+	}
 	var codesSeen []string
 	for _, s := range spansNamed(exp.GetSpans(), "credgate.oauth.callback") {
 		if s.Status.Code != codes.Error || attr(s, "credgate.outcome") != "failure" {

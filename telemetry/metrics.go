@@ -85,6 +85,19 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.statesCleaned, m.decisions}
 }
 
+// Prepare creates the success series of each platform at zero, so that
+// the first connection or renewal after a start is an increase a rate
+// can see, rather than a series that appears already counted.
+func (m *Metrics) Prepare(platforms []string) {
+	for _, p := range platforms {
+		for _, flow := range []string{FlowNew, FlowLegacy} {
+			m.connections.WithLabelValues(p, flow, Success, "")
+		}
+		m.refreshes.WithLabelValues(p, Success)
+		m.tokenReads.WithLabelValues(p, Success)
+	}
+}
+
 // Connection counts a finished connection; errorCode is "" on success.
 // A duration of zero (the legacy arm, whose start credgate never sees) is
 // not observed.

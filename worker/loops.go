@@ -105,12 +105,12 @@ func (l *Loops) every(ctx context.Context, name string, interval time.Duration, 
 				rctx, cancel := context.WithTimeout(ctx, max(interval, time.Minute))
 				defer cancel()
 				rctx, span := l.Workers.Refresher.tracer().Start(rctx, "credgate.loop."+strings.ReplaceAll(name, " ", "_"))
+				code := "loop_failed" // until fn returns cleanly; also on a panic
+				defer func() { telemetry.End(span, code) }()
 				err := fn(rctx)
-				code := ""
-				if err != nil {
-					code = "loop_failed"
+				if err == nil {
+					code = ""
 				}
-				telemetry.End(span, code)
 				if err != nil {
 					if ctx.Err() == nil {
 						log.Warn("background loop failed; it runs again next interval", zap.String("loop", name), zap.Error(err))

@@ -120,7 +120,9 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 	var out Token
 	// failure is reported after the commit: the audit row and the status
 	// of a failed renewal must stay.
-	var failure error
+	var failure, attempt error
+	attempted := false
+	ctx, end := r.refreshSpan(ctx, p.Name(), trigger)
 	err := r.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
 		locked, err := r.Accounts.LockForRenewal(txCtx, tx, id)
 		if err != nil {
@@ -137,7 +139,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 				vault.RefreshQueue{}.QueueSchedule(b, na.ID, na.Version, at)
 			}
 		})
-		r.observe(a.Platform, rerr)
+		attempted, attempt = true, rerr
 		switch {
 		case rerr == nil:
 			out = Token{Account: na, Credentials: nc, Refreshed: true}
@@ -164,14 +166,37 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		failure = rerr
 		return nil
 	})
+	end(attempted, attempt, err)
 	if err != nil {
 		return Token{}, err
 	}
 	return out, failure
 }
 
+// refreshSpan starts the credgate.refresh span of one renewal; end
+// closes it once the transaction is over, and reports the attempt's
+// outcome (only then: a renewal is a success once committed).
+func (r *Refresher) refreshSpan(ctx context.Context, platform, trigger string) (context.Context, func(attempted bool, attempt, txErr error)) {
+	ctx, span := r.tracer().Start(ctx, "credgate.refresh", trace.WithAttributes(
+		telemetry.AttrPlatform.String(platform), attribute.String("credgate.trigger", trigger)))
+	return ctx, func(attempted bool, attempt, txErr error) {
+		code := ""
+		switch {
+		case txErr != nil:
+			code = "storage_unavailable"
+		case attempt != nil:
+			code = errorCode(attempt)
+		}
+		telemetry.End(span, code)
+		if attempted && txErr == nil {
+			r.observe(platform, attempt)
+		}
+	}
+}
+
 // inRenewalTx runs fn in a transaction whose statements the caller cannot
-// cancel, only a deadline can: once the platform has answered, its new
+// cancel, only a deadline can (the context keeps ctx's span, so audit
+// rows written in it carry its trace id): once the platform has answered, its new
 // token must be committed even if the request that asked for it went
 // away or the instance is stopping, or a rotated refresh token is lost.
 // The platform call itself stays on the caller's ctx.
@@ -255,10 +280,6 @@ func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credenti
 func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provider, locked vault.Renewable,
 	trigger string, attempt int, next func(b *pgx.Batch, na vault.Account, nc vault.Credentials)) (vault.Account, vault.Credentials, error) {
 	a, c := locked.Account, locked.Credentials
-	ctx, span := r.tracer().Start(ctx, "credgate.refresh", trace.WithAttributes(
-		telemetry.AttrPlatform.String(a.Platform), attribute.String("credgate.trigger", trigger)))
-	var spanCode string
-	defer func() { telemetry.End(span, spanCode) }()
 	pctx, cancel := context.WithTimeout(ctx, r.providerTimeout())
 	defer cancel()
 	start := time.Now()
@@ -275,7 +296,6 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		}
 		// The audit row for a failure is the caller's: it knows whether
 		// the account now needs the user or the job will retry.
-		spanCode = errorCode(err)
 		return a, c, err
 	}
 	nc := vault.Credentials{AccessToken: out.AccessToken, RefreshToken: out.RefreshToken, TokenType: out.TokenType,
@@ -307,7 +327,6 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		next(b, swapped, nc)
 	}
 	if err := tx.SendBatch(txCtx, b).Close(); err != nil && !errors.Is(err, vault.ErrLeaseLost) {
-		spanCode = "storage_unavailable"
 		return a, c, fmt.Errorf("storing renewed token: %w", err)
 	}
 	return na, nc, nil

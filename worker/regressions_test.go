@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
@@ -241,4 +244,32 @@ func (e *env) grant(key, user string) oauth.TokenSet {
 		e.t.Fatal(err)
 	}
 	return tok
+}
+
+// Review finding: a failed background renewal's audit row had no trace
+// id (the span lived only inside the platform call).
+func TestFailedRenewalAuditRowsCarryTheirTrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.connect("twitter", userID(30))
+	e.clock.Advance(110 * time.Minute)
+	e.sandbox.SetFault("twitter.token", sandbox.Fault{ErrorRate: 1})
+	exp := tracetest.NewInMemoryExporter()
+	w := e.workers("w", e.pool, nil)
+	w.Refresher.Tracer = sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)).Tracer("test")
+	jobs, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "w", 1, time.Minute, e.clock.Now())
+	if err != nil || len(jobs) != 1 {
+		t.Fatal(jobs, err)
+	}
+	if _, res, err := w.RunJob(context.Background(), jobs[0]); err != nil || res != worker.ResultRetry {
+		t.Fatalf("%v %v, want a retry", res, err)
+	}
+	spans := exp.GetSpans()
+	if len(spans) != 1 || spans[0].Name != "credgate.refresh" {
+		t.Fatalf("spans: %v", spans)
+	}
+	if n := e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'failed' AND trace_id = $1`,
+		spans[0].SpanContext.TraceID().String()); n != 1 {
+		t.Error("the failed renewal's audit row does not carry its trace id")
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/oauth"
@@ -161,13 +162,22 @@ func (w *Workers) runSafely(ctx context.Context, j vault.Job) {
 // will run out and another claim will retry it.
 func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res JobResult, err error) {
 	w.defaults()
+	var attempted bool
+	var attempt error
+	var end func(bool, error, error)
 	err = w.Refresher.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
 		locked, lockErr := w.Refresher.Accounts.LockForRenewal(txCtx, tx, j.AccountID)
 		platform = locked.Account.Platform
 		var err error
-		res, err = w.runLocked(ctx, txCtx, tx, j, locked, lockErr)
+		res, err = w.runLocked(ctx, txCtx, tx, j, locked, lockErr, func(ctx context.Context) (context.Context, func(error)) {
+			ctx, end = w.Refresher.refreshSpan(ctx, platform, "refresh_worker")
+			return ctx, func(rerr error) { attempted, attempt = true, rerr }
+		})
 		return err
 	})
+	if end != nil {
+		end(attempted, attempt, err)
+	}
 	if err != nil {
 		return platform, "", fmt.Errorf("refresh job %d: %w", j.ID, err)
 	}
@@ -175,7 +185,11 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 }
 
 // runLocked decides and does the job's work on the locked account.
-func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, locked vault.Renewable, lockErr error) (JobResult, error) {
+// startRenewal starts a renewal's span and returns its context and a
+// function that records the attempt's outcome.
+type startRenewal func(ctx context.Context) (context.Context, func(error))
+
+func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, locked vault.Renewable, lockErr error, start startRenewal) (JobResult, error) {
 	r, q := w.Refresher, vault.RefreshQueue{}
 	a, c := locked.Account, locked.Credentials
 	live := a.Status == vault.StatusConnected || a.Status == vault.StatusExpiring
@@ -218,43 +232,47 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		}
 		return ResultNeedsReauth, w.finish(q.Complete(txCtx, tx, j, w.Name))
 	}
-	return w.renewJob(ctx, txCtx, tx, j, p, locked)
+	ctx, attempted := start(ctx)
+	// The failure's audit rows carry the renewal's trace too.
+	txCtx = trace.ContextWithSpan(txCtx, trace.SpanFromContext(ctx))
+	res, rerr, err := w.renewJob(ctx, txCtx, tx, j, p, locked)
+	attempted(rerr)
+	return res, err
 }
 
 // renewJob renews a due token and ends the claim: the job becomes the
 // account's next look, or is retried with backoff, or dies.
-func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p *oauth.Provider, locked vault.Renewable) (JobResult, error) {
+func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p *oauth.Provider, locked vault.Renewable) (res JobResult, rerr, err error) {
 	r, q, a := w.Refresher, vault.RefreshQueue{}, locked.Account
 	// A lost lease does not stop the renewal from being saved: the
 	// platform has already rotated the token. The other claimant finds it
 	// fresh once it gets the row lock, and ends the job itself.
-	_, _, rerr := r.renew(ctx, txCtx, tx, p, locked, "refresh_worker", j.Attempts, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
+	_, _, rerr = r.renew(ctx, txCtx, tx, p, locked, "refresh_worker", j.Attempts, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
 		if at, ok := r.nextLook(p, na, nc); ok {
 			q.QueueReschedule(b, j, w.Name, na.Version, at)
 		} else {
 			q.QueueComplete(b, j, w.Name)
 		}
 	})
-	r.observe(a.Platform, rerr)
 	switch {
 	case rerr == nil:
-		return ResultRefreshed, nil
+		return ResultRefreshed, nil, nil
 	case !fromPlatform(rerr):
-		return "", rerr
+		return "", nil, rerr
 	case needsUser(rerr):
 		if err := r.markNeedsReauth(txCtx, tx, a, rerr); err != nil {
-			return "", err
+			return "", rerr, err
 		}
-		return ResultNeedsReauth, w.finish(q.Kill(txCtx, tx, j, w.Name, errorCode(rerr)))
+		return ResultNeedsReauth, rerr, w.finish(q.Kill(txCtx, tx, j, w.Name, errorCode(rerr)))
 	}
 	dead, ferr := q.Fail(txCtx, tx, j, w.Name, errorCode(rerr), w.Backoff, r.now())
 	if err := r.auditFailure(txCtx, tx, a, rerr, "refresh_worker", map[string]any{"attempt": j.Attempts, "dead": dead}); err != nil {
-		return "", err
+		return "", rerr, err
 	}
 	if dead {
-		return ResultDead, w.finish(ferr)
+		return ResultDead, rerr, w.finish(ferr)
 	}
-	return ResultRetry, w.finish(ferr)
+	return ResultRetry, rerr, w.finish(ferr)
 }
 
 // kill ends a job for good with a failed audit row saying why.
