@@ -111,6 +111,11 @@ type App struct {
 	// facebook, instagram, generic).
 	Providers map[string]*ProviderConfig `json:"providers,omitempty"`
 
+	// DecisionTimeout bounds a rollout decision at the app's connect
+	// route; past it the user goes to the legacy flow (reason timeout).
+	// Default 100ms.
+	DecisionTimeout caddy.Duration `json:"decision_timeout,omitempty"`
+
 	// FlagsRaw is the rollout's flag provider, a module in the
 	// credgate.flags namespace (flagd, flagd_rpc, static, or one of your
 	// own). Default: none, which keeps every user on the legacy flow.
@@ -263,7 +268,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("credgate: %w", err)
 		}
 	}
-	a.rollout = flags.NewRollout(provider)
+	a.rollout = flags.NewRollout(provider, flags.WithDecisionTimeout(time.Duration(a.DecisionTimeout)))
 	if err := a.provisionTelemetry(ctx); err != nil {
 		return fmt.Errorf("credgate: telemetry: %w", err)
 	}

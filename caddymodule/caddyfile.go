@@ -33,6 +33,7 @@ func init() {
 //			cleanup_interval <duration>   # default 5m: expired OAuth states deleted
 //			background on|off             # default on: run the loops on this instance
 //			flags         flagd <path> | flagd_rpc <host:port> [tls <ca.pem>] | static <percent>
+//			decision_timeout <duration>   # default 100ms: past it, the user goes legacy (reason timeout)
 //			provider <twitter|linkedin|facebook|instagram|generic> {
 //				client_id     <id>
 //				client_secret <secret>
@@ -76,7 +77,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.AllArgs(&app.PreviousKeys) {
 				return nil, d.ArgErr()
 			}
-		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "cleanup_interval":
+		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "cleanup_interval", "decision_timeout":
 			opt := d.Val()
 			dur, err := parseDurationArg(d, opt)
 			if err != nil {
@@ -84,7 +85,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 			*map[string]*caddy.Duration{"state_ttl": &app.StateTTL, "refresh_ahead": &app.RefreshAhead,
 				"refresh_ahead_short": &app.RefreshAheadShort, "refresh_lease": &app.RefreshLease,
-				"cleanup_interval": &app.CleanupInterval}[opt] = caddy.Duration(dur)
+				"cleanup_interval": &app.CleanupInterval, "decision_timeout": &app.DecisionTimeout}[opt] = caddy.Duration(dur)
 		case "refresh_workers", "refresh_max_attempts":
 			opt := d.Val()
 			var raw string

@@ -1,8 +1,10 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.opentelemetry.io/otel/trace"
@@ -68,6 +70,11 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 			return next.ServeHTTP(w, r)
 		}
 		d := h.app.rollout.Decide(r.Context(), user, p.Name())
+		if d.Arm == flags.ArmNew && !h.newFlowCanStart(r.Context()) {
+			// The legacy flow needs no credgate database: the user
+			// connects through the app rather than meeting a 503.
+			d = flags.Decision{Arm: flags.ArmLegacy, Variant: d.Variant, Reason: flags.ReasonStoreUnavailable}
+		}
 		h.app.metrics.Decision(p.Name(), string(d.Arm), string(d.Reason))
 		_, span := h.app.tracer().Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
 			telemetry.AttrPlatform.String(p.Name()), telemetry.AttrFlow.String(string(d.Arm)),
@@ -82,6 +89,18 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, target.String(), http.StatusFound)
 	return nil
+}
+
+// newFlowCanStart reports whether a new flow could start now: the keys
+// passed their check and the database answers a ping within 250 ms. It
+// runs only for users the rollout sends to the new flow.
+func (h *Handler) newFlowCanStart(ctx context.Context) bool {
+	if !h.app.Available() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	defer cancel()
+	return h.app.pool.Ping(ctx) == nil
 }
 
 // legacyReturnTo is where a flow begun at the legacy start route returns:

@@ -89,9 +89,15 @@ func TestDatabaseOutage(t *testing.T) {
 	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
 	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.Addr, cfg.Database)
 
-	h := newHarness(t, harnessOptions{databaseURL: viaProxy})
+	h := newHarness(t, harnessOptions{databaseURL: viaProxy, metrics: true, extraSite: "legacy_start /api/{platform}/connect"})
 	unavailable := func(when string) {
 		t.Helper()
+		// The rollout (static 100 %) puts alice on the new flow, which
+		// cannot start: the app's own connect route serves her instead.
+		before := len(h.upstreamSaw())
+		if resp, body := h.do("GET", "/api/twitter/connect", alice, nil); resp.StatusCode != 200 || len(h.upstreamSaw()) != before+1 {
+			t.Errorf("%s, the app's connect route: %d %s, want the app's answer", when, resp.StatusCode, body)
+		}
 		for _, path := range []string{"/api/auth/oauth/twitter", "/api/credentials/status"} {
 			resp, body := h.do("GET", path, alice, nil)
 			if resp.StatusCode != 503 || strings.TrimSpace(string(body)) != `{"error":{"code":"unavailable","message":"credential storage is temporarily unavailable"}}` {
@@ -111,9 +117,15 @@ func TestDatabaseOutage(t *testing.T) {
 		return resp.StatusCode == 200
 	})
 	h.connect(alice, "linkedin")
+	if resp, _ := h.do("GET", "/api/twitter/connect", alice, nil); resp.StatusCode != http.StatusFound {
+		t.Errorf("with the database back, the connect route answers %d, want 302 to the new flow", resp.StatusCode)
+	}
 
 	proxy.Down()
 	unavailable("after the database went away")
+	if got := metricValue(h.scrape(), "credgate_rollout_decisions_total", `arm="legacy"`, `reason="store_unavailable"`); got != 2 {
+		t.Errorf("store_unavailable decisions: %v, want 2", got)
+	}
 }
 
 // Reload the config 50 times while flows are in flight: every flow

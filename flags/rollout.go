@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/open-feature/go-sdk/openfeature"
 	"github.com/open-feature/go-sdk/openfeature/isolated"
@@ -57,6 +58,8 @@ const (
 	ReasonFlagNotFound     Reason = "flag_not_found"     // flag missing (or an empty flag file)
 	ReasonFlagDisabled     Reason = "flag_disabled"      // flag state DISABLED
 	ReasonInvalidVariant   Reason = "invalid_variant"    // a value other than "new" or "legacy"
+	ReasonTimeout          Reason = "timeout"            // the provider did not answer within the decision deadline
+	ReasonStoreUnavailable Reason = "store_unavailable"  // the new flow cannot start (database or keys): the app serves it
 )
 
 // Decision is the outcome for one user and platform.
@@ -83,13 +86,36 @@ type Rollout struct {
 	// stays true: flagd's state can stay ERROR after one bad file while it
 	// keeps evaluating the last good one.
 	ready atomic.Bool
+	// timeout bounds one decision.
+	timeout time.Duration
+}
+
+// DefaultDecisionTimeout bounds a decision unless WithDecisionTimeout says
+// otherwise: a user at the app's connect route never waits longer for the
+// flag provider.
+const DefaultDecisionTimeout = 100 * time.Millisecond
+
+// Option adjusts a Rollout.
+type Option func(*Rollout)
+
+// WithDecisionTimeout sets the decision deadline (default
+// DefaultDecisionTimeout); past it the decision is legacy, reason timeout.
+func WithDecisionTimeout(d time.Duration) Option {
+	return func(r *Rollout) {
+		if d > 0 {
+			r.timeout = d
+		}
+	}
 }
 
 // NewRollout wraps provider. Call Start before Decide; until the provider
 // is ready every decision is legacy.
-func NewRollout(provider openfeature.FeatureProvider) *Rollout {
+func NewRollout(provider openfeature.FeatureProvider, opts ...Option) *Rollout {
 	api := isolated.NewAPI()
-	r := &Rollout{api: api, provider: provider, counts: NewDecisions(), outcomes: NewOutcomes()}
+	r := &Rollout{api: api, provider: provider, counts: NewDecisions(), outcomes: NewOutcomes(), timeout: DefaultDecisionTimeout}
+	for _, opt := range opts {
+		opt(r)
+	}
 	r.client = api.NewClient()
 	r.client.AddHooks(decisionHook{r.counts})
 	ready := func(openfeature.EventDetails) { r.ready.Store(true) }
@@ -135,6 +161,24 @@ func (r *Rollout) Decide(ctx context.Context, userID, platform string) Decision 
 	if !r.ready.Load() {
 		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonProviderNotReady})
 	}
+	// A provider that hangs (a flagd daemon that accepts connections and
+	// never answers) must not hold the user: evaluate aside, and past the
+	// deadline decide legacy. The evaluation finishes, or not, on its own.
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	decided := make(chan Decision, 1)
+	go func() { decided <- r.evaluate(ctx, userID, platform) }()
+	select {
+	case d := <-decided:
+		return d
+	case <-ctx.Done():
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonTimeout})
+	}
+}
+
+// evaluate runs the two flags for a user with an identity, once the
+// provider is ready.
+func (r *Rollout) evaluate(ctx context.Context, userID, platform string) Decision {
 	evalCtx := openfeature.NewEvaluationContext(userID, map[string]any{"platform": platform})
 
 	// See evaluationLock: flagd core's rule engine has a global table.

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/open-feature/go-sdk/openfeature"
+
 	"github.com/credgate/credgate/flags"
 )
 
@@ -339,5 +341,57 @@ func TestDecisionsAreCounted(t *testing.T) {
 	}
 	if newN+legacyN != 200 || newN < 70 || anon != 1 {
 		t.Errorf("counts: new %d legacy %d anonymous %d; snapshot %+v", newN, legacyN, anon, r.Counts().Snapshot())
+	}
+}
+
+// hangingProvider answers nothing until released, like a flagd daemon
+// that accepts connections and never replies.
+type hangingProvider struct {
+	release chan struct{}
+}
+
+func (hangingProvider) Metadata() openfeature.Metadata { return openfeature.Metadata{Name: "hanging"} }
+func (hangingProvider) Hooks() []openfeature.Hook      { return nil }
+func (p hangingProvider) BooleanEvaluation(context.Context, string, bool, openfeature.FlattenedContext) openfeature.BoolResolutionDetail {
+	<-p.release
+	return openfeature.BoolResolutionDetail{Value: true}
+}
+func (p hangingProvider) StringEvaluation(context.Context, string, string, openfeature.FlattenedContext) openfeature.StringResolutionDetail {
+	<-p.release
+	return openfeature.StringResolutionDetail{Value: "new"}
+}
+func (hangingProvider) FloatEvaluation(context.Context, string, float64, openfeature.FlattenedContext) openfeature.FloatResolutionDetail {
+	return openfeature.FloatResolutionDetail{}
+}
+func (hangingProvider) IntEvaluation(context.Context, string, int64, openfeature.FlattenedContext) openfeature.IntResolutionDetail {
+	return openfeature.IntResolutionDetail{}
+}
+func (hangingProvider) ObjectEvaluation(context.Context, string, any, openfeature.FlattenedContext) openfeature.InterfaceResolutionDetail {
+	return openfeature.InterfaceResolutionDetail{}
+}
+
+// A decision never waits longer than its deadline: a provider that hangs
+// sends the user to legacy with reason timeout, within the deadline.
+func TestDecideNeverWaitsForAHangingProvider(t *testing.T) {
+	t.Parallel()
+	p := hangingProvider{release: make(chan struct{})}
+	defer close(p.release)
+	r := flags.NewRollout(p, flags.WithDecisionTimeout(50*time.Millisecond))
+	if err := r.StartAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d := r.Decide(context.Background(), "11111111-1111-4111-8111-111111111111", "twitter")
+	if took := time.Since(start); d.Arm != flags.ArmLegacy || d.Reason != flags.ReasonTimeout || took > time.Second {
+		t.Fatalf("decision %+v after %v, want legacy/timeout within the 50 ms deadline", d, took)
+	}
+	// The default deadline is 100 ms.
+	r = flags.NewRollout(p)
+	if err := r.StartAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if d := r.Decide(context.Background(), "11111111-1111-4111-8111-111111111111", "twitter"); d.Reason != flags.ReasonTimeout || time.Since(start) > time.Second {
+		t.Fatalf("default deadline: %+v after %v", d, time.Since(start))
 	}
 }
