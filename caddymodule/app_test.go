@@ -76,10 +76,22 @@ func TestAppRolloutFromConfigAndReload(t *testing.T) {
 		t.Fatalf("no provider: %+v", d)
 	}
 
-	// A missing flag file does not stop Caddy: legacy until it is fixed.
-	missing, _ := json.Marshal(filepath.Join(t.TempDir(), "missing.json"))
+	// A missing flag file does not stop Caddy: legacy until it exists,
+	// then it applies with no reload.
+	missingPath := filepath.Join(t.TempDir(), "missing.json")
+	missing, _ := json.Marshal(missingPath)
 	app = runningApp(t, db, `{"flags":{"provider":"flagd","path":`+string(missing)+`}}`)
-	if d := app.Rollout().Decide(context.Background(), "u1", "twitter"); d.Reason != flags.ReasonProviderNotReady {
+	if d := app.Rollout().Decide(context.Background(), "u1", "twitter"); d.Arm != flags.ArmLegacy {
 		t.Fatalf("missing flag file: %+v", d)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(missingPath, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if d := decideWithin(t, app, flags.ArmNew); d.Arm != flags.ArmNew {
+		t.Fatalf("the flag file appeared, but: %+v", d)
 	}
 }

@@ -11,17 +11,18 @@ import (
 	"github.com/twmb/murmur3"
 )
 
-// FlagdFile is flagd's in-process provider reading a flag file. flagd
-// watches the file and applies changes within milliseconds; write changes
-// to a temporary file and rename it over the flag file, because a
-// truncated file is read as empty and drops every flag (→ legacy).
+// FlagdFile is flagd's in-process provider evaluating a flag file that
+// credgate reads itself (see fileSync): any way of saving the file applies
+// within pollInterval, a missing file means legacy for everyone until it
+// is back, and a malformed one keeps the last good flags.
 func FlagdFile(path string) (openfeature.FeatureProvider, error) {
 	if path == "" {
 		return nil, errors.New("flags: flagd needs the path of a flag file")
 	}
 	evaluationLock.Lock()
 	defer evaluationLock.Unlock()
-	p, err := flagd.NewProvider(flagd.WithInProcessResolver(), flagd.WithOfflineFilePath(path))
+	p, err := flagd.NewProvider(flagd.WithInProcessResolver(),
+		flagd.WithCustomSyncProviderAndUri(&fileSync{path: path, interval: pollInterval}, path))
 	if err != nil {
 		return nil, fmt.Errorf("flags: flagd file provider: %w", err)
 	}

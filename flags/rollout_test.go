@@ -233,6 +233,7 @@ func TestFallbacksToLegacy(t *testing.T) {
 		{"kill switch flag missing", file(`{"flags":{"oauth-new-flow":{"state":"ENABLED","variants":{"new":"new"},"defaultVariant":"new"}}}`), "u1", flags.ReasonFlagNotFound},
 		{"new-flow flag missing", file(`{"flags":{"oauth-new-flow-enabled":{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"}}}`), "u1", flags.ReasonFlagNotFound},
 		{"empty flag file", file(`{}`), "u1", flags.ReasonFlagNotFound},
+		{"empty flag set", file(`{"flags":{}}`), "u1", flags.ReasonFlagNotFound},
 		{"disabled flag", file(strings.Replace(flagFile(true, 100), `"oauth-new-flow":{"state":"ENABLED"`, `"oauth-new-flow":{"state":"DISABLED"`, 1)), "u1", flags.ReasonFlagDisabled},
 		{"unknown variant", file(`{"flags":{"oauth-new-flow-enabled":{"state":"ENABLED","variants":{"on":true},"defaultVariant":"on"},
 			"oauth-new-flow":{"state":"ENABLED","variants":{"maybe":"maybe"},"defaultVariant":"maybe"}}}`), "u1", flags.ReasonInvalidVariant},
@@ -246,11 +247,11 @@ func TestFallbacksToLegacy(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := flags.NewRollout(p)
-			if err := r.StartAndWait(ctx); err == nil {
-				t.Fatal("a missing flag file started")
+			if err := r.StartAndWait(ctx); err != nil {
+				t.Fatalf("a missing flag file must start with no flags, and apply once it exists: %v", err)
 			}
 			return r
-		}, "u1", flags.ReasonProviderNotReady},
+		}, "u1", flags.ReasonFlagNotFound},
 		{"flagd daemon unreachable", func(t *testing.T) *flags.Rollout {
 			p, err := flags.FlagdRPC("127.0.0.1", 1, "")
 			if err != nil {
@@ -272,17 +273,98 @@ func TestFallbacksToLegacy(t *testing.T) {
 	}
 }
 
-// An empty file written in place of a good one drops every flag: legacy
-// for everyone, with its own reason, until a good file returns.
-func TestEmptyFileAtRuntimeFallsBackAndRecovers(t *testing.T) {
+// An empty or half-written file written in place of a good one keeps
+// the last good rollout; a valid but empty flag set drops every flag
+// (legacy for everyone, with its own reason) until a good file returns.
+func TestEmptyFileAtRuntimeKeepsTheLastGoodRollout(t *testing.T) {
 	r, path := flagdRollout(t, flagFile(true, 100))
 	if d := r.Decide(context.Background(), "u1", "twitter"); d.Arm != flags.ArmNew {
 		t.Fatalf("at 100%%: %+v", d)
 	}
-	writeAtomically(t, path, "")
+	for _, malformed := range []string{"", `{"flags":{"oauth-new-flow":`, "not json"} {
+		writeAtomically(t, path, malformed)
+		time.Sleep(600 * time.Millisecond) // two polls
+		if d := r.Decide(context.Background(), "u1", "twitter"); d.Arm != flags.ArmNew {
+			t.Fatalf("after a malformed file %q: %+v, want the last good rollout", malformed, d)
+		}
+	}
+	writeAtomically(t, path, `{"flags":{}}`)
 	waitFor(t, func() bool { return r.Decide(context.Background(), "u1", "twitter").Reason == flags.ReasonFlagNotFound })
 	writeAtomically(t, path, flagFile(true, 100))
 	waitFor(t, func() bool { return r.Decide(context.Background(), "u1", "twitter").Arm == flags.ArmNew })
+}
+
+// Every way of saving the flag file applies, and a rollback to 0 % after
+// it stops new starts within 2 s: the watch cannot die. Each pattern runs
+// after the one before, on the same running rollout.
+func TestEverySavePatternRollsBackWithinTwoSeconds(t *testing.T) {
+	r, path := flagdRollout(t, flagFile(true, 100))
+	user := "u1"
+	isNew := func() bool { return r.Decide(context.Background(), user, "twitter").Arm == flags.ArmNew }
+	write := func(p, content string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(t *testing.T, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	patterns := []struct {
+		name string
+		save func(content string)
+	}{
+		{"rename over the file", func(c string) { writeAtomically(t, path, c) }},
+		{"write in place", func(c string) { write(path, c) }},
+		{"editor-style backup rename", func(c string) {
+			run(t, "mv", path, path+"~")
+			write(path, c)
+			run(t, "rm", path+"~")
+		}},
+		{"move away and back", func(c string) {
+			run(t, "mv", path, path+".away")
+			time.Sleep(300 * time.Millisecond)
+			write(path+".away", c)
+			run(t, "mv", path+".away", path)
+		}},
+		{"delete then create", func(c string) {
+			run(t, "rm", path)
+			time.Sleep(300 * time.Millisecond)
+			write(path, c)
+		}},
+		{"symlink swap", func(c string) {
+			// The Kubernetes ConfigMap way: the name is a link whose
+			// target directory is swapped atomically.
+			v := filepath.Join(filepath.Dir(path), fmt.Sprintf("..data-%d", time.Now().UnixNano()))
+			if err := os.Mkdir(v, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			write(filepath.Join(v, "flags.json"), c)
+			tmp := path + ".link"
+			run(t, "ln", "-sfn", filepath.Join(v, "flags.json"), tmp)
+			run(t, "mv", "-T", tmp, path)
+		}},
+	}
+	for _, p := range patterns {
+		// Up to 100 % with this pattern, then back to 0 % with it.
+		p.save(flagFile(true, 100))
+		waitFor(t, isNew)
+		p.save(flagFile(true, 0))
+		start := time.Now()
+		for isNew() {
+			if time.Since(start) > 2*time.Second {
+				t.Fatalf("%s: new starts still going to the new flow 2 s after the rollback", p.name)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Logf("%s: rolled back after %v", p.name, time.Since(start).Round(time.Millisecond))
+	}
+	// And the watch is still alive after the last pattern.
+	writeAtomically(t, path, flagFile(true, 100))
+	waitFor(t, isNew)
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -1,0 +1,120 @@
+package flags
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	flagsync "github.com/open-feature/flagd/core/pkg/sync"
+)
+
+// fileSync feeds flagd's in-process evaluator from a flag file that
+// credgate reads itself, instead of flagd's file watcher. That watcher
+// follows the file's inode: an editor's save (rename the old file away,
+// write a new one), a move away and back, or a delete then create left it
+// watching nothing, silently, until a reload. Reading the path by name
+// every pollInterval and comparing contents survives any sequence of file
+// operations, symlink swaps included; flagd still parses and evaluates
+// exactly as before.
+//
+// A missing or unreadable file means no flags (everyone legacy) until it
+// comes back. A malformed one (empty, half-written, not a flag set) keeps
+// the last good flags: it must not flip the rollout; with no good file
+// read yet, it means no flags.
+type fileSync struct {
+	path     string
+	interval time.Duration
+	ready    atomic.Bool
+
+	mu       sync.Mutex
+	last     [32]byte // hash of what flagd has now
+	absent   bool     // flagd has "no flags" because the file is gone
+	loadedAt time.Time
+	// problem is why the file is not (fully) in force, "" when it is; for
+	// service-health, once it reports the provider's state (issue 12).
+	problem string
+}
+
+// pollInterval bounds how stale a rollout can be after any change to
+// the file: the rollback target is 2 s.
+const pollInterval = 250 * time.Millisecond
+
+// noFlags is what flagd gets while the file is missing.
+const noFlags = `{"flags":{}}`
+
+var _ flagsync.ISync = (*fileSync)(nil)
+
+func (f *fileSync) Init(context.Context) error { return nil }
+
+func (f *fileSync) IsReady() bool { return f.ready.Load() }
+
+// Sync sends the file now and after every change, until ctx ends.
+func (f *fileSync) Sync(ctx context.Context, out chan<- flagsync.DataSync) error {
+	f.poll(ctx, out, false)
+	f.ready.Store(true)
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			f.poll(ctx, out, false)
+		}
+	}
+}
+
+// ReSync sends the file's current content whether or not it changed.
+func (f *fileSync) ReSync(ctx context.Context, out chan<- flagsync.DataSync) error {
+	f.poll(ctx, out, true)
+	return nil
+}
+
+// poll reads the file and hands flagd anything new.
+func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force bool) {
+	data, err := os.ReadFile(f.path)
+	f.mu.Lock()
+	var send string
+	switch {
+	case err != nil:
+		f.problem = "flag file unreadable: " + err.Error()
+		if !f.absent || force {
+			f.absent, f.last, send = true, [32]byte{}, noFlags
+		}
+	case !wellFormed(data):
+		// Keep the last good flags; with none yet, no flags (legacy).
+		f.problem = "flag file is not a flagd flag set; keeping the last good one"
+		if f.loadedAt.IsZero() && (!f.absent || force) {
+			f.problem = "flag file is not a flagd flag set, and none was read before: everyone is on the legacy flow"
+			f.absent, f.last, send = true, [32]byte{}, noFlags
+		}
+	default:
+		f.problem = ""
+		if h := sha256.Sum256(data); h != f.last || f.absent || force {
+			f.last, f.absent, f.loadedAt, send = h, false, time.Now(), string(data)
+		}
+	}
+	f.mu.Unlock()
+	if send == "" {
+		return
+	}
+	select {
+	case out <- flagsync.DataSync{FlagData: send, Source: f.path, Type: flagsync.ALL}:
+	case <-ctx.Done():
+	}
+}
+
+// wellFormed accepts a JSON object with a "flags" object, which is what
+// flagd needs; anything else (an empty or half-written file) is not.
+func wellFormed(data []byte) bool {
+	var doc struct {
+		Flags map[string]json.RawMessage `json:"flags"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	return dec.Decode(&doc) == nil && doc.Flags != nil
+}
