@@ -121,18 +121,21 @@ type App struct {
 	// own). Default: none, which keeps every user on the legacy flow.
 	FlagsRaw json.RawMessage `json:"flags,omitempty" caddy:"namespace=credgate.flags inline_key=provider"`
 
-	keys      *vault.Keyring
-	pool      *pgxpool.Pool
-	shared    sharedPool
-	poolKey   string
-	rollout   *flags.Rollout
-	logger    *zap.Logger
-	accounts  *vault.Accounts
-	states    *vault.States
-	refresher *worker.Refresher
-	loops     *worker.Loops
-	metrics   *telemetry.Metrics
-	tracing   *telemetry.Export
+	keys     *vault.Keyring
+	pool     *pgxpool.Pool
+	shared   sharedPool
+	poolKey  string
+	rollout  *flags.Rollout
+	logger   *zap.Logger
+	accounts *vault.Accounts
+	states   *vault.States
+	// flagSource, when the flag provider can say, reports where the
+	// rollout comes from and whether it is in force.
+	flagSource flagSource
+	refresher  *worker.Refresher
+	loops      *worker.Loops
+	metrics    *telemetry.Metrics
+	tracing    *telemetry.Export
 	// holdsTelemetry is true once this config took the shared metrics
 	// and providers.
 	holdsTelemetry bool
@@ -261,6 +264,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("credgate: loading flag provider: %w", err)
 		}
 		fp, ok := mod.(FlagProvider)
+		a.flagSource, _ = mod.(flagSource)
 		if !ok {
 			return fmt.Errorf("credgate: flag provider module %T does not implement caddymodule.FlagProvider", mod)
 		}
@@ -371,6 +375,10 @@ func (a *App) Cleanup() error {
 	}
 	return nil
 }
+
+// flagSource is a flag provider module that reports its source's state
+// for service-health.
+type flagSource interface{ SourceState() map[string]any }
 
 // credgateApp is the credgate app a handler (named who, for the error)
 // works with.

@@ -3,10 +3,13 @@ package caddymodule
 import (
 	"net"
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/open-feature/go-sdk/openfeature"
+	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
 )
@@ -34,6 +37,55 @@ func init() {
 type FlagdFileFlags struct {
 	// Path of the flag file (see flags/flags.example.json). Required.
 	Path string `json:"path,omitempty"`
+
+	logger *zap.Logger
+	// last is behind a pointer: Caddy copies module values.
+	last *atomic.Pointer[flags.FileEvent]
+}
+
+// Provision takes the logger that announces each rollout change.
+func (f *FlagdFileFlags) Provision(ctx caddy.Context) error {
+	f.logger = ctx.Logger()
+	f.last = new(atomic.Pointer[flags.FileEvent])
+	return nil
+}
+
+// fileEvent logs a change once, at info (or error for a problem), and
+// keeps it for service-health.
+func (f *FlagdFileFlags) fileEvent(e flags.FileEvent) {
+	if f.last == nil || f.logger == nil {
+		return // not provisioned (a test building the provider alone)
+	}
+	f.last.Store(&e)
+	switch {
+	case e.Problem != "":
+		f.logger.Error("flag file not (fully) in force", zap.String("path", e.Path), zap.String("problem", e.Problem))
+	case e.Rollout != "":
+		f.logger.Info("rollout in force", zap.String("path", e.Path), zap.String("rollout", e.Rollout))
+	}
+}
+
+// SourceState reports the flag file for service-health: ok when its
+// content is in force, with when it was read and any problem.
+func (f *FlagdFileFlags) SourceState() map[string]any {
+	var e *flags.FileEvent
+	if f.last != nil {
+		e = f.last.Load()
+	}
+	if e == nil {
+		return map[string]any{"ok": false, "source": "file", "error": "the flag file has not been read yet"}
+	}
+	out := map[string]any{"ok": e.Problem == "", "source": "file", "path": e.Path}
+	if !e.LoadedAt.IsZero() {
+		out["loaded_at"] = e.LoadedAt.UTC().Format(time.RFC3339)
+	}
+	if e.Rollout != "" {
+		out["rollout"] = e.Rollout
+	}
+	if e.Problem != "" {
+		out["error"] = e.Problem
+	}
+	return out
 }
 
 // CaddyModule returns the Caddy module information.
@@ -43,7 +95,7 @@ func (FlagdFileFlags) CaddyModule() caddy.ModuleInfo {
 
 // OpenFeatureProvider builds the flagd in-process provider.
 func (f *FlagdFileFlags) OpenFeatureProvider() (openfeature.FeatureProvider, error) {
-	return flags.FlagdFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""))
+	return flags.FlagdFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""), f.fileEvent)
 }
 
 // UnmarshalCaddyfile parses `flagd <path>`.
@@ -148,6 +200,7 @@ func trimPercent(s string) string {
 // Interface guards.
 var (
 	_ FlagProvider          = (*FlagdFileFlags)(nil)
+	_ caddy.Provisioner     = (*FlagdFileFlags)(nil)
 	_ FlagProvider          = (*FlagdRPCFlags)(nil)
 	_ FlagProvider          = (*StaticFlags)(nil)
 	_ caddyfile.Unmarshaler = (*FlagdFileFlags)(nil)

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -362,5 +363,34 @@ func TestLegacyOutcomesAreCounted(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%+v: %d, want %d (all: %v)", k, got[k], v, got)
 		}
+	}
+}
+
+// service-health says where the rollout comes from and what it is, and
+// turns unhealthy, with the reason, while the flag file is malformed (the
+// last good rollout stays in force meanwhile).
+func TestServiceHealthReportsTheFlagFile(t *testing.T) {
+	h, path := newLegacyHarness(t, true, 25, "")
+	health := func() (int, map[string]any) {
+		resp, body := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		var out struct {
+			Flags map[string]any `json:"flags"`
+		}
+		json.Unmarshal(body, &out)
+		return resp.StatusCode, out.Flags
+	}
+	waitUntil(t, 5*time.Second, func() bool { _, f := health(); return f["rollout"] == "kill switch on; new flow: 25 %" })
+	if code, f := health(); code != http.StatusOK || f["ok"] != true || f["loaded_at"] == nil || f["path"] != path {
+		t.Fatalf("healthy file: %d %v", code, f)
+	}
+	if err := os.WriteFile(path, []byte(`{"flags":`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, func() bool { _, f := health(); return f["ok"] == false })
+	if code, f := health(); code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(f["error"]), "keeping the last good one") {
+		t.Fatalf("malformed file: %d %v", code, f)
+	}
+	if !h.legacyStartIsNew(userInBucket(0, 20), "twitter") {
+		t.Error("the last good rollout (25 %) is not in force while the file is malformed")
 	}
 }

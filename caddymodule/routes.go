@@ -511,6 +511,14 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	if !h.app.rollout.Ready() {
 		flagsErr = errors.New("flag provider not ready: every user is on the legacy flow")
 	}
+	flagsView := check(flagsErr)
+	if h.app.flagSource != nil && flagsErr == nil {
+		// The file's own state: read when, rolling out what, and why not.
+		flagsView = h.app.flagSource.SourceState()
+		if flagsView["ok"] != true {
+			healthy = false
+		}
+	}
 	providers := map[string]any{}
 	for name := range h.app.Providers {
 		if _, ok := h.providers[name]; ok {
@@ -520,7 +528,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	body := map[string]any{
 		"database":      check(dbErr),
 		"keyring":       map[string]any{"ok": true, "primary_key_id": h.app.keys.PrimaryID()},
-		"flags":         check(flagsErr),
+		"flags":         flagsView,
 		"providers":     providers,
 		"refresh_queue": h.queueHealth(ctx, dbErr == nil, &healthy),
 		"background":    h.app.backgroundHealth(),

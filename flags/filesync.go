@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,14 +32,27 @@ type fileSync struct {
 	path     string
 	interval time.Duration
 	ready    atomic.Bool
+	// onEvent, if set, hears of every change: new content in force, or a
+	// new problem with the file.
+	onEvent func(FileEvent)
 
 	mu       sync.Mutex
 	last     [32]byte // hash of what flagd has now
 	absent   bool     // flagd has "no flags" because the file is gone
 	loadedAt time.Time
-	// problem is why the file is not (fully) in force, "" when it is; for
-	// service-health, once it reports the provider's state (issue 12).
+	// problem is why the file is not (fully) in force, "" when it is.
 	problem string
+}
+
+// FileEvent is a change in what the flag file puts in force.
+type FileEvent struct {
+	Path string
+	// LoadedAt is when the content now in force was read; zero if none.
+	LoadedAt time.Time
+	// Rollout summarises the content in force ("" while there is none).
+	Rollout string
+	// Problem is why the file is not (fully) in force; "" when it is.
+	Problem string
 }
 
 // pollInterval bounds how stale a rollout can be after any change to
@@ -79,6 +94,7 @@ func (f *fileSync) ReSync(ctx context.Context, out chan<- flagsync.DataSync) err
 func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force bool) {
 	data, err := os.ReadFile(f.path)
 	f.mu.Lock()
+	prevProblem := f.problem
 	var send string
 	switch {
 	case err != nil:
@@ -99,7 +115,11 @@ func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force
 			f.last, f.absent, f.loadedAt, send = h, false, time.Now(), string(data)
 		}
 	}
+	event, changed := f.event(prevProblem, send != "", data)
 	f.mu.Unlock()
+	if changed && f.onEvent != nil {
+		f.onEvent(event)
+	}
 	if send == "" {
 		return
 	}
@@ -107,6 +127,88 @@ func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force
 	case out <- flagsync.DataSync{FlagData: send, Source: f.path, Type: flagsync.ALL}:
 	case <-ctx.Done():
 	}
+}
+
+// event describes the state after a poll; changed is false when nothing
+// an operator would want to hear of happened. Call with f.mu held.
+func (f *fileSync) event(prevProblem string, sent bool, data []byte) (FileEvent, bool) {
+	e := FileEvent{Path: f.path, LoadedAt: f.loadedAt, Problem: f.problem}
+	if !f.absent && !f.loadedAt.IsZero() && sent {
+		e.Rollout = summarize(data)
+	}
+	return e, sent || f.problem != prevProblem
+}
+
+// summarize states the rollout a flag set puts in force: the kill switch's
+// default and the new arm's share in each fractional split.
+func summarize(data []byte) string {
+	var doc struct {
+		Flags map[string]struct {
+			State          string                     `json:"state"`
+			DefaultVariant string                     `json:"defaultVariant"`
+			Variants       map[string]json.RawMessage `json:"variants"`
+			Targeting      json.RawMessage            `json:"targeting"`
+		} `json:"flags"`
+	}
+	if json.Unmarshal(data, &doc) != nil {
+		return ""
+	}
+	kill := "kill switch missing (legacy for everyone)"
+	if f, ok := doc.Flags[FlagEnabled]; ok {
+		kill = "kill switch off (legacy for everyone)"
+		if f.State == "ENABLED" && string(f.Variants[f.DefaultVariant]) == "true" {
+			kill = "kill switch on"
+		}
+	}
+	split := "new-flow flag missing (legacy for everyone)"
+	if f, ok := doc.Flags[FlagNewFlow]; ok {
+		var shares []string
+		var walk func(any)
+		walk = func(v any) {
+			switch t := v.(type) {
+			case map[string]any:
+				for k, inner := range t {
+					if k == "fractional" {
+						shares = append(shares, newShare(inner))
+					}
+					walk(inner)
+				}
+			case []any:
+				for _, inner := range t {
+					walk(inner)
+				}
+			}
+		}
+		var targeting any
+		json.Unmarshal(f.Targeting, &targeting)
+		walk(targeting)
+		split = "new flow: default variant " + f.DefaultVariant
+		if len(shares) > 0 {
+			split = "new flow: " + strings.Join(shares, ", ")
+		}
+	}
+	return kill + "; " + split
+}
+
+// newShare reads a fractional split's share of the "new" variant.
+func newShare(v any) string {
+	buckets, _ := v.([]any)
+	var total, share float64
+	for _, b := range buckets {
+		pair, _ := b.([]any)
+		if len(pair) != 2 {
+			continue
+		}
+		w, _ := pair[1].(float64)
+		total += w
+		if pair[0] == string(ArmNew) {
+			share += w
+		}
+	}
+	if total == 0 {
+		return "split without weights"
+	}
+	return strconv.FormatFloat(100*share/total, 'f', -1, 64) + " %"
 }
 
 // wellFormed accepts a JSON object with a "flags" object, which is what

@@ -15,14 +15,16 @@ import (
 // credgate reads itself (see fileSync): any way of saving the file applies
 // within pollInterval, a missing file means legacy for everyone until it
 // is back, and a malformed one keeps the last good flags.
-func FlagdFile(path string) (openfeature.FeatureProvider, error) {
+// onEvent, if not nil, hears of every change in what the file puts in
+// force, and of every new problem with it.
+func FlagdFile(path string, onEvent func(FileEvent)) (openfeature.FeatureProvider, error) {
 	if path == "" {
 		return nil, errors.New("flags: flagd needs the path of a flag file")
 	}
 	evaluationLock.Lock()
 	defer evaluationLock.Unlock()
 	p, err := flagd.NewProvider(flagd.WithInProcessResolver(),
-		flagd.WithCustomSyncProviderAndUri(&fileSync{path: path, interval: pollInterval}, path))
+		flagd.WithCustomSyncProviderAndUri(&fileSync{path: path, interval: pollInterval, onEvent: onEvent}, path))
 	if err != nil {
 		return nil, fmt.Errorf("flags: flagd file provider: %w", err)
 	}

@@ -48,7 +48,7 @@ func flagdRollout(t testing.TB, content string) (*flags.Rollout, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "flags.json")
 	writeAtomically(t, path, content)
-	p, err := flags.FlagdFile(path)
+	p, err := flags.FlagdFile(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestHelperDecide(t *testing.T) {
 	if path == "" {
 		return // only meaningful as TestRolloutIsStickyAcrossProcesses's child
 	}
-	p, err := flags.FlagdFile(path)
+	p, err := flags.FlagdFile(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestFallbacksToLegacy(t *testing.T) {
 			return flags.NewRollout(p) // Start never called
 		}, "u1", flags.ReasonProviderNotReady},
 		{"flag file missing at start", func(t *testing.T) *flags.Rollout {
-			p, err := flags.FlagdFile(filepath.Join(t.TempDir(), "nope.json"))
+			p, err := flags.FlagdFile(filepath.Join(t.TempDir(), "nope.json"), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -475,5 +475,50 @@ func TestDecideNeverWaitsForAHangingProvider(t *testing.T) {
 	start = time.Now()
 	if d := r.Decide(context.Background(), "11111111-1111-4111-8111-111111111111", "twitter"); d.Reason != flags.ReasonTimeout || time.Since(start) > time.Second {
 		t.Fatalf("default deadline: %+v after %v", d, time.Since(start))
+	}
+}
+
+// Every change to what the file puts in force is announced once, with the
+// rollout it states; a problem is announced too, and the last good
+// rollout stays in force.
+func TestFileEventsStateTheRolloutInForce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flags.json")
+	writeAtomically(t, path, flagFile(true, 25))
+	events := make(chan flags.FileEvent, 16)
+	p, err := flags.FlagdFile(path, func(e flags.FileEvent) { events <- e })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := flags.NewRollout(p)
+	if err := r.StartAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	next := func() flags.FileEvent {
+		t.Helper()
+		select {
+		case e := <-events:
+			return e
+		case <-time.After(3 * time.Second):
+			t.Fatal("no event")
+		}
+		return flags.FileEvent{}
+	}
+	if e := next(); e.Rollout != "kill switch on; new flow: 25 %" || e.Problem != "" || e.LoadedAt.IsZero() {
+		t.Fatalf("first event: %+v", e)
+	}
+	writeAtomically(t, path, "{half")
+	if e := next(); e.Problem == "" || e.Rollout != "" {
+		t.Fatalf("malformed file: %+v", e)
+	}
+	writeAtomically(t, path, flagFile(false, 50))
+	if e := next(); e.Rollout != "kill switch off (legacy for everyone); new flow: 50 %" || e.Problem != "" {
+		t.Fatalf("after the fix: %+v", e)
+	}
+	time.Sleep(600 * time.Millisecond)
+	select {
+	case e := <-events:
+		t.Fatalf("an event without a change: %+v", e)
+	default:
 	}
 }
