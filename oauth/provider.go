@@ -260,10 +260,6 @@ func (p *Provider) Renewal() Renewal { return p.profile.Renewal }
 // MinRefreshAge is how old a token must be before the platform renews it.
 func (p *Provider) MinRefreshAge() time.Duration { return p.profile.MinRefreshAge }
 
-// Lifetime is the platform's documented access-token lifetime (zero for
-// generic).
-func (p *Provider) Lifetime() time.Duration { return p.profile.DefaultLifetime }
-
 // CanRevoke reports whether the platform has a revoke endpoint.
 func (p *Provider) CanRevoke() bool { return p.profile.revoke != nil }
 

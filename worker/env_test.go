@@ -109,10 +109,10 @@ func run(t *testing.T, w *worker.Workers) (stop func()) {
 	return stop
 }
 
-// connect runs a whole authorization-code flow at the sandbox for user on
-// provider key (a platform, or "linkedin-partner") and stores the result
-// as the connect route does: the account and its first refresh job.
-func (e *env) connect(key, user string) vault.Account {
+// grant runs a whole authorization-code flow at the sandbox for user on
+// provider key (a platform, or "linkedin-partner") and returns the token
+// set, without storing it (what the legacy app's own connect does).
+func (e *env) grant(key, user string) oauth.TokenSet {
 	e.t.Helper()
 	p := e.providers[key]
 	start, err := p.Begin()
@@ -129,11 +129,20 @@ func (e *env) connect(key, user string) vault.Account {
 	if err != nil || loc.Query().Get("code") == "" {
 		e.t.Fatalf("authorize for %s: %d %q", key, resp.StatusCode, resp.Header.Get("Location"))
 	}
-	ctx := context.Background()
-	tok, err := p.Complete(ctx, secret.New(loc.Query().Get("code")), start.Verifier)
+	tok, err := p.Complete(context.Background(), secret.New(loc.Query().Get("code")), start.Verifier)
 	if err != nil {
 		e.t.Fatalf("exchange for %s: %v", key, err)
 	}
+	return tok
+}
+
+// connect runs grant and stores the result as the connect route does:
+// the account and its first refresh job.
+func (e *env) connect(key, user string) vault.Account {
+	e.t.Helper()
+	p := e.providers[key]
+	tok := e.grant(key, user)
+	ctx := context.Background()
 	creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
 		Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
 	acct, err := e.accounts.Upsert(ctx, e.pool, vault.Connection{UserID: user, Platform: p.Name(), PlatformUserID: tok.PlatformUserID,

@@ -343,13 +343,7 @@ func needsUser(err error) bool {
 }
 
 // errorCode is the stable code for an audit row or a job's last_error.
-func errorCode(err error) string {
-	var e *oauth.Error
-	if errors.As(err, &e) {
-		return string(e.Code)
-	}
-	return string(oauth.CodeProviderUnavailable)
-}
+func errorCode(err error) string { return string(oauth.CodeOf(err)) }
 
 // markNeedsReauth records that only the user can renew the account.
 func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Account, cause error) error {
@@ -386,14 +380,4 @@ func (r *Refresher) nextLook(p *oauth.Provider, a vault.Account, c vault.Credent
 		return r.now(), true
 	}
 	return plan.At, true
-}
-
-// ScheduleConnected is Schedule for a fresh connection by platform name;
-// a platform without a provider is not scheduled.
-func (r *Refresher) ScheduleConnected(ctx context.Context, tx vault.DB, a vault.Account, c vault.Credentials) error {
-	p, ok := r.Providers[a.Platform]
-	if !ok {
-		return nil
-	}
-	return r.Schedule(ctx, tx, p, a, c)
 }

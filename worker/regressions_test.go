@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -218,32 +217,6 @@ func (c closeHook) Close() error {
 	err := c.ReadCloser.Close()
 	c.after()
 	return err
-}
-
-// grant runs a flow at the sandbox for user and returns the token set,
-// without storing it (the legacy app's own connect).
-func (e *env) grant(key, user string) oauth.TokenSet {
-	e.t.Helper()
-	var tok oauth.TokenSet
-	var once sync.Once
-	p := e.providers[key]
-	start, _ := p.Begin()
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.Get(start.URL + "&sandbox_user=" + user)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc := resp.Header.Get("Location")
-	code := loc[strings.Index(loc, "code=")+5:]
-	code = code[:strings.IndexAny(code+"&", "&")]
-	once.Do(func() {
-		tok, err = p.Complete(context.Background(), secret.New(code), start.Verifier)
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tok
 }
 
 // Review finding: a failed background renewal's audit row had no trace
