@@ -75,6 +75,8 @@ type harnessOptions struct {
 	// flagsFile, if set, drives the rollout with flagd reading this
 	// file; otherwise static 100%.
 	flagsFile string
+	// flags, if set, is the whole flags line (flagd_rpc …).
+	flags string
 	// legacyRedirect registers the app's legacy callback URL as each
 	// provider's redirect_url, as a real rollout does.
 	legacyRedirect bool
@@ -150,6 +152,9 @@ func (h *harness) caddyfile(extraSite string) string {
 	flagsLine := "static 100"
 	if h.opt.flagsFile != "" {
 		flagsLine = "flagd " + h.opt.flagsFile
+	}
+	if h.opt.flags != "" {
+		flagsLine = h.opt.flags
 	}
 	internalSite := ""
 	if h.metricsURL != "" {

@@ -32,50 +32,60 @@ func init() {
 	caddy.RegisterModule(StaticFlags{})
 }
 
-// FlagdFileFlags evaluates a flagd flag file in process, applying changes
-// to the file without a restart. Caddyfile: `flags flagd <path>`.
-type FlagdFileFlags struct {
-	// Path of the flag file (see flags/flags.example.json). Required.
-	Path string `json:"path,omitempty"`
-
+// sourceLog announces each change in where the rollout comes from (flag
+// file, flagd daemon) once in the log, and keeps the last for
+// service-health. The flag modules share it.
+type sourceLog struct {
 	logger *zap.Logger
 	// last is behind a pointer: Caddy copies module values.
-	last *atomic.Pointer[flags.FileEvent]
+	last *atomic.Pointer[flags.SourceEvent]
+	// live, when set, asks the provider for its state on demand.
+	live func() flags.SourceEvent
 }
 
-// Provision takes the logger that announces each rollout change.
-func (f *FlagdFileFlags) Provision(ctx caddy.Context) error {
-	f.logger = ctx.Logger()
-	f.last = new(atomic.Pointer[flags.FileEvent])
-	return nil
+func (s *sourceLog) provision(ctx caddy.Context) {
+	s.logger = ctx.Logger()
+	s.last = new(atomic.Pointer[flags.SourceEvent])
 }
 
-// fileEvent logs a change once, at info (or error for a problem), and
-// keeps it for service-health.
-func (f *FlagdFileFlags) fileEvent(e flags.FileEvent) {
-	if f.last == nil || f.logger == nil {
+// event logs a change once, at info (or error for a problem), and keeps
+// it for service-health.
+func (s *sourceLog) event(e flags.SourceEvent) {
+	if s.last == nil || s.logger == nil {
 		return // not provisioned (a test building the provider alone)
 	}
-	f.last.Store(&e)
+	s.last.Store(&e)
+	fields := []zap.Field{zap.String("source", e.Kind), zap.String("from", e.Source), zap.String("state", string(e.State))}
 	switch {
 	case e.Problem != "":
-		f.logger.Error("flag file not (fully) in force", zap.String("path", e.Path), zap.String("problem", e.Problem))
+		s.logger.Error("rollout source not (fully) in force", append(fields, zap.String("problem", e.Problem))...)
 	case e.Rollout != "":
-		f.logger.Info("rollout in force", zap.String("path", e.Path), zap.String("rollout", e.Rollout))
+		s.logger.Info("rollout in force", append(fields, zap.String("rollout", e.Rollout))...)
+	default:
+		s.logger.Info("rollout source ready", fields...)
 	}
 }
 
-// SourceState reports the flag file for service-health: ok when its
-// content is in force, with when it was read and any problem.
-func (f *FlagdFileFlags) SourceState() map[string]any {
-	var e *flags.FileEvent
-	if f.last != nil {
-		e = f.last.Load()
+// SourceState reports the rollout's source for service-health: ok when
+// its current flags are in force, with its state (ready, stale, error),
+// when they were loaded, and any problem.
+func (s *sourceLog) SourceState() map[string]any {
+	var e *flags.SourceEvent
+	if s.live != nil {
+		now := s.live()
+		e = &now
+	} else if s.last != nil {
+		e = s.last.Load()
 	}
 	if e == nil {
-		return map[string]any{"ok": false, "source": "file", "error": "the flag file has not been read yet"}
+		return map[string]any{"ok": false, "state": string(flags.SourceError), "error": "the rollout's source has not been read yet"}
 	}
-	out := map[string]any{"ok": e.Problem == "", "source": "file", "path": e.Path}
+	out := map[string]any{"ok": e.State == flags.SourceReady, "source": e.Kind, "state": string(e.State)}
+	if e.Kind == "file" {
+		out["path"] = e.Source
+	} else {
+		out["address"] = e.Source
+	}
 	if !e.LoadedAt.IsZero() {
 		out["loaded_at"] = e.LoadedAt.UTC().Format(time.RFC3339)
 	}
@@ -88,6 +98,21 @@ func (f *FlagdFileFlags) SourceState() map[string]any {
 	return out
 }
 
+// FlagdFileFlags evaluates a flagd flag file in process, applying changes
+// to the file without a restart. Caddyfile: `flags flagd <path>`.
+type FlagdFileFlags struct {
+	// Path of the flag file (see flags/flags.example.json). Required.
+	Path string `json:"path,omitempty"`
+
+	sourceLog
+}
+
+// Provision takes the logger that announces each rollout change.
+func (f *FlagdFileFlags) Provision(ctx caddy.Context) error {
+	f.provision(ctx)
+	return nil
+}
+
 // CaddyModule returns the Caddy module information.
 func (FlagdFileFlags) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "credgate.flags.flagd", New: func() caddy.Module { return new(FlagdFileFlags) }}
@@ -95,7 +120,7 @@ func (FlagdFileFlags) CaddyModule() caddy.ModuleInfo {
 
 // OpenFeatureProvider builds the flagd in-process provider.
 func (f *FlagdFileFlags) OpenFeatureProvider() (openfeature.FeatureProvider, error) {
-	return flags.FlagdFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""), f.fileEvent)
+	return flags.FlagdFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""), f.event)
 }
 
 // UnmarshalCaddyfile parses `flagd <path>`.
@@ -116,6 +141,14 @@ type FlagdRPCFlags struct {
 	Port uint16 `json:"port,omitempty"`
 	// TLSCA, if set, enables TLS with this CA certificate file.
 	TLSCA string `json:"tls_ca,omitempty"`
+
+	sourceLog
+}
+
+// Provision takes the logger that announces the daemon's state.
+func (f *FlagdRPCFlags) Provision(ctx caddy.Context) error {
+	f.provision(ctx)
+	return nil
 }
 
 // CaddyModule returns the Caddy module information.
@@ -123,9 +156,18 @@ func (FlagdRPCFlags) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "credgate.flags.flagd_rpc", New: func() caddy.Module { return new(FlagdRPCFlags) }}
 }
 
-// OpenFeatureProvider builds the flagd RPC provider.
+// OpenFeatureProvider builds the flagd RPC provider. It only builds a
+// client: the provider connects in the background when the app starts,
+// and keeps reconnecting for as long as it runs.
 func (f *FlagdRPCFlags) OpenFeatureProvider() (openfeature.FeatureProvider, error) {
-	return flags.FlagdRPC(f.Host, f.Port, f.TLSCA)
+	p, err := flags.FlagdRPC(f.Host, f.Port, f.TLSCA, f.event)
+	if err != nil {
+		return nil, err
+	}
+	if r, ok := p.(flags.SourceReporter); ok {
+		f.live = r.State
+	}
+	return p, nil
 }
 
 // UnmarshalCaddyfile parses `flagd_rpc <host[:port]> [tls <ca.pem>]`.
@@ -201,6 +243,7 @@ func trimPercent(s string) string {
 var (
 	_ FlagProvider          = (*FlagdFileFlags)(nil)
 	_ caddy.Provisioner     = (*FlagdFileFlags)(nil)
+	_ caddy.Provisioner     = (*FlagdRPCFlags)(nil)
 	_ FlagProvider          = (*FlagdRPCFlags)(nil)
 	_ FlagProvider          = (*StaticFlags)(nil)
 	_ caddyfile.Unmarshaler = (*FlagdFileFlags)(nil)

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/flagdtest"
 )
 
 // rolloutFile is a flag file at percent with the kill switch on or off.
@@ -393,4 +394,61 @@ func TestServiceHealthReportsTheFlagFile(t *testing.T) {
 	if !h.legacyStartIsNew(userInBucket(0, 20), "twitter") {
 		t.Error("the last good rollout (25 %) is not in force while the file is malformed")
 	}
+}
+
+// A flagd daemon behind flagd_rpc, through a real Caddy: down at start
+// and up 2 s later, dying and coming back, and accepting connections
+// without ever answering. Each is checked by the connect route's
+// decisions and by service-health, and none needs a reload.
+func TestFlagdRPCDaemonFailuresThroughCaddy(t *testing.T) {
+	d := flagdtest.New(t, 100)
+	h := newHarness(t, harnessOptions{flags: "flagd_rpc " + d.Addr(), legacyRedirect: true,
+		extraSite: "legacy_start /api/{platform}/connect\n"})
+	health := func() map[string]any {
+		_, body := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		var out struct {
+			Flags map[string]any `json:"flags"`
+		}
+		json.Unmarshal(body, &out)
+		return out.Flags
+	}
+	user := userN(1)
+
+	// Down at start: legacy, and service-health says why.
+	if h.legacyStartIsNew(user, "twitter") {
+		t.Fatal("new arm while flagd is down")
+	}
+	if f := health(); f["ok"] != false {
+		t.Fatalf("flags health while flagd is down: %v", f)
+	}
+	time.Sleep(2 * time.Second)
+	d.Start()
+	took := h.waitForRollout(user, true)
+	t.Logf("flagd up: new arm %v later, no reload", took.Round(time.Millisecond))
+	waitUntil(t, 5*time.Second, func() bool { f := health(); return f["ok"] == true && f["state"] == "ready" })
+	if f := health(); f["address"] != d.Addr() || f["source"] != "flagd_rpc" || f["loaded_at"] == nil {
+		t.Fatalf("flags health with flagd up: %v", f)
+	}
+
+	// Dies: legacy at once, stale in service-health; back: new again.
+	d.Stop()
+	h.waitForRollout(user, false)
+	waitUntil(t, 5*time.Second, func() bool { f := health(); return f["state"] == "stale" && f["ok"] == false })
+	d.Start()
+	h.waitForRollout(user, true)
+	waitUntil(t, 5*time.Second, func() bool { return health()["state"] == "ready" })
+
+	// Hangs: the connect route still answers within the deadline, on the
+	// legacy arm.
+	d.Hang()
+	for range 5 {
+		start := time.Now()
+		if h.legacyStartIsNew(user, "twitter") {
+			t.Fatal("new arm from a flagd that never answers")
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("the connect route took %v with flagd hanging", took)
+		}
+	}
+	waitUntil(t, 10*time.Second, func() bool { return health()["ok"] == false })
 }

@@ -87,7 +87,7 @@ var (
 	accountsDesc = prometheus.NewDesc("credgate_accounts",
 		"Accounts by platform and status (connected, expiring, needs_reauth, revoked, disconnected).", []string{"platform", "status"}, nil)
 	flagReadyDesc = prometheus.NewDesc("credgate_flag_provider_ready",
-		"1 when the rollout's flag provider has been ready; 0 means every user is on the legacy flow.", nil, nil)
+		"1 when the rollout follows its flag source's current flags; 0 while every user is on the legacy flow or the source is failing (see service-health).", nil, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
@@ -98,7 +98,7 @@ func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 	ready := 0.0
-	if g.app.rollout.Ready() {
+	if g.app.rollout.Ready() && (g.app.flagSource == nil || g.app.flagSource.SourceState()["ok"] == true) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(flagReadyDesc, prometheus.GaugeValue, ready)

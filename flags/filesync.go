@@ -34,7 +34,7 @@ type fileSync struct {
 	ready    atomic.Bool
 	// onEvent, if set, hears of every change: new content in force, or a
 	// new problem with the file.
-	onEvent func(FileEvent)
+	onEvent func(SourceEvent)
 
 	mu       sync.Mutex
 	last     [32]byte // hash of what flagd has now
@@ -44,16 +44,38 @@ type fileSync struct {
 	problem string
 }
 
-// FileEvent is a change in what the flag file puts in force.
-type FileEvent struct {
-	Path string
-	// LoadedAt is when the content now in force was read; zero if none.
+// SourceEvent is a change in where the rollout comes from: new flags in
+// force, or a new problem with their source (the flag file, the flagd
+// daemon). Operators see it logged once and in service-health.
+type SourceEvent struct {
+	// Kind is "file" or "flagd_rpc"; Source is the path or host:port.
+	Kind   string
+	Source string
+	State  SourceState
+	// LoadedAt is when the flags now in force were read; zero if none.
 	LoadedAt time.Time
-	// Rollout summarises the content in force ("" while there is none).
+	// Rollout summarises the flags in force, "" when credgate cannot
+	// see them (none yet, or a daemon that evaluates them itself).
 	Rollout string
-	// Problem is why the file is not (fully) in force; "" when it is.
+	// Problem is why the source is not (fully) in force; "" when it is.
 	Problem string
 }
+
+// SourceState is how far the flags in force can be trusted.
+type SourceState string
+
+// The source states.
+const (
+	// SourceReady: the source's current flags are in force.
+	SourceReady SourceState = "ready"
+	// SourceStale: the last good flags are in force, but the source is
+	// failing now (a malformed file; a daemon whose event stream was
+	// lost), so a change there may not be seen.
+	SourceStale SourceState = "stale"
+	// SourceError: no flags from the source are in force; everyone is on
+	// the legacy flow (missing file, daemon never reached).
+	SourceError SourceState = "error"
+)
 
 // pollInterval bounds how stale a rollout can be after any change to
 // the file: the rollback target is 2 s.
@@ -131,8 +153,14 @@ func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force
 
 // event describes the state after a poll; changed is false when nothing
 // an operator would want to hear of happened. Call with f.mu held.
-func (f *fileSync) event(prevProblem string, sent bool, data []byte) (FileEvent, bool) {
-	e := FileEvent{Path: f.path, LoadedAt: f.loadedAt, Problem: f.problem}
+func (f *fileSync) event(prevProblem string, sent bool, data []byte) (SourceEvent, bool) {
+	e := SourceEvent{Kind: "file", Source: f.path, LoadedAt: f.loadedAt, Problem: f.problem, State: SourceReady}
+	switch {
+	case f.absent:
+		e.State = SourceError
+	case f.problem != "":
+		e.State = SourceStale
+	}
 	if !f.absent && !f.loadedAt.IsZero() && sent {
 		e.Rollout = summarize(data)
 	}

@@ -17,7 +17,7 @@ import (
 // is back, and a malformed one keeps the last good flags.
 // onEvent, if not nil, hears of every change in what the file puts in
 // force, and of every new problem with it.
-func FlagdFile(path string, onEvent func(FileEvent)) (openfeature.FeatureProvider, error) {
+func FlagdFile(path string, onEvent func(SourceEvent)) (openfeature.FeatureProvider, error) {
 	if path == "" {
 		return nil, errors.New("flags: flagd needs the path of a flag file")
 	}
@@ -31,25 +31,26 @@ func FlagdFile(path string, onEvent func(FileEvent)) (openfeature.FeatureProvide
 	return p, nil
 }
 
-// FlagdRPC evaluates against a shared flagd daemon over its gRPC/Connect
+// FlagdRPC evaluates against a shared flagd daemon over its evaluation
 // API (default port 8013). certPath enables TLS with that CA certificate.
-func FlagdRPC(host string, port uint16, certPath string) (openfeature.FeatureProvider, error) {
+// The provider follows the daemon for as long as it runs: down at start,
+// lost later, or accepting connections and never answering, it never
+// holds a decision and picks the daemon up again when it is back (see
+// rpcProvider). onEvent, if not nil, hears of every change in the
+// daemon's state. The provider's State method reports it on demand.
+func FlagdRPC(host string, port uint16, certPath string, onEvent func(SourceEvent)) (openfeature.FeatureProvider, error) {
 	if host == "" {
 		return nil, errors.New("flags: flagd_rpc needs a host")
 	}
 	if port == 0 {
 		port = 8013
 	}
-	opts := []flagd.ProviderOption{flagd.WithRPCResolver(), flagd.WithHost(host), flagd.WithPort(port)}
-	if certPath != "" {
-		opts = append(opts, flagd.WithTLS(certPath))
-	}
-	p, err := flagd.NewProvider(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("flags: flagd rpc provider: %w", err)
-	}
-	return p, nil
+	return newRPCProvider(host, port, certPath, onEvent)
 }
+
+// SourceReporter is a provider that can say, at any time, the state of
+// its source (FlagdRPC's provider is one).
+type SourceReporter interface{ State() SourceEvent }
 
 // Bucket is where userID falls, in [0, 100], for a fractional split of
 // flagKey, exactly as flagd core v0.11.2 computes it: MurmurHash3 x86_32

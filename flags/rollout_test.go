@@ -253,12 +253,15 @@ func TestFallbacksToLegacy(t *testing.T) {
 			return r
 		}, "u1", flags.ReasonFlagNotFound},
 		{"flagd daemon unreachable", func(t *testing.T) *flags.Rollout {
-			p, err := flags.FlagdRPC("127.0.0.1", 1, "")
+			p, err := flags.FlagdRPC("127.0.0.1", 1, "", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			r := flags.NewRollout(p)
-			r.StartAndWait(ctx)
+			if err := r.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close(ctx) })
 			return r
 		}, "u1", flags.ReasonProviderNotReady},
 	}
@@ -484,8 +487,8 @@ func TestDecideNeverWaitsForAHangingProvider(t *testing.T) {
 func TestFileEventsStateTheRolloutInForce(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "flags.json")
 	writeAtomically(t, path, flagFile(true, 25))
-	events := make(chan flags.FileEvent, 16)
-	p, err := flags.FlagdFile(path, func(e flags.FileEvent) { events <- e })
+	events := make(chan flags.SourceEvent, 16)
+	p, err := flags.FlagdFile(path, func(e flags.SourceEvent) { events <- e })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,7 +497,7 @@ func TestFileEventsStateTheRolloutInForce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close(context.Background()) })
-	next := func() flags.FileEvent {
+	next := func() flags.SourceEvent {
 		t.Helper()
 		select {
 		case e := <-events:
@@ -502,17 +505,23 @@ func TestFileEventsStateTheRolloutInForce(t *testing.T) {
 		case <-time.After(3 * time.Second):
 			t.Fatal("no event")
 		}
-		return flags.FileEvent{}
+		return flags.SourceEvent{}
 	}
-	if e := next(); e.Rollout != "kill switch on; new flow: 25 %" || e.Problem != "" || e.LoadedAt.IsZero() {
+	if e := next(); e.Rollout != "kill switch on; new flow: 25 %" || e.Problem != "" || e.LoadedAt.IsZero() || e.State != flags.SourceReady || e.Kind != "file" || e.Source != path {
 		t.Fatalf("first event: %+v", e)
 	}
 	writeAtomically(t, path, "{half")
-	if e := next(); e.Problem == "" || e.Rollout != "" {
+	if e := next(); e.Problem == "" || e.Rollout != "" || e.State != flags.SourceStale {
 		t.Fatalf("malformed file: %+v", e)
 	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if e := next(); e.Problem == "" || e.State != flags.SourceError {
+		t.Fatalf("missing file: %+v", e)
+	}
 	writeAtomically(t, path, flagFile(false, 50))
-	if e := next(); e.Rollout != "kill switch off (legacy for everyone); new flow: 50 %" || e.Problem != "" {
+	if e := next(); e.Rollout != "kill switch off (legacy for everyone); new flow: 50 %" || e.Problem != "" || e.State != flags.SourceReady {
 		t.Fatalf("after the fix: %+v", e)
 	}
 	time.Sleep(600 * time.Millisecond)

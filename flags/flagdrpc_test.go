@@ -1,0 +1,165 @@
+package flags_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/flagdtest"
+)
+
+// rpcRollout is a started rollout on the stand-in daemon d, with the
+// events its provider announced.
+type rpcRollout struct {
+	*flags.Rollout
+	state func() flags.SourceEvent
+
+	mu     sync.Mutex
+	events []flags.SourceEvent
+}
+
+func newRPCRollout(t *testing.T, d *flagdtest.Daemon) *rpcRollout {
+	t.Helper()
+	rr := &rpcRollout{}
+	p, err := flags.FlagdRPC(d.Host, d.Port, "", func(e flags.SourceEvent) {
+		rr.mu.Lock()
+		rr.events = append(rr.events, e)
+		rr.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr.state = p.(flags.SourceReporter).State
+	rr.Rollout = flags.NewRollout(p)
+	if err := rr.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Closing never waits on the daemon, whatever it is doing.
+		start := time.Now()
+		rr.Close(context.Background())
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("closing the rollout took %v", took)
+		}
+	})
+	return rr
+}
+
+func (rr *rpcRollout) decide() flags.Decision {
+	return rr.Decide(context.Background(), userID(1), "twitter")
+}
+
+func (rr *rpcRollout) eventStates() []flags.SourceState {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	var out []flags.SourceState
+	for _, e := range rr.events {
+		out = append(out, e.State)
+	}
+	return out
+}
+
+// waitUntil polls cond for up to limit.
+func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > limit {
+			t.Fatalf("%s: not within %v", what, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// A daemon that is down when credgate starts is picked up when it comes
+// up, with no reload; until then every decision is legacy, at once.
+func TestFlagdRPCDaemonDownAtStartIsFollowedWhenItComesUp(t *testing.T) {
+	t.Parallel()
+	d := flagdtest.New(t, 100)
+	r := newRPCRollout(t, d)
+
+	start := time.Now()
+	if dec := r.decide(); dec.Arm != flags.ArmLegacy || dec.Reason != flags.ReasonProviderNotReady || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("daemon down: %+v after %v, want an immediate legacy/provider_not_ready", dec, time.Since(start))
+	}
+	waitUntil(t, 2*time.Second, "the state says error", func() bool { return r.state().State == flags.SourceError && r.state().Problem != "" })
+
+	time.Sleep(2 * time.Second)
+	d.Start()
+	took := waitUntil(t, 4*time.Second, "decisions follow the daemon", func() bool { return r.decide().Arm == flags.ArmNew })
+	t.Logf("new decisions %v after the daemon came up", took.Round(time.Millisecond))
+	if s := r.state(); s.State != flags.SourceReady || s.LoadedAt.IsZero() || s.Problem != "" {
+		t.Fatalf("state after the daemon came up: %+v", s)
+	}
+	// The daemon staying down for 2 s was announced once, not per retry.
+	if got := r.eventStates(); len(got) != 2 || got[0] != flags.SourceError || got[1] != flags.SourceReady {
+		t.Fatalf("announcements %v, want [error ready]", got)
+	}
+}
+
+// A daemon that dies and comes back: decisions are legacy while it is
+// gone and follow it again the moment it is back; the state goes stale
+// and then ready, and rollout changes on the daemon apply.
+func TestFlagdRPCDaemonDiesAndComesBack(t *testing.T) {
+	t.Parallel()
+	d := flagdtest.New(t, 100)
+	d.Start()
+	r := newRPCRollout(t, d)
+	waitUntil(t, 2*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
+
+	d.Stop()
+	waitUntil(t, time.Second, "legacy while the daemon is gone", func() bool {
+		dec := r.decide()
+		return dec.Arm == flags.ArmLegacy && dec.Reason == flags.ReasonProviderNotReady
+	})
+	waitUntil(t, 2*time.Second, "stale while the daemon is gone", func() bool { return r.state().State == flags.SourceStale })
+
+	d.Start()
+	waitUntil(t, time.Second, "decisions follow the daemon back", func() bool { return r.decide().Arm == flags.ArmNew })
+	waitUntil(t, 3*time.Second, "ready again", func() bool { return r.state().State == flags.SourceReady })
+
+	// A rollback on the daemon applies at once and is announced.
+	d.SetPercent(0)
+	took := waitUntil(t, 2*time.Second, "the rollback", func() bool { return r.decide().Reason == flags.ReasonKillSwitch })
+	t.Logf("rolled back %v after the daemon changed", took.Round(time.Millisecond))
+	waitUntil(t, 2*time.Second, "the change announced", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		last := r.events[len(r.events)-1]
+		return last.State == flags.SourceReady && last.Rollout != ""
+	})
+}
+
+// A daemon that accepts connections and never answers holds no decision
+// longer than the deadline, at start or after it was working, and its
+// state says so.
+func TestFlagdRPCDaemonThatNeverAnswers(t *testing.T) {
+	t.Parallel()
+	d := flagdtest.New(t, 100)
+	d.Hang()
+	r := newRPCRollout(t, d)
+	start := time.Now()
+	if dec := r.decide(); dec.Arm != flags.ArmLegacy || time.Since(start) > 150*time.Millisecond {
+		t.Fatalf("hung at start: %+v after %v", dec, time.Since(start))
+	}
+	waitUntil(t, 5*time.Second, "the state says flagd never answered", func() bool {
+		s := r.state()
+		return s.State == flags.SourceError && strings.Contains(s.Problem, "sent nothing")
+	})
+
+	d.Start()
+	waitUntil(t, 4*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
+	d.Hang()
+	for range 5 {
+		start := time.Now()
+		dec := r.decide()
+		if took := time.Since(start); dec.Arm != flags.ArmLegacy || took > 150*time.Millisecond {
+			t.Fatalf("hung after ready: %+v after %v, want legacy within the 100 ms deadline", dec, took)
+		}
+	}
+	waitUntil(t, 5*time.Second, "the state stops saying ready", func() bool { return r.state().State != flags.SourceReady })
+}
