@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/internal/pgurl"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
@@ -121,11 +122,17 @@ type App struct {
 	// own). Default: none, which keeps every user on the legacy flow.
 	FlagsRaw json.RawMessage `json:"flags,omitempty" caddy:"namespace=credgate.flags inline_key=provider"`
 
+	// Guard, when set, halts a platform's new starts by itself when the
+	// new flow's success rate falls below its line, until an operator
+	// resumes it. Default: off.
+	Guard *GuardConfig `json:"guard,omitempty"`
+
 	keys     *vault.Keyring
 	pool     *pgxpool.Pool
 	shared   sharedPool
 	poolKey  string
 	rollout  *flags.Rollout
+	guard    *guard.Guard
 	logger   *zap.Logger
 	accounts *vault.Accounts
 	states   *vault.States
@@ -272,7 +279,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("credgate: %w", err)
 		}
 	}
-	a.rollout = flags.NewRollout(provider, flags.WithDecisionTimeout(time.Duration(a.DecisionTimeout)))
+	a.rollout = flags.NewRollout(provider, flags.WithDecisionTimeout(time.Duration(a.DecisionTimeout)), flags.WithHalts(a.halted))
+	if err := a.provisionGuard(); err != nil {
+		return err
+	}
 	if err := a.provisionTelemetry(ctx); err != nil {
 		return fmt.Errorf("credgate: telemetry: %w", err)
 	}
@@ -305,6 +315,7 @@ func (a *App) Start() error {
 		a.run.wg.Go(func() { a.reconnect(ctx) })
 	}
 	a.startBackground()
+	a.startGuard(ctx)
 	return nil
 }
 

@@ -34,6 +34,12 @@ func init() {
 //			background on|off             # default on: run the loops on this instance
 //			flags         flagd <path> | flagd_rpc <host:port> [tls <ca.pem>] | static <percent>
 //			decision_timeout <duration>   # default 100ms: past it, the user goes legacy (reason timeout)
+//			guard {                       # default off: halt a platform's new starts when the new flow does badly
+//				min_success <0–1>           # default 0.95
+//				max_gap     <0–1>           # default 0.05: below the legacy arm's rate minus this also halts
+//				min_samples <n>             # default 50: new-flow outcomes in the window before judging
+//				window      <duration>      # default 10m, sliding, shared by replicas
+//			}
 //			provider <twitter|linkedin|facebook|instagram|generic> {
 //				client_id     <id>
 //				client_secret <secret>
@@ -134,6 +140,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 			app.FlagsRaw = caddyconfig.JSONModuleObject(unm, "provider", name, nil)
+		case "guard":
+			g, err := parseGuard(d)
+			if err != nil {
+				return nil, err
+			}
+			app.Guard = g
 		default:
 			return nil, d.Errf("credgate: unrecognized option %q", d.Val())
 		}

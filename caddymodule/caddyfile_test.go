@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -85,5 +86,53 @@ func TestProvisionFailsClosedOnBadKeys(t *testing.T) {
 			t.Errorf("%s: provisioned", name)
 		}
 		app.Cleanup()
+	}
+}
+
+// The example Caddyfile ships with the guard off, and its commented-out
+// guard block works as written once uncommented.
+func TestExampleCaddyfileGuardBlock(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("../Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapt := func(src string) map[string]any {
+		t.Helper()
+		out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+		if err != nil {
+			t.Fatalf("adapt: %v", err)
+		}
+		var cfg struct {
+			Apps struct {
+				Credgate map[string]any `json:"credgate"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(out, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Apps.Credgate
+	}
+	if g, on := adapt(string(raw))["guard"]; on {
+		t.Fatalf("the example Caddyfile turns the guard on: %v", g)
+	}
+	var lines []string
+	inGuard := false
+	for _, line := range strings.Split(string(raw), "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "# guard {" {
+			inGuard = true
+		}
+		if inGuard {
+			line = strings.Replace(line, "# ", "", 1)
+		}
+		if inGuard && trimmed == "# }" {
+			inGuard = false
+		}
+		lines = append(lines, line)
+	}
+	g, on := adapt(strings.Join(lines, "\n"))["guard"].(map[string]any)
+	if !on || g["min_success"] != 0.95 || g["max_gap"] != 0.05 || g["min_samples"] != float64(50) || g["window"] != float64(10*time.Minute) {
+		t.Fatalf("the uncommented guard block: %v", g)
 	}
 }

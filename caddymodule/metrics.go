@@ -86,12 +86,14 @@ var (
 		"How long the longest-waiting due refresh job has waited.", nil, nil)
 	accountsDesc = prometheus.NewDesc("credgate_accounts",
 		"Accounts by platform and status (connected, expiring, needs_reauth, revoked, disconnected).", []string{"platform", "status"}, nil)
+	haltedDesc = prometheus.NewDesc("credgate_rollout_halted",
+		"1 while the rollout guard holds a platform's new starts on the legacy flow (only with the guard on).", []string{"platform"}, nil)
 	flagReadyDesc = prometheus.NewDesc("credgate_flag_provider_ready",
 		"1 when the rollout follows its flag source's current flags; 0 while every user is on the legacy flow or the source is failing (see service-health).", nil, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueJobsDesc, oldestDueDesc, accountsDesc, flagReadyDesc} {
+	for _, d := range []*prometheus.Desc{queueJobsDesc, oldestDueDesc, accountsDesc, flagReadyDesc, haltedDesc} {
 		ch <- d
 	}
 }
@@ -102,6 +104,15 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(flagReadyDesc, prometheus.GaugeValue, ready)
+	if g.app.guard != nil {
+		for _, p := range g.app.guard.Platforms() {
+			halted := 0.0
+			if p.Halted() {
+				halted = 1
+			}
+			ch <- prometheus.MustNewConstMetric(haltedDesc, prometheus.GaugeValue, halted, p.Name)
+		}
+	}
 	for _, m := range g.fromDatabase() {
 		ch <- m
 	}

@@ -29,6 +29,8 @@ import (
 //	GET    /api/credentials/health-check           this user's credential health
 //	GET    /api/credentials/service-health         (admin) database, keys, flags, providers
 //	POST   /api/maintenance/cleanup                (admin) delete expired states
+//	GET    /api/credentials/rollout                (admin) percentage, kill switch, guard, windowed success per platform
+//	POST   /api/credentials/rollout/resume         (admin) clear a guard halt: {"platform": "…", "by": "…"}
 //	*      /api/internal/credentials/…             404: the token API (credgate_tokens) is never public
 //
 // Anything else under /api/ goes to the next handler.
@@ -58,6 +60,10 @@ func (h *Handler) route(method, path string) http.HandlerFunc {
 		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.serviceHealth})
 	case "/api/maintenance/cleanup":
 		return h.methods(map[string]http.HandlerFunc{http.MethodPost: h.cleanup})
+	case "/api/credentials/rollout":
+		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.rolloutRoute})
+	case "/api/credentials/rollout/resume":
+		return h.methods(map[string]http.HandlerFunc{http.MethodPost: h.resumeRoute})
 	}
 	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
 		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok && !strings.Contains(platform, "/") {
@@ -532,6 +538,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		"providers":     providers,
 		"refresh_queue": h.queueHealth(ctx, dbErr == nil, &healthy),
 		"background":    h.app.backgroundHealth(),
+		"guard":         h.app.guardHealth(),
 	}
 	status := http.StatusOK
 	if !healthy {

@@ -21,6 +21,7 @@ package flags
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,7 @@ const (
 	ReasonInvalidVariant   Reason = "invalid_variant"    // a value other than "new" or "legacy"
 	ReasonTimeout          Reason = "timeout"            // the provider did not answer within the decision deadline
 	ReasonStoreUnavailable Reason = "store_unavailable"  // the new flow cannot start (database or keys): the app serves it
+	ReasonGuardHalted      Reason = "guard_halted"       // the rollout guard halted the platform's new starts
 )
 
 // Decision is the outcome for one user and platform.
@@ -88,6 +90,8 @@ type Rollout struct {
 	ready atomic.Bool
 	// timeout bounds one decision.
 	timeout time.Duration
+	// halted, when set, says a platform's new starts are halted.
+	halted func(platform string) bool
 }
 
 // DefaultDecisionTimeout bounds a decision unless WithDecisionTimeout says
@@ -106,6 +110,13 @@ func WithDecisionTimeout(d time.Duration) Option {
 			r.timeout = d
 		}
 	}
+}
+
+// WithHalts sends every new start on a platform for which halted is true
+// to legacy, reason guard_halted, before any flag is evaluated (the
+// rollout guard). halted must be cheap: it runs on every decision.
+func WithHalts(halted func(platform string) bool) Option {
+	return func(r *Rollout) { r.halted = halted }
 }
 
 // NewRollout wraps provider. Call Start before Decide; until the provider
@@ -157,6 +168,9 @@ func (r *Rollout) Outcomes() *Outcomes { return r.outcomes }
 func (r *Rollout) Decide(ctx context.Context, userID, platform string) Decision {
 	if userID == "" {
 		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonNoIdentity})
+	}
+	if r.halted != nil && r.halted(platform) {
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonGuardHalted})
 	}
 	if !r.ready.Load() {
 		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonProviderNotReady})
@@ -236,3 +250,59 @@ func reasonOf(code openfeature.ErrorCode, message string) Reason {
 // race. Evaluations share the read side, so they do not wait for each
 // other.
 var evaluationLock sync.RWMutex
+
+// InForce is the rollout a platform's flags put in force, as the provider
+// evaluates them now: for `rollout status` and the admin route.
+type InForce struct {
+	Platform string `json:"platform"`
+	// Ready is false while the provider has not been ready; nothing else
+	// is set then.
+	Ready bool `json:"ready"`
+	// KillSwitchOn is oauth-new-flow-enabled for this platform.
+	KillSwitchOn bool `json:"kill_switch_on"`
+	// NewPercent is the share of Samples sample user ids the split sends
+	// to the new arm (before the kill switch): the percentage in force,
+	// whatever the source (file, daemon, static).
+	NewPercent float64 `json:"new_percent"`
+	Samples    int     `json:"samples"`
+	// Problem is set when an evaluation failed.
+	Problem string `json:"problem,omitempty"`
+}
+
+// InForce evaluates the flags for platform over samples fixed sample user
+// ids. It neither counts as decisions nor applies the guard.
+func (r *Rollout) InForce(ctx context.Context, platform string, samples int) InForce {
+	out := InForce{Platform: platform, Ready: r.ready.Load(), Samples: samples}
+	if !out.Ready {
+		return out
+	}
+	// A client of its own: the decision hook is on r.client only.
+	probe := r.api.NewClient()
+	attrs := map[string]any{"platform": platform}
+	evaluationLock.RLock()
+	defer evaluationLock.RUnlock()
+	enabled, err := probe.BooleanValueDetails(ctx, FlagEnabled, false, openfeature.NewEvaluationContext(sampleUser(0), attrs))
+	if err != nil {
+		out.Problem = FlagEnabled + ": " + string(reasonOf(enabled.ErrorCode, enabled.ErrorMessage))
+		return out
+	}
+	out.KillSwitchOn = enabled.Value
+	onNew := 0
+	for i := range samples {
+		d, err := probe.StringValueDetails(ctx, FlagNewFlow, string(ArmLegacy), openfeature.NewEvaluationContext(sampleUser(i), attrs))
+		if err != nil {
+			out.Problem = FlagNewFlow + ": " + string(reasonOf(d.ErrorCode, d.ErrorMessage))
+			return out
+		}
+		if d.Value == string(ArmNew) {
+			onNew++
+		}
+	}
+	if samples > 0 {
+		out.NewPercent = 100 * float64(onNew) / float64(samples)
+	}
+	return out
+}
+
+// sampleUser is the i-th sample user id InForce evaluates.
+func sampleUser(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }

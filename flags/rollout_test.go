@@ -531,3 +531,29 @@ func TestFileEventsStateTheRolloutInForce(t *testing.T) {
 	default:
 	}
 }
+
+// InForce states the percentage and kill switch per platform, as the
+// provider evaluates them, without counting decisions.
+func TestInForceStatesThePercentagePerPlatform(t *testing.T) {
+	t.Parallel()
+	example, err := os.ReadFile("flags.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := flagdRollout(t, string(example))
+	ctx := context.Background()
+	if got := r.InForce(ctx, "linkedin", 2000); !got.Ready || !got.KillSwitchOn || got.NewPercent != 0 || got.Problem != "" {
+		t.Errorf("linkedin (held at 0 %% by the example): %+v", got)
+	}
+	if got := r.InForce(ctx, "twitter", 2000); got.NewPercent < 22 || got.NewPercent > 28 || got.Samples != 2000 {
+		t.Errorf("twitter (25 %% in the example): %+v", got)
+	}
+	if n := len(r.Counts().Snapshot()); n != 0 {
+		t.Errorf("InForce counted %d decision rows", n)
+	}
+	p, _ := flags.Static(50)
+	notStarted := flags.NewRollout(p)
+	if got := notStarted.InForce(ctx, "twitter", 10); got.Ready {
+		t.Errorf("not started: %+v", got)
+	}
+}

@@ -31,6 +31,11 @@ const (
 	// ActionTokenRead: the app's back end fetched a token through the
 	// token API (the token itself is never recorded).
 	ActionTokenRead Action = "token_read"
+	// ActionRolloutHalted: the rollout guard sent a platform's new starts
+	// back to the legacy flow (details: the rates and samples it judged).
+	ActionRolloutHalted Action = "rollout_halted"
+	// ActionRolloutResumed: an operator cleared a halt.
+	ActionRolloutResumed Action = "rollout_resumed"
 )
 
 // Outcome is credential_audit_log.status.

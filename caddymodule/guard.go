@@ -1,0 +1,229 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/guard"
+)
+
+// GuardConfig is the `guard` option: the rollout halts a platform's new
+// starts by itself when the new flow's success rate falls below the line
+// (see package guard). Zero fields take the defaults.
+type GuardConfig struct {
+	// MinSuccess is the lowest acceptable new-arm success rate. Default
+	// 0.95.
+	MinSuccess float64 `json:"min_success,omitempty"`
+	// MaxGap is how far below the legacy arm's rate the new arm may fall.
+	// Default 0.05.
+	MaxGap float64 `json:"max_gap,omitempty"`
+	// MinSamples is how many new-arm outcomes the window needs before the
+	// guard judges. Default 50.
+	MinSamples int64 `json:"min_samples,omitempty"`
+	// Window is the sliding window. Default 10m.
+	Window caddy.Duration `json:"window,omitempty"`
+}
+
+func (c *GuardConfig) config() guard.Config {
+	return guard.Config{MinSuccess: c.MinSuccess, MaxGap: c.MaxGap, MinSamples: c.MinSamples, Window: time.Duration(c.Window)}.WithDefaults()
+}
+
+// guardInterval is how often each instance adds its outcomes to the
+// shared window and reads the halts: a halt latched by one replica holds
+// in the others within this long.
+const guardInterval = time.Second
+
+// provisionGuard builds the guard when it is configured.
+func (a *App) provisionGuard() error {
+	if a.Guard == nil {
+		return nil
+	}
+	cfg := a.Guard.config()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("credgate: %w", err)
+	}
+	a.guard = guard.New(a.pool, cfg, a.rollout.Outcomes(), sortedNames(a.Providers), guard.WithClock(a.now),
+		guard.WithLogger(a.logger.Named("guard")))
+	return nil
+}
+
+// halted is the rollout's view of the guard: false when there is none.
+func (a *App) halted(platform string) bool { return a.guard != nil && a.guard.Halted(platform) }
+
+// startGuard runs the guard's loop until Stop.
+func (a *App) startGuard(ctx context.Context) {
+	if a.guard != nil {
+		a.run.wg.Go(func() { a.guard.Run(ctx, guardInterval) })
+	}
+}
+
+// guardHealth is the guard's part of service-health. A halt does not make
+// the instance unhealthy: it is the guard doing its job, and a load
+// balancer must not take the instance out for it.
+func (a *App) guardHealth() map[string]any {
+	if a.guard == nil {
+		return map[string]any{"enabled": false}
+	}
+	cfg := a.guard.Config()
+	out := map[string]any{"enabled": true, "min_success": cfg.MinSuccess, "max_gap": cfg.MaxGap,
+		"min_samples": cfg.MinSamples, "window": cfg.Window.String()}
+	platforms := map[string]any{}
+	for _, p := range a.guard.Platforms() {
+		platforms[p.Name] = p
+	}
+	out["platforms"] = platforms
+	var halted []string
+	for _, p := range a.guard.Platforms() {
+		if p.Halted() {
+			halted = append(halted, p.Name)
+		}
+	}
+	out["halted"] = halted
+	return out
+}
+
+// RolloutStatus is one platform's rollout: what the flags put in force,
+// and the guard's state with both arms' windowed outcomes.
+type RolloutStatus struct {
+	Platform string         `json:"platform"`
+	Flags    *flags.InForce `json:"flags,omitempty"`
+	Guard    guard.Platform `json:"guard"`
+	Halted   bool           `json:"halted"`
+}
+
+// rolloutSamples is how many sample ids the percentage in force is
+// measured on (±1.5 points at 25 %).
+const rolloutSamples = 1000
+
+// rolloutStatus reads every configured platform's rollout.
+func (a *App) rolloutStatus(ctx context.Context, window time.Duration) ([]RolloutStatus, error) {
+	platforms, err := guard.Status(ctx, a.pool, window, sortedNames(a.Providers), a.now())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]RolloutStatus, 0, len(platforms))
+	for _, p := range platforms {
+		inForce := a.rollout.InForce(ctx, p.Name, rolloutSamples)
+		out = append(out, RolloutStatus{Platform: p.Name, Flags: &inForce, Guard: p, Halted: p.Halted()})
+	}
+	return out, nil
+}
+
+// rolloutRoute: GET /api/credentials/rollout (admin), the same as
+// `caddy credgate rollout status`, from this instance's view.
+func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
+	if !h.adminAllowed(r) {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
+		return
+	}
+	if !h.ready(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	window := guard.DefaultWindow
+	if h.app.guard != nil {
+		window = h.app.guard.Config().Window
+	}
+	status, err := h.app.rolloutStatus(ctx, window)
+	if err != nil {
+		h.writeStoreError(w, r, "reading the rollout", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"guard": h.app.guardHealth(), "window": window.String(), "platforms": status})
+}
+
+// resumeRoute: POST /api/credentials/rollout/resume (admin) with
+// {"platform": "twitter", "by": "alice"}: clears a halt, audited.
+func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
+	if !h.adminAllowed(r) {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
+		return
+	}
+	if !h.ready(w) {
+		return
+	}
+	var req struct {
+		Platform string `json:"platform"`
+		By       string `json:"by"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.Platform == "" {
+		writeError(w, http.StatusBadRequest, "invalid_request", `body must be JSON: {"platform": "<name>", "by": "<who>"}`)
+		return
+	}
+	by := "admin-route"
+	if req.By != "" {
+		by = "admin-route: " + req.By
+	}
+	halt, err := guard.Resume(r.Context(), h.app.pool, req.Platform, by, h.app.now())
+	switch {
+	case errors.Is(err, guard.ErrNotHalted):
+		writeError(w, http.StatusConflict, "not_halted", req.Platform+" is not halted")
+		return
+	case err != nil:
+		h.writeStoreError(w, r, "resuming the rollout", err)
+		return
+	}
+	h.logger.Warn("rollout resumed", zap.String("platform", req.Platform), zap.String("by", by), zap.String("halted_for", halt.Reason))
+	writeJSON(w, http.StatusOK, map[string]any{"resumed": req.Platform, "was_halted_at": halt.At.UTC().Format(time.RFC3339), "reason": halt.Reason})
+}
+
+// parseGuard parses `guard [{ min_success … max_gap … min_samples …
+// window … }]`.
+func parseGuard(d *caddyfile.Dispenser) (*GuardConfig, error) {
+	g := new(GuardConfig)
+	if d.NextArg() {
+		return nil, d.Err("credgate: guard takes a block, not arguments: guard { min_success 0.95 … }")
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		var raw string
+		if !d.AllArgs(&raw) {
+			return nil, d.Errf("credgate: guard %s takes one value", opt)
+		}
+		switch opt {
+		case "min_success", "max_gap":
+			f, err := strconv.ParseFloat(raw, 64)
+			if err != nil || f < 0 || f > 1 {
+				return nil, d.Errf("credgate: guard %s must be a number from 0 to 1, got %q", opt, raw)
+			}
+			*map[string]*float64{"min_success": &g.MinSuccess, "max_gap": &g.MaxGap}[opt] = f
+		case "min_samples":
+			n, err := strconv.ParseInt(raw, 10, 64)
+			if err != nil || n < 1 {
+				return nil, d.Errf("credgate: guard min_samples must be a whole number from 1, got %q", raw)
+			}
+			g.MinSamples = n
+		case "window":
+			dur, err := caddy.ParseDuration(raw)
+			if err != nil || dur < time.Minute {
+				return nil, d.Errf("credgate: guard window must be a duration of at least 1m, got %q", raw)
+			}
+			g.Window = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("credgate: unrecognized guard option %q (min_success, max_gap, min_samples, window)", opt)
+		}
+	}
+	return g, nil
+}
+
+// sortedNames is the platforms in a stable order.
+func sortedNames(m map[string]*ProviderConfig) []string {
+	names := make([]string, 0, len(m))
+	for name := range m {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
