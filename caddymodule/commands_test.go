@@ -70,7 +70,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: credential_audit_log\n",
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
-		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups\n",
+		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts\n",
 		"✓ Schema at version 3\n",
 	} {
 		if !strings.Contains(out, want) {
@@ -88,7 +88,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 2 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
+	for _, want := range []string{"Applied version: 3 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}

@@ -452,3 +452,21 @@ func TestFlagdRPCDaemonFailuresThroughCaddy(t *testing.T) {
 	}
 	waitUntil(t, 10*time.Second, func() bool { return health()["ok"] == false })
 }
+
+// Every way of saving the flag file, each followed by a rollback to 0 %
+// saved the same way, against the running handler: new starts at the
+// app's connect route stop within 2 s every time.
+func TestRollbackAfterEachSavePatternThroughCaddy(t *testing.T) {
+	h, path := newLegacyHarness(t, true, 100, "")
+	user := userInBucket(50, 60)
+	for _, p := range flagdtest.SavePatterns(t, path) {
+		p.Save(rolloutFile(true, 100))
+		h.waitForRollout(user, true)
+		p.Save(rolloutFile(true, 0))
+		took := h.waitForRollout(user, false)
+		t.Logf("%s: new starts stopped %v after the rollback", p.Name, took.Round(time.Millisecond))
+		if took > 2*time.Second {
+			t.Errorf("%s: rollback took %v, want under 2 s", p.Name, took)
+		}
+	}
+}

@@ -34,7 +34,7 @@ func TestDashboardAndRulesAgainstARealPrometheus(t *testing.T) {
 	}
 
 	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, tokenAPI: "service_token " + serviceToken,
-		extraSite: "legacy_start /api/{platform}/connect"})
+		extraSite: "legacy_start /api/{platform}/connect", globalOptions: "guard"})
 	promURL := startPrometheus(t, strings.TrimPrefix(strings.TrimSuffix(h.metricsURL, "/metrics"), "http://"))
 	query := func(expr string) (int, error) {
 		resp, err := http.Get(promURL + "/api/v1/query?query=" + url.QueryEscape(expr))

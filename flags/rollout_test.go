@@ -15,6 +15,7 @@ import (
 	"github.com/open-feature/go-sdk/openfeature"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/flagdtest"
 )
 
 // flagFile renders a flag file: the kill switch state and the new-flow
@@ -304,66 +305,19 @@ func TestEverySavePatternRollsBackWithinTwoSeconds(t *testing.T) {
 	r, path := flagdRollout(t, flagFile(true, 100))
 	user := "u1"
 	isNew := func() bool { return r.Decide(context.Background(), user, "twitter").Arm == flags.ArmNew }
-	write := func(p, content string) {
-		t.Helper()
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run := func(t *testing.T, args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v %s", args, err, out)
-		}
-	}
-	patterns := []struct {
-		name string
-		save func(content string)
-	}{
-		{"rename over the file", func(c string) { writeAtomically(t, path, c) }},
-		{"write in place", func(c string) { write(path, c) }},
-		{"editor-style backup rename", func(c string) {
-			run(t, "mv", path, path+"~")
-			write(path, c)
-			run(t, "rm", path+"~")
-		}},
-		{"move away and back", func(c string) {
-			run(t, "mv", path, path+".away")
-			time.Sleep(300 * time.Millisecond)
-			write(path+".away", c)
-			run(t, "mv", path+".away", path)
-		}},
-		{"delete then create", func(c string) {
-			run(t, "rm", path)
-			time.Sleep(300 * time.Millisecond)
-			write(path, c)
-		}},
-		{"symlink swap", func(c string) {
-			// The Kubernetes ConfigMap way: the name is a link whose
-			// target directory is swapped atomically.
-			v := filepath.Join(filepath.Dir(path), fmt.Sprintf("..data-%d", time.Now().UnixNano()))
-			if err := os.Mkdir(v, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			write(filepath.Join(v, "flags.json"), c)
-			tmp := path + ".link"
-			run(t, "ln", "-sfn", filepath.Join(v, "flags.json"), tmp)
-			run(t, "mv", "-T", tmp, path)
-		}},
-	}
-	for _, p := range patterns {
+	for _, p := range flagdtest.SavePatterns(t, path) {
 		// Up to 100 % with this pattern, then back to 0 % with it.
-		p.save(flagFile(true, 100))
+		p.Save(flagFile(true, 100))
 		waitFor(t, isNew)
-		p.save(flagFile(true, 0))
+		p.Save(flagFile(true, 0))
 		start := time.Now()
 		for isNew() {
 			if time.Since(start) > 2*time.Second {
-				t.Fatalf("%s: new starts still going to the new flow 2 s after the rollback", p.name)
+				t.Fatalf("%s: new starts still going to the new flow 2 s after the rollback", p.Name)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		t.Logf("%s: rolled back after %v", p.name, time.Since(start).Round(time.Millisecond))
+		t.Logf("%s: rolled back after %v", p.Name, time.Since(start).Round(time.Millisecond))
 	}
 	// And the watch is still alive after the last pattern.
 	writeAtomically(t, path, flagFile(true, 100))
