@@ -111,6 +111,14 @@ check "verify passes on the demo database" \
   env ENCRYPTION_MASTER_KEY="$demo_key" "$CADDY_BIN" credgate verify --database-url "$demo_url"
 check "cleanup runs" \
   bash -c "'$CADDY_BIN' credgate cleanup --database-url '$demo_url' | grep -q '✓ deleted'"
+check "rollout status shows the flags in force and the demo's Twitter flow" \
+  bash -c "for _ in 1 2 3 4 5; do  # each replica adds its outcomes to the shared window every second
+             out=\$('$CADDY_BIN' credgate rollout status --database-url '$demo_url' --flags 'flagd flags/flags.example.json' | grep -A3 '^twitter');
+             grep -q 'kill switch on' <<<\"\$out\" && grep -q 'guard:  running' <<<\"\$out\" && grep -q 'new flow 100.0 % of 1,' <<<\"\$out\" && exit 0;
+             sleep 1; done; echo \"\$out\"; exit 1"
+check "rollout resume of a platform that is not halted is one error line and exit 1" \
+  bash -c "! '$CADDY_BIN' credgate rollout resume --database-url '$demo_url' --platform twitter 2>err.$$ >/dev/null &&
+           test \$(wc -l <err.$$) -eq 1 && grep -q 'not halted' err.$$; rc=\$?; rm -f err.$$; exit \$rc"
 check "migrate status exits 1 on an empty database" \
   bash -c "! DATABASE_URL='$url' '$CADDY_BIN' credgate migrate status >/dev/null 2>&1"
 check "a command's error is one plain line, not JSON" \
