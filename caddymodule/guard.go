@@ -20,14 +20,14 @@ import (
 
 // GuardConfig is the `guard` option: the rollout halts a platform's new
 // starts by itself when the new flow's success rate falls below the line
-// (see package guard). Zero fields take the defaults.
+// (see package guard). Unset fields take the defaults.
 type GuardConfig struct {
 	// MinSuccess is the lowest acceptable new-arm success rate. Default
-	// 0.95.
-	MinSuccess float64 `json:"min_success,omitempty"`
+	// 0.95; 0 turns the absolute floor off (the gap still applies).
+	MinSuccess *float64 `json:"min_success,omitempty"`
 	// MaxGap is how far below the legacy arm's rate the new arm may fall.
-	// Default 0.05.
-	MaxGap float64 `json:"max_gap,omitempty"`
+	// Default 0.05; 0 allows no gap.
+	MaxGap *float64 `json:"max_gap,omitempty"`
 	// MinSamples is how many new-arm outcomes the window needs before the
 	// guard judges. Default 50.
 	MinSamples int64 `json:"min_samples,omitempty"`
@@ -36,7 +36,20 @@ type GuardConfig struct {
 }
 
 func (c *GuardConfig) config() guard.Config {
-	return guard.Config{MinSuccess: c.MinSuccess, MaxGap: c.MaxGap, MinSamples: c.MinSamples, Window: time.Duration(c.Window)}.WithDefaults()
+	cfg := guard.DefaultConfig()
+	if c.MinSuccess != nil {
+		cfg.MinSuccess = *c.MinSuccess
+	}
+	if c.MaxGap != nil {
+		cfg.MaxGap = *c.MaxGap
+	}
+	if c.MinSamples != 0 {
+		cfg.MinSamples = c.MinSamples
+	}
+	if c.Window != 0 {
+		cfg.Window = time.Duration(c.Window)
+	}
+	return cfg
 }
 
 // guardInterval is how often each instance adds its outcomes to the
@@ -53,19 +66,27 @@ func (a *App) provisionGuard() error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("credgate: %w", err)
 	}
-	a.guard = guard.New(a.pool, cfg, a.rollout.Outcomes(), sortedNames(a.Providers), guard.WithClock(a.now),
-		guard.WithLogger(a.logger.Named("guard")))
+	a.guard = guard.New(a.pool, cfg, a.rollout.Outcomes(), sortedNames(a.Providers), guard.WithLogger(a.logger.Named("guard")))
 	return nil
 }
 
 // halted is the rollout's view of the guard: false when there is none.
 func (a *App) halted(platform string) bool { return a.guard != nil && a.guard.Halted(platform) }
 
-// startGuard runs the guard's loop until Stop.
+// startGuard reads the halts once before serving (until then every
+// platform counts as halted) and runs the guard's loop until Stop.
 func (a *App) startGuard(ctx context.Context) {
-	if a.guard != nil {
-		a.run.wg.Go(func() { a.guard.Run(ctx, guardInterval) })
+	if a.guard == nil {
+		return
 	}
+	if a.Available() {
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := a.guard.Tick(tctx); err != nil {
+			a.logger.Warn("rollout guard could not read the halts at start; new starts stay on the legacy flow until it can", zap.Error(err))
+		}
+		cancel()
+	}
+	a.run.wg.Go(func() { a.guard.Run(ctx, guardInterval) })
 }
 
 // guardHealth is the guard's part of service-health. A halt does not make
@@ -77,7 +98,7 @@ func (a *App) guardHealth() map[string]any {
 	}
 	cfg := a.guard.Config()
 	out := map[string]any{"enabled": true, "min_success": cfg.MinSuccess, "max_gap": cfg.MaxGap,
-		"min_samples": cfg.MinSamples, "window": cfg.Window.String()}
+		"min_samples": cfg.MinSamples, "window": cfg.Window.String(), "loaded": a.guard.Loaded()}
 	platforms := map[string]any{}
 	for _, p := range a.guard.Platforms() {
 		platforms[p.Name] = p
@@ -108,7 +129,7 @@ const rolloutSamples = 1000
 
 // rolloutStatus reads every configured platform's rollout.
 func (a *App) rolloutStatus(ctx context.Context, window time.Duration) ([]RolloutStatus, error) {
-	platforms, err := guard.Status(ctx, a.pool, window, sortedNames(a.Providers), a.now())
+	platforms, err := guard.Status(ctx, a.pool, window, sortedNames(a.Providers))
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +187,7 @@ func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
 	if req.By != "" {
 		by = "admin-route: " + req.By
 	}
-	halt, err := guard.Resume(r.Context(), h.app.pool, req.Platform, by, h.app.now())
+	halt, err := guard.Resume(r.Context(), h.app.pool, req.Platform, by)
 	switch {
 	case errors.Is(err, guard.ErrNotHalted):
 		writeError(w, http.StatusConflict, "not_halted", req.Platform+" is not halted")
@@ -198,7 +219,7 @@ func parseGuard(d *caddyfile.Dispenser) (*GuardConfig, error) {
 			if err != nil || f < 0 || f > 1 {
 				return nil, d.Errf("credgate: guard %s must be a number from 0 to 1, got %q", opt, raw)
 			}
-			*map[string]*float64{"min_success": &g.MinSuccess, "max_gap": &g.MaxGap}[opt] = f
+			*map[string]**float64{"min_success": &g.MinSuccess, "max_gap": &g.MaxGap}[opt] = &f
 		case "min_samples":
 			n, err := strconv.ParseInt(raw, 10, 64)
 			if err != nil || n < 1 {

@@ -351,6 +351,12 @@ func TestLegacyOutcomesAreCounted(t *testing.T) {
 	h.do("GET", "/api/twitter/callback?state=s2&code=c&stub_status=500", "", nil)
 	h.do("GET", "/api/twitter/callback?state=s3&code=c", "", nil)
 	h.connect(alice, "linkedin")
+	// A user who declines at the consent screen is no outcome for the
+	// rollout guard (the metrics and the audit log still count it).
+	providerURL, cookie := h.startFlow(bob, "linkedin", "/settings")
+	if resp, _ := h.callback(h.authorizeDeny(providerURL), cookie, bob); !strings.Contains(resp.Header.Get("Location"), "oauth_error=access_denied") {
+		t.Fatalf("denied flow: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
 	got := map[flags.OutcomeKey]uint64{}
 	for _, c := range currentApp(t).Rollout().Outcomes().Snapshot() {
 		got[c.OutcomeKey] = c.Count
@@ -359,6 +365,7 @@ func TestLegacyOutcomesAreCounted(t *testing.T) {
 		{Arm: flags.ArmLegacy, Platform: "twitter", Success: true}:  2,
 		{Arm: flags.ArmLegacy, Platform: "twitter", Success: false}: 1,
 		{Arm: flags.ArmNew, Platform: "linkedin", Success: true}:    1,
+		{Arm: flags.ArmNew, Platform: "linkedin", Success: false}:   0,
 	}
 	for k, v := range want {
 		if got[k] != v {

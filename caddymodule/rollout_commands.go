@@ -67,7 +67,7 @@ over the window, summed over every replica.`,
 				return err
 			}
 			defer pool.Close()
-			platforms, err := guard.Status(ctx, pool, window, defaultPlatforms, time.Now())
+			platforms, err := guard.Status(ctx, pool, window, defaultPlatforms)
 			if err != nil {
 				return err
 			}
@@ -188,7 +188,7 @@ platform is not halted.`,
 				return err
 			}
 			defer pool.Close()
-			h, err := guard.Resume(ctx, pool, platform, by, time.Now())
+			h, err := guard.Resume(ctx, pool, platform, by)
 			if err != nil {
 				return err
 			}

@@ -28,7 +28,7 @@ func TestRolloutStatusAndResumeCommands(t *testing.T) {
 		o.Record(flags.ArmLegacy, "linkedin", true)
 		o.Record(flags.ArmNew, "twitter", true)
 	}
-	g := guard.New(pgtest.Pool(t, url), guard.Config{}, o, []string{"linkedin", "twitter"})
+	g := guard.New(pgtest.Pool(t, url), guard.DefaultConfig(), o, []string{"linkedin", "twitter"})
 	if err := g.Tick(ctx); err != nil || !g.Halted("linkedin") {
 		t.Fatalf("setting up a halt: %v", err)
 	}

@@ -276,7 +276,13 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 
 	outcome := h.app.rollout.Outcomes()
 	fail := func(code oauth.Code) {
-		outcome.Record(flags.ArmNew, platform, false)
+		// A user who declines at the consent screen says nothing about the
+		// flow's health, and the legacy arm cannot see declines (the app
+		// answers them with a redirect): the rollout guard must not judge
+		// them. The metrics and the audit log still count them.
+		if code != oauth.CodeAccessDenied {
+			outcome.Record(flags.ArmNew, platform, false)
+		}
 		h.app.metrics.Connection(platform, telemetry.FlowNew, false, string(code), time.Since(st.CreatedAt))
 		// A fresh budget: the exchange may have used up the request's.
 		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
@@ -518,9 +524,16 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		flagsErr = errors.New("flag provider not ready: every user is on the legacy flow")
 	}
 	flagsView := check(flagsErr)
-	if h.app.flagSource != nil && flagsErr == nil {
-		// The file's own state: read when, rolling out what, and why not.
+	if h.app.flagSource != nil {
+		// The source's own state: read when, rolling out what, and why
+		// not — also before it was ever reached, when the why matters most.
 		flagsView = h.app.flagSource.SourceState()
+		if flagsErr != nil {
+			flagsView["ok"] = false
+			if flagsView["error"] == nil {
+				flagsView["error"] = flagsErr.Error()
+			}
+		}
 		if flagsView["ok"] != true {
 			healthy = false
 		}

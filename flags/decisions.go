@@ -2,9 +2,6 @@ package flags
 
 import (
 	"cmp"
-	"context"
-
-	"github.com/open-feature/go-sdk/openfeature"
 )
 
 // DecisionKey groups decisions for counting.
@@ -42,31 +39,4 @@ func (c *Decisions) Snapshot() []DecisionCount {
 			return cmp.Or(cmp.Compare(a.Platform, b.Platform), cmp.Compare(a.Arm, b.Arm),
 				cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Variant, b.Variant))
 		})
-}
-
-// decisionHook is the OpenFeature hook that counts every evaluation of
-// oauth-new-flow, whatever its outcome: Finally runs for errors and for
-// short-circuits (provider not ready) too.
-type decisionHook struct {
-	counts *Decisions
-}
-
-var _ openfeature.Hook = decisionHook{}
-
-func (decisionHook) Before(context.Context, openfeature.HookContext, openfeature.HookHints) (*openfeature.EvaluationContext, error) {
-	return nil, nil
-}
-
-func (decisionHook) After(context.Context, openfeature.HookContext, openfeature.InterfaceEvaluationDetails, openfeature.HookHints) error {
-	return nil
-}
-
-func (decisionHook) Error(context.Context, openfeature.HookContext, error, openfeature.HookHints) {}
-
-func (h decisionHook) Finally(_ context.Context, hc openfeature.HookContext, d openfeature.InterfaceEvaluationDetails, _ openfeature.HookHints) {
-	if hc.FlagKey() != FlagNewFlow {
-		return
-	}
-	platform, _ := hc.EvaluationContext().Attribute("platform").(string)
-	h.counts.record(platform, decisionOf(d.Value, d.Variant, d.ErrorCode, d.ErrorMessage))
 }

@@ -42,7 +42,8 @@ import (
 //     knows the daemon's state: it is reconnected for as long as the
 //     provider runs, with backoff from minBackoff capped at maxBackoff;
 //   - a daemon that accepts the stream but sends nothing within
-//     answerTimeout counts as down.
+//     answerTimeout counts as down; one that stops answering later is
+//     found by the probe an abandoned evaluation starts (probeAside).
 type rpcProvider struct {
 	addr   string
 	client evaluationv1connect.ServiceClient
@@ -67,6 +68,10 @@ type rpcProvider struct {
 	// evalFailing is set while evaluations fail at the transport (the
 	// daemon stopped answering while the stream looks fine).
 	evalFailing atomic.Bool
+	// probing is set while a probe runs (see probeAside); lastProbe
+	// limits probes to one per requestTimeout.
+	probing   atomic.Bool
+	lastProbe atomic.Int64
 }
 
 // The RPC timings. Decisions are bounded by Rollout's own deadline
@@ -161,11 +166,15 @@ func (p *rpcProvider) follow() {
 	}()
 	delay := p.minBackoff
 	for {
+		opened := time.Now()
 		answered, err := p.stream(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if answered {
+		// Back to a short delay only after a stream that held: a daemon
+		// (or a proxy) that answers and hangs up at once must not be
+		// redialled ten times a second.
+		if answered && time.Since(opened) >= p.maxBackoff {
 			delay = p.minBackoff
 		}
 		p.lost(err)
@@ -313,8 +322,11 @@ func (p *rpcProvider) State() SourceEvent {
 	return e
 }
 
-// evaluated notes whether an evaluation reached the daemon.
-func (p *rpcProvider) evaluated(err error) openfeature.ResolutionError {
+// evaluated notes whether an evaluation reached the daemon. caller is the
+// caller's context: when it ended first (the decision deadline, a client
+// that went away) the failure says nothing of the daemon, so a probe of
+// its own, with the full requestTimeout, finds out aside.
+func (p *rpcProvider) evaluated(caller context.Context, err error) openfeature.ResolutionError {
 	if err == nil {
 		p.evalFailing.Store(false)
 		return openfeature.ResolutionError{}
@@ -323,6 +335,13 @@ func (p *rpcProvider) evaluated(err error) openfeature.ResolutionError {
 	code := connect.CodeUnknown
 	if errors.As(err, &ce) {
 		code = ce.Code()
+	}
+	// The daemon reads the caller's deadline from the request and may
+	// answer "deadline exceeded" a moment before the caller's context
+	// ends: the caller's deadline, too, not the daemon's health.
+	if caller.Err() != nil || code == connect.CodeDeadlineExceeded || code == connect.CodeCanceled {
+		p.probeAside()
+		return openfeature.NewGeneralResolutionError("flagd evaluation abandoned: " + code.String())
 	}
 	switch code {
 	case connect.CodeNotFound:
@@ -339,6 +358,35 @@ func (p *rpcProvider) evaluated(err error) openfeature.ResolutionError {
 	return openfeature.NewGeneralResolutionError("flagd evaluation failed: " + code.String())
 }
 
+// probeAside evaluates the kill switch once, in the background, under
+// requestTimeout alone, and records whether the daemon answered: a daemon
+// that hangs after its stream opened is seen as failing even though every
+// decision gives up on it at its own, shorter, deadline. One probe at a
+// time, at most one per requestTimeout.
+func (p *rpcProvider) probeAside() {
+	now := time.Now().UnixNano()
+	if now-p.lastProbe.Load() < int64(p.requestTimeout) || !p.probing.CompareAndSwap(false, true) {
+		return
+	}
+	p.lastProbe.Store(now)
+	go func() {
+		defer p.probing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), p.requestTimeout)
+		defer cancel()
+		probe, _ := structpb.NewStruct(map[string]any{openfeature.TargetingKey: "credgate-probe"})
+		_, err := p.client.ResolveBoolean(ctx, connect.NewRequest(&evaluationv1.ResolveBooleanRequest{FlagKey: FlagEnabled, Context: probe}))
+		var ce *connect.Error
+		switch {
+		case err == nil:
+			p.evalFailing.Store(false)
+		case errors.As(err, &ce) && (ce.Code() == connect.CodeNotFound || ce.Code() == connect.CodeInvalidArgument):
+			p.evalFailing.Store(false) // it answered
+		default:
+			p.evalFailing.Store(true)
+		}
+	}()
+}
+
 // request bounds one evaluation by requestTimeout.
 func (p *rpcProvider) request(ctx context.Context, fc openfeature.FlattenedContext) (context.Context, context.CancelFunc, *structpb.Struct, error) {
 	evalCtx, err := structpb.NewStruct(fc)
@@ -349,27 +397,27 @@ func (p *rpcProvider) request(ctx context.Context, fc openfeature.FlattenedConte
 	return ctx, cancel, evalCtx, nil
 }
 
-func (p *rpcProvider) BooleanEvaluation(ctx context.Context, flag string, def bool, fc openfeature.FlattenedContext) openfeature.BoolResolutionDetail {
-	ctx, cancel, evalCtx, err := p.request(ctx, fc)
+func (p *rpcProvider) BooleanEvaluation(caller context.Context, flag string, def bool, fc openfeature.FlattenedContext) openfeature.BoolResolutionDetail {
+	ctx, cancel, evalCtx, err := p.request(caller, fc)
 	if err != nil {
 		return openfeature.BoolResolutionDetail{Value: def, ProviderResolutionDetail: failed(openfeature.NewParseErrorResolutionError(err.Error()))}
 	}
 	defer cancel()
 	res, err := p.client.ResolveBoolean(ctx, connect.NewRequest(&evaluationv1.ResolveBooleanRequest{FlagKey: flag, Context: evalCtx}))
-	if rerr := p.evaluated(err); err != nil {
+	if rerr := p.evaluated(caller, err); err != nil {
 		return openfeature.BoolResolutionDetail{Value: def, ProviderResolutionDetail: failed(rerr)}
 	}
 	return openfeature.BoolResolutionDetail{Value: res.Msg.GetValue(), ProviderResolutionDetail: resolved(res.Msg.GetReason(), res.Msg.GetVariant())}
 }
 
-func (p *rpcProvider) StringEvaluation(ctx context.Context, flag, def string, fc openfeature.FlattenedContext) openfeature.StringResolutionDetail {
-	ctx, cancel, evalCtx, err := p.request(ctx, fc)
+func (p *rpcProvider) StringEvaluation(caller context.Context, flag, def string, fc openfeature.FlattenedContext) openfeature.StringResolutionDetail {
+	ctx, cancel, evalCtx, err := p.request(caller, fc)
 	if err != nil {
 		return openfeature.StringResolutionDetail{Value: def, ProviderResolutionDetail: failed(openfeature.NewParseErrorResolutionError(err.Error()))}
 	}
 	defer cancel()
 	res, err := p.client.ResolveString(ctx, connect.NewRequest(&evaluationv1.ResolveStringRequest{FlagKey: flag, Context: evalCtx}))
-	if rerr := p.evaluated(err); err != nil {
+	if rerr := p.evaluated(caller, err); err != nil {
 		return openfeature.StringResolutionDetail{Value: def, ProviderResolutionDetail: failed(rerr)}
 	}
 	return openfeature.StringResolutionDetail{Value: res.Msg.GetValue(), ProviderResolutionDetail: resolved(res.Msg.GetReason(), res.Msg.GetVariant())}

@@ -153,13 +153,41 @@ func TestFlagdRPCDaemonThatNeverAnswers(t *testing.T) {
 
 	d.Start()
 	waitUntil(t, 4*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
-	d.Hang()
+
+	// Frozen with its connections open, as a paused process: every
+	// decision gives up at the deadline, and the probe the first one
+	// starts finds the daemon failing although its stream looks fine.
+	d.Freeze()
 	for range 5 {
 		start := time.Now()
 		dec := r.decide()
-		if took := time.Since(start); dec.Arm != flags.ArmLegacy || took > 150*time.Millisecond {
-			t.Fatalf("hung after ready: %+v after %v, want legacy within the 100 ms deadline", dec, took)
+		if took := time.Since(start); dec.Arm != flags.ArmLegacy || dec.Reason != flags.ReasonTimeout || took > 500*time.Millisecond {
+			t.Fatalf("frozen after ready: %+v after %v, want legacy/timeout at the 100 ms deadline", dec, took)
 		}
 	}
 	waitUntil(t, 5*time.Second, "the state stops saying ready", func() bool { return r.state().State != flags.SourceReady })
+	d.Thaw()
+	waitUntil(t, 3*time.Second, "decisions follow the thawed daemon", func() bool { return r.decide().Arm == flags.ArmNew })
+	if s := r.state(); s.State != flags.SourceReady {
+		t.Fatalf("state after the thaw: %+v", s)
+	}
+}
+
+// Decisions that give up on a healthy daemon (a deadline shorter than it
+// takes to answer, a client that went away) do not make it look failing.
+func TestFlagdRPCAbandonedDecisionsKeepAHealthyDaemonReady(t *testing.T) {
+	t.Parallel()
+	d := flagdtest.New(t, 100)
+	d.Start()
+	r := newRPCRollout(t, d)
+	waitUntil(t, 2*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
+	for range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		r.Decide(ctx, userID(1), "twitter")
+	}
+	time.Sleep(1500 * time.Millisecond) // a probe's round trip
+	if s := r.state(); s.State != flags.SourceReady {
+		t.Fatalf("a healthy daemon after abandoned decisions: %+v", s)
+	}
 }

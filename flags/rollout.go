@@ -128,7 +128,6 @@ func NewRollout(provider openfeature.FeatureProvider, opts ...Option) *Rollout {
 		opt(r)
 	}
 	r.client = api.NewClient()
-	r.client.AddHooks(decisionHook{r.counts})
 	ready := func(openfeature.EventDetails) { r.ready.Store(true) }
 	api.AddHandler(openfeature.ProviderReady, &ready)
 	return r
@@ -177,21 +176,34 @@ func (r *Rollout) Decide(ctx context.Context, userID, platform string) Decision 
 	}
 	// A provider that hangs (a flagd daemon that accepts connections and
 	// never answers) must not hold the user: evaluate aside, and past the
-	// deadline decide legacy. The evaluation finishes, or not, on its own.
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	// deadline decide legacy. The evaluation itself gets a quarter more
+	// time, so that a remote provider told of the deadline (flagd reads
+	// it from the request) cannot answer "deadline exceeded" just before
+	// it and pass for a provider error. It finishes, or not, on its own.
+	evalCtx, cancel := context.WithTimeout(ctx, r.timeout+r.timeout/4)
 	defer cancel()
+	deadline := time.NewTimer(r.timeout)
+	defer deadline.Stop()
 	decided := make(chan Decision, 1)
-	go func() { decided <- r.evaluate(ctx, userID, platform) }()
+	go func() { decided <- r.evaluate(evalCtx, userID, platform) }()
+	// Exactly one of the two is counted: an evaluation that finishes
+	// after the deadline is not.
 	select {
 	case d := <-decided:
-		return d
+		if d.Reason != ReasonRollout && d.Reason != ReasonKillSwitch && evalCtx.Err() != nil {
+			// It failed because its context ended (the caller went away).
+			d = Decision{Arm: ArmLegacy, Reason: ReasonTimeout}
+		}
+		return r.counts.record(platform, d)
+	case <-deadline.C:
+		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonTimeout})
 	case <-ctx.Done():
 		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: ReasonTimeout})
 	}
 }
 
 // evaluate runs the two flags for a user with an identity, once the
-// provider is ready.
+// provider is ready. Decide counts what it returns.
 func (r *Rollout) evaluate(ctx context.Context, userID, platform string) Decision {
 	evalCtx := openfeature.NewEvaluationContext(userID, map[string]any{"platform": platform})
 
@@ -200,13 +212,12 @@ func (r *Rollout) evaluate(ctx context.Context, userID, platform string) Decisio
 	enabled, err := r.client.BooleanValueDetails(ctx, FlagEnabled, false, evalCtx)
 	evaluationLock.RUnlock()
 	if err != nil {
-		return r.counts.record(platform, Decision{Arm: ArmLegacy, Reason: reasonOf(enabled.ErrorCode, enabled.ErrorMessage)})
+		return Decision{Arm: ArmLegacy, Reason: reasonOf(enabled.ErrorCode, enabled.ErrorMessage)}
 	}
 	if !enabled.Value {
-		return r.counts.record(platform, Decision{Arm: ArmLegacy, Variant: enabled.Variant, Reason: ReasonKillSwitch})
+		return Decision{Arm: ArmLegacy, Variant: enabled.Variant, Reason: ReasonKillSwitch}
 	}
 
-	// The decision hook counts this evaluation.
 	evaluationLock.RLock()
 	d, _ := r.client.StringValueDetails(ctx, FlagNewFlow, string(ArmLegacy), evalCtx)
 	evaluationLock.RUnlock()
@@ -262,44 +273,58 @@ type InForce struct {
 	KillSwitchOn bool `json:"kill_switch_on"`
 	// NewPercent is the share of Samples sample user ids the split sends
 	// to the new arm (before the kill switch): the percentage in force,
-	// whatever the source (file, daemon, static).
+	// whatever the source (file, daemon, static). Samples may be fewer
+	// than asked when the source is slow (see InForce).
 	NewPercent float64 `json:"new_percent"`
 	Samples    int     `json:"samples"`
 	// Problem is set when an evaluation failed.
 	Problem string `json:"problem,omitempty"`
 }
 
-// InForce evaluates the flags for platform over samples fixed sample user
-// ids. It neither counts as decisions nor applies the guard.
+// inForceBudget bounds InForce per platform: against a remote daemon
+// each sample is a round trip, and a status page must not take minutes.
+const inForceBudget = 2 * time.Second
+
+// InForce evaluates the flags for platform over up to samples fixed
+// sample user ids, stopping early when ctx ends or inForceBudget is spent
+// (Samples says how many were evaluated). It neither counts as decisions
+// nor applies the guard, and it holds the evaluation lock one evaluation
+// at a time, so a config reload never waits behind it.
 func (r *Rollout) InForce(ctx context.Context, platform string, samples int) InForce {
-	out := InForce{Platform: platform, Ready: r.ready.Load(), Samples: samples}
+	out := InForce{Platform: platform, Ready: r.ready.Load()}
 	if !out.Ready {
 		return out
 	}
-	// A client of its own: the decision hook is on r.client only.
-	probe := r.api.NewClient()
+	ctx, cancel := context.WithTimeout(ctx, inForceBudget)
+	defer cancel()
 	attrs := map[string]any{"platform": platform}
 	evaluationLock.RLock()
-	defer evaluationLock.RUnlock()
-	enabled, err := probe.BooleanValueDetails(ctx, FlagEnabled, false, openfeature.NewEvaluationContext(sampleUser(0), attrs))
+	enabled, err := r.client.BooleanValueDetails(ctx, FlagEnabled, false, openfeature.NewEvaluationContext(sampleUser(0), attrs))
+	evaluationLock.RUnlock()
 	if err != nil {
 		out.Problem = FlagEnabled + ": " + string(reasonOf(enabled.ErrorCode, enabled.ErrorMessage))
 		return out
 	}
 	out.KillSwitchOn = enabled.Value
 	onNew := 0
-	for i := range samples {
-		d, err := probe.StringValueDetails(ctx, FlagNewFlow, string(ArmLegacy), openfeature.NewEvaluationContext(sampleUser(i), attrs))
+	for i := 0; i < samples && ctx.Err() == nil; i++ {
+		evaluationLock.RLock()
+		d, err := r.client.StringValueDetails(ctx, FlagNewFlow, string(ArmLegacy), openfeature.NewEvaluationContext(sampleUser(i), attrs))
+		evaluationLock.RUnlock()
 		if err != nil {
+			if ctx.Err() != nil {
+				break // the budget, not the flag
+			}
 			out.Problem = FlagNewFlow + ": " + string(reasonOf(d.ErrorCode, d.ErrorMessage))
 			return out
 		}
+		out.Samples++
 		if d.Value == string(ArmNew) {
 			onNew++
 		}
 	}
-	if samples > 0 {
-		out.NewPercent = 100 * float64(onNew) / float64(samples)
+	if out.Samples > 0 {
+		out.NewPercent = 100 * float64(onNew) / float64(out.Samples)
 	}
 	return out
 }

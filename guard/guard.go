@@ -47,7 +47,9 @@ import (
 	"github.com/credgate/credgate/vault"
 )
 
-// Config is the guard's line. Zero fields take the defaults.
+// Config is the guard's line. Start from DefaultConfig: a zero field is
+// taken as written (min_success 0 turns the absolute floor off, max_gap
+// 0 allows no gap at all).
 type Config struct {
 	// MinSuccess is the lowest acceptable new-arm success rate (0.95).
 	MinSuccess float64
@@ -68,21 +70,10 @@ const (
 	DefaultWindow     = 10 * time.Minute
 )
 
-// WithDefaults fills the zero fields.
-func (c Config) WithDefaults() Config {
-	if c.MinSuccess == 0 {
-		c.MinSuccess = DefaultMinSuccess
-	}
-	if c.MaxGap == 0 {
-		c.MaxGap = DefaultMaxGap
-	}
-	if c.MinSamples == 0 {
-		c.MinSamples = DefaultMinSamples
-	}
-	if c.Window == 0 {
-		c.Window = DefaultWindow
-	}
-	return c
+// DefaultConfig is the guide's line: 95 %, within 5 points of the legacy
+// flow, judged on at least 50 new flows in the last 10 minutes.
+func DefaultConfig() Config {
+	return Config{MinSuccess: DefaultMinSuccess, MaxGap: DefaultMaxGap, MinSamples: DefaultMinSamples, Window: DefaultWindow}
 }
 
 // Validate rejects a line that cannot be meant.
@@ -158,8 +149,9 @@ type Platform struct {
 // Halted reports whether the platform is halted.
 func (p Platform) Halted() bool { return p.Halt != nil }
 
-// bucketWidth is the granularity of the shared window.
-const bucketWidth = 10 * time.Second
+// currentBucket is the start of the 10 s bucket now() falls in: the
+// granularity of the shared window, dated by the database's clock.
+const currentBucket = `date_bin('10 seconds', now(), TIMESTAMPTZ '2000-01-01')`
 
 // retention is how long outcome buckets are kept: far longer than any
 // sensible window, for `rollout status --window`.
@@ -174,11 +166,12 @@ type Guard struct {
 	cfg       Config
 	outcomes  *flags.Outcomes
 	platforms []string
-	now       func() time.Time
 	logger    *zap.Logger
 	// OnHalt, if set, hears of each halt this process latched.
 	onHalt func(Halt)
 
+	// halted is nil until the first tick has read the latches: until
+	// then every platform counts as halted (see Halted).
 	halted atomic.Pointer[map[string]bool]
 	view   atomic.Pointer[[]Platform]
 
@@ -189,9 +182,6 @@ type Guard struct {
 // Option adjusts a Guard.
 type Option func(*Guard)
 
-// WithClock replaces time.Now (tests that move a sandbox clock).
-func WithClock(now func() time.Time) Option { return func(g *Guard) { g.now = now } }
-
 // WithLogger sets where trips and database trouble are logged.
 func WithLogger(l *zap.Logger) Option { return func(g *Guard) { g.logger = l } }
 
@@ -201,22 +191,29 @@ func OnHalt(fn func(Halt)) Option { return func(g *Guard) { g.onHalt = fn } }
 // New returns a guard over outcomes for platforms. Call Tick (or Run) to
 // make it follow them.
 func New(pool *pgxpool.Pool, cfg Config, outcomes *flags.Outcomes, platforms []string, opts ...Option) *Guard {
-	g := &Guard{pool: pool, cfg: cfg.WithDefaults(), outcomes: outcomes, platforms: slices.Sorted(slices.Values(platforms)),
-		now: time.Now, logger: zap.NewNop(), flushed: map[flags.OutcomeKey]uint64{}}
+	g := &Guard{pool: pool, cfg: cfg, outcomes: outcomes, platforms: slices.Sorted(slices.Values(platforms)),
+		logger: zap.NewNop(), flushed: map[flags.OutcomeKey]uint64{}}
 	for _, opt := range opts {
 		opt(g)
 	}
-	empty := map[string]bool{}
-	g.halted.Store(&empty)
 	return g
 }
 
-// Config is the guard's line, defaults filled.
+// Config is the guard's line.
 func (g *Guard) Config() Config { return g.cfg }
 
 // Halted reports whether new starts on platform go to legacy. It reads
-// what the last tick saw: no database on the decision path.
-func (g *Guard) Halted(platform string) bool { return (*g.halted.Load())[platform] }
+// what the last tick saw: no database on the decision path. Until a tick
+// has read the latches once, every platform counts as halted: a replica
+// that just started must not send users to a platform another replica
+// halted (and the new flow needs the database anyway).
+func (g *Guard) Halted(platform string) bool {
+	halted := g.halted.Load()
+	return halted == nil || (*halted)[platform]
+}
+
+// Loaded reports whether a tick has read the latches yet.
+func (g *Guard) Loaded() bool { return g.halted.Load() != nil }
 
 // Platforms is what the last tick saw, per platform; nil before the
 // first tick succeeded.
@@ -227,7 +224,12 @@ func (g *Guard) Platforms() []Platform {
 	return nil
 }
 
-// Run ticks every interval until ctx ends. A failing tick (the database
+// tickTimeout bounds one tick: a database that stops answering without
+// closing the connection must not stall the guard for minutes.
+const tickTimeout = 5 * time.Second
+
+// Run ticks every interval until ctx ends, then flushes once more so
+// that a reload or a stop loses no outcome. A failing tick (the database
 // is down) is logged once, and once again when ticks succeed; the halts
 // last seen stay in force meanwhile.
 func (g *Guard) Run(ctx context.Context, interval time.Duration) {
@@ -235,10 +237,11 @@ func (g *Guard) Run(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	failing := false
 	for {
-		err := g.Tick(ctx)
+		tctx, cancel := context.WithTimeout(ctx, tickTimeout)
+		err := g.Tick(tctx)
+		cancel()
 		switch {
 		case ctx.Err() != nil:
-			return
 		case err != nil && !failing:
 			g.logger.Warn("rollout guard cannot reach the database; the halts last seen stay in force", zap.Error(err))
 		case err == nil && failing:
@@ -247,6 +250,13 @@ func (g *Guard) Run(ctx context.Context, interval time.Duration) {
 		failing = err != nil
 		select {
 		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tickTimeout)
+			defer cancel()
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if err := g.flush(fctx); err != nil {
+				g.logger.Warn("rollout guard could not add its last outcomes to the window", zap.Error(err))
+			}
 			return
 		case <-t.C:
 		}
@@ -258,11 +268,10 @@ func (g *Guard) Run(ctx context.Context, interval time.Duration) {
 func (g *Guard) Tick(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.now()
-	if err := g.flush(ctx, now); err != nil {
+	if err := g.flush(ctx); err != nil {
 		return err
 	}
-	view, err := Status(ctx, g.pool, g.cfg.Window, g.platforms, now)
+	view, err := Status(ctx, g.pool, g.cfg.Window, g.platforms)
 	if err != nil {
 		return err
 	}
@@ -274,9 +283,9 @@ func (g *Guard) Tick(ctx context.Context) error {
 		if !trips {
 			continue
 		}
-		h := Halt{Platform: p.Name, At: now, Reason: reason, NewSuccess: p.New.Success(), NewSamples: p.New.Samples(),
+		h := Halt{Platform: p.Name, Reason: reason, NewSuccess: p.New.Success(), NewSamples: p.New.Samples(),
 			LegacySuccess: p.Legacy.Success(), LegacySamples: p.Legacy.Samples()}
-		latched, err := g.latch(ctx, h)
+		latched, err := g.latch(ctx, &h, p.ResumedAt)
 		if err != nil {
 			return err
 		}
@@ -288,8 +297,11 @@ func (g *Guard) Tick(ctx context.Context) error {
 				g.onHalt(h)
 			}
 		}
-		// Latched here or by another replica in the meantime: halted.
-		view[i].Halt = &h
+		if latched {
+			view[i].Halt = &h
+		}
+		// Otherwise another replica latched it, or an operator resumed
+		// it after the window was read: the next tick reads which.
 	}
 	halted := map[string]bool{}
 	for _, p := range view {
@@ -303,8 +315,11 @@ func (g *Guard) Tick(ctx context.Context) error {
 }
 
 // flush adds the outcomes counted since the last flush to the shared
-// window, in the current bucket, and prunes buckets past retention.
-func (g *Guard) flush(ctx context.Context, now time.Time) error {
+// window, in the current bucket, and prunes buckets past retention. The
+// database's clock dates the buckets, so that replicas, the commands and
+// a resume agree on the window whatever their own clocks say. Call with
+// g.mu held.
+func (g *Guard) flush(ctx context.Context) error {
 	snapshot := map[flags.OutcomeKey]uint64{}
 	for _, c := range g.outcomes.Snapshot() {
 		snapshot[c.OutcomeKey] = c.Count
@@ -325,19 +340,18 @@ func (g *Guard) flush(ctx context.Context, now time.Time) error {
 		}
 		deltas[key] = cur
 	}
-	bucket := now.Truncate(bucketWidth)
 	b := &pgx.Batch{}
 	// A fixed order, so that concurrent flushes from replicas lock the
 	// same rows in the same order.
 	keys := slices.SortedFunc(maps.Keys(deltas), func(a, b [2]string) int { return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1])) })
 	for _, key := range keys {
 		d := deltas[key]
-		b.Queue(`INSERT INTO rollout_outcomes (platform, arm, bucket, successes, failures) VALUES ($1, $2, $3, $4, $5)
+		b.Queue(`INSERT INTO rollout_outcomes (platform, arm, bucket, successes, failures) VALUES ($1, $2, `+currentBucket+`, $3, $4)
 			ON CONFLICT (platform, bucket, arm) DO UPDATE
 			SET successes = rollout_outcomes.successes + EXCLUDED.successes, failures = rollout_outcomes.failures + EXCLUDED.failures`,
-			key[0], key[1], bucket, d.successes, d.failures)
+			key[0], key[1], d.successes, d.failures)
 	}
-	b.Queue(`DELETE FROM rollout_outcomes WHERE bucket < $1`, now.Add(-retention))
+	b.Queue(`DELETE FROM rollout_outcomes WHERE bucket < now() - $1::interval`, retention)
 	// One transaction: a failed flush adds nothing, and the next one
 	// carries the same deltas.
 	err := vault.InTx(ctx, g.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
@@ -348,24 +362,28 @@ func (g *Guard) flush(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// latch records the halt unless the platform is already halted, with its
-// audit row in the same transaction; latched is false when another
-// replica got there first.
-func (g *Guard) latch(ctx context.Context, h Halt) (latched bool, err error) {
+// latch records the halt unless the platform is already halted, or was
+// resumed since the window was read (observedResume is the resumed_at
+// the window was read under), with its audit row in the same
+// transaction; latched is false when another replica or an operator got
+// there first. It sets h.At from the database's clock.
+func (g *Guard) latch(ctx context.Context, h *Halt, observedResume *time.Time) (latched bool, err error) {
 	err = vault.InTx(ctx, g.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO rollout_halts (platform, halted_at, reason, new_success, new_samples, legacy_success, legacy_samples)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)
+		err := tx.QueryRow(ctx, `INSERT INTO rollout_halts (platform, halted_at, reason, new_success, new_samples, legacy_success, legacy_samples)
+			VALUES ($1, now(), $2, $3, $4, $5, $6)
 			ON CONFLICT (platform) DO UPDATE SET halted_at = EXCLUDED.halted_at, reason = EXCLUDED.reason,
 				new_success = EXCLUDED.new_success, new_samples = EXCLUDED.new_samples,
 				legacy_success = EXCLUDED.legacy_success, legacy_samples = EXCLUDED.legacy_samples
-			WHERE rollout_halts.halted_at IS NULL`,
-			h.Platform, h.At, h.Reason, h.NewSuccess, h.NewSamples, h.LegacySuccess, h.LegacySamples)
+			WHERE rollout_halts.halted_at IS NULL AND rollout_halts.resumed_at IS NOT DISTINCT FROM $7
+			RETURNING halted_at`,
+			h.Platform, h.Reason, h.NewSuccess, h.NewSamples, h.LegacySuccess, h.LegacySamples, observedResume).Scan(&h.At)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if latched = tag.RowsAffected() == 1; !latched {
-			return nil
-		}
+		latched = true
 		return vault.Audit{}.Append(ctx, tx, vault.Event{Platform: h.Platform, Action: vault.ActionRolloutHalted, Status: vault.Success,
 			Details: map[string]any{"reason": h.Reason, "new_success": h.NewSuccess, "new_samples": h.NewSamples,
 				"legacy_success": h.LegacySuccess, "legacy_samples": h.LegacySamples,
@@ -378,10 +396,10 @@ func (g *Guard) latch(ctx context.Context, h Halt) (latched bool, err error) {
 }
 
 // Status reads, for each platform, its latch and both arms' outcomes in
-// the window ending at now (starting no earlier than the last resume).
-// Platforms that have a latch or outcomes but are not in platforms are
-// included too.
-func Status(ctx context.Context, db vault.DB, window time.Duration, platforms []string, now time.Time) ([]Platform, error) {
+// the window ending now (starting no earlier than the last resume), by
+// the database's clock. Platforms that have a latch or outcomes but are
+// not in platforms are included too.
+func Status(ctx context.Context, db vault.DB, window time.Duration, platforms []string) ([]Platform, error) {
 	byName := map[string]*Platform{}
 	get := func(name string) *Platform {
 		if p, ok := byName[name]; ok {
@@ -422,8 +440,8 @@ func Status(ctx context.Context, db vault.DB, window time.Duration, platforms []
 
 	rows, err = db.Query(ctx, `SELECT o.platform, o.arm, sum(o.successes)::bigint, sum(o.failures)::bigint
 		FROM rollout_outcomes o LEFT JOIN rollout_halts h ON h.platform = o.platform
-		WHERE o.bucket >= greatest($1::timestamptz, h.resumed_at) AND o.bucket <= $2
-		GROUP BY o.platform, o.arm`, now.Add(-window), now)
+		WHERE o.bucket >= greatest(now() - $1::interval, h.resumed_at)
+		GROUP BY o.platform, o.arm`, window)
 	if err != nil {
 		return nil, fmt.Errorf("guard: reading the window: %w", err)
 	}
@@ -451,11 +469,13 @@ func Status(ctx context.Context, db vault.DB, window time.Duration, platforms []
 }
 
 // Resume clears platform's halt, audited with who resumed it, and starts
-// a fresh window there. ErrNotHalted when it is not halted.
-func Resume(ctx context.Context, db vault.DB, platform, by string, now time.Time) (Halt, error) {
+// a fresh window there: from the start of the current 10 s bucket, whose
+// outcomes so far are dropped (they were counted before the resume).
+// ErrNotHalted when it is not halted.
+func Resume(ctx context.Context, db vault.DB, platform, by string) (Halt, error) {
 	var h Halt
 	err := vault.InTx(ctx, db, func(tx pgx.Tx) error {
-		// The old values are read under the row lock the UPDATE takes.
+		// The old values are read under the row lock the UPDATE needs.
 		err := tx.QueryRow(ctx, `SELECT halted_at, reason, new_success, new_samples, legacy_success, legacy_samples
 			FROM rollout_halts WHERE platform = $1 AND halted_at IS NOT NULL FOR UPDATE`, platform).
 			Scan(&h.At, &h.Reason, &h.NewSuccess, &h.NewSamples, &h.LegacySuccess, &h.LegacySamples)
@@ -467,8 +487,11 @@ func Resume(ctx context.Context, db vault.DB, platform, by string, now time.Time
 		}
 		h.Platform = platform
 		if _, err := tx.Exec(ctx, `UPDATE rollout_halts SET halted_at = NULL, reason = NULL, new_success = NULL, new_samples = NULL,
-				legacy_success = NULL, legacy_samples = NULL, resumed_at = $2, resumed_by = $3 WHERE platform = $1`,
-			platform, now, by); err != nil {
+				legacy_success = NULL, legacy_samples = NULL, resumed_at = `+currentBucket+`, resumed_by = $2 WHERE platform = $1`,
+			platform, by); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM rollout_outcomes WHERE platform = $1 AND bucket >= `+currentBucket, platform); err != nil {
 			return err
 		}
 		return vault.Audit{}.Append(ctx, tx, vault.Event{Platform: platform, Action: vault.ActionRolloutResumed, Status: vault.Success,

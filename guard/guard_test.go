@@ -15,7 +15,7 @@ import (
 
 func TestTrips(t *testing.T) {
 	t.Parallel()
-	c := guard.Config{}.WithDefaults()
+	c := guard.DefaultConfig()
 	cases := []struct {
 		name        string
 		newArm, leg guard.Rate
@@ -33,8 +33,10 @@ func TestTrips(t *testing.T) {
 	}
 	// The gap: with min_success 0.80, 0.85 against a legacy arm at 0.99
 	// trips (gap 0.14 > 0.05), against a legacy arm with too few samples
-	// it does not.
-	c = guard.Config{MinSuccess: 0.80}.WithDefaults()
+	// it does not. Zero is a setting, not "the default": min_success 0
+	// leaves only the gap, max_gap 0 allows none.
+	c = guard.DefaultConfig()
+	c.MinSuccess = 0.80
 	if reason, got := c.Trips(guard.Rate{Successes: 85, Failures: 15}, guard.Rate{Successes: 99, Failures: 1}); !got || reason == "" {
 		t.Error("a 14-point gap to the legacy arm does not trip")
 	}
@@ -44,16 +46,28 @@ func TestTrips(t *testing.T) {
 	if _, got := c.Trips(guard.Rate{Successes: 96, Failures: 4}, guard.Rate{Successes: 99, Failures: 1}); got {
 		t.Error("a 3-point gap trips")
 	}
+	c = guard.Config{MinSuccess: 0, MaxGap: 0, MinSamples: 50, Window: time.Hour}
+	if _, got := c.Trips(guard.Rate{Successes: 10, Failures: 90}, guard.Rate{}); got {
+		t.Error("min_success 0 still has a floor")
+	}
+	if _, got := c.Trips(guard.Rate{Successes: 98, Failures: 2}, guard.Rate{Successes: 99, Failures: 1}); !got {
+		t.Error("max_gap 0 allows a gap")
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
 	t.Parallel()
-	for _, c := range []guard.Config{{MinSuccess: 1.5}, {MaxGap: -1}, {MinSamples: -3}, {Window: time.Second}} {
-		if err := c.WithDefaults().Validate(); err == nil {
+	for _, change := range []func(*guard.Config){
+		func(c *guard.Config) { c.MinSuccess = 1.5 }, func(c *guard.Config) { c.MaxGap = -1 },
+		func(c *guard.Config) { c.MinSamples = 0 }, func(c *guard.Config) { c.Window = time.Second },
+	} {
+		c := guard.DefaultConfig()
+		change(&c)
+		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
 	}
-	if err := (guard.Config{}).WithDefaults().Validate(); err != nil {
+	if err := guard.DefaultConfig().Validate(); err != nil {
 		t.Errorf("defaults: %v", err)
 	}
 }
@@ -76,7 +90,7 @@ func TestHaltIsSharedAcrossReplicasAndResumeClearsIt(t *testing.T) {
 	url := pgtest.Database(t)
 	ctx := context.Background()
 	var halts atomic.Int32
-	cfg := guard.Config{MinSuccess: 0.95, MinSamples: 50, Window: 10 * time.Minute}
+	cfg := guard.DefaultConfig()
 	platforms := []string{"twitter", "linkedin"}
 	oa, ob := flags.NewOutcomes(), flags.NewOutcomes()
 	a := guard.New(pgtest.Pool(t, url), cfg, oa, platforms, guard.OnHalt(func(guard.Halt) { halts.Add(1) }))
@@ -134,10 +148,10 @@ func TestHaltIsSharedAcrossReplicasAndResumeClearsIt(t *testing.T) {
 
 	// Resume: cleared in both after their next tick, audited, and the
 	// outcomes that caused the halt do not trip it again.
-	if _, err := guard.Resume(ctx, pool, "twitter", "test", time.Now()); err != nil {
+	if _, err := guard.Resume(ctx, pool, "twitter", "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := guard.Resume(ctx, pool, "twitter", "test", time.Now()); !errors.Is(err, guard.ErrNotHalted) {
+	if _, err := guard.Resume(ctx, pool, "twitter", "test"); !errors.Is(err, guard.ErrNotHalted) {
 		t.Fatalf("resuming twice: %v, want ErrNotHalted", err)
 	}
 	tick()
@@ -150,6 +164,65 @@ func TestHaltIsSharedAcrossReplicasAndResumeClearsIt(t *testing.T) {
 	}
 	if n := halts.Load(); n != 1 {
 		t.Fatalf("re-tripped on the old outcomes (%d halts)", n)
+	}
+	// Outcomes after the resume count, from the first one: 50 more at
+	// 80 % trip it again.
+	record(oa, flags.ArmNew, "twitter", 40, 10)
+	tick()
+	if !a.Halted("twitter") {
+		for _, p := range a.Platforms() {
+			t.Logf("%+v", p)
+		}
+		t.Fatal("50 failing flows after a resume did not halt it again")
+	}
+}
+
+// A replica that read the window before an operator resumed cannot latch
+// a halt on it afterwards; one that read it after the resume can.
+func TestALatchDecidedBeforeAResumeDoesNotStick(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	ctx := context.Background()
+	pool := pgtest.Pool(t, url)
+	o := flags.NewOutcomes()
+	g := guard.New(pool, guard.DefaultConfig(), o, []string{"twitter"})
+	record(o, flags.ArmNew, "twitter", 40, 10)
+	// Replica A reads the window: not halted, never resumed, and it trips.
+	before, err := guard.Status(ctx, pool, time.Hour, []string{"twitter"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile replica B latches and an operator resumes.
+	if err := g.Tick(ctx); err != nil || !g.Halted("twitter") {
+		t.Fatalf("B's halt: %v", err)
+	}
+	if _, err := guard.Resume(ctx, pool, "twitter", "test"); err != nil {
+		t.Fatal(err)
+	}
+	// A's latch, decided on the window it read before the resume.
+	latched, err := g.Latch(ctx, &guard.Halt{Platform: "twitter", Reason: "stale"}, before[0].ResumedAt)
+	if err != nil || latched {
+		t.Fatalf("a latch decided before the resume: latched %v, %v", latched, err)
+	}
+	if err := g.Tick(ctx); err != nil || g.Halted("twitter") {
+		t.Fatalf("halted after the resume on the old outcomes: %v", err)
+	}
+	after, err := guard.Status(ctx, pool, time.Hour, []string{"twitter"})
+	if err != nil || after[0].ResumedAt == nil || after[0].New.Samples() != 0 {
+		t.Fatalf("the window after the resume: %+v %v", after, err)
+	}
+	latched, err = g.Latch(ctx, &guard.Halt{Platform: "twitter", Reason: "fresh"}, after[0].ResumedAt)
+	if err != nil || !latched {
+		t.Fatalf("a latch decided after the resume: latched %v, %v", latched, err)
+	}
+}
+
+// Until a tick has read the latches, every platform counts as halted.
+func TestHaltedUntilLoaded(t *testing.T) {
+	t.Parallel()
+	g := guard.New(nil, guard.DefaultConfig(), flags.NewOutcomes(), []string{"twitter"})
+	if g.Loaded() || !g.Halted("twitter") {
+		t.Fatal("a guard that never read the latches lets starts through")
 	}
 }
 
@@ -169,7 +242,9 @@ func TestTickWithoutDatabaseKeepsTheLastHalts(t *testing.T) {
 	q.Set("connect_timeout", "2")
 	u.RawQuery = q.Encode()
 	o := flags.NewOutcomes()
-	g := guard.New(pgtest.Pool(t, u.String()), guard.Config{MinSamples: 10}, o, []string{"twitter"})
+	cfg := guard.DefaultConfig()
+	cfg.MinSamples = 10
+	g := guard.New(pgtest.Pool(t, u.String()), cfg, o, []string{"twitter"})
 	record(o, flags.ArmNew, "twitter", 0, 10)
 	if err := g.Tick(context.Background()); err != nil || !g.Halted("twitter") {
 		t.Fatalf("tick: %v, halted %v", err, g.Halted("twitter"))

@@ -2,7 +2,8 @@
 // speaks flagd's evaluation API over the Connect protocol (ResolveBoolean,
 // ResolveString and EventStream, with flagd's own generated handler), on
 // a fixed local port, so a test can start it late, stop it, bring it back,
-// change its rollout, or make it accept connections and never answer.
+// change its rollout, make it accept connections and never answer, or
+// freeze it with its connections open.
 //
 // It evaluates with flags.Static, which buckets exactly as flagd's
 // fractional split: these tests are about the connection, and flagd
@@ -44,6 +45,44 @@ type Daemon struct {
 	srv      *http.Server
 	hung     net.Listener
 	hungConn []net.Conn
+	// thaw is open while the daemon is frozen.
+	thaw chan struct{}
+}
+
+// Freeze makes the running daemon stop answering, as a paused process
+// would: open streams and connections stay open, new requests wait.
+func (d *Daemon) Freeze() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.thaw == nil {
+		d.thaw = make(chan struct{})
+	}
+}
+
+// Thaw undoes Freeze.
+func (d *Daemon) Thaw() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.thaw != nil {
+		close(d.thaw)
+		d.thaw = nil
+	}
+}
+
+// wait blocks while the daemon is frozen; false when ctx ended first.
+func (d *Daemon) wait(ctx context.Context) bool {
+	d.mu.Lock()
+	thaw := d.thaw
+	d.mu.Unlock()
+	if thaw == nil {
+		return true
+	}
+	select {
+	case <-thaw:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // New reserves a free local port for a daemon serving percent % on the
@@ -58,7 +97,7 @@ func New(t testing.TB, percent int) *Daemon {
 	ln.Close()
 	d := &Daemon{Host: "127.0.0.1", Port: uint16(port), t: t, watchers: map[chan *evaluationv1.EventStreamResponse]struct{}{}}
 	d.SetPercent(percent)
-	t.Cleanup(d.Stop)
+	t.Cleanup(func() { d.Thaw(); d.Stop() })
 	return d
 }
 
@@ -174,6 +213,9 @@ type service struct {
 }
 
 func (s service) ResolveBoolean(ctx context.Context, req *connect.Request[evaluationv1.ResolveBooleanRequest]) (*connect.Response[evaluationv1.ResolveBooleanResponse], error) {
+	if !s.d.wait(ctx) {
+		return nil, ctx.Err()
+	}
 	r := s.d.current().BooleanEvaluation(ctx, req.Msg.GetFlagKey(), false, req.Msg.GetContext().AsMap())
 	if err := wireError(r.ResolutionError); err != nil {
 		return nil, err
@@ -182,6 +224,9 @@ func (s service) ResolveBoolean(ctx context.Context, req *connect.Request[evalua
 }
 
 func (s service) ResolveString(ctx context.Context, req *connect.Request[evaluationv1.ResolveStringRequest]) (*connect.Response[evaluationv1.ResolveStringResponse], error) {
+	if !s.d.wait(ctx) {
+		return nil, ctx.Err()
+	}
 	r := s.d.current().StringEvaluation(ctx, req.Msg.GetFlagKey(), "", req.Msg.GetContext().AsMap())
 	if err := wireError(r.ResolutionError); err != nil {
 		return nil, err
@@ -229,6 +274,9 @@ func (s service) EventStream(ctx context.Context, _ *connect.Request[evaluationv
 		case msg = <-w:
 		case <-keepAlive.C:
 			msg = &evaluationv1.EventStreamResponse{Type: "keep_alive"}
+		}
+		if !s.d.wait(ctx) {
+			return nil
 		}
 		if err := out.Send(msg); err != nil {
 			return err
