@@ -223,9 +223,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		PreviousKeys: repl.ReplaceKnown(a.PreviousKeys, ""),
 	}
 	if id := repl.ReplaceKnown(a.MasterKeyID, ""); id != "" {
-		var n uint32
-		if _, err := fmt.Sscan(id, &n); err != nil || n == 0 {
-			return fmt.Errorf("credgate: master_key_id must be a whole number from 1, got %q", id)
+		n, err := vault.ParseKeyID(id)
+		if err != nil {
+			return fmt.Errorf("credgate: master_key_id %q: %w", id, err)
 		}
 		keyCfg.MasterKeyID = n
 	}

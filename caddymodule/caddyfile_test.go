@@ -78,6 +78,9 @@ func TestProvisionFailsClosedOnBadKeys(t *testing.T) {
 		"placeholder": {DatabaseURL: "postgres://x/y", MasterKey: "<generate-secure-key>"},
 		"no database": {MasterKey: testKey(1)},
 		"bad key id":  {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "zero"},
+		// The commands refuse these; the server used to read 2 and 16.
+		"key id with junk": {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "2abc"},
+		"hex key id":       {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "0x10"},
 	} {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 		err := app.Provision(ctx)

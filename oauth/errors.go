@@ -58,6 +58,23 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
+// Is makes errors.Is match an *Error by its Code (and its Op, when the
+// target names one): errors.Is(err, oauth.ErrRevokeUnsupported) holds for
+// every platform's "revoke unsupported", and errors.Is(err,
+// &oauth.Error{Code: oauth.CodeInvalidGrant}) for any invalid grant.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code && (t.Op == "" || t.Op == e.Op)
+}
+
+// with returns a copy of e with changes applied: errors are values once
+// returned, never changed in place (a caller may hold the original).
+func (e *Error) with(change func(*Error)) *Error {
+	c := *e
+	change(&c)
+	return &c
+}
+
 // CodeOf returns the stable code of err, or provider_unavailable for an
 // error that did not come from this package.
 func CodeOf(err error) Code {

@@ -180,7 +180,14 @@ func TestLinkedInFlow(t *testing.T) {
 	}
 	_, err = p.Refresh(context.Background(), tok)
 	wantCode(t, err, oauth.CodeNeedsReauth)
-	wantCode(t, p.Revoke(context.Background(), tok), oauth.CodeUnsupported)
+	revokeErr := p.Revoke(context.Background(), tok)
+	wantCode(t, revokeErr, oauth.CodeUnsupported)
+	if !errors.Is(revokeErr, oauth.ErrRevokeUnsupported) {
+		t.Error("errors.Is(Revoke's error, ErrRevokeUnsupported) is false")
+	}
+	if errors.Is(revokeErr, &oauth.Error{Code: oauth.CodeInvalidGrant}) {
+		t.Error("an unsupported revoke matches invalid_grant")
+	}
 	if e.sb.Stats()["linkedin"].Rejected["code_verifier_sent"] != 0 {
 		t.Error("the client sent a code_verifier to LinkedIn")
 	}

@@ -171,7 +171,7 @@ func facebook() Profile {
 			}
 			out, err := facebookLongLived(ctx, p, t)
 			if e, ok := errors.AsType[*Error](err); ok && e.Code == CodeInvalidGrant {
-				e.Code, e.Retryable = CodeNeedsReauth, false
+				return out, e.with(func(e *Error) { e.Code, e.Retryable = CodeNeedsReauth, false })
 			}
 			return out, err
 		},

@@ -417,9 +417,7 @@ func (p *Provider) Refresh(ctx context.Context, t TokenSet) (TokenSet, error) {
 // returns ErrRevokeUnsupported (code "unsupported") where it does not.
 func (p *Provider) Revoke(ctx context.Context, t TokenSet) error {
 	if p.profile.revoke == nil {
-		e := *ErrRevokeUnsupported
-		e.Platform = p.profile.Name
-		return &e
+		return ErrRevokeUnsupported.with(func(e *Error) { e.Platform = p.profile.Name })
 	}
 	if err := p.profile.revoke(p.context(ctx, "revoke"), p, t); err != nil {
 		return p.asError("revoke", err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 
 	"golang.org/x/oauth2"
 )
@@ -95,7 +96,7 @@ func transportProblem(err error) string {
 		return "timed out"
 	case errors.Is(err, context.Canceled):
 		return "cancelled"
-	case strings.Contains(err.Error(), "connection refused"):
+	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"
 	}
 	var ue *url.Error
@@ -122,8 +123,7 @@ func stripURL(err error) error {
 // asError turns whatever a call returned into an *Error for op.
 func (p *Provider) asError(op string, err error) *Error {
 	if e, ok := errors.AsType[*Error](err); ok {
-		e.Op = op
-		return e
+		return e.with(func(e *Error) { e.Op = op })
 	}
 	// A form-encoded error x/oauth2 parsed itself (a 200 carrying
 	// error=…, as some providers send).

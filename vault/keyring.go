@@ -78,7 +78,7 @@ type KeyConfig struct {
 func KeyConfigFromEnv() (KeyConfig, error) {
 	cfg := KeyConfig{MasterKey: os.Getenv(EnvMasterKey), PreviousKeys: os.Getenv(EnvPreviousKeys)}
 	if raw := strings.TrimSpace(os.Getenv(EnvMasterKeyID)); raw != "" {
-		id, err := parseKeyID(raw)
+		id, err := ParseKeyID(raw)
 		if err != nil {
 			return cfg, fmt.Errorf("%s: %w", EnvMasterKeyID, err)
 		}
@@ -126,7 +126,7 @@ func NewKeyring(cfg KeyConfig) (*Keyring, error) {
 		if !ok {
 			return nil, fmt.Errorf("%s: want id:base64-key", name)
 		}
-		id, err := parseKeyID(rawID)
+		id, err := ParseKeyID(rawID)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
@@ -252,7 +252,10 @@ func constant(b []byte) bool {
 	return true
 }
 
-func parseKeyID(raw string) (uint32, error) {
+// ParseKeyID reads a key id strictly: a whole number from 1, nothing
+// else ("2abc", "0x10" and " 2 " with inner junk are refused). The
+// server's master_key_id and every command use it.
+func ParseKeyID(raw string) (uint32, error) {
 	id, err := strconv.ParseUint(strings.TrimSpace(raw), 10, 32)
 	if err != nil || id == 0 {
 		return 0, errors.New("key id must be a whole number from 1 to 4294967295")
