@@ -388,6 +388,13 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 
 // disconnect: DELETE /api/credentials/{platform}/disconnect
 func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform string) {
+	// Before anything else, and before any database call: a name that is
+	// not a configured platform (a NUL, invalid UTF-8, a typo) is a 404.
+	p, configured := h.providers[platform]
+	if !configured {
+		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		return
+	}
 	user, ok := h.requireUser(w, r)
 	if !ok {
 		return
@@ -412,7 +419,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 		h.logger.Warn("disconnecting an account whose credentials do not decrypt", zap.String("platform", platform), errField(err))
 	}
 	revoked := false
-	if p, ok := h.providers[platform]; ok && err == nil && p.CanRevoke() {
+	if err == nil && p.CanRevoke() {
 		rctx, rcancel := context.WithTimeout(r.Context(), 15*time.Second)
 		rerr := p.Revoke(rctx, oauth.TokenSet{AccessToken: creds.AccessToken, RefreshToken: creds.RefreshToken, PlatformUserID: acct.PlatformUserID})
 		rcancel()

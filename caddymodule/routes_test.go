@@ -295,6 +295,14 @@ func TestRouteErrors(t *testing.T) {
 		if resp.StatusCode != 404 || errorCode(body) != "not_connected" {
 			t.Errorf("not connected: %d %s", resp.StatusCode, body)
 		}
+		// A name that is no configured platform never reaches PostgreSQL
+		// (a NUL or invalid UTF-8 used to be a 500 and an error log).
+		for _, bad := range []string{"tw%00itter", "%ff%fe", "nosuch", "TWITTER"} {
+			resp, body = h.do("DELETE", "/api/credentials/"+bad+"/disconnect", alice, map[string]string{"Sec-Fetch-Site": "same-origin"})
+			if resp.StatusCode != 404 || errorCode(body) != "unknown_platform" {
+				t.Errorf("platform %q: %d %s", bad, resp.StatusCode, body)
+			}
+		}
 	})
 	t.Run("admin routes", func(t *testing.T) {
 		resp, body := h.do("POST", "/api/maintenance/cleanup", "", nil)
