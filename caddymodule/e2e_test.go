@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,6 +20,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/internal/testport"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/vault"
 )
@@ -60,14 +60,7 @@ type harness struct {
 	transportRetries atomic.Int64
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return testport.Free(t) }
 
 type harnessOptions struct {
 	databaseURL string // default: a fresh migrated database

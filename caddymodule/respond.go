@@ -1,16 +1,19 @@
 package caddymodule
 
 import (
+	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/url"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/internal/dberr"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
 )
@@ -35,21 +38,46 @@ func writeError(w http.ResponseWriter, status int, code, message string) {
 	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: message}})
 }
 
-// writeStoreError maps a database failure: an unreachable database is 503
-// "unavailable" (the pass-through keeps working meanwhile); anything else
-// is a 500 whose detail stays in the log.
+// writeStoreError maps a storage failure by its kind:
+//   - the database unreachable or not answering in time (dberr.Unavailable)
+//     is 503 "unavailable", logged at warn (the pass-through keeps working
+//     meanwhile);
+//   - a client that went away gets 499 and a debug line: nothing is wrong;
+//   - credentials that changed while being read are 409 "conflict";
+//   - anything else is a 500 "internal" carrying an opaque error id, which
+//     the error-level log line carries too, so a report leads to the line.
 func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing string, err error) {
 	writeStoreError(h.logger, w, r, doing, err)
 }
 
 func writeStoreError(log *zap.Logger, w http.ResponseWriter, r *http.Request, doing string, err error) {
-	if unavailable(err) {
+	switch {
+	case dberr.Unavailable(err):
 		log.Warn(doing+": database unavailable", errField(err), pathField(r))
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
-		return
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		log.Debug(doing+": the client went away", pathField(r))
+		writeError(w, statusClientClosedRequest, "client_closed_request", "the request was cancelled")
+	case errors.Is(err, vault.ErrVersionConflict):
+		log.Info(doing+": credentials changed meanwhile", pathField(r))
+		writeError(w, http.StatusConflict, "conflict", "the credentials changed meanwhile; try again")
+	default:
+		id := errorID()
+		log.Error(doing, errField(err), pathField(r), zap.String("error_id", id))
+		writeError(w, http.StatusInternalServerError, "internal", "internal error (id "+id+")")
 	}
-	log.Error(doing, errField(err), pathField(r))
-	writeError(w, http.StatusInternalServerError, "internal", "internal error")
+}
+
+// statusClientClosedRequest is nginx's status for a client that closed
+// the connection first: no one reads it, but logs and traces tell it from
+// a real failure.
+const statusClientClosedRequest = 499
+
+// errorID is a short random id tying a 500 to its log line.
+func errorID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // bearerMatches checks "Authorization: Bearer <want>" in constant time;
@@ -62,20 +90,15 @@ func bearerMatches(r *http.Request, want secret.Value) bool {
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want.Reveal())) == 1
 }
 
-// unavailable reports whether err means the database cannot be reached:
-// anything that is not an answer from PostgreSQL (an SQL error) nor one of
-// credgate's own data errors — refused or cut connections, EOFs, timeouts.
-func unavailable(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return false
-	}
-	for _, own := range []error{vault.ErrDecryptionFailed, vault.ErrUnknownKey, vault.ErrMalformedBlob, vault.ErrNotConnected} {
-		if errors.Is(err, own) {
-			return false
+// undecryptable reports whether err is about the blob itself (a wrong or
+// missing key, a tampered or malformed blob), not about reading it.
+func undecryptable(err error) bool {
+	for _, blob := range []error{vault.ErrDecryptionFailed, vault.ErrUnknownKey, vault.ErrMalformedBlob} {
+		if errors.Is(err, blob) {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // redirectWith sends the browser back to the app's return path with extra

@@ -411,8 +411,8 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	acct, creds, err := h.app.accounts.Get(ctx, h.app.pool, user, platform)
 	if err != nil && !errors.Is(err, vault.ErrNotConnected) {
 		// A blob that no longer decrypts must not block the user from
-		// disconnecting: log it and wipe.
-		if unavailable(err) {
+		// disconnecting: log it and wipe. Any other failure is one.
+		if !undecryptable(err) {
 			h.writeStoreError(w, r, "reading account", err)
 			return
 		}

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/testport"
 )
 
 // Daemon is the stand-in. Host and Port do not change across Stop and
@@ -89,12 +90,7 @@ func (d *Daemon) wait(ctx context.Context) bool {
 // new arm, without starting it. Everything it starts stops at cleanup.
 func New(t testing.TB, percent int) *Daemon {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := testport.Free(t)
 	d := &Daemon{Host: "127.0.0.1", Port: uint16(port), t: t, watchers: map[chan *evaluationv1.EventStreamResponse]struct{}{}}
 	d.SetPercent(percent)
 	t.Cleanup(func() { d.Thaw(); d.Stop() })

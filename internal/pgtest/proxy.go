@@ -1,10 +1,13 @@
 package pgtest
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/credgate/credgate/internal/testport"
 )
 
 // Proxy stands between a client and PostgreSQL so a test can take the
@@ -22,13 +25,9 @@ type Proxy struct {
 // NewProxy returns a proxy to target on a free loopback port, down until
 // Up is called and taken down when the test ends.
 func NewProxy(t testing.TB, target string) *Proxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	p := &Proxy{Addr: addr, target: target}
+	// Down until Up: the port stays unbound meanwhile, so it comes from
+	// outside the kernel's ephemeral range (see testport).
+	p := &Proxy{Addr: fmt.Sprintf("127.0.0.1:%d", testport.Free(t)), target: target}
 	t.Cleanup(p.Down)
 	return p
 }

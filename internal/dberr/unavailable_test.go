@@ -1,0 +1,69 @@
+package dberr_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/credgate/credgate/internal/dberr"
+	"github.com/credgate/credgate/internal/pgtest"
+)
+
+// Outages are recognised positively; everything else is not one.
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// A real refused connection and a real timeout.
+	_, refused := pgx.Connect(ctx, "postgres://u@127.0.0.1:1/x?connect_timeout=2")
+	url := pgtest.Database(t)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, timedOut := conn.Exec(tctx, `SELECT pg_sleep(1)`)
+	cancel()
+	conn2, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close(ctx)
+	var n int
+	noRows := conn2.QueryRow(ctx, `SELECT 1 WHERE false`).Scan(&n)
+	_, sqlErr := conn2.Exec(ctx, `SELECT * FROM no_such_table`)
+	cctx, ccancel := context.WithCancel(ctx)
+	ccancel()
+	_, cancelled := conn2.Exec(cctx, `SELECT 1`)
+
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"refused connection", refused, true},
+		{"query timeout", timedOut, true},
+		{"cut connection", fmt.Errorf("reading: %w", io.ErrUnexpectedEOF), true},
+		{"no rows", noRows, false},
+		{"SQL error", sqlErr, false},
+		{"client cancelled", cancelled, false},
+		{"a version conflict", errors.New("credentials changed since they were read"), false},
+		{"nil", nil, false},
+	} {
+		if c.err == nil && c.name != "nil" {
+			t.Fatalf("%s: the setup produced no error", c.name)
+		}
+		if got := dberr.Unavailable(c.err); got != c.want {
+			t.Errorf("%s (%v): Unavailable = %v, want %v", c.name, c.err, got, c.want)
+		}
+	}
+	if _, ok := errors.AsType[*pgconn.PgError](sqlErr); !ok {
+		t.Fatalf("the SQL error is not a PgError: %v", sqlErr)
+	}
+}
