@@ -115,13 +115,14 @@ func appeared(before, after []Presence) []string {
 	return out
 }
 
-// ErrWouldDestroyCredentials is returned by Down when accounts hold their
-// tokens only in encrypted form: dropping credentials_encrypted would lose
-// them. Pass DownOptions.Force to go ahead anyway.
+// ErrWouldDestroyCredentials is returned by Down when accounts hold
+// tokens in credentials_encrypted that the app's plaintext columns do not
+// have: dropping the blob would lose them. Pass DownOptions.Force to go
+// ahead anyway.
 type ErrWouldDestroyCredentials struct{ Accounts int64 }
 
 func (e ErrWouldDestroyCredentials) Error() string {
-	return fmt.Sprintf("%d accounts hold their tokens only in credentials_encrypted; rolling back would force those users to reconnect (use --force to roll back anyway)", e.Accounts)
+	return fmt.Sprintf("%d accounts hold tokens only credentials_encrypted has (no plaintext, or a stale one from before the user reconnected through credgate); rolling back would leave those users with no working token or a stale one, so they would have to reconnect (use --force to roll back anyway)", e.Accounts)
 }
 
 // DownOptions tune Down.
@@ -299,8 +300,13 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 	return s, nil
 }
 
-// encryptedOnlyAccounts counts accounts whose tokens exist nowhere but in
-// credentials_encrypted.
+// encryptedOnlyAccounts counts accounts whose current tokens exist nowhere
+// but in credentials_encrypted: no plaintext at all, or a row credgate
+// connected (connected_via = 'credgate'), whose plaintext, if any, is the
+// app's token from before the user reconnected. A legacy row credgate
+// backfilled or renewed keeps its plaintext in step with the blob (a
+// renewal writes both in one statement), so it loses nothing. This needs
+// no key: the columns say which rows are which.
 func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 	var hasColumn bool
 	err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM information_schema.columns
@@ -311,7 +317,7 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 	}
 	var n int64
 	err = db.QueryRowContext(ctx, `SELECT count(*) FROM social_accounts
-		WHERE credentials_encrypted IS NOT NULL AND access_token IS NULL`).Scan(&n)
+		WHERE credentials_encrypted IS NOT NULL AND (access_token IS NULL OR connected_via = 'credgate')`).Scan(&n)
 	return n, dberr.Explain("counting encrypted-only accounts", err)
 }
 

@@ -340,11 +340,20 @@ func TestDownRefusesToDestroyEncryptedOnlyCredentials(t *testing.T) {
 	url := pgtest.Database(t)
 	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, credentials_encrypted, credentials_key_id, connected_via)
 		VALUES (gen_random_uuid(), 'linkedin', '\x01'::bytea, 1, 'credgate')`)
+	// A legacy user who reconnected through credgate: the app's old
+	// plaintext is still there, but the current tokens are only in the
+	// blob. Rolling back would leave the stale legacy token.
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token, credentials_encrypted, credentials_key_id, connected_via)
+		VALUES (gen_random_uuid(), 'twitter', 'old-legacy-access', 'old-legacy-refresh', '\x01'::bytea, 1, 'credgate')`)
+	// A legacy row backfilled (or renewed by credgate, which keeps the
+	// plaintext in step): plaintext and blob hold the same tokens.
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token, credentials_encrypted, credentials_key_id, connected_via)
+		VALUES (gen_random_uuid(), 'facebook', 'same-access', '\x01'::bytea, 1, 'legacy')`)
 
 	_, err := migrations.Down(context.Background(), url, migrations.DownOptions{})
 	var refused migrations.ErrWouldDestroyCredentials
-	if !errors.As(err, &refused) || refused.Accounts != 1 {
-		t.Fatalf("down without force: err = %v, want ErrWouldDestroyCredentials{1}", err)
+	if !errors.As(err, &refused) || refused.Accounts != 2 {
+		t.Fatalf("down without force: err = %v, want ErrWouldDestroyCredentials{2}", err)
 	}
 	s, err := migrations.Inspect(context.Background(), url)
 	if err != nil {
