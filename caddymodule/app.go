@@ -122,6 +122,12 @@ type App struct {
 	// own). Default: none, which keeps every user on the legacy flow.
 	FlagsRaw json.RawMessage `json:"flags,omitempty" caddy:"namespace=credgate.flags inline_key=provider"`
 
+	// AllowMissingKeys starts credgate even though some credentials are
+	// sealed with key ids that neither master_key nor previous_keys hold.
+	// Those accounts are reported undecryptable. Default false: such a
+	// start is refused, naming the missing ids.
+	AllowMissingKeys bool `json:"allow_missing_keys,omitempty"`
+
 	// Guard, when set, halts a platform's new starts by itself when the
 	// new flow's success rate falls below its line, until an operator
 	// resumes it. Default: off.
@@ -156,8 +162,11 @@ type appRun struct {
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
 	available atomic.Bool
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	// missingKeys are the key ids in use the keyring lacks (only with
+	// allow_missing_keys), as of the last key check.
+	missingKeys atomic.Pointer[[]uint32]
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
 	// clock, when set, replaces time.Now as credgate's clock (tests that
 	// move a sandbox's clock forward share it with credgate).
 	clock atomic.Pointer[func() time.Time]
@@ -301,7 +310,7 @@ func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.run.cancel = cancel
 	err := a.checkDatabase(ctx, 3*time.Second)
-	if errors.Is(err, vault.ErrKeyMismatch) {
+	if refusedKeys(err) {
 		cancel()
 		// Caddy does not Stop an app whose Start failed: release the flag
 		// provider here.
@@ -323,12 +332,36 @@ func (a *App) Start() error {
 func (a *App) checkDatabase(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := a.keys.VerifyFingerprints(ctx, a.pool); err != nil {
+	missing, err := a.keys.VerifyFingerprints(ctx, a.pool, vault.VerifyOptions{AllowMissingKeys: a.AllowMissingKeys})
+	if err != nil {
 		return err
 	}
+	if len(missing) > 0 {
+		a.logger.Warn("credentials sealed with keys this keyring does not hold are undecryptable (allow_missing_keys)",
+			zap.Uint32s("missing_key_ids", missing))
+	}
+	a.run.missingKeys.Store(&missing)
 	a.shared.verified.Store(a.keys.Identity(), true)
 	a.run.available.Store(true)
 	return nil
+}
+
+// keyringHealth is the keyring's part of service-health: the primary id,
+// and the key ids in use it lacks (only with allow_missing_keys, which
+// accepted them: the instance stays healthy, but says so).
+func (a *App) keyringHealth() map[string]any {
+	out := map[string]any{"ok": true, "primary_key_id": a.keys.PrimaryID()}
+	if m := a.run.missingKeys.Load(); m != nil && len(*m) > 0 {
+		out["missing_key_ids"] = *m
+		out["warning"] = "credentials sealed with these key ids are undecryptable (allow_missing_keys); add the keys to previous_keys"
+	}
+	return out
+}
+
+// refusedKeys reports whether err is the key check refusing the keyring
+// (a wrong key, or keys missing for credentials in use): never serve then.
+func refusedKeys(err error) bool {
+	return errors.Is(err, vault.ErrKeyMismatch) || errors.Is(err, vault.ErrMissingKeys)
 }
 
 // reconnect retries the database with capped backoff until it answers.
@@ -350,7 +383,7 @@ func (a *App) reconnect(ctx context.Context) {
 		case err == nil:
 			a.logger.Info("database available; credgate routes are serving")
 			return
-		case errors.Is(err, vault.ErrKeyMismatch):
+		case refusedKeys(err):
 			// Never serve with the wrong key: stay unavailable, loudly.
 			a.logger.Error("refusing to serve credgate routes", zap.Error(err))
 			return

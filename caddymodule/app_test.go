@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/internal/pgtest"
@@ -93,5 +95,39 @@ func TestAppRolloutFromConfigAndReload(t *testing.T) {
 	}
 	if d := decideWithin(t, app, flags.ArmNew); d.Arm != flags.ArmNew {
 		t.Fatalf("the flag file appeared, but: %+v", d)
+	}
+}
+
+// A keyring that lacks a key id sealing credentials refuses to start,
+// naming the id; with allow_missing_keys it starts, and the health
+// routes call those accounts undecryptable.
+func TestStartRefusesMissingKeyIDs(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.connect(alice, "twitter")
+	newKey := func(extra string) []byte {
+		src := strings.Replace(h.caddyfile(""), "master_key "+testKey(1), "master_key "+testKey(2)+"\n\t\tmaster_key_id 2"+extra, 1)
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	err := caddy.Load(newKey(""), true)
+	if err == nil || !strings.Contains(err.Error(), "key ids 1 seal credentials") {
+		t.Fatalf("a keyring without key 1: %v", err)
+	}
+	if n := h.count(`SELECT count(*) FROM encryption_keys WHERE id = 2`); n != 0 {
+		t.Fatalf("the refused start recorded key id 2")
+	}
+	if err := caddy.Load(newKey("\n\t\tallow_missing_keys"), true); err != nil {
+		t.Fatalf("allow_missing_keys: %v", err)
+	}
+	resp, body := h.do("GET", "/api/credentials/health-check", alice, nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"undecryptable"`) {
+		t.Fatalf("health-check: %d %s", resp.StatusCode, body)
+	}
+	resp, body = h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+	if !strings.Contains(string(body), `"missing_key_ids":[1]`) {
+		t.Fatalf("service-health: %d %s", resp.StatusCode, body)
 	}
 }

@@ -24,6 +24,7 @@ func init() {
 //			master_key   <base64 key>
 //			master_key_id <id>            # default 1
 //			previous_keys <id:base64,…>   # decrypt-only, during a rotation
+//			allow_missing_keys            # start although credentials use key ids the keyring lacks (they become undecryptable)
 //			state_ttl     <duration>      # default 10m
 //			refresh_ahead <duration>      # default 72h: long-lived tokens renewed this long before expiry
 //			refresh_ahead_short <duration> # default 15m: short-lived tokens (Twitter/X's 2 h)
@@ -103,6 +104,11 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.Errf("credgate: %s must be a whole number from 1 to 256, got %q", opt, raw)
 			}
 			*map[string]*int{"refresh_workers": &app.RefreshWorkers, "refresh_max_attempts": &app.RefreshMaxAttempts}[opt] = n
+		case "allow_missing_keys":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.AllowMissingKeys = true
 		case "background":
 			if !d.AllArgs(&app.Background) {
 				return nil, d.ArgErr()

@@ -130,7 +130,7 @@ a stopped run resumes where it stopped. Exits 1 if any row is left on an
 old key.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
-			keys, pool, err := openVault(ctx, cmd)
+			keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{})
 			if err != nil {
 				return err
 			}
@@ -173,7 +173,7 @@ the app no longer reads those columns (guide Phase 5). Exits 1 if any row
 could not be processed.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
-			keys, pool, err := openVault(ctx, cmd)
+			keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{})
 			if err != nil {
 				return err
 			}
@@ -228,7 +228,7 @@ could not be processed.`,
 
 // openVault builds the keyring from the environment, connects, and checks
 // the keys against the fingerprints recorded in the database.
-func openVault(ctx context.Context, cmd *cobra.Command) (*vault.Keyring, *pgxpool.Pool, error) {
+func openVault(ctx context.Context, cmd *cobra.Command, opts vault.VerifyOptions) (*vault.Keyring, *pgxpool.Pool, error) {
 	keys, err := vault.KeyringFromEnv()
 	if err != nil {
 		return nil, nil, err
@@ -237,7 +237,7 @@ func openVault(ctx context.Context, cmd *cobra.Command) (*vault.Keyring, *pgxpoo
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := keys.VerifyFingerprints(ctx, pool); err != nil {
+	if _, err := keys.VerifyFingerprints(ctx, pool, opts); err != nil {
 		pool.Close()
 		return nil, nil, err
 	}

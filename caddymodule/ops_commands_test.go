@@ -24,7 +24,7 @@ func healthyDatabase(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := keys.VerifyFingerprints(ctx, pool); err != nil {
+	if _, err := keys.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for i, platform := range []string{"twitter", "linkedin"} {

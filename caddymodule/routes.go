@@ -417,6 +417,15 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 			return
 		}
 		h.logger.Warn("disconnecting an account whose credentials do not decrypt", zap.String("platform", platform), errField(err))
+		// Audited: the token cannot be revoked at the platform, so the
+		// record must say so.
+		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+		aerr := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDecryptFailed,
+			Status: vault.Failed, ErrorCode: "decrypt_failed", Details: map[string]any{"during": "disconnect", "revoked": false}})
+		acancel()
+		if aerr != nil {
+			h.logger.Error("writing audit row", errField(aerr))
+		}
 	}
 	revoked := false
 	if err == nil && p.CanRevoke() {
@@ -460,6 +469,10 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	writeJSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
 }
 
+// statusUndecryptable is the health status of an account whose blob is
+// sealed with a key the keyring does not hold.
+const statusUndecryptable = "undecryptable"
+
 type healthView struct {
 	Platform        string     `json:"platform"`
 	Status          string     `json:"status"`
@@ -485,6 +498,11 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 	now := h.app.now()
 	for _, a := range accounts {
 		v := healthView{Platform: a.Platform, Status: string(a.Status), LastRefreshedAt: a.LastRefreshedAt}
+		if a.KeyID != nil && !h.app.keys.Has(*a.KeyID) {
+			// Sealed with a key this keyring lacks (allow_missing_keys):
+			// no token can be read, whatever the row's status says.
+			v.Status = statusUndecryptable
+		}
 		if a.ExpiresAt != nil {
 			s := int64(a.ExpiresAt.Sub(now).Seconds())
 			v.SecondsToExpiry = &s
@@ -553,7 +571,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	body := map[string]any{
 		"database":      check(dbErr),
-		"keyring":       map[string]any{"ok": true, "primary_key_id": h.app.keys.PrimaryID()},
+		"keyring":       h.app.keyringHealth(),
 		"flags":         flagsView,
 		"providers":     providers,
 		"refresh_queue": h.queueHealth(ctx, dbErr == nil, &healthy),

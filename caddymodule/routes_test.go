@@ -378,3 +378,22 @@ func TestRedirectURLChangeMidFlow(t *testing.T) {
 		t.Fatalf("callback after the redirect_url change: %d %s %s", resp.StatusCode, resp.Header.Get("Location"), body)
 	}
 }
+
+// Disconnecting an account whose blob no longer decrypts still wipes it,
+// and the audit log says the token could not be revoked.
+func TestDisconnectOfATamperedBlobIsAudited(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.connect(alice, "twitter")
+	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = overlay(credentials_encrypted PLACING '\xff'::bytea FROM 40 FOR 1)`)
+	resp, body := h.do("DELETE", "/api/credentials/twitter/disconnect", alice, map[string]string{"Origin": h.origin})
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"revoked":false`) {
+		t.Fatalf("disconnect: %d %s", resp.StatusCode, body)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'decrypt_failed' AND user_id = $1 AND platform = 'twitter'
+		AND details->>'during' = 'disconnect'`, alice); n != 1 {
+		t.Fatalf("%d decrypt_failed rows for the disconnect, want 1", n)
+	}
+	if n := h.count(`SELECT count(*) FROM social_accounts WHERE credentials_encrypted IS NOT NULL`); n != 0 {
+		t.Fatal("the tampered blob was not wiped")
+	}
+}

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -54,12 +55,19 @@ func (o BatchOptions) size() int {
 // FOR UPDATE SKIP LOCKED, so several processes can rewrap at once, each
 // taking different rows; a run that is stopped loses at most its open batch
 // (rolled back) and the next run resumes where the table says. Every batch
-// writes one audit row. A blob that fails to decrypt is left untouched,
-// counted as failed and audited.
+// writes one audit row. A blob that fails to decrypt is left untouched and
+// counted as failed; the run writes one decrypt_failed summary row for all
+// of them (a wrong key would otherwise write one permanent row per blob).
+//
+// "On another key" is read from the blob's own header as well as from
+// credentials_key_id: a blob whose header disagrees with the column (a
+// tampered or hand-edited row) is not taken for done.
 func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
 	start := time.Now()
 	var p Progress
 	primary := int64(s.keys.PrimaryID())
+	header := primaryHeader(s.keys.PrimaryID())
+	var undecryptable []string // account ids, pass 0, for the summary row
 	// Counted once: a count per batch would cost more than the batch.
 	initial, err := s.countNotOnPrimary(ctx, db)
 	if err != nil {
@@ -88,15 +96,16 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 				seen, last = 1, end
 				rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
 					FROM social_accounts
-					WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL AND credentials_key_id IS DISTINCT FROM $1
-					FOR UPDATE SKIP LOCKED`, primary, prev, last)
+					WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL
+					  AND (credentials_key_id IS DISTINCT FROM $1 OR substring(credentials_encrypted FROM 1 FOR 5) <> $4)
+					FOR UPDATE SKIP LOCKED`, primary, prev, last, header)
 				if err != nil {
 					return err
 				}
 				var ids []string
 				var blobs [][]byte
 				var versions []int64
-				var bad []Event
+				var bad []string
 				for rows.Next() {
 					var id, user, platform string
 					var blob []byte
@@ -105,10 +114,9 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 						return err
 					}
 					b := accountBinding(id, user, platform)
-					plain, oldKey, err := s.keys.Open(PurposeCredentials, blob, b)
+					plain, _, err := s.keys.Open(PurposeCredentials, blob, b)
 					if err != nil {
-						bad = append(bad, Event{UserID: user, Platform: platform, Action: ActionDecryptFailed, Status: Failed,
-							ErrorCode: "decrypt_failed", Details: map[string]any{"account_id": id, "key_id": oldKey, "during": "rewrap"}})
+						bad = append(bad, id)
 						continue
 					}
 					sealed, err := s.keys.Seal(PurposeCredentials, plain, b)
@@ -121,13 +129,8 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 					return err
 				}
 				failed = len(bad)
-				for _, e := range bad {
-					if pass > 0 {
-						break // audited on the first pass
-					}
-					if err := (Audit{}).Append(ctx, tx, e); err != nil {
-						return err
-					}
+				if pass == 0 {
+					undecryptable = append(undecryptable, bad...)
 				}
 				if len(ids) == 0 {
 					return nil
@@ -168,9 +171,25 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 			break
 		}
 	}
+	if len(undecryptable) > 0 {
+		const sample = 20
+		details := map[string]any{"accounts": len(undecryptable), "during": "rewrap", "worker": opt.Worker,
+			"sample_account_ids": undecryptable[:min(sample, len(undecryptable))]}
+		if err := (Audit{}).Append(ctx, db, Event{Action: ActionDecryptFailed, Status: Failed, ErrorCode: "decrypt_failed", Details: details}); err != nil {
+			return p, fmt.Errorf("rewrapping credentials: %w", err)
+		}
+	}
 	p.Remaining, err = s.countNotOnPrimary(ctx, db)
 	p.Elapsed = time.Since(start)
 	return p, err
+}
+
+// primaryHeader is the blob header a blob sealed under id starts with.
+func primaryHeader(id uint32) []byte {
+	h := make([]byte, headerSize)
+	h[0] = blobVersion
+	binary.BigEndian.PutUint32(h[1:], id)
+	return h
 }
 
 // countNotOnPrimary counts blobs still sealed under another key; after a
@@ -178,7 +197,9 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 func (s *Accounts) countNotOnPrimary(ctx context.Context, db DB) (int64, error) {
 	var n int64
 	err := db.QueryRow(ctx, `SELECT count(*) FROM social_accounts
-		WHERE credentials_encrypted IS NOT NULL AND credentials_key_id IS DISTINCT FROM $1`, int64(s.keys.PrimaryID())).Scan(&n)
+		WHERE credentials_encrypted IS NOT NULL
+		  AND (credentials_key_id IS DISTINCT FROM $1 OR substring(credentials_encrypted FROM 1 FOR 5) <> $2)`,
+		int64(s.keys.PrimaryID()), primaryHeader(s.keys.PrimaryID())).Scan(&n)
 	return n, err
 }
 

@@ -280,3 +280,51 @@ func TestBackfillNeverOverwritesCredgateRows(t *testing.T) {
 		t.Fatalf("purge changed the blob: %q", c.AccessToken.Reveal())
 	}
 }
+
+// A run that meets many undecryptable blobs (a wrong previous key) writes
+// one decrypt_failed summary row, not one permanent row per blob.
+func TestRewrapSummarisesDecryptFailuresInOneRow(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	seedAccounts(t, pool, mustKeyring(t, vault.KeyConfig{MasterKey: key(1), MasterKeyID: 1}), 30)
+	// Key 1 here is not the key the blobs were sealed with (the
+	// fingerprint check would refuse it at start; Rewrap alone does not).
+	wrong := mustKeyring(t, vault.KeyConfig{MasterKey: key(100), MasterKeyID: 2, PreviousKeys: "1:" + key(50)})
+	p, err := vault.NewAccounts(wrong).Rewrap(ctx, pool, vault.BatchOptions{BatchSize: 7, Worker: "test"})
+	if err != nil || p.Failed != 30 || p.Done != 0 {
+		t.Fatalf("rewrap: %+v %v", p, err)
+	}
+	var rows int
+	var details map[string]any
+	if err := pool.QueryRow(ctx, `SELECT count(*) OVER (), details FROM credential_audit_log WHERE action = 'decrypt_failed'`).Scan(&rows, &details); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 || details["accounts"] != float64(30) || len(details["sample_account_ids"].([]any)) != 20 {
+		t.Fatalf("%d decrypt_failed rows, details %v; want one summary row", rows, details)
+	}
+}
+
+// A blob whose header says another key than its credentials_key_id
+// column is not taken for done by a rotation.
+func TestRewrapReadsTheBlobHeaderNotOnlyTheColumn(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	want := seedAccounts(t, pool, mustKeyring(t, vault.KeyConfig{MasterKey: key(1), MasterKeyID: 1}), 3)
+	rotated := mustKeyring(t, vault.KeyConfig{MasterKey: key(100), MasterKeyID: 2, PreviousKeys: "1:" + key(1)})
+	// A hand-edited row: the column claims key 2, the blob is on key 1.
+	if _, err := pool.Exec(ctx, `UPDATE social_accounts SET credentials_key_id = 2 WHERE id = (SELECT id FROM social_accounts ORDER BY id LIMIT 1)`); err != nil {
+		t.Fatal(err)
+	}
+	p, err := vault.NewAccounts(rotated).Rewrap(ctx, pool, vault.BatchOptions{})
+	if err != nil || p.Done != 3 || p.Remaining != 0 {
+		t.Fatalf("rewrap: %+v %v", p, err)
+	}
+	assertAllOnKey(t, pool, rotated, want, 2)
+	var onOld int
+	pool.QueryRow(ctx, `SELECT count(*) FROM social_accounts WHERE get_byte(credentials_encrypted, 4) = 1`).Scan(&onOld)
+	if onOld != 0 {
+		t.Fatalf("%d blobs still sealed under key 1", onOld)
+	}
+}

@@ -499,19 +499,70 @@ func TestKeyFingerprintRefusesAnotherKeyUnderTheSameID(t *testing.T) {
 	ctx := context.Background()
 	pool := newPool(t)
 	right := mustKeyring(t, vault.KeyConfig{MasterKey: key(1)})
-	if err := right.VerifyFingerprints(ctx, pool); err != nil {
+	if _, err := right.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := right.VerifyFingerprints(ctx, pool); err != nil {
+	if _, err := right.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil {
 		t.Fatalf("same key again: %v", err)
 	}
 	wrong := mustKeyring(t, vault.KeyConfig{MasterKey: key(2)})
-	err := wrong.VerifyFingerprints(ctx, pool)
+	_, err := wrong.VerifyFingerprints(ctx, pool, vault.VerifyOptions{})
 	if !errors.Is(err, vault.ErrKeyMismatch) || !strings.Contains(err.Error(), "key id 1 in ENCRYPTION_MASTER_KEY") {
 		t.Errorf("wrong key: %v", err)
 	}
 	rotated := mustKeyring(t, vault.KeyConfig{MasterKey: key(2), MasterKeyID: 2, PreviousKeys: "1:" + key(1)})
-	if err := rotated.VerifyFingerprints(ctx, pool); err != nil {
+	if _, err := rotated.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil {
 		t.Errorf("new key under a new id: %v", err)
+	}
+}
+
+// A start refused because a previous key is wrong writes nothing: the
+// new primary id is not recorded, so a later, correct key under that id
+// is accepted.
+func TestARefusedKeyCheckRecordsNoFingerprint(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	if _, err := mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}).VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Rotation attempt with a mistyped previous key: refused.
+	bad := mustKeyring(t, vault.KeyConfig{MasterKey: key(3), MasterKeyID: 2, PreviousKeys: "1:" + key(9)})
+	if _, err := bad.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); !errors.Is(err, vault.ErrKeyMismatch) {
+		t.Fatalf("a wrong previous key: %v", err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM encryption_keys WHERE id = 2`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the refused start recorded id 2 (%d rows, %v)", n, err)
+	}
+	// The operator fixes the previous key, and picks another new key.
+	good := mustKeyring(t, vault.KeyConfig{MasterKey: key(4), MasterKeyID: 2, PreviousKeys: "1:" + key(1)})
+	if _, err := good.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil {
+		t.Fatalf("the corrected keyring is refused: %v", err)
+	}
+}
+
+// Credentials sealed with a key id the keyring lacks refuse the start,
+// naming the id and the fix, unless the loss is accepted explicitly.
+func TestMissingKeyIDsRefuseTheStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	old := mustKeyring(t, vault.KeyConfig{MasterKey: key(1)})
+	if _, err := vault.NewAccounts(old).Upsert(ctx, pool, connection(alice, "twitter", "a", "r")); err != nil {
+		t.Fatal(err)
+	}
+	newOnly := mustKeyring(t, vault.KeyConfig{MasterKey: key(2), MasterKeyID: 2})
+	_, err := newOnly.VerifyFingerprints(ctx, pool, vault.VerifyOptions{})
+	if !errors.Is(err, vault.ErrMissingKeys) || !strings.Contains(err.Error(), "key ids 1 seal credentials") || !strings.Contains(err.Error(), vault.EnvPreviousKeys) {
+		t.Fatalf("missing key 1: %v", err)
+	}
+	missing, err := newOnly.VerifyFingerprints(ctx, pool, vault.VerifyOptions{AllowMissingKeys: true})
+	if err != nil || len(missing) != 1 || missing[0] != 1 {
+		t.Fatalf("allowed: missing %v, %v", missing, err)
+	}
+	withBoth := mustKeyring(t, vault.KeyConfig{MasterKey: key(2), MasterKeyID: 2, PreviousKeys: "1:" + key(1)})
+	if missing, err := withBoth.VerifyFingerprints(ctx, pool, vault.VerifyOptions{}); err != nil || len(missing) != 0 {
+		t.Fatalf("with the previous key: %v %v", missing, err)
 	}
 }
