@@ -335,6 +335,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	telemetry.End(storeSpan, storeCode)
 	if err != nil {
 		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
+		h.storeFailed(r, p, platform, st, tok)
 		outcome.Record(flags.ArmNew, platform, false)
 		h.app.metrics.Connection(platform, telemetry.FlowNew, false, "storage_unavailable", time.Since(st.CreatedAt))
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
@@ -343,6 +344,30 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	outcome.Record(flags.ArmNew, platform, true)
 	h.app.metrics.Connection(platform, telemetry.FlowNew, true, "", time.Since(st.CreatedAt))
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
+}
+
+// storeFailed handles tokens the platform issued but credgate could not
+// keep: it withdraws them at the platform where that is possible (no live
+// token is left that nobody holds), then audits the failed connect, each
+// with a fresh budget (the store may have used up the request's).
+func (h *Handler) storeFailed(r *http.Request, p *oauth.Provider, platform string, st vault.ConsumedState, tok oauth.TokenSet) {
+	revoked := false
+	if p.CanRevoke() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+		rerr := p.Revoke(rctx, tok)
+		rcancel()
+		revoked = rerr == nil
+		if rerr != nil {
+			h.logger.Warn("could not revoke the tokens credgate failed to store", zap.String("platform", platform), errField(rerr))
+		}
+	}
+	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+	defer acancel()
+	if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+		Status: vault.Failed, Flow: st.Flow, ErrorCode: "storage_unavailable", Duration: time.Since(st.CreatedAt),
+		Details: map[string]any{"stage": "store", "issued_token_revoked": revoked, "revocable": p.CanRevoke()}}); err != nil {
+		h.logger.Error("writing audit row", errField(err))
+	}
 }
 
 // accountView is what the status endpoint shows of an account: no secret.

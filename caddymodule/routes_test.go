@@ -397,3 +397,27 @@ func TestDisconnectOfATamperedBlobIsAudited(t *testing.T) {
 		t.Fatal("the tampered blob was not wiped")
 	}
 }
+
+// Tokens the platform issued but credgate could not store are revoked at
+// the platform, and the failed connect is audited.
+func TestStoreFailureAfterTheExchangeIsAuditedAndRevoked(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	// A storage failure for one user only, deterministic and fast: a
+	// trigger that refuses their row.
+	pgtest.Exec(t, h.db, `CREATE FUNCTION refuse_alice() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'storage is failing'; END $$;
+		CREATE TRIGGER refuse_alice BEFORE UPDATE ON social_accounts FOR EACH ROW
+		WHEN (NEW.user_id = '`+alice+`' AND NEW.credentials_encrypted IS NOT NULL) EXECUTE FUNCTION refuse_alice()`)
+	before := h.sandbox.Stats()["twitter"].Revocations
+	loc := h.connect(alice, "twitter")
+	if !strings.Contains(loc, "oauth_error=storage_unavailable") {
+		t.Fatalf("redirect: %s", loc)
+	}
+	if got := h.sandbox.Stats()["twitter"].Revocations - before; got != 1 {
+		t.Fatalf("%d revocations at the platform, want 1", got)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND user_id = $1
+		AND error_code = 'storage_unavailable' AND details->>'issued_token_revoked' = 'true'`, alice); n != 1 {
+		t.Fatalf("%d failed connect rows, want 1", n)
+	}
+}
