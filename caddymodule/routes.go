@@ -230,9 +230,16 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer cancel()
-	refuse := func(code, message, user string, details map[string]any) {
-		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionConnect,
-			Status: vault.Failed, Flow: "new", ErrorCode: code, Details: details}); err != nil {
+	// refuse audits a refused callback with what the state row knew (user
+	// and flow; none for an unknown state, which is counted as the new
+	// flow's) and answers 400.
+	refuse := func(code, message string, st vault.ConsumedState, details map[string]any) {
+		flow := st.Flow
+		if flow == "" {
+			flow = "new"
+		}
+		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+			Status: vault.Failed, Flow: flow, ErrorCode: code, Details: details}); err != nil {
 			h.logger.Error("writing audit row", errField(err))
 		}
 		writeError(w, http.StatusBadRequest, code, message)
@@ -246,10 +253,10 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	st, err := h.app.states.Consume(ctx, h.app.pool, secret.New(rawState))
 	switch {
 	case errors.Is(err, vault.ErrStateNotFound):
-		refuse("invalid_state", "this sign-in link is unknown or was already used; start again", "", map[string]any{"reason": "unknown_or_used"})
+		refuse("invalid_state", "this sign-in link is unknown or was already used; start again", vault.ConsumedState{}, map[string]any{"reason": "unknown_or_used"})
 		return
 	case errors.Is(err, vault.ErrStateExpired):
-		refuse("invalid_state", "this sign-in link has expired; start again", "", map[string]any{"reason": "expired"})
+		refuse("invalid_state", "this sign-in link has expired; start again", st, map[string]any{"reason": "expired"})
 		return
 	case err != nil:
 		h.writeStoreError(w, r, "consuming oauth state", err)
@@ -262,14 +269,14 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 	switch {
 	case st.Platform != platform:
-		refuse("state_mismatch", "this sign-in link belongs to another platform", st.UserID, map[string]any{"reason": "platform"})
+		refuse("state_mismatch", "this sign-in link belongs to another platform", st, map[string]any{"reason": "platform"})
 		return
 	case !st.MatchesBrowser(binding):
-		refuse("state_mismatch", "this sign-in was started in another browser", st.UserID, map[string]any{"reason": "browser"})
+		refuse("state_mismatch", "this sign-in was started in another browser", st, map[string]any{"reason": "browser"})
 		return
 	}
 	if user := h.userID(r); user != "" && user != st.UserID {
-		refuse("state_mismatch", "this sign-in was started by another user", st.UserID, map[string]any{"reason": "user"})
+		refuse("state_mismatch", "this sign-in was started by another user", st, map[string]any{"reason": "user"})
 		return
 	}
 	http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})

@@ -248,6 +248,11 @@ func TestRouteErrors(t *testing.T) {
 		if resp.StatusCode != 400 || errorCode(body) != "invalid_state" {
 			t.Errorf("expired: %d %s", resp.StatusCode, body)
 		}
+		// The row knew whose flow it was: the audit row says so.
+		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed'
+			AND details->>'reason' = 'expired' AND user_id = $1 AND flow = 'new'`, alice); n != 1 {
+			t.Errorf("the expired state's audit row lacks the user or the flow")
+		}
 		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND error_code IN ('invalid_state','state_mismatch')`); n != 5 {
 			t.Errorf("failed audit rows: %d, want 5 (junk states are not audited)", n)
 		}

@@ -116,7 +116,9 @@ func (s *States) Create(ctx context.Context, db DB, n NewState) error {
 // Consume takes a state out of the table: a state is usable once. The
 // DELETE is a single statement, so of many concurrent callers exactly one
 // gets the row. An expired row is deleted as well and reported as
-// ErrStateExpired; an unknown or reused one is ErrStateNotFound.
+// ErrStateExpired, with what the row knew (user, platform, flow, times)
+// for the audit, but no verifier; an unknown or reused one is
+// ErrStateNotFound.
 func (s *States) Consume(ctx context.Context, db DB, state secret.Value) (ConsumedState, error) {
 	hash := HashState(state)
 	var c ConsumedState
@@ -133,7 +135,8 @@ func (s *States) Consume(ctx context.Context, db DB, state secret.Value) (Consum
 		return ConsumedState{}, fmt.Errorf("consuming oauth state: %w", err)
 	}
 	if !live {
-		return ConsumedState{}, ErrStateExpired
+		c.binding = nil
+		return c, ErrStateExpired
 	}
 	if verifier != nil {
 		plain, _, err := s.keys.Open(PurposeVerifier, verifier, verifierBinding(hash, c.UserID, c.Platform))
