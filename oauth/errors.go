@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Code is a stable, platform-independent error code. The audit log,
@@ -100,34 +103,64 @@ func newError(platform, op string, code Code, status int, desc string) *Error {
 	return &Error{Code: code, Op: op, Platform: platform, Status: status, Description: sanitize(desc), Retryable: retryable(code)}
 }
 
-// sanitize keeps a description short and drops anything token-like, so a
-// provider that echoes the request cannot leak it through our errors.
+// sanitize keeps a provider's error description safe to log and show: a
+// provider that echoes the request, or a misconfigured one, must not put
+// a token or a secret into credgate's logs or audit rows. It
+//   - redacts the value of anything named like a secret (client_secret=…,
+//     access_token: …, code=…, Bearer …);
+//   - redacts long runs of token characters (24 or more), long hex runs
+//     (16 or more) and shorter runs that mix letters and digits (12 or
+//     more), which is what keys, tokens, codes and JWTs look like;
+//   - folds control characters (a forged log line) to spaces;
+//   - caps the result at 200 bytes, on a character boundary.
 func sanitize(s string) string {
-	var out []string
-	for _, w := range strings.Fields(s) {
-		if len(w) >= 20 && !strings.ContainsAny(w, " ") && looksLikeToken(w) {
-			w = "[redacted]"
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return ' '
 		}
-		out = append(out, w)
-	}
-	s = strings.Join(out, " ")
+		return r
+	}, s)
+	s = namedSecret.ReplaceAllString(s, "${1}[redacted]")
+	s = bearer.ReplaceAllString(s, "${1}[redacted]")
+	s = tokenRun.ReplaceAllStringFunc(s, func(run string) string {
+		switch {
+		case len(run) >= 24, len(run) >= 16 && hexOnly.MatchString(run), hasLetterAndDigit(run):
+			return "[redacted]"
+		}
+		return run
+	})
+	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > 200 {
-		s = s[:200] + "…"
+		cut := 200
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "…"
 	}
 	return s
 }
 
-func looksLikeToken(w string) bool {
-	letters, digits := 0, 0
+var (
+	// namedSecret is "<secret-ish name>=value" or ": value".
+	namedSecret = regexp.MustCompile(`(?i)\b((?:client_secret|secret|access_token|refresh_token|id_token|token|password|passwd|api_key|apikey|key|code|code_verifier|assertion|authorization)\s*[=:]\s*"?)[^\s"&,;]+`)
+	bearer      = regexp.MustCompile(`(?i)\b((?:bearer|basic)\s+)[^\s"&,;]+`)
+	// tokenRun is a run of the characters tokens are made of, at least
+	// 12 long (shorter runs are left alone).
+	tokenRun = regexp.MustCompile(`[A-Za-z0-9_\-+/=.~]{12,}`)
+	hexOnly  = regexp.MustCompile(`^[0-9A-Fa-f]+$`)
+)
+
+func hasLetterAndDigit(w string) bool {
+	letters, digits := false, false
 	for _, r := range w {
 		switch {
 		case r >= '0' && r <= '9':
-			digits++
+			digits = true
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z':
-			letters++
+			letters = true
 		}
 	}
-	return digits > 0 && letters > 0
+	return digits && letters
 }
 
 // errorParser turns a provider error body into a code and description; it
