@@ -162,6 +162,10 @@ type appRun struct {
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
 	available atomic.Bool
+	// databaseDown is set while the database watch finds PostgreSQL not
+	// answering: credgate routes then answer 503 at once instead of each
+	// waiting for its own timeout.
+	databaseDown atomic.Bool
 	// missingKeys are the key ids in use the keyring lacks (only with
 	// allow_missing_keys), as of the last key check.
 	missingKeys atomic.Pointer[[]uint32]
@@ -249,8 +253,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("credgate: database_url: %w", err)
 	}
-	// A request must not wait 10 s for a dead database.
-	poolCfg.ConnConfig.ConnectTimeout = 3 * time.Second
+	// A request must not wait long for a database that does not answer
+	// (a partition: connections hang rather than being refused). A
+	// connect_timeout in the URL wins.
+	if !strings.Contains(databaseURL, "connect_timeout") {
+		poolCfg.ConnConfig.ConnectTimeout = connectTimeout
+	}
 	// Each running renewal holds a connection while it waits for the
 	// platform; requests need theirs too.
 	if !strings.Contains(databaseURL, "pool_max_conns") {
@@ -325,6 +333,7 @@ func (a *App) Start() error {
 	}
 	a.startBackground()
 	a.startGuard(ctx)
+	a.run.wg.Go(func() { a.watchDatabase(ctx) })
 	return nil
 }
 
@@ -434,8 +443,47 @@ func credgateApp(ctx caddy.Context, who string) (*App, error) {
 	return app.(*App), nil
 }
 
-// Available reports whether credgate routes can use the database.
-func (a *App) Available() bool { return a.run.available.Load() }
+// Available reports whether credgate routes can use the database: the key
+// check has passed, and the database watch last found it answering.
+func (a *App) Available() bool { return a.run.available.Load() && !a.run.databaseDown.Load() }
+
+// The database watch's timings: a connect or a ping that takes longer
+// than this counts as an outage.
+const (
+	connectTimeout     = time.Second
+	databaseWatchEvery = time.Second
+)
+
+// watchDatabase pings PostgreSQL every second while the app runs and
+// keeps databaseDown current, logging each change once. With it, an
+// outage turns every credgate route into an immediate 503 within about a
+// second, and the routes serve again within a second of the database
+// answering.
+func (a *App) watchDatabase(ctx context.Context) {
+	t := time.NewTicker(databaseWatchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		err := a.pool.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		down := err != nil
+		if a.run.databaseDown.Swap(down) != down {
+			if down {
+				a.logger.Warn("database not answering; credgate routes answer 503 until it does", zap.Error(err))
+			} else {
+				a.logger.Info("database answering again; credgate routes are serving")
+			}
+		}
+	}
+}
 
 // Rollout is the app's rollout decision.
 func (a *App) Rollout() *flags.Rollout { return a.rollout }

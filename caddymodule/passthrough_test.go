@@ -215,3 +215,40 @@ func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
 	t.Logf("50 reloads with %d flows in flight; goroutines %d → %d; db connections %d → %d; %d connection-level retries",
 		workers*flowsEach, baseGoroutines, runtime.NumGoroutine(), baseConns, dbConns(), h.transportRetries.Load())
 }
+
+// In a network partition connections hang instead of being refused. The
+// database watch notices within about a second, and from then on every
+// credgate route answers 503 at once, not after its own timeout; the
+// app's traffic flows throughout, and credgate serves again once the
+// database answers.
+func TestPartitionAnswers503Quickly(t *testing.T) {
+	db := pgtest.Database(t)
+	cfg, _ := pgx.ParseConfig(db)
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy.Up(t)
+	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.Addr, cfg.Database)
+	h := newHarness(t, harnessOptions{databaseURL: viaProxy})
+	h.connect(alice, "twitter")
+
+	proxy.Freeze()
+	// The watch pings every second with a 1 s budget: after 2.5 s it has
+	// seen the outage. (A request already waiting on a stuck connection
+	// when the partition began still waits for its own timeout.)
+	time.Sleep(2500 * time.Millisecond)
+	for range 5 {
+		start := time.Now()
+		resp, body := h.do("GET", "/api/auth/oauth/twitter", alice, nil)
+		if took := time.Since(start); resp.StatusCode != 503 || took > 300*time.Millisecond {
+			t.Fatalf("during the partition: %d %s after %v", resp.StatusCode, body, took)
+		}
+	}
+	if resp, _ := h.do("GET", "/dashboard", alice, nil); resp.StatusCode != 200 {
+		t.Fatalf("pass-through during the partition: %d", resp.StatusCode)
+	}
+
+	proxy.Thaw()
+	waitUntil(t, 15*time.Second, func() bool {
+		resp, _ := h.do("GET", "/api/credentials/status", alice, nil)
+		return resp.StatusCode == 200
+	})
+}

@@ -2,7 +2,6 @@ package pgtest
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -20,6 +19,52 @@ type Proxy struct {
 	mu     sync.Mutex
 	ln     net.Listener
 	conns  []net.Conn
+	// thaw is open while the proxy is frozen (see Freeze).
+	thaw chan struct{}
+}
+
+// Freeze makes the database stop answering without closing anything, as
+// a network partition does: open connections stay open and carry nothing,
+// new ones are accepted and carry nothing, until Thaw.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thaw == nil {
+		p.thaw = make(chan struct{})
+	}
+}
+
+// Thaw undoes Freeze: what was held back flows again.
+func (p *Proxy) Thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thaw != nil {
+		close(p.thaw)
+		p.thaw = nil
+	}
+}
+
+// relay copies src to dst, holding each chunk back while frozen.
+func (p *Proxy) relay(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			thaw := p.thaw
+			p.mu.Unlock()
+			if thaw != nil {
+				<-thaw
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // NewProxy returns a proxy to target on a free loopback port, down until
@@ -55,8 +100,8 @@ func (p *Proxy) Up(t testing.TB) {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
+			go p.relay(s, c)
+			go p.relay(c, s)
 		}
 	}()
 }
@@ -74,4 +119,8 @@ func (p *Proxy) Down() {
 		c.Close()
 	}
 	p.conns = nil
+	if p.thaw != nil { // nothing is left to hold back
+		close(p.thaw)
+		p.thaw = nil
+	}
 }
