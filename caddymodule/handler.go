@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/internal/ratelimit"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
@@ -71,7 +73,15 @@ type Handler struct {
 	// return. Default: the path of a same-origin Referer, else "/".
 	LegacyReturnTo string `json:"legacy_return_to,omitempty"`
 
+	// StartLimit bounds how many flows one user may start per platform:
+	// "<n>/<duration>" (default "10/1m"), or "off". Past it the start
+	// route answers 429 too_many_requests with Retry-After. Each start
+	// writes a state row and an append-only audit row; the limit is per
+	// instance, so N replicas allow up to N times as many.
+	StartLimit string `json:"start_limit,omitempty"`
+
 	app        *App
+	startLimit *ratelimit.Limiter // nil when off
 	providers  map[string]*oauth.Provider
 	adminToken secret.Value
 	logger     *zap.Logger
@@ -82,6 +92,27 @@ type Handler struct {
 	// legacyOutsideAPI is true when a legacy path does not start with
 	// /api/, so the pass-through fast path must look it up.
 	legacyOutsideAPI bool
+}
+
+// defaultStartLimit is 10 starts per user and platform per minute: far
+// above what a person clicking "connect" does, far below a script.
+const defaultStartLimit = "10/1m"
+
+// parseStartLimit reads "<n>/<duration>" or "off".
+func parseStartLimit(raw string) (*ratelimit.Limiter, error) {
+	if raw == "" {
+		raw = defaultStartLimit
+	}
+	if raw == "off" {
+		return nil, nil
+	}
+	n, per, ok := strings.Cut(raw, "/")
+	burst, err := strconv.Atoi(n)
+	d, derr := caddy.ParseDuration(per)
+	if !ok || err != nil || burst < 1 || derr != nil || d <= 0 {
+		return nil, fmt.Errorf("credgate handler: start_limit must be <n>/<duration> such as 10/1m, or off; got %q", raw)
+	}
+	return ratelimit.New(burst, d), nil
 }
 
 // CaddyModule returns the Caddy module information.
@@ -115,6 +146,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if len(h.ReturnToAllow) == 0 {
 		h.ReturnToAllow = []string{"/"}
+	}
+	if h.startLimit, err = parseStartLimit(h.StartLimit); err != nil {
+		return err
 	}
 	for _, p := range h.ReturnToAllow {
 		if !strings.HasPrefix(p, "/") {

@@ -44,10 +44,10 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
-		case "public_origin", "login_url", "admin_token", "legacy", "legacy_callback", "legacy_start", "legacy_return_to":
+		case "public_origin", "login_url", "admin_token", "legacy", "legacy_callback", "legacy_start", "legacy_return_to", "start_limit":
 			target := map[string]*string{"public_origin": &handler.PublicOrigin, "login_url": &handler.LoginURL,
 				"admin_token": &handler.AdminToken, "legacy": &handler.Legacy, "legacy_callback": &handler.LegacyCallback,
-				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo}[opt]
+				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo, "start_limit": &handler.StartLimit}[opt]
 			if !d.AllArgs(target) {
 				return nil, d.ArgErr()
 			}

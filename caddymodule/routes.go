@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -175,6 +176,13 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 	if !ok {
 		writeError(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
 		return
+	}
+	if h.startLimit != nil {
+		if ok, wait := h.startLimit.Allow(user+"/"+platform, time.Now()); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second).Seconds())))
+			writeError(w, http.StatusTooManyRequests, "too_many_requests", "too many sign-in attempts; try again in a minute")
+			return
+		}
 	}
 	if !h.ready(w) {
 		return

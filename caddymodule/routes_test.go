@@ -426,3 +426,29 @@ func TestStoreFailureAfterTheExchangeIsAuditedAndRevoked(t *testing.T) {
 		t.Fatalf("%d failed connect rows, want 1", n)
 	}
 }
+
+// One user hammering the start route is refused past the limit (10 per
+// minute per platform by default) with 429 and Retry-After, before any
+// row is written; other users and platforms are not affected.
+func TestStartRouteIsRateLimitedPerUserAndPlatform(t *testing.T) {
+	h := newHarness(t, harnessOptions{extraSite: "start_limit 3/1m"})
+	for i := range 3 {
+		if resp, body := h.do("GET", "/api/auth/oauth/twitter?return_to=/settings", alice, nil); resp.StatusCode != http.StatusFound {
+			t.Fatalf("start %d: %d %s", i+1, resp.StatusCode, body)
+		}
+	}
+	rows := h.count(`SELECT count(*) FROM credential_audit_log`)
+	resp, body := h.do("GET", "/api/auth/oauth/twitter?return_to=/settings", alice, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || errorCode(body) != "too_many_requests" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("4th start: %d %s (Retry-After %q)", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log`); n != rows {
+		t.Fatalf("a refused start wrote %d audit rows", n-rows)
+	}
+	if resp, _ := h.do("GET", "/api/auth/oauth/linkedin?return_to=/settings", alice, nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("another platform: %d", resp.StatusCode)
+	}
+	if resp, _ := h.do("GET", "/api/auth/oauth/twitter?return_to=/settings", bob, nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("another user: %d", resp.StatusCode)
+	}
+}
