@@ -109,7 +109,8 @@ type App struct {
 	Background string `json:"background,omitempty"`
 
 	// Providers configures each platform by name (twitter, linkedin,
-	// facebook, instagram, generic).
+	// facebook, instagram, generic, or a name of your own with kind
+	// generic).
 	Providers map[string]*ProviderConfig `json:"providers,omitempty"`
 
 	// DecisionTimeout bounds a rollout decision at the app's connect
@@ -200,6 +201,14 @@ type ProviderConfig struct {
 	// UserinfoURL and RevokeURL configure the generic profile.
 	UserinfoURL string `json:"userinfo_url,omitempty"`
 	RevokeURL   string `json:"revoke_url,omitempty"`
+	// Kind is "generic" for a provider with a name of its own (several
+	// generic providers, each with its routes /api/auth/oauth/<name>).
+	Kind string `json:"kind,omitempty"`
+	// AuthStyle is how a generic provider authenticates the client at
+	// the token and revoke endpoints: "basic" (client_secret_basic),
+	// "post" (client_secret_post) or "auto" (the default: basic, then
+	// post, remembering what worked).
+	AuthStyle string `json:"auth_style,omitempty"`
 	// Timeout bounds each call to the platform. Default 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// LegacyCallback and LegacyStart override the handler's legacy path

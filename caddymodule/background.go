@@ -81,7 +81,8 @@ func (a *App) buildProvider(name string, pc *ProviderConfig, repl *caddy.Replace
 		TokenURL:     repl.ReplaceKnown(pc.TokenURL, ""),
 		APIBase:      repl.ReplaceKnown(pc.APIBase, ""),
 		Timeout:      time.Duration(pc.Timeout),
-		Generic:      oauth.GenericSettings{UserinfoURL: pc.UserinfoURL, RevokeURL: pc.RevokeURL},
+		Generic:      oauth.GenericSettings{UserinfoURL: pc.UserinfoURL, RevokeURL: pc.RevokeURL, AuthStyle: pc.AuthStyle},
+		Kind:         pc.Kind,
 		Now:          a.now,
 		Tracer:       a.tracer(),
 	}

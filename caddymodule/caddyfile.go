@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -41,7 +42,9 @@ func init() {
 //				min_samples <n>             # default 50: new-flow outcomes in the window before judging
 //				window      <duration>      # default 10m, sliding, shared by replicas
 //			}
-//			provider <twitter|linkedin|facebook|instagram|generic> {
+//			provider <twitter|linkedin|facebook|instagram|generic|your-name> {
+//				kind          generic       # required for a name of your own: /api/auth/oauth/<your-name>
+//				auth_style    basic|post|auto # generic: client_secret_basic, _post, or try basic then post (default auto)
 //				client_id     <id>
 //				client_secret <secret>
 //				redirect_url  <url>         # default <public_origin>/api/auth/oauth/<platform>/callback
@@ -119,10 +122,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 		case "provider":
 			var name string
 			if !d.AllArgs(&name) {
-				return nil, d.Err("credgate: provider takes a platform name: twitter, linkedin, facebook, instagram or generic")
-			}
-			if _, err := oauth.Lookup(name, oauth.GenericSettings{}); err != nil {
-				return nil, d.Errf("credgate: %v", err)
+				return nil, d.Err("credgate: provider takes a platform name: twitter, linkedin, facebook, instagram, generic, or a name of your own with `kind generic`")
 			}
 			if _, dup := app.Providers[name]; dup {
 				return nil, d.Errf("credgate: provider %s is configured twice", name)
@@ -130,6 +130,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			pc, err := parseProvider(d)
 			if err != nil {
 				return nil, err
+			}
+			if pc.Kind == "" && !slices.Contains(oauth.Platforms, name) && name != "generic" {
+				return nil, d.Errf("credgate: unknown platform %q: use twitter, linkedin, facebook, instagram or generic, or add `kind generic` to name a provider of your own", name)
 			}
 			if app.Providers == nil {
 				app.Providers = map[string]*ProviderConfig{}
@@ -171,6 +174,7 @@ func parseProvider(d *caddyfile.Dispenser) (*ProviderConfig, error) {
 			"sandbox": &pc.Sandbox, "auth_url": &pc.AuthURL, "token_url": &pc.TokenURL, "api_base": &pc.APIBase,
 			"userinfo_url": &pc.UserinfoURL, "revoke_url": &pc.RevokeURL,
 			"legacy_callback": &pc.LegacyCallback, "legacy_start": &pc.LegacyStart,
+			"kind": &pc.Kind, "auth_style": &pc.AuthStyle,
 		}[opt]
 		switch {
 		case target != nil:

@@ -2,12 +2,14 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/credgate/credgate/internal/oauthtest"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
@@ -450,5 +452,43 @@ func TestStartRouteIsRateLimitedPerUserAndPlatform(t *testing.T) {
 	}
 	if resp, _ := h.do("GET", "/api/auth/oauth/twitter?return_to=/settings", bob, nil); resp.StatusCode != http.StatusFound {
 		t.Fatalf("another user: %d", resp.StatusCode)
+	}
+}
+
+// Two generic providers with names of their own, through a real Caddy,
+// against go-oauth2/oauth2 v4: one authenticating clients with
+// client_secret_basic (its default), one with client_secret_post. Each
+// has its own routes, and a whole flow works on both.
+func TestNamedGenericProviders(t *testing.T) {
+	basicOnly, basicCalls := oauthtest.GoOAuth2Server(t, "", false)
+	postOnly, _ := oauthtest.GoOAuth2Server(t, "", true)
+	provider := func(name, url, style string) string {
+		return fmt.Sprintf(`
+		provider %s {
+			kind generic
+			client_id %s
+			client_secret %s
+			auth_url %s/authorize
+			token_url %s/token
+			auth_style %s
+			scopes all
+		}`, name, oauthtest.ClientID, oauthtest.ClientSecret, url, url, style)
+	}
+	h := newHarness(t, harnessOptions{globalOptions: provider("acme", basicOnly.URL, "basic") + provider("corp-sso", postOnly.URL, "auto")})
+	for _, name := range []string{"acme", "corp-sso"} {
+		providerURL, cookie := h.startFlow(alice, name, "/settings")
+		if !strings.Contains(providerURL, "client_id="+oauthtest.ClientID) {
+			t.Fatalf("%s: start went to %s", name, providerURL)
+		}
+		resp, body := h.callback(h.authorize(providerURL), cookie, alice)
+		if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/settings?connected="+name {
+			t.Fatalf("%s: callback %d %s %s", name, resp.StatusCode, resp.Header.Get("Location"), body)
+		}
+		if n := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND platform = $2 AND credentials_encrypted IS NOT NULL`, alice, name); n != 1 {
+			t.Fatalf("%s: %d stored accounts", name, n)
+		}
+	}
+	if n := basicCalls.Load(); n != 1 {
+		t.Errorf("the basic-only server saw %d token requests, want 1 (basic at once)", n)
 	}
 }

@@ -31,6 +31,9 @@ func Lookup(name string, g GenericSettings) (Profile, error) {
 	case "instagram":
 		return instagram(), nil
 	case "generic":
+		if _, ok := AuthStyles[g.AuthStyle]; !ok {
+			return Profile{}, fmt.Errorf("oauth: auth_style must be basic, post or auto, got %q", g.AuthStyle)
+		}
 		return generic(g), nil
 	}
 	return Profile{}, fmt.Errorf("oauth: unknown platform %q (want twitter, linkedin, facebook, instagram or generic)", name)
@@ -82,19 +85,7 @@ func twitter() Profile {
 			if tok.IsZero() {
 				tok, hint = t.AccessToken, "access_token"
 			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.profile.APIBase+"/2/oauth2/revoke",
-				strings.NewReader(url.Values{"token": {tok.Reveal()}, "token_type_hint": {hint}}.Encode()))
-			if err != nil {
-				return err
-			}
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.SetBasicAuth(url.QueryEscape(p.cfg.ClientID), url.QueryEscape(p.cfg.ClientSecret.Reveal()))
-			resp, err := p.client.Do(req)
-			if err != nil {
-				return stripURL(err)
-			}
-			resp.Body.Close()
-			return nil
+			return p.postFormBasic(ctx, p.profile.APIBase+"/2/oauth2/revoke", url.Values{"token": {tok.Reveal()}, "token_type_hint": {hint}})
 		},
 	}
 }
@@ -300,11 +291,15 @@ func instagramGrant(ctx context.Context, p *Provider, path string, q url.Values,
 	return t, err
 }
 
+// AuthStyles are the generic profile's auth_style values.
+var AuthStyles = map[string]oauth2.AuthStyle{
+	"": oauth2.AuthStyleAutoDetect, "auto": oauth2.AuthStyleAutoDetect,
+	"basic": oauth2.AuthStyleInHeader, "header": oauth2.AuthStyleInHeader,
+	"post": oauth2.AuthStyleInParams, "params": oauth2.AuthStyleInParams,
+}
+
 func generic(g GenericSettings) Profile {
-	style := oauth2.AuthStyleInParams
-	if g.AuthStyle == "header" {
-		style = oauth2.AuthStyleInHeader
-	}
+	style := AuthStyles[g.AuthStyle]
 	pkce := PKCES256
 	if g.PKCE != nil && !*g.PKCE {
 		pkce = PKCENever
@@ -345,8 +340,24 @@ func generic(g GenericSettings) Profile {
 			if tok.IsZero() {
 				tok = t.AccessToken
 			}
-			form := url.Values{"token": {tok.Reveal()}, "client_id": {pr.cfg.ClientID}, "client_secret": {pr.cfg.ClientSecret.Reveal()}}
-			return pr.callJSON(ctx, http.MethodPost, g.RevokeURL, form, secret.Value{}, nil)
+			// The client authenticates as at the token endpoint (RFC 7009
+			// §2.1); with auto, basic first and post if that is refused.
+			form := url.Values{"token": {tok.Reveal()}}
+			basic := func() error { return pr.postFormBasic(ctx, g.RevokeURL, form) }
+			post := func() error {
+				f := url.Values{"token": {tok.Reveal()}, "client_id": {pr.cfg.ClientID}, "client_secret": {pr.cfg.ClientSecret.Reveal()}}
+				return pr.callJSON(ctx, http.MethodPost, g.RevokeURL, f, secret.Value{}, nil)
+			}
+			switch style {
+			case oauth2.AuthStyleInHeader:
+				return basic()
+			case oauth2.AuthStyleInParams:
+				return post()
+			}
+			if err := basic(); err == nil || (CodeOf(err) != CodeInvalidClient && CodeOf(err) != CodeInvalidRequest) {
+				return err
+			}
+			return post()
 		}
 	}
 	return p

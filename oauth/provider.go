@@ -144,6 +144,12 @@ type Config struct {
 	Now func() time.Time
 	// Generic configures the generic profile; ignored by the others.
 	Generic GenericSettings
+	// Kind, when set, is the profile of a provider whose name is not a
+	// profile's: New("acme", Config{Kind: "generic", …}) is a generic
+	// provider named acme (routes, audit rows and metrics say "acme").
+	// Only "generic" may take another name; a built-in platform's kind is
+	// its name.
+	Kind string
 	// Tracer, if set, traces the code exchange and the profile lookup
 	// (credgate.oauth.exchange, credgate.oauth.profile).
 	Tracer trace.Tracer
@@ -154,8 +160,12 @@ type Config struct {
 type GenericSettings struct {
 	UserinfoURL string
 	RevokeURL   string
-	// AuthStyle is "header" (client_secret_basic) or "params"
-	// (client_secret_post, the default).
+	// AuthStyle is how the client authenticates at the token (and revoke)
+	// endpoint: "basic" (client_secret_basic: HTTP Basic, the OIDC
+	// registration default), "post" (client_secret_post: in the form
+	// body), or "auto" (the default: basic first, then post, remembering
+	// what worked, as x/oauth2 does). "header" and "params" are accepted
+	// for basic and post.
 	AuthStyle string
 	// PKCE sends S256 (default true).
 	PKCE *bool
@@ -195,10 +205,21 @@ type Provider struct {
 // New returns the provider for platform ("twitter", "linkedin",
 // "facebook", "instagram" or "generic") with cfg.
 func New(platform string, cfg Config) (*Provider, error) {
-	profile, err := Lookup(platform, cfg.Generic)
+	kind := platform
+	if cfg.Kind != "" && cfg.Kind != platform {
+		if cfg.Kind != "generic" {
+			return nil, fmt.Errorf("oauth %s: kind %q: only a generic provider may have a name of its own", platform, cfg.Kind)
+		}
+		if !validName(platform) || slices.Contains(Platforms, platform) {
+			return nil, fmt.Errorf("oauth %q: a provider name is 1-32 lowercase letters, digits, - or _, starting with a letter, and not a built-in platform's", platform)
+		}
+		kind = cfg.Kind
+	}
+	profile, err := Lookup(kind, cfg.Generic)
 	if err != nil {
 		return nil, err
 	}
+	profile.Name = platform
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("oauth %s: client_id is required", platform)
 	}
@@ -243,6 +264,20 @@ func New(platform string, cfg Config) (*Provider, error) {
 		p.oauth.Scopes = cfg.Scopes
 	}
 	return p, nil
+}
+
+// validName is what a provider's own name may be: it is a URL path
+// segment and a label value.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 32 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Name is the platform name.
@@ -540,6 +575,24 @@ func (p *Provider) callJSON(ctx context.Context, method, rawURL string, form url
 	if err := dec.Decode(out); err != nil {
 		return newError(p.profile.Name, opOf(ctx), CodeInvalidResponse, resp.StatusCode, "malformed JSON response")
 	}
+	return nil
+}
+
+// postFormBasic posts form with the client's credentials in HTTP Basic
+// (client_secret_basic; RFC 6749 §2.3.1 form-encodes both parts first)
+// and reads nothing back: the revocations.
+func (p *Provider) postFormBasic(ctx context.Context, rawURL string, form url.Values) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rawURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return newError(p.profile.Name, opOf(ctx), CodeInvalidRequest, 0, "bad endpoint URL")
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(url.QueryEscape(p.cfg.ClientID), url.QueryEscape(p.cfg.ClientSecret.Reveal()))
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return stripURL(err)
+	}
+	resp.Body.Close()
 	return nil
 }
 
