@@ -144,11 +144,7 @@ func (a *App) rolloutStatus(ctx context.Context, window time.Duration) ([]Rollou
 // rolloutRoute: GET /api/credentials/rollout (admin), the same as
 // `caddy credgate rollout status`, from this instance's view.
 func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
-	if !h.adminAllowed(r) {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
-		return
-	}
-	if !h.ready(w) {
+	if !h.adminReady(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
@@ -168,11 +164,7 @@ func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
 // resumeRoute: POST /api/credentials/rollout/resume (admin) with
 // {"platform": "twitter", "by": "alice"}: clears a halt, audited.
 func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
-	if !h.adminAllowed(r) {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
-		return
-	}
-	if !h.ready(w) {
+	if !h.adminReady(w, r) {
 		return
 	}
 	var req struct {

@@ -650,13 +650,19 @@ func (h *Handler) queueHealth(ctx context.Context, reachable bool, healthy *bool
 	return view
 }
 
-// cleanup: POST /api/maintenance/cleanup (admin), the guide's Step 5.2.
-func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
+// adminReady answers 401 without the admin token, and 503 while the
+// database is not available; true when an admin route may go on.
+func (h *Handler) adminReady(w http.ResponseWriter, r *http.Request) bool {
 	if !h.adminAllowed(r) {
 		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
-		return
+		return false
 	}
-	if !h.ready(w) {
+	return h.ready(w)
+}
+
+// cleanup: POST /api/maintenance/cleanup (admin), the guide's Step 5.2.
+func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
+	if !h.adminReady(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
