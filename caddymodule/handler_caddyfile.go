@@ -8,9 +8,11 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("credgate", parseHandlerDirective)
-	// Before reverse_proxy, so a plain `credgate` line in front of the app
-	// works without a route block.
-	httpcaddyfile.RegisterDirectiveOrder("credgate", httpcaddyfile.Before, "reverse_proxy")
+	// Right after the auth directives (basic_auth, forward_auth: an
+	// identity placeholder such as {http.auth.user.id} is set by then)
+	// and before templates, handle, route, respond and reverse_proxy, so
+	// that no catch-all in the site block shadows credgate's routes.
+	httpcaddyfile.RegisterDirectiveOrder("credgate", httpcaddyfile.After, "forward_auth")
 }
 
 // parseHandlerDirective parses:
