@@ -565,7 +565,7 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 // serviceHealth: GET /api/credentials/service-health (admin)
 func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	if !h.adminAllowed(r) {
-		writeError(w, http.StatusForbidden, "forbidden", "admin token required")
+		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)

@@ -334,9 +334,12 @@ func TestRouteErrors(t *testing.T) {
 		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'state_cleanup' AND (details->>'deleted')::int = 2`); n != 1 {
 			t.Errorf("cleanup audit rows: %d", n)
 		}
-		resp, body = h.do("GET", "/api/credentials/service-health", alice, nil)
-		if resp.StatusCode != 403 {
-			t.Errorf("service-health as a user: %d", resp.StatusCode)
+		// Every admin route answers a missing or wrong admin token alike.
+		for _, path := range []string{"/api/credentials/service-health", "/api/credentials/rollout"} {
+			resp, body = h.do("GET", path, alice, nil)
+			if resp.StatusCode != 401 || errorCode(body) != "unauthorized" {
+				t.Errorf("%s as a user: %d %s", path, resp.StatusCode, body)
+			}
 		}
 		resp, body = h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
 		var sh map[string]any
