@@ -14,8 +14,9 @@ CREDGATE_SOURCES := $(shell find . -name '*.go' -not -name '*_test.go' -not -pat
 $(XCADDY):
 	go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
 
-# XCADDY_SKIP_CLEANUP=0 and a fixed GOFLAGS keep the build reproducible;
-# the replace points xcaddy at this checkout instead of a published module.
+# XCADDY_SETCAP=0: never ask for sudo to setcap the binary (CI runs as
+# root, a developer as themselves); --with …=. points xcaddy at this
+# checkout instead of a published module.
 $(CADDY_BIN): $(XCADDY) $(CREDGATE_SOURCES)
 	@mkdir -p $(dir $(CADDY_BIN))
 	XCADDY_SETCAP=0 $(XCADDY) build $(CADDY_VERSION) \
