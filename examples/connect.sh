@@ -6,24 +6,37 @@ set -euo pipefail
 platform=${1:-twitter}
 user=${2:-11111111-1111-4111-8111-111111111111}
 caddy=${CADDY_BIN:-bin/caddy}
-jar=$(mktemp)
-trap 'rm -f "$jar"' EXIT
+jar=$(mktemp) body=$(mktemp)
+trap 'rm -f "$jar" "$body"' EXIT
 
 token=$("$caddy" credgate devtoken --user "$user" --secret development-only-jwt-secret-do-not-use-in-production)
 
+# redirect_of URL CURL-ARGS…: where URL redirects to; a non-redirect
+# answer (a 503 while the database is down, a 401…) is printed with its
+# body and ends the script, instead of passing an empty URL on.
+redirect_of() {
+  local url=$1 answer
+  shift
+  answer=$(curl -sS "$@" -o "$body" -w '%{http_code} %{redirect_url}' "$url")
+  case "$answer" in
+    30[12378]\ ?*) echo "${answer#* }" ;;
+    *) echo "$url answered ${answer%% *}: $(head -c 500 "$body")" >&2; return 1 ;;
+  esac
+}
+
 # 1. Start: credgate stores a single-use state, sets the binding cookie and
 #    sends the browser to the provider (the sandbox's consent page).
-authorize=$(curl -sS -c "$jar" -b "$jar" -H "Authorization: Bearer $token" -o /dev/null -w '%{redirect_url}' \
-  "http://localhost:8080/api/auth/oauth/$platform?return_to=/settings")
+authorize=$(redirect_of "http://localhost:8080/api/auth/oauth/$platform?return_to=/settings" \
+  -c "$jar" -b "$jar" -H "Authorization: Bearer $token")
 echo "1. provider authorize URL: ${authorize%%\?*}?…"
 
 # 2. Consent: approve at the sandbox (a browser would click "Authorize app").
-callback=$(curl -sS -o /dev/null -w '%{redirect_url}' "$authorize&sandbox_decision=approve")
+callback=$(redirect_of "$authorize&sandbox_decision=approve")
 echo "2. provider redirects to:  ${callback%%\?*}?code=…&state=… (the app's legacy callback; credgate knows its state)"
 
 # 3. Callback: credgate consumes the state, exchanges the code, stores the
 #    encrypted tokens and sends the browser back to the app.
-final=$(curl -sS -b "$jar" -H "Authorization: Bearer $token" -o /dev/null -w '%{redirect_url}' "${callback%%#*}")
+final=$(redirect_of "${callback%%#*}" -b "$jar" -H "Authorization: Bearer $token")
 echo "3. back to the app:        $final"
 
 # 4. The user's connections.
