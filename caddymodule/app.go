@@ -258,6 +258,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.keys = keys
 	a.accounts, a.states = vault.NewAccounts(keys), vault.NewStates(keys)
 
+	if strings.TrimSpace(databaseURL) == "" {
+		// pgurl's own message names the commands' --database-url flag,
+		// which `caddy run` does not have.
+		return fmt.Errorf("credgate: database_url is empty: set it in the credgate global options (database_url {env.DATABASE_URL}) and make sure the variable it names is set")
+	}
 	poolCfg, err := pgurl.Parse(databaseURL)
 	if err != nil {
 		return fmt.Errorf("credgate: database_url: %w", err)

@@ -77,6 +77,8 @@ func TestProvisionFailsClosedOnBadKeys(t *testing.T) {
 		"no key":      {DatabaseURL: "postgres://x/y"},
 		"placeholder": {DatabaseURL: "postgres://x/y", MasterKey: "<generate-secure-key>"},
 		"no database": {MasterKey: testKey(1)},
+		// An unset variable: the message must not suggest --database-url.
+		"empty database placeholder": {DatabaseURL: "{env.CREDGATE_TEST_UNSET_VARIABLE}", MasterKey: testKey(1)},
 		"bad key id":  {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "zero"},
 		// The commands refuse these; the server used to read 2 and 16.
 		"key id with junk": {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "2abc"},
@@ -87,6 +89,8 @@ func TestProvisionFailsClosedOnBadKeys(t *testing.T) {
 		cancel()
 		if err == nil {
 			t.Errorf("%s: provisioned", name)
+		} else if strings.Contains(err.Error(), "--database-url") {
+			t.Errorf("%s: %v (caddy run has no --database-url)", name, err)
 		}
 		app.Cleanup()
 	}
