@@ -15,6 +15,10 @@ import (
 
 // ServeHTTP routes {base}/<platform>/<real path> and {base}/_sandbox/….
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/" && r.Method == http.MethodGet {
+		s.serveLanding(w)
+		return
+	}
 	platform, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	rest = "/" + rest
 	if platform == "_sandbox" {

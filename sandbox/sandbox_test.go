@@ -220,3 +220,27 @@ func TestFacebookExchangeFault(t *testing.T) {
 		t.Errorf("the exchange fault hit the code exchange: %v", s.Stats()["facebook"].Rejected)
 	}
 }
+
+// GET / is a page listing the endpoints, the apps, the active faults and
+// the counters.
+func TestLandingPage(t *testing.T) {
+	t.Parallel()
+	s := sandbox.New(sandbox.Config{Apps: sandbox.DefaultApps("http://localhost:8080")})
+	s.SetFault("linkedin.token", sandbox.Fault{ErrorRate: 0.2})
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"/i/oauth2/authorize", "twitter-client-id", "http://localhost:8080/api/linkedin/callback", "linkedin.token", "0.2"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("landing page lacks %q", want)
+		}
+	}
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("landing page: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
