@@ -1,9 +1,6 @@
 # credgate: the two documented entry points are `make demo` and `make test`.
 include xcaddy.mk
 
-DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/credgate_demo?sslmode=disable
-export DATABASE_URL
-
 .PHONY: help build test vet unit smoke demo clean
 
 help: ## this list
@@ -24,16 +21,11 @@ unit: ## go test -race ./... (needs PostgreSQL at TEST_DATABASE_URL)
 smoke: $(CADDY_BIN) ## scripts/smoke.sh on the built binary
 	CADDY_BIN=$(CADDY_BIN) bash scripts/smoke.sh
 
-# Build, create and migrate the demo database, and run credgate in front of
-# a stub app with the provider sandbox (examples/sandbox.Caddyfile). The
-# demo master key is generated once into .demo-key (git-ignored); set
-# ENCRYPTION_MASTER_KEY to use your own. Then try: bash examples/connect.sh
-demo: $(CADDY_BIN) ## run the sandbox demo on :8080 (see README)
-	bash scripts/createdb.sh "$(DATABASE_URL)"
-	$(CADDY_BIN) credgate migrate up
-	@test -n "$$ENCRYPTION_MASTER_KEY" || test -s .demo-key || $(CADDY_BIN) credgate keygen > .demo-key
-	ENCRYPTION_MASTER_KEY="$${ENCRYPTION_MASTER_KEY:-$$(cat .demo-key)}" \
-		$(CADDY_BIN) run --config examples/sandbox.Caddyfile --adapter caddyfile
+# The demo (scripts/demo.sh): builds, finds or starts PostgreSQL, keeps
+# its key and flag file under .demo/, runs examples/sandbox.Caddyfile and
+# prints where to click. Ctrl-C stops what it started.
+demo: $(CADDY_BIN) ## run the demo: the app on :8080, the sandbox on :9090 (see README)
+	CADDY_BIN=$(CADDY_BIN) bash scripts/demo.sh
 
 clean: ## remove bin/
 	rm -rf bin

@@ -123,9 +123,16 @@ check "migrate status exits 1 on an empty database" \
   bash -c "! DATABASE_URL='$url' '$CADDY_BIN' credgate migrate status >/dev/null 2>&1"
 check "a command's error is one plain line, not JSON" \
   bash -c "'$CADDY_BIN' credgate report --database-url 'postgres://u:hunter2@127.0.0.1:1/x' 2>&1 >/dev/null | grep -qx 'Error: .*127.0.0.1:1.*'"
+check "a second demo refuses to share the running one's ports" \
+  bash -c "out=\$(CADDY_BIN='$CADDY_BIN' bash scripts/demo.sh 2>&1); rc=\$?; test \$rc -ne 0 && grep -q 'port 8080 is in use' <<<\"\$out\""
 kill $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true
 rm -f demo.$$.log
 psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)"
+
+# `make demo` itself, once (DEMO_ONCE: connect one platform and stop).
+check "make demo starts, connects and stops cleanly" \
+  bash -c "DEMO_ONCE=1 CADDY_BIN='$CADDY_BIN' timeout 120 bash scripts/demo.sh >demo-once.$$.log 2>&1 && grep -q 'connected=twitter' demo-once.$$.log;
+           rc=\$?; test \$rc -eq 0 || cat demo-once.$$.log; rm -f demo-once.$$.log; exit \$rc"
 
 echo "smoke: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
