@@ -79,7 +79,7 @@ func TestProvisionFailsClosedOnBadKeys(t *testing.T) {
 		"no database": {MasterKey: testKey(1)},
 		// An unset variable: the message must not suggest --database-url.
 		"empty database placeholder": {DatabaseURL: "{env.CREDGATE_TEST_UNSET_VARIABLE}", MasterKey: testKey(1)},
-		"bad key id":  {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "zero"},
+		"bad key id":                 {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "zero"},
 		// The commands refuse these; the server used to read 2 and 16.
 		"key id with junk": {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "2abc"},
 		"hex key id":       {DatabaseURL: "postgres://x/y", MasterKey: testKey(1), MasterKeyID: "0x10"},
