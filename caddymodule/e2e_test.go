@@ -128,6 +128,17 @@ func newHarness(t testing.TB, opt harnessOptions) *harness {
 
 // caddyfile renders the config under test.
 func (h *harness) caddyfile(extraSite string) string {
+	// Tests and benchmarks start many flows for one user; the start limit
+	// has its own test, which sets it.
+	if !strings.Contains(extraSite, "start_limit") {
+		extraSite += "\nstart_limit off"
+	}
+	// Decisions on a busy test machine must not time out unless a test is
+	// about the deadline (it sets decision_timeout itself).
+	globals := h.opt.globalOptions
+	if !strings.Contains(globals, "decision_timeout") {
+		globals += "\n\t\tdecision_timeout 5s"
+	}
 	var providers strings.Builder
 	for _, p := range sandbox.Platforms {
 		redirect := h.origin + "/api/auth/oauth/" + p + "/callback"
@@ -180,7 +191,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	}
 	reverse_proxy %s
 }
-`, h.db, testKey(1), flagsLine, providers.String(), h.opt.globalOptions, h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
+`, h.db, testKey(1), flagsLine, providers.String(), globals, h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
 }
 
 func (h *harness) load(extraSite string) {

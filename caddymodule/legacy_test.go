@@ -410,7 +410,7 @@ func TestServiceHealthReportsTheFlagFile(t *testing.T) {
 func TestFlagdRPCDaemonFailuresThroughCaddy(t *testing.T) {
 	d := flagdtest.New(t, 100)
 	h := newHarness(t, harnessOptions{flags: "flagd_rpc " + d.Addr(), legacyRedirect: true,
-		extraSite: "legacy_start /api/{platform}/connect\n"})
+		extraSite: "legacy_start /api/{platform}/connect\n", globalOptions: "decision_timeout 100ms"})
 	health := func() map[string]any {
 		_, body := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
 		var out struct {

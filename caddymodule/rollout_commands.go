@@ -148,6 +148,12 @@ func startRolloutFrom(ctx context.Context, line string) (*flags.Rollout, error) 
 	if err := unm.UnmarshalCaddyfile(d); err != nil {
 		return nil, fmt.Errorf("--flags: %w", err)
 	}
+	// A mistyped path would read as "no flags": say what it is.
+	if f, ok := mod.(*FlagdFileFlags); ok {
+		if _, err := os.Stat(f.Path); err != nil {
+			return nil, fmt.Errorf("--flags: flag file: %w", err)
+		}
+	}
 	provider, err := fp.OpenFeatureProvider()
 	if err != nil {
 		return nil, err

@@ -62,7 +62,7 @@ func TestRolloutStatusAndResumeCommands(t *testing.T) {
 	if out, _ := runCLI(t, "rollout", "status", "--database-url", url); !strings.Contains(out, "flags not read (pass --flags)") {
 		t.Errorf("status without --flags:\n%s", out)
 	}
-	for _, bad := range [][]string{{"--flags", "nosuch x"}, {"--flags", "static 150"}, {"--window", "-1m"}} {
+	for _, bad := range [][]string{{"--flags", "nosuch x"}, {"--flags", "static 150"}, {"--window", "-1m"}, {"--flags", "flagd /no/such/flags.json"}} {
 		if out, err := runCLI(t, append([]string{"rollout", "status", "--database-url", url}, bad...)...); err == nil {
 			t.Errorf("status %v accepted:\n%s", bad, out)
 		}

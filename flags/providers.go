@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/go-logr/logr"
 	flagd "github.com/open-feature/go-sdk-contrib/providers/flagd/pkg"
 	"github.com/open-feature/go-sdk/openfeature"
 	"github.com/twmb/murmur3"
@@ -23,7 +24,9 @@ func FlagdFile(path string, onEvent func(SourceEvent)) (openfeature.FeatureProvi
 	}
 	evaluationLock.Lock()
 	defer evaluationLock.Unlock()
-	p, err := flagd.NewProvider(flagd.WithInProcessResolver(),
+	// flagd's own log lines (JSON on stderr, outside Caddy's logger) say
+	// nothing the SourceEvents do not: credgate logs the file's state.
+	p, err := flagd.NewProvider(flagd.WithInProcessResolver(), flagd.WithLogger(logr.Discard()),
 		flagd.WithCustomSyncProviderAndUri(&fileSync{path: path, interval: pollInterval, onEvent: onEvent}, path))
 	if err != nil {
 		return nil, fmt.Errorf("flags: flagd file provider: %w", err)

@@ -53,7 +53,9 @@ func flagdRollout(t testing.TB, content string) (*flags.Rollout, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := flags.NewRollout(p)
+	// These tests are about the split, not the deadline: a busy CI machine
+	// must not turn a decision into a timeout.
+	r := flags.NewRollout(p, flags.WithDecisionTimeout(10*time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := r.StartAndWait(ctx); err != nil {
@@ -147,7 +149,7 @@ func TestHelperDecide(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := flags.NewRollout(p)
+	r := flags.NewRollout(p, flags.WithDecisionTimeout(10*time.Second))
 	if err := r.StartAndWait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +343,7 @@ func TestStaticProviderMatchesFlagd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		static := flags.NewRollout(st)
+		static := flags.NewRollout(st, flags.WithDecisionTimeout(10*time.Second))
 		static.StartAndWait(context.Background())
 		flagd, _ := flagdRollout(t, flagFile(true, p))
 		for i := range 3000 {

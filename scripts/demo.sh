@@ -127,7 +127,8 @@ cat <<BANNER
                      carol 33333333-3333-4333-8333-333333333333
   Admin token        curl -H 'Authorization: Bearer development-admin-token' http://localhost:8080/api/credentials/service-health
 
-  The rollout is $demo/flags.json (LinkedIn 0 %, the others 50 %). Change it, e.g. to 100 %:
+  The rollout is $demo/flags.json (created at LinkedIn 0 %, the others 50 %; kept across runs:
+  \`rollout status\` below says what is in force). Change it, e.g. to 100 %:
     jq '.flags["oauth-new-flow"].targeting.if[2].fractional = [["new", 100], ["legacy", 0]]' $demo/flags.json > $demo/flags.json.tmp && mv $demo/flags.json.tmp $demo/flags.json
 
   Operator commands against this demo:
