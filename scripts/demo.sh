@@ -108,7 +108,12 @@ export CREDGATE_FLAGS_FILE=$demo/flags.json
 caddy_pid=$!
 for _ in $(seq 1 100); do
   curl -sf -o /dev/null http://localhost:8080/ && break
-  kill -0 "$caddy_pid" 2>/dev/null || { tail -5 "$demo/caddy.log" >&2; die "Caddy stopped; its log is $demo/caddy.log"; }
+  if ! kill -0 "$caddy_pid" 2>/dev/null; then
+    tail -5 "$demo/caddy.log" >&2
+    grep -q "does not match the fingerprint" "$demo/caddy.log" &&
+      say "the database was set up with another master key (another checkout's $demo/key?): use that key, point DATABASE_URL at another database, or drop this one"
+    die "Caddy stopped; its log is $demo/caddy.log"
+  fi
   sleep 0.1
 done
 

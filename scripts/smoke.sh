@@ -131,8 +131,10 @@ psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)"
 
 # `make demo` itself, once (DEMO_ONCE: connect one platform and stop).
 check "make demo starts, connects and stops cleanly" \
-  bash -c "DEMO_ONCE=1 CADDY_BIN='$CADDY_BIN' timeout 120 bash scripts/demo.sh >demo-once.$$.log 2>&1 && grep -q 'connected=twitter' demo-once.$$.log;
+  bash -c "DATABASE_URL='$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1${db}_once#" <<<"$server")' DEMO_ONCE=1 CADDY_BIN='$CADDY_BIN' timeout 120 bash scripts/demo.sh >demo-once.$$.log 2>&1 && grep -q 'connected=twitter' demo-once.$$.log;
            rc=\$?; test \$rc -eq 0 || cat demo-once.$$.log; rm -f demo-once.$$.log; exit \$rc"
+
+psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_once WITH (FORCE)"
 
 echo "smoke: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
