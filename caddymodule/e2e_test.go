@@ -47,6 +47,7 @@ type harness struct {
 	db         string
 	origin     string // Caddy's site, what browsers see
 	internal   string // the internal site with the token API, if any
+	egress     string // the internal site with the egress proxy, if any
 	metricsURL string // Caddy's Prometheus endpoint, if any
 	sandbox    *sandbox.Server
 	sbURL      string
@@ -77,12 +78,23 @@ type harnessOptions struct {
 	globalOptions string
 	// tokenAPI adds an internal site with credgate_tokens (h.internal).
 	tokenAPI string
+	// egress adds an internal site with credgate_egress (h.egress), and
+	// gives each provider its posting scope.
+	egress string
 	// metrics adds a site serving Caddy's metrics (h.metricsURL).
 	metrics bool
 	// caddyGlobals are more global options (outside credgate's block).
 	caddyGlobals string
 	// siteDirectives go in the public site before credgate (tracing …).
 	siteDirectives string
+}
+
+// egressScopes are each platform's default scopes plus its posting scope.
+var egressScopes = map[string]string{
+	"twitter":   "tweet.read tweet.write users.read offline.access",
+	"linkedin":  "openid profile w_member_social",
+	"facebook":  "public_profile pages_manage_posts",
+	"instagram": "instagram_business_basic instagram_business_content_publish",
 }
 
 func newHarness(t testing.TB, opt harnessOptions) *harness {
@@ -96,6 +108,9 @@ func newHarness(t testing.TB, opt harnessOptions) *harness {
 	h.origin = fmt.Sprintf("http://127.0.0.1:%d", port)
 	if opt.tokenAPI != "" {
 		h.internal = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	}
+	if opt.egress != "" {
+		h.egress = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 	}
 	if opt.metrics {
 		h.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", freePort(t))
@@ -145,13 +160,17 @@ func (h *harness) caddyfile(extraSite string) string {
 		if h.opt.legacyRedirect {
 			redirect = h.origin + "/api/" + p + "/callback"
 		}
+		scopes := ""
+		if h.opt.egress != "" {
+			scopes = "\n\t\t\tscopes " + egressScopes[p]
+		}
 		fmt.Fprintf(&providers, `
 		provider %s {
 			client_id %s-client-id
 			client_secret %s-client-secret
 			redirect_url %s
-			sandbox %s
-		}`, p, p, p, redirect, h.sbURL)
+			sandbox %s%s
+		}`, p, p, p, redirect, h.sbURL, scopes)
 	}
 	flagsLine := "static 100"
 	if h.opt.flagsFile != "" {
@@ -163,6 +182,9 @@ func (h *harness) caddyfile(extraSite string) string {
 	internalSite := ""
 	if h.metricsURL != "" {
 		internalSite += fmt.Sprintf("\n%s {\n\tmetrics /metrics\n}\n", strings.TrimSuffix(h.metricsURL, "/metrics"))
+	}
+	if h.egress != "" {
+		internalSite += fmt.Sprintf("\n%s {\n\tcredgate_egress {\n\t\t%s\n\t}\n}\n", h.egress, h.opt.egress)
 	}
 	if h.internal != "" {
 		internalSite += fmt.Sprintf("\n%s {\n\tcredgate_tokens {\n\t\t%s\n\t}\n\trespond \"internal: not found\" 404\n}\n", h.internal, h.opt.tokenAPI)

@@ -18,7 +18,6 @@ import (
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
-	"github.com/credgate/credgate/worker"
 )
 
 func init() {
@@ -173,29 +172,26 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 		}
 		t.app.metrics.TokenRead(platform, outcome)
 	}
-	switch {
-	case err == nil:
-	case errors.Is(err, vault.ErrNotConnected):
-		audit(vault.Failed, "not_connected")
-		writeError(w, http.StatusNotFound, "not_connected", "this user has no connected account on this platform")
-		return
-	case errors.Is(err, worker.ErrNeedsReauth):
-		audit(vault.Failed, "needs_reauth")
-		writeError(w, http.StatusConflict, "needs_reauth", "the user must reconnect this platform")
-		return
-	case errors.Is(err, vault.ErrDecryptionFailed), errors.Is(err, vault.ErrUnknownKey), errors.Is(err, vault.ErrMalformedBlob):
-		audit(vault.Failed, "decrypt_failed")
-		t.logger.Error("token API: credentials do not decrypt", zap.String("platform", platform), errField(err))
-		writeError(w, http.StatusInternalServerError, "decrypt_failed", "the stored credentials cannot be decrypted with the configured keys")
-		return
-	default:
-		if _, ok := errors.AsType[*oauth.Error](err); ok {
-			audit(vault.Failed, string(oauth.CodeOf(err)))
-			w.Header().Set("Retry-After", "30")
-			writeError(w, http.StatusServiceUnavailable, "provider_unavailable", "the token expired and the platform did not renew it; try again later")
+	if err != nil {
+		status, code, message := tokenFailure(err)
+		if status == 0 {
+			writeStoreError(t.logger, w, r, "reading a token", err)
 			return
 		}
-		writeStoreError(t.logger, w, r, "reading a token", err)
+		switch code {
+		case "decrypt_failed":
+			t.logger.Error("token API: credentials do not decrypt", zap.String("platform", platform), errField(err))
+		case "provider_unavailable":
+			w.Header().Set("Retry-After", "30")
+		}
+		// A renewal the platform refused is audited by the platform's code
+		// (invalid_grant, rate_limited …), not the answer's.
+		if isPlatformError(err) {
+			audit(vault.Failed, string(oauth.CodeOf(err)))
+		} else {
+			audit(vault.Failed, code)
+		}
+		writeError(w, status, code, message)
 		return
 	}
 	audit(vault.Success, "")

@@ -280,6 +280,10 @@ func validName(s string) bool {
 	return true
 }
 
+// APIBase is the platform's API base URL (a sandbox's, when configured):
+// where the egress proxy sends the app's API calls.
+func (p *Provider) APIBase() string { return p.profile.APIBase }
+
 // Name is the platform name.
 func (p *Provider) Name() string { return p.profile.Name }
 

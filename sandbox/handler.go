@@ -27,6 +27,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	endpoint, handle := s.route(platform, r.Method, rest)
 	if handle == nil {
+		if post := s.apiRoute(platform, r.Method, rest); post != nil {
+			endpoint, handle = EndpointAPI, post
+		}
+	}
+	if handle == nil {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	}

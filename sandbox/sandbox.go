@@ -154,6 +154,7 @@ type PlatformStats struct {
 	Refreshes     int            `json:"refreshes"`
 	RefreshReuse  int            `json:"refresh_token_reuse_detected"`
 	Revocations   int            `json:"revocations"`
+	Posts         int            `json:"posts"`
 	Rejected      map[string]int `json:"rejected"`
 }
 

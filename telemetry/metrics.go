@@ -28,6 +28,7 @@ type Metrics struct {
 	connectionDuration *prometheus.HistogramVec
 	refreshes          *prometheus.CounterVec
 	tokenReads         *prometheus.CounterVec
+	egress             *prometheus.CounterVec
 	statesCleaned      prometheus.Counter
 	decisions          *prometheus.CounterVec
 }
@@ -66,6 +67,10 @@ func New() *Metrics {
 			Name: "credgate_token_reads_total",
 			Help: "Token API answers by platform and outcome (success or the error code).",
 		}, []string{"platform", "outcome"}),
+		egress: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credgate_egress_requests_total",
+			Help: "Platform API calls made through the egress proxy, by platform and status class (2xx, 3xx, 4xx, 5xx, or the error code credgate answered with).",
+		}, []string{"platform", "status_class"}),
 		statesCleaned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "credgate_states_cleaned_total",
 			Help: "Expired OAuth states deleted.",
@@ -82,7 +87,7 @@ func New() *Metrics {
 
 // Collectors are what to register with a Prometheus registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.statesCleaned, m.decisions}
+	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions}
 }
 
 // Prepare creates the success series of each platform at zero, so that
@@ -120,6 +125,11 @@ func (m *Metrics) Refresh(platform, outcome string) {
 // TokenRead counts a token API answer: success or its error code.
 func (m *Metrics) TokenRead(platform, outcome string) {
 	m.tokenReads.WithLabelValues(platform, outcome).Inc()
+}
+
+// Egress counts one call through the egress proxy.
+func (m *Metrics) Egress(platform, statusClass string) {
+	m.egress.WithLabelValues(platform, statusClass).Inc()
 }
 
 // StatesCleaned counts deleted expired states.

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 )
@@ -106,7 +107,31 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 	// The shared renewal does not end when the first caller goes away:
 	// the others still want it, and the platform call is bounded anyway.
 	v, err, _ := r.flight.Do(a.ID, func() (any, error) {
-		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, minValidity, trigger)
+		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, minValidity, trigger, secret.Value{})
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	return v.(Token), nil
+}
+
+// RenewRejected renews the user's token after the platform refused it (a
+// 401 to an API call made with it), however long it should still have
+// been valid, unless it was replaced meanwhile: under the account's row
+// lock it renews only while the stored access token is still the
+// rejected one, so fifty callers refused at once cause one renewal, and a
+// rotated refresh token is never used twice.
+func (r *Refresher) RenewRejected(ctx context.Context, userID, platform string, rejected secret.Value, trigger string) (Token, error) {
+	p, ok := r.Providers[platform]
+	if !ok {
+		return Token{}, ErrUnknownPlatform
+	}
+	a, _, err := r.Accounts.Get(ctx, r.DB, userID, platform)
+	if err != nil {
+		return Token{}, err
+	}
+	v, err, _ := r.flight.Do(a.ID+"/rejected", func() (any, error) {
+		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, 0, trigger, rejected)
 	})
 	if err != nil {
 		return Token{}, err
@@ -115,8 +140,9 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 }
 
 // renewLocked renews account id under its row lock unless whoever held
-// the lock before renewed it already.
-func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id string, minValidity time.Duration, trigger string) (Token, error) {
+// the lock before renewed it already. With a rejected token it renews
+// whenever the stored token is still that one.
+func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id string, minValidity time.Duration, trigger string, rejected secret.Value) (Token, error) {
 	var out Token
 	// failure is reported after the commit: the audit row and the status
 	// of a failed renewal must stay.
@@ -130,9 +156,18 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		}
 		a, c := locked.Account, locked.Credentials
 		// Whoever held the lock before us may have renewed it already.
-		if done, tok, err := r.settled(p, a, c, minValidity); done {
-			out, failure = tok, err
+		switch {
+		case !rejected.IsZero() && c.AccessToken.Reveal() != rejected.Reveal():
+			out = Token{Account: a, Credentials: c}
 			return nil
+		case !rejected.IsZero() && (a.Status == vault.StatusNeedsReauth || a.Status == vault.StatusRevoked):
+			failure = ErrNeedsReauth
+			return nil
+		case rejected.IsZero():
+			if done, tok, err := r.settled(p, a, c, minValidity); done {
+				out, failure = tok, err
+				return nil
+			}
 		}
 		na, nc, rerr := r.renew(ctx, txCtx, tx, p, locked, trigger, 0, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
 			if at, ok := r.nextLook(p, na, nc); ok {

@@ -1,0 +1,395 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
+)
+
+func init() {
+	caddy.RegisterModule(Egress{})
+	httpcaddyfile.RegisterHandlerDirective("credgate_egress", parseEgress)
+	httpcaddyfile.RegisterDirectiveOrder("credgate_egress", httpcaddyfile.Before, "respond")
+}
+
+// Egress is the credgate_egress handler: the app's back end sends its
+// platform API calls here instead of to the platform, and credgate adds
+// the user's current access token, so the app never holds one.
+//
+//	POST /{platform}/{the platform's API path}?{query}
+//	Authorization: Bearer <service_token>
+//	X-Credgate-User: <user uuid>
+//
+// goes to the platform's API base (api.x.com, api.linkedin.com,
+// graph.facebook.com, graph.instagram.com, or the sandbox's) with the
+// user's token as `Authorization: Bearer`. Only that base is ever
+// reached: the host never comes from the request. Put it on an internal
+// listener, never the public origin.
+type Egress struct {
+	// ServiceToken is the bearer token the app's back end sends. Required.
+	ServiceToken string `json:"service_token,omitempty"`
+	// MinValidity: a token that expires sooner is renewed before the call.
+	// Default 5m.
+	MinValidity caddy.Duration `json:"min_validity,omitempty"`
+	// MaxRetryBody is the largest request body kept so that a call the
+	// platform refused with an expired-token answer can be retried after a
+	// renewal. Larger bodies (or unknown lengths) of non-idempotent calls
+	// are streamed and not retried. Default 1 MiB.
+	MaxRetryBody int64 `json:"max_retry_body,omitempty"`
+
+	app       *App
+	token     secret.Value
+	logger    *zap.Logger
+	transport http.RoundTripper
+}
+
+// CaddyModule returns the Caddy module information.
+func (Egress) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.credgate_egress", New: func() caddy.Module { return new(Egress) }}
+}
+
+// Provision binds the handler to the credgate app.
+func (e *Egress) Provision(ctx caddy.Context) error {
+	e.logger = ctx.Logger()
+	app, err := credgateApp(ctx, "credgate_egress")
+	if err != nil {
+		return err
+	}
+	e.app = app
+	e.token = secret.New(caddy.NewReplacer().ReplaceKnown(e.ServiceToken, ""))
+	if len(e.token.Reveal()) < 16 {
+		return errors.New("credgate_egress: service_token is required and must be at least 16 characters")
+	}
+	if e.MinValidity <= 0 {
+		e.MinValidity = caddy.Duration(5 * time.Minute)
+	}
+	if e.MaxRetryBody <= 0 {
+		e.MaxRetryBody = 1 << 20
+	}
+	// Pooled connections per platform host, like reverse_proxy's.
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	e.transport = t
+	return nil
+}
+
+// Cleanup closes the pooled connections.
+func (e *Egress) Cleanup() error {
+	if t, ok := e.transport.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+	return nil
+}
+
+// hopHeaders are the request headers never forwarded: credgate's own, and
+// what would let the caller steer the connection.
+var egressDropHeaders = []string{"Authorization", "X-Credgate-User", "Cookie", "Proxy-Authorization", "Forwarded",
+	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// ServeHTTP forwards one API call.
+func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if !bearerMatches(r, e.token) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="credgate"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
+		return nil
+	}
+	platform, apiPath, err := egressTarget(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_path", err.Error())
+		return nil
+	}
+	p, ok := e.app.refresher.Providers[platform]
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		return nil
+	}
+	base, err := url.Parse(p.APIBase())
+	if err != nil || base.Host == "" {
+		writeError(w, http.StatusNotFound, "unknown_platform", "this platform has no API base configured")
+		return nil
+	}
+	id, err := uuid.Parse(r.Header.Get("X-Credgate-User"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_user", "X-Credgate-User must be the user's UUID")
+		return nil
+	}
+	user := id.String()
+	if !e.app.Available() {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
+		return nil
+	}
+	e.app.traced(w, r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
+		e.forward(w, r, user, platform, base, apiPath)
+	})
+	return nil
+}
+
+// egressTarget reads /{platform}/{api path} from the request. The API
+// path is cleaned and must stay a path: no "..", no scheme or host, no
+// absolute-form request URI.
+func egressTarget(r *http.Request) (platform, apiPath string, err error) {
+	if r.URL.IsAbs() || r.URL.Host != "" || r.URL.User != nil {
+		return "", "", errors.New("the request URI must be a path: /{platform}/{api path}")
+	}
+	raw := r.URL.EscapedPath()
+	if strings.Contains(raw, `\`) || strings.Contains(strings.ToLower(raw), "%2f") || strings.Contains(strings.ToLower(raw), "%5c") {
+		return "", "", errors.New("encoded slashes are not allowed in the path")
+	}
+	rest, ok := strings.CutPrefix(raw, "/")
+	platform, tail, _ := strings.Cut(rest, "/")
+	if !ok || platform == "" || tail == "" {
+		return "", "", errors.New("the path is /{platform}/{api path}")
+	}
+	decoded, err := url.PathUnescape("/" + tail)
+	if err != nil {
+		return "", "", errors.New("the path is not valid percent-encoding")
+	}
+	for _, seg := range strings.Split(decoded, "/") {
+		if seg == ".." || seg == "." {
+			return "", "", errors.New(`"." and ".." are not allowed in the path`)
+		}
+	}
+	if strings.ContainsAny(decoded, "\x00\r\n@") || strings.HasPrefix(decoded, "//") {
+		return "", "", errors.New("the path holds characters that could change the target")
+	}
+	return platform, path.Clean("/" + tail), nil
+}
+
+// forward calls the platform with the user's token, renewed first when it
+// expires within MinValidity, and once more with a renewed token if the
+// platform refuses it as expired or revoked.
+func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath string) {
+	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
+	defer cancel()
+	tok, err := e.app.refresher.EnsureFresh(ctx, user, platform, time.Duration(e.MinValidity), "egress")
+	if err != nil {
+		e.fail(w, r, user, platform, err)
+		return
+	}
+	// A call the platform refused for its token did nothing there, so it
+	// can be sent again, if its body can: a call without one always, one
+	// with a body of known length up to MaxRetryBody, kept in memory. A
+	// larger or chunked body streams through and is not retried.
+	retryable := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	var body []byte
+	if !retryable && r.ContentLength > 0 && r.ContentLength <= e.MaxRetryBody {
+		if body, err = io.ReadAll(io.LimitReader(r.Body, e.MaxRetryBody+1)); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_body", "the request body could not be read")
+			return
+		}
+		retryable = true
+	}
+	rt := &renewingTransport{next: e.transport, platform: platform, token: tok.Credentials.AccessToken, body: body, retryable: retryable,
+		renew: func(rejected secret.Value) (secret.Value, error) {
+			renewed, err := e.app.refresher.RenewRejected(ctx, user, platform, rejected, "egress")
+			if err != nil {
+				return secret.Value{}, err
+			}
+			e.audit(r, user, platform, vault.Success, "", map[string]any{"renewed_after": "rejected_token"})
+			return renewed.Credentials.AccessToken, nil
+		}}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL = &url.URL{Scheme: base.Scheme, Host: base.Host, Path: strings.TrimRight(base.Path, "/") + apiPath,
+				RawQuery: r.URL.RawQuery}
+			pr.Out.Host = base.Host
+			for _, h := range egressDropHeaders {
+				pr.Out.Header.Del(h)
+			}
+			if body != nil {
+				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
+				pr.Out.ContentLength = int64(len(body))
+			}
+		},
+		Transport: rt,
+		ModifyResponse: func(resp *http.Response) error {
+			e.app.metrics.Egress(platform, strconv.Itoa(resp.StatusCode/100)+"xx")
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if rt.renewErr != nil {
+				e.fail(w, r, user, platform, rt.renewErr)
+				return
+			}
+			e.app.metrics.Egress(platform, "provider_unavailable")
+			e.logger.Info("egress call failed", zap.String("platform", platform), errField(err))
+			writeError(w, http.StatusBadGateway, "provider_unavailable", "the platform did not answer")
+		},
+	}
+	proxy.ServeHTTP(w, r)
+}
+
+// fail answers a token that cannot be had, audited (auth failures only:
+// a successful call writes no audit row).
+func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform string, err error) {
+	status, code, message := tokenFailure(err)
+	if status == 0 {
+		writeStoreError(e.logger, w, r, "egress: reading a token", err)
+		return
+	}
+	e.app.metrics.Egress(platform, code)
+	if code != "not_connected" {
+		e.audit(r, user, platform, vault.Failed, code, nil)
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "30")
+	}
+	writeError(w, status, code, message)
+}
+
+func (e *Egress) audit(r *http.Request, user, platform string, status vault.Outcome, code string, details map[string]any) {
+	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+	defer acancel()
+	if details == nil {
+		details = map[string]any{}
+	}
+	details["via"] = "egress"
+	if err := (vault.Audit{}).Append(actx, e.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionRefresh,
+		Status: status, ErrorCode: code, Details: details}); err != nil {
+		e.logger.Error("writing audit row", errField(err))
+	}
+}
+
+// renewingTransport sends one call with the user's token and, when the
+// platform refuses the token (401, or the Graph APIs' error 190) and the
+// call can be sent again, renews it once and retries once.
+type renewingTransport struct {
+	next      http.RoundTripper
+	platform  string
+	token     secret.Value
+	body      []byte
+	retryable bool
+	renew     func(rejected secret.Value) (secret.Value, error)
+	renewErr  error
+}
+
+func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	send := func(token secret.Value) (*http.Response, error) {
+		out := req.Clone(req.Context())
+		out.Header.Set("Authorization", "Bearer "+token.Reveal())
+		if t.body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(t.body))
+			out.ContentLength = int64(len(t.body))
+		}
+		return t.next.RoundTrip(out)
+	}
+	resp, err := send(t.token)
+	if err != nil || !t.retryable || !tokenRefused(t.platform, resp) {
+		return resp, err
+	}
+	resp.Body.Close()
+	renewed, err := t.renew(t.token)
+	if err != nil {
+		t.renewErr = err
+		return nil, fmt.Errorf("renewing a refused token: %w", err)
+	}
+	return send(renewed)
+}
+
+// tokenRefused reports whether the platform refused the access token
+// itself. X and LinkedIn answer 401; the Graph APIs (Facebook, Instagram)
+// answer 400 or 401 with error code 190. The body is read (it is a small
+// error document) and put back.
+func tokenRefused(platform string, resp *http.Response) bool {
+	if resp.StatusCode == http.StatusUnauthorized {
+		return true
+	}
+	if (platform != "facebook" && platform != "instagram") || resp.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(raw))
+	return bytes.Contains(raw, []byte(`"code":190`))
+}
+
+// tokenFailure maps a failure to get a token to the answer both the token
+// API and the egress proxy give; status 0 for a storage failure.
+func tokenFailure(err error) (status int, code, message string) {
+	switch {
+	case errors.Is(err, vault.ErrNotConnected):
+		return http.StatusNotFound, "not_connected", "this user has no connected account on this platform"
+	case errors.Is(err, worker.ErrNeedsReauth):
+		return http.StatusConflict, "needs_reauth", "the user must reconnect this platform"
+	case undecryptable(err):
+		return http.StatusInternalServerError, "decrypt_failed", "the stored credentials cannot be decrypted with the configured keys"
+	case isPlatformError(err):
+		return http.StatusServiceUnavailable, "provider_unavailable", "the token expired and the platform did not renew it; try again later"
+	}
+	return 0, "", ""
+}
+
+func isPlatformError(err error) bool {
+	_, ok := errors.AsType[*oauth.Error](err)
+	return ok
+}
+
+// parseEgress parses:
+//
+//	credgate_egress {
+//		service_token  <token>     # required, e.g. {env.CREDGATE_SERVICE_TOKEN}
+//		min_validity   <duration>  # default 5m
+//		max_retry_body <bytes>     # default 1048576
+//	}
+func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	e := new(Egress)
+	d := h.Dispenser
+	d.Next()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "service_token":
+			if !d.AllArgs(&e.ServiceToken) {
+				return nil, d.ArgErr()
+			}
+		case "min_validity":
+			dur, err := parseDurationArg(d, opt)
+			if err != nil {
+				return nil, err
+			}
+			e.MinValidity = caddy.Duration(dur)
+		case "max_retry_body":
+			var raw string
+			if !d.AllArgs(&raw) {
+				return nil, d.ArgErr()
+			}
+			n, err := strconv.ParseInt(raw, 10, 64)
+			if err != nil || n < 1 {
+				return nil, d.Errf("credgate_egress: max_retry_body must be a whole number of bytes, got %q", raw)
+			}
+			e.MaxRetryBody = n
+		default:
+			return nil, d.Errf("credgate_egress: unrecognized option %q", opt)
+		}
+	}
+	return e, nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Egress)(nil)
+	_ caddy.CleanerUpper          = (*Egress)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Egress)(nil)
+)

@@ -1,0 +1,223 @@
+package caddymodule
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// egressCall sends one API call through the egress site as user.
+func (h *harness) egressCall(method, path, user, bearer, body string) (int, string) {
+	h.t.Helper()
+	req, _ := http.NewRequest(method, h.egress+path, strings.NewReader(body))
+	if body == "" {
+		req.Body = nil
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	if user != "" {
+		req.Header.Set("X-Credgate-User", user)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(raw)
+}
+
+// stayedHome reports whether an answer came from somewhere other than the
+// host a request named: Caddy's empty answer for a host no site serves,
+// credgate's refusal, or the configured API base (the sandbox, the only
+// server that knows the token).
+func stayedHome(status int, body string) bool {
+	return (status == 200 && body == "") || status == 400 ||
+		(status == 200 && strings.Contains(body, `"username":"sandbox-user"`))
+}
+
+// postPaths are each platform's posting call, as the app would make it
+// to the platform's API, under /{platform}.
+var postPaths = map[string]string{
+	"twitter":   "/twitter/2/tweets",
+	"linkedin":  "/linkedin/v2/ugcPosts",
+	"facebook":  "/facebook/v22.0/page-1/feed",
+	"instagram": "/instagram/v22.0/ig-user-1/media",
+}
+
+// A post through the egress proxy works on every platform, with the
+// user's token added by credgate; the app sends none.
+func TestEgressPostsOnEveryPlatform(t *testing.T) {
+	h := newHarness(t, harnessOptions{egress: "service_token " + serviceToken, metrics: true})
+	for p := range postPaths {
+		h.connect(alice, p)
+	}
+	for p, path := range postPaths {
+		before := h.sandbox.Stats()[p].Posts
+		code, body := h.egressCall("POST", path+"?fields=id", alice, serviceToken, `{"text":"hello"}`)
+		if code/100 != 2 || !strings.Contains(body, `"id"`) {
+			t.Fatalf("%s: %d %s", p, code, body)
+		}
+		if got := h.sandbox.Stats()[p].Posts - before; got != 1 {
+			t.Fatalf("%s: %d posts at the platform, want 1", p, got)
+		}
+	}
+	// A read, and the platform's own answers pass through unchanged.
+	if code, body := h.egressCall("GET", "/twitter/2/users/me", alice, serviceToken, ""); code != 200 || !strings.Contains(body, `"data"`) {
+		t.Fatalf("users/me: %d %s", code, body)
+	}
+	if code, body := h.egressCall("GET", "/twitter/2/no-such-endpoint", alice, serviceToken, ""); code != 404 {
+		t.Fatalf("a platform 404: %d %s", code, body)
+	}
+	// No audit row per call.
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE details->>'via' = 'egress'`); n != 0 {
+		t.Fatalf("%d audit rows for calls that needed no renewal", n)
+	}
+	if m := h.scrape(); !strings.Contains(m, `credgate_egress_requests_total{platform="twitter",status_class="2xx"} 2`) {
+		t.Fatal("credgate_egress_requests_total does not count the calls")
+	}
+}
+
+// An expired token is renewed before the call; a token the platform
+// refuses is renewed once and the call sent once more; a user who must
+// reconnect gets 409.
+func TestEgressRenewsTokens(t *testing.T) {
+	h := newHarness(t, harnessOptions{egress: "service_token " + serviceToken})
+	h.connect(alice, "twitter")
+	h.connect(alice, "facebook")
+
+	h.sandbox.Clock().Advance(2 * time.Hour)
+	before := h.sandbox.Stats()["twitter"].Refreshes
+	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"after expiry"}`); code != 201 {
+		t.Fatalf("after expiry: %d %s", code, body)
+	}
+	if got := h.sandbox.Stats()["twitter"].Refreshes - before; got != 1 {
+		t.Fatalf("%d renewals for an expired token, want 1", got)
+	}
+
+	// The platform invalidates the access token behind credgate's back:
+	// the first call gets 401, credgate renews and retries, the app sees
+	// the post succeed.
+	if n := h.sandbox.InvalidateAccessTokens("twitter"); n == 0 {
+		t.Fatal("no token to invalidate")
+	}
+	before = h.sandbox.Stats()["twitter"].Refreshes
+	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"after a 401"}`); code != 201 {
+		t.Fatalf("after a 401: %d %s", code, body)
+	}
+	if got := h.sandbox.Stats()["twitter"].Refreshes - before; got != 1 {
+		t.Fatalf("%d renewals after a 401, want 1", got)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND details->>'via' = 'egress' AND status = 'success'`); n != 1 {
+		t.Fatalf("%d audit rows for the renewal after the 401, want 1", n)
+	}
+
+	// Facebook cannot be renewed without the user once its token is dead.
+	h.sandbox.InvalidateAccessTokens("facebook")
+	if code, body := h.egressCall("POST", postPaths["facebook"], alice, serviceToken, `{"message":"x"}`); code != http.StatusConflict || errorCode([]byte(body)) != "needs_reauth" {
+		t.Fatalf("facebook with a dead token: %d %s", code, body)
+	}
+	// Not connected.
+	if code, body := h.egressCall("GET", "/linkedin/v2/userinfo", alice, serviceToken, ""); code != 404 || errorCode([]byte(body)) != "not_connected" {
+		t.Fatalf("not connected: %d %s", code, body)
+	}
+}
+
+// Fifty calls at once on an expired token: one renewal, no refresh token
+// used twice, every call served.
+func TestEgressConcurrentCallsOnAnExpiredToken(t *testing.T) {
+	h := newHarness(t, harnessOptions{egress: "service_token " + serviceToken})
+	h.connect(alice, "twitter")
+	h.sandbox.Clock().Advance(2 * time.Hour)
+	before := h.sandbox.Stats()["twitter"]
+	var wg sync.WaitGroup
+	codes := make(chan int, 50)
+	for range 50 {
+		wg.Go(func() {
+			code, _ := h.egressCall("GET", "/twitter/2/users/me", alice, serviceToken, "")
+			codes <- code
+		})
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 200 {
+			t.Fatalf("a call answered %d", c)
+		}
+	}
+	after := h.sandbox.Stats()["twitter"]
+	if after.Refreshes-before.Refreshes != 1 || after.RefreshReuse != before.RefreshReuse {
+		t.Fatalf("%d renewals, %d refresh-token reuses; want 1 and 0", after.Refreshes-before.Refreshes, after.RefreshReuse-before.RefreshReuse)
+	}
+}
+
+// Only the configured API hosts are reached: no absolute URI, dot
+// segments, encoded slashes, @, Host header or unknown platform leads
+// anywhere else; and the service token is required.
+func TestEgressRefusesEverythingElse(t *testing.T) {
+	h := newHarness(t, harnessOptions{egress: "service_token " + serviceToken})
+	h.connect(alice, "twitter")
+	for _, path := range []string{
+		"/twitter/../../etc/passwd", "/twitter/2/%2e%2e/%2e%2e/x", "/twitter/%2F%2Fevil.example/x", "/twitter/@evil.example/x",
+		"/twitter//evil.example/x", "/twitter/2/users/me%5c..%5cx",
+	} {
+		code, body := h.egressCall("GET", path, alice, serviceToken, "")
+		if code != 400 && code != 404 {
+			t.Errorf("%s: %d %s", path, code, body)
+		}
+	}
+	if code, body := h.egressCall("GET", "/myspace/api/me", alice, serviceToken, ""); code != 404 || errorCode([]byte(body)) != "unknown_platform" {
+		t.Errorf("unknown platform: %d %s", code, body)
+	}
+	// An absolute-form request URI, written by hand: refused, or served
+	// by the configured API base (the sandbox, the only server that knows
+	// the token), never sent to the host it names.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.egress, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET http://evil.example/twitter/2/users/me HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer %s\r\nX-Credgate-User: %s\r\nConnection: close\r\n\r\n", serviceToken, alice)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	conn.Close()
+	if !stayedHome(resp.StatusCode, string(raw)) {
+		t.Errorf("an absolute-form request URI: %d %s", resp.StatusCode, raw)
+	}
+	// A Host header does not move the target: the call still goes to the
+	// sandbox (which knows the token).
+	req, _ := http.NewRequest("GET", h.egress+"/twitter/2/users/me", nil)
+	req.Host = "evil.example"
+	req.Header.Set("Authorization", "Bearer "+serviceToken)
+	req.Header.Set("X-Credgate-User", alice)
+	if resp, err := client.Do(req); err == nil {
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !stayedHome(resp.StatusCode, string(raw)) {
+			t.Errorf("with a Host header: %d %s", resp.StatusCode, raw)
+		}
+	}
+	for _, bearer := range []string{"", "wrong-token-wrong-token"} {
+		if code, body := h.egressCall("GET", "/twitter/2/users/me", alice, bearer, ""); code != 401 || errorCode([]byte(body)) != "unauthorized" {
+			t.Errorf("service token %q: %d %s", bearer, code, body)
+		}
+	}
+	if code, body := h.egressCall("GET", "/twitter/2/users/me", "not-a-uuid", serviceToken, ""); code != 400 || errorCode([]byte(body)) != "invalid_user" {
+		t.Errorf("bad user: %d %s", code, body)
+	}
+	// Not configured on the public origin: the app answers there.
+	resp2, body := h.do("GET", "/twitter/2/users/me", "", map[string]string{"Authorization": "Bearer " + serviceToken, "X-Credgate-User": alice})
+	if resp2.StatusCode != 200 || !strings.HasPrefix(string(body), "app saw") {
+		t.Errorf("on the public origin: %d %s", resp2.StatusCode, body)
+	}
+}
