@@ -100,6 +100,10 @@ for _ in $(seq 1 50); do curl -sf -o /dev/null http://localhost:9090/_sandbox/st
 for platform in twitter linkedin facebook instagram; do
   check "examples/connect.sh $platform through examples/sandbox.Caddyfile" bash examples/connect.sh "$platform"
 done
+check "a post through the egress proxy, the app holding no token" \
+  bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer development-service-token-do-not-use' \
+           -H 'X-Credgate-User: 11111111-1111-4111-8111-111111111111' -H 'Content-Type: application/json' -d '{\"text\":\"hello\"}' \
+           http://127.0.0.1:8081/egress/twitter/2/tweets) = 201"
 check "the token API is not on the public origin" \
   bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer development-service-token-do-not-use' \
            http://localhost:8080/api/internal/credentials/11111111-1111-4111-8111-111111111111/twitter/token) = 404"
