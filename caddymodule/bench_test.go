@@ -1,8 +1,13 @@
 package caddymodule
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"context"
@@ -76,4 +81,77 @@ func BenchmarkConnectTelemetry(b *testing.B) {
 	b.ReportMetric(float64(spent[0].Microseconds())/n, "µs/connect-off")
 	b.ReportMetric(float64(spent[1].Microseconds())/n, "µs/connect-on")
 	b.ReportMetric(spent[1].Seconds()/spent[0].Seconds(), "on/off")
+}
+
+// BenchmarkEgress compares API calls through the egress proxy against
+// the same calls through a plain reverse_proxy to the sandbox with the
+// token already in the header, in alternating rounds of one run:
+// requests/s and p99, as egress/direct ratios (target ≥ 0.9× and ≤ 1.2×).
+//
+//	go test -run XXX -bench Egress -benchtime 1x ./caddymodule/
+func BenchmarkEgress(b *testing.B) {
+	h := newHarness(b, harnessOptions{egress: "service_token " + serviceToken, tokenAPI: "service_token " + serviceToken})
+	h.connect(alice, "twitter")
+	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK {
+		b.Fatalf("token: %d %s", code, body)
+	}
+	direct := fmt.Sprintf("http://127.0.0.1:%d", freePort(b))
+	h.opt.extraSites = fmt.Sprintf("\n%s {\n\treverse_proxy %s {\n\t\theader_up Authorization \"Bearer %s\"\n\t\theader_up Host {upstream_hostport}\n\t}\n}\n",
+		direct, strings.TrimPrefix(h.sbURL, "http://"), tok.AccessToken)
+	h.load("")
+
+	const conns, round = 16, 2 * time.Second
+	run := func(url string, headers map[string]string) (rps float64, p99 time.Duration) {
+		var mu sync.Mutex
+		var lat []time.Duration
+		deadline := time.Now().Add(round)
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Go(func() {
+				var mine []time.Duration
+				for time.Now().Before(deadline) {
+					req, _ := http.NewRequest("GET", url, nil)
+					for k, v := range headers {
+						req.Header.Set(k, v)
+					}
+					start := time.Now()
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("%s: %d", url, resp.StatusCode)
+						return
+					}
+					mine = append(mine, time.Since(start))
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		slices.Sort(lat)
+		return float64(len(lat)) / round.Seconds(), lat[len(lat)*99/100]
+	}
+	var egressRPS, directRPS []float64
+	var egressP99, directP99 []time.Duration
+	for b.Loop() {
+		for range 3 {
+			r, p := run(h.egress+"/twitter/2/users/me", map[string]string{"Authorization": "Bearer " + serviceToken, "X-Credgate-User": alice})
+			egressRPS, egressP99 = append(egressRPS, r), append(egressP99, p)
+			r, p = run(direct+"/twitter/2/users/me", nil)
+			directRPS, directP99 = append(directRPS, r), append(directP99, p)
+		}
+	}
+	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	medianD := func(v []time.Duration) time.Duration { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	b.ReportMetric(median(egressRPS)/median(directRPS), "rps-egress/direct")
+	b.ReportMetric(float64(medianD(egressP99))/float64(medianD(directP99)), "p99-egress/direct")
+	b.ReportMetric(median(egressRPS), "rps-egress")
+	b.ReportMetric(median(directRPS), "rps-direct")
 }

@@ -87,6 +87,8 @@ type harnessOptions struct {
 	caddyGlobals string
 	// siteDirectives go in the public site before credgate (tracing …).
 	siteDirectives string
+	// extraSites are whole sites appended to the Caddyfile.
+	extraSites string
 }
 
 // egressScopes are each platform's default scopes plus its posting scope.
@@ -183,6 +185,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	if h.metricsURL != "" {
 		internalSite += fmt.Sprintf("\n%s {\n\tmetrics /metrics\n}\n", strings.TrimSuffix(h.metricsURL, "/metrics"))
 	}
+	internalSite += h.opt.extraSites
 	if h.egress != "" {
 		internalSite += fmt.Sprintf("\n%s {\n\tcredgate_egress {\n\t\t%s\n\t}\n}\n", h.egress, h.opt.egress)
 	}

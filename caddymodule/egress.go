@@ -12,6 +12,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -61,6 +63,22 @@ type Egress struct {
 	token     secret.Value
 	logger    *zap.Logger
 	transport http.RoundTripper
+	// tokens caches each user's token for tokenCacheTTL, so that a burst
+	// of calls reads the database once (see cachedToken).
+	tokens *sync.Map
+	stores *atomic.Int64
+	bases  map[string]*url.URL
+}
+
+// tokenCacheTTL bounds how long this instance reuses a token it read
+// without reading the database again: a disconnect or a renewal by
+// another replica is seen within this long (and a token the platform
+// refuses meanwhile is renewed and retried anyway).
+const tokenCacheTTL = time.Second
+
+type cachedToken struct {
+	token secret.Value
+	until time.Time
 }
 
 // CaddyModule returns the Caddy module information.
@@ -85,6 +103,15 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 	}
 	if e.MaxRetryBody <= 0 {
 		e.MaxRetryBody = 1 << 20
+	}
+	e.tokens, e.stores = new(sync.Map), new(atomic.Int64)
+	// The only hosts egress ever reaches: each configured platform's API
+	// base, parsed once.
+	e.bases = map[string]*url.URL{}
+	for name, p := range e.app.refresher.Providers {
+		if base, err := url.Parse(p.APIBase()); err == nil && base.Host != "" && (base.Scheme == "https" || base.Scheme == "http") {
+			e.bases[name] = base
+		}
 	}
 	// Pooled connections per platform host, like reverse_proxy's.
 	t := http.DefaultTransport.(*http.Transport).Clone()
@@ -118,14 +145,9 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		writeError(w, http.StatusBadRequest, "invalid_path", err.Error())
 		return nil
 	}
-	p, ok := e.app.refresher.Providers[platform]
+	base, ok := e.bases[platform]
 	if !ok {
-		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
-		return nil
-	}
-	base, err := url.Parse(p.APIBase())
-	if err != nil || base.Host == "" {
-		writeError(w, http.StatusNotFound, "unknown_platform", "this platform has no API base configured")
+		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured, or it has no API base")
 		return nil
 	}
 	id, err := uuid.Parse(r.Header.Get("X-Credgate-User"))
@@ -181,7 +203,7 @@ func egressTarget(r *http.Request) (platform, apiPath string, err error) {
 func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
 	defer cancel()
-	tok, err := e.app.refresher.EnsureFresh(ctx, user, platform, time.Duration(e.MinValidity), "egress")
+	token, err := e.userToken(ctx, user, platform)
 	if err != nil {
 		e.fail(w, r, user, platform, err)
 		return
@@ -199,8 +221,9 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		}
 		retryable = true
 	}
-	rt := &renewingTransport{next: e.transport, platform: platform, token: tok.Credentials.AccessToken, body: body, retryable: retryable,
+	rt := &renewingTransport{next: e.transport, platform: platform, token: token, body: body, retryable: retryable,
 		renew: func(rejected secret.Value) (secret.Value, error) {
+			e.tokens.Delete(user + "/" + platform)
 			renewed, err := e.app.refresher.RenewRejected(ctx, user, platform, rejected, "egress")
 			if err != nil {
 				return secret.Value{}, err
@@ -221,7 +244,8 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 				pr.Out.ContentLength = int64(len(body))
 			}
 		},
-		Transport: rt,
+		Transport:  rt,
+		BufferPool: copyBuffers,
 		ModifyResponse: func(resp *http.Response) error {
 			e.app.metrics.Egress(platform, strconv.Itoa(resp.StatusCode/100)+"xx")
 			return nil
@@ -238,6 +262,50 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 	}
 	proxy.ServeHTTP(w, r)
 }
+
+// userToken is the user's token, renewed first when it expires within
+// MinValidity, from this instance's cache when it read it less than
+// tokenCacheTTL ago (never past the point where it would need renewing).
+func (e *Egress) userToken(ctx context.Context, user, platform string) (secret.Value, error) {
+	key := user + "/" + platform
+	now := time.Now()
+	if v, ok := e.tokens.Load(key); ok && now.Before(v.(cachedToken).until) {
+		return v.(cachedToken).token, nil
+	}
+	tok, err := e.app.refresher.EnsureFresh(ctx, user, platform, time.Duration(e.MinValidity), "egress")
+	if err != nil {
+		e.tokens.Delete(key)
+		return secret.Value{}, err
+	}
+	until := now.Add(tokenCacheTTL)
+	if x := tok.Account.ExpiresAt; x != nil && x.Add(-time.Duration(e.MinValidity)).Before(until) {
+		until = x.Add(-time.Duration(e.MinValidity))
+	}
+	if tok.RenewalFailed {
+		until = now // renew again next time
+	}
+	e.tokens.Store(key, cachedToken{token: tok.Credentials.AccessToken, until: until})
+	// Drop expired entries now and then: the cache holds active users only.
+	if e.stores.Add(1)%4096 == 0 {
+		e.tokens.Range(func(k, v any) bool {
+			if !now.Before(v.(cachedToken).until) {
+				e.tokens.Delete(k)
+			}
+			return true
+		})
+	}
+	return tok.Credentials.AccessToken, nil
+}
+
+// copyBuffers are the response copy buffers, reused across calls as
+// reverse_proxy does (httputil.ReverseProxy allocates 32 KiB per call
+// otherwise).
+var copyBuffers = &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+
+type bufferPool struct{ pool sync.Pool }
+
+func (p *bufferPool) Get() []byte  { return *p.pool.Get().(*[]byte) }
+func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
 
 // fail answers a token that cannot be had, audited (auth failures only:
 // a successful call writes no audit row).
@@ -284,8 +352,7 @@ type renewingTransport struct {
 }
 
 func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	send := func(token secret.Value) (*http.Response, error) {
-		out := req.Clone(req.Context())
+	send := func(out *http.Request, token secret.Value) (*http.Response, error) {
 		out.Header.Set("Authorization", "Bearer "+token.Reveal())
 		if t.body != nil {
 			out.Body = io.NopCloser(bytes.NewReader(t.body))
@@ -293,7 +360,9 @@ func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		}
 		return t.next.RoundTrip(out)
 	}
-	resp, err := send(t.token)
+	// The first attempt uses the outgoing request as it is (it is the
+	// proxy's own copy); only a retry needs a fresh one.
+	resp, err := send(req, t.token)
 	if err != nil || !t.retryable || !tokenRefused(t.platform, resp) {
 		return resp, err
 	}
@@ -303,7 +372,7 @@ func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		t.renewErr = err
 		return nil, fmt.Errorf("renewing a refused token: %w", err)
 	}
-	return send(renewed)
+	return send(req.Clone(req.Context()), renewed)
 }
 
 // tokenRefused reports whether the platform refused the access token
