@@ -244,3 +244,48 @@ func TestLandingPage(t *testing.T) {
 		t.Fatalf("landing page: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 }
+
+// The content API checks the token as X does: a token without
+// tweet.write gets X's 403, a live one with it posts, an invalidated or
+// expired one gets X's 401.
+func TestPostChecksTokenAndScope(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{AutoApprove: true})
+	token := func(scope string) string {
+		resp, _ := get(t, twitterAuthorize(base, url.Values{"scope": {scope}}))
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		_, m := redeemTwitter(base, loc.Query().Get("code"), "verifier-verifier-verifier-verifier-verif")
+		tok, _ := m["access_token"].(string)
+		if tok == "" {
+			t.Fatalf("no token: %v", m)
+		}
+		return tok
+	}
+	post := func(tok string) (int, string) {
+		req, _ := http.NewRequest("POST", base+"/twitter/2/tweets", strings.NewReader(`{"text":"hi"}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post(token("tweet.read users.read")); code != 403 || !strings.Contains(body, `"title":"Forbidden"`) {
+		t.Fatalf("without tweet.write: %d %s", code, body)
+	}
+	writer := token("tweet.read tweet.write users.read")
+	if code, body := post(writer); code != 201 || !strings.Contains(body, `"data"`) || s.Stats()["twitter"].Posts != 1 {
+		t.Fatalf("with tweet.write: %d %s", code, body)
+	}
+	s.InvalidateAccessTokens("twitter")
+	if code, body := post(writer); code != 401 || !strings.Contains(body, `"title":"Unauthorized"`) {
+		t.Fatalf("invalidated: %d %s", code, body)
+	}
+	expiring := token("tweet.write")
+	s.Clock().Advance(3 * time.Hour)
+	if code, _ := post(expiring); code != 401 {
+		t.Fatalf("expired: %d", code)
+	}
+}
