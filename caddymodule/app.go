@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -278,6 +279,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if !strings.Contains(databaseURL, "pool_max_conns") {
 		poolCfg.MaxConns = max(poolCfg.MaxConns, int32(a.RefreshWorkers+8))
 	}
+	if poolTracer != nil {
+		poolCfg.ConnConfig.Tracer = poolTracer
+	}
 	a.poolKey = databaseURL
 	shared, _, err := pools.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		p, err := pgxpool.NewWithConfig(context.Background(), poolCfg) // connects lazily
@@ -380,6 +384,11 @@ func (a *App) keyringHealth() map[string]any {
 	}
 	return out
 }
+
+// poolTracer, when set (by a benchmark, before the config loads), traces
+// every statement of the pools created afterwards: how the round trips
+// per flow are counted.
+var poolTracer pgx.QueryTracer
 
 // refusedKeys reports whether err is the key check refusing the keyring
 // (a wrong key, or keys missing for credentials in use): never serve then.

@@ -195,16 +195,12 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer cancel()
 	ttl := time.Duration(h.app.StateTTL)
-	err = vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
-		if err := h.app.states.Create(ctx, tx, vault.NewState{
-			State: flow.State, UserID: user, Platform: platform, Flow: "new", Verifier: flow.Verifier,
-			BrowserBinding: flow.BrowserBinding, ReturnTo: returnTo, RedirectURI: p.RedirectURL(), TTL: ttl,
-		}); err != nil {
-			return err
-		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: user, Platform: platform, Action: vault.ActionOAuthStart,
-			Status: vault.Success, Flow: "new"})
-	})
+	// The state row and its audit row in one statement: one round trip,
+	// both or neither.
+	err = h.app.states.CreateAudited(ctx, h.app.pool, vault.NewState{
+		State: flow.State, UserID: user, Platform: platform, Flow: "new", Verifier: flow.Verifier,
+		BrowserBinding: flow.BrowserBinding, ReturnTo: returnTo, RedirectURI: p.RedirectURL(), TTL: ttl,
+	}, vault.Event{UserID: user, Platform: platform, Action: vault.ActionOAuthStart, Status: vault.Success, Flow: "new"})
 	if err != nil {
 		h.writeStoreError(w, r, "storing oauth state", err)
 		return

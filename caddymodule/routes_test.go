@@ -495,3 +495,46 @@ func TestNamedGenericProviders(t *testing.T) {
 		t.Errorf("the basic-only server saw %d token requests, want 1 (basic at once)", n)
 	}
 }
+
+// The connect's store path (account row, refresh job, audit row) is all
+// or nothing: a failure injected at each of its statements leaves none of
+// the three for that user.
+func TestConnectStoreIsAllOrNothing(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	// The job's trigger cannot test the user in its WHEN (a subquery), so
+	// the function does, for that table.
+	pgtest.Exec(t, h.db, `CREATE FUNCTION fail_step() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF TG_TABLE_NAME = 'token_refresh_queue' AND NOT EXISTS (SELECT 1 FROM social_accounts a
+					WHERE a.id = NEW.social_account_id AND a.user_id::text = TG_ARGV[0]) THEN
+				RETURN NEW;
+			END IF;
+			RAISE EXCEPTION 'injected failure';
+		END $$`)
+	steps := []struct{ name, trigger string }{
+		{"account insert", `BEFORE INSERT ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s') EXECUTE FUNCTION fail_step('%[1]s')`},
+		{"credentials update", `BEFORE UPDATE ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.credentials_encrypted IS NOT NULL) EXECUTE FUNCTION fail_step('%[1]s')`},
+		{"refresh job", `BEFORE INSERT ON token_refresh_queue FOR EACH ROW EXECUTE FUNCTION fail_step('%[1]s')`},
+		{"audit row", `BEFORE INSERT ON credential_audit_log FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.action = 'connect') EXECUTE FUNCTION fail_step('%[1]s')`},
+	}
+	for i, step := range steps {
+		user := fmt.Sprintf("00000000-0000-4000-8000-%012d", 700+i)
+		pgtest.Exec(t, h.db, fmt.Sprintf(`CREATE TRIGGER fail_step_`+fmt.Sprint(i)+` `+step.trigger, user))
+		if loc := h.connect(user, "twitter"); !strings.Contains(loc, "oauth_error=storage_unavailable") {
+			t.Fatalf("%s: redirect %s", step.name, loc)
+		}
+		accounts := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1`, user)
+		jobs := h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id WHERE a.user_id = $1`, user)
+		audited := h.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'connect' AND status = 'success'`, user)
+		if accounts != 0 || jobs != 0 || audited != 0 {
+			t.Fatalf("failure at the %s left %d account rows, %d jobs, %d success audit rows; want none", step.name, accounts, jobs, audited)
+		}
+		pgtest.Exec(t, h.db, fmt.Sprintf(`DROP TRIGGER fail_step_%d ON %s`, i, strings.Fields(step.trigger)[3]))
+		// And without the failure the same user connects, all three written.
+		h.connect(user, "twitter")
+		if h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND credentials_encrypted IS NOT NULL`, user) != 1 ||
+			h.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'connect' AND status = 'success'`, user) != 1 {
+			t.Fatalf("after the %s failure, a clean connect did not store", step.name)
+		}
+	}
+}

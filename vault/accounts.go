@@ -164,7 +164,16 @@ func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, er
 		c.ConnectedVia = FlowCredgate
 	}
 	var acct Account
-	err := InTx(ctx, db, func(tx pgx.Tx) error {
+	// Inside the caller's transaction (the connect path), no savepoint of
+	// its own: the caller rolls back the whole on any error, and a
+	// savepoint costs two round trips.
+	inTx := func(fn func(pgx.Tx) error) error {
+		if tx, ok := db.(pgx.Tx); ok {
+			return fn(tx)
+		}
+		return InTx(ctx, db, fn)
+	}
+	err := inTx(func(tx pgx.Tx) error {
 		// Lock or create the row first: the blob is bound to the row id,
 		// which a new row only has once inserted.
 		var id string

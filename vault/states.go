@@ -81,6 +81,25 @@ func verifierBinding(hash []byte, userID, platform string) Binding {
 
 // Create stores a state row.
 func (s *States) Create(ctx context.Context, db DB, n NewState) error {
+	return s.create(ctx, db, n, nil)
+}
+
+// CreateAudited stores a state row and its audit row in one statement: one
+// round trip, and both or neither (a statement is its own transaction).
+func (s *States) CreateAudited(ctx context.Context, db DB, n NewState, e Event) error {
+	if e.TraceID == "" {
+		e.TraceID = TraceID(ctx)
+	}
+	return s.create(ctx, db, n, &e)
+}
+
+// stateInsert is the state row's INSERT; with an audit event it feeds a
+// data-modifying CTE whose outer INSERT appends the audit row.
+const stateInsert = `INSERT INTO oauth_states
+			(state_hash, user_id, platform, flow, code_verifier_encrypted, browser_binding, return_to, redirect_uri, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9::interval)`
+
+func (s *States) create(ctx context.Context, db DB, n NewState, audit *Event) error {
 	if n.State.IsZero() || n.UserID == "" || n.Platform == "" || n.RedirectURI == "" {
 		return errors.New("creating oauth state: state, user, platform and redirect URI are required")
 	}
@@ -103,11 +122,15 @@ func (s *States) Create(ctx context.Context, db DB, n NewState) error {
 	if !n.BrowserBinding.IsZero() {
 		binding = HashState(n.BrowserBinding)
 	}
-	_, err := db.Exec(ctx, `INSERT INTO oauth_states
-			(state_hash, user_id, platform, flow, code_verifier_encrypted, browser_binding, return_to, redirect_uri, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9::interval)`,
-		hash, n.UserID, n.Platform, n.Flow, verifier, binding, n.ReturnTo, n.RedirectURI, n.TTL)
-	if err != nil {
+	args := []any{hash, n.UserID, n.Platform, n.Flow, verifier, binding, n.ReturnTo, n.RedirectURI, n.TTL}
+	sql := stateInsert
+	if audit != nil {
+		sql = `WITH state AS (` + stateInsert + ` RETURNING 1)
+		INSERT INTO credential_audit_log ` + auditColumns + `
+		SELECT $10::uuid, $11::text, $12::text, $13::text, $14::text, $15::integer, $16::text, $17::text, $18::jsonb FROM state`
+		args = append(args, audit.args()...)
+	}
+	if _, err := db.Exec(ctx, sql, args...); err != nil {
 		return fmt.Errorf("creating oauth state: %w", err)
 	}
 	return nil

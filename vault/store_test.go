@@ -566,3 +566,45 @@ func TestMissingKeyIDsRefuseTheStart(t *testing.T) {
 		t.Fatalf("with the previous key: %v %v", missing, err)
 	}
 }
+
+// A state and its audit row are written together or not at all, in one
+// statement.
+func TestCreateAuditedIsAllOrNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	states := vault.NewStates(mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}))
+	n := vault.NewState{State: secret.New("cg1.state-one"), UserID: alice, Platform: "twitter", RedirectURI: "http://x/cb",
+		Verifier: secret.New("verifier")}
+	ev := vault.Event{UserID: alice, Platform: "twitter", Action: vault.ActionOAuthStart, Status: vault.Success, Flow: "new"}
+	if err := states.CreateAudited(ctx, pool, n, ev); err != nil {
+		t.Fatal(err)
+	}
+	count := func(table string) int {
+		var c int
+		pool.QueryRow(ctx, `SELECT count(*) FROM `+table).Scan(&c)
+		return c
+	}
+	if count("oauth_states") != 1 || count("credential_audit_log") != 1 {
+		t.Fatalf("after one: %d states, %d audit rows", count("oauth_states"), count("credential_audit_log"))
+	}
+	// The audit row fails (a flow the CHECK refuses): no state either.
+	bad := ev
+	bad.Flow = "bogus"
+	n.State = secret.New("cg1.state-two")
+	if err := states.CreateAudited(ctx, pool, n, bad); err == nil {
+		t.Fatal("a refused audit row passed")
+	}
+	// The state fails (the same state again): no audit row either.
+	n.State = secret.New("cg1.state-one")
+	if err := states.CreateAudited(ctx, pool, n, ev); err == nil {
+		t.Fatal("a duplicate state passed")
+	}
+	if count("oauth_states") != 1 || count("credential_audit_log") != 1 {
+		t.Fatalf("after the failures: %d states, %d audit rows; want 1 and 1", count("oauth_states"), count("credential_audit_log"))
+	}
+	// The state still works.
+	if _, err := states.Consume(ctx, pool, secret.New("cg1.state-one")); err != nil {
+		t.Fatal(err)
+	}
+}
