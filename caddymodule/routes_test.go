@@ -536,5 +536,10 @@ func TestConnectStoreIsAllOrNothing(t *testing.T) {
 			h.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'connect' AND status = 'success'`, user) != 1 {
 			t.Fatalf("after the %s failure, a clean connect did not store", step.name)
 		}
+		// The job is for the credentials version the connect wrote.
+		if h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id
+			WHERE a.user_id = $1 AND q.status = 'pending' AND q.credentials_version = a.credentials_version`, user) != 1 {
+			t.Fatalf("after the %s failure, the clean connect's refresh job is missing or for another version", step.name)
+		}
 	}
 }

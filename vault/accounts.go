@@ -160,6 +160,15 @@ func (s *Accounts) open(blob []byte, id, userID, platform string) (Credentials, 
 // use them until they expire, and plaintext is cleared only by an explicit
 // purge (DESIGN §4). Backfill never touches rows credgate connected.
 func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, error) {
+	return s.UpsertWith(ctx, db, c, nil)
+}
+
+// UpsertWith is Upsert with more statements sent in the same round trip
+// as the row's UPDATE: with queues (the connect's refresh job and audit
+// row, which need only the row id), storing costs two round trips inside
+// the caller's transaction instead of four. A queued statement that fails
+// fails the whole, in the same transaction.
+func (s *Accounts) UpsertWith(ctx context.Context, db DB, c Connection, queue func(b *pgx.Batch, id string)) (Account, error) {
 	if c.ConnectedVia == "" {
 		c.ConnectedVia = FlowCredgate
 	}
@@ -187,13 +196,22 @@ func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, er
 		if err != nil {
 			return err
 		}
-		acct, err = scanAccount(tx.QueryRow(ctx, `UPDATE social_accounts SET
+		b := &pgx.Batch{}
+		b.Queue(`UPDATE social_accounts SET
 				credentials_encrypted = $2, credentials_key_id = $3, credentials_version = credentials_version + 1,
 				status = 'connected', expires_at = $4, scopes = $5, platform_user_id = $6, username = $7,
 				connected_via = $8, last_refreshed_at = NULL, updated_at = now()
 			WHERE id = $1 RETURNING `+accountColumns,
 			id, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry), c.Scopes,
-			c.PlatformUserID, c.Username, c.ConnectedVia))
+			c.PlatformUserID, c.Username, c.ConnectedVia)
+		if queue != nil {
+			queue(b, id)
+		}
+		br := tx.SendBatch(ctx, b)
+		acct, err = scanAccount(br.QueryRow())
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
 		return err
 	})
 	if err != nil {

@@ -101,6 +101,15 @@ func (Audit) Append(ctx context.Context, db DB, e Event) error {
 	return nil
 }
 
+// Queue adds the event to batch b, to be written with the statements
+// around it in one round trip (and their transaction).
+func (Audit) Queue(ctx context.Context, b *pgx.Batch, e Event) {
+	if e.TraceID == "" {
+		e.TraceID = TraceID(ctx)
+	}
+	b.Queue(`INSERT INTO credential_audit_log `+auditColumns+` VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, e.args()...)
+}
+
 // TraceID is the id of the trace ctx belongs to ("" outside one), so an
 // audit row leads straight to its trace.
 func TraceID(ctx context.Context) string {

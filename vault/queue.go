@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -92,6 +93,14 @@ func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, versi
 // QueueSchedule queues Schedule on b.
 func (RefreshQueue) QueueSchedule(b *pgx.Batch, accountID string, version int64, runAt time.Time) {
 	b.Queue(scheduleSQL, accountID, version, runAt)
+}
+
+// QueueScheduleCurrent queues the job for the account's credentials
+// version as it stands when the statement runs (after an UPDATE earlier in
+// the same batch that bumped it).
+func (RefreshQueue) QueueScheduleCurrent(b *pgx.Batch, accountID string, runAt time.Time) {
+	b.Queue(strings.Replace(scheduleSQL, "VALUES ($1, $2, $3)",
+		"SELECT id, credentials_version, $2::timestamptz FROM social_accounts WHERE id = $1", 1), accountID, runAt)
 }
 
 const scheduleSQL = `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at) VALUES ($1, $2, $3)
