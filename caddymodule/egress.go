@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/google/uuid"
@@ -422,38 +423,22 @@ func isPlatformError(err error) bool {
 //	}
 func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	e := new(Egress)
-	d := h.Dispenser
-	d.Next()
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch opt := d.Val(); opt {
-		case "service_token":
-			if !d.AllArgs(&e.ServiceToken) {
-				return nil, d.ArgErr()
-			}
-		case "min_validity":
-			dur, err := parseDurationArg(d, opt)
-			if err != nil {
-				return nil, err
-			}
-			e.MinValidity = caddy.Duration(dur)
-		case "max_retry_body":
-			var raw string
-			if !d.AllArgs(&raw) {
-				return nil, d.ArgErr()
-			}
-			n, err := strconv.ParseInt(raw, 10, 64)
-			if err != nil || n < 1 {
-				return nil, d.Errf("credgate_egress: max_retry_body must be a whole number of bytes, got %q", raw)
-			}
-			e.MaxRetryBody = n
-		default:
-			return nil, d.Errf("credgate_egress: unrecognized option %q", opt)
+	err := parseInternalHandler(h.Dispenser, "credgate_egress", &e.ServiceToken, &e.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
+		if opt != "max_retry_body" {
+			return false, nil
 		}
-	}
-	return e, nil
+		var raw string
+		if !d.AllArgs(&raw) {
+			return true, d.ArgErr()
+		}
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || n < 1 {
+			return true, d.Errf("credgate_egress: max_retry_body must be a whole number of bytes, got %q", raw)
+		}
+		e.MaxRetryBody = n
+		return true, nil
+	})
+	return e, err
 }
 
 // Interface guards.

@@ -215,33 +215,52 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 //	}
 func parseTokenAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	t := new(TokenAPI)
-	d := h.Dispenser
+	err := parseInternalHandler(h.Dispenser, "credgate_tokens", &t.ServiceToken, &t.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
+		if opt != "serve_legacy_plaintext" {
+			return false, nil
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		t.ServeLegacyPlaintext = true
+		return true, nil
+	})
+	return t, err
+}
+
+// parseInternalHandler parses the block of an internal handler
+// (credgate_tokens, credgate_egress): the options they share,
+// service_token and min_validity, and any other through more, which
+// reports whether it knew the option.
+func parseInternalHandler(d *caddyfile.Dispenser, who string, token *string, minValidity *caddy.Duration,
+	more func(d *caddyfile.Dispenser, opt string) (bool, error)) error {
 	d.Next()
 	if d.NextArg() {
-		return nil, d.ArgErr()
+		return d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
 		case "service_token":
-			if !d.AllArgs(&t.ServiceToken) {
-				return nil, d.ArgErr()
+			if !d.AllArgs(token) {
+				return d.ArgErr()
 			}
 		case "min_validity":
 			dur, err := parseDurationArg(d, opt)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			t.MinValidity = caddy.Duration(dur)
-		case "serve_legacy_plaintext":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			t.ServeLegacyPlaintext = true
+			*minValidity = caddy.Duration(dur)
 		default:
-			return nil, d.Errf("credgate_tokens: unrecognized option %q", opt)
+			known, err := more(d, opt)
+			if err != nil {
+				return err
+			}
+			if !known {
+				return d.Errf("%s: unrecognized option %q", who, opt)
+			}
 		}
 	}
-	return t, nil
+	return nil
 }
 
 // parseDurationArg reads one positive duration argument of option opt.
