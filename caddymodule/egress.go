@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -388,9 +389,18 @@ func tokenRefused(platform string, resp *http.Response) bool {
 		return false
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	resp.Body = io.NopCloser(bytes.NewReader(raw))
-	return bytes.Contains(raw, []byte(`"code":190`))
+	// Put back what was read in front of whatever was not, keeping the
+	// original body's Close.
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
+	var graph struct {
+		Error struct {
+			Code int `json:"code"`
+		} `json:"error"`
+	}
+	return json.Unmarshal(raw, &graph) == nil && graph.Error.Code == 190
 }
 
 // tokenFailure maps a failure to get a token to the answer both the token
