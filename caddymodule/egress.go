@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -142,7 +141,7 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
 		return nil
 	}
-	platform, apiPath, err := egressTarget(r)
+	platform, apiPath, rawPath, err := egressTarget(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_path", err.Error())
 		return nil
@@ -163,7 +162,7 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		return nil
 	}
 	e.app.traced(w, r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
-		e.forward(w, r, user, platform, base, apiPath)
+		e.forward(w, r, user, platform, base, apiPath, rawPath)
 	})
 	return nil
 }
@@ -171,38 +170,47 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 // egressTarget reads /{platform}/{api path} from the request. The API
 // path is cleaned and must stay a path: no "..", no scheme or host, no
 // absolute-form request URI.
-func egressTarget(r *http.Request) (platform, apiPath string, err error) {
+func egressTarget(r *http.Request) (platform, apiPath, rawPath string, err error) {
 	if r.URL.IsAbs() || r.URL.Host != "" || r.URL.User != nil {
-		return "", "", errors.New("the request URI must be a path: /{platform}/{api path}")
+		return "", "", "", errors.New("the request URI must be a path: /{platform}/{api path}")
 	}
 	raw := r.URL.EscapedPath()
 	if strings.Contains(raw, `\`) || strings.Contains(strings.ToLower(raw), "%2f") || strings.Contains(strings.ToLower(raw), "%5c") {
-		return "", "", errors.New("encoded slashes are not allowed in the path")
+		return "", "", "", errors.New("encoded slashes are not allowed in the path")
 	}
 	rest, ok := strings.CutPrefix(raw, "/")
 	platform, tail, _ := strings.Cut(rest, "/")
 	if !ok || platform == "" || tail == "" {
-		return "", "", errors.New("the path is /{platform}/{api path}")
+		return "", "", "", errors.New("the path is /{platform}/{api path}")
 	}
 	decoded, err := url.PathUnescape("/" + tail)
 	if err != nil {
-		return "", "", errors.New("the path is not valid percent-encoding")
+		return "", "", "", errors.New("the path is not valid percent-encoding")
 	}
 	for _, seg := range strings.Split(decoded, "/") {
 		if seg == ".." || seg == "." {
-			return "", "", errors.New(`"." and ".." are not allowed in the path`)
+			return "", "", "", errors.New(`"." and ".." are not allowed in the path`)
 		}
 	}
 	if strings.ContainsAny(decoded, "\x00\r\n@") || strings.HasPrefix(decoded, "//") {
-		return "", "", errors.New("the path holds characters that could change the target")
+		return "", "", "", errors.New("the path holds characters that could change the target")
 	}
-	return platform, path.Clean("/" + tail), nil
+	// The path goes on as the app encoded it (a LinkedIn URN keeps its
+	// %3A), with its decoded form beside it, as net/url wants.
+	return platform, decoded, "/" + tail, nil
+}
+
+// egressURL is where a call goes: the API base, with the path as the app
+// encoded it.
+func egressURL(base *url.URL, apiPath, rawPath, rawQuery string) *url.URL {
+	return &url.URL{Scheme: base.Scheme, Host: base.Host, Path: strings.TrimRight(base.Path, "/") + apiPath,
+		RawPath: strings.TrimRight(base.EscapedPath(), "/") + rawPath, RawQuery: rawQuery}
 }
 
 // forward calls the platform with the user's token, renewed first when it
 // expires within MinValidity, and once more with a renewed token if the
 // platform refuses it as expired or revoked.
-func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath string) {
+func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath, rawPath string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
 	defer cancel()
 	token, err := e.userToken(ctx, user, platform)
@@ -224,19 +232,22 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		retryable = true
 	}
 	rt := &renewingTransport{next: e.transport, platform: platform, token: token, body: body, retryable: retryable,
+		// The renewal is audited by the refresher (trigger egress), as
+		// are its failures.
 		renew: func(rejected secret.Value) (secret.Value, error) {
 			e.tokens.Delete(user + "/" + platform)
 			renewed, err := e.app.refresher.RenewRejected(ctx, user, platform, rejected, "egress")
 			if err != nil {
 				return secret.Value{}, err
 			}
-			e.audit(r, user, platform, vault.Success, "", map[string]any{"renewed_after": "rejected_token"})
+			if renewed.Credentials.AccessToken.Reveal() == rejected.Reveal() {
+				return secret.Value{}, worker.ErrRefusedFresh
+			}
 			return renewed.Credentials.AccessToken, nil
 		}}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL = &url.URL{Scheme: base.Scheme, Host: base.Host, Path: strings.TrimRight(base.Path, "/") + apiPath,
-				RawQuery: r.URL.RawQuery}
+			pr.Out.URL = egressURL(base, apiPath, rawPath, r.URL.RawQuery)
 			pr.Out.Host = base.Host
 			for _, h := range egressDropHeaders {
 				pr.Out.Header.Del(h)
@@ -318,7 +329,9 @@ func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform str
 		return
 	}
 	e.app.metrics.Egress(platform, code)
-	if code != "not_connected" {
+	// Renewal failures and needs_reauth are audited by the refresher; a
+	// blob that does not open is not, anywhere else.
+	if code == "decrypt_failed" {
 		e.audit(r, user, platform, vault.Failed, code, nil)
 	}
 	if status == http.StatusServiceUnavailable {
@@ -334,7 +347,7 @@ func (e *Egress) audit(r *http.Request, user, platform string, status vault.Outc
 		details = map[string]any{}
 	}
 	details["via"] = "egress"
-	if err := (vault.Audit{}).Append(actx, e.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionRefresh,
+	if err := (vault.Audit{}).Append(actx, e.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDecryptFailed,
 		Status: status, ErrorCode: code, Details: details}); err != nil {
 		e.logger.Error("writing audit row", errField(err))
 	}
@@ -368,8 +381,13 @@ func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	if err != nil || !t.retryable || !tokenRefused(t.platform, resp) {
 		return resp, err
 	}
-	resp.Body.Close()
 	renewed, err := t.renew(t.token)
+	if errors.Is(err, worker.ErrRefusedFresh) {
+		// Refused although just issued: the refusal is not about the
+		// token's age, and the app sees the platform's answer as it is.
+		return resp, nil
+	}
+	resp.Body.Close()
 	if err != nil {
 		t.renewErr = err
 		return nil, fmt.Errorf("renewing a refused token: %w", err)

@@ -6,10 +6,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/credgate/credgate/sandbox"
 )
 
 // egressCall sends one API call through the egress site as user.
@@ -78,7 +82,7 @@ func TestEgressPostsOnEveryPlatform(t *testing.T) {
 		t.Fatalf("a platform 404: %d %s", code, body)
 	}
 	// No audit row per call.
-	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE details->>'via' = 'egress'`); n != 0 {
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE details->>'trigger' = 'egress'`); n != 0 {
 		t.Fatalf("%d audit rows for calls that needed no renewal", n)
 	}
 	if m := h.scrape(); !strings.Contains(m, `credgate_egress_requests_total{platform="twitter",status_class="2xx"} 2`) {
@@ -103,11 +107,23 @@ func TestEgressRenewsTokens(t *testing.T) {
 		t.Fatalf("%d renewals for an expired token, want 1", got)
 	}
 
-	// The platform invalidates the access token behind credgate's back:
-	// the first call gets 401, credgate renews and retries, the app sees
-	// the post succeed.
-	if n := h.sandbox.InvalidateAccessTokens("twitter"); n == 0 {
-		t.Fatal("no token to invalidate")
+	// A token refused right after it was issued is not renewed again: the
+	// refusal is about something else, and the app sees it as it is.
+	h.sandbox.InvalidateAccessTokens("twitter")
+	before = h.sandbox.Stats()["twitter"].Refreshes
+	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"x"}`); code != 401 || !strings.Contains(body, "Unauthorized") {
+		t.Fatalf("a fresh token refused: %d %s", code, body)
+	}
+	if got := h.sandbox.Stats()["twitter"].Refreshes - before; got != 0 {
+		t.Fatalf("%d renewals of a token refused moments after it was issued", got)
+	}
+
+	// Some minutes later the platform invalidates the access token behind
+	// credgate's back: the first call gets 401, credgate renews and
+	// retries, the app sees the post succeed.
+	h.sandbox.Clock().Advance(2 * time.Minute)
+	if n := h.sandbox.InvalidateAccessTokens("twitter"); n != 0 {
+		t.Fatalf("%d live tokens after the earlier invalidation", n)
 	}
 	before = h.sandbox.Stats()["twitter"].Refreshes
 	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"after a 401"}`); code != 201 {
@@ -116,11 +132,24 @@ func TestEgressRenewsTokens(t *testing.T) {
 	if got := h.sandbox.Stats()["twitter"].Refreshes - before; got != 1 {
 		t.Fatalf("%d renewals after a 401, want 1", got)
 	}
-	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND details->>'via' = 'egress' AND status = 'success'`); n != 1 {
-		t.Fatalf("%d audit rows for the renewal after the 401, want 1", n)
+	// One audit row per renewal (the one after expiry, the one after the
+	// 401), written by the refresher; none per call.
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND details->>'trigger' = 'egress' AND status = 'success'`); n != 2 {
+		t.Fatalf("%d refresh audit rows, want 2", n)
 	}
 
+	// The renewal after a refusal fails for a reason that may pass: the
+	// app gets 503 with Retry-After, not the refused token's 401.
+	h.sandbox.Clock().Advance(2 * time.Minute)
+	h.sandbox.InvalidateAccessTokens("twitter")
+	h.sandbox.SetFault("twitter.token", sandbox.Fault{ErrorRate: 1})
+	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"x"}`); code != 503 || errorCode([]byte(body)) != "provider_unavailable" {
+		t.Fatalf("a failed renewal after a refusal: %d %s", code, body)
+	}
+	h.sandbox.SetFault("twitter.token", sandbox.Fault{})
+
 	// Facebook cannot be renewed without the user once its token is dead.
+	h.sandbox.Clock().Advance(2 * time.Minute)
 	h.sandbox.InvalidateAccessTokens("facebook")
 	if code, body := h.egressCall("POST", postPaths["facebook"], alice, serviceToken, `{"message":"x"}`); code != http.StatusConflict || errorCode([]byte(body)) != "needs_reauth" {
 		t.Fatalf("facebook with a dead token: %d %s", code, body)
@@ -156,6 +185,27 @@ func TestEgressConcurrentCallsOnAnExpiredToken(t *testing.T) {
 	after := h.sandbox.Stats()["twitter"]
 	if after.Refreshes-before.Refreshes != 1 || after.RefreshReuse != before.RefreshReuse {
 		t.Fatalf("%d renewals, %d refresh-token reuses; want 1 and 0", after.Refreshes-before.Refreshes, after.RefreshReuse-before.RefreshReuse)
+	}
+}
+
+// The API path goes on as the app encoded it: a LinkedIn URN keeps its
+// %3A, a space its %20.
+func TestEgressKeepsThePathEncoding(t *testing.T) {
+	t.Parallel()
+	base, _ := url.Parse("https://api.linkedin.com")
+	for raw, want := range map[string]string{
+		"/linkedin/rest/posts/urn%3Ali%3Ashare%3A123": "https://api.linkedin.com/rest/posts/urn%3Ali%3Ashare%3A123",
+		"/linkedin/v2/a%20b?x=1":                      "https://api.linkedin.com/v2/a%20b?x=1",
+		"/linkedin/v2/me/":                            "https://api.linkedin.com/v2/me/",
+	} {
+		r := httptest.NewRequest("GET", raw, nil)
+		platform, apiPath, rawPath, err := egressTarget(r)
+		if err != nil || platform != "linkedin" {
+			t.Fatalf("%s: %s %v", raw, platform, err)
+		}
+		if got := egressURL(base, apiPath, rawPath, r.URL.RawQuery).String(); got != want {
+			t.Errorf("%s went to %s, want %s", raw, got, want)
+		}
 	}
 }
 

@@ -99,9 +99,17 @@ func (RefreshQueue) QueueSchedule(b *pgx.Batch, accountID string, version int64,
 // version as it stands when the statement runs (after an UPDATE earlier in
 // the same batch that bumped it).
 func (RefreshQueue) QueueScheduleCurrent(b *pgx.Batch, accountID string, runAt time.Time) {
-	b.Queue(strings.Replace(scheduleSQL, "VALUES ($1, $2, $3)",
-		"SELECT id, credentials_version, $2::timestamptz FROM social_accounts WHERE id = $1", 1), accountID, runAt)
+	b.Queue(scheduleCurrentSQL, accountID, runAt)
 }
+
+// scheduleCurrentSQL is scheduleSQL taking the version from the row.
+var scheduleCurrentSQL = func() string {
+	const values = "VALUES ($1, $2, $3)"
+	if strings.Count(scheduleSQL, values) != 1 {
+		panic("vault: scheduleSQL no longer has " + values)
+	}
+	return strings.Replace(scheduleSQL, values, "SELECT id, credentials_version, $2::timestamptz FROM social_accounts WHERE id = $1", 1)
+}()
 
 const scheduleSQL = `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at) VALUES ($1, $2, $3)
 		ON CONFLICT (social_account_id) WHERE status IN ('pending', 'running')

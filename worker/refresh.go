@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -25,6 +27,10 @@ var (
 	ErrNeedsReauth = errors.New("the account needs the user to reconnect")
 	// ErrUnknownPlatform: no provider is configured for the platform.
 	ErrUnknownPlatform = errors.New("no provider is configured for this platform")
+	// ErrRefusedFresh: the platform refused a token issued less than
+	// refusedFreshWindow ago. Renewing again would not help (the refusal
+	// is about something else) and would rotate the grant at every call.
+	ErrRefusedFresh = errors.New("the platform refused a token it issued moments ago")
 )
 
 // Refresher renews tokens under their account's row lock. The workers,
@@ -115,6 +121,10 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 	return v.(Token), nil
 }
 
+// refusedFreshWindow: a token refused within this long of being issued is
+// not renewed again (see ErrRefusedFresh).
+const refusedFreshWindow = time.Minute
+
 // RenewRejected renews the user's token after the platform refused it (a
 // 401 to an API call made with it), however long it should still have
 // been valid, unless it was replaced meanwhile: under the account's row
@@ -130,7 +140,10 @@ func (r *Refresher) RenewRejected(ctx context.Context, userID, platform string, 
 	if err != nil {
 		return Token{}, err
 	}
-	v, err, _ := r.flight.Do(a.ID+"/rejected", func() (any, error) {
+	// Callers refused with the same token share one renewal; one refused
+	// with another token (a newer one, dead too) gets its own.
+	sum := sha256.Sum256([]byte(rejected.Reveal()))
+	v, err, _ := r.flight.Do(a.ID+"/rejected/"+hex.EncodeToString(sum[:8]), func() (any, error) {
 		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, 0, trigger, rejected)
 	})
 	if err != nil {
@@ -163,6 +176,9 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		case !rejected.IsZero() && (a.Status == vault.StatusNeedsReauth || a.Status == vault.StatusRevoked):
 			failure = ErrNeedsReauth
 			return nil
+		case !rejected.IsZero() && r.now().Sub(issuedAt(a, c)) < refusedFreshWindow:
+			failure = ErrRefusedFresh
+			return nil
 		case rejected.IsZero():
 			if done, tok, err := r.settled(p, a, c, minValidity); done {
 				out, failure = tok, err
@@ -194,7 +210,9 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		if err := r.auditFailure(txCtx, tx, a, rerr, trigger, nil); err != nil {
 			return err
 		}
-		if r.now().Before(expiryOf(a, c)) {
+		// A refused token is no fallback, however long it should have
+		// lasted.
+		if rejected.IsZero() && r.now().Before(expiryOf(a, c)) {
 			out = Token{Account: a, Credentials: c, RenewalFailed: true}
 			return nil
 		}
@@ -408,7 +426,7 @@ func (r *Refresher) Schedule(ctx context.Context, tx vault.DB, p *oauth.Provider
 // connected with credentials c (status connected, never refreshed): the
 // job Schedule would give it, for the version the batch's UPDATE set.
 func (r *Refresher) QueueScheduleConnected(b *pgx.Batch, p *oauth.Provider, id string, c vault.Credentials) {
-	a := vault.Account{ID: id, Status: vault.StatusConnected}
+	a := vault.Account{ID: id, Status: vault.StatusConnected, UpdatedAt: r.now()}
 	if !c.Expiry.IsZero() {
 		x := c.Expiry
 		a.ExpiresAt = &x
