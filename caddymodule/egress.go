@@ -49,20 +49,14 @@ func init() {
 // reached: the host never comes from the request. Put it on an internal
 // listener, never the public origin.
 type Egress struct {
-	// ServiceToken is the bearer token the app's back end sends. Required.
-	ServiceToken string `json:"service_token,omitempty"`
-	// MinValidity: a token that expires sooner is renewed before the call.
-	// Default 5m.
-	MinValidity caddy.Duration `json:"min_validity,omitempty"`
+	internalHandler
+
 	// MaxRetryBody is the largest request body kept so that a call the
 	// platform refused with an expired-token answer can be retried after a
 	// renewal. Larger bodies (or unknown lengths) of non-idempotent calls
 	// are streamed and not retried. Default 1 MiB.
 	MaxRetryBody int64 `json:"max_retry_body,omitempty"`
 
-	app       *App
-	token     secret.Value
-	logger    *zap.Logger
 	transport http.RoundTripper
 	// tokens caches each user's token for tokenCacheTTL, so that a burst
 	// of calls reads the database once (see cachedToken).
@@ -89,18 +83,8 @@ func (Egress) CaddyModule() caddy.ModuleInfo {
 
 // Provision binds the handler to the credgate app.
 func (e *Egress) Provision(ctx caddy.Context) error {
-	e.logger = ctx.Logger()
-	app, err := credgateApp(ctx, "credgate_egress")
-	if err != nil {
+	if err := e.provision(ctx, "credgate_egress"); err != nil {
 		return err
-	}
-	e.app = app
-	e.token = secret.New(caddy.NewReplacer().ReplaceKnown(e.ServiceToken, ""))
-	if len(e.token.Reveal()) < 16 {
-		return errors.New("credgate_egress: service_token is required and must be at least 16 characters")
-	}
-	if e.MinValidity <= 0 {
-		e.MinValidity = caddy.Duration(5 * time.Minute)
 	}
 	if e.MaxRetryBody <= 0 {
 		e.MaxRetryBody = 1 << 20
@@ -136,9 +120,7 @@ var egressDropHeaders = []string{"Authorization", "X-Credgate-User", "Cookie", "
 
 // ServeHTTP forwards one API call.
 func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if !bearerMatches(r, e.token) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="credgate"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
+	if !e.authorized(w, r) {
 		return nil
 	}
 	platform, apiPath, rawPath, err := egressTarget(r)
@@ -332,25 +314,17 @@ func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform str
 	// Renewal failures and needs_reauth are audited by the refresher; a
 	// blob that does not open is not, anywhere else.
 	if code == "decrypt_failed" {
-		e.audit(r, user, platform, vault.Failed, code, nil)
+		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+		if err := (vault.Audit{}).Append(actx, e.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDecryptFailed,
+			Status: vault.Failed, ErrorCode: code, Details: map[string]any{"via": "egress"}}); err != nil {
+			e.logger.Error("writing audit row", errField(err))
+		}
+		acancel()
 	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "30")
 	}
 	writeError(w, status, code, message)
-}
-
-func (e *Egress) audit(r *http.Request, user, platform string, status vault.Outcome, code string, details map[string]any) {
-	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-	defer acancel()
-	if details == nil {
-		details = map[string]any{}
-	}
-	details["via"] = "egress"
-	if err := (vault.Audit{}).Append(actx, e.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDecryptFailed,
-		Status: status, ErrorCode: code, Details: details}); err != nil {
-		e.logger.Error("writing audit row", errField(err))
-	}
 }
 
 // renewingTransport sends one call with the user's token and, when the

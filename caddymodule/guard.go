@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
+	"github.com/credgate/credgate/vault"
 )
 
 // GuardConfig is the `guard` option: the rollout halts a platform's new
@@ -66,7 +66,7 @@ func (a *App) provisionGuard() error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("credgate: %w", err)
 	}
-	a.guard = guard.New(a.pool, cfg, a.rollout.Outcomes(), sortedNames(a.Providers), guard.WithLogger(a.logger.Named("guard")))
+	a.guard = guard.New(a.pool, cfg, a.rollout.Outcomes(), a.platforms(), guard.WithLogger(a.logger.Named("guard")))
 	return nil
 }
 
@@ -100,17 +100,14 @@ func (a *App) guardHealth() map[string]any {
 	out := map[string]any{"enabled": true, "min_success": cfg.MinSuccess, "max_gap": cfg.MaxGap,
 		"min_samples": cfg.MinSamples, "window": cfg.Window.String(), "loaded": a.guard.Loaded()}
 	platforms := map[string]any{}
-	for _, p := range a.guard.Platforms() {
-		platforms[p.Name] = p
-	}
-	out["platforms"] = platforms
 	var halted []string
 	for _, p := range a.guard.Platforms() {
+		platforms[p.Name] = p
 		if p.Halted() {
 			halted = append(halted, p.Name)
 		}
 	}
-	out["halted"] = halted
+	out["platforms"], out["halted"] = platforms, halted
 	return out
 }
 
@@ -127,16 +124,22 @@ type RolloutStatus struct {
 // measured on (±1.5 points at 25 %).
 const rolloutSamples = 1000
 
-// rolloutStatus reads every configured platform's rollout.
-func (a *App) rolloutStatus(ctx context.Context, window time.Duration) ([]RolloutStatus, error) {
-	platforms, err := guard.Status(ctx, a.pool, window, sortedNames(a.Providers))
+// rolloutStatus reads each platform's guard state and windowed outcomes
+// from db and, with a rollout, the flags it puts in force: the admin
+// route and `caddy credgate rollout status` both answer with it.
+func rolloutStatus(ctx context.Context, db vault.DB, rollout *flags.Rollout, window time.Duration, platforms []string) ([]RolloutStatus, error) {
+	states, err := guard.Status(ctx, db, window, platforms)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]RolloutStatus, 0, len(platforms))
-	for _, p := range platforms {
-		inForce := a.rollout.InForce(ctx, p.Name, rolloutSamples)
-		out = append(out, RolloutStatus{Platform: p.Name, Flags: &inForce, Guard: p, Halted: p.Halted()})
+	out := make([]RolloutStatus, 0, len(states))
+	for _, p := range states {
+		s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted()}
+		if rollout != nil {
+			inForce := rollout.InForce(ctx, p.Name, rolloutSamples)
+			s.Flags = &inForce
+		}
+		out = append(out, s)
 	}
 	return out, nil
 }
@@ -153,7 +156,7 @@ func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
 	if h.app.guard != nil {
 		window = h.app.guard.Config().Window
 	}
-	status, err := h.app.rolloutStatus(ctx, window)
+	status, err := rolloutStatus(ctx, h.app.pool, h.app.rollout, window, h.app.platforms())
 	if err != nil {
 		h.writeStoreError(w, r, "reading the rollout", err)
 		return
@@ -229,14 +232,4 @@ func parseGuard(d *caddyfile.Dispenser) (*GuardConfig, error) {
 		}
 	}
 	return g, nil
-}
-
-// sortedNames is the platforms in a stable order.
-func sortedNames(m map[string]*ProviderConfig) []string {
-	names := make([]string, 0, len(m))
-	for name := range m {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
 }

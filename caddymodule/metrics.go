@@ -3,6 +3,8 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -171,12 +173,9 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 	return g.cached
 }
 
-// platforms are the configured platform names: the closed set the
-// platform label takes its values from.
+// platforms are the configured platform names, sorted: the closed set the
+// platform label takes its values from, and the rows of the rollout's
+// status.
 func (a *App) platforms() []string {
-	var out []string
-	for name := range a.Providers {
-		out = append(out, name)
-	}
-	return out
+	return slices.Sorted(maps.Keys(a.Providers))
 }

@@ -67,18 +67,9 @@ over the window, summed over every replica.`,
 				return err
 			}
 			defer pool.Close()
-			platforms, err := guard.Status(ctx, pool, window, defaultPlatforms)
+			status, err := rolloutStatus(ctx, pool, rollout, window, defaultPlatforms)
 			if err != nil {
 				return err
-			}
-			status := make([]RolloutStatus, 0, len(platforms))
-			for _, p := range platforms {
-				s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted()}
-				if rollout != nil {
-					inForce := rollout.InForce(ctx, p.Name, rolloutSamples)
-					s.Flags = &inForce
-				}
-				status = append(status, s)
 			}
 			if asJSON, _ := cmd.Flags().GetBool("json"); asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())

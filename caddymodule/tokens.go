@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -44,22 +45,61 @@ const tokenRoutePrefix = "/api/internal/credentials/"
 // Put it in a site on an internal listener (127.0.0.1:8081 in the
 // example), never on the public origin.
 type TokenAPI struct {
-	// ServiceToken is the bearer token the app's back end sends, normally
-	// "{env.CREDGATE_SERVICE_TOKEN}". Required; there is no default.
-	ServiceToken string `json:"service_token,omitempty"`
-
-	// MinValidity: a token that expires sooner is renewed before it is
-	// returned. Default 5m.
-	MinValidity caddy.Duration `json:"min_validity,omitempty"`
+	internalHandler
 
 	// ServeLegacyPlaintext returns the legacy plaintext access_token of
 	// an account that backfill has not sealed yet. Default false: such an
 	// account is not_connected here until `caddy credgate backfill` runs.
 	ServeLegacyPlaintext bool `json:"serve_legacy_plaintext,omitempty"`
+}
+
+// internalHandler is what the handlers of the internal listener
+// (credgate_tokens, credgate_egress) share: the app's back end
+// authenticates with a service token, and a token that expires within
+// MinValidity is renewed before it is used.
+type internalHandler struct {
+	// ServiceToken is the bearer token the app's back end sends, normally
+	// "{env.CREDGATE_SERVICE_TOKEN}". Required, at least 16 characters;
+	// there is no default.
+	ServiceToken string `json:"service_token,omitempty"`
+
+	// MinValidity: a token that expires sooner is renewed first. Default
+	// 5m.
+	MinValidity caddy.Duration `json:"min_validity,omitempty"`
 
 	app    *App
 	token  secret.Value
 	logger *zap.Logger
+}
+
+// provision binds the handler named who to the credgate app. No network.
+func (ih *internalHandler) provision(ctx caddy.Context, who string) error {
+	ih.logger = ctx.Logger()
+	app, err := credgateApp(ctx, who)
+	if err != nil {
+		return err
+	}
+	ih.app = app
+	ih.token = secret.New(caddy.NewReplacer().ReplaceKnown(ih.ServiceToken, ""))
+	if len(ih.token.Reveal()) < 16 {
+		return fmt.Errorf("%s: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})", who)
+	}
+	if ih.MinValidity <= 0 {
+		ih.MinValidity = caddy.Duration(5 * time.Minute)
+	}
+	return nil
+}
+
+// authorized answers 401 unless the request carries the service token.
+// It comes first: without the token nothing about routes, users or
+// platforms is revealed.
+func (ih *internalHandler) authorized(w http.ResponseWriter, r *http.Request) bool {
+	if bearerMatches(r, ih.token) {
+		return true
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="credgate"`)
+	writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
+	return false
 }
 
 // CaddyModule returns the Caddy module information.
@@ -72,20 +112,7 @@ func (TokenAPI) CaddyModule() caddy.ModuleInfo {
 
 // Provision binds the handler to the credgate app. No network.
 func (t *TokenAPI) Provision(ctx caddy.Context) error {
-	t.logger = ctx.Logger()
-	app, err := credgateApp(ctx, "credgate_tokens")
-	if err != nil {
-		return err
-	}
-	t.app = app
-	t.token = secret.New(caddy.NewReplacer().ReplaceKnown(t.ServiceToken, ""))
-	if len(t.token.Reveal()) < 16 {
-		return errors.New("credgate_tokens: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})")
-	}
-	if t.MinValidity <= 0 {
-		t.MinValidity = caddy.Duration(5 * time.Minute)
-	}
-	return nil
+	return t.provision(ctx, "credgate_tokens")
 }
 
 // tokenView is the token API's answer.
@@ -103,11 +130,7 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
-	// The service token first: without it nothing about the route,
-	// users or platforms is revealed.
-	if !bearerMatches(r, t.token) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="credgate"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
+	if !t.authorized(w, r) {
 		return nil
 	}
 	parts := strings.Split(rest, "/")

@@ -112,8 +112,14 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 	// queue on the row lock.
 	// The shared renewal does not end when the first caller goes away:
 	// the others still want it, and the platform call is bounded anyway.
-	v, err, _ := r.flight.Do(a.ID, func() (any, error) {
-		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, minValidity, trigger, secret.Value{})
+	return r.renewShared(ctx, a.ID, p, a.ID, minValidity, trigger, secret.Value{})
+}
+
+// renewShared runs renewLocked once for all the callers in this process
+// that ask under the same key at the same time.
+func (r *Refresher) renewShared(ctx context.Context, key string, p *oauth.Provider, id string, minValidity time.Duration, trigger string, rejected secret.Value) (Token, error) {
+	v, err, _ := r.flight.Do(key, func() (any, error) {
+		return r.renewLocked(context.WithoutCancel(ctx), p, id, minValidity, trigger, rejected)
 	})
 	if err != nil {
 		return Token{}, err
@@ -143,13 +149,7 @@ func (r *Refresher) RenewRejected(ctx context.Context, userID, platform string, 
 	// Callers refused with the same token share one renewal; one refused
 	// with another token (a newer one, dead too) gets its own.
 	sum := sha256.Sum256([]byte(rejected.Reveal()))
-	v, err, _ := r.flight.Do(a.ID+"/rejected/"+hex.EncodeToString(sum[:8]), func() (any, error) {
-		return r.renewLocked(context.WithoutCancel(ctx), p, a.ID, 0, trigger, rejected)
-	})
-	if err != nil {
-		return Token{}, err
-	}
-	return v.(Token), nil
+	return r.renewShared(ctx, a.ID+"/rejected/"+hex.EncodeToString(sum[:8]), p, a.ID, 0, trigger, rejected)
 }
 
 // renewLocked renews account id under its row lock unless whoever held
