@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# bench/connect.sh: whole connects per second (start → the provider's
+# authorize → callback → store), and the CPU each costs.
+#
+# Targets, measured in alternating rounds in one run (ratios mean more
+# than absolute numbers on a shared 2-core machine):
+#   sandbox-inproc   credgate and the sandbox (auto_approve) in one Caddy
+#   sandbox-apart    credgate, with the sandbox in a process of its own
+#                    (`caddy credgate sandbox --auto-approve`)
+# and, when OAUTH2_PROXY names an oauth2-proxy binary, on one shared
+# mockoidc (served one request at a time: it is not safe for concurrent
+# use, so it is a ceiling both share):
+#   mockoidc-only    the provider alone, with a trivial client (the ceiling)
+#   oauth2-proxy     oauth2-proxy's /oauth2/start with the oidc provider
+#   credgate-oidc    credgate's generic provider on the same mockoidc
+#
+# Every flow is a fresh user (a session JWT signed for a new user id).
+# CPU per flow is read from /proc for the gateway's process and for every
+# process named postgres (backends and PostgreSQL's own workers), over the
+# measured seconds only. Background work is off in credgate's config, so
+# only the connect path is measured. The database is a fresh one made for
+# the run and dropped after it.
+#
+#   ROUNDS=3 DURATION=10s CONC=8 bash bench/connect.sh
+#   COMPARE="before=/path/to/older/caddy" bash bench/connect.sh   # before/after in one run
+#   TARGETS="sandbox-inproc sandbox-apart" bash bench/connect.sh
+#   OAUTH2_PROXY=/path/to/oauth2-proxy bash bench/connect.sh
+#   (GOBIN=$PWD/bin go install github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.6)
+#
+# Needs PostgreSQL at DATABASE_ADMIN_URL (default the local server as
+# `make test` uses it) and psql.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s} CONC=${CONC:-8}
+CADDY_BIN=${CADDY_BIN:-bin/caddy}
+OAUTH2_PROXY=${OAUTH2_PROXY:-}
+ADMIN_URL=${DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+
+die() { echo "bench/connect.sh: $*" >&2; exit 1; }
+[[ -x $CADDY_BIN ]] || make build >/dev/null
+go build -o bin/connectload ./bench/connectload
+if [[ -n $OAUTH2_PROXY && ! -x $OAUTH2_PROXY ]]; then
+  die "OAUTH2_PROXY=$OAUTH2_PROXY is not an executable"
+fi
+command -v psql >/dev/null || die "psql is needed to create the run's database"
+
+work=$(mktemp -d)
+db=credgate_bench_$$
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  [[ -n ${KEEP:-} ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Caddy binds with SO_REUSEPORT, so a taken port would not fail: another
+# server would quietly get half the requests. Take only ports nobody
+# answers on.
+next_port=${BENCH_PORT_BASE:-28400}
+take_port() { # variable: sets it to the next free port
+  while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do next_port=$((next_port + 1)); done
+  printf -v "$1" %d "$next_port"
+  next_port=$((next_port + 1))
+}
+wait_up() { # port [path]
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0
+    sleep 0.1
+  done
+  die "nothing answers on 127.0.0.1:$1 (logs in $work)"
+}
+
+psql -q "$ADMIN_URL" -c "CREATE DATABASE $db" >/dev/null
+DATABASE_URL=${ADMIN_URL/\/postgres\?//$db?}
+[[ $DATABASE_URL == *"/$db?"* ]] || die "DATABASE_ADMIN_URL must end in /postgres?<options>, got $ADMIN_URL"
+"$CADDY_BIN" credgate migrate up --database-url "$DATABASE_URL" >/dev/null
+master_key=$("$CADDY_BIN" credgate keygen)
+jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
+client_id=connectload-client client_secret=connectload-secret-0123456789
+
+# credgate_config <site port> <provider block>: one credgate app and site.
+credgate_config() {
+  cat <<CADDY
+{
+	admin off
+	credgate {
+		database_url $DATABASE_URL
+		master_key $master_key
+		flags static 100
+		background off
+$2
+	}
+}
+http://127.0.0.1:$1 {
+	credgate {
+		public_origin http://127.0.0.1:$1
+		identity {
+			jwt_secret $jwt_secret
+			cookie sb-access-token
+		}
+		return_to_allow /
+	}
+	respond "app" 200
+}
+CADDY
+}
+start_caddy() { # name binary config: starts it, and its site on the port it waits for
+  echo "$3" >"$work/$1.Caddyfile"
+  "$2" run --config "$work/$1.Caddyfile" --adapter caddyfile >"$work/$1.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/$1.pid"
+}
+
+targets=()
+declare -A start_url cpu_spec
+up=()
+
+# The binaries measured: this build, and any named in COMPARE
+# ("label=path …", say a build of an earlier commit), each target once
+# per binary, as <target>@<label>.
+builds=("=$CADDY_BIN") # label=path; this build's label is empty
+read -r -a more <<<"${COMPARE:-}"
+for spec in "${more[@]}"; do
+  [[ $spec == ?*=?* && -x ${spec#*=} ]] || die "COMPARE: want label=path-to-caddy, got $spec"
+  builds+=("$spec")
+done
+
+if [[ -n $OAUTH2_PROXY ]]; then
+  take_port m
+  bin/connectload -serve-provider "127.0.0.1:$m" -client-id "$client_id" -client-secret "$client_secret" >"$work/mockoidc.log" 2>&1 &
+  pids+=($!)
+  wait_up "$m" /oidc/.well-known/openid-configuration
+  oidc=http://127.0.0.1:$m/oidc
+fi
+
+twitter_provider() { # site-port sandbox-port
+  cat <<CADDY
+		provider twitter {
+			client_id twitter-client-id
+			client_secret twitter-client-secret
+			redirect_url http://127.0.0.1:$1/api/auth/oauth/twitter/callback
+			sandbox http://127.0.0.1:$2
+		}
+CADDY
+}
+
+for build in "${builds[@]}"; do
+  label=${build%%=*} bin=${build#*=}
+  suffix=${label:+@$label}
+
+  # credgate and the sandbox in one process.
+  t=sandbox-inproc$suffix
+  take_port a; take_port as
+  start_caddy "$t" "$bin" "$(credgate_config "$a" "$(twitter_provider "$a" "$as")")
+http://127.0.0.1:$as {
+	credgate_sandbox {
+		auto_approve
+		app_origin http://127.0.0.1:$a
+	}
+}"
+  targets+=("$t") up+=("$a")
+  start_url[$t]="http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/"
+  cpu_spec[$t]="caddy=$work/$t.pid,postgres=postgres"
+
+  # credgate, with the sandbox in a process of its own.
+  t=sandbox-apart$suffix
+  take_port a; take_port sb
+  "$bin" credgate sandbox --listen "127.0.0.1:$sb" --auto-approve --app-origin "http://127.0.0.1:$a" >"$work/sandbox$suffix.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/sandbox$suffix.pid"
+  start_caddy "$t" "$bin" "$(credgate_config "$a" "$(twitter_provider "$a" "$sb")")"
+  targets+=("$t") up+=("$a")
+  start_url[$t]="http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/"
+  cpu_spec[$t]="caddy=$work/$t.pid,sandbox=$work/sandbox$suffix.pid,postgres=postgres"
+
+  # credgate's generic provider on mockoidc.
+  if [[ -n $OAUTH2_PROXY ]]; then
+    t=credgate-oidc$suffix
+    take_port a
+    start_caddy "$t" "$bin" "$(credgate_config "$a" "
+		provider oidc {
+			kind generic
+			client_id $client_id
+			client_secret $client_secret
+			redirect_url http://127.0.0.1:$a/api/auth/oauth/oidc/callback
+			auth_url $oidc/authorize
+			token_url $oidc/token
+			userinfo_url $oidc/userinfo
+			scopes openid profile email
+		}")"
+    targets+=("$t") up+=("$a")
+    start_url[$t]="http://127.0.0.1:$a/api/auth/oauth/oidc?return_to=/"
+    cpu_spec[$t]="gateway=$work/$t.pid,postgres=postgres"
+  fi
+done
+
+if [[ -n $OAUTH2_PROXY ]]; then
+  take_port o
+  "$OAUTH2_PROXY" --provider=oidc --oidc-issuer-url="$oidc" \
+    --client-id="$client_id" --client-secret="$client_secret" \
+    --cookie-secret="$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')" \
+    --email-domain='*' --upstream=static://200 \
+    --http-address="127.0.0.1:$o" --redirect-url="http://127.0.0.1:$o/oauth2/callback" \
+    --cookie-secure=false --skip-provider-button=true --code-challenge-method=S256 \
+    --insecure-oidc-allow-unverified-email=true \
+    --request-logging=false --auth-logging=false --standard-logging=false >"$work/oauth2-proxy.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/oauth2-proxy.pid"
+  targets+=(mockoidc-only oauth2-proxy)
+  start_url[oauth2-proxy]="http://127.0.0.1:$o/oauth2/start?rd=%2F"
+  cpu_spec[oauth2-proxy]="gateway=$work/oauth2-proxy.pid"
+  wait_up "$o" /ping
+fi
+for p in "${up[@]}"; do wait_up "$p"; done
+
+measure() { # target
+  local t=$1
+  if [[ $t == mockoidc-only ]]; then
+    bin/connectload -label "$t" -provider-only "http://127.0.0.1:$m" -client-id "$client_id" -client-secret "$client_secret" -c "$CONC" -d "$DURATION"
+  else
+    bin/connectload -label "$t" -start "${start_url[$t]}" -jwt-secret "$jwt_secret" -c "$CONC" -d "$DURATION" -cpu "${cpu_spec[$t]}"
+  fi
+}
+
+if [[ -n ${TARGETS:-} ]]; then # a subset, in the order given
+  read -r -a targets <<<"$TARGETS"
+fi
+echo "targets: ${targets[*]}; $ROUNDS rounds of $DURATION at $CONC concurrent flows; $(nproc) cores" >&2
+for t in "${targets[@]}"; do measure "$t" >/dev/null || die "$t: the warm-up failed (logs in $work)"; done # warm-up
+: >"$work/results"
+# Rotate the order each round, so no target always runs first or last.
+for r in $(seq 0 $((ROUNDS - 1))); do
+  n=${#targets[@]}
+  for i in $(seq 0 $((n - 1))); do
+    t=${targets[$(((i + r) % n))]}
+    measure "$t" | tee -a "$work/results" >&2
+  done
+done
+echo
+baseline=sandbox-inproc
+[[ -n $OAUTH2_PROXY ]] && baseline=oauth2-proxy
+bin/connectload -summarize "$work/results" -baseline "$baseline"

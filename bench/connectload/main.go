@@ -1,0 +1,519 @@
+// Command connectload drives whole OAuth authorization-code connects
+// (start → the provider's authorize → callback) from concurrent clients
+// for a fixed time, and prints one JSON line: flows per second, latency
+// percentiles and, when asked, the CPU that named processes spent per
+// flow. bench/connect.sh runs it against credgate (with the sandbox or
+// with mockoidc as the provider) and against oauth2-proxy on the same
+// mockoidc, in alternating rounds, so the two can be compared as ratios.
+//
+// Each flow is a fresh user: with -jwt-secret the driver signs an HS256
+// session JWT for a new user id, as the app's login would. Every request
+// goes to the loopback addresses it is given.
+//
+// -provider starts mockoidc (github.com/oauth2-proxy/mockoidc) on an
+// address and holds it for the other runs; mockoidc's session store is not
+// safe for concurrent use, so it is served one request at a time, which
+// makes it a ceiling shared by every target measured on it
+// (-provider-only measures that ceiling with a trivial client).
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/oauth2-proxy/mockoidc"
+)
+
+func main() {
+	serve := flag.String("serve-provider", "", "only run mockoidc on this address until interrupted, printing its endpoints")
+	clientID := flag.String("client-id", "connectload-client", "client id mockoidc accepts (-serve-provider)")
+	clientSecret := flag.String("client-secret", "connectload-secret-0123456789", "client secret mockoidc accepts (-serve-provider)")
+	start := flag.String("start", "", "start URL of the target (credgate's /api/auth/oauth/<platform>?return_to=/ or oauth2-proxy's /oauth2/start?rd=/)")
+	providerOnly := flag.String("provider-only", "", "measure mockoidc alone at this base URL: authorize + token + userinfo per flow, no gateway")
+	jwtSecret := flag.String("jwt-secret", "", "sign a session JWT for a fresh user per flow with this HS256 secret")
+	jwtCookie := flag.String("jwt-cookie", "sb-access-token", "the cookie that carries the session JWT")
+	conc := flag.Int("c", 8, "concurrent flows")
+	dur := flag.Duration("d", 10*time.Second, "how long to measure")
+	cpu := flag.String("cpu", "", "processes whose CPU to report per flow: name=pid,… (pid may be a pid file); name=postgres sums every process named postgres")
+	label := flag.String("label", "", "a label copied into the output")
+	summarize := flag.String("summarize", "", "instead of measuring: summarize this file of result lines (median per label, ratios against -baseline)")
+	baseline := flag.String("baseline", "", "with -summarize: the label the others are compared with")
+	flag.Parse()
+
+	if *summarize != "" {
+		if err := summarizeFile(*summarize, *baseline, os.Stdout); err != nil {
+			fail(err)
+		}
+		return
+	}
+
+	if *serve != "" {
+		if err := serveProvider(*serve, *clientID, *clientSecret); err != nil {
+			fail(err)
+		}
+		return
+	}
+	var run func() error
+	switch {
+	case *providerOnly != "":
+		run = providerFlow(strings.TrimSuffix(*providerOnly, "/"), *clientID, *clientSecret)
+	case *start != "":
+		run = gatewayFlow(*start, *jwtSecret, *jwtCookie)
+	default:
+		fmt.Fprintln(os.Stderr, "connectload: need -start, -provider-only or -serve-provider")
+		os.Exit(2)
+	}
+	meters, err := parseCPU(*cpu)
+	if err != nil {
+		fail(err)
+	}
+	// One flow that must work before anything is measured: a broken
+	// config fails here with the target's own answer.
+	if err := run(); err != nil {
+		fail(fmt.Errorf("warm-up flow: %w", err))
+	}
+	res := measure(run, *conc, *dur, meters)
+	res.Label = *label
+	json.NewEncoder(os.Stdout).Encode(res)
+	if res.Flows == 0 {
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	Label       string             `json:"label,omitempty"`
+	Flows       int64              `json:"flows"`
+	Failed      int64              `json:"failed"`
+	FirstError  string             `json:"first_error,omitempty"`
+	FlowsPerSec float64            `json:"flows_per_s"`
+	P50ms       float64            `json:"p50_ms"`
+	P99ms       float64            `json:"p99_ms"`
+	Concurrency int                `json:"c"`
+	CPUms       map[string]float64 `json:"cpu_ms_per_flow,omitempty"`
+}
+
+func measure(run func() error, conc int, dur time.Duration, meters []cpuMeter) result {
+	before := readCPU(meters)
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	var mu sync.Mutex
+	var lat []time.Duration
+	deadline := time.Now().Add(dur)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Go(func() {
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				t := time.Now()
+				if err := run(); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				ok.Add(1)
+				mine = append(mine, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(t0)
+	after := readCPU(meters)
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		if len(lat) == 0 {
+			return 0
+		}
+		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
+	}
+	r := result{Flows: ok.Load(), Failed: failed.Load(), FlowsPerSec: float64(ok.Load()) / elapsed.Seconds(),
+		P50ms: pct(0.5), P99ms: pct(0.99), Concurrency: conc}
+	if e, _ := firstErr.Load().(string); e != "" {
+		r.FirstError = e
+	}
+	if len(meters) > 0 && r.Flows > 0 {
+		r.CPUms = map[string]float64{}
+		for i, m := range meters {
+			r.CPUms[m.name] = round3(float64(after[i]-before[i]) / clockTicks * 1000 / float64(r.Flows))
+		}
+	}
+	return r
+}
+
+func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
+
+// ---- the summary ----
+
+// summarizeFile prints, per label in the order first seen, the median
+// flows/s with the range of the rounds, the median CPU per flow, and the
+// ratio of medians against the baseline, with the range of the per-round
+// ratios (round i of a label against round i of the baseline: the rounds
+// alternate, so a pair ran on the same machine minutes apart).
+func summarizeFile(path, baseline string, w io.Writer) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	byLabel := map[string][]result{}
+	var order []string
+	for line := range strings.Lines(string(raw)) {
+		var r result
+		if json.Unmarshal([]byte(line), &r) != nil || r.Concurrency == 0 {
+			continue // not a result line
+		}
+		if _, seen := byLabel[r.Label]; !seen {
+			order = append(order, r.Label)
+		}
+		byLabel[r.Label] = append(byLabel[r.Label], r)
+	}
+	if len(order) == 0 {
+		return fmt.Errorf("%s: no result lines", path)
+	}
+	base := byLabel[baseline]
+	for _, label := range order {
+		rs := byLabel[label]
+		fps := make([]float64, len(rs))
+		for i, r := range rs {
+			fps[i] = r.FlowsPerSec
+		}
+		fmt.Fprintf(w, "%-22s %6.0f flows/s (rounds %s)", label, median(fps), span(fps, "%.0f"))
+		var cpuNames []string
+		for name := range rs[0].CPUms {
+			cpuNames = append(cpuNames, name)
+		}
+		slices.Sort(cpuNames)
+		for _, name := range cpuNames {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = r.CPUms[name]
+			}
+			fmt.Fprintf(w, "  cpu %s %.3f ms/flow", name, median(v))
+		}
+		if len(base) > 0 && label != baseline {
+			var pairs []float64
+			for i := range min(len(rs), len(base)) {
+				pairs = append(pairs, rs[i].FlowsPerSec/base[i].FlowsPerSec)
+			}
+			bfps := make([]float64, len(base))
+			for i, r := range base {
+				bfps[i] = r.FlowsPerSec
+			}
+			fmt.Fprintf(w, "  = %.2fx %s (per round %s)", median(fps)/median(bfps), baseline, span(pairs, "%.2f"))
+		}
+		var failed int64
+		for _, r := range rs {
+			failed += r.Failed
+		}
+		if failed > 0 {
+			fmt.Fprintf(w, "  FAILED %d", failed)
+		}
+		fmt.Fprintln(w)
+	}
+	return nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func span(v []float64, format string) string {
+	return fmt.Sprintf(format+"–"+format, slices.Min(v), slices.Max(v))
+}
+
+// ---- flows ----
+
+var noFollow = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+var transport = &http.Transport{MaxIdleConnsPerHost: 256}
+
+// gatewayFlow is one connect through a gateway: its start redirects to the
+// provider, the provider (auto-approving) redirects to the gateway's
+// callback, and the callback redirects to where the user is sent back,
+// which must not carry an error.
+func gatewayFlow(start, jwtSecret, jwtCookie string) func() error {
+	return func() error {
+		jar, _ := cookiejar.New(nil)
+		c := &http.Client{Jar: jar, CheckRedirect: noFollow, Transport: transport, Timeout: 10 * time.Second}
+		var session string
+		if jwtSecret != "" {
+			session = jwtCookie + "=" + mintJWT(jwtSecret, newUUID())
+		}
+		authorize, err := redirect(c, start, session)
+		if err != nil {
+			return fmt.Errorf("start: %w", err)
+		}
+		callback, err := redirect(c, authorize, "")
+		if err != nil {
+			return fmt.Errorf("authorize: %w", err)
+		}
+		final, err := redirect(c, callback, session)
+		if err != nil {
+			return fmt.Errorf("callback: %w", err)
+		}
+		if strings.Contains(final, "error") {
+			return fmt.Errorf("callback redirected to %s", final)
+		}
+		return nil
+	}
+}
+
+// providerFlow is the provider's share of one flow with a trivial client:
+// authorize (a redirect with a code), the token exchange with PKCE, and
+// userinfo. It is the ceiling that gateways on mockoidc share.
+func providerFlow(base, clientID, secret string) func() error {
+	return func() error {
+		c := &http.Client{CheckRedirect: noFollow, Transport: transport, Timeout: 10 * time.Second}
+		verifier := randomString(32)
+		sum := sha256.Sum256([]byte(verifier))
+		const cb = "http://127.0.0.1:1/cb"
+		q := url.Values{"client_id": {clientID}, "response_type": {"code"}, "scope": {"openid profile email"},
+			"redirect_uri": {cb}, "state": {randomString(16)}, "nonce": {randomString(16)},
+			"code_challenge": {base64.RawURLEncoding.EncodeToString(sum[:])}, "code_challenge_method": {"S256"}}
+		loc, err := redirect(c, base+mockoidc.AuthorizationEndpoint+"?"+q.Encode(), "")
+		if err != nil {
+			return fmt.Errorf("authorize: %w", err)
+		}
+		u, err := url.Parse(loc)
+		if err != nil {
+			return err
+		}
+		form := url.Values{"grant_type": {"authorization_code"}, "code": {u.Query().Get("code")}, "redirect_uri": {cb},
+			"client_id": {clientID}, "client_secret": {secret}, "code_verifier": {verifier}}
+		resp, err := c.PostForm(base+mockoidc.TokenEndpoint, form)
+		if err != nil {
+			return fmt.Errorf("token: %w", err)
+		}
+		var tok struct {
+			AccessToken string `json:"access_token"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&tok)
+		drain(resp)
+		if err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" {
+			return fmt.Errorf("token: status %d (%v)", resp.StatusCode, err)
+		}
+		req, _ := http.NewRequest(http.MethodGet, base+mockoidc.UserinfoEndpoint, nil)
+		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+		resp, err = c.Do(req)
+		if err != nil {
+			return fmt.Errorf("userinfo: %w", err)
+		}
+		drain(resp)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("userinfo: status %d", resp.StatusCode)
+		}
+		return nil
+	}
+}
+
+// redirect GETs rawURL and returns where it redirects; anything but a
+// redirect is an error that quotes the start of the body.
+func redirect(c *http.Client, rawURL, cookie string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, rawURL, nil)
+	if err != nil {
+		return "", err
+	}
+	if cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer drain(resp)
+	if resp.StatusCode < 300 || resp.StatusCode > 399 {
+		head, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
+		return "", fmt.Errorf("status %d: %q", resp.StatusCode, head)
+	}
+	loc, err := resp.Location()
+	if err != nil {
+		return "", err
+	}
+	return loc.String(), nil
+}
+
+func drain(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+}
+
+// ---- the shared provider ----
+
+// serveProvider runs mockoidc until interrupted. Its endpoints are fixed
+// paths under the printed base URL.
+func serveProvider(addr, clientID, secret string) error {
+	m, err := mockoidc.NewServer(nil)
+	if err != nil {
+		return err
+	}
+	m.ClientID, m.ClientSecret = clientID, secret
+	var serial sync.Mutex
+	if err := m.AddMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			serial.Lock()
+			defer serial.Unlock()
+			next.ServeHTTP(w, r)
+		})
+	}); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(ln, nil); err != nil {
+		return err
+	}
+	defer m.Shutdown()
+	fmt.Printf("mockoidc issuer=%s authorize=%s token=%s userinfo=%s\n",
+		m.Issuer(), m.AuthorizationEndpoint(), m.TokenEndpoint(), m.UserinfoEndpoint())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	return nil
+}
+
+// ---- identities ----
+
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+func randomString(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// mintJWT signs a session token like `caddy credgate devtoken` does.
+func mintJWT(secret, sub string) string {
+	enc := base64.RawURLEncoding
+	now := time.Now().Unix()
+	body, _ := json.Marshal(map[string]any{"sub": sub, "iat": now, "exp": now + 3600, "role": "authenticated"})
+	msg := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + enc.EncodeToString(body)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(msg))
+	return msg + "." + enc.EncodeToString(mac.Sum(nil))
+}
+
+// ---- CPU accounting from /proc ----
+
+// clockTicks is USER_HZ, which Linux fixes at 100 for /proc/<pid>/stat.
+const clockTicks = 100
+
+type cpuMeter struct {
+	name string
+	pid  int // 0: every process named postgres
+}
+
+func parseCPU(spec string) ([]cpuMeter, error) {
+	var out []cpuMeter
+	for item := range strings.SplitSeq(spec, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		name, pidText, ok := strings.Cut(item, "=")
+		if !ok {
+			return nil, fmt.Errorf("-cpu %q: want name=pid", item)
+		}
+		if pidText == "postgres" {
+			out = append(out, cpuMeter{name: name})
+			continue
+		}
+		if raw, err := os.ReadFile(pidText); err == nil { // a pid file
+			pidText = strings.TrimSpace(string(raw))
+		}
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("-cpu %q: %q is neither a pid nor a pid file", item, pidText)
+		}
+		out = append(out, cpuMeter{name: name, pid: pid})
+	}
+	return out, nil
+}
+
+// readCPU returns each meter's utime+stime in clock ticks; for postgres,
+// the sum over every process of that name (backends, walwriter,
+// checkpointer: all of it is the database's cost).
+func readCPU(meters []cpuMeter) []int64 {
+	out := make([]int64, len(meters))
+	for i, m := range meters {
+		if m.pid != 0 {
+			out[i] = procTicks(m.pid)
+			continue
+		}
+		dirs, _ := filepath.Glob("/proc/[0-9]*")
+		for _, d := range dirs {
+			if comm, err := os.ReadFile(d + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "postgres" {
+				pid, _ := strconv.Atoi(filepath.Base(d))
+				out[i] += procTicks(pid)
+			}
+		}
+	}
+	return out
+}
+
+// procTicks reads utime and stime (fields 14 and 15) of /proc/<pid>/stat;
+// the command name before them may hold spaces, so fields are counted
+// from the closing parenthesis.
+func procTicks(pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(raw)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+func fail(err error) {
+	var ne *net.OpError
+	if errors.As(err, &ne) {
+		err = fmt.Errorf("%w (is the target running?)", err)
+	}
+	fmt.Fprintln(os.Stderr, "connectload:", err)
+	os.Exit(1)
+}
