@@ -235,4 +235,4 @@ func TestRoundTripsPerConnect(t *testing.T) {
 
 // The round trips of one connect today (docs/performance.md): raise them
 // only on purpose.
-const maxStartRoundTrips, maxCallbackRoundTrips = 1, 5
+const maxStartRoundTrips, maxCallbackRoundTrips = 1, 2

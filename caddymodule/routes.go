@@ -321,21 +321,18 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	storeCtx, storeCancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer storeCancel()
 	storeCtx, storeSpan := h.app.tracer().Start(storeCtx, "credgate.vault.store", spanAttrs(platform, st.Flow)...)
-	// The account row, its refresh job and its audit row in one
-	// transaction, the last three statements in one round trip.
-	err = vault.InTx(storeCtx, h.app.pool, func(tx pgx.Tx) error {
-		creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
-			Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
-		_, err := h.app.accounts.UpsertWith(storeCtx, tx, vault.Connection{
-			UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
-			Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate,
-		}, func(b *pgx.Batch, id string) {
-			h.app.refresher.QueueScheduleConnected(b, p, id, creds)
-			vault.Audit{}.Queue(storeCtx, b, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
-				Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
-				Details: map[string]any{"account_id": id, "scopes": len(tok.Scopes)}})
-		})
-		return err
+	// The account row, its refresh job and its audit row: all or nothing,
+	// in one statement.
+	creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
+		Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
+	jobAt, _ := h.app.refresher.ConnectedJobAt(p, creds)
+	_, err = h.app.accounts.StoreConnect(storeCtx, h.app.pool, vault.Connection{
+		UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
+		Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate, KnownID: st.AccountID,
+	}, jobAt, func(id string) vault.Event {
+		return vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+			Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
+			Details: map[string]any{"account_id": id, "scopes": len(tok.Scopes)}}
 	})
 	storeCode := ""
 	if err != nil {

@@ -416,7 +416,7 @@ func TestStoreFailureAfterTheExchangeIsAuditedAndRevoked(t *testing.T) {
 	// trigger that refuses their row.
 	pgtest.Exec(t, h.db, `CREATE FUNCTION refuse_alice() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN RAISE EXCEPTION 'storage is failing'; END $$;
-		CREATE TRIGGER refuse_alice BEFORE UPDATE ON social_accounts FOR EACH ROW
+		CREATE TRIGGER refuse_alice BEFORE INSERT OR UPDATE ON social_accounts FOR EACH ROW
 		WHEN (NEW.user_id = '`+alice+`' AND NEW.credentials_encrypted IS NOT NULL) EXECUTE FUNCTION refuse_alice()`)
 	before := h.sandbox.Stats()["twitter"].Revocations
 	loc := h.connect(alice, "twitter")
@@ -496,11 +496,19 @@ func TestNamedGenericProviders(t *testing.T) {
 	}
 }
 
-// The connect's store path (account row, refresh job, audit row) is all
-// or nothing: a failure injected at each of its statements leaves none of
-// the three for that user.
+// TestConnectStoreIsAllOrNothing injects a failure, with a trigger, at
+// each statement of the callback's store, on each of its paths: a new
+// account row and a row the user already had (the one statement of
+// Accounts.StoreConnect), and a row that appears between the state's
+// consume and the store (the fallback, which locks the row and seals
+// again). Each failure must leave none of the connect's writes (the
+// credential, its refresh job, its success audit row), and the same user's
+// next connect must store all three, on a row whose blob opens.
 func TestConnectStoreIsAllOrNothing(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
+	ctx := context.Background()
+	pool := pgtest.Pool(t, h.db)
+	accounts := vault.NewAccounts(h.keys)
 	// The job's trigger cannot test the user in its WHEN (a subquery), so
 	// the function does, for that table.
 	pgtest.Exec(t, h.db, `CREATE FUNCTION fail_step() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -511,35 +519,80 @@ func TestConnectStoreIsAllOrNothing(t *testing.T) {
 			END IF;
 			RAISE EXCEPTION 'injected failure';
 		END $$`)
-	steps := []struct{ name, trigger string }{
-		{"account insert", `BEFORE INSERT ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s') EXECUTE FUNCTION fail_step('%[1]s')`},
-		{"credentials update", `BEFORE UPDATE ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.credentials_encrypted IS NOT NULL) EXECUTE FUNCTION fail_step('%[1]s')`},
-		{"refresh job", `BEFORE INSERT ON token_refresh_queue FOR EACH ROW EXECUTE FUNCTION fail_step('%[1]s')`},
-		{"audit row", `BEFORE INSERT ON credential_audit_log FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.action = 'connect') EXECUTE FUNCTION fail_step('%[1]s')`},
+	// A row that appears once the callback consumed its state (as if the
+	// app inserted it then): the state's DELETE has already read the
+	// account (none), so the store's one statement finds a row with
+	// another id and falls back.
+	pgtest.Exec(t, h.db, `CREATE FUNCTION appear_row() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO social_accounts (user_id, platform) VALUES (OLD.user_id, OLD.platform) ON CONFLICT DO NOTHING;
+			RETURN OLD;
+		END $$`)
+	steps := map[string]string{
+		"account insert":     `BEFORE INSERT ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.credentials_encrypted IS NOT NULL) EXECUTE FUNCTION fail_step('%[1]s')`,
+		"account lock":       `BEFORE UPDATE ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.credentials_encrypted IS NULL) EXECUTE FUNCTION fail_step('%[1]s')`,
+		"credentials update": `BEFORE UPDATE ON social_accounts FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.credentials_encrypted IS NOT NULL) EXECUTE FUNCTION fail_step('%[1]s')`,
+		"refresh job":        `BEFORE INSERT ON token_refresh_queue FOR EACH ROW EXECUTE FUNCTION fail_step('%[1]s')`,
+		"audit row":          `BEFORE INSERT ON credential_audit_log FOR EACH ROW WHEN (NEW.user_id = '%[1]s' AND NEW.action = 'connect') EXECUTE FUNCTION fail_step('%[1]s')`,
 	}
-	for i, step := range steps {
-		user := fmt.Sprintf("00000000-0000-4000-8000-%012d", 700+i)
-		pgtest.Exec(t, h.db, fmt.Sprintf(`CREATE TRIGGER fail_step_`+fmt.Sprint(i)+` `+step.trigger, user))
-		if loc := h.connect(user, "twitter"); !strings.Contains(loc, "oauth_error=storage_unavailable") {
-			t.Fatalf("%s: redirect %s", step.name, loc)
-		}
-		accounts := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1`, user)
-		jobs := h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id WHERE a.user_id = $1`, user)
-		audited := h.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'connect' AND status = 'success'`, user)
-		if accounts != 0 || jobs != 0 || audited != 0 {
-			t.Fatalf("failure at the %s left %d account rows, %d jobs, %d success audit rows; want none", step.name, accounts, jobs, audited)
-		}
-		pgtest.Exec(t, h.db, fmt.Sprintf(`DROP TRIGGER fail_step_%d ON %s`, i, strings.Fields(step.trigger)[3]))
-		// And without the failure the same user connects, all three written.
-		h.connect(user, "twitter")
-		if h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND credentials_encrypted IS NOT NULL`, user) != 1 ||
-			h.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'connect' AND status = 'success'`, user) != 1 {
-			t.Fatalf("after the %s failure, a clean connect did not store", step.name)
-		}
-		// The job is for the credentials version the connect wrote.
-		if h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id
-			WHERE a.user_id = $1 AND q.status = 'pending' AND q.credentials_version = a.credentials_version`, user) != 1 {
-			t.Fatalf("after the %s failure, the clean connect's refresh job is missing or for another version", step.name)
+	paths := []struct {
+		name  string
+		setup string // SQL run before the connect: %[1]s is the user, %[2]d a number of its own
+		steps []string
+	}{
+		{"new row", ``, []string{"", "account insert", "refresh job", "audit row"}},
+		{"existing row", `INSERT INTO social_accounts (user_id, platform) VALUES ('%[1]s', 'twitter') -- %[2]d`,
+			[]string{"", "credentials update", "refresh job", "audit row"}},
+		{"row appears after the consume", `CREATE TRIGGER appear_%[2]d AFTER DELETE ON oauth_states FOR EACH ROW WHEN (OLD.user_id = '%[1]s') EXECUTE FUNCTION appear_row()`,
+			[]string{"", "account lock", "credentials update", "refresh job", "audit row"}},
+	}
+	n := 0
+	for _, path := range paths {
+		for _, step := range path.steps {
+			n++
+			user := fmt.Sprintf("00000000-0000-4000-8000-%012d", 700+n)
+			what := path.name + ", no failure"
+			if step != "" {
+				what = path.name + ", failing at the " + step
+			}
+			if path.setup != "" {
+				pgtest.Exec(t, h.db, fmt.Sprintf(path.setup, user, n))
+			}
+			if step != "" {
+				pgtest.Exec(t, h.db, fmt.Sprintf(`CREATE TRIGGER fail_step_%[2]d `+steps[step], user, n))
+				if loc := h.connect(user, "twitter"); !strings.Contains(loc, "oauth_error=storage_unavailable") {
+					t.Fatalf("%s: redirect %s", what, loc)
+				}
+				stored := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND credentials_encrypted IS NOT NULL`, user)
+				jobs := h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id WHERE a.user_id = $1`, user)
+				audited := h.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'connect' AND status = 'success'`, user)
+				wantRows := 0
+				if path.setup != "" {
+					wantRows = 1 // the row that was there, or appeared, stays
+				}
+				if rows := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1`, user); stored != 0 || jobs != 0 || audited != 0 || rows != wantRows {
+					t.Fatalf("%s: left %d rows (want %d), %d with a credential, %d jobs, %d success audit rows; want none", what, rows, wantRows, stored, jobs, audited)
+				}
+				pgtest.Exec(t, h.db, fmt.Sprintf(`DROP TRIGGER fail_step_%d ON %s`, n, strings.Fields(steps[step])[3]))
+			}
+			// Without the failure the same user connects, all three written.
+			if loc := h.connect(user, "twitter"); !strings.Contains(loc, "connected=twitter") {
+				t.Fatalf("%s: then a clean connect redirected to %s", what, loc)
+			}
+			if h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND credentials_encrypted IS NOT NULL AND connected_via = 'credgate'`, user) != 1 ||
+				h.count(`SELECT count(*) FROM credential_audit_log l JOIN social_accounts a ON a.user_id = l.user_id AND a.platform = l.platform
+					WHERE l.user_id = $1 AND l.action = 'connect' AND l.status = 'success' AND l.details->>'account_id' = a.id::text`, user) != 1 {
+				t.Fatalf("%s: then a clean connect did not store the credential and its audit row", what)
+			}
+			// The job is for the credentials version the connect wrote.
+			if h.count(`SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id
+				WHERE a.user_id = $1 AND q.status = 'pending' AND q.credentials_version = a.credentials_version`, user) != 1 {
+				t.Fatalf("%s: then the clean connect's refresh job is missing or for another version", what)
+			}
+			// The blob was sealed for the row it is on.
+			if _, creds, err := accounts.Get(ctx, pool, user, "twitter"); err != nil || creds.AccessToken.IsZero() {
+				t.Fatalf("%s: the stored credential does not open: %v", what, err)
+			}
 		}
 	}
 }

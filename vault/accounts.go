@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/credgate/credgate/secret"
@@ -87,6 +88,10 @@ type Connection struct {
 	Credentials    Credentials
 	Scopes         []string
 	ConnectedVia   Flow
+	// KnownID is the id the account row had when last seen
+	// (ConsumedState.AccountID), or "" for none: StoreConnect seals for
+	// it, or for a new id, without reading the row first.
+	KnownID string
 }
 
 // Accounts stores credentials in social_accounts, encrypted with keys.
@@ -219,6 +224,74 @@ func (s *Accounts) UpsertWith(ctx context.Context, db DB, c Connection, queue fu
 	}
 	return acct, nil
 }
+
+// StoreConnect stores what a finished connect keeps, all or nothing: the
+// credential on the (user, platform) row, encrypted and bound to the row;
+// the refresh job for the version it wrote, due at jobAt (none when jobAt
+// is zero); and the audit row audit returns for the row's id.
+//
+// It is one statement, so one round trip and its own transaction: the
+// blob is sealed for c.KnownID, or for a new id when the row did not
+// exist, and the statement writes only if the row still has that id. When
+// it does not (the row appeared, or was replaced, since it was seen), the
+// row is locked and read first, and sealed for again (UpsertWith): more
+// round trips, the same all or nothing.
+func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt time.Time, audit func(accountID string) Event) (Account, error) {
+	if c.ConnectedVia == "" {
+		c.ConnectedVia = FlowCredgate
+	}
+	id := c.KnownID
+	if id == "" {
+		id = uuid.NewString()
+	}
+	blob, err := s.seal(c.Credentials, id, c.UserID, c.Platform)
+	if err != nil {
+		return Account{}, fmt.Errorf("storing credentials: %w", err)
+	}
+	args := []any{id, c.UserID, c.Platform, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
+		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia}
+	sql := `WITH account AS (` + connectUpsert + `)`
+	if !jobAt.IsZero() {
+		sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", len(args)+1)) + `)`
+		args = append(args, jobAt)
+	}
+	e := audit(id)
+	if e.TraceID == "" {
+		e.TraceID = TraceID(ctx)
+	}
+	sql += `, audited AS (` + auditInsertFrom("account", len(args)+1) + `)
+		SELECT ` + accountColumns + ` FROM account`
+	args = append(args, e.args()...)
+	acct, err := scanAccount(db.QueryRow(ctx, sql, args...))
+	if errors.Is(err, pgx.ErrNoRows) { // the row is not the one sealed for
+		return s.UpsertWith(ctx, db, c, func(b *pgx.Batch, id string) {
+			if !jobAt.IsZero() {
+				RefreshQueue{}.QueueScheduleCurrent(b, id, jobAt)
+			}
+			Audit{}.Queue(ctx, b, audit(id))
+		})
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("storing credentials: %w", err)
+	}
+	return acct, nil
+}
+
+// connectUpsert writes a connect's credential on the (user, platform) row
+// (a new row with id $1, or the existing one if its id is $1) and returns
+// the row; nothing, when a row with another id holds (user, platform).
+// The columns it sets are UpsertWith's UPDATE's.
+const connectUpsert = `INSERT INTO social_accounts AS s (id, user_id, platform,
+		credentials_encrypted, credentials_key_id, credentials_version, status, expires_at, scopes,
+		platform_user_id, username, connected_via, last_refreshed_at, updated_at)
+	VALUES ($1, $2, $3, $4, $5, 1, 'connected', $6, $7, $8, $9, $10, NULL, now())
+	ON CONFLICT (user_id, platform) DO UPDATE SET
+		credentials_encrypted = EXCLUDED.credentials_encrypted, credentials_key_id = EXCLUDED.credentials_key_id,
+		credentials_version = s.credentials_version + 1, status = 'connected', expires_at = EXCLUDED.expires_at,
+		scopes = EXCLUDED.scopes, platform_user_id = EXCLUDED.platform_user_id, username = EXCLUDED.username,
+		connected_via = EXCLUDED.connected_via, last_refreshed_at = NULL, updated_at = now()
+	WHERE s.id = EXCLUDED.id
+	RETURNING s.*`
 
 // Get returns the account and its decrypted credentials. An account with no
 // blob, or a disconnected one, is ErrNotConnected.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -68,6 +69,19 @@ type Audit struct{}
 
 // auditColumns are what an Event fills, in the order of Event.args.
 const auditColumns = `(user_id, platform, action, status, flow, duration_ms, error_code, trace_id, details)`
+
+// auditInsertFrom is the INSERT that appends an audit row for each row of
+// source (a CTE's name), taking the event's values (args) from parameter
+// $first on: how a data-modifying statement writes its audit row in the
+// same statement, so both are written or neither.
+func auditInsertFrom(source string, first int) string {
+	types := []string{"uuid", "text", "text", "text", "text", "integer", "text", "text", "jsonb"}
+	values := make([]string, len(types))
+	for i, t := range types {
+		values[i] = fmt.Sprintf("$%d::%s", first+i, t)
+	}
+	return `INSERT INTO credential_audit_log ` + auditColumns + ` SELECT ` + strings.Join(values, ", ") + ` FROM ` + source
+}
 
 // args are the event's values for auditColumns.
 func (e Event) args() []any {

@@ -103,13 +103,17 @@ func (RefreshQueue) QueueScheduleCurrent(b *pgx.Batch, accountID string, runAt t
 }
 
 // scheduleCurrentSQL is scheduleSQL taking the version from the row.
-var scheduleCurrentSQL = func() string {
+var scheduleCurrentSQL = scheduleFrom("SELECT id, credentials_version, $2::timestamptz FROM social_accounts WHERE id = $1")
+
+// scheduleFrom is scheduleSQL with its VALUES replaced by query, which
+// must yield the account id, the credentials version and the run time.
+func scheduleFrom(query string) string {
 	const values = "VALUES ($1, $2, $3)"
 	if strings.Count(scheduleSQL, values) != 1 {
 		panic("vault: scheduleSQL no longer has " + values)
 	}
-	return strings.Replace(scheduleSQL, values, "SELECT id, credentials_version, $2::timestamptz FROM social_accounts WHERE id = $1", 1)
-}()
+	return strings.Replace(scheduleSQL, values, query, 1)
+}
 
 const scheduleSQL = `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at) VALUES ($1, $2, $3)
 		ON CONFLICT (social_account_id) WHERE status IN ('pending', 'running')

@@ -48,7 +48,12 @@ type ConsumedState struct {
 	ReturnTo    string
 	RedirectURI string
 	CreatedAt   time.Time
-	binding     []byte
+	// AccountID is the id of the user's account row for the platform when
+	// the state was consumed ("" when there was none), read in the same
+	// statement: the store seals the credentials for it without a round
+	// trip of its own (Accounts.StoreConnect).
+	AccountID string
+	binding   []byte
 }
 
 // MatchesBrowser reports, in constant time, whether cookie is the binding
@@ -125,9 +130,7 @@ func (s *States) create(ctx context.Context, db DB, n NewState, audit *Event) er
 	args := []any{hash, n.UserID, n.Platform, n.Flow, verifier, binding, n.ReturnTo, n.RedirectURI, n.TTL}
 	sql := stateInsert
 	if audit != nil {
-		sql = `WITH state AS (` + stateInsert + ` RETURNING 1)
-		INSERT INTO credential_audit_log ` + auditColumns + `
-		SELECT $10::uuid, $11::text, $12::text, $13::text, $14::text, $15::integer, $16::text, $17::text, $18::jsonb FROM state`
+		sql = `WITH state AS (` + stateInsert + ` RETURNING 1) ` + auditInsertFrom("state", len(args)+1)
 		args = append(args, audit.args()...)
 	}
 	if _, err := db.Exec(ctx, sql, args...); err != nil {
@@ -147,10 +150,11 @@ func (s *States) Consume(ctx context.Context, db DB, state secret.Value) (Consum
 	var c ConsumedState
 	var verifier []byte
 	var live bool
-	err := db.QueryRow(ctx, `DELETE FROM oauth_states WHERE state_hash = $1
+	err := db.QueryRow(ctx, `DELETE FROM oauth_states s WHERE state_hash = $1
 		RETURNING user_id::text, platform, flow, code_verifier_encrypted, browser_binding,
-			coalesce(return_to, ''), redirect_uri, created_at, expires_at > now()`, hash).
-		Scan(&c.UserID, &c.Platform, &c.Flow, &verifier, &c.binding, &c.ReturnTo, &c.RedirectURI, &c.CreatedAt, &live)
+			coalesce(return_to, ''), redirect_uri, created_at, expires_at > now(),
+			coalesce((SELECT a.id::text FROM social_accounts a WHERE a.user_id = s.user_id AND a.platform = s.platform), '')`, hash).
+		Scan(&c.UserID, &c.Platform, &c.Flow, &verifier, &c.binding, &c.ReturnTo, &c.RedirectURI, &c.CreatedAt, &live, &c.AccountID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ConsumedState{}, ErrStateNotFound
 	}
@@ -158,7 +162,7 @@ func (s *States) Consume(ctx context.Context, db DB, state secret.Value) (Consum
 		return ConsumedState{}, fmt.Errorf("consuming oauth state: %w", err)
 	}
 	if !live {
-		c.binding = nil
+		c.binding, c.AccountID = nil, ""
 		return c, ErrStateExpired
 	}
 	if verifier != nil {

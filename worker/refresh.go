@@ -422,18 +422,16 @@ func (r *Refresher) Schedule(ctx context.Context, tx vault.DB, p *oauth.Provider
 	return err
 }
 
-// QueueScheduleConnected queues into b the refresh job of account id, just
-// connected with credentials c (status connected, never refreshed): the
-// job Schedule would give it, for the version the batch's UPDATE set.
-func (r *Refresher) QueueScheduleConnected(b *pgx.Batch, p *oauth.Provider, id string, c vault.Credentials) {
-	a := vault.Account{ID: id, Status: vault.StatusConnected, UpdatedAt: r.now()}
+// ConnectedJobAt is when the refresh job of an account just connected
+// with credentials c (status connected, never refreshed) is due: the job
+// Schedule would give it. False: it needs none.
+func (r *Refresher) ConnectedJobAt(p *oauth.Provider, c vault.Credentials) (time.Time, bool) {
+	a := vault.Account{Status: vault.StatusConnected, UpdatedAt: r.now()}
 	if !c.Expiry.IsZero() {
 		x := c.Expiry
 		a.ExpiresAt = &x
 	}
-	if at, ok := r.nextLook(p, a, c); ok {
-		vault.RefreshQueue{}.QueueScheduleCurrent(b, id, at)
-	}
+	return r.nextLook(p, a, c)
 }
 
 // nextLook is when the account's token needs looking at again; false when
