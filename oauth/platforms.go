@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/oauth2"
 
 	"github.com/credgate/credgate/secret"
@@ -319,19 +322,29 @@ func generic(g GenericSettings) Profile {
 		Name: "generic", AuthStyle: style, PKCE: pkce, ScopeSeparator: sep,
 		DefaultScopes: []string{"openid", "profile"}, errors: anyShape, refresh: refreshToken,
 	}
+	// An OIDC provider names the user in the ID token of the code
+	// exchange: read there, the identity costs no request to userinfo
+	// (which, for OIDC, must give the same sub).
+	p.identifyIDToken = func(pr *Provider, raw string) (Identity, bool) {
+		claims, ok := idTokenClaims(raw, pr.cfg.ClientID, pr.now())
+		if !ok {
+			return Identity{}, false
+		}
+		id, name := claimString(claims, idField), claimString(claims, nameField)
+		// Without the name in the token, userinfo (when there is one)
+		// still says it.
+		if id == "" || (name == "" && g.UserinfoURL != "") {
+			return Identity{}, false
+		}
+		return Identity{ID: id, Username: name}, true
+	}
 	if g.UserinfoURL != "" {
 		p.identify = func(ctx context.Context, pr *Provider, access secret.Value) (Identity, error) {
 			var r map[string]any
 			if err := pr.callJSON(ctx, http.MethodGet, g.UserinfoURL, nil, access, &r); err != nil {
 				return Identity{}, err
 			}
-			str := func(k string) string {
-				if v, ok := r[k]; ok && v != nil {
-					return fmt.Sprint(v)
-				}
-				return ""
-			}
-			return Identity{ID: str(idField), Username: str(nameField)}, nil
+			return Identity{ID: claimString(r, idField), Username: claimString(r, nameField)}, nil
 		}
 	}
 	if g.RevokeURL != "" {
@@ -361,4 +374,46 @@ func generic(g GenericSettings) Profile {
 		}
 	}
 	return p
+}
+
+// idTokenClaims returns the claims of an OIDC ID token received from the
+// token endpoint, if it was issued to clientID and has not expired. Its
+// signature is not checked: the token came straight from the token
+// endpoint, over the connection the client authenticated on, and OIDC
+// Core §3.1.3.7 (6) lets that connection's TLS stand in for the
+// signature. A token that is malformed, for another client or expired is
+// not an error here: the caller asks userinfo instead.
+func idTokenClaims(raw, clientID string, now time.Time) (jwt.MapClaims, bool) {
+	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(raw, claims); err != nil {
+		return nil, false
+	}
+	aud, err := claims.GetAudience()
+	if err != nil || !slices.Contains(aud, clientID) {
+		return nil, false
+	}
+	// With more than one audience, azp names the client it was for.
+	if azp, _ := claims["azp"].(string); len(aud) > 1 && azp != clientID {
+		return nil, false
+	}
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil || !exp.After(now) {
+		return nil, false
+	}
+	return claims, true
+}
+
+// claimString is a JSON value as text: strings as they are, numbers
+// without an exponent (an id of 12345678901 must not read 1.2345678901e+10).
+func claimString(m map[string]any, key string) string {
+	switch v := m[key].(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	default:
+		return fmt.Sprint(v)
+	}
 }

@@ -58,6 +58,9 @@ type TokenSet struct {
 	Scopes         []string
 	PlatformUserID string
 	Username       string
+	// idToken is the OIDC ID token of a code exchange's response, read
+	// for the identity (generic) and never stored.
+	idToken secret.Value
 }
 
 // Identity is the account a token belongs to.
@@ -105,6 +108,10 @@ type Profile struct {
 	refresh       func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error)
 	revoke        func(ctx context.Context, p *Provider, t TokenSet) error
 	identify      func(ctx context.Context, p *Provider, access secret.Value) (Identity, error)
+	// identifyIDToken reads the identity from the exchange's ID token
+	// instead of calling identify; false: the token does not say, ask
+	// identify.
+	identifyIDToken func(p *Provider, idToken string) (Identity, bool)
 }
 
 // Renewal is how a platform renews a token without the user.
@@ -377,6 +384,12 @@ func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value, op
 	if err != nil {
 		return TokenSet{}, err
 	}
+	if p.profile.identifyIDToken != nil && !t.idToken.IsZero() {
+		if id, ok := p.profile.identifyIDToken(p, t.idToken.Reveal()); ok {
+			t.PlatformUserID, t.Username = id.ID, id.Username
+			return t, nil
+		}
+	}
 	if p.profile.identify != nil {
 		pctx, span := p.startSpan(ctx, "credgate.oauth.profile")
 		id, err := p.Identify(pctx, t.AccessToken)
@@ -520,6 +533,9 @@ func (p *Provider) fromOAuth2(tok *oauth2.Token) (TokenSet, error) {
 	}
 	if scope, ok := tok.Extra("scope").(string); ok && scope != "" {
 		t.Scopes = splitScopes(scope)
+	}
+	if idToken, ok := tok.Extra("id_token").(string); ok {
+		t.idToken = secret.New(idToken)
 	}
 	var err error
 	t.Expiry, err = p.expiry(tok.ExpiresIn, !tok.Expiry.IsZero())
