@@ -1,6 +1,7 @@
 package oauth
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -264,8 +265,34 @@ func parseInstagramFlat(status int, body []byte) (Code, string, bool) {
 }
 
 // anyShape tries every known shape: errors delivered with HTTP 200 may
-// come in any of them.
+// come in any of them. Every shape has a key that begins with "error"
+// (matched without regard to case, as encoding/json does, or written
+// with a \u escape), so a body without one — most successful answers,
+// token responses with an ID token among them — is not decoded three
+// times to find nothing.
 func anyShape(status int, body []byte) (Code, string, bool) {
+	if !mayNameAnError(body) {
+		return "", "", false
+	}
+	return everyShape(status, body)
+}
+
+// mayNameAnError reports whether body holds "error" in any case, or a
+// \u escape (which could spell it).
+func mayNameAnError(body []byte) bool {
+	if bytes.Contains(body, []byte(`\u`)) {
+		return true
+	}
+	for i := 0; i+5 <= len(body); i++ {
+		if c := body[i] | 0x20; c == 'e' && bytes.EqualFold(body[i:i+5], []byte("error")) {
+			return true
+		}
+	}
+	return false
+}
+
+// everyShape is anyShape without the shortcut.
+func everyShape(status int, body []byte) (Code, string, bool) {
 	for _, p := range []errorParser{parseGraph, parseInstagramFlat, parseRFC6749} {
 		if c, d, ok := p(status, body); ok {
 			return c, d, true

@@ -41,6 +41,9 @@ func FuzzProviderResponseGuard(f *testing.F) {
 		{429, "application/json", `{"title":"Too Many Requests","detail":"slow down","type":"about:blank","status":429}`},
 		{401, "application/json", `{"serviceErrorCode":65600,"message":"Invalid access token","status":401}`},
 		{200, "text/plain", "<"},
+		// Keys that name an error without the lower-case word.
+		{200, "application/json", `{"ERROR":"invalid_grant","Error_Description":"code used"}`},
+		{200, "application/json", `{"\u0065rror":{"message":"dead token","code":190}}`},
 	} {
 		f.Add(c.status, c.ct, []byte(c.body))
 	}
@@ -48,6 +51,13 @@ func FuzzProviderResponseGuard(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, contentType string, body []byte) {
 		if status < 100 || status > 999 {
 			status = 200 + (status%800+800)%800
+		}
+		// The shortcut past bodies that cannot name an error changes no
+		// answer.
+		c1, d1, ok1 := anyShape(status, body)
+		c2, d2, ok2 := everyShape(status, body)
+		if c1 != c2 || d1 != d2 || ok1 != ok2 {
+			t.Fatalf("anyShape %q %q %v, everyShape %q %q %v", c1, d1, ok1, c2, d2, ok2)
 		}
 		desc, _ := json.Marshal("bad request: " + string(body) + " " + plantedSecret)
 		planted := []byte(`{"error":"invalid_request","error_description":` + string(desc) + `}`)

@@ -466,9 +466,9 @@ func parseCPU(spec string) ([]cpuMeter, error) {
 	return out, nil
 }
 
-// readCPU returns each meter's utime+stime in clock ticks; for postgres,
-// the sum over every process of that name (backends, walwriter,
-// checkpointer: all of it is the database's cost).
+// readCPU returns each meter's CPU in clock ticks; for postgres, the sum
+// over every process of that name (backends, walwriter, checkpointer:
+// all of it is the database's cost).
 func readCPU(meters []cpuMeter) []int64 {
 	out := make([]int64, len(meters))
 	for i, m := range meters {
@@ -487,9 +487,11 @@ func readCPU(meters []cpuMeter) []int64 {
 	return out
 }
 
-// procTicks reads utime and stime (fields 14 and 15) of /proc/<pid>/stat;
-// the command name before them may hold spaces, so fields are counted
-// from the closing parenthesis.
+// procTicks reads utime, stime, cutime and cstime (fields 14 to 17) of
+// /proc/<pid>/stat: the children's share counts the autovacuum workers
+// and backends that ended within the window, whose time the postmaster
+// reaped. The command name before them may hold spaces, so fields are
+// counted from the closing parenthesis.
 func procTicks(pid int) int64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -501,12 +503,15 @@ func procTicks(pid int) int64 {
 		return 0
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
+	if len(f) < 15 {
 		return 0
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + st
+	var sum int64
+	for _, field := range f[11:15] {
+		n, _ := strconv.ParseInt(field, 10, 64)
+		sum += n
+	}
+	return sum
 }
 
 func fail(err error) {
