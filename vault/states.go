@@ -150,7 +150,16 @@ func (s *States) Consume(ctx context.Context, db DB, state secret.Value) (Consum
 	var c ConsumedState
 	var verifier []byte
 	var live bool
-	err := db.QueryRow(ctx, `DELETE FROM oauth_states s WHERE state_hash = $1
+	// The DELETE commits without waiting for its WAL to reach the disk
+	// (synchronous_commit off, for this transaction only): a fsync is
+	// the larger part of what a commit costs PostgreSQL. What it could
+	// lose to a crash in the next fraction of a second is the removal of
+	// a state whose code is already spent, and the flow's next write
+	// (the store, or the failed connect's audit row) commits durably and
+	// so flushes it first. Taking the state once stays exact: a commit,
+	// synchronous or not, is visible to every other transaction at once.
+	err := db.QueryRow(ctx, `DELETE FROM oauth_states s
+		WHERE state_hash = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 		RETURNING user_id::text, platform, flow, code_verifier_encrypted, browser_binding,
 			coalesce(return_to, ''), redirect_uri, created_at, expires_at > now(),
 			coalesce((SELECT a.id::text FROM social_accounts a WHERE a.user_id = s.user_id AND a.platform = s.platform), '')`, hash).

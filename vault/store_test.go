@@ -321,6 +321,45 @@ func TestStateIsSingleUse(t *testing.T) {
 	}
 }
 
+// The consume commits without waiting for the disk, for its own
+// transaction only: the connection it ran on (a pooled one, shared with
+// every later statement) still commits durably, and the consume reads the
+// account row's id for the store.
+func TestConsumeLeavesTheConnectionDurable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	keys := mustKeyring(t, vault.KeyConfig{MasterKey: key(1)})
+	states, accounts := vault.NewStates(keys), vault.NewAccounts(keys)
+	acct, err := accounts.Upsert(ctx, conn, connection(alice, "twitter", "at", "rt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, user := range []string{alice, bob} {
+		st := secret.New(fmt.Sprintf("state-%d-%s", i, strings.Repeat("x", 40)))
+		if err := states.Create(ctx, conn, vault.NewState{State: st, UserID: user, Platform: "twitter",
+			RedirectURI: "http://localhost:8080/api/twitter/callback"}); err != nil {
+			t.Fatal(err)
+		}
+		c, err := states.Consume(ctx, conn, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var setting string
+		if err := conn.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "on" {
+			t.Fatalf("after a consume the connection's synchronous_commit is %q (%v), want on", setting, err)
+		}
+		if want := map[string]string{alice: acct.ID, bob: ""}[user]; c.AccountID != want {
+			t.Errorf("consume for %s read account id %q, want %q", user, c.AccountID, want)
+		}
+	}
+}
+
 func TestExpiredStateIsRefusedAndCleanedUp(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
