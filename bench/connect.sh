@@ -24,6 +24,7 @@
 #   ROUNDS=3 DURATION=10s CONC=8 bash bench/connect.sh
 #   COMPARE="before=/path/to/older/caddy" bash bench/connect.sh   # before/after in one run
 #   TARGETS="sandbox-inproc sandbox-apart" bash bench/connect.sh
+#   POOL_MAX_CONNS=4 bash bench/connect.sh   # credgate's pool size (default max(4, refresh_workers + 8))
 #   OAUTH2_PROXY=/path/to/oauth2-proxy bash bench/connect.sh
 #   (GOBIN=$PWD/bin go install github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.6)
 #
@@ -86,7 +87,7 @@ credgate_config() {
 {
 	admin off
 	credgate {
-		database_url $DATABASE_URL
+		database_url $DATABASE_URL${POOL_MAX_CONNS:+&pool_max_conns=$POOL_MAX_CONNS}
 		master_key $master_key
 		flags static 100
 		background off

@@ -248,19 +248,18 @@ func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt 
 	if err != nil {
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
 	}
-	args := []any{id, c.UserID, c.Platform, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
-		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia}
-	sql := `WITH account AS (` + connectUpsert + `)`
+	args := make([]any, 0, 20)
+	args = append(args, id, c.UserID, c.Platform, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
+		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia)
+	sql := storeConnectSQL
 	if !jobAt.IsZero() {
-		sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", len(args)+1)) + `)`
+		sql = storeConnectWithJobSQL
 		args = append(args, jobAt)
 	}
 	e := audit(id)
 	if e.TraceID == "" {
 		e.TraceID = TraceID(ctx)
 	}
-	sql += `, audited AS (` + auditInsertFrom("account", len(args)+1) + `)
-		SELECT ` + accountColumns + ` FROM account`
 	args = append(args, e.args()...)
 	acct, err := scanAccount(db.QueryRow(ctx, sql, args...))
 	if errors.Is(err, pgx.ErrNoRows) { // the row is not the one sealed for
@@ -275,6 +274,23 @@ func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt 
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
 	}
 	return acct, nil
+}
+
+// storeConnectSQL and storeConnectWithJobSQL are StoreConnect's statement
+// without and with the refresh job: connectUpsert's ten parameters, the
+// job's run time ($11, with the job), then the audit event's.
+var storeConnectSQL, storeConnectWithJobSQL = storeConnectStatement(false), storeConnectStatement(true)
+
+func storeConnectStatement(withJob bool) string {
+	const upsertParams = 10
+	sql := `WITH account AS (` + connectUpsert + `)`
+	next := upsertParams + 1
+	if withJob {
+		sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", next)) + `)`
+		next++
+	}
+	return sql + `, audited AS (` + auditInsertFrom("account", next) + `)
+		SELECT ` + accountColumns + ` FROM account`
 }
 
 // connectUpsert writes a connect's credential on the (user, platform) row

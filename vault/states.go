@@ -104,6 +104,10 @@ const stateInsert = `INSERT INTO oauth_states
 			(state_hash, user_id, platform, flow, code_verifier_encrypted, browser_binding, return_to, redirect_uri, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + $9::interval)`
 
+// stateInsertAudited is stateInsert whose row feeds the audit row's
+// INSERT; the event's values follow stateInsert's nine.
+var stateInsertAudited = `WITH state AS (` + stateInsert + ` RETURNING 1) ` + auditInsertFrom("state", 10)
+
 func (s *States) create(ctx context.Context, db DB, n NewState, audit *Event) error {
 	if n.State.IsZero() || n.UserID == "" || n.Platform == "" || n.RedirectURI == "" {
 		return errors.New("creating oauth state: state, user, platform and redirect URI are required")
@@ -127,10 +131,11 @@ func (s *States) create(ctx context.Context, db DB, n NewState, audit *Event) er
 	if !n.BrowserBinding.IsZero() {
 		binding = HashState(n.BrowserBinding)
 	}
-	args := []any{hash, n.UserID, n.Platform, n.Flow, verifier, binding, n.ReturnTo, n.RedirectURI, n.TTL}
+	args := make([]any, 0, 18)
+	args = append(args, hash, n.UserID, n.Platform, n.Flow, verifier, binding, n.ReturnTo, n.RedirectURI, n.TTL)
 	sql := stateInsert
 	if audit != nil {
-		sql = `WITH state AS (` + stateInsert + ` RETURNING 1) ` + auditInsertFrom("state", len(args)+1)
+		sql = stateInsertAudited
 		args = append(args, audit.args()...)
 	}
 	if _, err := db.Exec(ctx, sql, args...); err != nil {

@@ -377,10 +377,12 @@ func serveProvider(addr, clientID, secret string) error {
 	}
 	m.ClientID, m.ClientSecret = clientID, secret
 	var serial sync.Mutex
+	served := map[string]int{} // requests by path, printed on the way out
 	if err := m.AddMiddleware(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			serial.Lock()
 			defer serial.Unlock()
+			served[r.URL.Path]++
 			next.ServeHTTP(w, r)
 		})
 	}); err != nil {
@@ -399,6 +401,9 @@ func serveProvider(addr, clientID, secret string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()
+	serial.Lock()
+	defer serial.Unlock()
+	fmt.Printf("mockoidc served %v\n", served)
 	return nil
 }
 
