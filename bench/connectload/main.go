@@ -57,6 +57,7 @@ func main() {
 	jwtCookie := flag.String("jwt-cookie", "sb-access-token", "the cookie that carries the session JWT")
 	conc := flag.Int("c", 8, "concurrent flows")
 	dur := flag.Duration("d", 10*time.Second, "how long to measure")
+	flows := flag.Int64("flows", 0, "measure this many flows instead of for -d")
 	cpu := flag.String("cpu", "", "processes whose CPU to report per flow: name=pid,… (pid may be a pid file); name=postgres sums every process named postgres")
 	label := flag.String("label", "", "a label copied into the output")
 	summarize := flag.String("summarize", "", "instead of measuring: summarize this file of result lines (median per label, ratios against -baseline)")
@@ -95,7 +96,7 @@ func main() {
 	if err := run(); err != nil {
 		fail(fmt.Errorf("warm-up flow: %w", err))
 	}
-	res := measure(run, *conc, *dur, meters)
+	res := measure(run, *conc, *dur, *flows, meters)
 	res.Label = *label
 	json.NewEncoder(os.Stdout).Encode(res)
 	if res.Flows == 0 {
@@ -115,19 +116,25 @@ type result struct {
 	CPUms       map[string]float64 `json:"cpu_ms_per_flow,omitempty"`
 }
 
-func measure(run func() error, conc int, dur time.Duration, meters []cpuMeter) result {
+func measure(run func() error, conc int, dur time.Duration, flows int64, meters []cpuMeter) result {
 	before := readCPU(meters)
-	var ok, failed atomic.Int64
+	var ok, failed, taken atomic.Int64
 	var firstErr atomic.Value
 	var mu sync.Mutex
 	var lat []time.Duration
 	deadline := time.Now().Add(dur)
+	more := func() bool {
+		if flows > 0 {
+			return taken.Add(1) <= flows
+		}
+		return time.Now().Before(deadline)
+	}
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for range conc {
 		wg.Go(func() {
 			var mine []time.Duration
-			for time.Now().Before(deadline) {
+			for more() {
 				t := time.Now()
 				if err := run(); err != nil {
 					failed.Add(1)
