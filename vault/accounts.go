@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/credgate/credgate/secret"
 )
@@ -232,10 +234,11 @@ func (s *Accounts) UpsertWith(ctx context.Context, db DB, c Connection, queue fu
 //
 // It is one statement, so one round trip and its own transaction: the
 // blob is sealed for c.KnownID, or for a new id when the row did not
-// exist, and the statement writes only if the row still has that id. When
-// it does not (the row appeared, or was replaced, since it was seen), the
-// row is locked and read first, and sealed for again (UpsertWith): more
-// round trips, the same all or nothing.
+// exist, and the statement writes only if the row has that id. When it
+// does not (the row appeared, or was replaced, since it was seen, or a
+// trigger of the app's gave a new row an id of its own), the row is
+// locked and read first, and sealed for again (UpsertWith): more round
+// trips, the same all or nothing.
 func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt time.Time, audit func(accountID string) Event) (Account, error) {
 	if c.ConnectedVia == "" {
 		c.ConnectedVia = FlowCredgate
@@ -261,8 +264,9 @@ func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt 
 		e.TraceID = TraceID(ctx)
 	}
 	args = append(args, e.args()...)
-	acct, err := scanAccount(db.QueryRow(ctx, sql, args...))
-	if errors.Is(err, pgx.ErrNoRows) { // the row is not the one sealed for
+	var sameID bool
+	acct, err := scanAccountWith(db.QueryRow(ctx, sql, args...), &sameID)
+	if errors.Is(err, pgx.ErrNoRows) || tookAnotherID(err) { // the row is not the one sealed for
 		return s.UpsertWith(ctx, db, c, func(b *pgx.Batch, id string) {
 			if !jobAt.IsZero() {
 				RefreshQueue{}.QueueScheduleCurrent(b, id, jobAt)
@@ -289,8 +293,24 @@ func storeConnectStatement(withJob bool) string {
 		sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", next)) + `)`
 		next++
 	}
+	// The row must have the id the blob was sealed for. A trigger of the
+	// app's could give a new row another one; then the statement fails
+	// (the cast below raises, at run time only, as it depends on the row)
+	// and writes nothing, and StoreConnect takes the slow path.
 	return sql + `, audited AS (` + auditInsertFrom("account", next) + `)
-		SELECT ` + accountColumns + ` FROM account`
+		SELECT ` + accountColumns + `,
+			CASE WHEN id = $1::uuid THEN true ELSE (id::text || '` + anotherIDMark + `')::boolean END
+		FROM account`
+}
+
+// anotherIDMark is in the error of a store whose row took another id.
+const anotherIDMark = " credgate: the row took another id"
+
+// tookAnotherID reports whether err is the store's refusal of a row that
+// took another id than the one sealed for.
+func tookAnotherID(err error) bool {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	return ok && pgErr.Code == "22P02" && strings.Contains(pgErr.Message, strings.TrimSpace(anotherIDMark))
 }
 
 // connectUpsert writes a connect's credential on the (user, platform) row

@@ -157,12 +157,16 @@ func (s *States) Consume(ctx context.Context, db DB, state secret.Value) (Consum
 	var live bool
 	// The DELETE commits without waiting for its WAL to reach the disk
 	// (synchronous_commit off, for this transaction only): a fsync is
-	// the larger part of what a commit costs PostgreSQL. What it could
-	// lose to a crash in the next fraction of a second is the removal of
-	// a state whose code is already spent, and the flow's next write
-	// (the store, or the failed connect's audit row) commits durably and
-	// so flushes it first. Taking the state once stays exact: a commit,
+	// the larger part of what a commit costs PostgreSQL. What a crash in
+	// the next fraction of a second could lose is the removal of a state
+	// whose callback already came: the row would come back, still bound
+	// to that user and browser, until it expires (its code is usually
+	// spent by then). The flow's next write (the store, or the failed
+	// connect's audit row) commits durably and so flushes it first. Taking the state once stays exact: a commit,
 	// synchronous or not, is visible to every other transaction at once.
+	// Called inside a caller's transaction (db a pgx.Tx), it would make
+	// that whole transaction's commit asynchronous: the callback calls it
+	// on the pool, on its own.
 	err := db.QueryRow(ctx, `DELETE FROM oauth_states s
 		WHERE state_hash = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
 		RETURNING user_id::text, platform, flow, code_verifier_encrypted, browser_binding,

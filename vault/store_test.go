@@ -647,3 +647,36 @@ func TestCreateAuditedIsAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An app's table may give a new row an id of its own (a trigger, say):
+// the one statement then writes nothing, since its blob was sealed for
+// the id it chose, and the store falls back to reading the row's id
+// first. The credential opens, and its job and audit row name that row.
+func TestStoreConnectWhenTheAppRewritesTheRowID(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	pool := pgtest.Pool(t, url)
+	pgtest.Exec(t, url, `CREATE FUNCTION app_ids() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN NEW.id := gen_random_uuid(); RETURN NEW; END $$;
+		CREATE TRIGGER app_ids BEFORE INSERT ON social_accounts FOR EACH ROW EXECUTE FUNCTION app_ids()`)
+	accounts := vault.NewAccounts(mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}))
+	jobAt := time.Now().Add(time.Hour)
+	acct, err := accounts.StoreConnect(ctx, pool, connection(alice, "twitter", "at-1", "rt-1"), jobAt, func(id string) vault.Event {
+		return vault.Event{UserID: alice, Platform: "twitter", Action: vault.ActionConnect, Details: map[string]any{"account_id": id}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, creds, err := accounts.Get(ctx, pool, alice, "twitter")
+	if err != nil || creds.AccessToken.Reveal() != "at-1" || got.ID != acct.ID {
+		t.Fatalf("get: %v %q (row %s, stored %s)", err, creds.AccessToken.Reveal(), got.ID, acct.ID)
+	}
+	var rows, jobs, audited int
+	pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM social_accounts),
+		(SELECT count(*) FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id AND q.credentials_version = a.credentials_version),
+		(SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND details->>'account_id' = $1)`, acct.ID).Scan(&rows, &jobs, &audited)
+	if rows != 1 || jobs != 1 || audited != 1 {
+		t.Fatalf("%d rows, %d jobs for the row's version, %d audit rows naming it; want 1 each", rows, jobs, audited)
+	}
+}
