@@ -171,16 +171,24 @@ func TestGenericIDTokenNotForThisClientFallsBackToUserinfo(t *testing.T) {
 	for _, tc := range []struct {
 		name, idToken, wantID string
 		wantUserinfo          int64
+		tokenURL              string // default: the test server's (loopback)
 	}{
-		{"good", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "exp": future, "preferred_username": "ann"}), "tok-1", 0},
-		{"numeric id", sign(jwt.MapClaims{"sub": 12345678901234, "aud": []string{client}, "exp": future, "preferred_username": "ann"}), "12345678901234", 0},
-		{"another client", sign(jwt.MapClaims{"sub": "tok-1", "aud": "client-b", "exp": future, "preferred_username": "ann"}), "from-userinfo", 1},
-		{"two audiences without azp", sign(jwt.MapClaims{"sub": "tok-1", "aud": []string{client, "client-b"}, "exp": future, "preferred_username": "ann"}), "from-userinfo", 1},
-		{"two audiences, azp this client", sign(jwt.MapClaims{"sub": "tok-1", "aud": []string{client, "client-b"}, "azp": client, "exp": future, "preferred_username": "ann"}), "tok-1", 0},
-		{"expired", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "exp": past, "preferred_username": "ann"}), "from-userinfo", 1},
-		{"no expiry", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "preferred_username": "ann"}), "from-userinfo", 1},
-		{"no sub", sign(jwt.MapClaims{"aud": client, "exp": future, "preferred_username": "ann"}), "from-userinfo", 1},
-		{"not a JWT", "not-a-jwt", "from-userinfo", 1},
+		{"good", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "exp": future, "preferred_username": "ann"}), "tok-1", 0, ""},
+		{"over TLS", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "exp": future, "preferred_username": "ann"}), "tok-1", 0, "https://sso.example/token"},
+		// Over plain HTTP to another host, the answer may have been
+		// changed on the way: only a signature would vouch for the token.
+		{"plain HTTP to another host", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "exp": future, "preferred_username": "ann"}), "from-userinfo", 1, "http://sso.example/token"},
+		{"numeric id", sign(jwt.MapClaims{"sub": 12345678901234, "aud": []string{client}, "exp": future, "preferred_username": "ann"}), "12345678901234", 0, ""},
+		{"numeric id past 2^53", sign(jwt.MapClaims{"sub": json.Number("12345678901234567890"), "aud": client, "exp": future, "preferred_username": "ann"}), "12345678901234567890", 0, ""},
+		{"id neither string nor number", sign(jwt.MapClaims{"sub": true, "aud": client, "exp": future, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"azp another client", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "azp": "client-b", "exp": future, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"another client", sign(jwt.MapClaims{"sub": "tok-1", "aud": "client-b", "exp": future, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"two audiences without azp", sign(jwt.MapClaims{"sub": "tok-1", "aud": []string{client, "client-b"}, "exp": future, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"two audiences, azp this client", sign(jwt.MapClaims{"sub": "tok-1", "aud": []string{client, "client-b"}, "azp": client, "exp": future, "preferred_username": "ann"}), "tok-1", 0, ""},
+		{"expired", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "exp": past, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"no expiry", sign(jwt.MapClaims{"sub": "tok-1", "aud": client, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"no sub", sign(jwt.MapClaims{"aud": client, "exp": future, "preferred_username": "ann"}), "from-userinfo", 1, ""},
+		{"not a JWT", "not-a-jwt", "from-userinfo", 1, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -196,9 +204,19 @@ func TestGenericIDTokenNotForThisClientFallsBackToUserinfo(t *testing.T) {
 				}
 			}))
 			defer srv.Close()
+			tokenURL := srv.URL + "/token"
+			if tc.tokenURL != "" {
+				tokenURL = tc.tokenURL
+			}
+			// Every request reaches the test server, whatever host and
+			// scheme its URL names.
+			toServer := transportFunc(func(r *http.Request) (*http.Response, error) {
+				r.URL.Scheme, r.URL.Host = "http", srv.Listener.Addr().String()
+				return http.DefaultTransport.RoundTrip(r)
+			})
 			p, err := oauth.New("generic", oauth.Config{
 				ClientID: client, ClientSecret: secret.New("s"), RedirectURL: "http://127.0.0.1:1/callback",
-				AuthURL: srv.URL + "/authorize", TokenURL: srv.URL + "/token",
+				AuthURL: srv.URL + "/authorize", TokenURL: tokenURL, Transport: toServer,
 				Generic: oauth.GenericSettings{UserinfoURL: srv.URL + "/userinfo"},
 			})
 			if err != nil {
@@ -214,3 +232,7 @@ func TestGenericIDTokenNotForThisClientFallsBackToUserinfo(t *testing.T) {
 		})
 	}
 }
+
+type transportFunc func(*http.Request) (*http.Response, error)
+
+func (f transportFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

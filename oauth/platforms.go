@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -326,6 +327,9 @@ func generic(g GenericSettings) Profile {
 	// exchange: read there, the identity costs no request to userinfo
 	// (which, for OIDC, must give the same sub).
 	p.identifyIDToken = func(pr *Provider, raw string) (Identity, bool) {
+		if !trustedChannel(pr.profile.TokenURL) {
+			return Identity{}, false
+		}
 		claims, ok := idTokenClaims(raw, pr.cfg.ClientID, pr.now())
 		if !ok {
 			return Identity{}, false
@@ -376,24 +380,44 @@ func generic(g GenericSettings) Profile {
 	return p
 }
 
+// trustedChannel reports whether a token endpoint's answers may stand in
+// for a signature: over TLS, or on this host.
+func trustedChannel(tokenURL string) bool {
+	u, err := url.Parse(tokenURL)
+	if err != nil {
+		return false
+	}
+	if u.Scheme == "https" {
+		return true
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return host == "localhost"
+}
+
 // idTokenClaims returns the claims of an OIDC ID token received from the
 // token endpoint, if it was issued to clientID and has not expired. Its
 // signature is not checked: the token came straight from the token
-// endpoint, over the connection the client authenticated on, and OIDC
-// Core §3.1.3.7 (6) lets that connection's TLS stand in for the
-// signature. A token that is malformed, for another client or expired is
-// not an error here: the caller asks userinfo instead.
+// endpoint, over the TLS connection the client authenticated on, and OIDC
+// Core §3.1.3.7 (6) lets that connection stand in for the signature. A
+// token that is malformed, for another client or expired is not an error
+// here: the caller asks userinfo instead. Numbers stay json.Number, so a
+// numeric id keeps every digit.
 func idTokenClaims(raw, clientID string, now time.Time) (jwt.MapClaims, bool) {
 	claims := jwt.MapClaims{}
-	if _, _, err := jwt.NewParser().ParseUnverified(raw, claims); err != nil {
+	if _, _, err := jwt.NewParser(jwt.WithJSONNumber()).ParseUnverified(raw, claims); err != nil {
 		return nil, false
 	}
 	aud, err := claims.GetAudience()
 	if err != nil || !slices.Contains(aud, clientID) {
 		return nil, false
 	}
-	// With more than one audience, azp names the client it was for.
-	if azp, _ := claims["azp"].(string); len(aud) > 1 && azp != clientID {
+	// azp, when present, names the client the token was for (required
+	// with more than one audience).
+	azp, hasAZP := claims["azp"].(string)
+	if (hasAZP || len(aud) > 1) && azp != clientID {
 		return nil, false
 	}
 	exp, err := claims.GetExpirationTime()
@@ -403,17 +427,17 @@ func idTokenClaims(raw, clientID string, now time.Time) (jwt.MapClaims, bool) {
 	return claims, true
 }
 
-// claimString is a JSON value as text: strings as they are, numbers
-// without an exponent (an id of 12345678901 must not read 1.2345678901e+10).
+// claimString is a JSON string or number as text, every digit kept (an
+// id of 12345678901 must not read 1.2345678901e+10); anything else
+// (absent, null, true, an object) is "", not an id.
 func claimString(m map[string]any, key string) string {
 	switch v := m[key].(type) {
-	case nil:
-		return ""
 	case string:
 		return v
+	case json.Number:
+		return v.String()
 	case float64:
 		return strconv.FormatFloat(v, 'f', -1, 64)
-	default:
-		return fmt.Sprint(v)
 	}
+	return ""
 }
