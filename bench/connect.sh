@@ -24,7 +24,7 @@
 #   ROUNDS=3 DURATION=10s CONC=8 bash bench/connect.sh
 #   COMPARE="before=/path/to/older/caddy" bash bench/connect.sh   # before/after in one run
 #   TARGETS="sandbox-inproc sandbox-apart" bash bench/connect.sh
-#   POOL_MAX_CONNS=4 bash bench/connect.sh   # credgate's pool size (default max(4, refresh_workers + 8))
+#   POOL_MAX_CONNS=4 bash bench/connect.sh   # credgate's pool size (default refresh_workers + 8, at least max(4, cores))
 #   OAUTH2_PROXY=/path/to/oauth2-proxy bash bench/connect.sh
 #   (GOBIN=$PWD/bin go install github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.6)
 #
@@ -51,7 +51,7 @@ pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   [[ -n ${KEEP:-} ]] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -227,6 +227,10 @@ measure() { # target
 
 if [[ -n ${TARGETS:-} ]]; then # a subset, in the order given
   read -r -a targets <<<"$TARGETS"
+  for t in "${targets[@]}"; do
+    [[ -n ${start_url[$t]:-} || ($t == mockoidc-only && -n $OAUTH2_PROXY) ]] ||
+      die "TARGETS: no target $t here (mockoidc-only, oauth2-proxy and credgate-oidc need OAUTH2_PROXY)"
+  done
 fi
 echo "targets: ${targets[*]}; $ROUNDS rounds of $DURATION at $CONC concurrent flows; $(nproc) cores" >&2
 for t in "${targets[@]}"; do measure "$t" >/dev/null || die "$t: the warm-up failed (logs in $work)"; done # warm-up

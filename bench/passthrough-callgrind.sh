@@ -26,7 +26,7 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || die
 
 work=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [[ -n ${KEEP:-} ]] || rm -rf "$work"; }
 trap cleanup EXIT
 
 # Only ports nobody answers on: Caddy shares a taken port silently.
@@ -67,34 +67,37 @@ CADDY
   echo "}"
 }
 
-# count <with|without>: instructions per request, from one run.
+# count <variable> <with|without>: sets variable to the instructions per
+# request of one run. (Not in a $(…): set -e would not stop it there.)
 count() {
-  local port out pid
+  local port out pid ready=""
   take_port port
-  config "$port" "$1" >"$work/$1.Caddyfile"
-  out=$work/$1.$port.callgrind
+  config "$port" "$2" >"$work/$2.Caddyfile"
+  out=$work/$2.$port.callgrind
   GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "$CADDY_BIN" run --config "$work/$1.Caddyfile" --adapter caddyfile >"$work/$1.$port.log" 2>&1 &
+    "$CADDY_BIN" run --config "$work/$2.Caddyfile" --adapter caddyfile >"$work/$2.$port.log" 2>&1 &
   pid=$!
+  pids+=("$pid")
   for _ in $(seq 1 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
-    kill -0 "$pid" 2>/dev/null || die "Caddy under valgrind exited (see $work/$1.$port.log)"
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && { ready=1; break; }
+    kill -0 "$pid" 2>/dev/null || die "Caddy under valgrind exited (see $work/$2.$port.log)"
     sleep 0.2
   done
-  curl -s -o /dev/null "http://127.0.0.1:$port/warm/[1-200]"
+  [[ -n $ready ]] || die "Caddy under valgrind did not answer on $port within 2 minutes"
+  curl -sf -o /dev/null "http://127.0.0.1:$port/warm/[1-200]"
   callgrind_control -i on "$pid" >/dev/null
-  curl -s -o /dev/null "http://127.0.0.1:$port/some/page?n=[1-$REQUESTS]"
+  curl -sf -o /dev/null "http://127.0.0.1:$port/some/page?n=[1-$REQUESTS]"
   callgrind_control -i off "$pid" >/dev/null
   kill -INT "$pid"
   wait "$pid" 2>/dev/null || true
   local total
   total=$(awk '/^totals:/ {print $2; exit}' "$out")
-  [[ -n $total ]] || die "no instruction count in $out"
-  echo $((total / REQUESTS))
+  [[ $total -gt 0 ]] || die "no instruction count in $out"
+  printf -v "$1" %d $((total / REQUESTS))
 }
 
 printf '%-8s %-16s %-16s %s\n' round with without ratio
 for r in $(seq 1 "$ROUNDS"); do
-  if ((r % 2)); then a=$(count with); b=$(count without); else b=$(count without); a=$(count with); fi
+  if ((r % 2)); then count a with; count b without; else count b without; count a with; fi
   printf '%-8s %-16s %-16s %s\n' "$r" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.4f", a / b}')"
 done

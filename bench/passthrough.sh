@@ -15,6 +15,16 @@ CADDY_BIN=${CADDY_BIN:-bin/caddy}
 [[ -x $CADDY_BIN ]] || make build >/dev/null
 go build -o bin/loadgen ./bench/loadgen
 
+# Only ports nobody answers on: Caddy binds with SO_REUSEPORT, so a taken
+# port would not fail, and another server would get half the requests.
+next_port=${BENCH_PORT_BASE:-18090}
+take_port() {
+  while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do next_port=$((next_port + 1)); done
+  printf -v "$1" %d "$next_port"
+  next_port=$((next_port + 1))
+}
+take_port up; take_port with; take_port without
+
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
@@ -24,7 +34,7 @@ cat >"$work/upstream.Caddyfile" <<CADDY
 {
 	admin off
 }
-:18090 {
+:$up {
 	respond "hello from the app" 200
 }
 CADDY
@@ -40,19 +50,19 @@ cat <<CADDY
 CADDY
 }
 { common; cat <<CADDY; } >"$work/with.Caddyfile"
-:18091 {
+:$with {
 	credgate {
-		public_origin http://127.0.0.1:18091
+		public_origin http://127.0.0.1:$with
 		identity {
 			jwt_secret bench-only-secret-bench-only-secret-0000
 		}
 	}
-	reverse_proxy 127.0.0.1:18090
+	reverse_proxy 127.0.0.1:$up
 }
 CADDY
 { common; cat <<CADDY; } >"$work/without.Caddyfile"
-:18092 {
-	reverse_proxy 127.0.0.1:18090
+:$without {
+	reverse_proxy 127.0.0.1:$up
 }
 CADDY
 
@@ -60,22 +70,22 @@ for cfg in upstream with without; do
   "$CADDY_BIN" run --config "$work/$cfg.Caddyfile" --adapter caddyfile >"$work/$cfg.log" 2>&1 &
   pids+=($!)
 done
-for port in 18090 18091 18092; do
+for port in $up $with $without; do
   for _ in $(seq 1 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
 done
 
 run() { bin/loadgen -url "http://127.0.0.1:$1/some/page" -c "$CONNS" -d "$DURATION"; }
-run 18091 >/dev/null; run 18092 >/dev/null # warm-up
+run $with >/dev/null; run $without >/dev/null # warm-up
 : >"$work/results"
 # Alternate which side goes first, so neither always runs on a warmer or
 # cooler machine.
 for r in $(seq 1 "$ROUNDS"); do
   if (( r % 2 )); then
-    echo "with $(run 18091)" >>"$work/results"
-    echo "without $(run 18092)" >>"$work/results"
+    echo "with $(run $with)" >>"$work/results"
+    echo "without $(run $without)" >>"$work/results"
   else
-    echo "without $(run 18092)" >>"$work/results"
-    echo "with $(run 18091)" >>"$work/results"
+    echo "without $(run $without)" >>"$work/results"
+    echo "with $(run $with)" >>"$work/results"
   fi
 done
 
