@@ -166,87 +166,74 @@ func (s *Accounts) open(blob []byte, id, userID, platform string) (Credentials, 
 // plaintext tokens on the row are left alone: the unchanged app may still
 // use them until they expire, and plaintext is cleared only by an explicit
 // purge (DESIGN §4). Backfill never touches rows credgate connected.
+// StoreConnect is the same write with the connect's refresh job and audit
+// row.
 func (s *Accounts) Upsert(ctx context.Context, db DB, c Connection) (Account, error) {
-	return s.UpsertWith(ctx, db, c, nil)
-}
-
-// UpsertWith is Upsert with more statements sent in the same round trip
-// as the row's UPDATE: with queues (the connect's refresh job and audit
-// row, which need only the row id), storing costs two round trips inside
-// the caller's transaction instead of four. A queued statement that fails
-// fails the whole, in the same transaction.
-func (s *Accounts) UpsertWith(ctx context.Context, db DB, c Connection, queue func(b *pgx.Batch, id string)) (Account, error) {
-	if c.ConnectedVia == "" {
-		c.ConnectedVia = FlowCredgate
-	}
-	var acct Account
-	// Inside the caller's transaction (the connect path), no savepoint of
-	// its own: the caller rolls back the whole on any error, and a
-	// savepoint costs two round trips.
-	inTx := func(fn func(pgx.Tx) error) error {
-		if tx, ok := db.(pgx.Tx); ok {
-			return fn(tx)
-		}
-		return InTx(ctx, db, fn)
-	}
-	err := inTx(func(tx pgx.Tx) error {
-		// Lock or create the row first: the blob is bound to the row id,
-		// which a new row only has once inserted.
-		var id string
-		err := tx.QueryRow(ctx, `INSERT INTO social_accounts (user_id, platform) VALUES ($1, $2)
-			ON CONFLICT (user_id, platform) DO UPDATE SET updated_at = social_accounts.updated_at
-			RETURNING id::text`, c.UserID, c.Platform).Scan(&id)
-		if err != nil {
-			return fmt.Errorf("locking account: %w", err)
-		}
-		blob, err := s.seal(c.Credentials, id, c.UserID, c.Platform)
-		if err != nil {
-			return err
-		}
-		b := &pgx.Batch{}
-		b.Queue(`UPDATE social_accounts SET
-				credentials_encrypted = $2, credentials_key_id = $3, credentials_version = credentials_version + 1,
-				status = 'connected', expires_at = $4, scopes = $5, platform_user_id = $6, username = $7,
-				connected_via = $8, last_refreshed_at = NULL, updated_at = now()
-			WHERE id = $1 RETURNING `+accountColumns,
-			id, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry), c.Scopes,
-			c.PlatformUserID, c.Username, c.ConnectedVia)
-		if queue != nil {
-			queue(b, id)
-		}
-		br := tx.SendBatch(ctx, b)
-		acct, err = scanAccount(br.QueryRow())
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	})
-	if err != nil {
-		return Account{}, fmt.Errorf("storing credentials: %w", err)
-	}
-	return acct, nil
+	return s.store(ctx, db, c, time.Time{}, nil)
 }
 
 // StoreConnect stores what a finished connect keeps, all or nothing: the
-// credential on the (user, platform) row, encrypted and bound to the row;
-// the refresh job for the version it wrote, due at jobAt (none when jobAt
-// is zero); and the audit row audit returns for the row's id.
-//
-// It is one statement, so one round trip and its own transaction: the
-// blob is sealed for c.KnownID, or for a new id when the row did not
-// exist, and the statement writes only if the row has that id. When it
-// does not (the row appeared, or was replaced, since it was seen, or a
-// trigger of the app's gave a new row an id of its own), the row is
-// locked and read first, and sealed for again (UpsertWith): more round
-// trips, the same all or nothing.
+// credential on the (user, platform) row, as Upsert does; the refresh job
+// for the version it wrote, due at jobAt (none when jobAt is zero); and
+// the audit row audit returns for the row's id.
 func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt time.Time, audit func(accountID string) Event) (Account, error) {
+	return s.store(ctx, db, c, jobAt, audit)
+}
+
+// store is Upsert and StoreConnect. The write is one statement, so one
+// round trip and its own transaction: the blob is sealed for c.KnownID,
+// or for a new id when the row did not exist, and the statement writes
+// only if the row has that id. When it does not (the row appeared, or was
+// replaced, since it was seen, or a trigger of the app's gave a new row an
+// id of its own), the row is locked or created first, in a transaction,
+// to learn its id, and the same statement writes for it: more round
+// trips, the same all or nothing. Inside a caller's transaction (db a
+// pgx.Tx), where a failed statement would abort the caller's work, it
+// locks first at once, without a savepoint of its own.
+func (s *Accounts) store(ctx context.Context, db DB, c Connection, jobAt time.Time, audit func(accountID string) Event) (Account, error) {
 	if c.ConnectedVia == "" {
 		c.ConnectedVia = FlowCredgate
 	}
-	id := c.KnownID
-	if id == "" {
-		id = uuid.NewString()
+	tx, inCallersTx := db.(pgx.Tx)
+	if !inCallersTx {
+		id := c.KnownID
+		if id == "" {
+			id = uuid.NewString()
+		}
+		acct, err := s.write(ctx, db, c, id, jobAt, audit)
+		if !errors.Is(err, errAnotherID) {
+			return acct, err
+		}
 	}
+	locked := func(tx pgx.Tx) (acct Account, err error) {
+		// The blob is bound to the row id, which a new row only has once
+		// inserted.
+		var id string
+		err = tx.QueryRow(ctx, `INSERT INTO social_accounts (user_id, platform) VALUES ($1, $2)
+			ON CONFLICT (user_id, platform) DO UPDATE SET updated_at = social_accounts.updated_at
+			RETURNING id::text`, c.UserID, c.Platform).Scan(&id)
+		if err != nil {
+			return Account{}, fmt.Errorf("storing credentials: locking account: %w", err)
+		}
+		return s.write(ctx, tx, c, id, jobAt, audit)
+	}
+	if inCallersTx {
+		return locked(tx)
+	}
+	var acct Account
+	err := InTx(ctx, db, func(tx pgx.Tx) (err error) {
+		acct, err = locked(tx)
+		return err
+	})
+	return acct, err
+}
+
+// errAnotherID is write's answer when the row does not have the id the
+// blob was sealed for; nothing was written.
+var errAnotherID = errors.New("the account row has another id than the one sealed for")
+
+// write seals c's credentials for row id and runs the store statement.
+func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jobAt time.Time, audit func(accountID string) Event) (Account, error) {
 	blob, err := s.seal(c.Credentials, id, c.UserID, c.Platform)
 	if err != nil {
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
@@ -254,25 +241,20 @@ func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt 
 	args := make([]any, 0, 20)
 	args = append(args, id, c.UserID, c.Platform, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
 		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia)
-	sql := storeConnectSQL
-	if !jobAt.IsZero() {
-		sql = storeConnectWithJobSQL
+	withJob := !jobAt.IsZero()
+	if withJob {
 		args = append(args, jobAt)
 	}
-	e := audit(id)
-	if e.TraceID == "" {
-		e.TraceID = TraceID(ctx)
+	if audit != nil {
+		e := audit(id)
+		if e.TraceID == "" {
+			e.TraceID = TraceID(ctx)
+		}
+		args = append(args, e.args()...)
 	}
-	args = append(args, e.args()...)
-	var sameID bool
-	acct, err := scanAccountWith(db.QueryRow(ctx, sql, args...), &sameID)
-	if errors.Is(err, pgx.ErrNoRows) || tookAnotherID(err) { // the row is not the one sealed for
-		return s.UpsertWith(ctx, db, c, func(b *pgx.Batch, id string) {
-			if !jobAt.IsZero() {
-				RefreshQueue{}.QueueScheduleCurrent(b, id, jobAt)
-			}
-			Audit{}.Queue(ctx, b, audit(id))
-		})
+	acct, err := scanAccount(db.QueryRow(ctx, storeSQL[storeVariant{withJob, audit != nil}], args...))
+	if errors.Is(err, pgx.ErrNoRows) || tookAnotherID(err) {
+		return Account{}, errAnotherID
 	}
 	if err != nil {
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
@@ -280,28 +262,34 @@ func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt 
 	return acct, nil
 }
 
-// storeConnectSQL and storeConnectWithJobSQL are StoreConnect's statement
-// without and with the refresh job: connectUpsert's ten parameters, the
-// job's run time ($11, with the job), then the audit event's.
-var storeConnectSQL, storeConnectWithJobSQL = storeConnectStatement(false), storeConnectStatement(true)
+// storeVariant is which of the store statement's parts are in.
+type storeVariant struct{ job, audit bool }
 
-func storeConnectStatement(withJob bool) string {
-	const upsertParams = 10
-	sql := `WITH account AS (` + connectUpsert + `)`
-	next := upsertParams + 1
-	if withJob {
-		sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", next)) + `)`
-		next++
+// storeSQL is the store statement, built once per variant: credentialUpsert's
+// ten parameters, then the job's run time (with the job), then the audit
+// event's (with the audit row). The job and the audit row are written
+// from the upserted row, so all three are written or none.
+var storeSQL = func() map[storeVariant]string {
+	out := map[storeVariant]string{}
+	for _, v := range []storeVariant{{false, false}, {true, false}, {false, true}, {true, true}} {
+		sql := `WITH account AS (` + credentialUpsert + `)`
+		next := 11
+		if v.job {
+			sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", next)) + `)`
+			next++
+		}
+		if v.audit {
+			sql += `, audited AS (` + auditInsertFrom("account", next) + `)`
+		}
+		// The row must have the id the blob was sealed for. A trigger of
+		// the app's could give a new row another one; then the cast
+		// below raises (at run time only, as it depends on the row) and
+		// the statement writes nothing.
+		out[v] = sql + ` SELECT ` + accountColumns + ` FROM account
+			WHERE CASE WHEN id = $1::uuid THEN true ELSE (id::text || '` + anotherIDMark + `')::boolean END`
 	}
-	// The row must have the id the blob was sealed for. A trigger of the
-	// app's could give a new row another one; then the statement fails
-	// (the cast below raises, at run time only, as it depends on the row)
-	// and writes nothing, and StoreConnect takes the slow path.
-	return sql + `, audited AS (` + auditInsertFrom("account", next) + `)
-		SELECT ` + accountColumns + `,
-			CASE WHEN id = $1::uuid THEN true ELSE (id::text || '` + anotherIDMark + `')::boolean END
-		FROM account`
-}
+	return out
+}()
 
 // anotherIDMark is in the error of a store whose row took another id.
 const anotherIDMark = " credgate: the row took another id"
@@ -313,11 +301,10 @@ func tookAnotherID(err error) bool {
 	return ok && pgErr.Code == "22P02" && strings.Contains(pgErr.Message, strings.TrimSpace(anotherIDMark))
 }
 
-// connectUpsert writes a connect's credential on the (user, platform) row
-// (a new row with id $1, or the existing one if its id is $1) and returns
-// the row; nothing, when a row with another id holds (user, platform).
-// The columns it sets are UpsertWith's UPDATE's.
-const connectUpsert = `INSERT INTO social_accounts AS s (id, user_id, platform,
+// credentialUpsert writes a credential on the (user, platform) row (a new
+// row with id $1, or the existing one if its id is $1) and returns the
+// row; nothing, when a row with another id holds (user, platform).
+const credentialUpsert = `INSERT INTO social_accounts AS s (id, user_id, platform,
 		credentials_encrypted, credentials_key_id, credentials_version, status, expires_at, scopes,
 		platform_user_id, username, connected_via, last_refreshed_at, updated_at)
 	VALUES ($1, $2, $3, $4, $5, 1, 'connected', $6, $7, $8, $9, $10, NULL, now())
@@ -326,7 +313,7 @@ const connectUpsert = `INSERT INTO social_accounts AS s (id, user_id, platform,
 		credentials_version = s.credentials_version + 1, status = 'connected', expires_at = EXCLUDED.expires_at,
 		scopes = EXCLUDED.scopes, platform_user_id = EXCLUDED.platform_user_id, username = EXCLUDED.username,
 		connected_via = EXCLUDED.connected_via, last_refreshed_at = NULL, updated_at = now()
-	WHERE s.id = EXCLUDED.id
+	WHERE s.id = $1::uuid
 	RETURNING s.*`
 
 // Get returns the account and its decrypted credentials. An account with no

@@ -95,16 +95,6 @@ func (RefreshQueue) QueueSchedule(b *pgx.Batch, accountID string, version int64,
 	b.Queue(scheduleSQL, accountID, version, runAt)
 }
 
-// QueueScheduleCurrent queues the job for the account's credentials
-// version as it stands when the statement runs (after an UPDATE earlier in
-// the same batch that bumped it).
-func (RefreshQueue) QueueScheduleCurrent(b *pgx.Batch, accountID string, runAt time.Time) {
-	b.Queue(scheduleCurrentSQL, accountID, runAt)
-}
-
-// scheduleCurrentSQL is scheduleSQL taking the version from the row.
-var scheduleCurrentSQL = scheduleFrom("SELECT id, credentials_version, $2::timestamptz FROM social_accounts WHERE id = $1")
-
 // scheduleFrom is scheduleSQL with its VALUES replaced by query, which
 // must yield the account id, the credentials version and the run time.
 func scheduleFrom(query string) string {
