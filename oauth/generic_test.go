@@ -24,6 +24,27 @@ import (
 // it take turns.
 var mockoidcMu sync.Mutex
 
+// authorizeAtMockOIDC begins a flow with p as subject, whom mockoidc m
+// approves, and returns the flow and the code it redirected with.
+func authorizeAtMockOIDC(t *testing.T, m *mockoidc.MockOIDC, p *oauth.Provider, subject string) (oauth.Start, string) {
+	t.Helper()
+	m.QueueUser(&mockoidc.MockUser{Subject: subject, Email: subject + "@example.test", PreferredUsername: subject})
+	start, err := p.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := noRedirects.Get(start.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusFound || loc.Query().Get("state") != start.State.Reveal() {
+		t.Fatalf("authorize: %d %s", resp.StatusCode, loc)
+	}
+	return start, loc.Query().Get("code")
+}
+
 // The generic profile against a server no one here wrote: mockoidc
 // verifies PKCE S256 itself.
 func TestGenericProfileAgainstMockOIDC(t *testing.T) {
@@ -45,23 +66,7 @@ func TestGenericProfileAgainstMockOIDC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	authorize := func(subject string) (oauth.Start, string) {
-		m.QueueUser(&mockoidc.MockUser{Subject: subject, Email: subject + "@example.test", PreferredUsername: subject})
-		start, err := p.Begin()
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := noRedirects.Get(start.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		loc, _ := url.Parse(resp.Header.Get("Location"))
-		if resp.StatusCode != http.StatusFound || loc.Query().Get("state") != start.State.Reveal() {
-			t.Fatalf("authorize: %d %s", resp.StatusCode, loc)
-		}
-		return start, loc.Query().Get("code")
-	}
+	authorize := func(subject string) (oauth.Start, string) { return authorizeAtMockOIDC(t, m, p, subject) }
 
 	start, code := authorize("u-42")
 	tok, err := p.Complete(context.Background(), secret.New(code), start.Verifier)
@@ -132,16 +137,9 @@ func TestGenericIdentityFromTheIDToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m.QueueUser(&mockoidc.MockUser{Subject: "u-44", PreferredUsername: "u-44"})
-		start, _ := p.Begin()
-		resp, err := noRedirects.Get(start.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		loc, _ := url.Parse(resp.Header.Get("Location"))
+		start, code := authorizeAtMockOIDC(t, m, p, "u-44")
 		before := userinfoCalls.Load()
-		tok, err := p.Complete(context.Background(), secret.New(loc.Query().Get("code")), start.Verifier)
+		tok, err := p.Complete(context.Background(), secret.New(code), start.Verifier)
 		if err != nil {
 			t.Fatalf("%v: %v", tc.scopes, err)
 		}

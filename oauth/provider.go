@@ -242,6 +242,11 @@ func New(platform string, cfg Config) (*Provider, error) {
 			return nil, fmt.Errorf("oauth %s: %s is required", platform, name)
 		}
 	}
+	// An ID token vouches for the user only when it comes over TLS (or
+	// from this host): decided once, with the token URL in force.
+	if profile.identifyIDToken != nil && !trustedChannel(profile.TokenURL) {
+		profile.identifyIDToken = nil
+	}
 	if len(cfg.Scopes) == 0 {
 		cfg.Scopes = profile.DefaultScopes
 	}
