@@ -56,15 +56,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Caddy binds with SO_REUSEPORT, so a taken port would not fail: another
-# server would quietly get half the requests. Take only ports nobody
-# answers on.
+# Only ports nobody answers on (bench/ports.sh).
 next_port=${BENCH_PORT_BASE:-28400}
-take_port() { # variable: sets it to the next free port
-  while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do next_port=$((next_port + 1)); done
-  printf -v "$1" %d "$next_port"
-  next_port=$((next_port + 1))
-}
+source bench/ports.sh
 wait_up() { # port [path]
   for _ in $(seq 1 100); do
     curl -s -o /dev/null "http://127.0.0.1:$1${2:-/}" && return 0

@@ -29,13 +29,9 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [[ -n ${KEEP:-} ]] || rm -rf "$work"; }
 trap cleanup EXIT
 
-# Only ports nobody answers on: Caddy shares a taken port silently.
+# Only ports nobody answers on (bench/ports.sh).
 next_port=${BENCH_PORT_BASE:-28600}
-take_port() {
-  while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do next_port=$((next_port + 1)); done
-  printf -v "$1" %d "$next_port"
-  next_port=$((next_port + 1))
-}
+source bench/ports.sh
 take_port up
 "$CADDY_BIN" respond --listen "127.0.0.1:$up" --body "hello from the app" >"$work/upstream.log" 2>&1 &
 pids+=($!)

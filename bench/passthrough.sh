@@ -15,14 +15,9 @@ CADDY_BIN=${CADDY_BIN:-bin/caddy}
 [[ -x $CADDY_BIN ]] || make build >/dev/null
 go build -o bin/loadgen ./bench/loadgen
 
-# Only ports nobody answers on: Caddy binds with SO_REUSEPORT, so a taken
-# port would not fail, and another server would get half the requests.
+# Only ports nobody answers on (bench/ports.sh).
 next_port=${BENCH_PORT_BASE:-18090}
-take_port() {
-  while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do next_port=$((next_port + 1)); done
-  printf -v "$1" %d "$next_port"
-  next_port=$((next_port + 1))
-}
+source bench/ports.sh
 take_port up; take_port with; take_port without
 
 work=$(mktemp -d)

@@ -38,12 +38,9 @@ cleanup() {
 trap cleanup EXIT
 [[ $(id -u) == 0 ]] && chmod 755 "$work"
 
+# Only ports nobody answers on (bench/ports.sh).
 next_port=${BENCH_PORT_BASE:-28700}
-take_port() { # only ports nobody answers on (Caddy shares a taken one silently)
-  while (exec 3<>"/dev/tcp/127.0.0.1/$next_port") 2>/dev/null; do next_port=$((next_port + 1)); done
-  printf -v "$1" %d "$next_port"
-  next_port=$((next_port + 1))
-}
+source bench/ports.sh
 take_port pgport
 mkdir -p "$work/pg"
 [[ $(id -u) == 0 ]] && chown postgres "$work/pg"
