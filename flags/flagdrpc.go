@@ -91,7 +91,10 @@ func newRPCProvider(host string, port uint16, certPath string, onEvent func(Sour
 	transport := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: rpcDialTimeout, KeepAlive: 15 * time.Second}).DialContext,
 		TLSHandshakeTimeout:   rpcDialTimeout,
-		ResponseHeaderTimeout: rpcAnswerTimeout,
+		// A backstop only: the event stream's own timer (answerTimeout)
+		// is what names a silent daemon, and must fire first, or the
+		// state says "timeout awaiting response headers" instead.
+		ResponseHeaderTimeout: rpcAnswerTimeout + time.Second,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 	}
