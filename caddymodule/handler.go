@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/ratelimit"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
@@ -82,9 +83,12 @@ type Handler struct {
 
 	app        *App
 	startLimit *ratelimit.Limiter // nil when off
-	providers  map[string]*oauth.Provider
-	adminToken secret.Value
-	logger     *zap.Logger
+	// identityWatch is the connect route's last minute of identity
+	// results (the warning, service-health).
+	identityWatch *identity.Watch
+	providers     map[string]*oauth.Provider
+	adminToken    secret.Value
+	logger        *zap.Logger
 
 	legacyOff       bool
 	legacyCallbacks map[string]*oauth.Provider // by exact path
@@ -155,6 +159,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("credgate handler: return_to_allow entries are paths starting with /, got %q", p)
 		}
 	}
+	h.identityWatch = new(identity.Watch)
 	if h.Identity != nil {
 		if err := h.Identity.provision(ctx); err != nil {
 			return err

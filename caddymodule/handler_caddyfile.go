@@ -20,10 +20,16 @@ func init() {
 //	credgate {
 //		public_origin   <origin>                 # required: https://app.example.com
 //		identity {
-//			jwt_secret  <secret>                 # HS256, or:
-//			jwks_url    <url>                    # RS256/ES256 by key id, or:
+//			supabase    <project_url> {          # the session cookie @supabase/ssr writes
+//				publishable_key <key>            # (or anon_key) lets credgate refresh an expired session
+//				auth_url        <url>            # default <project_url>/auth/v1
+//				cookie          <name>           # default sb-<ref>-auth-token
+//				refuse_anonymous                 # anonymous sign-ins are no user
+//			}
+//			jwt_secret  <secret>                 # HS256, and/or:
+//			jwks_url    <url>                    # RS256/ES256 by key id (default with supabase: the project's), or:
 //			placeholder {http.auth.user.id}      # another Caddy auth module
-//			cookie      <name>                   # default sb-access-token
+//			cookie      <name>                   # default sb-access-token (none with supabase)
 //			no_header                            # do not read Authorization: Bearer
 //			claim       <name>                   # default sub
 //			issuer      <iss>
@@ -92,9 +98,47 @@ func parseIdentity(d *caddyfile.Dispenser) (*Identity, error) {
 				return nil, d.ArgErr()
 			}
 			id.NoHeader = true
+		case opt == "supabase":
+			sb, err := parseSupabaseIdentity(d)
+			if err != nil {
+				return nil, err
+			}
+			id.Supabase = sb
 		default:
 			return nil, d.Errf("credgate: unrecognized identity option %q", opt)
 		}
 	}
 	return id, nil
+}
+
+func parseSupabaseIdentity(d *caddyfile.Dispenser) (*SupabaseIdentity, error) {
+	sb := new(SupabaseIdentity)
+	if !d.NextArg() {
+		return nil, d.Err("credgate: identity supabase needs the project URL, such as https://<ref>.supabase.co")
+	}
+	sb.ProjectURL = d.Val()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		target := map[string]*string{
+			"publishable_key": &sb.PublishableKey, "anon_key": &sb.PublishableKey,
+			"auth_url": &sb.AuthURL, "cookie": &sb.Cookie,
+		}[opt]
+		switch {
+		case target != nil:
+			if !d.AllArgs(target) {
+				return nil, d.ArgErr()
+			}
+		case opt == "refuse_anonymous":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			sb.RefuseAnonymous = true
+		default:
+			return nil, d.Errf("credgate: unrecognized identity supabase option %q", opt)
+		}
+	}
+	return sb, nil
 }

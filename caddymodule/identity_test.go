@@ -152,3 +152,8 @@ func TestStartFailsClosedOnAnotherKey(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// userID is the identity's user for r, for tests that need only that.
+func (id *Identity) userID(r *http.Request) string {
+	return id.read(httptest.NewRecorder(), r).UserID
+}

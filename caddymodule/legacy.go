@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/telemetry"
 )
@@ -65,11 +66,11 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 // the new flow.
 func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	if !h.legacyOff {
-		user := h.userID(r)
-		if user == "" {
-			return next.ServeHTTP(w, r)
-		}
-		d := h.app.rollout.Decide(r.Context(), user, p.Name())
+		who := h.identify(w, r, telemetry.RouteConnect)
+		h.watchIdentity(r.Context(), who.Result, p.Name())
+		// Decide with no user too: it answers legacy with reason
+		// no_identity, counted like every other decision.
+		d := h.app.rollout.Decide(r.Context(), who.UserID, p.Name())
 		if d.Arm == flags.ArmNew && !h.newFlowCanStart(r.Context()) {
 			// The legacy flow needs no credgate database: the user
 			// connects through the app rather than meeting a 503.
@@ -78,7 +79,7 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 		h.app.metrics.Decision(p.Name(), string(d.Arm), string(d.Reason))
 		_, span := h.app.tracer().Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
 			telemetry.AttrPlatform.String(p.Name()), telemetry.AttrFlow.String(string(d.Arm)),
-			telemetry.AttrRolloutReason.String(string(d.Reason))))
+			telemetry.AttrRolloutReason.String(string(d.Reason)), telemetry.AttrIdentity.String(string(who.Result))))
 		span.End()
 		if d.Arm != flags.ArmNew {
 			return next.ServeHTTP(w, r)
@@ -117,3 +118,26 @@ func (h *Handler) legacyReturnTo(r *http.Request) string {
 	}
 	return h.ReturnToAllow[0]
 }
+
+// watchIdentity records the connect route's identity result and, when
+// most of the last minute's requests there carried no usable identity
+// while the rollout is above 0 %, warns (at most once a minute): those
+// users all stay on the legacy flow, and nothing else would say so.
+func (h *Handler) watchIdentity(ctx context.Context, res identity.Result, platform string) {
+	now := time.Now()
+	h.identityWatch.Record(res, now)
+	v, warn := h.identityWatch.Warn(now, func() bool {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		inForce := h.app.rollout.InForce(ctx, platform, rolloutOnSamples)
+		return inForce.KillSwitchOn && inForce.NewPercent > 0
+	})
+	if warn {
+		h.logger.Warn("most requests to the app's connect route carry no identity credgate recognises: those users stay on the legacy flow (see credgate_identity_total and docs/identity.md)",
+			zap.String("commonest_reason", string(v.Commonest)), zap.Int("requests_last_minute", v.Requests),
+			zap.Float64("share_unrecognised", v.UnusableShare))
+	}
+}
+
+// rolloutOnSamples: enough sample ids to see any rollout of 1 % or more.
+const rolloutOnSamples = 500

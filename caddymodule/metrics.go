@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 )
@@ -53,6 +54,11 @@ func (a *App) provisionTelemetry(ctx caddy.Context) error {
 	t := shared.(sharedTelemetry)
 	a.metrics, a.tracing, a.holdsTelemetry = t.metrics, t.export, true
 	a.metrics.Prepare(a.platforms())
+	results := []string{}
+	for _, r := range identity.Results() {
+		results = append(results, string(r))
+	}
+	a.metrics.PrepareIdentity(results)
 	registry := ctx.GetMetricsRegistry()
 	if registry == nil {
 		return nil

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
@@ -101,16 +102,25 @@ func (h *Handler) ready(w http.ResponseWriter) bool {
 	return true
 }
 
-func (h *Handler) userID(r *http.Request) string {
-	if h.Identity == nil {
-		return ""
+// identify reads the request's identity; route, when not "", names a
+// route whose identity outcomes are counted (credgate_identity_total).
+func (h *Handler) identify(w http.ResponseWriter, r *http.Request, route string) identity.Identity {
+	got := identity.Identity{Result: identity.Missing}
+	if h.Identity != nil {
+		got = h.Identity.read(w, r)
 	}
-	return h.Identity.userID(r)
+	if got.RefreshErr != nil {
+		h.logger.Info("identity: refreshing the session failed", zap.String("route", route), zap.Error(got.RefreshErr))
+	}
+	if route != "" {
+		h.app.metrics.Identity(route, string(got.Result))
+	}
+	return got
 }
 
 // requireUser answers 401 JSON when the request has no identity.
 func (h *Handler) requireUser(w http.ResponseWriter, r *http.Request) (string, bool) {
-	user := h.userID(r)
+	user := h.identify(w, r, "").UserID
 	if user == "" {
 		writeError(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
 		return "", false
@@ -163,7 +173,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 		writeError(w, http.StatusForbidden, "cross_origin", "start the connection from the app's own pages")
 		return
 	}
-	user := h.userID(r)
+	user := h.identify(w, r, telemetry.RouteStart).UserID
 	if user == "" {
 		if h.LoginURL != "" && !wantsJSON(r) {
 			redirectWith(w, r, h.LoginURL, url.Values{"return_to": {r.URL.RequestURI()}})
@@ -279,7 +289,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		refuse("state_mismatch", "this sign-in was started in another browser", st, map[string]any{"reason": "browser"})
 		return
 	}
-	if user := h.userID(r); user != "" && user != st.UserID {
+	if user := h.identify(w, r, "").UserID; user != "" && user != st.UserID {
 		refuse("state_mismatch", "this sign-in was started by another user", st, map[string]any{"reason": "user"})
 		return
 	}

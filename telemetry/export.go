@@ -143,7 +143,10 @@ const (
 	AttrFlow          = attribute.Key("credgate.flow")
 	AttrOutcome       = attribute.Key("credgate.outcome")
 	AttrRolloutReason = attribute.Key("credgate.rollout.reason")
-	AttrErrorType     = attribute.Key("error.type")
+	// AttrIdentity is the identity result at the connect route (ok,
+	// refreshed, or why no user was recognised).
+	AttrIdentity  = attribute.Key("credgate.identity")
+	AttrErrorType = attribute.Key("error.type")
 )
 
 // End closes span with its outcome: success, or a failure with its

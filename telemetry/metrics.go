@@ -31,7 +31,16 @@ type Metrics struct {
 	egress             *prometheus.CounterVec
 	statesCleaned      prometheus.Counter
 	decisions          *prometheus.CounterVec
+	identity           *prometheus.CounterVec
 }
+
+// Routes whose identity outcomes are counted, as the route label spells
+// them: the app's connect route (where the rollout splits) and credgate's
+// start route.
+const (
+	RouteConnect = "connect"
+	RouteStart   = "start"
+)
 
 // Arms of the rollout, as the flow label spells them.
 const (
@@ -79,6 +88,10 @@ func New() *Metrics {
 			Name: "credgate_rollout_decisions_total",
 			Help: "Rollout decisions at the app's connect route by platform, arm and reason.",
 		}, []string{"platform", "arm", "reason"}),
+		identity: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credgate_identity_total",
+			Help: "Identity outcomes at the app's connect route and credgate's start route, by route and result (ok, refreshed, or why no user was recognised).",
+		}, []string{"route", "result"}),
 	}
 	m.registry = prometheus.NewRegistry()
 	m.registry.MustRegister(m.Collectors()...)
@@ -87,7 +100,7 @@ func New() *Metrics {
 
 // Collectors are what to register with a Prometheus registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions}
+	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions, m.identity}
 }
 
 // Prepare creates the success series of each platform at zero, so that
@@ -100,7 +113,25 @@ func (m *Metrics) Prepare(platforms []string) {
 		}
 		m.refreshes.WithLabelValues(p, Success)
 		m.tokenReads.WithLabelValues(p, Success)
+		// The decision an unrecognised user gets, so that its rate is
+		// right from the first such request.
+		m.decisions.WithLabelValues(p, FlowLegacy, "no_identity")
 	}
+}
+
+// PrepareIdentity creates every identity series at zero: results is the
+// closed set of identity results.
+func (m *Metrics) PrepareIdentity(results []string) {
+	for _, route := range []string{RouteConnect, RouteStart} {
+		for _, res := range results {
+			m.identity.WithLabelValues(route, res)
+		}
+	}
+}
+
+// Identity counts one identity outcome at route.
+func (m *Metrics) Identity(route, result string) {
+	m.identity.WithLabelValues(route, result).Inc()
 }
 
 // Connection counts a finished connection; errorCode is "" on success.
