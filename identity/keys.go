@@ -106,6 +106,17 @@ func (k *KeySet) Key(ctx context.Context, kid, alg string) (any, error) {
 			if wait == nil && k.refetchFor(kid, now) {
 				wait = k.startFetch(now)
 			}
+			if slot := k.nextSlot(kid, now); wait == nil && slot > 0 {
+				// A refetch ran moments ago: wait for the next one
+				// rather than refuse a key published since.
+				k.mu.Unlock()
+				select {
+				case <-time.After(slot):
+					continue
+				case <-ctx.Done():
+					return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, ctx.Err())
+				}
+			}
 		} else if k.keys != nil && k.failures == 0 && len(k.missing) < maxMissingKIDs {
 			// The fetch this lookup waited for did not have it.
 			k.missing[kid] = now
@@ -137,6 +148,19 @@ func (k *KeySet) refetchFor(kid string, now time.Time) bool {
 		return false
 	}
 	return now.Sub(k.attemptedAt) >= unknownKIDEvery
+}
+
+// nextSlot is how long until an unknown kid may trigger a refetch, when
+// only the set-wide rate stands in the way; 0 otherwise. Called with k.mu
+// held.
+func (k *KeySet) nextSlot(kid string, now time.Time) time.Duration {
+	if k.keys == nil || k.failures > 0 {
+		return 0
+	}
+	if t, ok := k.missing[kid]; ok && now.Sub(t) < missingKIDBackoff {
+		return 0
+	}
+	return max(0, unknownKIDEvery-now.Sub(k.attemptedAt))
 }
 
 // retryDue: after n failed fetches in a row the next may start

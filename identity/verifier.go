@@ -105,6 +105,13 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (string, Result) {
 
 func (v *Verifier) checkClaims(claims jwt.MapClaims) (string, Result) {
 	p := v.policy
+	// The role first: the project's anon and service_role keys are
+	// signed by it but are not users, and saying so is what helps.
+	if p.Role != "" {
+		if role, _ := claims["role"].(string); role != p.Role {
+			return "", NotUser
+		}
+	}
 	if p.Issuer != "" {
 		if iss, _ := claims["iss"].(string); iss != p.Issuer {
 			return "", WrongIssuer
@@ -114,11 +121,6 @@ func (v *Verifier) checkClaims(claims jwt.MapClaims) (string, Result) {
 		aud, err := claims.GetAudience()
 		if err != nil || !slices.Contains(aud, p.Audience) {
 			return "", WrongAudience
-		}
-	}
-	if p.Role != "" {
-		if role, _ := claims["role"].(string); role != p.Role {
-			return "", NotUser
 		}
 	}
 	sub, _ := claims[p.Claim].(string)

@@ -1,0 +1,194 @@
+package identity_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/credgate/credgate/identity"
+)
+
+// readBack asks the real @supabase/ssr (scripts/supabase-fixtures) which
+// session a browser sending cookieHeader has. It fails, never skips, when
+// node or the packages are missing: `make test` installs them.
+func readBack(t *testing.T, projectURL, cookieHeader string) (access, refresh string) {
+	t.Helper()
+	script, _ := filepath.Abs(filepath.Join("..", "scripts", "supabase-fixtures", "readback.mjs"))
+	in, _ := json.Marshal(map[string]string{"project_url": projectURL, "cookie_header": cookieHeader})
+	cmd := exec.Command("node", script)
+	cmd.Stdin = bytes.NewReader(in)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("@supabase/ssr could not read the cookies back (%v): %s\n(needs node and `npm ci` in scripts/supabase-fixtures; make test does both)", err, stderr.String())
+	}
+	var got struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("readback printed %q: %v", out, err)
+	}
+	return got.AccessToken, got.RefreshToken
+}
+
+// browserCookies applies Set-Cookie lines to a browser's cookie jar (a
+// Cookie header) as a browser would: set, replace, or delete by Max-Age.
+func browserCookies(before string, set []*http.Cookie) string {
+	jar := map[string]string{}
+	var order []string
+	for part := range strings.SplitSeq(before, ";") {
+		name, value, _ := strings.Cut(strings.TrimSpace(part), "=")
+		if name != "" {
+			jar[name] = value
+			order = append(order, name)
+		}
+	}
+	for _, c := range set {
+		if _, ok := jar[c.Name]; !ok {
+			order = append(order, c.Name)
+		}
+		if c.MaxAge < 0 {
+			delete(jar, c.Name)
+		} else {
+			jar[c.Name] = c.Value
+		}
+	}
+	var parts []string
+	for _, n := range order {
+		if v, ok := jar[n]; ok {
+			parts = append(parts, n+"="+v)
+			delete(jar, n)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// An hour-stale access token with a good refresh token: credgate
+// refreshes as @supabase/ssr would, the user is recognised, and the
+// cookies it writes are what @supabase/ssr itself reads back.
+func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
+	t.Parallel()
+	fixtures, keys := loadFixtures(t)
+	authSrv, auth := fixtureAuth(t, fixtures, keys)
+	fx := fixtures["ssr-expired"]
+	rd := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", true, nil)
+
+	// The app's stale session, grown with chunks that the refreshed
+	// (smaller) session will not use: they must be expired.
+	stale := fx.CookieHeader + "; " + fx.StorageKey + ".3=leftover; other=kept"
+	r := requestWithCookies(stale)
+	got := rd.Read(t.Context(), r)
+	if got.Result != identity.Refreshed || got.UserID != fx.UserID {
+		t.Fatalf("read %s user %q (refresh error %v), want refreshed %s", got.Result, got.UserID, got.RefreshErr, fx.UserID)
+	}
+	if n := authSrv.Counts().Refreshes; n != 1 {
+		t.Errorf("%d refreshes at Supabase Auth, want 1", n)
+	}
+	var deleted bool
+	for _, c := range got.SetCookies {
+		if c.Name == fx.StorageKey+".3" && c.MaxAge < 0 {
+			deleted = true
+		}
+		if c.MaxAge > 0 && (c.Path != "/" || c.SameSite != http.SameSiteLaxMode || c.HttpOnly) {
+			t.Errorf("cookie %s: path %q samesite %v httponly %v, want @supabase/ssr's defaults", c.Name, c.Path, c.SameSite, c.HttpOnly)
+		}
+	}
+	if !deleted {
+		t.Error("the stale chunk was not expired")
+	}
+	jar := browserCookies(stale, got.SetCookies)
+	access, refresh := readBack(t, fx.ProjectURL, jar)
+	if access == "" || access == fx.AccessToken || refresh == fx.RefreshToken {
+		t.Fatalf("@supabase/ssr reads access %.12q… refresh %q: not the refreshed session", access, refresh)
+	}
+	if !strings.Contains(jar, "other=kept") {
+		t.Errorf("an unrelated cookie was lost: %s", jar)
+	}
+
+	// The app behind credgate sees the refreshed session too.
+	identity.ReplaceRequestCookies(r, got.SetCookies)
+	again := rd.Read(t.Context(), r)
+	if again.Result != identity.OK {
+		t.Errorf("the rewritten request reads %s, want ok", again.Result)
+	}
+	if n := authSrv.Counts().Refreshes; n != 1 {
+		t.Errorf("%d refreshes after reading the rewritten request, want still 1", n)
+	}
+
+	// The app's own middleware refreshes the same stale cookie at the
+	// same moment (it got the request too): Supabase Auth's reuse
+	// interval answers it, and neither side's session is revoked.
+	resp, err := http.Post(auth.URL+"/auth/v1/token?grant_type=refresh_token&apikey=sb_publishable_fixture", "application/json",
+		strings.NewReader(`{"refresh_token":"`+fx.RefreshToken+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the app's concurrent refresh got %d: the user would be signed out", resp.StatusCode)
+	}
+	// credgate's refreshed refresh token still works for the next
+	// refresh (the app's next request, an hour later).
+	resp, err = http.Post(auth.URL+"/auth/v1/token?grant_type=refresh_token&apikey=sb_publishable_fixture", "application/json",
+		strings.NewReader(`{"refresh_token":"`+refresh+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("the refreshed session's refresh token got %d", resp.StatusCode)
+	}
+}
+
+// Many requests from one browser with one stale cookie rotate the
+// session once.
+func TestConcurrentRefreshesShareOneCall(t *testing.T) {
+	t.Parallel()
+	fixtures, keys := loadFixtures(t)
+	authSrv, auth := fixtureAuth(t, fixtures, keys)
+	fx := fixtures["ssr-expired"]
+	rd := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", true, nil)
+	var wg sync.WaitGroup
+	results := make([]identity.Result, 20)
+	for i := range results {
+		wg.Go(func() { results[i] = rd.Read(t.Context(), requestWithCookies(fx.CookieHeader)).Result })
+	}
+	wg.Wait()
+	for i, res := range results {
+		if res != identity.Refreshed {
+			t.Errorf("request %d: %s", i, res)
+		}
+	}
+	if n := authSrv.Counts().RefreshRequests; n != 1 {
+		t.Errorf("%d refresh calls for one stale cookie, want 1", n)
+	}
+}
+
+// A refresh token Supabase Auth refuses is refresh_failed; without a
+// publishable key the stale token is expired; both are no user.
+func TestRefreshRefusedOrNotConfigured(t *testing.T) {
+	t.Parallel()
+	fixtures, keys := loadFixtures(t)
+	_, auth := fixtureAuth(t, fixtures, keys)
+	fx := fixtures["ssr-expired"]
+	forged := strings.Replace(fx.CookieHeader, "base64-", "base64-", 1)
+	r := requestWithCookies(forged)
+	rd := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", true, nil)
+	rd.Refresher = identity.NewRefresher(auth.URL+"/auth/v1", "wrong-key", nil)
+	if got := rd.Read(t.Context(), r); got.Result != identity.RefreshFailed || got.UserID != "" || len(got.SetCookies) != 0 {
+		t.Errorf("refused refresh: %s user %q cookies %d", got.Result, got.UserID, len(got.SetCookies))
+	}
+	none := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", false, nil)
+	if got := none.Read(t.Context(), requestWithCookies(fx.CookieHeader)); got.Result != identity.Expired || got.UserID != "" {
+		t.Errorf("no refresher: %s user %q", got.Result, got.UserID)
+	}
+	_ = httptest.NewRecorder
+}
