@@ -89,6 +89,9 @@ type harnessOptions struct {
 	siteDirectives string
 	// extraSites are whole sites appended to the Caddyfile.
 	extraSites string
+	// identity replaces the identity block's body (default: the dev
+	// jwt_secret, read from the Authorization header h.do sends).
+	identity string
 }
 
 // egressScopes are each platform's default scopes plus its posting scope.
@@ -174,6 +177,10 @@ func (h *harness) caddyfile(extraSite string) string {
 			sandbox %s%s
 		}`, p, p, p, redirect, h.sbURL, scopes)
 	}
+	identityBody := "jwt_secret " + devSecret
+	if h.opt.identity != "" {
+		identityBody = h.opt.identity
+	}
 	flagsLine := "static 100"
 	if h.opt.flagsFile != "" {
 		flagsLine = "flagd " + h.opt.flagsFile
@@ -208,7 +215,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	credgate {
 		public_origin %s
 		identity {
-			jwt_secret %s
+			%s
 		}
 		return_to_allow /settings /accounts
 		admin_token %s
@@ -216,7 +223,7 @@ func (h *harness) caddyfile(extraSite string) string {
 	}
 	reverse_proxy %s
 }
-`, h.db, testKey(1), flagsLine, providers.String(), globals, h.origin, h.origin, devSecret, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
+`, h.db, testKey(1), flagsLine, providers.String(), globals, h.origin, h.origin, identityBody, adminToken, extraSite, strings.TrimPrefix(h.upstream.URL, "http://"))
 }
 
 func (h *harness) load(extraSite string) {

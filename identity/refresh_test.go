@@ -1,83 +1,23 @@
 package identity_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/credgate/credgate/identity"
+	"github.com/credgate/credgate/internal/supabasetest"
 )
-
-// readBack asks the real @supabase/ssr (scripts/supabase-fixtures) which
-// session a browser sending cookieHeader has. It fails, never skips, when
-// node or the packages are missing: `make test` installs them.
-func readBack(t *testing.T, projectURL, cookieHeader string) (access, refresh string) {
-	t.Helper()
-	script, _ := filepath.Abs(filepath.Join("..", "scripts", "supabase-fixtures", "readback.mjs"))
-	in, _ := json.Marshal(map[string]string{"project_url": projectURL, "cookie_header": cookieHeader})
-	cmd := exec.Command("node", script)
-	cmd.Stdin = bytes.NewReader(in)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("@supabase/ssr could not read the cookies back (%v): %s\n(needs node and `npm ci` in scripts/supabase-fixtures; make test does both)", err, stderr.String())
-	}
-	var got struct {
-		AccessToken  string `json:"access_token"`
-		RefreshToken string `json:"refresh_token"`
-	}
-	if err := json.Unmarshal(out, &got); err != nil {
-		t.Fatalf("readback printed %q: %v", out, err)
-	}
-	return got.AccessToken, got.RefreshToken
-}
-
-// browserCookies applies Set-Cookie lines to a browser's cookie jar (a
-// Cookie header) as a browser would: set, replace, or delete by Max-Age.
-func browserCookies(before string, set []*http.Cookie) string {
-	jar := map[string]string{}
-	var order []string
-	for part := range strings.SplitSeq(before, ";") {
-		name, value, _ := strings.Cut(strings.TrimSpace(part), "=")
-		if name != "" {
-			jar[name] = value
-			order = append(order, name)
-		}
-	}
-	for _, c := range set {
-		if _, ok := jar[c.Name]; !ok {
-			order = append(order, c.Name)
-		}
-		if c.MaxAge < 0 {
-			delete(jar, c.Name)
-		} else {
-			jar[c.Name] = c.Value
-		}
-	}
-	var parts []string
-	for _, n := range order {
-		if v, ok := jar[n]; ok {
-			parts = append(parts, n+"="+v)
-			delete(jar, n)
-		}
-	}
-	return strings.Join(parts, "; ")
-}
 
 // An hour-stale access token with a good refresh token: credgate
 // refreshes as @supabase/ssr would, the user is recognised, and the
 // cookies it writes are what @supabase/ssr itself reads back.
 func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 	t.Parallel()
-	fixtures, keys := loadFixtures(t)
-	authSrv, auth := fixtureAuth(t, fixtures, keys)
+	fixtures, keys := supabasetest.Load(t)
+	authSrv, auth := supabasetest.Auth(t, fixtures, keys)
 	fx := fixtures["ssr-expired"]
 	rd := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", true, nil)
 
@@ -104,8 +44,8 @@ func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 	if !deleted {
 		t.Error("the stale chunk was not expired")
 	}
-	jar := browserCookies(stale, got.SetCookies)
-	access, refresh := readBack(t, fx.ProjectURL, jar)
+	jar := supabasetest.Browser(stale, got.SetCookies)
+	access, refresh := supabasetest.ReadBack(t, fx.ProjectURL, jar)
 	if access == "" || access == fx.AccessToken || refresh == fx.RefreshToken {
 		t.Fatalf("@supabase/ssr reads access %.12q… refresh %q: not the refreshed session", access, refresh)
 	}
@@ -152,8 +92,8 @@ func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 // session once.
 func TestConcurrentRefreshesShareOneCall(t *testing.T) {
 	t.Parallel()
-	fixtures, keys := loadFixtures(t)
-	authSrv, auth := fixtureAuth(t, fixtures, keys)
+	fixtures, keys := supabasetest.Load(t)
+	authSrv, auth := supabasetest.Auth(t, fixtures, keys)
 	fx := fixtures["ssr-expired"]
 	rd := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", true, nil)
 	var wg sync.WaitGroup
@@ -176,8 +116,8 @@ func TestConcurrentRefreshesShareOneCall(t *testing.T) {
 // publishable key the stale token is expired; both are no user.
 func TestRefreshRefusedOrNotConfigured(t *testing.T) {
 	t.Parallel()
-	fixtures, keys := loadFixtures(t)
-	_, auth := fixtureAuth(t, fixtures, keys)
+	fixtures, keys := supabasetest.Load(t)
+	_, auth := supabasetest.Auth(t, fixtures, keys)
 	fx := fixtures["ssr-expired"]
 	forged := strings.Replace(fx.CookieHeader, "base64-", "base64-", 1)
 	r := requestWithCookies(forged)

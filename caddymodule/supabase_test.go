@@ -1,0 +1,129 @@
+package caddymodule
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/credgate/credgate/internal/supabasetest"
+	"github.com/credgate/credgate/sandbox/supabaseauth"
+)
+
+// supabaseHarness is a real Caddy whose identity is a Supabase project's
+// session cookie, with the rollout at 100 % on the app's connect route,
+// and a Supabase Auth stand-in that knows the fixtures' sessions.
+func supabaseHarness(t *testing.T) (*harness, map[string]supabasetest.Fixture, *supabaseauth.Server) {
+	t.Helper()
+	fixtures, keys := supabasetest.Load(t)
+	authSrv, auth := supabasetest.Auth(t, fixtures, keys)
+	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true,
+		extraSite: "legacy_start /api/{platform}/connect",
+		identity: fmt.Sprintf(`supabase %s {
+				publishable_key %s
+				auth_url %s/auth/v1
+				refuse_anonymous
+			}
+			jwt_secret %s`, fixtures["ssr-single"].ProjectURL, supabasetest.PublishableKey, auth.URL, keys.HS256Secret)})
+	return h, fixtures, authSrv
+}
+
+// browserGet sends a navigation with the browser's cookie jar and
+// returns the response, the jar updated by its Set-Cookie lines.
+func (h *harness) browserGet(target, jar string) (*http.Response, string) {
+	h.t.Helper()
+	resp, _ := h.do("GET", target, "", map[string]string{"Cookie": jar, "Referer": h.origin + "/settings", "Sec-Fetch-Site": "same-origin"})
+	return resp, supabasetest.Browser(jar, resp.Cookies())
+}
+
+// At 100 %, a user of a current Supabase app, whatever the shape of the
+// session cookie (single, chunked, ES256, raw JSON, the auth-helpers
+// array) or an hour-stale access token, who clicks Connect gets the new
+// flow and a whole connect.
+func TestSupabaseSessionsConnectThroughCaddy(t *testing.T) {
+	h, fixtures, authSrv := supabaseHarness(t)
+	for _, name := range []string{"ssr-single", "ssr-chunked", "ssr-es256", "ssr-raw", "auth-helpers-0.10", "ssr-expired"} {
+		fx := fixtures[name]
+		before := h.scrape()
+		resp, jar := h.browserGet("/api/twitter/connect", fx.CookieHeader)
+		if resp.StatusCode != http.StatusFound || !strings.HasPrefix(resp.Header.Get("Location"), "/api/auth/oauth/twitter?") {
+			t.Fatalf("%s: the connect route answered %d %q, not the new flow", name, resp.StatusCode, resp.Header.Get("Location"))
+		}
+		want := "ok"
+		if fx.Expired {
+			want = "refreshed"
+			access, _ := supabasetest.ReadBack(t, fx.ProjectURL, jar)
+			if access == "" || access == fx.AccessToken {
+				t.Fatalf("%s: @supabase/ssr does not read the refreshed session from credgate's Set-Cookie", name)
+			}
+		}
+		after := h.scrape()
+		if d := metricValue(after, "credgate_identity_total", `route="connect"`, `result="`+want+`"`) -
+			metricValue(before, "credgate_identity_total", `route="connect"`, `result="`+want+`"`); d != 1 {
+			t.Errorf("%s: credgate_identity_total{result=%q} moved by %v", name, want, d)
+		}
+
+		resp, jar = h.browserGet(resp.Header.Get("Location"), jar)
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("%s: start answered %d", name, resp.StatusCode)
+		}
+		cb := h.authorize(resp.Header.Get("Location"))
+		resp, _ = h.browserGet(strings.TrimPrefix(cb, h.origin), jar)
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		if resp.StatusCode != http.StatusFound || loc.Query().Get("connected") != "twitter" {
+			t.Fatalf("%s: callback %d %s", name, resp.StatusCode, loc)
+		}
+		if n := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND platform = 'twitter' AND connected_via = 'credgate'`, fx.UserID); n != 1 {
+			t.Errorf("%s: %d credgate rows for the user", name, n)
+		}
+	}
+	if n := authSrv.Counts().Refreshes; n != 1 {
+		t.Errorf("%d refreshes at Supabase Auth for one stale session through a whole connect, want 1", n)
+	}
+}
+
+// Requests that name no user go to the app and are counted by reason,
+// and the decision is counted as no_identity.
+func TestUnrecognisedUsersAreCountedByReason(t *testing.T) {
+	h, fixtures, authSrv := supabaseHarness(t)
+	single := fixtures["ssr-single"]
+	key := single.StorageKey
+	anonKey, err := authSrv.Token(supabaseauth.User{ID: single.UserID}, supabaseauth.WithSecret(),
+		supabaseauth.WithClaim("role", "anon"), supabaseauth.WithoutClaim("sub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongAud, _ := authSrv.Token(supabaseauth.User{ID: single.UserID}, supabaseauth.WithSecret(), supabaseauth.WithClaim("aud", "other"))
+	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	madeUpKID, _ := authSrv.Token(supabaseauth.User{ID: single.UserID}, supabaseauth.WithSigner(jwt.SigningMethodES256, stranger, "made-up"))
+	for _, c := range []struct{ cookie, want string }{
+		{"", "missing"},
+		{key + "=base64-!!!", "malformed"},
+		{key + "=" + wrongAud, "wrong_audience"},
+		{key + "=" + anonKey, "not_user"},
+		{fixtures["ssr-anonymous"].CookieHeader, "anonymous"},
+		{key + "=" + madeUpKID, "unknown_kid"},
+		{key + "=" + strings.Replace(single.AccessToken, `.`, `.x`, 1), "malformed"},
+	} {
+		before := h.scrape()
+		resp, _ := h.browserGet("/api/linkedin/connect", c.cookie)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Upstream") != "stub-app" {
+			t.Fatalf("%s: %d, not the app", c.want, resp.StatusCode)
+		}
+		after := h.scrape()
+		if d := metricValue(after, "credgate_identity_total", `route="connect"`, `result="`+c.want+`"`) -
+			metricValue(before, "credgate_identity_total", `route="connect"`, `result="`+c.want+`"`); d != 1 {
+			t.Errorf("%s: counted %v times", c.want, d)
+		}
+		if d := metricValue(after, "credgate_rollout_decisions_total", `platform="linkedin"`, `reason="no_identity"`) -
+			metricValue(before, "credgate_rollout_decisions_total", `platform="linkedin"`, `reason="no_identity"`); d != 1 {
+			t.Errorf("%s: no_identity decision moved by %v", c.want, d)
+		}
+	}
+}
