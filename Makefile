@@ -1,7 +1,7 @@
 # credgate: the two documented entry points are `make demo` and `make test`.
 include xcaddy.mk
 
-.PHONY: help build test vet unit smoke demo clean
+.PHONY: help build test vet unit smoke demo clean supabase-fixtures
 
 help: ## this list
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
@@ -15,8 +15,18 @@ test: vet unit smoke ## go vet, go test -race, then the built binary end to end
 vet: ## go vet ./...
 	go vet ./...
 
-unit: ## go test -race ./... (needs PostgreSQL at TEST_DATABASE_URL)
-	go test -race -count=1 ./...
+# The Supabase cookie fixtures, made afresh by the real @supabase/ssr,
+# supabase-js and auth-helpers (npm, pinned in the lockfile): the tests
+# read these, so credgate is checked against what the libraries write
+# today, and ask the same @supabase/ssr to read back the cookies credgate
+# writes. Needs node and npm (and the npm registry).
+SUPABASE_FIXTURES_DIR ?= $(CURDIR)/.cache/supabase-fixtures
+supabase-fixtures: ## regenerate the Supabase cookie fixtures with the real libraries (node, npm)
+	rm -rf $(SUPABASE_FIXTURES_DIR)
+	bash scripts/supabase-fixtures/generate.sh $(SUPABASE_FIXTURES_DIR)
+
+unit: supabase-fixtures ## go test -race ./... (needs PostgreSQL at TEST_DATABASE_URL, node and npm)
+	SUPABASE_FIXTURES_DIR=$(SUPABASE_FIXTURES_DIR) go test -race -count=1 ./...
 
 smoke: $(CADDY_BIN) ## scripts/smoke.sh on the built binary
 	CADDY_BIN=$(CADDY_BIN) bash scripts/smoke.sh

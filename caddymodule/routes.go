@@ -618,6 +618,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		"refresh_queue": h.queueHealth(ctx, dbErr == nil, &healthy),
 		"background":    h.app.backgroundHealth(),
 		"guard":         h.app.guardHealth(),
+		"identity":      h.identityHealth(),
 	}
 	status := http.StatusOK
 	if !healthy {
@@ -625,6 +626,23 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	body["ok"] = healthy
 	writeJSON(w, status, body)
+}
+
+// identityHealth is the connect route's last minute of identity
+// results. Like a guard halt, users going unrecognised does not make
+// credgate unhealthy (it serves them through the app), but it is
+// named: it is why a rollout moves no one.
+func (h *Handler) identityHealth() map[string]any {
+	v := h.identityWatch.View(time.Now())
+	out := map[string]any{"window": identity.WatchEvery.String(), "connect_requests": v.Requests,
+		"recognised": v.Usable, "unrecognised_share": v.UnusableShare, "by_result": v.ByResult}
+	if v.Commonest != "" {
+		out["commonest_reason"] = v.Commonest
+	}
+	if v.Requests > 0 && v.UnusableShare > 0.5 {
+		out["warning"] = "most requests to the app's connect route carry no identity credgate recognises: those users stay on the legacy flow (docs/identity.md)"
+	}
+	return out
 }
 
 // overdueGrace is how long a due refresh job may wait before
