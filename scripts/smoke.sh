@@ -39,6 +39,7 @@ check "an unreachable server is one error line and exit 1" \
            test \$rc -eq 1 -a \$lines -eq 1 -a \$leaked -eq 0"
 check "the example Caddyfile validates" \
   env DATABASE_URL="$url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
+  SUPABASE_PROJECT_URL=https://abcd.supabase.co SUPABASE_PUBLISHABLE_KEY=sb_publishable_validate \
   SUPABASE_JWT_SECRET=validate-only-secret-validate-only-secret CREDGATE_ADMIN_TOKEN=x CREDGATE_SERVICE_TOKEN=validate-only-service-token \
   TWITTER_CLIENT_ID=x TWITTER_CLIENT_SECRET=x LINKEDIN_CLIENT_ID=x LINKEDIN_CLIENT_SECRET=x \
   FACEBOOK_CLIENT_ID=x FACEBOOK_CLIENT_SECRET=x INSTAGRAM_CLIENT_ID=x INSTAGRAM_CLIENT_SECRET=x \
