@@ -347,11 +347,12 @@ Counters: GET /_sandbox/stats.`,
 
 func devtokenCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "devtoken --user <uuid> --secret <secret> [--ttl 1h]",
+		Use:   "devtoken --user <uuid> --secret <secret> [--issuer <iss>] [--ttl 1h]",
 		Short: "Prints an HS256 JWT for a user, for local development only",
 		Long: `Prints a JWT signed with --secret (HS256, claim sub = --user), to try
 credgate's routes with curl against a handler whose identity uses the same
-jwt_secret. For development and staging only: never use a production
+jwt_secret (with a supabase identity block, pass --issuer
+<project_url>/auth/v1). For development and staging only: never use a production
 secret here. The secret must be given explicitly; it is never read from
 the environment.`,
 		Args: cobra.NoArgs,
@@ -365,7 +366,8 @@ the environment.`,
 			if ttl <= 0 || ttl > 24*time.Hour {
 				return fail(cmd, errors.New("--ttl must be between 1s and 24h"))
 			}
-			tok, err := SignDevToken(user, devSecret, ttl)
+			issuer, _ := cmd.Flags().GetString("issuer")
+			tok, err := signDevToken(user, devSecret, issuer, ttl)
 			if err != nil {
 				return fail(cmd, err)
 			}
@@ -375,6 +377,7 @@ the environment.`,
 	}
 	cmd.Flags().String("user", "", "the user id (a UUID) to put in the sub claim")
 	cmd.Flags().String("secret", "", "the HS256 secret, the same as the handler's identity jwt_secret")
+	cmd.Flags().String("issuer", "", "the iss claim: <project_url>/auth/v1 for a handler whose identity is a supabase block")
 	cmd.Flags().Duration("ttl", time.Hour, "how long the token is valid")
 	return cmd
 }

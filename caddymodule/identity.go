@@ -221,6 +221,13 @@ func validUUID(s string) string {
 // SignDevToken returns an HS256 JWT for userID, valid for ttl, for local
 // development with `caddy credgate devtoken`.
 func SignDevToken(userID, secret string, ttl time.Duration) (string, error) {
+	return signDevToken(userID, secret, "", ttl)
+}
+
+// signDevToken signs a token with Supabase Auth's user claims (role and
+// aud authenticated) and, when issuer is set, its iss, so that a handler
+// whose identity is a supabase block accepts it too.
+func signDevToken(userID, secret, issuer string, ttl time.Duration) (string, error) {
 	if len(secret) < 32 {
 		return "", errors.New("the secret must be at least 32 bytes (the same value as the handler's jwt_secret)")
 	}
@@ -228,8 +235,12 @@ func SignDevToken(userID, secret string, ttl time.Duration) (string, error) {
 		return "", errors.New("the user id must be a UUID")
 	}
 	now := time.Now()
-	return jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+	claims := jwt.MapClaims{
 		"sub": userID, "iat": now.Unix(), "exp": now.Add(ttl).Unix(), "role": "authenticated",
 		"aud": "authenticated",
-	}).SignedString([]byte(secret))
+	}
+	if issuer != "" {
+		claims["iss"] = issuer
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
 }

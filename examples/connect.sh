@@ -9,7 +9,8 @@ caddy=${CADDY_BIN:-bin/caddy}
 jar=$(mktemp) body=$(mktemp)
 trap 'rm -f "$jar" "$body"' EXIT
 
-token=$("$caddy" credgate devtoken --user "$user" --secret development-only-jwt-secret-do-not-use-in-production)
+token=$("$caddy" credgate devtoken --user "$user" --secret development-only-jwt-secret-do-not-use-in-production \
+  --issuer http://localhost:8080/auth/v1)
 
 # redirect_of URL CURL-ARGS…: where URL redirects to; a non-redirect
 # answer (a 503 while the database is down, a 401…) is printed with its

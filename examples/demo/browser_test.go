@@ -164,6 +164,11 @@ func TestDemoInABrowser(t *testing.T) {
 	do("sign in", chromedp.Navigate("http://localhost:8080/"),
 		chromedp.Click(chromedp.ID("signin-alice")),
 		chromedp.WaitVisible(chromedp.ID("connect-twitter")))
+	// The page signs in as a current Supabase app does: @supabase/ssr's
+	// cookie, a base64- session, and nothing in the 2022 helpers' name.
+	if c := read("the session cookie", `document.cookie.split("; ").filter(c => c.startsWith("sb-")).map(c => c.slice(0, 31)).join(",")`); c != "sb-localhost-auth-token=base64-" {
+		t.Fatalf("cookies after sign-in: %q, want only sb-localhost-auth-token=base64-…", c)
+	}
 
 	// At 100 %: every platform through the new flow.
 	for _, p := range []string{"twitter", "linkedin", "facebook", "instagram"} {
