@@ -56,6 +56,7 @@ type harness struct {
 	seen       []upstreamRequest
 	keys       *vault.Keyring
 
+	logFile          string // Caddy's log, when a test asked for one
 	opt              harnessOptions
 	retryTransport   bool
 	transportRetries atomic.Int64

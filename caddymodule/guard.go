@@ -76,6 +76,10 @@ func (a *App) halted(platform string) bool { return a.guard != nil && a.guard.Ha
 // startGuard reads the halts once before serving (until then every
 // platform counts as halted) and runs the guard's loop until Stop.
 func (a *App) startGuard(ctx context.Context) {
+	// The decisions are shared with or without the guard: `rollout
+	// status` shows them by reason.
+	decisions := guard.NewDecisionLog(a.pool, a.rollout.Counts())
+	a.run.wg.Go(func() { decisions.Run(ctx, guardInterval) })
 	if a.guard == nil {
 		return
 	}
@@ -118,6 +122,10 @@ type RolloutStatus struct {
 	Flags    *flags.InForce `json:"flags,omitempty"`
 	Guard    guard.Platform `json:"guard"`
 	Halted   bool           `json:"halted"`
+	// Decisions are the window's rollout decisions at the app's connect
+	// route by arm and reason, summed over every replica, most frequent
+	// first.
+	Decisions []guard.ReasonCount `json:"decisions"`
 }
 
 // rolloutSamples is how many sample ids the percentage in force is
@@ -132,9 +140,16 @@ func rolloutStatus(ctx context.Context, db vault.DB, rollout *flags.Rollout, win
 	if err != nil {
 		return nil, err
 	}
+	decisions, err := guard.DecisionsInWindow(ctx, db, window)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]RolloutStatus, 0, len(states))
 	for _, p := range states {
-		s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted()}
+		s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted(), Decisions: decisions[p.Name]}
+		if s.Decisions == nil {
+			s.Decisions = []guard.ReasonCount{}
+		}
 		if rollout != nil {
 			inForce := rollout.InForce(ctx, p.Name, rolloutSamples)
 			s.Flags = &inForce

@@ -45,8 +45,10 @@ func rolloutStatusCommand() *cobra.Command {
 new flow and the kill switch (when --flags names the flag source, written
 as in the Caddyfile: "flagd <path>", "flagd_rpc <host:port>" or
 "static <percent>"; the percentage is measured on 1,000 sample user ids),
-whether the rollout guard has halted it, and the success of both arms
-over the window, summed over every replica.`,
+whether the rollout guard has halted it, the success of both arms over
+the window, and the window's decisions at the app's connect route by arm
+and reason (no_identity: users credgate did not recognise, whom no
+percentage moves), all summed over every replica.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			window, _ := cmd.Flags().GetDuration("window")
@@ -108,7 +110,39 @@ func printRolloutStatus(w io.Writer, status []RolloutStatus, window time.Duratio
 		}
 		fmt.Fprintf(w, "%s\n  flags:  %s\n  guard:  %s\n  last %s: new flow %s, legacy flow %s\n",
 			s.Platform, flagsText, guardText, window, rateText(s.Guard.New), rateText(s.Guard.Legacy))
+		fmt.Fprintf(w, "  decisions: %s\n", decisionsText(s.Decisions))
+		if warning := identityWarning(s.Decisions); warning != "" {
+			fmt.Fprintf(w, "  ⚠ %s\n", warning)
+		}
 	}
+}
+
+// decisionsText is "12 new (rollout), 3 legacy (no_identity)", or "none".
+func decisionsText(list []guard.ReasonCount) string {
+	if len(list) == 0 {
+		return "none at the app's connect route"
+	}
+	parts := make([]string, len(list))
+	for i, c := range list {
+		parts[i] = fmt.Sprintf("%d %s (%s)", c.Decisions, c.Arm, c.Reason)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// identityWarning names the users no rollout can move: those who reached
+// the connect route with no identity credgate recognises.
+func identityWarning(list []guard.ReasonCount) string {
+	var total, unknown int64
+	for _, c := range list {
+		total += c.Decisions
+		if c.Reason == string(flags.ReasonNoIdentity) {
+			unknown += c.Decisions
+		}
+	}
+	if unknown == 0 || unknown*2 < total {
+		return ""
+	}
+	return fmt.Sprintf("%d of %d decisions had no identity credgate recognises: those users stay on the legacy flow whatever the percentage (credgate_identity_total by result; docs/identity.md)", unknown, total)
 }
 
 func rateText(r guard.Rate) string {

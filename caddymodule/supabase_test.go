@@ -2,13 +2,17 @@ package caddymodule
 
 import (
 	"crypto/ecdsa"
+	"encoding/json"
 	"crypto/elliptic"
 	"crypto/rand"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -23,7 +27,9 @@ func supabaseHarness(t *testing.T) (*harness, map[string]supabasetest.Fixture, *
 	t.Helper()
 	fixtures, keys := supabasetest.Load(t)
 	authSrv, auth := supabasetest.Auth(t, fixtures, keys)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true,
+		caddyGlobals: "log {\n\t\toutput file " + logFile + "\n\t\tformat json\n\t}",
 		extraSite: "legacy_start /api/{platform}/connect",
 		identity: fmt.Sprintf(`supabase %s {
 				publishable_key %s
@@ -31,6 +37,7 @@ func supabaseHarness(t *testing.T) (*harness, map[string]supabasetest.Fixture, *
 				refuse_anonymous
 			}
 			jwt_secret %s`, fixtures["ssr-single"].ProjectURL, supabasetest.PublishableKey, auth.URL, keys.HS256Secret)})
+	h.logFile = logFile
 	return h, fixtures, authSrv
 }
 
@@ -125,5 +132,43 @@ func TestUnrecognisedUsersAreCountedByReason(t *testing.T) {
 			metricValue(before, "credgate_rollout_decisions_total", `platform="linkedin"`, `reason="no_identity"`); d != 1 {
 			t.Errorf("%s: no_identity decision moved by %v", c.want, d)
 		}
+	}
+	// Most of the last minute's requests named no one, with the rollout
+	// at 100 %: once there are enough of them, the log says so, once.
+	for range 4 {
+		h.browserGet("/api/linkedin/connect", "")
+	}
+	logged, _ := os.ReadFile(h.logFile)
+	if n := strings.Count(string(logged), "carry no identity credgate recognises"); n != 1 {
+		t.Errorf("%d warnings in the log, want 1:\n%s", n, logged)
+	}
+	if !strings.Contains(string(logged), `"commonest_reason":"missing"`) {
+		t.Errorf("the warning does not name the commonest reason (missing)")
+	}
+
+	// The operator's command sees it, from every replica's shared count.
+	var out string
+	waitUntil(t, 10*time.Second, func() bool {
+		out, _ = runCLI(t, "rollout", "status", "--database-url", h.db)
+		return strings.Contains(out, "11 legacy (no_identity)")
+	})
+	if !strings.Contains(out, "⚠ 11 of 11 decisions had no identity credgate recognises") {
+		t.Errorf("rollout status does not warn:\n%s", out)
+	}
+	// And service-health names the share and the commonest reason.
+	resp, body := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+	var health struct {
+		Identity struct {
+			Requests  int     `json:"connect_requests"`
+			Share     float64 `json:"unrecognised_share"`
+			Commonest string  `json:"commonest_reason"`
+			Warning   string  `json:"warning"`
+		} `json:"identity"`
+	}
+	if err := json.Unmarshal(body, &health); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("service-health %d: %s", resp.StatusCode, body)
+	}
+	if id := health.Identity; id.Requests != 11 || id.Share != 1 || id.Commonest != "missing" || id.Warning == "" {
+		t.Errorf("service-health identity: %+v", id)
 	}
 }

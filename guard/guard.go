@@ -24,6 +24,9 @@
 // Flows already started finish on their arm: a callback follows the arm
 // stored with its state, never the guard.
 //
+// DecisionLog, beside it, shares the rollout's decisions by reason the same
+// way (rollout_decisions), guard or no guard, for `rollout status`.
+//
 // No Caddy here: caddymodule runs the guard's loop and asks it, per
 // decision, whether a platform is halted — a map read, no database.
 package guard

@@ -46,9 +46,10 @@ func Files() fs.FS { return files }
 
 // Tables credgate creates (social_accounts only when missing): the four the
 // migration guide lists (001), then the audit roll-up (002), then the
-// guarded rollout's window and latch (003).
+// guarded rollout's window and latch (003), then the shared count of
+// rollout decisions (004).
 var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
-	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts"}
+	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{
