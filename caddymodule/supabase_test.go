@@ -2,9 +2,9 @@ package caddymodule
 
 import (
 	"crypto/ecdsa"
-	"encoding/json"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -30,7 +30,7 @@ func supabaseHarness(t *testing.T) (*harness, map[string]supabasetest.Fixture, *
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true,
 		caddyGlobals: "log {\n\t\toutput file " + logFile + "\n\t\tformat json\n\t}",
-		extraSite: "legacy_start /api/{platform}/connect",
+		extraSite:    "legacy_start /api/{platform}/connect",
 		identity: fmt.Sprintf(`supabase %s {
 				publishable_key %s
 				auth_url %s/auth/v1
