@@ -88,7 +88,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 3 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
+	for _, want := range []string{"Applied version: 4 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}

@@ -29,7 +29,9 @@ func supabaseHarness(t *testing.T) (*harness, map[string]supabasetest.Fixture, *
 	authSrv, auth := supabasetest.Auth(t, fixtures, keys)
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true,
-		caddyGlobals: "log {\n\t\toutput file " + logFile + "\n\t\tformat json\n\t}",
+		// A log of credgate's own, so Caddy's default logger (which the
+		// tests after this one use) stays where it is.
+		caddyGlobals: "log credgate {\n\t\toutput file " + logFile + "\n\t\tformat json\n\t\tinclude http.handlers.credgate\n\t}",
 		extraSite:    "legacy_start /api/{platform}/connect",
 		identity: fmt.Sprintf(`supabase %s {
 				publishable_key %s
