@@ -25,6 +25,8 @@ func init() {
 //				auth_url        <url>            # default <project_url>/auth/v1
 //				cookie          <name>           # default sb-<ref>-auth-token
 //				refuse_anonymous                 # anonymous sign-ins are no user
+//				cookie_domain   <domain>         # the app's cookieOptions.domain; default host-only
+//				cookie_secure                    # the app's cookieOptions.secure; default off
 //			}
 //			jwt_secret  <secret>                 # HS256, and/or:
 //			jwks_url    <url>                    # RS256/ES256 by key id (default with supabase: the project's), or:
@@ -124,18 +126,22 @@ func parseSupabaseIdentity(d *caddyfile.Dispenser) (*SupabaseIdentity, error) {
 		opt := d.Val()
 		target := map[string]*string{
 			"publishable_key": &sb.PublishableKey, "anon_key": &sb.PublishableKey,
-			"auth_url": &sb.AuthURL, "cookie": &sb.Cookie,
+			"auth_url": &sb.AuthURL, "cookie": &sb.Cookie, "cookie_domain": &sb.CookieDomain,
 		}[opt]
 		switch {
 		case target != nil:
 			if !d.AllArgs(target) {
 				return nil, d.ArgErr()
 			}
-		case opt == "refuse_anonymous":
+		case opt == "refuse_anonymous" || opt == "cookie_secure":
 			if d.NextArg() {
 				return nil, d.ArgErr()
 			}
-			sb.RefuseAnonymous = true
+			if opt == "cookie_secure" {
+				sb.CookieSecure = true
+			} else {
+				sb.RefuseAnonymous = true
+			}
 		default:
 			return nil, d.Errf("credgate: unrecognized identity supabase option %q", opt)
 		}

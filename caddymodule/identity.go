@@ -78,6 +78,12 @@ type SupabaseIdentity struct {
 	// RefuseAnonymous treats anonymous sign-ins (is_anonymous) as no
 	// user. Default false.
 	RefuseAnonymous bool `json:"refuse_anonymous,omitempty"`
+	// CookieDomain and CookieSecure are the Domain and Secure the app's
+	// @supabase/ssr client sets on its session cookie (its
+	// cookieOptions), so a refreshed session is written where the app's
+	// is. Default: host-only, not Secure (@supabase/ssr's defaults).
+	CookieDomain string `json:"cookie_domain,omitempty"`
+	CookieSecure bool   `json:"cookie_secure,omitempty"`
 }
 
 // identityBudget bounds the identity work of a request: a JWKS fetch or a
@@ -87,7 +93,12 @@ const identityBudget = 5 * time.Second
 func (id *Identity) provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	secret := []byte(repl.ReplaceKnown(id.JWTSecret, ""))
-	id.JWKSURL = repl.ReplaceKnown(id.JWKSURL, "")
+	if id.JWTSecret != "" && len(secret) == 0 {
+		return fmt.Errorf("credgate: identity jwt_secret %q is empty once its placeholders are replaced (is the variable set?)", id.JWTSecret)
+	}
+	for _, field := range []*string{&id.JWKSURL, &id.Issuer, &id.Audience, &id.Claim, &id.Cookie} {
+		*field = repl.ReplaceKnown(*field, "")
+	}
 	if len(secret) > 0 && len(secret) < 32 {
 		return errors.New("credgate: identity jwt_secret must be at least 32 bytes")
 	}
@@ -118,6 +129,7 @@ func (id *Identity) provision(ctx caddy.Context) error {
 		// too: only role authenticated is a signed-in user.
 		policy.Role = "authenticated"
 		policy.RefuseAnonymous = sb.RefuseAnonymous
+		reader.CookieOptions = identity.CookieOptions{Domain: sb.CookieDomain, Secure: sb.CookieSecure}
 		if sb.PublishableKey != "" {
 			refresher = identity.NewRefresher(sb.AuthURL, sb.PublishableKey, nil)
 		}
@@ -153,6 +165,8 @@ func (sb *SupabaseIdentity) provision(repl *caddy.Replacer) error {
 	sb.ProjectURL = strings.TrimRight(repl.ReplaceKnown(sb.ProjectURL, ""), "/")
 	sb.PublishableKey = repl.ReplaceKnown(sb.PublishableKey, "")
 	sb.AuthURL = strings.TrimRight(repl.ReplaceKnown(sb.AuthURL, ""), "/")
+	sb.Cookie = repl.ReplaceKnown(sb.Cookie, "")
+	sb.CookieDomain = repl.ReplaceKnown(sb.CookieDomain, "")
 	if err := httpURL(sb.ProjectURL); err != nil {
 		return fmt.Errorf("credgate: identity supabase project_url: %w", err)
 	}
@@ -179,8 +193,9 @@ func httpURL(raw string) error {
 
 // read returns the request's identity. A refreshed session's cookies are
 // set on w and replace the stale ones in r, so the app behind credgate
-// sees the same session as the browser.
-func (id *Identity) read(w http.ResponseWriter, r *http.Request) identity.Identity {
+// sees the same session as the browser; with identity.NoRefresh nothing
+// is written.
+func (id *Identity) read(w http.ResponseWriter, r *http.Request, mode identity.Mode) identity.Identity {
 	if id.Placeholder != "" {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if repl == nil {
@@ -197,7 +212,7 @@ func (id *Identity) read(w http.ResponseWriter, r *http.Request) identity.Identi
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), identityBudget)
 	defer cancel()
-	got := id.reader.Read(ctx, r)
+	got := id.reader.Read(ctx, r, mode)
 	if len(got.SetCookies) > 0 {
 		for _, c := range got.SetCookies {
 			http.SetCookie(w, c)

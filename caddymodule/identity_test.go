@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -155,5 +156,5 @@ func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 // userID is the identity's user for r, for tests that need only that.
 func (id *Identity) userID(r *http.Request) string {
-	return id.read(httptest.NewRecorder(), r).UserID
+	return id.read(httptest.NewRecorder(), r, identity.MayRefresh).UserID
 }

@@ -105,12 +105,22 @@ func (h *Handler) ready(w http.ResponseWriter) bool {
 // identify reads the request's identity; route, when not "", names a
 // route whose identity outcomes are counted (credgate_identity_total).
 func (h *Handler) identify(w http.ResponseWriter, r *http.Request, route string) identity.Identity {
+	mode := identity.MayRefresh
+	if route == telemetry.RouteConnect {
+		// The app's connect route may hand the request to the app
+		// untouched: credgate names a stale session's user for the
+		// decision, and refreshes it only on its own start route.
+		mode = identity.NoRefresh
+	}
 	got := identity.Identity{Result: identity.Missing}
 	if h.Identity != nil {
-		got = h.Identity.read(w, r)
+		got = h.Identity.read(w, r, mode)
 	}
-	if got.RefreshErr != nil {
-		h.logger.Info("identity: refreshing the session failed", zap.String("route", route), zap.Error(got.RefreshErr))
+	switch {
+	case got.Anomaly:
+		h.logger.Warn("identity: supabase auth answered a refresh with another user's session; the request is treated as signed out", zap.String("route", route))
+	case got.RefreshErr != nil:
+		h.logger.Debug("identity: refreshing the session failed", zap.String("route", route), zap.Error(got.RefreshErr))
 	}
 	if route != "" {
 		h.app.metrics.Identity(route, string(got.Result))
@@ -242,6 +252,9 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	if !h.ready(w) {
 		return
 	}
+	// Who is signed in, before the database's budget starts: reading it
+	// may wait for a JWKS or a session refresh.
+	signedIn := h.identify(w, r, "").UserID
 	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer cancel()
 	// refuse audits a refused callback with what the state row knew (user
@@ -289,7 +302,9 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		refuse("state_mismatch", "this sign-in was started in another browser", st, map[string]any{"reason": "browser"})
 		return
 	}
-	if user := h.identify(w, r, "").UserID; user != "" && user != st.UserID {
+	// A callback without a usable identity is not refused: the binding
+	// cookie already ties the flow to the browser that started it.
+	if signedIn != "" && signedIn != st.UserID {
 		refuse("state_mismatch", "this sign-in was started by another user", st, map[string]any{"reason": "user"})
 		return
 	}

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -16,19 +17,39 @@ const chunkSize = 3180
 // days, the most browsers keep).
 const cookieMaxAge = 400 * 24 * 60 * 60
 
+// CookieOptions are the attributes the app's @supabase/ssr client gives
+// its session cookie beyond the defaults (its cookieOptions): a Domain
+// shared by subdomains, Secure. credgate must write the same, or the
+// browser keeps two copies of the session.
+type CookieOptions struct {
+	Domain string
+	Secure bool
+}
+
+// maxCookieValue is the largest value credgate writes back: no more
+// chunks than it would read itself.
+const maxCookieValue = maxChunks * chunkSize
+
+// errSessionTooLarge: a refreshed session credgate would not read back.
+var errSessionTooLarge = errors.New("the refreshed session is too large to store in cookies")
+
 // SessionCookies returns the Set-Cookie lines that store session (the
 // session JSON Supabase Auth answered) under name the way @supabase/ssr's
 // server client does: the same encoding as the request's cookie (base64
-// or raw JSON), chunked at the same size, with the same attributes (Path
-// /, SameSite Lax, readable by the page's script, 400 days), and the
-// request's chunks that the new value no longer uses expired, so the
-// browser never combines old and new chunks.
-func SessionCookies(name string, session []byte, format Format, previous []string) []*http.Cookie {
+// or raw JSON), chunked at the same boundaries, with the same attributes
+// (Path /, SameSite Lax, readable by the page's script, 400 days, and the
+// app's Domain and Secure), and the request's chunks that the new value
+// no longer uses expired (host-only too when a Domain is set, as
+// @supabase/ssr does), so the browser never combines old and new chunks.
+func SessionCookies(name string, session []byte, format Format, previous []string, opts CookieOptions) ([]*http.Cookie, error) {
 	var value string
 	if format == FormatJSON {
 		value = encodeURIComponent(string(session))
 	} else {
 		value = "base64-" + base64.RawURLEncoding.EncodeToString(session)
+	}
+	if len(value) > maxCookieValue {
+		return nil, errSessionTooLarge
 	}
 	chunks := split(value)
 	var out []*http.Cookie
@@ -39,19 +60,26 @@ func SessionCookies(name string, session []byte, format Format, previous []strin
 			n = name + "." + strconv.Itoa(i)
 		}
 		names = append(names, n)
-		out = append(out, &http.Cookie{Name: n, Value: v, Path: "/", MaxAge: cookieMaxAge, SameSite: http.SameSiteLaxMode})
+		out = append(out, &http.Cookie{Name: n, Value: v, Path: "/", Domain: opts.Domain, Secure: opts.Secure,
+			MaxAge: cookieMaxAge, SameSite: http.SameSiteLaxMode})
 	}
 	for _, old := range previous {
-		if !slices.Contains(names, old) {
-			out = append(out, &http.Cookie{Name: old, Path: "/", MaxAge: -1, SameSite: http.SameSiteLaxMode})
+		if slices.Contains(names, old) {
+			continue
+		}
+		out = append(out, &http.Cookie{Name: old, Path: "/", Domain: opts.Domain, Secure: opts.Secure, MaxAge: -1, SameSite: http.SameSiteLaxMode})
+		if opts.Domain != "" {
+			out = append(out, &http.Cookie{Name: old, Path: "/", Secure: opts.Secure, MaxAge: -1, SameSite: http.SameSiteLaxMode})
 		}
 	}
-	return out
+	return out, nil
 }
 
 // split cuts an encoded value into chunks of at most chunkSize
-// characters, never inside a %XX escape (the same boundaries as
-// @supabase/ssr's createChunks, which cuts the encoded form too).
+// characters, at the boundaries @supabase/ssr's createChunks uses: never
+// inside a %XX escape, nor inside the escapes of one UTF-8 character
+// (each chunk must decode on its own: the library decodes chunk by
+// chunk).
 func split(v string) []string {
 	var out []string
 	for len(v) > chunkSize {
@@ -59,10 +87,20 @@ func split(v string) []string {
 		if i := strings.LastIndexByte(v[:cut], '%'); i > cut-3 {
 			cut = i
 		}
+		// Back off while the next chunk would start with a UTF-8
+		// continuation byte (%80–%BF).
+		for cut >= 3 && v[cut] == '%' && isContinuation(v[cut+1:cut+3]) {
+			cut -= 3
+		}
 		out = append(out, v[:cut])
 		v = v[cut:]
 	}
 	return append(out, v)
+}
+
+func isContinuation(hex2 string) bool {
+	b, err := strconv.ParseUint(hex2, 16, 8)
+	return err == nil && b&0xC0 == 0x80
 }
 
 // encodeURIComponent is JavaScript's: everything but A–Z a–z 0–9 and

@@ -58,7 +58,7 @@ func TestFixturesFromTheRealLibraries(t *testing.T) {
 			if name == "ssr-chunked" && len(s.Chunks) < 2 {
 				t.Errorf("the chunked fixture came from %d cookie(s)", len(s.Chunks))
 			}
-			got := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", false, nil).Read(t.Context(), requestWithCookies(fx.CookieHeader))
+			got := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", false, nil).Read(t.Context(), requestWithCookies(fx.CookieHeader), identity.MayRefresh)
 			want := identity.OK
 			if fx.Expired {
 				want = identity.Expired
@@ -117,7 +117,7 @@ func TestRefusalsAreNamed(t *testing.T) {
 			if c.fixture != "" {
 				cookie = fixtures[c.fixture].CookieHeader
 			}
-			got := supabaseReader(t, single, keys, auth.URL+"/auth/v1", false, c.policy).Read(t.Context(), requestWithCookies(cookie))
+			got := supabaseReader(t, single, keys, auth.URL+"/auth/v1", false, c.policy).Read(t.Context(), requestWithCookies(cookie), identity.MayRefresh)
 			if got.Result != c.want {
 				t.Errorf("result %s, want %s", got.Result, c.want)
 			}

@@ -61,7 +61,8 @@ type KeySet struct {
 
 	mu          sync.Mutex
 	keys        map[string]publicKey // kid → key
-	fetchedAt   time.Time            // last successful fetch
+	fetchedAt   time.Time            // last successful fetch, when it ended
+	okStarted   time.Time            // … and when it started
 	attemptedAt time.Time            // last fetch started
 	failures    int                  // consecutive failed fetches
 	lastErr     error
@@ -86,8 +87,8 @@ func NewKeySet(url string, client *http.Client) *KeySet {
 // fetch only when it must (nothing fetched yet, or a refetch for an
 // unknown kid is due), bounded by ctx.
 func (k *KeySet) Key(ctx context.Context, kid, alg string) (any, error) {
-	waited := false
-	for {
+	began := k.now()
+	for waits := 0; ; {
 		k.mu.Lock()
 		now := k.now()
 		if pk, ok := k.keys[kid]; ok {
@@ -96,17 +97,28 @@ func (k *KeySet) Key(ctx context.Context, kid, alg string) (any, error) {
 			}
 			k.mu.Unlock()
 			if pk.alg != "" && pk.alg != alg {
-				return nil, fmt.Errorf("%w: key %q is for %s, not %s", ErrUnknownKID, kid, pk.alg, alg)
+				// The key exists but is not for this algorithm: a
+				// signature that cannot be right.
+				return nil, fmt.Errorf("key %q is for %s, not %s", kid, pk.alg, alg)
 			}
 			return pk.key, nil
 		}
-		var wait chan struct{}
-		if !waited {
-			wait = k.inflight
-			if wait == nil && k.refetchFor(kid, now) {
-				wait = k.startFetch(now)
+		// Only a fetch that started after this lookup began shows that
+		// the kid is absent: an earlier one (a made-up kid's, say) may
+		// predate the key's publication.
+		if k.keys != nil && k.failures == 0 && !k.okStarted.Before(began) {
+			if len(k.missing) < maxMissingKIDs {
+				k.missing[kid] = now
 			}
-			if slot := k.nextSlot(kid, now); wait == nil && slot > 0 {
+			k.mu.Unlock()
+			return nil, ErrUnknownKID
+		}
+		wait := k.inflight
+		if wait == nil && k.refetchFor(kid, now) {
+			wait = k.startFetch(now)
+		}
+		if wait == nil || waits >= 3 {
+			if slot := k.nextSlot(kid, now); slot > 0 && waits < 3 {
 				// A refetch ran moments ago: wait for the next one
 				// rather than refuse a key published since.
 				k.mu.Unlock()
@@ -117,21 +129,19 @@ func (k *KeySet) Key(ctx context.Context, kid, alg string) (any, error) {
 					return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, ctx.Err())
 				}
 			}
-		} else if k.keys != nil && k.failures == 0 && len(k.missing) < maxMissingKIDs {
-			// The fetch this lookup waited for did not have it.
-			k.missing[kid] = now
-		}
-		known, lastErr := k.keys != nil, k.lastErr
-		k.mu.Unlock()
-		if wait == nil {
-			if !known {
+			known, failing, lastErr := k.keys != nil, k.failures > 0, k.lastErr
+			k.mu.Unlock()
+			if !known || failing {
+				// While the set cannot be fetched, a kid it lacks may
+				// be one it would have: the JWKS is the cause.
 				return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, lastErr)
 			}
 			return nil, ErrUnknownKID
 		}
+		k.mu.Unlock()
+		waits++
 		select {
 		case <-wait:
-			waited = true
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, ctx.Err())
 		}
@@ -179,6 +189,7 @@ func (k *KeySet) startFetch(now time.Time) chan struct{} {
 	done := make(chan struct{})
 	k.inflight = done
 	k.attemptedAt = now
+	started := now
 	go func() {
 		// Not the request's context: one caller's hang-up must not fail
 		// the fetch that every other caller waits for.
@@ -193,7 +204,7 @@ func (k *KeySet) startFetch(now time.Time) chan struct{} {
 			return
 		}
 		k.failures, k.lastErr = 0, nil
-		k.keys, k.fetchedAt = keys, k.now()
+		k.keys, k.fetchedAt, k.okStarted = keys, k.now(), started
 		for kid, at := range k.missing {
 			if _, found := keys[kid]; found || k.fetchedAt.Sub(at) >= missingKIDBackoff {
 				delete(k.missing, kid)
@@ -238,6 +249,11 @@ func (k *KeySet) fetch() (map[string]publicKey, error) {
 			continue
 		}
 		keys[m.KID] = publicKey{key: jwk.Key(), alg: string(m.ALG)}
+	}
+	if len(keys) == 0 {
+		// An empty answer (a misconfigured or half-deployed JWKS) must
+		// not replace the keys that work: it counts as a failed fetch.
+		return nil, errors.New("fetching jwks: no usable signing key in the answer")
 	}
 	return keys, nil
 }

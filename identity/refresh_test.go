@@ -25,7 +25,7 @@ func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 	// (smaller) session will not use: they must be expired.
 	stale := fx.CookieHeader + "; " + fx.StorageKey + ".3=leftover; other=kept"
 	r := requestWithCookies(stale)
-	got := rd.Read(t.Context(), r)
+	got := rd.Read(t.Context(), r, identity.MayRefresh)
 	if got.Result != identity.Refreshed || got.UserID != fx.UserID {
 		t.Fatalf("read %s user %q (refresh error %v), want refreshed %s", got.Result, got.UserID, got.RefreshErr, fx.UserID)
 	}
@@ -55,7 +55,7 @@ func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 
 	// The app behind credgate sees the refreshed session too.
 	identity.ReplaceRequestCookies(r, got.SetCookies)
-	again := rd.Read(t.Context(), r)
+	again := rd.Read(t.Context(), r, identity.MayRefresh)
 	if again.Result != identity.OK {
 		t.Errorf("the rewritten request reads %s, want ok", again.Result)
 	}
@@ -99,7 +99,7 @@ func TestConcurrentRefreshesShareOneCall(t *testing.T) {
 	var wg sync.WaitGroup
 	results := make([]identity.Result, 20)
 	for i := range results {
-		wg.Go(func() { results[i] = rd.Read(t.Context(), requestWithCookies(fx.CookieHeader)).Result })
+		wg.Go(func() { results[i] = rd.Read(t.Context(), requestWithCookies(fx.CookieHeader), identity.MayRefresh).Result })
 	}
 	wg.Wait()
 	for i, res := range results {
@@ -123,11 +123,11 @@ func TestRefreshRefusedOrNotConfigured(t *testing.T) {
 	r := requestWithCookies(forged)
 	rd := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", true, nil)
 	rd.Refresher = identity.NewRefresher(auth.URL+"/auth/v1", "wrong-key", nil)
-	if got := rd.Read(t.Context(), r); got.Result != identity.RefreshFailed || got.UserID != "" || len(got.SetCookies) != 0 {
+	if got := rd.Read(t.Context(), r, identity.MayRefresh); got.Result != identity.RefreshFailed || got.UserID != "" || len(got.SetCookies) != 0 {
 		t.Errorf("refused refresh: %s user %q cookies %d", got.Result, got.UserID, len(got.SetCookies))
 	}
 	none := supabaseReader(t, fx, keys, auth.URL+"/auth/v1", false, nil)
-	if got := none.Read(t.Context(), requestWithCookies(fx.CookieHeader)); got.Result != identity.Expired || got.UserID != "" {
+	if got := none.Read(t.Context(), requestWithCookies(fx.CookieHeader), identity.MayRefresh); got.Result != identity.Expired || got.UserID != "" {
 		t.Errorf("no refresher: %s user %q", got.Result, got.UserID)
 	}
 	_ = httptest.NewRecorder

@@ -5,7 +5,7 @@ package identity
 // series that exist from the first request.
 type Result string
 
-// The results. OK and Refreshed are usable identities; every other result
+// The results. OK, Refreshed and Stale are usable identities; every other result
 // means the request is treated as anonymous (the connect route sends it to
 // the legacy flow, the credential routes answer 401).
 const (
@@ -14,6 +14,12 @@ const (
 	// Refreshed: the access token had expired, credgate refreshed the
 	// session at Supabase Auth and wrote it back as the app's cookie.
 	Refreshed Result = "refreshed"
+	// Stale: the access token has expired but is otherwise good and its
+	// session can be refreshed; read where credgate does not refresh (the
+	// app's connect route, which may hand the request to the app), the
+	// user is recognised for the rollout decision, and credgate's own
+	// route refreshes the session next.
+	Stale Result = "stale"
 	// Missing: no session cookie and no bearer token.
 	Missing Result = "missing"
 	// Malformed: a cookie or header that is not a session, an
@@ -48,9 +54,9 @@ const (
 
 // Results lists every result, in a stable order.
 func Results() []Result {
-	return []Result{OK, Refreshed, Missing, Malformed, Expired, RefreshFailed, BadSignature,
+	return []Result{OK, Refreshed, Stale, Missing, Malformed, Expired, RefreshFailed, BadSignature,
 		UnknownKID, KeysUnavailable, WrongIssuer, WrongAudience, NotUser, Anonymous}
 }
 
 // Usable reports whether the result names a user.
-func (r Result) Usable() bool { return r == OK || r == Refreshed }
+func (r Result) Usable() bool { return r == OK || r == Refreshed || r == Stale }

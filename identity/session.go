@@ -46,6 +46,11 @@ type Session struct {
 	// Chunks are the names of the request's cookies that held it, so a
 	// rewrite can expire the ones it no longer needs.
 	Chunks []string
+	// Duplicated: the request carried one of those names twice (cookies
+	// set for another Domain or Path beside credgate's): which one the
+	// app reads is the app's framework's choice, so credgate does not
+	// rewrite them.
+	Duplicated bool
 }
 
 var (
@@ -58,7 +63,7 @@ var (
 // and decodes it in whichever format it is written.
 func ReadSession(r *http.Request, name string) (Session, error) {
 	cookies := r.Cookies()
-	value, chunks, err := assemble(cookies, name)
+	value, chunks, dup, err := assemble(cookies, name)
 	if err != nil {
 		return Session{}, err
 	}
@@ -66,43 +71,45 @@ func ReadSession(r *http.Request, name string) (Session, error) {
 	if err != nil {
 		return Session{}, err
 	}
-	s.Chunks = chunks
+	s.Chunks, s.Duplicated = chunks, dup
 	return s, nil
 }
 
 // assemble returns the cookie's whole value: the cookie itself when it is
 // present and not empty, else its chunks in order until the first gap.
-func assemble(cookies []*http.Cookie, name string) (string, []string, error) {
+func assemble(cookies []*http.Cookie, name string) (string, []string, bool, error) {
 	byName := make(map[string]string, len(cookies))
 	var chunkNames []string
+	duplicated := false
 	for _, c := range cookies {
 		if c.Name != name && !isChunkOf(c.Name, name) {
 			continue
 		}
 		if _, dup := byName[c.Name]; dup {
-			continue // the first one wins, as in the browser's order
+			duplicated = true
+			continue // the first one wins, as the cookie package reads it
 		}
 		byName[c.Name] = c.Value
 		chunkNames = append(chunkNames, c.Name)
 	}
 	if v := byName[name]; v != "" {
-		return v, chunkNames, nil
+		return v, chunkNames, duplicated, nil
 	}
 	var b strings.Builder
 	for i := 0; ; i++ {
 		v, ok := byName[name+"."+strconv.Itoa(i)]
 		if !ok || v == "" {
 			if i == 0 {
-				return "", nil, errNoCookie
+				return "", nil, false, errNoCookie
 			}
 			break
 		}
 		if i == maxChunks || b.Len()+len(v) > maxSessionBytes {
-			return "", nil, errMalformed
+			return "", nil, false, errMalformed
 		}
 		b.WriteString(v)
 	}
-	return b.String(), chunkNames, nil
+	return b.String(), chunkNames, duplicated, nil
 }
 
 // isChunkOf matches name.N with N a decimal without leading zeros, as
