@@ -99,7 +99,9 @@ func TestConcurrentRefreshesShareOneCall(t *testing.T) {
 	var wg sync.WaitGroup
 	results := make([]identity.Result, 20)
 	for i := range results {
-		wg.Go(func() { results[i] = rd.Read(t.Context(), requestWithCookies(fx.CookieHeader), identity.MayRefresh).Result })
+		wg.Go(func() {
+			results[i] = rd.Read(t.Context(), requestWithCookies(fx.CookieHeader), identity.MayRefresh).Result
+		})
 	}
 	wg.Wait()
 	for i, res := range results {
