@@ -99,6 +99,12 @@ type App struct {
 	// mid-job). Default 2m.
 	RefreshLease caddy.Duration `json:"refresh_lease,omitempty"`
 
+	// StoreRetry is how long storing a token the platform has already
+	// issued is retried on fresh connections after it failed (a database
+	// restart or failover, a broken path to it): the answer is kept in
+	// memory meanwhile, and no one renews the account again. Default 5m.
+	StoreRetry caddy.Duration `json:"store_retry,omitempty"`
+
 	// CleanupInterval is how often expired OAuth states are deleted.
 	// Default 5m.
 	CleanupInterval caddy.Duration `json:"cleanup_interval,omitempty"`
@@ -279,6 +285,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if !strings.Contains(databaseURL, "pool_max_conns") {
 		poolCfg.MaxConns = max(poolCfg.MaxConns, int32(a.RefreshWorkers+8))
 	}
+	// Sessions that cannot hold locks forever when the path to the
+	// database breaks (docs/background.md, "Faults").
+	pgurl.LimitSessions(poolCfg)
 	if poolTracer != nil {
 		poolCfg.ConnConfig.Tracer = poolTracer
 	}
@@ -433,6 +442,9 @@ func (a *App) Stop() error {
 	a.run.wg.Wait()
 	if a.loops != nil {
 		a.loops.Stop(10 * time.Second)
+	}
+	if a.refresher != nil && !a.refresher.Wait(10*time.Second) {
+		a.logger.Error("stopping with renewed tokens still unstored (the database is not answering); their grants may be lost")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -64,7 +64,7 @@ func (a *App) provisionRefresher(repl *caddy.Replacer) error {
 	a.refresher = &worker.Refresher{
 		DB: a.pool, Accounts: a.accounts, Providers: providers, Logger: a.logger.Named("refresh"), Now: a.now,
 		Policy:  worker.Policy{Ahead: time.Duration(a.RefreshAhead), AheadShort: time.Duration(a.RefreshAheadShort)},
-		Observe: a.metrics.Refresh, Tracer: a.tracer(),
+		Observe: a.metrics.Refresh, Tracer: a.tracer(), StoreRetry: time.Duration(a.StoreRetry),
 	}
 	return nil
 }

@@ -32,6 +32,7 @@ func init() {
 //			refresh_workers <n>           # default 4: renewals this instance runs at once
 //			refresh_max_attempts <n>      # default 8: then the job is dead (audited)
 //			refresh_lease <duration>      # default 2m: a dead instance's jobs are retaken after this
+//			store_retry <duration>        # default 5m: how long a token the platform issued is retried into the database
 //			cleanup_interval <duration>   # default 5m: expired OAuth states deleted
 //			background on|off             # default on: run the loops on this instance
 //			flags         flagd <path> | flagd_rpc <host:port> [tls <ca.pem>] | static <percent>
@@ -87,14 +88,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.AllArgs(&app.PreviousKeys) {
 				return nil, d.ArgErr()
 			}
-		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "cleanup_interval", "decision_timeout":
+		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "store_retry", "cleanup_interval", "decision_timeout":
 			opt := d.Val()
 			dur, err := parseDurationArg(d, opt)
 			if err != nil {
 				return nil, err
 			}
 			*map[string]*caddy.Duration{"state_ttl": &app.StateTTL, "refresh_ahead": &app.RefreshAhead,
-				"refresh_ahead_short": &app.RefreshAheadShort, "refresh_lease": &app.RefreshLease,
+				"refresh_ahead_short": &app.RefreshAheadShort, "refresh_lease": &app.RefreshLease, "store_retry": &app.StoreRetry,
 				"cleanup_interval": &app.CleanupInterval, "decision_timeout": &app.DecisionTimeout}[opt] = caddy.Duration(dur)
 		case "refresh_workers", "refresh_max_attempts":
 			opt := d.Val()

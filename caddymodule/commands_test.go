@@ -70,8 +70,8 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: credential_audit_log\n",
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
-		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions\n",
-		"✓ Schema at version 4\n",
+		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases\n",
+		"✓ Schema at version 5\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q:\n%s", want, out)
@@ -79,7 +79,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	}
 
 	out, err = runCLI(t, "migrate", "up", "--database-url", url)
-	if err != nil || out != "✓ Already up to date (version 4)\n" {
+	if err != nil || out != "✓ Already up to date (version 5)\n" {
 		t.Errorf("second up: %q, %v", out, err)
 	}
 
@@ -88,7 +88,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 4 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
+	for _, want := range []string{"Applied version: 5 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}

@@ -47,9 +47,9 @@ func Files() fs.FS { return files }
 // Tables credgate creates (social_accounts only when missing): the four the
 // migration guide lists (001), then the audit roll-up (002), then the
 // guarded rollout's window and latch (003), then the shared count of
-// rollout decisions (004).
+// rollout decisions (004), then the renewals in flight (005).
 var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
-	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions"}
+	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions", "renewal_leases"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{

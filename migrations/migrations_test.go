@@ -46,8 +46,8 @@ func mustDown(t *testing.T, url string) migrations.Report {
 // assertComplete checks that every object the migration promises exists.
 func assertComplete(t *testing.T, s migrations.Schema) {
 	t.Helper()
-	if s.Version != 4 || s.Dirty {
-		t.Errorf("version = %d dirty=%v, want 4 clean", s.Version, s.Dirty)
+	if s.Version != 5 || s.Dirty {
+		t.Errorf("version = %d dirty=%v, want 5 clean", s.Version, s.Dirty)
 	}
 	if !s.SocialAccounts {
 		t.Error("social_accounts missing")
@@ -280,8 +280,8 @@ func TestConcurrentUpAppliesOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rows != 1 || version != 4 || dirty {
-		t.Errorf("version table: %d rows, version %d, dirty %v; want one row, 4, clean", rows, version, dirty)
+	if rows != 1 || version != 5 || dirty {
+		t.Errorf("version table: %d rows, version %d, dirty %v; want one row, 5, clean", rows, version, dirty)
 	}
 }
 
@@ -296,9 +296,10 @@ func TestFilesAreIdempotentWhenRunByHand(t *testing.T) {
 		"002_background_work.up.sql", "002_background_work.up.sql",
 		"003_rollout_guard.up.sql", "003_rollout_guard.up.sql",
 		"004_rollout_decisions.up.sql", "004_rollout_decisions.up.sql",
-		"004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
-		"004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
-		"001_improve_credentials.up.sql", "002_background_work.up.sql", "003_rollout_guard.up.sql", "004_rollout_decisions.up.sql"} {
+		"005_renewal_leases.up.sql", "005_renewal_leases.up.sql",
+		"005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
+		"005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
+		"001_improve_credentials.up.sql", "002_background_work.up.sql", "003_rollout_guard.up.sql", "004_rollout_decisions.up.sql", "005_renewal_leases.up.sql"} {
 		sql, err := fs.ReadFile(migrations.Files(), name)
 		if err != nil {
 			t.Fatal(err)

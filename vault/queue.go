@@ -213,6 +213,15 @@ func (RefreshQueue) Fail(ctx context.Context, db DB, job Job, worker, errorCode 
 		WHERE id = $1 AND locked_by = $2 AND attempts = $5 AND status = 'running'`, job.ID, worker, errorCode, now.Add(b.Delay(job.Attempts)), job.Attempts)
 }
 
+// Release ends a claim without an outcome: the job is due again at
+// runAt, with this attempt counted. For a run that failed before it could
+// record anything (the database went away), so the job does not wait out
+// the claim's lease.
+func (RefreshQueue) Release(ctx context.Context, db DB, job Job, worker string, runAt time.Time) error {
+	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'pending', locked_by = NULL, locked_until = NULL,
+		run_at = $4, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`, job.ID, worker, job.Attempts, runAt)
+}
+
 // Kill marks a job dead at once, for errors no retry can fix
 // (invalid_grant after the account was marked needs_reauth).
 func (RefreshQueue) Kill(ctx context.Context, db DB, job Job, worker, errorCode string) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,8 +56,12 @@ type Refresher struct {
 	Observe func(platform, outcome string)
 	// Tracer, if set, traces each renewal (credgate.refresh) and loop run.
 	Tracer trace.Tracer
+	// StoreRetry is how long a renewal the platform answered is retried
+	// when storing it fails (pending.go). Default 5 minutes.
+	StoreRetry time.Duration
 
-	flight singleflight.Group
+	flight  singleflight.Group
+	pending sync.WaitGroup // stores being retried
 }
 
 func (r *Refresher) now() time.Time {
@@ -156,13 +161,20 @@ func (r *Refresher) RenewRejected(ctx context.Context, userID, platform string, 
 // the lock before renewed it already. With a rejected token it renews
 // whenever the stored token is still that one.
 func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id string, minValidity time.Duration, trigger string, rejected secret.Value) (Token, error) {
+	rn, taken, held, err := r.takeLease(ctx, id)
+	if err != nil {
+		return Token{}, err
+	}
+	if !taken {
+		return r.whileLeased(ctx, id, held)
+	}
 	var out Token
 	// failure is reported after the commit: the audit row and the status
 	// of a failed renewal must stay.
 	var failure, attempt error
 	attempted := false
 	ctx, end := r.refreshSpan(ctx, p.Name(), trigger)
-	err := r.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
+	err = r.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
 		locked, err := r.Accounts.LockForRenewal(txCtx, tx, id)
 		if err != nil {
 			return err
@@ -189,7 +201,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 			if at, ok := r.nextLook(p, na, nc); ok {
 				vault.RefreshQueue{}.QueueSchedule(b, na.ID, na.Version, at)
 			}
-		})
+		}, rn)
 		attempted, attempt = true, rerr
 		switch {
 		case rerr == nil:
@@ -220,10 +232,31 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		return nil
 	})
 	end(attempted, attempt, err)
+	r.settle(rn, err)
 	if err != nil {
+		if ans := rn.answered; ans != nil {
+			// The platform's token works whether or not it is stored
+			// yet (storeAnswer keeps at it): the caller gets it.
+			return Token{Account: swappedAccount(ans.locked.Account, ans.creds), Credentials: ans.creds, Refreshed: true}, nil
+		}
 		return Token{}, err
 	}
 	return out, failure
+}
+
+// whileLeased answers a caller whose renewal found another one in flight
+// (in this process or another): the stored token while it still works,
+// else ErrRenewalPending.
+func (r *Refresher) whileLeased(ctx context.Context, id string, held time.Time) (Token, error) {
+	a, c, err := r.Accounts.GetByID(ctx, r.DB, id)
+	if err != nil {
+		return Token{}, err
+	}
+	if r.now().Before(expiryOf(a, c)) {
+		return Token{Account: a, Credentials: c, RenewalFailed: true}, nil
+	}
+	r.logger().Debug("renewal in flight elsewhere; the stored token has expired", zap.String("account_id", id), zap.Time("lease_until", held))
+	return Token{}, ErrRenewalPending
 }
 
 // refreshSpan starts the credgate.refresh span of one renewal; end
@@ -331,7 +364,7 @@ func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credenti
 // that is not an *oauth.Error comes from the database and has aborted
 // tx.
 func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provider, locked vault.Renewable,
-	trigger string, attempt int, next func(b *pgx.Batch, na vault.Account, nc vault.Credentials)) (vault.Account, vault.Credentials, error) {
+	trigger string, attempt int, next func(b *pgx.Batch, na vault.Account, nc vault.Credentials), rn *renewal) (vault.Account, vault.Credentials, error) {
 	a, c := locked.Account, locked.Credentials
 	pctx, cancel := context.WithTimeout(ctx, r.providerTimeout())
 	defer cancel()
@@ -357,6 +390,9 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		// The platform kept the refresh token (RFC 6749 §6).
 		nc.RefreshToken = c.RefreshToken
 	}
+	// From here on the answer must be stored, this time or by
+	// storeAnswer (pending.go).
+	rn.answered = &answer{p: p, locked: locked, creds: nc, scopes: out.Scopes, trigger: trigger, attempt: attempt, started: start, next: next}
 	details := map[string]any{"account_id": a.ID, "trigger": trigger}
 	if attempt > 0 {
 		details["attempt"] = attempt
@@ -371,14 +407,9 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		return a, c, err
 	}
 	if next != nil {
-		// The swap sets exactly these; the row is locked, so they hold.
-		swapped := a
-		swapped.Version, swapped.Status = a.Version+1, vault.StatusConnected
-		if !nc.Expiry.IsZero() {
-			swapped.ExpiresAt = &nc.Expiry
-		}
-		next(b, swapped, nc)
+		next(b, swappedAccount(a, nc), nc)
 	}
+	rn.lease.QueueRelease(b)
 	if err := tx.SendBatch(txCtx, b).Close(); err != nil && !errors.Is(err, vault.ErrLeaseLost) {
 		return a, c, fmt.Errorf("storing renewed token: %w", err)
 	}

@@ -162,6 +162,22 @@ func (w *Workers) runSafely(ctx context.Context, j vault.Job) {
 // will run out and another claim will retry it.
 func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res JobResult, err error) {
 	w.defaults()
+	rn, taken, held, err := w.Refresher.takeLease(ctx, j.AccountID)
+	if err != nil {
+		w.release(j)
+		return "", "", fmt.Errorf("refresh job %d: %w", j.ID, err)
+	}
+	if !taken {
+		// Another renewal of the account is in flight (a token API read,
+		// or a store being retried after a fault): look again once its
+		// lease has run out, however it ends.
+		ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
+		defer cancel()
+		if err := w.finish((vault.RefreshQueue{}).Reschedule(ctx, w.Refresher.DB, j, w.Name, j.Version, held)); err != nil {
+			return "", "", fmt.Errorf("refresh job %d: %w", j.ID, err)
+		}
+		return "", ResultWaiting, nil
+	}
 	var attempted bool
 	var attempt error
 	var end func(bool, error, error)
@@ -172,16 +188,38 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 		res, err = w.runLocked(ctx, txCtx, tx, j, locked, lockErr, func(ctx context.Context) (context.Context, func(error)) {
 			ctx, end = w.Refresher.refreshSpan(ctx, platform, "refresh_worker")
 			return ctx, func(rerr error) { attempted, attempt = true, rerr }
-		})
+		}, rn)
 		return err
 	})
 	if end != nil {
 		end(attempted, attempt, err)
 	}
+	w.Refresher.settle(rn, err)
 	if err != nil {
+		if rn.answered != nil {
+			// storeAnswer stores it with the job's next step.
+			return platform, ResultRefreshed, nil
+		}
+		// Nothing reached the platform, or it answered with an error
+		// that was not recorded: the job can run again at once rather
+		// than wait out its claim.
+		w.release(j)
 		return platform, "", fmt.Errorf("refresh job %d: %w", j.ID, err)
 	}
 	return platform, res, nil
+}
+
+// release ends a claim whose run failed before it could record anything,
+// so the job is due again at once (best effort: otherwise its claim runs
+// out).
+func (w *Workers) release(j vault.Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), renewalWriteBudget)
+	defer cancel()
+	// A short pause, not the claim's whole lease: the fault is usually
+	// gone in seconds, and MaxAttempts still bounds a job that never runs.
+	if err := w.finish((vault.RefreshQueue{}).Release(ctx, w.Refresher.DB, j, w.Name, w.Refresher.now().Add(10*time.Second))); err != nil {
+		w.Refresher.logger().Debug("releasing a refresh job failed; its claim runs out by itself", zap.Error(err))
+	}
 }
 
 // runLocked decides and does the job's work on the locked account.
@@ -189,7 +227,7 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 // function that records the attempt's outcome.
 type startRenewal func(ctx context.Context) (context.Context, func(error))
 
-func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, locked vault.Renewable, lockErr error, start startRenewal) (JobResult, error) {
+func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, locked vault.Renewable, lockErr error, start startRenewal, rn *renewal) (JobResult, error) {
 	r, q := w.Refresher, vault.RefreshQueue{}
 	a, c := locked.Account, locked.Credentials
 	live := a.Status == vault.StatusConnected || a.Status == vault.StatusExpiring
@@ -235,14 +273,14 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 	ctx, attempted := start(ctx)
 	// The failure's audit rows carry the renewal's trace too.
 	txCtx = trace.ContextWithSpan(txCtx, trace.SpanFromContext(ctx))
-	res, rerr, err := w.renewJob(ctx, txCtx, tx, j, p, locked)
+	res, rerr, err := w.renewJob(ctx, txCtx, tx, j, p, locked, rn)
 	attempted(rerr)
 	return res, err
 }
 
 // renewJob renews a due token and ends the claim: the job becomes the
 // account's next look, or is retried with backoff, or dies.
-func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p *oauth.Provider, locked vault.Renewable) (res JobResult, rerr, err error) {
+func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p *oauth.Provider, locked vault.Renewable, rn *renewal) (res JobResult, rerr, err error) {
 	r, q, a := w.Refresher, vault.RefreshQueue{}, locked.Account
 	// A lost lease does not stop the renewal from being saved: the
 	// platform has already rotated the token. The other claimant finds it
@@ -253,7 +291,7 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 		} else {
 			q.QueueComplete(b, j, w.Name)
 		}
-	})
+	}, rn)
 	switch {
 	case rerr == nil:
 		return ResultRefreshed, nil, nil

@@ -1,0 +1,68 @@
+package vault
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// RenewalLease is the committed mark of a renewal in flight
+// (renewal_leases, migration 005): taken before the platform is called,
+// deleted in the transaction that stores the platform's answer. While it
+// is live, no other process renews the account, whatever happened to the
+// connection that held the account's row lock.
+type RenewalLease struct {
+	AccountID string
+	Owner     string
+}
+
+// TakeRenewalLease takes the account's lease for d unless another owner
+// holds a live one, in its own statement (committed at once, so that it
+// outlives any transaction the caller opens next). held is that other
+// lease's end when it is not taken.
+func TakeRenewalLease(ctx context.Context, db DB, accountID, owner string, d time.Duration) (taken bool, held time.Time, err error) {
+	var gotOwner string
+	var until time.Time
+	err = db.QueryRow(ctx, `INSERT INTO renewal_leases (account_id, owner, until) VALUES ($1, $2, now() + $3::interval)
+		ON CONFLICT (account_id) DO UPDATE SET owner = EXCLUDED.owner, taken_at = now(), until = EXCLUDED.until, answered_at = NULL
+			WHERE renewal_leases.until < now() OR renewal_leases.owner = EXCLUDED.owner
+		RETURNING owner, until`, accountID, owner, d).Scan(&gotOwner, &until)
+	if err == pgx.ErrNoRows {
+		if err := db.QueryRow(ctx, `SELECT until FROM renewal_leases WHERE account_id = $1`, accountID).Scan(&held); err != nil && err != pgx.ErrNoRows {
+			return false, time.Time{}, fmt.Errorf("reading renewal lease: %w", err)
+		}
+		return false, held, nil
+	}
+	if err != nil {
+		return false, time.Time{}, fmt.Errorf("taking renewal lease: %w", err)
+	}
+	return true, time.Time{}, nil
+}
+
+// MarkAnswered records, on the lease, that the platform has answered and
+// the answer is not stored yet, extending the lease to d from now: the
+// holder is retrying the store.
+func (l RenewalLease) MarkAnswered(ctx context.Context, db DB, d time.Duration) error {
+	_, err := db.Exec(ctx, `UPDATE renewal_leases SET answered_at = coalesce(answered_at, now()), until = greatest(until, now() + $3::interval)
+		WHERE account_id = $1 AND owner = $2`, l.AccountID, l.Owner, d)
+	if err != nil {
+		return fmt.Errorf("marking renewal lease answered: %w", err)
+	}
+	return nil
+}
+
+// Release deletes the lease if this owner still holds it.
+func (l RenewalLease) Release(ctx context.Context, db DB) error {
+	if _, err := db.Exec(ctx, releaseLeaseSQL, l.AccountID, l.Owner); err != nil {
+		return fmt.Errorf("releasing renewal lease: %w", err)
+	}
+	return nil
+}
+
+// QueueRelease queues Release on b, so that the lease goes in the
+// transaction that stores the renewal.
+func (l RenewalLease) QueueRelease(b *pgx.Batch) { b.Queue(releaseLeaseSQL, l.AccountID, l.Owner) }
+
+const releaseLeaseSQL = `DELETE FROM renewal_leases WHERE account_id = $1 AND owner = $2`
