@@ -407,6 +407,8 @@ func tokenFailure(err error) (status int, code, message string) {
 		return http.StatusInternalServerError, "decrypt_failed", "the stored credentials cannot be decrypted with the configured keys"
 	case isPlatformError(err):
 		return http.StatusServiceUnavailable, "provider_unavailable", "the token expired and the platform did not renew it; try again later"
+	case errors.Is(err, worker.ErrRenewalPending):
+		return http.StatusServiceUnavailable, "renewal_pending", "the token is being renewed (or its renewal stored) elsewhere; try again in a few seconds"
 	}
 	return 0, "", ""
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
+	"github.com/credgate/credgate/internal/dberr"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
@@ -333,8 +334,10 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		fail(cbErr.Code)
 		return
 	}
-	// The code exchange gets its own budget: providers may be slow.
-	exCtx, exCancel := context.WithTimeout(r.Context(), 30*time.Second)
+	// The code exchange gets its own budget: providers may be slow. A
+	// browser that goes away does not cancel it: the platform may already
+	// have issued the tokens.
+	exCtx, exCancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
 	defer exCancel()
 	tok, err := p.Complete(exCtx, secret.New(r.URL.Query().Get("code")), st.Verifier, oauth.WithRedirectURL(st.RedirectURI))
 	if err != nil {
@@ -343,21 +346,26 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		return
 	}
 
-	storeCtx, storeCancel := context.WithTimeout(r.Context(), dbTimeout)
-	defer storeCancel()
-	storeCtx, storeSpan := h.app.tracer().Start(storeCtx, "credgate.vault.store", spanAttrs(platform, st.Flow)...)
+	// The platform has issued tokens: from here on the request's client
+	// cannot cancel anything (a browser that hangs up must not cost the
+	// user the connection), and a database that is restarting or cut off
+	// for a moment is retried before credgate gives up and revokes them.
+	storeCtx, storeSpan := h.app.tracer().Start(context.WithoutCancel(r.Context()), "credgate.vault.store", spanAttrs(platform, st.Flow)...)
 	// The account row, its refresh job and its audit row: all or nothing,
 	// in one statement.
 	creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
 		Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
 	jobAt, _ := h.app.refresher.ConnectedJobAt(p, creds)
-	_, err = h.app.accounts.StoreConnect(storeCtx, h.app.pool, vault.Connection{
-		UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
-		Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate, KnownID: st.AccountID,
-	}, jobAt, func(id string) vault.Event {
-		return vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
-			Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
-			Details: map[string]any{"account_id": id, "scopes": len(tok.Scopes)}}
+	err = retryStore(storeCtx, func(ctx context.Context) error {
+		_, err := h.app.accounts.StoreConnect(ctx, h.app.pool, vault.Connection{
+			UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
+			Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate, KnownID: st.AccountID,
+		}, jobAt, func(id string) vault.Event {
+			return vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+				Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
+				Details: map[string]any{"account_id": id, "scopes": len(tok.Scopes)}}
+		})
+		return err
 	})
 	storeCode := ""
 	if err != nil {
@@ -375,6 +383,29 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	outcome.Record(flags.ArmNew, platform, true)
 	h.app.metrics.Connection(platform, telemetry.FlowNew, true, "", time.Since(st.CreatedAt))
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
+}
+
+// connectStoreRetry bounds how long a connect's store is retried while
+// the browser waits for its answer: long enough for a database restart or
+// a brief cut, short enough for a person.
+const connectStoreRetry = 20 * time.Second
+
+// retryStore runs store, each attempt with its own dbTimeout budget,
+// again while the database answers that it is down, restarting or timed
+// out, for up to connectStoreRetry.
+func retryStore(ctx context.Context, store func(ctx context.Context) error) error {
+	deadline := time.Now().Add(connectStoreRetry)
+	wait := 200 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, dbTimeout)
+		err := store(actx)
+		cancel()
+		if err == nil || !dberr.Retryable(err) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 2*time.Second)
+	}
 }
 
 // storeFailed handles tokens the platform issued but credgate could not
@@ -584,7 +615,10 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	// Answer at once, also in a partition: the database's state is the
+	// watch's (it pings every few seconds), and the one query below gets
+	// a short budget.
+	ctx, cancel := context.WithTimeout(r.Context(), 500*time.Millisecond)
 	defer cancel()
 	healthy := true
 	check := func(err error) map[string]any {
@@ -594,10 +628,11 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		}
 		return map[string]any{"ok": true}
 	}
-	dbErr := h.app.pool.Ping(ctx)
-	if dbErr != nil {
+	var dbErr error
+	switch {
+	case h.app.run.databaseDown.Load():
 		dbErr = errors.New("unreachable")
-	} else if !h.app.Available() {
+	case !h.app.Available():
 		dbErr = errors.New("key check has not passed")
 	}
 	var flagsErr error

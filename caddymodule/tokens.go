@@ -206,6 +206,8 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 			t.logger.Error("token API: credentials do not decrypt", zap.String("platform", platform), errField(err))
 		case "provider_unavailable":
 			w.Header().Set("Retry-After", "30")
+		case "renewal_pending":
+			w.Header().Set("Retry-After", "5")
 		}
 		// A renewal the platform refused is audited by the platform's code
 		// (invalid_grant, rate_limited …), not the answer's.

@@ -20,25 +20,22 @@ type RenewalLease struct {
 
 // TakeRenewalLease takes the account's lease for d unless another owner
 // holds a live one, in its own statement (committed at once, so that it
-// outlives any transaction the caller opens next). held is that other
-// lease's end when it is not taken.
-func TakeRenewalLease(ctx context.Context, db DB, accountID, owner string, d time.Duration) (taken bool, held time.Time, err error) {
-	var gotOwner string
-	var until time.Time
-	err = db.QueryRow(ctx, `INSERT INTO renewal_leases (account_id, owner, until) VALUES ($1, $2, now() + $3::interval)
-		ON CONFLICT (account_id) DO UPDATE SET owner = EXCLUDED.owner, taken_at = now(), until = EXCLUDED.until, answered_at = NULL
-			WHERE renewal_leases.until < now() OR renewal_leases.owner = EXCLUDED.owner
-		RETURNING owner, until`, accountID, owner, d).Scan(&gotOwner, &until)
-	if err == pgx.ErrNoRows {
-		if err := db.QueryRow(ctx, `SELECT until FROM renewal_leases WHERE account_id = $1`, accountID).Scan(&held); err != nil && err != pgx.ErrNoRows {
-			return false, time.Time{}, fmt.Errorf("reading renewal lease: %w", err)
-		}
-		return false, held, nil
-	}
+// outlives any transaction the caller opens next). left is how long that
+// other lease still runs when it is not taken (measured on the database's
+// clock, which dates leases).
+func TakeRenewalLease(ctx context.Context, db DB, accountID, owner string, d time.Duration) (taken bool, left time.Duration, err error) {
+	err = db.QueryRow(ctx, `WITH taken AS (
+			INSERT INTO renewal_leases (account_id, owner, until) VALUES ($1, $2, now() + $3::interval)
+			ON CONFLICT (account_id) DO UPDATE SET owner = EXCLUDED.owner, taken_at = now(), until = EXCLUDED.until, answered_at = NULL
+				WHERE renewal_leases.until < now() OR renewal_leases.owner = EXCLUDED.owner
+			RETURNING true AS taken)
+		SELECT coalesce((SELECT taken FROM taken), false),
+		       coalesce((SELECT greatest(until - now(), interval '0') FROM renewal_leases WHERE account_id = $1 AND owner <> $2), interval '0')`,
+		accountID, owner, d).Scan(&taken, &left)
 	if err != nil {
-		return false, time.Time{}, fmt.Errorf("taking renewal lease: %w", err)
+		return false, 0, fmt.Errorf("taking renewal lease: %w", err)
 	}
-	return true, time.Time{}, nil
+	return taken, left, nil
 }
 
 // MarkAnswered records, on the lease, that the platform has answered and

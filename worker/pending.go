@@ -100,16 +100,16 @@ var processID = func() string {
 }()
 
 // takeLease takes accountID's lease for one renewal. taken is false, with
-// the other lease's end, when another renewal holds it.
-func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewal, taken bool, held time.Time, err error) {
+// how long the other lease still runs, when another renewal holds it.
+func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewal, taken bool, left time.Duration, err error) {
 	lease := vault.RenewalLease{AccountID: accountID, Owner: fmt.Sprintf("%s/%d", processID, leaseSeq.Add(1))}
 	ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
 	defer cancel()
-	taken, held, err = vault.TakeRenewalLease(ctx, r.DB, accountID, lease.Owner, r.leaseFor())
+	taken, left, err = vault.TakeRenewalLease(ctx, r.DB, accountID, lease.Owner, r.leaseFor())
 	if err != nil || !taken {
-		return nil, false, held, err
+		return nil, false, left, err
 	}
-	return &renewal{lease: lease}, true, time.Time{}, nil
+	return &renewal{lease: lease}, true, 0, nil
 }
 
 // settle ends a renewal after its transaction: with an answer the
@@ -126,11 +126,32 @@ func (r *Refresher) settle(rn *renewal, txErr error) {
 	if txErr == nil && rn.answered != nil {
 		return // released in the transaction that stored it
 	}
+	if r.release(rn.lease) {
+		return
+	}
+	// The database is away: keep trying in the background, so that the
+	// account is not kept from renewal for the lease's whole length once
+	// it is back. Nothing depends on it (the lease runs out anyway).
+	go func() {
+		deadline := time.Now().Add(r.leaseFor())
+		for wait := time.Second; time.Now().Before(deadline); wait = min(wait*2, 10*time.Second) {
+			time.Sleep(wait)
+			if r.release(rn.lease) {
+				return
+			}
+		}
+	}()
+}
+
+// release deletes a lease, reporting whether it could.
+func (r *Refresher) release(l vault.RenewalLease) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), renewalWriteBudget)
 	defer cancel()
-	if err := rn.lease.Release(ctx, r.DB); err != nil {
-		r.logger().Debug("releasing a renewal lease failed; it runs out by itself", zap.Error(err))
+	if err := l.Release(ctx, r.DB); err != nil {
+		r.logger().Debug("releasing a renewal lease failed; retrying", zap.Error(err))
+		return false
 	}
+	return true
 }
 
 // Wait waits up to grace for the stores still being retried (a stopping

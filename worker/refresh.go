@@ -161,12 +161,12 @@ func (r *Refresher) RenewRejected(ctx context.Context, userID, platform string, 
 // the lock before renewed it already. With a rejected token it renews
 // whenever the stored token is still that one.
 func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id string, minValidity time.Duration, trigger string, rejected secret.Value) (Token, error) {
-	rn, taken, held, err := r.takeLease(ctx, id)
+	rn, taken, left, err := r.takeLease(ctx, id)
 	if err != nil {
 		return Token{}, err
 	}
 	if !taken {
-		return r.whileLeased(ctx, id, held)
+		return r.whileLeased(ctx, id, left)
 	}
 	var out Token
 	// failure is reported after the commit: the audit row and the status
@@ -247,7 +247,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 // whileLeased answers a caller whose renewal found another one in flight
 // (in this process or another): the stored token while it still works,
 // else ErrRenewalPending.
-func (r *Refresher) whileLeased(ctx context.Context, id string, held time.Time) (Token, error) {
+func (r *Refresher) whileLeased(ctx context.Context, id string, left time.Duration) (Token, error) {
 	a, c, err := r.Accounts.GetByID(ctx, r.DB, id)
 	if err != nil {
 		return Token{}, err
@@ -255,7 +255,7 @@ func (r *Refresher) whileLeased(ctx context.Context, id string, held time.Time) 
 	if r.now().Before(expiryOf(a, c)) {
 		return Token{Account: a, Credentials: c, RenewalFailed: true}, nil
 	}
-	r.logger().Debug("renewal in flight elsewhere; the stored token has expired", zap.String("account_id", id), zap.Time("lease_until", held))
+	r.logger().Debug("renewal in flight elsewhere; the stored token has expired", zap.String("account_id", id), zap.Duration("lease_left", left))
 	return Token{}, ErrRenewalPending
 }
 

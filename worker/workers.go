@@ -162,18 +162,20 @@ func (w *Workers) runSafely(ctx context.Context, j vault.Job) {
 // will run out and another claim will retry it.
 func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res JobResult, err error) {
 	w.defaults()
-	rn, taken, held, err := w.Refresher.takeLease(ctx, j.AccountID)
+	rn, taken, left, err := w.Refresher.takeLease(ctx, j.AccountID)
 	if err != nil {
 		w.release(j)
 		return "", "", fmt.Errorf("refresh job %d: %w", j.ID, err)
 	}
 	if !taken {
 		// Another renewal of the account is in flight (a token API read,
-		// or a store being retried after a fault): look again once its
-		// lease has run out, however it ends.
+		// or a store being retried after a fault): look again soon (a
+		// stored renewal ends the lease early), at the latest when it
+		// runs out.
 		ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
 		defer cancel()
-		if err := w.finish((vault.RefreshQueue{}).Reschedule(ctx, w.Refresher.DB, j, w.Name, j.Version, held)); err != nil {
+		at := w.Refresher.now().Add(min(left, 10*time.Second) + time.Second)
+		if err := w.finish((vault.RefreshQueue{}).Reschedule(ctx, w.Refresher.DB, j, w.Name, j.Version, at)); err != nil {
 			return "", "", fmt.Errorf("refresh job %d: %w", j.ID, err)
 		}
 		return "", ResultWaiting, nil

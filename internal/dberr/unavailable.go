@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
@@ -36,4 +37,29 @@ func Unavailable(err error) bool {
 		return true
 	}
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, puddle.ErrClosedPool)
+}
+
+// Retryable reports whether the same statement may succeed if sent again
+// in a moment: the database was unavailable (above), or answered that it
+// is shutting down or restarting (class 57: 57P01 when a fast restart or
+// a failover ends the session), that the connection failed (class 08),
+// that the transaction lost a serialization or deadlock race, or that a
+// lock or an idle transaction timed out (a partitioned holder's lock).
+func Retryable(err error) bool {
+	if Unavailable(err) {
+		return true
+	}
+	pg, ok := errors.AsType[*pgconn.PgError](err)
+	if !ok {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(pg.Code, "57"), strings.HasPrefix(pg.Code, "08"):
+		return true
+	}
+	switch pg.Code {
+	case "40001", "40P01", "55P03", "25P03":
+		return true
+	}
+	return false
 }

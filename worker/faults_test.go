@@ -1,0 +1,168 @@
+package worker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/sandbox"
+	"github.com/credgate/credgate/worker"
+)
+
+// proxied is one replica's path to the database, which a test can cut.
+func (e *env) proxied(t *testing.T) (*pgtest.Proxy, *pgxpool.Pool) {
+	t.Helper()
+	cfg, err := pgxConfig(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy.Up(t)
+	return proxy, pgtest.Pool(t, "postgres://"+cfg.User+"@"+proxy.Addr+"/"+cfg.Database+"?sslmode=disable&connect_timeout=2")
+}
+
+// lost counts what a fault can cost: refresh tokens replayed at the
+// platform, accounts that need their user again, stored tokens the
+// platform no longer accepts.
+func (e *env) lost(t *testing.T, users []string) (reuse int, reauth int64, dead int) {
+	t.Helper()
+	reuse = e.sandbox.Stats()["twitter"].RefreshReuse
+	reauth = e.scalar(`SELECT count(*) FROM social_accounts WHERE status = 'needs_reauth'`)
+	for _, u := range users {
+		if e.works(u, "twitter") != nil {
+			dead++
+		}
+	}
+	return reuse, reauth, dead
+}
+
+// The issue's faults, each while two replicas renew Twitter accounts and
+// after the platform has answered renewals whose store is in flight: a
+// connection reset (a restart), a black-hole and then a reset (a
+// partition that ends), and a reset in the middle of the platform call.
+// Nothing may be lost: no refresh token comes back to the platform, no
+// account needs its user, every stored token works, also in the cycle
+// after.
+func TestNoGrantIsLostToADatabaseFault(t *testing.T) {
+	t.Parallel()
+	for name, fault := range map[string]func(p *pgtest.Proxy){
+		"reset after the answers": func(p *pgtest.Proxy) {
+			// The answers arrive while the path is frozen, their stores
+			// hang, then every connection is cut.
+			p.Freeze()
+			time.Sleep(600 * time.Millisecond)
+			p.Down()
+		},
+		"black-hole, then reset": func(p *pgtest.Proxy) {
+			p.Freeze()
+			time.Sleep(3 * time.Second)
+			p.Down()
+		},
+		"reset during the platform call": func(p *pgtest.Proxy) { p.Down() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			users := e.connectMany("twitter", 60)
+			proxyA, poolA := e.proxied(t)
+			_, poolB := e.proxied(t)
+			// Every renewal waits 400 ms at the platform: the fault
+			// meets renewals in flight.
+			e.sandbox.SetFault("twitter.token", sandbox.Fault{Latency: sandbox.Duration(400 * time.Millisecond)})
+			// Claims that a cut-off replica could not release run out
+			// in seconds, not the default minutes.
+			wa, wb := e.workers("a", poolA, nil), e.workers("b", poolB, nil)
+			wa.Lease, wb.Lease = 5*time.Second, 5*time.Second
+			wa.Refresher.StoreRetry = time.Minute
+			run(t, wa)
+			run(t, wb)
+
+			e.clock.Advance(110 * time.Minute)
+			waitFor(t, 20*time.Second, "renewals in flight", func() bool { return e.sandbox.Stats()["twitter"].Refreshes >= 8 })
+			fault(proxyA)
+			time.Sleep(time.Second)
+			proxyA.Up(t)
+			waitFor(t, 90*time.Second, "the cycle", func() bool {
+				return e.sandbox.Stats()["twitter"].Refreshes >= len(users) && e.settled()
+			})
+			if reuse, reauth, dead := e.lost(t, users); reuse != 0 || reauth != 0 || dead != 0 {
+				t.Fatalf("after the fault: %d refresh tokens replayed, %d accounts need their user, %d stored tokens dead", reuse, reauth, dead)
+			}
+			rescued := e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'success' AND details ? 'stored_after_attempts'`)
+			t.Logf("%d renewals were stored again after their first store failed", rescued)
+			if name != "reset during the platform call" && rescued == 0 {
+				t.Fatal("no renewal's store failed: the fault missed the window it is about")
+			}
+			// The next cycle renews every account with what was stored.
+			e.sandbox.SetFault("twitter.token", sandbox.Fault{})
+			e.clock.Advance(2 * time.Hour)
+			waitFor(t, 60*time.Second, "the next cycle", func() bool {
+				return e.sandbox.Stats()["twitter"].Refreshes >= 2*len(users) && e.settled()
+			})
+			if reuse, reauth, dead := e.lost(t, users); reuse != 0 || reauth != 0 || dead != 0 {
+				t.Fatalf("the cycle after: %d replayed, %d need their user, %d dead", reuse, reauth, dead)
+			}
+		})
+	}
+}
+
+// While an answer waits to be stored, no one else renews the account:
+// the token API gets the stored token while it works, else
+// ErrRenewalPending, and the platform is not called.
+func TestARenewalInFlightKeepsOthersFromThePlatform(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	u := userID(7)
+	e.connect("twitter", u)
+	proxy, pool := e.proxied(t)
+	e.sandbox.SetFault("twitter.token", sandbox.Fault{Latency: sandbox.Duration(300 * time.Millisecond)})
+	holder := e.refresher(pool, nil)
+	holder.StoreRetry = time.Minute
+	e.clock.Advance(110 * time.Minute)
+	done := make(chan error, 1)
+	go func() {
+		_, err := holder.EnsureFresh(context.Background(), u, "twitter", 30*time.Minute, "token_api")
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "the lease", func() bool { return e.scalar(`SELECT count(*) FROM renewal_leases`) == 1 })
+	// The row lock is read in milliseconds; the platform takes 300.
+	time.Sleep(100 * time.Millisecond)
+	proxy.Freeze() // the answer arrives; its store hangs
+	time.Sleep(500 * time.Millisecond)
+	proxy.Down()
+	if err := <-done; err != nil {
+		t.Fatalf("the holder's caller: %v (it should get the platform's token)", err)
+	}
+	// Another replica, on a path that works: the old token still works
+	// for ten minutes, so it is served, and the platform is left alone.
+	other := e.refresher(e.pool, nil)
+	before := e.sandbox.Stats()["twitter"].Refreshes
+	tok, err := other.EnsureFresh(context.Background(), u, "twitter", 30*time.Minute, "token_api")
+	if err != nil || tok.Refreshed || !tok.RenewalFailed {
+		t.Fatalf("another replica during the pending store: refreshed=%v renewalFailed=%v err=%v", tok.Refreshed, tok.RenewalFailed, err)
+	}
+	// Past the old token's expiry it answers ErrRenewalPending.
+	e.clock.Advance(15 * time.Minute)
+	if _, err := other.EnsureFresh(context.Background(), u, "twitter", 0, "token_api"); err != worker.ErrRenewalPending {
+		t.Fatalf("past expiry during the pending store: %v, want ErrRenewalPending", err)
+	}
+	if after := e.sandbox.Stats()["twitter"].Refreshes; after != before {
+		t.Fatalf("the platform was called %d times while a renewal was pending", after-before)
+	}
+	proxy.Up(t)
+	if !holder.Wait(30 * time.Second) {
+		t.Fatal("the pending store did not finish after the database came back")
+	}
+	if err := e.works(u, "twitter"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.scalar(`SELECT count(*) FROM renewal_leases`); n != 0 {
+		t.Errorf("%d leases left after the store", n)
+	}
+	if st := e.sandbox.Stats()["twitter"]; st.RefreshReuse != 0 {
+		t.Errorf("%d refresh tokens replayed", st.RefreshReuse)
+	}
+}
