@@ -1,0 +1,105 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/sandbox"
+)
+
+// A browser that goes away right after the platform answered the code
+// exchange does not cost the user the connection: the store runs on a
+// budget the request cannot cancel.
+func TestACallbackWhoseClientHangsUpStillStores(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
+	cb := h.authorize(providerURL)
+	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{Latency: sandbox.Duration(800 * time.Millisecond)})
+	req, _ := http.NewRequest("GET", strings.SplitN(cb, "#", 2)[0], nil)
+	req.Header.Set("Cookie", cookie.Name+"="+cookie.Value)
+	req.Header.Set("Authorization", "Bearer "+h.token(alice))
+	impatient := &http.Client{Timeout: 200 * time.Millisecond, CheckRedirect: client.CheckRedirect}
+	if resp, err := impatient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the client was meant to give up during the exchange, got %d", resp.StatusCode)
+	}
+	waitUntil(t, 10*time.Second, func() bool {
+		return h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND platform = 'twitter' AND credentials_encrypted IS NOT NULL`, alice) == 1
+	})
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'success'`); n != 1 {
+		t.Errorf("%d successful connect audit rows, want 1", n)
+	}
+	if st := h.sandbox.Stats()["twitter"]; st.Revocations != 0 {
+		t.Errorf("%d revocations: the issued tokens were thrown away", st.Revocations)
+	}
+}
+
+// A database that restarts while the platform answers the exchange: the
+// store is retried and the user is connected, not sent back with
+// storage_unavailable and a revoked grant.
+func TestACallbackStoreOutlivesADatabaseRestart(t *testing.T) {
+	db := pgtest.Database(t)
+	cfg, err := pgx.ParseConfig(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy.Up(t)
+	h := newHarness(t, harnessOptions{databaseURL: "postgres://" + cfg.User + "@" + proxy.Addr + "/" + cfg.Database + "?sslmode=disable&connect_timeout=2"})
+	h.db = db // the test reads the database directly
+	providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
+	cb := h.authorize(providerURL)
+	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{Latency: sandbox.Duration(500 * time.Millisecond)})
+	go func() {
+		time.Sleep(200 * time.Millisecond) // the exchange is at the platform
+		proxy.Down()
+		time.Sleep(1500 * time.Millisecond)
+		proxy.Up(t)
+	}()
+	resp, body := h.callback(cb, cookie, alice)
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusFound || loc.Query().Get("connected") != "twitter" {
+		t.Fatalf("callback across the restart: %d %s %s", resp.StatusCode, loc, body)
+	}
+	if n := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND platform = 'twitter' AND credentials_encrypted IS NOT NULL`, alice); n != 1 {
+		t.Errorf("%d stored accounts, want 1", n)
+	}
+	if st := h.sandbox.Stats()["twitter"]; st.Revocations != 0 {
+		t.Errorf("%d revocations", st.Revocations)
+	}
+}
+
+// In a partition (the database path black-holed, nothing refused)
+// service-health answers from the database watch's state instead of
+// waiting on a ping of its own.
+func TestServiceHealthAnswersInAPartition(t *testing.T) {
+	db := pgtest.Database(t)
+	cfg, err := pgx.ParseConfig(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy.Up(t)
+	h := newHarness(t, harnessOptions{databaseURL: "postgres://" + cfg.User + "@" + proxy.Addr + "/" + cfg.Database + "?sslmode=disable"})
+	proxy.Freeze()
+	defer proxy.Thaw()
+	health := func() (int, time.Duration) {
+		start := time.Now()
+		resp, _ := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		return resp.StatusCode, time.Since(start)
+	}
+	waitUntil(t, 15*time.Second, func() bool { code, _ := health(); return code == http.StatusServiceUnavailable })
+	// Well under the 3 s a ping of its own took; the bound is loose on
+	// purpose (a loaded machine), the budget is 500 ms.
+	for range 3 {
+		if code, took := health(); code != http.StatusServiceUnavailable || took > 2*time.Second {
+			t.Errorf("service-health in a partition: %d after %s", code, took)
+		}
+	}
+}
