@@ -40,7 +40,14 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{t: t, url: pgtest.Database(t), clock: &sandbox.Clock{}}
+	return newEnvAt(t, pgtest.Database(t))
+}
+
+// newEnvAt is newEnv on a migrated database of the caller's (a
+// throwaway cluster's).
+func newEnvAt(t testing.TB, url string) *env {
+	t.Helper()
+	e := &env{t: t, url: url, clock: &sandbox.Clock{}}
 	defer e.dumpOnFailure()
 	e.pool = pgtest.Pool(t, e.url)
 	var err error

@@ -166,3 +166,31 @@ func TestARenewalInFlightKeepsOthersFromThePlatform(t *testing.T) {
 		t.Errorf("%d refresh tokens replayed", st.RefreshReuse)
 	}
 }
+
+// A real restart (pg_ctl restart -m fast on a throwaway cluster of the
+// test's own): both replicas' sessions end with 57P01 while renewals are
+// at the platform, and new connections are refused until it is back.
+func TestNoGrantIsLostToADatabaseRestart(t *testing.T) {
+	t.Parallel()
+	cluster := pgtest.NewCluster(t)
+	e := newEnvAt(t, cluster.URL)
+	users := e.connectMany("twitter", 200)
+	e.sandbox.SetFault("twitter.token", sandbox.Fault{Latency: sandbox.Duration(300 * time.Millisecond)})
+	for _, name := range []string{"a", "b"} {
+		w := e.workers(name, pgtest.Pool(t, cluster.URL), nil)
+		w.Lease = 5 * time.Second
+		w.Refresher.StoreRetry = time.Minute
+		run(t, w)
+	}
+	e.clock.Advance(110 * time.Minute)
+	waitFor(t, 20*time.Second, "renewals in flight", func() bool { return e.sandbox.Stats()["twitter"].Refreshes >= 20 })
+	cluster.Restart(t)
+	waitFor(t, 120*time.Second, "the cycle", func() bool {
+		return e.sandbox.Stats()["twitter"].Refreshes >= len(users) && e.settled()
+	})
+	if reuse, reauth, dead := e.lost(t, users); reuse != 0 || reauth != 0 || dead != 0 {
+		t.Fatalf("after the restart: %d refresh tokens replayed, %d accounts need their user, %d stored tokens dead", reuse, reauth, dead)
+	}
+	t.Logf("%d renewals were stored again after their first store failed",
+		e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'success' AND details ? 'stored_after_attempts'`))
+}
