@@ -22,20 +22,23 @@ type RenewalLease struct {
 // holds a live one, in its own statement (committed at once, so that it
 // outlives any transaction the caller opens next). left is how long that
 // other lease still runs when it is not taken (measured on the database's
-// clock, which dates leases).
-func TakeRenewalLease(ctx context.Context, db DB, accountID, owner string, d time.Duration) (taken bool, left time.Duration, err error) {
+// clock, which dates leases). tookOver is true when the lease taken
+// replaced one that had run out without being released: a renewal that
+// did not finish (its process died), whose platform answer may have been
+// lost.
+func TakeRenewalLease(ctx context.Context, db DB, accountID, owner string, d time.Duration) (taken bool, left time.Duration, tookOver bool, err error) {
 	err = db.QueryRow(ctx, `WITH taken AS (
 			INSERT INTO renewal_leases (account_id, owner, until) VALUES ($1, $2, now() + $3::interval)
 			ON CONFLICT (account_id) DO UPDATE SET owner = EXCLUDED.owner, taken_at = now(), until = EXCLUDED.until, answered_at = NULL
 				WHERE renewal_leases.until < now() OR renewal_leases.owner = EXCLUDED.owner
-			RETURNING true AS taken)
-		SELECT coalesce((SELECT taken FROM taken), false),
+			RETURNING xmax <> 0 AS replaced)
+		SELECT EXISTS (SELECT 1 FROM taken), coalesce((SELECT replaced FROM taken), false),
 		       coalesce((SELECT greatest(until - now(), interval '0') FROM renewal_leases WHERE account_id = $1 AND owner <> $2), interval '0')`,
-		accountID, owner, d).Scan(&taken, &left)
+		accountID, owner, d).Scan(&taken, &tookOver, &left)
 	if err != nil {
-		return false, 0, fmt.Errorf("taking renewal lease: %w", err)
+		return false, 0, false, fmt.Errorf("taking renewal lease: %w", err)
 	}
-	return taken, left, nil
+	return taken, left, tookOver, nil
 }
 
 // MarkAnswered records, on the lease, that the platform has answered and

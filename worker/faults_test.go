@@ -13,7 +13,7 @@ import (
 )
 
 // proxied is one replica's path to the database, which a test can cut.
-func (e *env) proxied(t *testing.T) (*pgtest.Proxy, *pgxpool.Pool) {
+func (e *env) proxied(t testing.TB) (*pgtest.Proxy, *pgxpool.Pool) {
 	t.Helper()
 	cfg, err := pgxConfig(e.url)
 	if err != nil {
@@ -27,7 +27,7 @@ func (e *env) proxied(t *testing.T) (*pgtest.Proxy, *pgxpool.Pool) {
 // lost counts what a fault can cost: refresh tokens replayed at the
 // platform, accounts that need their user again, stored tokens the
 // platform no longer accepts.
-func (e *env) lost(t *testing.T, users []string) (reuse int, reauth int64, dead int) {
+func (e *env) lost(t testing.TB, users []string) (reuse int, reauth int64, dead int) {
 	t.Helper()
 	reuse = e.sandbox.Stats()["twitter"].RefreshReuse
 	reauth = e.scalar(`SELECT count(*) FROM social_accounts WHERE status = 'needs_reauth'`)

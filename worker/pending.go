@@ -73,6 +73,10 @@ func (r *Refresher) leaseFor() time.Duration {
 type renewal struct {
 	lease    vault.RenewalLease
 	answered *answer
+	// tookOver: the lease replaced one that ran out unreleased (a
+	// renewal that never finished; its answer may be lost). Audits of
+	// this renewal's outcome say so.
+	tookOver bool
 }
 
 // answer is what storeAnswer needs to store a platform's answer again.
@@ -105,11 +109,15 @@ func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewa
 	lease := vault.RenewalLease{AccountID: accountID, Owner: fmt.Sprintf("%s/%d", processID, leaseSeq.Add(1))}
 	ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
 	defer cancel()
-	taken, left, err = vault.TakeRenewalLease(ctx, r.DB, accountID, lease.Owner, r.leaseFor())
+	taken, left, tookOver, err := vault.TakeRenewalLease(ctx, r.DB, accountID, lease.Owner, r.leaseFor())
 	if err != nil || !taken {
 		return nil, false, left, err
 	}
-	return &renewal{lease: lease}, true, 0, nil
+	if tookOver {
+		r.logger().Warn("renewing an account whose previous renewal never finished (its process stopped); if the platform refuses the refresh token now, its answer was lost",
+			zap.String("account_id", accountID))
+	}
+	return &renewal{lease: lease, tookOver: tookOver}, true, 0, nil
 }
 
 // settle ends a renewal after its transaction: with an answer the

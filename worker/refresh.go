@@ -210,7 +210,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		case !fromPlatform(rerr):
 			return rerr
 		case needsUser(rerr):
-			if err := r.markNeedsReauth(txCtx, tx, a, rerr); err != nil {
+			if err := r.markNeedsReauth(txCtx, tx, a, rerr, rn); err != nil {
 				return err
 			}
 			if err := (vault.RefreshQueue{}).Cancel(txCtx, tx, a.ID); err != nil {
@@ -430,7 +430,7 @@ func needsUser(err error) bool {
 func errorCode(err error) string { return string(oauth.CodeOf(err)) }
 
 // markNeedsReauth records that only the user can renew the account.
-func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Account, cause error) error {
+func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Account, cause error, rn *renewal) error {
 	if err := r.Accounts.MarkStatus(ctx, tx, a.ID, vault.StatusNeedsReauth); err != nil {
 		return err
 	}
@@ -438,8 +438,14 @@ func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Acco
 	if cause != nil {
 		code = errorCode(cause)
 	}
+	details := map[string]any{"account_id": a.ID, "needs_reauth": true}
+	if rn != nil && rn.tookOver {
+		// The platform's refusal is most likely the echo of an earlier
+		// renewal whose answer died with its process: say so.
+		details["previous_renewal_unfinished"] = true
+	}
 	return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
-		Status: vault.Failed, ErrorCode: code, Details: map[string]any{"account_id": a.ID, "needs_reauth": true}})
+		Status: vault.Failed, ErrorCode: code, Details: details})
 }
 
 // Schedule queues the next look at account a, whose token c was just

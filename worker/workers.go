@@ -267,7 +267,7 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		}
 		return ResultExpiring, w.reschedule(txCtx, tx, j, a, plan.At)
 	case StepNeedsReauth:
-		if err := r.markNeedsReauth(txCtx, tx, a, nil); err != nil {
+		if err := r.markNeedsReauth(txCtx, tx, a, nil, nil); err != nil {
 			return "", err
 		}
 		return ResultNeedsReauth, w.finish(q.Complete(txCtx, tx, j, w.Name))
@@ -300,7 +300,7 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 	case !fromPlatform(rerr):
 		return "", nil, rerr
 	case needsUser(rerr):
-		if err := r.markNeedsReauth(txCtx, tx, a, rerr); err != nil {
+		if err := r.markNeedsReauth(txCtx, tx, a, rerr, rn); err != nil {
 			return "", rerr, err
 		}
 		return ResultNeedsReauth, rerr, w.finish(q.Kill(txCtx, tx, j, w.Name, errorCode(rerr)))

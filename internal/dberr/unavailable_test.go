@@ -67,3 +67,44 @@ func TestUnavailable(t *testing.T) {
 		t.Fatalf("the SQL error is not a PgError: %v", sqlErr)
 	}
 }
+
+// Retryable adds what PostgreSQL itself says will pass: a shutdown or
+// restart (57P01 from a real pg_terminate_backend), a lock timeout; not a
+// missing table or a constraint.
+func TestRetryable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.Database(t)
+	victim, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer victim.Close(ctx)
+	killer, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer killer.Close(ctx)
+	if _, err := killer.Exec(ctx, `SELECT pg_terminate_backend($1)`, victim.PgConn().PID()); err != nil {
+		t.Fatal(err)
+	}
+	_, terminated := victim.Exec(ctx, `SELECT 1`)
+	_, missing := killer.Exec(ctx, `SELECT * FROM no_such_table`)
+	for name, c := range map[string]struct {
+		err  error
+		want bool
+	}{
+		"terminated (57P01)":  {terminated, true},
+		"lock_not_available":  {&pgconn.PgError{Code: "55P03"}, true},
+		"serialization":       {&pgconn.PgError{Code: "40001"}, true},
+		"idle in transaction": {&pgconn.PgError{Code: "25P03"}, true},
+		"missing table":       {missing, false},
+		"unique violation":    {&pgconn.PgError{Code: "23505"}, false},
+		"no error":            {nil, false},
+		"cancelled by caller": {context.Canceled, false},
+	} {
+		if got := dberr.Retryable(c.err); got != c.want {
+			t.Errorf("%s (%v): retryable %v, want %v", name, c.err, got, c.want)
+		}
+	}
+}
