@@ -16,4 +16,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CREDGATE_BENCH_ACCOUNTS=${ACCOUNTS:-5000} go test -run XXX -bench RenewalFaults -benchtime 1x -timeout 60m ./worker/ |
-  grep -vE '^\{'
+  grep --line-buffered -vE '^\{'

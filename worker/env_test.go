@@ -212,7 +212,14 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // sandbox's now.
 func (e *env) settled() bool {
 	st, err := vault.RefreshQueue{}.Stats(context.Background(), e.pool, e.clock.Now(), 0)
-	return err == nil && st.Due == 0 && st.Running == 0
+	if err != nil || st.Due != 0 || st.Running != 0 {
+		return false
+	}
+	// A renewal in flight, or a store being retried after a fault, holds
+	// its account's lease; the jobs it put off are not due yet.
+	var leased int
+	err = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM renewal_leases WHERE until > now()`).Scan(&leased)
+	return err == nil && leased == 0
 }
 
 // works checks that the stored access token of (user, platform) is one
