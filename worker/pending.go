@@ -193,6 +193,7 @@ func (r *Refresher) storeAnswer(rn *renewal, cause error) {
 		switch {
 		case err == nil:
 			log.Info("renewed token stored after a failed first store", zap.Int("attempts", attempt))
+			r.observe(ans.p.Name(), nil) // the renewal's outcome, counted now that it holds
 			return
 		case errors.Is(err, errSuperseded):
 			log.Error("a renewed token was not stored: the account changed meanwhile", zap.Error(err))

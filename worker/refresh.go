@@ -166,7 +166,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		return Token{}, err
 	}
 	if !taken {
-		return r.whileLeased(ctx, id, left)
+		return r.whileLeased(ctx, id, left, rejected)
 	}
 	var out Token
 	// failure is reported after the commit: the audit row and the status
@@ -247,12 +247,15 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 // whileLeased answers a caller whose renewal found another one in flight
 // (in this process or another): the stored token while it still works,
 // else ErrRenewalPending.
-func (r *Refresher) whileLeased(ctx context.Context, id string, left time.Duration) (Token, error) {
+func (r *Refresher) whileLeased(ctx context.Context, id string, left time.Duration, rejected secret.Value) (Token, error) {
 	a, c, err := r.Accounts.GetByID(ctx, r.DB, id)
 	if err != nil {
 		return Token{}, err
 	}
-	if r.now().Before(expiryOf(a, c)) {
+	if !rejected.IsZero() && c.AccessToken.Reveal() != rejected.Reveal() {
+		return Token{Account: a, Credentials: c}, nil // replaced meanwhile
+	}
+	if rejected.IsZero() && r.now().Before(expiryOf(a, c)) {
 		return Token{Account: a, Credentials: c, RenewalFailed: true}, nil
 	}
 	r.logger().Debug("renewal in flight elsewhere; the stored token has expired", zap.String("account_id", id), zap.Duration("lease_left", left))
