@@ -7,11 +7,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/sandbox"
 )
+
+// proxiedHarness is a harness whose Caddy reaches its database through a
+// proxy the test can cut; h.db stays the direct URL the test reads with.
+func proxiedHarness(t *testing.T) (*harness, *pgtest.Proxy) {
+	t.Helper()
+	db := pgtest.Database(t)
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy.Up(t)
+	h := newHarness(t, harnessOptions{databaseURL: proxy.Via(t, db)})
+	h.db = db
+	return h, proxy
+}
 
 // A browser that goes away right after the platform answered the code
 // exchange does not cost the user the connection: the store runs on a
@@ -44,15 +54,7 @@ func TestACallbackWhoseClientHangsUpStillStores(t *testing.T) {
 // store is retried and the user is connected, not sent back with
 // storage_unavailable and a revoked grant.
 func TestACallbackStoreOutlivesADatabaseRestart(t *testing.T) {
-	db := pgtest.Database(t)
-	cfg, err := pgx.ParseConfig(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
-	proxy.Up(t)
-	h := newHarness(t, harnessOptions{databaseURL: "postgres://" + cfg.User + "@" + proxy.Addr + "/" + cfg.Database + "?sslmode=disable&connect_timeout=2"})
-	h.db = db // the test reads the database directly
+	h, proxy := proxiedHarness(t)
 	providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
 	cb := h.authorize(providerURL)
 	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{Latency: sandbox.Duration(500 * time.Millisecond)})
@@ -79,14 +81,7 @@ func TestACallbackStoreOutlivesADatabaseRestart(t *testing.T) {
 // service-health answers from the database watch's state instead of
 // waiting on a ping of its own.
 func TestServiceHealthAnswersInAPartition(t *testing.T) {
-	db := pgtest.Database(t)
-	cfg, err := pgx.ParseConfig(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
-	proxy.Up(t)
-	h := newHarness(t, harnessOptions{databaseURL: "postgres://" + cfg.User + "@" + proxy.Addr + "/" + cfg.Database + "?sslmode=disable"})
+	h, proxy := proxiedHarness(t)
 	proxy.Freeze()
 	defer proxy.Thaw()
 	health := func() (int, time.Duration) {

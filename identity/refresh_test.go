@@ -66,26 +66,27 @@ func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 	// The app's own middleware refreshes the same stale cookie at the
 	// same moment (it got the request too): Supabase Auth's reuse
 	// interval answers it, and neither side's session is revoked.
-	resp, err := http.Post(auth.URL+"/auth/v1/token?grant_type=refresh_token&apikey=sb_publishable_fixture", "application/json",
-		strings.NewReader(`{"refresh_token":"`+fx.RefreshToken+`"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("the app's concurrent refresh got %d: the user would be signed out", resp.StatusCode)
+	if code := refreshAt(t, auth.URL, fx.RefreshToken); code != http.StatusOK {
+		t.Fatalf("the app's concurrent refresh got %d: the user would be signed out", code)
 	}
 	// credgate's refreshed refresh token still works for the next
 	// refresh (the app's next request, an hour later).
-	resp, err = http.Post(auth.URL+"/auth/v1/token?grant_type=refresh_token&apikey=sb_publishable_fixture", "application/json",
-		strings.NewReader(`{"refresh_token":"`+refresh+`"}`))
+	if code := refreshAt(t, auth.URL, refresh); code != http.StatusOK {
+		t.Errorf("the refreshed session's refresh token got %d", code)
+	}
+}
+
+// refreshAt refreshes a session at the stand-in as the app's own
+// middleware would, and returns the status.
+func refreshAt(t *testing.T, authBase, refreshToken string) int {
+	t.Helper()
+	resp, err := http.Post(authBase+"/auth/v1/token?grant_type=refresh_token&apikey="+supabasetest.PublishableKey, "application/json",
+		strings.NewReader(`{"refresh_token":"`+refreshToken+`"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("the refreshed session's refresh token got %d", resp.StatusCode)
-	}
+	return resp.StatusCode
 }
 
 // Many requests from one browser with one stale cookie rotate the

@@ -34,7 +34,7 @@ func BenchmarkRenewalFaults(b *testing.B) {
 	proxyB := pgtest.NewProxy(b, cluster.Addr())
 	proxyB.Up(b)
 	replica := func(name string, p *pgtest.Proxy) (*worker.Workers, func()) {
-		w := e.workers(name, pgtest.Pool(b, "postgres://postgres@"+p.Addr+"/credgate?sslmode=disable&connect_timeout=2"), nil)
+		w := e.workers(name, pgtest.Pool(b, p.Via(b, cluster.URL)+"&connect_timeout=2"), nil)
 		// The default store retry (5 minutes): it must outlast the
 		// 150 s black-hole.
 		w.Lease = 30 * time.Second

@@ -15,13 +15,9 @@ import (
 // proxied is one replica's path to the database, which a test can cut.
 func (e *env) proxied(t testing.TB) (*pgtest.Proxy, *pgxpool.Pool) {
 	t.Helper()
-	cfg, err := pgxConfig(e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
 	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
 	proxy.Up(t)
-	return proxy, pgtest.Pool(t, "postgres://"+cfg.User+"@"+proxy.Addr+"/"+cfg.Database+"?sslmode=disable&connect_timeout=2")
+	return proxy, pgtest.Pool(t, proxy.Via(t, e.url)+"&connect_timeout=2")
 }
 
 // lost counts what a fault can cost: refresh tokens replayed at the

@@ -3,6 +3,7 @@ package pgtest
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"sync"
 	"testing"
 
@@ -75,6 +76,18 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	p := &Proxy{Addr: fmt.Sprintf("127.0.0.1:%d", testport.Free(t)), target: target}
 	t.Cleanup(p.Down)
 	return p
+}
+
+// Via is databaseURL reached through the proxy: the same user, database
+// and options, with the proxy's address as the host.
+func (p *Proxy) Via(t testing.TB, databaseURL string) string {
+	t.Helper()
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = p.Addr
+	return u.String()
 }
 
 // Up starts accepting connections.
