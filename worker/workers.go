@@ -146,7 +146,7 @@ func (w *Workers) runSafely(ctx context.Context, j vault.Job) {
 	platform, res, err := w.RunJob(ctx, j)
 	if err != nil {
 		if ctx.Err() == nil {
-			w.Refresher.logger().Warn("refresh job failed; its lease will expire and it will be retried",
+			w.Refresher.logger().Warn("refresh job failed; it will be retried",
 				zap.Int64("job", j.ID), zap.Error(err))
 		}
 		return
@@ -156,10 +156,12 @@ func (w *Workers) runSafely(ctx context.Context, j vault.Job) {
 	}
 }
 
-// RunJob runs one claimed job: lock the account, decide with the policy,
-// renew when due, and record the outcome and the job's end in the same
-// transaction. An error means nothing was committed; the job's lease
-// will run out and another claim will retry it.
+// RunJob runs one claimed job: take the account's renewal lease, lock the
+// account, decide with the policy, renew when due, and record the outcome
+// and the job's end in the same transaction. An error means nothing was
+// committed and nothing is pending: the job is released to run again
+// shortly (or, if even that fails, its claim runs out). A platform answer
+// whose store failed is not an error: storeAnswer stores it.
 func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res JobResult, err error) {
 	w.defaults()
 	rn, taken, left, err := w.Refresher.takeLease(ctx, j.AccountID)
