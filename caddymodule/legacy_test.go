@@ -52,7 +52,7 @@ func newLegacyHarness(t *testing.T, enabled bool, percent int, extra string) (*h
 	return h, path
 }
 
-func currentApp(t *testing.T) *App {
+func currentApp(t testing.TB) *App {
 	t.Helper()
 	app, err := caddy.ActiveContext().App("credgate")
 	if err != nil {

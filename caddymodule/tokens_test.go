@@ -3,12 +3,14 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/secret"
@@ -157,8 +159,15 @@ func TestTwitterTokenStillWorksThreeLifetimesLater(t *testing.T) {
 	for cycle := 1; cycle <= 3; cycle++ {
 		h.sandbox.Clock().Advance(2 * time.Hour)
 		// Generous: an idle worker whose claims failed under load backs
-		// off up to 30 s.
-		waitUntil(t, 75*time.Second, func() bool { return h.sandbox.Stats()["twitter"].Refreshes >= cycle })
+		// off up to 30 s, and `make test` runs the fault tests beside
+		// this one; the state is printed if it still waits in vain.
+		deadline := time.Now().Add(150 * time.Second)
+		for h.sandbox.Stats()["twitter"].Refreshes < cycle {
+			if time.Now().After(deadline) {
+				t.Fatalf("cycle %d: no renewal within 150 s; %s", cycle, h.refreshState())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
 	if code != http.StatusOK || !h.worksAtSandbox("twitter", tok.AccessToken) {
@@ -189,4 +198,33 @@ func TestTwitterTokenStillWorksThreeLifetimesLater(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || service.Queue["pending"] != float64(1) || service.Queue["overdue"] != float64(0) || service.Queue["dead"] != float64(0) {
 		t.Errorf("service-health: %d %s", resp.StatusCode, body)
 	}
+}
+
+// refreshState describes the refresh jobs and renewal leases, for a test
+// that waited in vain for a renewal.
+func (h *harness) refreshState() string {
+	h.t.Helper()
+	pool := pgtest.Pool(h.t, h.db)
+	var out strings.Builder
+	rows, err := pool.Query(context.Background(), `SELECT status || ' attempts=' || attempts || ' run_at=' || run_at::text || ' locked_by=' || coalesce(locked_by, '-') ||
+		' locked_until=' || coalesce(locked_until::text, '-') || ' error=' || coalesce(last_error, '-') FROM token_refresh_queue ORDER BY id`)
+	if err == nil {
+		for rows.Next() {
+			var line string
+			rows.Scan(&line)
+			out.WriteString("job: " + line + "; ")
+		}
+		rows.Close()
+	}
+	rows, err = pool.Query(context.Background(), `SELECT owner || ' until=' || until::text || ' answered=' || coalesce(answered_at::text, '-') FROM renewal_leases`)
+	if err == nil {
+		for rows.Next() {
+			var line string
+			rows.Scan(&line)
+			out.WriteString("lease: " + line + "; ")
+		}
+		rows.Close()
+	}
+	fmt.Fprintf(&out, "credgate's clock %s, database now checked at %s", currentApp(h.t).now().UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
+	return out.String()
 }
