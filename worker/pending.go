@@ -110,8 +110,15 @@ func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewa
 	ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
 	defer cancel()
 	taken, left, tookOver, err := vault.TakeRenewalLease(ctx, r.DB, accountID, lease.Owner, r.leaseFor())
-	if err != nil || !taken {
-		return nil, false, left, err
+	if err != nil {
+		// The insert may have committed although its answer was lost
+		// (the path broke on the way back): release what may be there,
+		// or the account would wait out the whole lease.
+		r.releaseLater(lease)
+		return nil, false, 0, err
+	}
+	if !taken {
+		return nil, false, left, nil
 	}
 	if tookOver {
 		r.logger().Warn("renewing an account whose previous renewal never finished (its process stopped); if the platform refuses the refresh token now, its answer was lost",
@@ -134,17 +141,22 @@ func (r *Refresher) settle(rn *renewal, txErr error) {
 	if txErr == nil && rn.answered != nil {
 		return // released in the transaction that stored it
 	}
-	if r.release(rn.lease) {
-		return
+	if !r.release(rn.lease) {
+		r.releaseLater(rn.lease)
 	}
-	// The database is away: keep trying in the background, so that the
-	// account is not kept from renewal for the lease's whole length once
-	// it is back. Nothing depends on it (the lease runs out anyway).
+}
+
+// releaseLater keeps trying to release l while the database is away, so
+// that the account is not kept from renewal for the lease's whole length
+// once it is back. Nothing depends on it (the lease runs out anyway), and
+// the owner is this renewal's alone, so a late release removes nothing
+// else.
+func (r *Refresher) releaseLater(l vault.RenewalLease) {
 	go func() {
 		deadline := time.Now().Add(r.leaseFor())
 		for wait := time.Second; time.Now().Before(deadline); wait = min(wait*2, 10*time.Second) {
 			time.Sleep(wait)
-			if r.release(rn.lease) {
+			if r.release(l) {
 				return
 			}
 		}
@@ -198,6 +210,9 @@ func (r *Refresher) storeAnswer(rn *renewal, cause error) {
 		case errors.Is(err, errSuperseded):
 			log.Error("a renewed token was not stored: the account changed meanwhile", zap.Error(err))
 			r.auditStoreFailed(rn, err)
+			if !r.release(rn.lease) {
+				r.releaseLater(rn.lease)
+			}
 			return
 		case time.Now().After(deadline):
 			log.Error("a renewed token could not be stored before its retries ran out; the grant may be lost",
