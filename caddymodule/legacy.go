@@ -133,11 +133,16 @@ func (h *Handler) watchIdentity(ctx context.Context, res identity.Result, platfo
 		return inForce.KillSwitchOn && inForce.NewPercent > 0
 	})
 	if warn {
-		h.logger.Warn("most requests to the app's connect route carry no identity credgate recognises: those users stay on the legacy flow (see credgate_identity_total and docs/identity.md)",
+		h.logger.Warn(unrecognisedWarning,
 			zap.String("commonest_reason", string(v.Commonest)), zap.Int("requests_last_minute", v.Requests),
 			zap.Float64("share_unrecognised", v.UnusableShare))
 	}
 }
+
+// unrecognisedWarning is what the log and service-health say when most
+// users at the connect route are not recognised.
+const unrecognisedWarning = "most requests to the app's connect route carry no identity credgate recognises: " +
+	"those users stay on the legacy flow (see credgate_identity_total by result and docs/identity.md)"
 
 // rolloutOnSamples: enough sample ids to see any rollout of 1 % or more.
 const rolloutOnSamples = 500

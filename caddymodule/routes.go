@@ -689,8 +689,8 @@ func (h *Handler) identityHealth() map[string]any {
 	if v.Commonest != "" {
 		out["commonest_reason"] = v.Commonest
 	}
-	if v.Requests > 0 && v.UnusableShare > 0.5 {
-		out["warning"] = "most requests to the app's connect route carry no identity credgate recognises: those users stay on the legacy flow (docs/identity.md)"
+	if v.MostlyUnrecognised() {
+		out["warning"] = unrecognisedWarning
 	}
 	return out
 }

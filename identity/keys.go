@@ -113,17 +113,17 @@ func (k *KeySet) Key(ctx context.Context, kid, alg string) (any, error) {
 			k.mu.Unlock()
 			return nil, ErrUnknownKID
 		}
-		wait := k.inflight
-		if wait == nil && k.refetchFor(kid, now) {
+		wait, in := k.inflight, k.refetchIn(kid, now)
+		if wait == nil && in == 0 {
 			wait = k.startFetch(now)
 		}
 		if wait == nil || waits >= 3 {
-			if slot := k.nextSlot(kid, now); slot > 0 && waits < 3 {
+			if in > 0 && waits < 3 {
 				// A refetch ran moments ago: wait for the next one
 				// rather than refuse a key published since.
 				k.mu.Unlock()
 				select {
-				case <-time.After(slot):
+				case <-time.After(in):
 					continue
 				case <-ctx.Done():
 					return nil, fmt.Errorf("%w: %v", ErrKeysUnavailable, ctx.Err())
@@ -148,27 +148,19 @@ func (k *KeySet) Key(ctx context.Context, kid, alg string) (any, error) {
 	}
 }
 
-// refetchFor says whether a lookup of a kid the set lacks may fetch now.
-// Called with k.mu held.
-func (k *KeySet) refetchFor(kid string, now time.Time) bool {
+// refetchIn says when a lookup of a kid the set lacks may fetch: 0 now,
+// a positive wait for the set-wide slot (a refetch ran moments ago), or
+// a negative one for not in this lookup (a failed fetch's retry is not
+// due, or a fetch just showed the kid absent). Called with k.mu held.
+func (k *KeySet) refetchIn(kid string, now time.Time) time.Duration {
 	if k.keys == nil || k.failures > 0 {
-		return k.retryDue(now)
+		if k.retryDue(now) {
+			return 0
+		}
+		return -1
 	}
 	if t, ok := k.missing[kid]; ok && now.Sub(t) < missingKIDBackoff {
-		return false
-	}
-	return now.Sub(k.attemptedAt) >= unknownKIDEvery
-}
-
-// nextSlot is how long until an unknown kid may trigger a refetch, when
-// only the set-wide rate stands in the way; 0 otherwise. Called with k.mu
-// held.
-func (k *KeySet) nextSlot(kid string, now time.Time) time.Duration {
-	if k.keys == nil || k.failures > 0 {
-		return 0
-	}
-	if t, ok := k.missing[kid]; ok && now.Sub(t) < missingKIDBackoff {
-		return 0
+		return -1
 	}
 	return max(0, unknownKIDEvery-now.Sub(k.attemptedAt))
 }

@@ -60,8 +60,9 @@ const (
 // JWKS, bounded by ctx.
 func (rd *Reader) Read(ctx context.Context, r *http.Request, mode Mode) Identity {
 	found := Identity{Result: Missing}
+	cookies := r.Cookies()
 	for _, name := range rd.Cookies {
-		s, err := ReadSession(r, name)
+		s, err := readSession(cookies, name)
 		if errors.Is(err, errNoCookie) {
 			continue
 		}

@@ -62,7 +62,11 @@ var (
 // (name.0, name.1, … concatenated, as @supabase/ssr's combineChunks does),
 // and decodes it in whichever format it is written.
 func ReadSession(r *http.Request, name string) (Session, error) {
-	cookies := r.Cookies()
+	return readSession(r.Cookies(), name)
+}
+
+// readSession is ReadSession on cookies already parsed.
+func readSession(cookies []*http.Cookie, name string) (Session, error) {
 	value, chunks, dup, err := assemble(cookies, name)
 	if err != nil {
 		return Session{}, err

@@ -44,6 +44,12 @@ type WatchView struct {
 	Commonest Result `json:"commonest_reason,omitempty"`
 }
 
+// MostlyUnrecognised reports whether most of the window's requests, of
+// enough to mean something, carried no usable identity.
+func (v WatchView) MostlyUnrecognised() bool {
+	return v.Requests >= watchMinRequests && v.UnusableShare > 0.5
+}
+
 // Record counts one result at now.
 func (w *Watch) Record(res Result, now time.Time) {
 	start := now.Truncate(watchBucket)
@@ -98,7 +104,7 @@ func (w *Watch) view(now time.Time) WatchView {
 func (w *Watch) Warn(now time.Time, rolloutOn func() bool) (WatchView, bool) {
 	w.mu.Lock()
 	v := w.view(now)
-	due := now.Sub(w.lastWarn) >= WatchEvery && v.Requests >= watchMinRequests && v.UnusableShare > 0.5
+	due := now.Sub(w.lastWarn) >= WatchEvery && v.MostlyUnrecognised()
 	if due {
 		// Taken before asking rolloutOn, so that concurrent requests do
 		// not all evaluate the flags.

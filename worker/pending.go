@@ -141,8 +141,14 @@ func (r *Refresher) settle(rn *renewal, txErr error) {
 	if txErr == nil && rn.answered != nil {
 		return // released in the transaction that stored it
 	}
-	if !r.release(rn.lease) {
-		r.releaseLater(rn.lease)
+	r.releaseSoon(rn.lease)
+}
+
+// releaseSoon releases l now, or in the background once the database is
+// back.
+func (r *Refresher) releaseSoon(l vault.RenewalLease) {
+	if !r.release(l) {
+		r.releaseLater(l)
 	}
 }
 
@@ -210,9 +216,7 @@ func (r *Refresher) storeAnswer(rn *renewal, cause error) {
 		case errors.Is(err, errSuperseded):
 			log.Error("a renewed token was not stored: the account changed meanwhile", zap.Error(err))
 			r.auditStoreFailed(rn, err)
-			if !r.release(rn.lease) {
-				r.releaseLater(rn.lease)
-			}
+			r.releaseSoon(rn.lease)
 			return
 		case time.Now().After(deadline):
 			log.Error("a renewed token could not be stored before its retries ran out; the grant may be lost",
