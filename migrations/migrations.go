@@ -47,14 +47,17 @@ func Files() fs.FS { return files }
 // Tables credgate creates (social_accounts only when missing): the four the
 // migration guide lists (001), then the audit roll-up (002), then the
 // guarded rollout's window and latch (003), then the shared count of
-// rollout decisions (004), then the renewals in flight (005).
+// rollout decisions (004), then the renewals in flight (005), then the
+// operator's settings for sharing the table with the app (006).
 var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
-	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions", "renewal_leases"}
+	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions", "renewal_leases",
+	"credgate_settings"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{
 	"credentials_encrypted", "credentials_key_id", "credentials_version", "expires_at",
 	"status", "scopes", "last_refreshed_at", "connected_via",
+	"app_token_fingerprint", "app_token_current",
 }
 
 // Presence says whether one expected object exists.
@@ -123,7 +126,7 @@ func appeared(before, after []Presence) []string {
 type ErrWouldDestroyCredentials struct{ Accounts int64 }
 
 func (e ErrWouldDestroyCredentials) Error() string {
-	return fmt.Sprintf("%d accounts hold tokens only credentials_encrypted has (no plaintext, or a stale one from before the user reconnected through credgate); rolling back would leave those users with no working token or a stale one, so they would have to reconnect (use --force to roll back anyway)", e.Accounts)
+	return fmt.Sprintf("%d accounts hold tokens only credentials_encrypted has (no plaintext, or a stale one from before the user reconnected through credgate); rolling back now would leave those users with no working token or a stale one. Run `caddy credgate writeback --all` first: it writes their current tokens into the app's columns, then run this again (--force rolls back anyway, and those users reconnect)", e.Accounts)
 }
 
 // DownOptions tune Down.
@@ -316,9 +319,30 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 	if err != nil || !hasColumn {
 		return 0, dberr.Explain("reading the schema", err)
 	}
+	var fingerprinted bool
+	err = db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM information_schema.columns
+		WHERE table_schema = current_schema() AND table_name = 'social_accounts'
+		  AND column_name = 'app_token_current')`).Scan(&fingerprinted)
+	if err != nil {
+		return 0, dberr.Explain("reading the schema", err)
+	}
+	// Before 006, any row credgate connected is counted. From 006 on, a
+	// row is safe when the app's columns hold its current token: written
+	// back (app_token_current), or written by the app after credgate's
+	// last write (the newest token, a fingerprint that differs). Accounts
+	// that need the user anyway (needs_reauth, revoked, disconnected)
+	// lose nothing.
+	query := `SELECT count(*) FROM social_accounts
+		WHERE credentials_encrypted IS NOT NULL AND (access_token IS NULL OR connected_via = 'credgate')`
+	if fingerprinted {
+		query = `SELECT count(*) FROM social_accounts
+			WHERE credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring')
+			  AND (access_token IS NULL
+			       OR (connected_via = 'credgate' AND NOT app_token_current
+			           AND app_token_fingerprint IS NOT DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token)))`
+	}
 	var n int64
-	err = db.QueryRowContext(ctx, `SELECT count(*) FROM social_accounts
-		WHERE credentials_encrypted IS NOT NULL AND (access_token IS NULL OR connected_via = 'credgate')`).Scan(&n)
+	err = db.QueryRowContext(ctx, query).Scan(&n)
 	return n, dberr.Explain("counting encrypted-only accounts", err)
 }
 

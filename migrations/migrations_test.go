@@ -46,8 +46,8 @@ func mustDown(t *testing.T, url string) migrations.Report {
 // assertComplete checks that every object the migration promises exists.
 func assertComplete(t *testing.T, s migrations.Schema) {
 	t.Helper()
-	if s.Version != 5 || s.Dirty {
-		t.Errorf("version = %d dirty=%v, want 5 clean", s.Version, s.Dirty)
+	if s.Version != 6 || s.Dirty {
+		t.Errorf("version = %d dirty=%v, want 6 clean", s.Version, s.Dirty)
 	}
 	if !s.SocialAccounts {
 		t.Error("social_accounts missing")
@@ -280,8 +280,8 @@ func TestConcurrentUpAppliesOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rows != 1 || version != 5 || dirty {
-		t.Errorf("version table: %d rows, version %d, dirty %v; want one row, 5, clean", rows, version, dirty)
+	if rows != 1 || version != 6 || dirty {
+		t.Errorf("version table: %d rows, version %d, dirty %v; want one row, 6, clean", rows, version, dirty)
 	}
 }
 
@@ -297,9 +297,11 @@ func TestFilesAreIdempotentWhenRunByHand(t *testing.T) {
 		"003_rollout_guard.up.sql", "003_rollout_guard.up.sql",
 		"004_rollout_decisions.up.sql", "004_rollout_decisions.up.sql",
 		"005_renewal_leases.up.sql", "005_renewal_leases.up.sql",
-		"005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
-		"005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
-		"001_improve_credentials.up.sql", "002_background_work.up.sql", "003_rollout_guard.up.sql", "004_rollout_decisions.up.sql", "005_renewal_leases.up.sql"} {
+		"006_app_coexistence.up.sql", "006_app_coexistence.up.sql",
+		"006_app_coexistence.down.sql", "005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
+		"006_app_coexistence.down.sql", "005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
+		"001_improve_credentials.up.sql", "002_background_work.up.sql", "003_rollout_guard.up.sql", "004_rollout_decisions.up.sql", "005_renewal_leases.up.sql",
+		"006_app_coexistence.up.sql"} {
 		sql, err := fs.ReadFile(migrations.Files(), name)
 		if err != nil {
 			t.Fatal(err)
@@ -345,8 +347,20 @@ func TestDownRefusesToDestroyEncryptedOnlyCredentials(t *testing.T) {
 	// A legacy user who reconnected through credgate: the app's old
 	// plaintext is still there, but the current tokens are only in the
 	// blob. Rolling back would leave the stale legacy token.
-	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token, credentials_encrypted, credentials_key_id, connected_via)
-		VALUES (gen_random_uuid(), 'twitter', 'old-legacy-access', 'old-legacy-refresh', '\x01'::bytea, 1, 'credgate')`)
+	// (A connect records the plaintext it superseded, as seen.)
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token, credentials_encrypted, credentials_key_id, connected_via,
+			app_token_fingerprint)
+		VALUES (gen_random_uuid(), 'twitter', 'old-legacy-access', 'old-legacy-refresh', '\x01'::bytea, 1, 'credgate',
+			credgate_app_token_fingerprint('old-legacy-access', 'old-legacy-refresh'))`)
+	// Not counted: an account written back (the app's columns hold its
+	// current token), one the app wrote a newer token into after a
+	// rollback, and one that needs the user anyway.
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token, credentials_encrypted, credentials_key_id, connected_via,
+			app_token_fingerprint, app_token_current)
+		VALUES (gen_random_uuid(), 'instagram', 'written-back', '\x01'::bytea, 1, 'credgate', credgate_app_token_fingerprint('written-back', NULL), true),
+		       (gen_random_uuid(), 'twitter', 'app-newer', '\x01'::bytea, 1, 'credgate', credgate_app_token_fingerprint('older', NULL), false)`)
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, credentials_encrypted, credentials_key_id, connected_via, status)
+		VALUES (gen_random_uuid(), 'facebook', '\x01'::bytea, 1, 'credgate', 'needs_reauth')`)
 	// A legacy row backfilled (or renewed by credgate, which keeps the
 	// plaintext in step): plaintext and blob hold the same tokens.
 	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token, credentials_encrypted, credentials_key_id, connected_via)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -76,7 +77,15 @@ type Account struct {
 	// KeyID is the key the blob is sealed with; nil without a blob.
 	KeyID *uint32 `json:"-"`
 	// Encrypted reports whether the account has a credential blob.
-	Encrypted bool      `json:"-"`
+	Encrypted bool `json:"-"`
+	// AppOwned: the app wrote the current token (a legacy row, or one
+	// the app wrote again since credgate's last write). credgate renews
+	// it only once the operator says the app's own refresh is off.
+	AppOwned bool `json:"-"`
+	// AppNewer: the current token is the one in the app's plaintext
+	// columns, written by the app since credgate last saw them; the blob
+	// holds an older one (the newest token wins).
+	AppNewer  bool      `json:"-"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
@@ -98,11 +107,23 @@ type Connection struct {
 
 // Accounts stores credentials in social_accounts, encrypted with keys.
 type Accounts struct {
-	keys *Keyring
+	keys     *Keyring
+	settings SettingsSource
 }
 
-// NewAccounts returns the account store.
-func NewAccounts(keys *Keyring) *Accounts { return &Accounts{keys: keys} }
+// NewAccounts returns the account store, with the default settings
+// (transition mode off, the app renews its own rows, no app expiry
+// column) until UseSettings names where to read them.
+func NewAccounts(keys *Keyring) *Accounts {
+	return &Accounts{keys: keys, settings: Fixed(Settings{})}
+}
+
+// UseSettings makes the store act on the operator's settings read from
+// src (a SettingsCache in a running instance).
+func (s *Accounts) UseSettings(src SettingsSource) { s.settings = src }
+
+// Settings returns the settings the store acts on.
+func (s *Accounts) Settings(ctx context.Context) (Settings, error) { return s.settings.Get(ctx) }
 
 const accountColumns = `id::text, user_id::text, platform, coalesce(platform_user_id, ''), coalesce(username, ''),
 	status, expires_at, coalesce(scopes, '{}'), last_refreshed_at, connected_via, credentials_version,
@@ -238,11 +259,25 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 	if err != nil {
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
 	}
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Account{}, fmt.Errorf("storing credentials: %w", err)
+	}
 	args := make([]any, 0, 20)
 	args = append(args, id, c.UserID, c.Platform, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
 		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia)
-	withJob := !jobAt.IsZero()
-	if withJob {
+	v := storeVariant{job: !jobAt.IsZero(), audit: audit != nil}
+	if settings.TransitionMode {
+		// Transition mode: the unchanged app reads its own columns, so
+		// they get the new token too (and so do bind parameters, which
+		// can reach the server's statement log: one reason it is opt-in).
+		v.plaintext, v.expiryColumn = true, settings.AppExpiryColumn
+		args = append(args, nullString(c.Credentials.AccessToken.Reveal()), nullString(c.Credentials.RefreshToken.Reveal()))
+		if v.expiryColumn != "" {
+			args = append(args, nullTime(c.Credentials.Expiry))
+		}
+	}
+	if v.job {
 		args = append(args, jobAt)
 	}
 	if audit != nil {
@@ -252,7 +287,7 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 		}
 		args = append(args, e.args()...)
 	}
-	acct, err := scanAccount(db.QueryRow(ctx, storeSQL[storeVariant{withJob, audit != nil}], args...))
+	acct, err := scanAccount(db.QueryRow(ctx, storeStatement(v), args...))
 	if errors.Is(err, pgx.ErrNoRows) || tookAnotherID(err) {
 		return Account{}, errAnotherID
 	}
@@ -263,33 +298,44 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 }
 
 // storeVariant is which of the store statement's parts are in.
-type storeVariant struct{ job, audit bool }
+type storeVariant struct {
+	job, audit bool
+	// plaintext: transition mode, the app's plaintext columns (and its
+	// expiry column, when named) are written too.
+	plaintext    bool
+	expiryColumn string
+}
 
-// storeSQL is the store statement, built once per variant: credentialUpsert's
-// ten parameters, then the job's run time (with the job), then the audit
-// event's (with the audit row). The job and the audit row are written
-// from the upserted row, so all three are written or none.
-var storeSQL = func() map[storeVariant]string {
-	out := map[storeVariant]string{}
-	for _, v := range []storeVariant{{false, false}, {true, false}, {false, true}, {true, true}} {
-		sql := `WITH account AS (` + credentialUpsert + `)`
-		next := 11
-		if v.job {
-			sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", next)) + `)`
-			next++
-		}
-		if v.audit {
-			sql += `, audited AS (` + auditInsertFrom("account", next) + `)`
-		}
-		// The row must have the id the blob was sealed for. A trigger of
-		// the app's could give a new row another one; then the cast
-		// below raises (at run time only, as it depends on the row) and
-		// the statement writes nothing.
-		out[v] = sql + ` SELECT ` + accountColumns + ` FROM account
-			WHERE CASE WHEN id = $1::uuid THEN true ELSE (id::text || '` + anotherIDMark + `')::boolean END`
+// storeStatements caches storeStatement's answers.
+var storeStatements sync.Map
+
+// storeStatement is the store statement for v, built once: credentialUpsert's
+// ten parameters, then the plaintext pair and the app's expiry (in
+// transition mode), then the job's run time (with the job), then the
+// audit event's (with the audit row). The job and the audit row are
+// written from the upserted row, so all three are written or none.
+func storeStatement(v storeVariant) string {
+	if sql, ok := storeStatements.Load(v); ok {
+		return sql.(string)
 	}
-	return out
-}()
+	next := 11
+	sql := `WITH account AS (` + credentialUpsert(v, &next) + `)`
+	if v.job {
+		sql += `, job AS (` + scheduleFrom(fmt.Sprintf("SELECT id, credentials_version, $%d::timestamptz FROM account", next)) + `)`
+		next++
+	}
+	if v.audit {
+		sql += `, audited AS (` + auditInsertFrom("account", next) + `)`
+	}
+	// The row must have the id the blob was sealed for. A trigger of
+	// the app's could give a new row another one; then the cast
+	// below raises (at run time only, as it depends on the row) and
+	// the statement writes nothing.
+	sql += ` SELECT ` + accountColumns + ` FROM account
+		WHERE CASE WHEN id = $1::uuid THEN true ELSE (id::text || '` + anotherIDMark + `')::boolean END`
+	storeStatements.Store(v, sql)
+	return sql
+}
 
 // anotherIDMark is in the error of a store whose row took another id.
 const anotherIDMark = " credgate: the row took another id"
@@ -304,37 +350,144 @@ func tookAnotherID(err error) bool {
 // credentialUpsert writes a credential on the (user, platform) row (a new
 // row with id $1, or the existing one if its id is $1) and returns the
 // row; nothing, when a row with another id holds (user, platform).
-const credentialUpsert = `INSERT INTO social_accounts AS s (id, user_id, platform,
+// Without transition mode the app's plaintext stays as it is and is
+// recorded as seen: superseded by this connect, so it never reads as a
+// newer token of the app's. *next is the first parameter after its own.
+func credentialUpsert(v storeVariant, next *int) string {
+	insertCols, insertVals := "", ""
+	update := `app_token_fingerprint = credgate_app_token_fingerprint(s.access_token, s.refresh_token), app_token_current = false`
+	if v.plaintext {
+		access, refresh := fmt.Sprintf("$%d::text", *next), fmt.Sprintf("$%d::text", *next+1)
+		*next += 2
+		insertCols = `, access_token, refresh_token, app_token_fingerprint, app_token_current`
+		insertVals = `, ` + access + `, ` + refresh + `, credgate_app_token_fingerprint(` + access + `, ` + refresh + `), true`
+		update = `access_token = EXCLUDED.access_token, refresh_token = EXCLUDED.refresh_token,
+			app_token_fingerprint = EXCLUDED.app_token_fingerprint, app_token_current = true`
+		if v.expiryColumn != "" {
+			col := pgx.Identifier{v.expiryColumn}.Sanitize()
+			insertCols += `, ` + col
+			insertVals += fmt.Sprintf(`, $%d::timestamptz`, *next)
+			*next++
+			update += `, ` + col + ` = EXCLUDED.` + col
+		}
+	}
+	return `INSERT INTO social_accounts AS s (id, user_id, platform,
 		credentials_encrypted, credentials_key_id, credentials_version, status, expires_at, scopes,
-		platform_user_id, username, connected_via, last_refreshed_at, updated_at)
-	VALUES ($1, $2, $3, $4, $5, 1, 'connected', $6, $7, $8, $9, $10, NULL, now())
+		platform_user_id, username, connected_via, last_refreshed_at, updated_at` + insertCols + `)
+	VALUES ($1, $2, $3, $4, $5, 1, 'connected', $6, $7, $8, $9, $10, NULL, now()` + insertVals + `)
 	ON CONFLICT (user_id, platform) DO UPDATE SET
 		credentials_encrypted = EXCLUDED.credentials_encrypted, credentials_key_id = EXCLUDED.credentials_key_id,
 		credentials_version = s.credentials_version + 1, status = 'connected', expires_at = EXCLUDED.expires_at,
 		scopes = EXCLUDED.scopes, platform_user_id = EXCLUDED.platform_user_id, username = EXCLUDED.username,
-		connected_via = EXCLUDED.connected_via, last_refreshed_at = NULL, updated_at = now()
+		connected_via = EXCLUDED.connected_via, last_refreshed_at = NULL, updated_at = now(), ` + update + `
 	WHERE s.id = $1::uuid
 	RETURNING s.*`
+}
 
-// Get returns the account and its decrypted credentials. An account with no
-// blob, or a disconnected one, is ErrNotConnected.
+// appNewerSQL is true on a row whose plaintext columns hold tokens
+// credgate has not seen: the app wrote them after credgate's last write
+// (app_token_fingerprint, migration 006). On a legacy row from before
+// 006 (no fingerprint yet) it is true whenever there is plaintext, and
+// the caller compares the plaintext with the blob.
+const appNewerSQL = `(access_token IS NOT NULL AND app_token_fingerprint IS DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token))`
+
+// appExpirySQL reads the app's expiry column, or NULL without one. The
+// name was checked against the table when it was set (CheckExpiryColumn)
+// and is quoted here all the same.
+func appExpirySQL(column string) string {
+	if column == "" {
+		return `NULL::timestamptz`
+	}
+	return pgx.Identifier{column}.Sanitize() + `::timestamptz`
+}
+
+// currentColumns follow accountColumns in every read that decides which
+// token is current: the blob, the app's plaintext when it is newer, the
+// app's expiry, whether there is plaintext at all, and whether it equals
+// the blob.
+func currentColumns(expiryColumn string) string {
+	return `credentials_encrypted, CASE WHEN ` + appNewerSQL + ` THEN access_token END,
+		CASE WHEN ` + appNewerSQL + ` THEN refresh_token END, ` + appExpirySQL(expiryColumn) + `,
+		access_token IS NOT NULL, app_token_current`
+}
+
+// currentRow is a row read with currentColumns.
+type currentRow struct {
+	acct                  Account
+	blob                  []byte
+	appAccess, appRefresh *string
+	appExpiry             *time.Time
+	hasPlaintext, inSync  bool
+}
+
+func (r *currentRow) targets() []any {
+	return []any{&r.blob, &r.appAccess, &r.appRefresh, &r.appExpiry, &r.hasPlaintext, &r.inSync}
+}
+
+// current decides which token of the row is current: the app's newer
+// plaintext, else the blob. A blob that does not open is an error unless
+// the app's newer token replaces it.
+func (s *Accounts) current(r currentRow) (Account, Credentials, error) {
+	a := r.acct
+	a.AppOwned = a.ConnectedVia == FlowLegacy
+	var blobCreds Credentials
+	var blobErr error
+	if r.blob != nil {
+		blobCreds, _, blobErr = s.open(r.blob, a.ID, a.UserID, a.Platform)
+	}
+	// A row credgate never sealed is the legacy flow's alone: served
+	// only through LegacyToken (the token API's serve_legacy_plaintext).
+	if r.blob != nil && r.appAccess != nil && *r.appAccess != "" {
+		plain := plaintextRow{access: r.appAccess, refresh: r.appRefresh}
+		if blobErr != nil || !plain.matches(blobCreds) {
+			c := plain.credentials()
+			if r.appExpiry != nil {
+				c.Expiry = *r.appExpiry
+			}
+			a.AppOwned, a.AppNewer = true, true
+			a.ExpiresAt = r.appExpiry
+			// The app wrote a token: whatever credgate recorded before
+			// (disconnected, needs_reauth), the app has it connected.
+			a.Status = StatusConnected
+			return a, c, nil
+		}
+	}
+	if r.blob == nil || a.Status == StatusDisconnected {
+		return a, Credentials{}, ErrNotConnected
+	}
+	if blobErr != nil {
+		return a, Credentials{}, fmt.Errorf("decrypting credentials of account %s: %w", a.ID, blobErr)
+	}
+	return a, blobCreds, nil
+}
+
+// Get returns the account and its current credentials: the app's
+// plaintext when the app wrote a newer token than the blob's (then
+// Account.AppNewer), else the blob's. An account with no blob and no
+// newer plaintext, or a disconnected one, is ErrNotConnected.
 func (s *Accounts) Get(ctx context.Context, db DB, userID, platform string) (Account, Credentials, error) {
-	return s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, []any{userID, platform}, "")
+	a, c, _, err := s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, userID, platform)
+	return a, c, err
 }
 
 // GetByID is Get by social_accounts.id, for the refresh worker.
 func (s *Accounts) GetByID(ctx context.Context, db DB, id string) (Account, Credentials, error) {
-	return s.get(ctx, db, `WHERE id = $1`, []any{id}, "")
+	a, c, _, err := s.get(ctx, db, `WHERE id = $1`, id)
+	return a, c, err
 }
 
 // Renewable is an account locked for renewal.
 type Renewable struct {
 	Account     Account
 	Credentials Credentials
-	// AppReadsPlaintext marks a row the legacy app wrote and still reads
-	// (plaintext access_token present): a renewal writes its new tokens
-	// to the plaintext columns too.
+	// AppReadsPlaintext: the app's plaintext columns hold the current
+	// token (a legacy row the app reads, a row written back or adopted)
+	// or transition mode is on: a renewal writes its new tokens to the
+	// plaintext columns too, or the unchanged app would go on with a
+	// superseded one.
 	AppReadsPlaintext bool
+	// Settings are the settings the lock was taken under.
+	Settings Settings
 }
 
 // LockForRenewal reads an account and locks its row until tx ends, so two
@@ -344,63 +497,72 @@ type Renewable struct {
 // for the whole platform call — and deadlock against this transaction's
 // own job insert.
 //
-// On a legacy row whose plaintext the app changed since backfill sealed
-// it (the app refreshed the token itself), the plaintext tokens are the
-// current ones and are returned instead of the blob's.
+// When the app wrote a newer token than the blob's (it refreshed the
+// token itself, or the user reconnected through the legacy flow), the
+// app's token is the current one and is returned (Account.AppNewer).
 func (s *Accounts) LockForRenewal(ctx context.Context, tx pgx.Tx, id string) (Renewable, error) {
-	var access, refresh *string
-	a, c, err := s.get(ctx, tx, `WHERE id = $1 FOR NO KEY UPDATE`, []any{id},
-		`CASE WHEN connected_via = 'legacy' THEN access_token END, CASE WHEN connected_via = 'legacy' THEN refresh_token END`,
-		&access, &refresh)
-	r := Renewable{Account: a, Credentials: c, AppReadsPlaintext: access != nil && *access != ""}
-	if err != nil || !r.AppReadsPlaintext {
+	a, c, row, err := s.get(ctx, tx, `WHERE id = $1 FOR NO KEY UPDATE`, id)
+	r := Renewable{Account: a, Credentials: c, Settings: row.settings}
+	if err != nil {
 		return r, err
 	}
-	plain := plaintextRow{access: access, refresh: refresh}
-	if !plain.matches(c) {
-		r.Credentials.AccessToken, r.Credentials.RefreshToken = secretOf(access), secretOf(refresh)
-	}
+	r.AppReadsPlaintext = row.settings.TransitionMode || a.AppNewer ||
+		(row.hasPlaintext && (row.inSync || a.ConnectedVia == FlowLegacy))
 	return r, nil
 }
 
-func (s *Accounts) get(ctx context.Context, db DB, where string, args []any, extraColumns string, extra ...any) (Account, Credentials, error) {
-	var blob []byte
-	columns := accountColumns + `, credentials_encrypted`
-	if extraColumns != "" {
-		columns += ", " + extraColumns
+// readRow is what get read besides the account and its credentials.
+type readRow struct {
+	currentRow
+	settings Settings
+}
+
+func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (Account, Credentials, readRow, error) {
+	var row readRow
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Account{}, Credentials{}, row, err
 	}
-	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+columns+` FROM social_accounts `+where, args...), append([]any{&blob}, extra...)...)
+	row.settings = settings
+	row.acct, err = scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, `+currentColumns(settings.AppExpiryColumn)+
+		` FROM social_accounts `+where, args...), row.targets()...)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Account{}, Credentials{}, ErrNotConnected
+		return Account{}, Credentials{}, row, ErrNotConnected
 	}
 	if err != nil {
-		return Account{}, Credentials{}, fmt.Errorf("reading account: %w", err)
+		return Account{}, Credentials{}, row, fmt.Errorf("reading account: %w", err)
 	}
-	if blob == nil || a.Status == StatusDisconnected {
-		return a, Credentials{}, ErrNotConnected
-	}
-	c, _, err := s.open(blob, a.ID, a.UserID, a.Platform)
-	if err != nil {
-		return a, Credentials{}, fmt.Errorf("decrypting credentials of account %s: %w", a.ID, err)
-	}
-	return a, c, nil
+	a, c, err := s.current(row.currentRow)
+	return a, c, row, err
 }
 
 // LegacyToken returns the access token the legacy app stored in plaintext
 // for (user, platform), for a token API that may serve rows not yet
-// backfilled. ErrNotConnected when the row has none or is disconnected.
+// backfilled, with the app's expiry when its expiry column is set.
+// ErrNotConnected when the row has none, or is disconnected and the app
+// has not written a token since.
 func (s *Accounts) LegacyToken(ctx context.Context, db DB, userID, platform string) (Account, secret.Value, error) {
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Account{}, secret.Value{}, err
+	}
 	var token *string
-	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, access_token FROM social_accounts
-		WHERE user_id = $1 AND platform = $2`, userID, platform), &token)
+	var expiry *time.Time
+	var newer bool
+	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, access_token, `+appExpirySQL(settings.AppExpiryColumn)+
+		`, `+appNewerSQL+` FROM social_accounts WHERE user_id = $1 AND platform = $2`, userID, platform), &token, &expiry, &newer)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, secret.Value{}, ErrNotConnected
 	}
 	if err != nil {
 		return Account{}, secret.Value{}, fmt.Errorf("reading account: %w", err)
 	}
-	if token == nil || *token == "" || a.Status == StatusDisconnected {
+	if token == nil || *token == "" || (a.Status == StatusDisconnected && !newer) {
 		return a, secret.Value{}, ErrNotConnected
+	}
+	a.AppOwned, a.AppNewer, a.Status = true, newer, StatusConnected
+	if expiry != nil {
+		a.ExpiresAt = expiry
 	}
 	return a, secretOf(token), nil
 }
@@ -439,6 +601,7 @@ func (s *Accounts) MarkStatus(ctx context.Context, db DB, id string, status Stat
 func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform string) (Account, error) {
 	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
 			credentials_encrypted = NULL, credentials_key_id = NULL, access_token = NULL, refresh_token = NULL,
+			app_token_fingerprint = NULL, app_token_current = false,
 			credentials_version = credentials_version + 1, status = 'disconnected', expires_at = NULL, updated_at = now()
 		WHERE user_id = $1 AND platform = $2 AND status <> 'disconnected'
 		RETURNING `+accountColumns, userID, platform))
@@ -455,11 +618,16 @@ func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform strin
 type Refreshed struct {
 	Credentials Credentials
 	Scopes      []string
-	// WritePlaintext also writes the tokens to the plaintext columns of
-	// a legacy row whose plaintext the app still reads (see
-	// Renewable.AppReadsPlaintext); otherwise the tokens never leave
-	// this process unencrypted.
+	// WritePlaintext also writes the tokens to the app's plaintext
+	// columns (see Renewable.AppReadsPlaintext), and to the app's expiry
+	// column when ExpiryColumn names one; otherwise the tokens never
+	// leave this process unencrypted.
 	WritePlaintext bool
+	ExpiryColumn   string
+	// Adopted: the renewed token was the app's newer one (Account.AppNewer):
+	// the row becomes the app's again (connected_via legacy), so that
+	// credgate does not renew it while the app still does.
+	Adopted bool
 }
 
 // CompareAndSwap replaces an account's credentials only if
@@ -525,29 +693,35 @@ func (s *Accounts) swapStatement(a Account, version int64, r Refreshed, e *Event
 	if scopes == nil {
 		scopes = a.Scopes
 	}
+	args := []any{a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes}
 	// The plaintext goes to the server only for a row that gets it: bind
-	// parameters can end up in the server's statement log.
-	var plainAccess, plainRefresh *string
+	// parameters can end up in the server's statement log. The decision
+	// was made under the row lock (LockForRenewal), so it still holds.
+	plaintext := `app_token_current = false`
 	if r.WritePlaintext {
-		plainAccess, plainRefresh = nullString(r.Credentials.AccessToken.Reveal()), nullString(r.Credentials.RefreshToken.Reveal())
+		args = append(args, nullString(r.Credentials.AccessToken.Reveal()), nullString(r.Credentials.RefreshToken.Reveal()))
+		// A platform that keeps the refresh token leaves the app's.
+		plaintext = `access_token = $7::text, refresh_token = coalesce($8::text, refresh_token),
+			app_token_fingerprint = credgate_app_token_fingerprint($7::text, coalesce($8::text, refresh_token)), app_token_current = true`
+		if r.ExpiryColumn != "" {
+			args = append(args, nullTime(r.Credentials.Expiry))
+			plaintext += `, ` + pgx.Identifier{r.ExpiryColumn}.Sanitize() + ` = $9::timestamptz`
+		}
 	}
-	args := []any{a.ID, version, blob, int64(s.keys.PrimaryID()), nullTime(r.Credentials.Expiry), scopes, plainAccess, plainRefresh}
+	if r.Adopted {
+		plaintext += `, connected_via = 'legacy'`
+	}
 	update := `UPDATE social_accounts SET
 			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
 			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now(),
-			access_token = CASE WHEN $7::text IS NOT NULL AND connected_via = 'legacy' AND access_token IS NOT NULL
-			                    THEN $7 ELSE access_token END,
-			refresh_token = CASE WHEN $7::text IS NOT NULL AND connected_via = 'legacy' AND access_token IS NOT NULL
-			                          AND $8::text IS NOT NULL THEN $8 ELSE refresh_token END
+			` + plaintext + `
 		WHERE id = $1 AND credentials_version = $2
 		RETURNING ` + accountColumns
 	sql := update
 	if e != nil {
 		// The audit row is inserted from the swap's result, so it exists
 		// exactly when the swap happened.
-		sql = `WITH swapped AS (` + update + `), audited AS (
-				INSERT INTO credential_audit_log ` + auditColumns + `
-				SELECT $9::uuid, $10::text, $11::text, $12::text, $13::text, $14::integer, $15::text, $16::text, $17::jsonb FROM swapped)
+		sql = `WITH swapped AS (` + update + `), audited AS (` + auditInsertFrom("swapped", len(args)+1) + `)
 			SELECT * FROM swapped`
 		args = append(args, e.args()...)
 	}

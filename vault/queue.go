@@ -164,6 +164,19 @@ func (RefreshQueue) Complete(ctx context.Context, db DB, job Job, worker string)
 	return finish(ctx, db, completeSQL, job.ID, worker, job.Attempts)
 }
 
+// LeaveToApp marks a job done without a renewal because the account's
+// token is the app's and the app still renews it (app-refresh on). The
+// mark (last_error app_renews) lets ScheduleUnscheduled queue the
+// account again once the operator says the app's refresh is off.
+func (RefreshQueue) LeaveToApp(ctx context.Context, db DB, job Job, worker string) error {
+	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'done', locked_by = NULL, locked_until = NULL,
+		last_error = '`+appRenewsMark+`', updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`,
+		job.ID, worker, job.Attempts)
+}
+
+// appRenewsMark is last_error on a job LeaveToApp ended.
+const appRenewsMark = "app_renews"
+
 const completeSQL = `UPDATE token_refresh_queue SET status = 'done', locked_by = NULL, locked_until = NULL,
 		last_error = NULL, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`
 
@@ -272,11 +285,21 @@ func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Tim
 	if err != nil {
 		return 0, fmt.Errorf("reviving refresh jobs: %w", err)
 	}
-	tag, err := db.Exec(ctx, `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at)
-		SELECT a.id, a.credentials_version, $1 FROM social_accounts a
+	// Rows the app owns are queued only once the operator has said the
+	// app no longer renews them (app_refresh off, migration 006): before
+	// that, a renewal by credgate would race the app's own (and X
+	// rotates refresh tokens: one of the two loses the grant). A job
+	// left to the app then no longer counts as done.
+	tag, err := db.Exec(ctx, `WITH setting AS (SELECT EXISTS (SELECT 1 FROM credgate_settings
+			WHERE name = 'app_refresh' AND value = 'off') AS credgate_renews_app_rows)
+		INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at)
+		SELECT a.id, a.credentials_version, $1 FROM social_accounts a, setting
 		WHERE a.credentials_encrypted IS NOT NULL AND a.status IN ('connected', 'expiring')
+		  AND (a.connected_via = 'credgate' OR setting.credgate_renews_app_rows)
 		  AND NOT EXISTS (SELECT 1 FROM token_refresh_queue q WHERE q.social_account_id = a.id
-		                  AND (q.status IN ('pending', 'running') OR q.credentials_version = a.credentials_version))
+		                  AND (q.status IN ('pending', 'running')
+		                       OR (q.credentials_version = a.credentials_version
+		                           AND NOT (setting.credgate_renews_app_rows AND q.last_error IS NOT DISTINCT FROM '`+appRenewsMark+`'))))
 		LIMIT $2
 		ON CONFLICT DO NOTHING`, now, limit)
 	if err != nil {

@@ -1,0 +1,174 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Settings are the operator's decisions about sharing social_accounts
+// with the unchanged app (credgate_settings, migration 006). They live in
+// the database, not in the Caddyfile, because every replica and every
+// command must act on the same answer: two replicas that disagreed on
+// who renews the app's tokens would be the fight the settings prevent.
+type Settings struct {
+	// TransitionMode: connects and renewals through credgate also write
+	// the app's plaintext columns (and its expiry column), so a back end
+	// that still reads its own table keeps working for moved users. Off
+	// by default: it puts tokens back in plaintext.
+	TransitionMode bool
+	// AppRefreshOff: the operator has said the app no longer renews the
+	// tokens it stored, so credgate renews them too. Until then credgate
+	// never renews a row the app owns: two renewers of one Twitter grant
+	// lose it (X rotates refresh tokens).
+	AppRefreshOff bool
+	// AppExpiryColumn is the app's own column for when its access token
+	// expires ("" when it has none), read wherever credgate takes a token
+	// from the plaintext columns and written wherever it writes them.
+	AppExpiryColumn string
+}
+
+// The setting names, as stored.
+const (
+	SettingTransitionMode  = "transition_mode"
+	SettingAppRefresh      = "app_refresh"
+	SettingAppExpiryColumn = "app_expiry_column"
+)
+
+// ActionSetting: an operator changed a setting (details: name, value, by).
+const ActionSetting Action = "setting_changed"
+
+// LoadSettings reads the settings. Unset ones keep their defaults.
+func LoadSettings(ctx context.Context, db DB) (Settings, error) {
+	var s Settings
+	rows, err := db.Query(ctx, `SELECT name, value FROM credgate_settings`)
+	if err != nil {
+		return s, fmt.Errorf("reading credgate_settings: %w", settingsErr(err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, value string
+		if err := rows.Scan(&name, &value); err != nil {
+			return s, fmt.Errorf("reading credgate_settings: %w", err)
+		}
+		switch name {
+		case SettingTransitionMode:
+			s.TransitionMode = value == "on"
+		case SettingAppRefresh:
+			s.AppRefreshOff = value == "off"
+		case SettingAppExpiryColumn:
+			s.AppExpiryColumn = value
+		}
+	}
+	return s, rows.Err()
+}
+
+// settingsErr explains a missing table: the schema predates 006.
+func settingsErr(err error) error {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" {
+		return errors.New("credgate_settings does not exist: run `caddy credgate migrate up`")
+	}
+	return err
+}
+
+// SetSetting records one setting and its audit row, together.
+func SetSetting(ctx context.Context, db DB, name, value, by string) error {
+	return InTx(ctx, db, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO credgate_settings (name, value, updated_by) VALUES ($1, $2, $3)
+			ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by, updated_at = now()`,
+			name, value, by)
+		if err != nil {
+			return fmt.Errorf("writing credgate_settings: %w", settingsErr(err))
+		}
+		return Audit{}.Append(ctx, tx, Event{Action: ActionSetting, Status: Success,
+			Details: map[string]any{"name": name, "value": value, "by": by}})
+	})
+}
+
+// CheckExpiryColumn verifies that social_accounts has column with a
+// timestamp type, so a setting can never name a column the statements
+// would then fail on.
+func CheckExpiryColumn(ctx context.Context, db DB, column string) error {
+	var typ string
+	err := db.QueryRow(ctx, `SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+		WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = $1 AND a.attnum > 0 AND NOT a.attisdropped`, column).Scan(&typ)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("social_accounts has no column %q", column)
+	}
+	if err != nil {
+		return fmt.Errorf("reading social_accounts' columns: %w", err)
+	}
+	switch typ {
+	case "timestamp with time zone", "timestamp without time zone":
+		return nil
+	}
+	return fmt.Errorf("social_accounts.%s is %s; the app's expiry column must be a timestamp (timestamptz or timestamp)", column, typ)
+}
+
+// SettingsCache is LoadSettings for the request path: read at most once
+// per TTL, and the last value read kept while the database does not
+// answer, so a blip does not flip a replica's behaviour.
+type SettingsCache struct {
+	DB  DB
+	TTL time.Duration
+
+	mu      sync.Mutex
+	val     Settings
+	read    time.Time
+	ok      bool
+	reading bool
+}
+
+// DefaultSettingsTTL is how soon a replica acts on a changed setting.
+const DefaultSettingsTTL = 2 * time.Second
+
+// Get returns the settings, at most TTL old (older while a read is in
+// flight or the database does not answer). An error is returned only
+// when no value was ever read. The lock is not held across the query:
+// a hung database must not queue every request behind it.
+func (c *SettingsCache) Get(ctx context.Context) (Settings, error) {
+	ttl := c.TTL
+	if ttl <= 0 {
+		ttl = DefaultSettingsTTL
+	}
+	c.mu.Lock()
+	if c.ok && (time.Since(c.read) < ttl || c.reading) {
+		v := c.val
+		c.mu.Unlock()
+		return v, nil
+	}
+	c.reading = true
+	c.mu.Unlock()
+	s, err := LoadSettings(ctx, c.DB)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reading = false
+	if err != nil {
+		if c.ok {
+			return c.val, nil
+		}
+		return Settings{}, err
+	}
+	c.val, c.read, c.ok = s, time.Now(), true
+	return s, nil
+}
+
+// Fixed returns a settings source that always answers s: for commands
+// that load the settings once, and for tests.
+func Fixed(s Settings) SettingsSource {
+	return fixedSettings(s)
+}
+
+type fixedSettings Settings
+
+func (f fixedSettings) Get(context.Context) (Settings, error) { return Settings(f), nil }
+
+// SettingsSource is where the stores read the settings from.
+type SettingsSource interface {
+	Get(ctx context.Context) (Settings, error)
+}
