@@ -149,7 +149,12 @@ type App struct {
 	guard    *guard.Guard
 	logger   *zap.Logger
 	accounts *vault.Accounts
-	states   *vault.States
+	settings *vault.SettingsCache
+	// backendReads counts the back end's token reads (token API,
+	// egress) for every replica's view of whether it reads through
+	// credgate yet.
+	backendReads vault.BackendReads
+	states       *vault.States
 	// flagSource, when the flag provider can say, reports where the
 	// rollout comes from and whether it is in force.
 	flagSource flagSource
@@ -301,6 +306,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.shared = shared.(sharedPool)
 	a.pool = a.shared.Pool
+	// The operator's settings for sharing social_accounts with the app
+	// (transition mode, app-refresh, the app's expiry column), read by
+	// every replica from the database.
+	a.settings = &vault.SettingsCache{DB: a.pool}
+	a.accounts.UseSettings(a.settings)
 	if _, ok := a.shared.verified.Load(keys.Identity()); ok {
 		a.run.available.Store(true)
 	}
@@ -360,6 +370,7 @@ func (a *App) Start() error {
 	}
 	a.startBackground()
 	a.startGuard(ctx)
+	a.run.wg.Go(func() { a.backendReads.Run(ctx, a.pool, guardInterval) })
 	a.run.wg.Go(func() { a.watchDatabase(ctx) })
 	return nil
 }

@@ -112,7 +112,8 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 	}
 	migrate.AddCommand(up, down, status)
 	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), cleanupCommand(), reportCommand(),
-		verifyCommand(), rolloutCommand(), sandboxCommand(), devtokenCommand()}
+		verifyCommand(), rolloutCommand(), sandboxCommand(), devtokenCommand(),
+		writebackCommand(), transitionCommand(), appRefreshCommand(), appExpiryColumnCommand()}
 }
 
 // progressInterval is how often a long batch job prints where it is.
@@ -164,8 +165,13 @@ func backfillCommand() *cobra.Command {
 		Short: "Encrypts legacy plaintext tokens into credentials_encrypted",
 		Long: `Encrypts the legacy access_token/refresh_token of every account into
 credentials_encrypted, in batches, leaving the plaintext in place for the
-unchanged app. Rows whose blob already matches are skipped; rows the app
-changed since are sealed again. Every batch is audited.
+unchanged app (with the app's expiry, when app-expiry-column names its
+column). It writes only credgate's columns. Rows whose blob already
+matches are skipped; rows the app changed since are sealed again, and so
+are rows credgate connected that the app wrote a newer token into (a
+reconnect through the legacy flow after a rollback): the newest token
+wins. Every batch is audited. Backfilled rows stay the app's: credgate
+does not renew them until 'caddy credgate app-refresh off'.
 
 --dry-run only counts. --purge-plaintext then clears the plaintext columns,
 only on rows whose blob was just read back and found equal; do it only once
@@ -173,12 +179,11 @@ the app no longer reads those columns (guide Phase 5). Exits 1 if any row
 could not be processed.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
-			keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{})
+			accounts, pool, _, err := openAccounts(ctx, cmd)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			accounts := vault.NewAccounts(keys)
 			w := cmd.OutOrStdout()
 			if dry, _ := cmd.Flags().GetBool("dry-run"); dry {
 				plan, err := accounts.PlanBackfill(ctx, pool)
@@ -209,9 +214,12 @@ could not be processed.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(w, "✓ purge: plaintext cleared on %d rows, %d kept because their blob did not match (%s)\n",
-					p.Done, p.Failed, p.Elapsed.Round(time.Millisecond))
+				fmt.Fprintf(w, "✓ purge: plaintext cleared on %d rows, %d kept because their blob did not open, %d kept because the app wrote a newer token than credgate's (%s)\n",
+					p.Done, p.Failed, p.Newer, p.Elapsed.Round(time.Millisecond))
 				failed += p.Failed
+				if p.Newer > 0 {
+					return fmt.Errorf("%d rows hold a token the app wrote after credgate's last write (a reconnect through the legacy flow): they keep it; run `caddy credgate backfill` to take those tokens, then purge again", p.Newer)
+				}
 			}
 			if failed > 0 {
 				return fmt.Errorf("%d rows could not be processed; see failed backfill/purge_plaintext rows in credential_audit_log", failed)

@@ -143,6 +143,7 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return nil
 	}
+	e.app.backendReads.Count(platform, vault.ViaEgress)
 	e.app.traced(w, r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
 		e.forward(w, r, user, platform, base, apiPath, rawPath)
 	})
@@ -407,6 +408,10 @@ func tokenFailure(err error) (status int, code, message string) {
 		return http.StatusInternalServerError, "decrypt_failed", "the stored credentials cannot be decrypted with the configured keys"
 	case isPlatformError(err):
 		return http.StatusServiceUnavailable, "provider_unavailable", "the token expired and the platform did not renew it; try again later"
+	case errors.Is(err, worker.ErrAppRenews):
+		return http.StatusConflict, "token_expired", "the app's token for this account has expired and the app renews it itself (caddy credgate app-refresh off lets credgate renew it)"
+	case errors.Is(err, worker.ErrExpiryUnknown):
+		return http.StatusConflict, "expiry_unknown", "the app's token for this account has no known expiry (caddy credgate app-expiry-column names the app's column)"
 	case errors.Is(err, worker.ErrRenewalPending):
 		return http.StatusServiceUnavailable, "renewal_pending", "the token is being renewed (or its renewal stored) elsewhere; try again in a few seconds"
 	}

@@ -669,6 +669,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		"background":    h.app.backgroundHealth(),
 		"guard":         h.app.guardHealth(),
 		"identity":      h.identityHealth(),
+		"migration":     h.migrationHealth(ctx, dbErr == nil),
 	}
 	status := http.StatusOK
 	if !healthy {
@@ -692,6 +693,40 @@ func (h *Handler) identityHealth() map[string]any {
 	if v.MostlyUnrecognised() {
 		out["warning"] = unrecognisedWarning
 	}
+	return out
+}
+
+// migrationHealth is how credgate shares social_accounts with the app
+// (the operator's settings) and whether the app's back end reads its
+// tokens through credgate (every replica's token API and egress reads
+// over the last hour, per platform): the runbook's first rule is that it
+// does before any percentage rises. Neither makes credgate unhealthy.
+func (h *Handler) migrationHealth(ctx context.Context, dbUp bool) map[string]any {
+	out := map[string]any{}
+	if s, err := h.app.settings.Get(ctx); err == nil {
+		out["transition_mode"] = s.TransitionMode
+		out["app_refresh"] = !s.AppRefreshOff
+		out["app_expiry_column"] = s.AppExpiryColumn
+		if s.TransitionMode {
+			out["warning"] = "transition mode is on: connects and renewals write plaintext tokens to the app's columns; turn it off (caddy credgate transition off) once the back end reads through credgate"
+		}
+	} else {
+		out["error"] = "settings not read: " + err.Error()
+	}
+	if !dbUp {
+		return out
+	}
+	reads, err := vault.BackendReadsIn(ctx, h.app.pool, vault.BackendReadWindow)
+	if err != nil {
+		out["backend_reads_error"] = "not read: " + dberr.OneLine(err.Error())
+		return out
+	}
+	perPlatform := map[string]any{}
+	for name := range h.app.Providers {
+		c := reads[name]
+		perPlatform[name] = map[string]any{"token_api": c.TokenAPI, "egress": c.Egress}
+	}
+	out["backend_reads_last_hour"] = perPlatform
 	return out
 }
 

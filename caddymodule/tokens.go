@@ -19,6 +19,7 @@ import (
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
 )
 
 func init() {
@@ -160,6 +161,7 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return nil
 	}
+	t.app.backendReads.Count(platform, vault.ViaTokenAPI)
 	t.app.traced(w, r, "credgate.token.read", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
 		t.serveToken(w, r, user, platform)
 	})
@@ -177,6 +179,9 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 		tok.Account, access, err = t.app.accounts.LegacyToken(ctx, t.app.pool, user, platform)
 		tok.Credentials = vault.Credentials{AccessToken: access}
 		source = "legacy_plaintext"
+		if err == nil {
+			err = worker.VouchForAppToken(tok.Account, time.Now())
+		}
 	}
 	audit := func(status vault.Outcome, code string) {
 		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)

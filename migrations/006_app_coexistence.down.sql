@@ -6,6 +6,7 @@
 SET lock_timeout = '5s';
 
 DROP TABLE IF EXISTS credgate_settings;
+DROP TABLE IF EXISTS backend_reads;
 
 DO $$
 DECLARE

@@ -13,6 +13,10 @@
 --   through the legacy flow after a rollback): the newest token wins, so
 --   credgate takes it as current and no purge clears it. The fingerprint
 --   exists only while the plaintext it describes is in the same row.
+-- * backend_reads: how often the app's back end asked credgate for a
+--   token (token API, egress), per platform and minute, summed over every
+--   replica, so an operator can see the back end reads through credgate
+--   before any percentage rises.
 --
 -- Like 001 to 005, every statement is idempotent and the file applies
 -- whole or not at all.
@@ -26,6 +30,16 @@ CREATE TABLE IF NOT EXISTS credgate_settings (
     updated_by text NOT NULL DEFAULT ''
 );
 ALTER TABLE credgate_settings ENABLE ROW LEVEL SECURITY;
+
+CREATE TABLE IF NOT EXISTS backend_reads (
+    platform text        NOT NULL,
+    via      text        NOT NULL CHECK (via IN ('token_api', 'egress')),
+    bucket   timestamptz NOT NULL,
+    reads    bigint      NOT NULL DEFAULT 0,
+    PRIMARY KEY (platform, via, bucket)
+);
+CREATE INDEX IF NOT EXISTS backend_reads_bucket_idx ON backend_reads (bucket);
+ALTER TABLE backend_reads ENABLE ROW LEVEL SECURITY;
 
 -- As in 001: an app column of the same name stops the migration before
 -- anything changed.
@@ -75,7 +89,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon')
        AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated')
        AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
-        EXECUTE 'REVOKE ALL ON credgate_settings FROM anon, authenticated';
+        EXECUTE 'REVOKE ALL ON credgate_settings, backend_reads FROM anon, authenticated';
     END IF;
 END
 $$;

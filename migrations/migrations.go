@@ -51,7 +51,7 @@ func Files() fs.FS { return files }
 // operator's settings for sharing the table with the app (006).
 var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
 	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions", "renewal_leases",
-	"credgate_settings"}
+	"credgate_settings", "backend_reads"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{

@@ -3,9 +3,12 @@ package report
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/credgate/credgate/migrations"
 	"github.com/credgate/credgate/vault"
@@ -55,7 +58,7 @@ func Verify(ctx context.Context, db vault.DB, databaseURL string, keys *vault.Ke
 		return checks, nil
 	}
 	steps := []func(context.Context, vault.DB, *vault.Keyring, time.Time, VerifyOptions) ([]Check, error){
-		encryptionChecks, keyChecks, auditChecks, rateChecks, queueChecks,
+		encryptionChecks, keyChecks, auditChecks, rateChecks, queueChecks, appChecks,
 	}
 	for _, step := range steps {
 		c, err := step(ctx, db, keys, now, opt)
@@ -200,4 +203,70 @@ func queueChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Ti
 		c.Detail += "; see last_error in token_refresh_queue and failed refresh rows in credential_audit_log"
 	}
 	return []Check{c}, nil
+}
+
+// appChecks are the two ways the migration can leave the app behind:
+// transition mode still writing plaintext tokens, and accounts whose
+// token only credgate holds on a platform the back end does not read
+// through credgate (their posts fail).
+func appChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, opt VerifyOptions) ([]Check, error) {
+	settings, err := vault.LoadSettings(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	transition := Check{Name: "app: transition mode off", OK: !settings.TransitionMode,
+		Detail: "connects and renewals write tokens only encrypted"}
+	if settings.TransitionMode {
+		transition.Detail = "transition mode is on: connects and renewals also write plaintext tokens to the app's columns; once the back end reads through credgate, `caddy credgate transition off`, then purge"
+	}
+	// Accounts the unchanged app cannot post for: credgate holds their
+	// current token and the app's columns do not.
+	rows, err := db.Query(ctx, `SELECT platform, count(*) FROM social_accounts
+		WHERE credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring') AND NOT app_token_current
+		  AND (access_token IS NULL OR app_token_fingerprint IS NOT DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token))
+		  AND connected_via = 'credgate'
+		GROUP BY platform ORDER BY platform`)
+	if err != nil {
+		return nil, fmt.Errorf("counting accounts only credgate holds: %w", err)
+	}
+	held, err := pgxCollectCounts(rows)
+	if err != nil {
+		return nil, fmt.Errorf("counting accounts only credgate holds: %w", err)
+	}
+	reads, err := vault.BackendReadsIn(ctx, db, opt.Window)
+	if err != nil {
+		return nil, err
+	}
+	backend := Check{Name: "app: the back end reads tokens through credgate", OK: true}
+	var unread, readParts []string
+	for _, platform := range slices.Sorted(maps.Keys(held)) {
+		r := reads[platform]
+		if r.Total() == 0 {
+			unread = append(unread, fmt.Sprintf("%s (%d accounts)", platform, held[platform]))
+			continue
+		}
+		readParts = append(readParts, fmt.Sprintf("%s %d token API, %d egress", platform, r.TokenAPI, r.Egress))
+	}
+	switch {
+	case len(unread) > 0:
+		backend.OK = false
+		backend.Detail = fmt.Sprintf("no token API or egress read in the last %s on %s, whose tokens only credgate holds: switch the back end to the token API or egress, or turn transition mode on", opt.Window, strings.Join(unread, ", "))
+	case len(held) == 0:
+		backend.Detail = "every connected account's token is in the app's columns too"
+	default:
+		backend.Detail = "last " + opt.Window.String() + ": " + strings.Join(readParts, "; ")
+	}
+	return []Check{transition, backend}, nil
+}
+
+// pgxCollectCounts reads (name, count) rows into a map.
+func pgxCollectCounts(rows pgx.Rows) (map[string]int64, error) {
+	out := map[string]int64{}
+	var name string
+	var n int64
+	_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+		out[name] = n
+		return nil
+	})
+	return out, err
 }

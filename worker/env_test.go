@@ -56,6 +56,8 @@ func newEnvAt(t testing.TB, url string) *env {
 		t.Fatal(err)
 	}
 	e.accounts = vault.NewAccounts(e.keys)
+	// The settings as a running instance reads them, but at once.
+	e.accounts.UseSettings(&vault.SettingsCache{DB: e.pool, TTL: time.Nanosecond})
 	apps := []sandbox.App{}
 	for _, p := range sandbox.Platforms {
 		apps = append(apps, sandbox.App{Platform: p, ClientID: p + "-id", ClientSecret: p + "-secret", RedirectURIs: []string{redirect}})

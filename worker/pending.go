@@ -251,7 +251,7 @@ func (r *Refresher) storeOnce(ctx context.Context, rn *renewal, attempt int) err
 				details["attempt"] = ans.attempt
 			}
 			if err := r.Accounts.QueueCompareAndSwapAudited(b, a, a.Version,
-				vault.Refreshed{Credentials: ans.creds, Scopes: ans.scopes, WritePlaintext: ans.locked.AppReadsPlaintext},
+				refreshedFrom(ans.locked, ans.creds, ans.scopes),
 				vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh, Status: vault.Success,
 					Duration: time.Since(ans.started), Details: details}, &na); err != nil {
 				return err

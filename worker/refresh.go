@@ -32,6 +32,13 @@ var (
 	// refusedFreshWindow ago. Renewing again would not help (the refusal
 	// is about something else) and would rotate the grant at every call.
 	ErrRefusedFresh = errors.New("the platform refused a token it issued moments ago")
+	// ErrAppRenews: the app's own token has expired, and the app still
+	// renews its tokens (app-refresh on), so credgate must not.
+	ErrAppRenews = errors.New("the app's token has expired and the app renews this account's tokens itself")
+	// ErrExpiryUnknown: the token is the app's and nothing says when it
+	// expires (no app expiry column is set, and credgate may not or
+	// cannot renew it to learn): it cannot be vouched for.
+	ErrExpiryUnknown = errors.New("the app's token has no known expiry")
 )
 
 // Refresher renews tokens under their account's row lock. The workers,
@@ -109,7 +116,11 @@ func (r *Refresher) EnsureFresh(ctx context.Context, userID, platform string, mi
 	if err != nil {
 		return Token{}, err
 	}
-	if done, tok, err := r.settled(p, a, c, minValidity); done {
+	settings, err := r.Accounts.Settings(ctx)
+	if err != nil {
+		return Token{}, err
+	}
+	if done, tok, err := r.settled(p, a, c, minValidity, settings); done {
 		return tok, err
 	}
 	// Callers in this process that need the same account renewed wait for
@@ -192,7 +203,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 			failure = ErrRefusedFresh
 			return nil
 		case rejected.IsZero():
-			if done, tok, err := r.settled(p, a, c, minValidity); done {
+			if done, tok, err := r.settled(p, a, c, minValidity, locked.Settings); done {
 				out, failure = tok, err
 				return nil
 			}
@@ -342,11 +353,31 @@ func (r *Refresher) auditFailure(ctx context.Context, tx pgx.Tx, a vault.Account
 
 // settled decides EnsureFresh without a renewal when it can: done is
 // false when the token must be renewed.
-func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credentials, minValidity time.Duration) (done bool, tok Token, err error) {
+func (r *Refresher) settled(p *oauth.Provider, a vault.Account, c vault.Credentials, minValidity time.Duration, s vault.Settings) (done bool, tok Token, err error) {
 	if a.Status == vault.StatusNeedsReauth || a.Status == vault.StatusRevoked {
 		return true, Token{}, ErrNeedsReauth
 	}
 	now := r.now()
+	if a.AppOwned {
+		// The app's token: credgate serves it only while it can say how
+		// long it lasts, and renews it only once the app has stopped
+		// renewing it (two renewers of one X grant lose it).
+		expiry := expiryOf(a, c)
+		switch {
+		case !s.AppRefreshOff && expiry.IsZero():
+			return true, Token{}, ErrExpiryUnknown
+		case !s.AppRefreshOff && now.Before(expiry):
+			return true, Token{Account: a, Credentials: c}, nil
+		case !s.AppRefreshOff:
+			return true, Token{}, ErrAppRenews
+		case expiry.IsZero() && a.LastRefreshedAt == nil && RenewalOf(p).canRenew(c):
+			// Renewing learns the expiry (once: a renewal sets
+			// last_refreshed_at).
+			return false, Token{}, nil
+		case expiry.IsZero() && a.LastRefreshedAt == nil:
+			return true, Token{}, ErrExpiryUnknown
+		}
+	}
 	need, can := r.Policy.NeedsRenewal(RenewalOf(p), a, c, now, minValidity)
 	switch {
 	case !need:
@@ -403,7 +434,7 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 	b := &pgx.Batch{}
 	var na vault.Account
 	err = r.Accounts.QueueCompareAndSwapAudited(b, a, a.Version,
-		vault.Refreshed{Credentials: nc, Scopes: out.Scopes, WritePlaintext: locked.AppReadsPlaintext},
+		refreshedFrom(locked, nc, out.Scopes),
 		vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh, Status: vault.Success,
 			Duration: time.Since(start), Details: details, TraceID: vault.TraceID(ctx)}, &na)
 	if err != nil {
@@ -417,6 +448,30 @@ func (r *Refresher) renew(ctx, txCtx context.Context, tx pgx.Tx, p *oauth.Provid
 		return a, c, fmt.Errorf("storing renewed token: %w", err)
 	}
 	return na, nc, nil
+}
+
+// VouchForAppToken checks a token the app wrote that credgate serves as
+// it is (the token API's serve_legacy_plaintext): only while its expiry
+// is known and ahead.
+func VouchForAppToken(a vault.Account, now time.Time) error {
+	switch {
+	case a.ExpiresAt == nil:
+		return ErrExpiryUnknown
+	case !now.Before(*a.ExpiresAt):
+		return ErrAppRenews
+	}
+	return nil
+}
+
+// refreshedFrom is what a renewal of locked with the new token set nc
+// writes: the app's columns too when it reads them, and the row back to
+// the app's when the renewed token was the app's newer one.
+func refreshedFrom(locked vault.Renewable, nc vault.Credentials, scopes []string) vault.Refreshed {
+	r := vault.Refreshed{Credentials: nc, Scopes: scopes, WritePlaintext: locked.AppReadsPlaintext, Adopted: locked.Account.AppNewer}
+	if r.WritePlaintext {
+		r.ExpiryColumn = locked.Settings.AppExpiryColumn
+	}
+	return r
 }
 
 // needsUser reports whether a renewal error means only the user can

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -117,6 +118,10 @@ func TestLegacyRowRenewsFromTheAppsNewerPlaintext(t *testing.T) {
 	}
 	pgtest.Exec(t, e.url, `UPDATE social_accounts SET access_token = $2, refresh_token = $3 WHERE user_id = $1`,
 		u, newer.AccessToken.Reveal(), newer.RefreshToken.Reveal())
+	// credgate renews the app's rows only once the app's refresh is off.
+	if err := vault.SetSetting(context.Background(), e.pool, vault.SettingAppRefresh, "off", "test"); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := worker.ScheduleUnscheduled(context.Background(), e.pool, e.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -244,5 +249,55 @@ func TestFailedRenewalAuditRowsCarryTheirTrace(t *testing.T) {
 	if n := e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'failed' AND trace_id = $1`,
 		spans[0].SpanContext.TraceID().String()); n != 1 {
 		t.Error("the failed renewal's audit row does not carry its trace id")
+	}
+}
+
+// While the app renews its own tokens (app-refresh on, the default),
+// credgate never renews them: not from the scheduler, not from a job
+// queued before, not from the token API. Two renewers of one X grant
+// lose it. Once the operator says the app's refresh is off, a job left
+// to the app runs again.
+func TestTheAppsRowsAreLeftToTheAppUntilItsRefreshIsOff(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	u := userID(5)
+	g := e.grant("twitter", u)
+	pgtest.Exec(t, e.url, `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token) VALUES ($1, 'twitter', $2, $3)`,
+		u, g.AccessToken.Reveal(), g.RefreshToken.Reveal())
+	if _, err := e.accounts.Backfill(ctx, e.pool, vault.BatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A job from before the setting existed (or a scheduler that ran
+	// before the row was the app's again).
+	pgtest.Exec(t, e.url, `INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at)
+		SELECT id, credentials_version, now() FROM social_accounts WHERE user_id = $1`, u)
+	run(t, e.workers("w", e.pool, nil))
+	waitFor(t, 10*time.Second, "the job left to the app", func() bool {
+		return e.scalar(`SELECT count(*) FROM token_refresh_queue WHERE status = 'done' AND last_error = 'app_renews'`) == 1
+	})
+	// The token API: the app's token, expiry unknown (no expiry column):
+	// not vouched for, and not renewed.
+	if _, err := e.refresher(e.pool, nil).EnsureFresh(ctx, u, "twitter", 5*time.Minute, "token_api"); !errors.Is(err, worker.ErrExpiryUnknown) {
+		t.Fatalf("token API on the app's row: %v, want ErrExpiryUnknown", err)
+	}
+	if st := e.sandbox.Stats()["twitter"]; st.Refreshes != 0 {
+		t.Fatalf("credgate renewed the app's token %d times while the app renews it", st.Refreshes)
+	}
+	// The operator switches the app's refresh off: the scheduler queues
+	// the row again and a worker renews it, writing the app's columns.
+	if err := vault.SetSetting(ctx, e.pool, vault.SettingAppRefresh, "off", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if queued, err := worker.ScheduleUnscheduled(ctx, e.pool, e.clock.Now()); err != nil || queued != 1 {
+		t.Fatalf("queued %d (%v) after app-refresh off, want 1", queued, err)
+	}
+	waitFor(t, 10*time.Second, "credgate's renewal", func() bool {
+		return e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'success'`) == 1
+	})
+	var plain string
+	e.pool.QueryRow(ctx, `SELECT access_token FROM social_accounts WHERE user_id = $1`, u).Scan(&plain)
+	if _, c, err := e.accounts.Get(ctx, e.pool, u, "twitter"); err != nil || plain != c.AccessToken.Reveal() || plain == g.AccessToken.Reveal() {
+		t.Fatalf("after the renewal the app's column does not hold credgate's new token (%v)", err)
 	}
 }

@@ -253,6 +253,11 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		// A platform removed from the config: nothing can renew it.
 		return ResultSkipped, w.finish(q.Kill(txCtx, tx, j, w.Name, "unknown_platform"))
 	}
+	if a.AppOwned && !locked.Settings.AppRefreshOff {
+		// The app's token, and the app still renews it: no renewal, and
+		// no expiring or needs_reauth mark either (the app decides).
+		return ResultSkipped, w.finish(q.LeaveToApp(txCtx, tx, j, w.Name))
+	}
 	switch plan := r.Policy.Next(RenewalOf(p), a, c, r.now()); plan.Step {
 	case StepIdle:
 		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))

@@ -316,6 +316,14 @@ func TestSchedulerQueuesBackfilledRowsOnce(t *testing.T) {
 	if _, err := e.accounts.Backfill(ctx, e.pool, vault.BatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The app still renews its own rows (app-refresh on, the default):
+	// credgate queues none of them.
+	if queued, err := worker.ScheduleUnscheduled(ctx, e.pool, e.clock.Now()); err != nil || queued != 0 {
+		t.Fatalf("queued %d (%v) while the app renews its rows, want 0", queued, err)
+	}
+	if err := vault.SetSetting(ctx, e.pool, vault.SettingAppRefresh, "off", "test"); err != nil {
+		t.Fatal(err)
+	}
 	queued, err := worker.ScheduleUnscheduled(ctx, e.pool, e.clock.Now())
 	if err != nil || queued != 2 {
 		t.Fatalf("queued %d (%v), want the 2 backfilled rows", queued, err)
