@@ -70,8 +70,8 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: credential_audit_log\n",
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
-		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases\n",
-		"✓ Schema at version 5\n",
+		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases, credgate_settings, backend_reads\n",
+		"✓ Schema at version 6\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q:\n%s", want, out)
