@@ -153,7 +153,7 @@ type App struct {
 	// backendReads counts the back end's token reads (token API,
 	// egress) for every replica's view of whether it reads through
 	// credgate yet.
-	backendReads vault.BackendReads
+	backendReads *vault.BackendReads
 	states       *vault.States
 	// flagSource, when the flag provider can say, reports where the
 	// rollout comes from and whether it is in force.
@@ -311,6 +311,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	// every replica from the database.
 	a.settings = &vault.SettingsCache{DB: a.pool}
 	a.accounts.UseSettings(a.settings)
+	a.backendReads = new(vault.BackendReads)
 	if _, ok := a.shared.verified.Load(keys.Identity()); ok {
 		a.run.available.Store(true)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/vault"
 )
 
 const serviceToken = "service-token-for-tests-0123456789"
@@ -227,4 +228,50 @@ func (h *harness) refreshState() string {
 	}
 	fmt.Fprintf(&out, "credgate's clock %s, database now checked at %s", currentApp(h.t).now().UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
 	return out.String()
+}
+
+// The token API never vouches for an app token it cannot: a row the app
+// owns is served only while the app's expiry column says it is alive,
+// and never renewed while the app renews it itself (app-refresh on).
+// The newest token wins: one the app wrote after credgate's is served.
+func TestTokenAPIOnTheAppsOwnTokens(t *testing.T) {
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken + "\n\t\tserve_legacy_plaintext"})
+	ctx := context.Background()
+	pgtest.Exec(t, h.db, `ALTER TABLE social_accounts ADD COLUMN token_expires_at timestamptz`)
+	pgtest.Exec(t, h.db, `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token, token_expires_at)
+		VALUES ($1, 'twitter', 'app-live', 'app-refresh', now() + interval '1 hour'),
+		       ($2, 'twitter', 'app-dead', 'app-refresh-2', now() - interval '3 days')`, alice, bob)
+	// Without the app's expiry column nothing says when they expire.
+	for _, user := range []string{alice, bob} {
+		if code, _, body := h.fetchToken(h.internal, user, "twitter", serviceToken); code != http.StatusConflict || errorCode(body) != "expiry_unknown" {
+			t.Errorf("%s without an expiry column: %d %s, want 409 expiry_unknown", user, code, body)
+		}
+	}
+	if err := vault.SetSetting(ctx, pgtest.Pool(t, h.db), vault.SettingAppExpiryColumn, "token_expires_at", "test"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, func() bool { // the setting reaches the instance within its 2 s cache
+		code, _, _ := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+		return code == http.StatusOK
+	})
+	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || tok.AccessToken != "app-live" || time.Until(tok.ExpiresAt) < 50*time.Minute {
+		t.Errorf("the app's live token: %d %s, want it with the app's expiry", code, body)
+	}
+	if code, _, body := h.fetchToken(h.internal, bob, "twitter", serviceToken); code != http.StatusConflict || errorCode(body) != "token_expired" {
+		t.Errorf("the app's expired token: %d %s, want 409 token_expired", code, body)
+	}
+	if st := h.sandbox.Stats()["twitter"]; st.Refreshes != 0 {
+		t.Errorf("credgate renewed the app's tokens %d times while the app renews them", st.Refreshes)
+	}
+
+	// A user credgate connected, who then reconnects through the app:
+	// the app's token is served from then on.
+	h.connect(carol, "linkedin")
+	pgtest.Exec(t, h.db, `UPDATE social_accounts SET access_token = 'app-after-rollback', token_expires_at = now() + interval '2 hours'
+		WHERE user_id = $1 AND platform = 'linkedin'`, carol)
+	code, tok, body = h.fetchToken(h.internal, carol, "linkedin", serviceToken)
+	if code != http.StatusOK || tok.AccessToken != "app-after-rollback" {
+		t.Errorf("after the app wrote a newer token: %d %s, want the app's", code, body)
+	}
 }
