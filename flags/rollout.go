@@ -271,12 +271,17 @@ type InForce struct {
 	Ready bool `json:"ready"`
 	// KillSwitchOn is oauth-new-flow-enabled for this platform.
 	KillSwitchOn bool `json:"kill_switch_on"`
-	// NewPercent is the share of Samples sample user ids the split sends
-	// to the new arm (before the kill switch): the percentage in force,
-	// whatever the source (file, daemon, static). Samples may be fewer
-	// than asked when the source is slow (see InForce).
+	// NewPercent is the share of users the split sends to the new arm
+	// (before the kill switch): the percentage in force. Measured says
+	// how it was found: "rule", read from the targeting rule, exact (see
+	// FileInForce); or "sampled", the share of Samples sample user ids,
+	// whatever the source (file, daemon, static), which may be fewer than
+	// asked when the source is slow (see Rollout.InForce).
 	NewPercent float64 `json:"new_percent"`
+	Measured   string  `json:"measured,omitempty"`
 	Samples    int     `json:"samples"`
+	// Note says why a file's rule was sampled rather than read.
+	Note string `json:"note,omitempty"`
 	// Problem is set when an evaluation failed.
 	Problem string `json:"problem,omitempty"`
 }
@@ -291,7 +296,7 @@ const inForceBudget = 2 * time.Second
 // nor applies the guard, and it holds the evaluation lock one evaluation
 // at a time, so a config reload never waits behind it.
 func (r *Rollout) InForce(ctx context.Context, platform string, samples int) InForce {
-	out := InForce{Platform: platform, Ready: r.ready.Load()}
+	out := InForce{Platform: platform, Ready: r.ready.Load(), Measured: MeasuredSampled}
 	if !out.Ready {
 		return out
 	}

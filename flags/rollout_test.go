@@ -496,13 +496,19 @@ func TestInForceStatesThePercentagePerPlatform(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, _ := flagdRollout(t, string(example))
+	// The example starts everyone at 0 %: Twitter to 25 %, as `rollout
+	// set 25 --platform twitter` would.
+	set, err := flags.ParseFlagSet(example)
+	if err != nil || set.SetNewPercent(25, "twitter") != nil {
+		t.Fatalf("the example: %v", err)
+	}
+	r, _ := flagdRollout(t, string(set.Marshal()))
 	ctx := context.Background()
 	if got := r.InForce(ctx, "linkedin", 2000); !got.Ready || !got.KillSwitchOn || got.NewPercent != 0 || got.Problem != "" {
-		t.Errorf("linkedin (held at 0 %% by the example): %+v", got)
+		t.Errorf("linkedin (held at 0 %%): %+v", got)
 	}
 	if got := r.InForce(ctx, "twitter", 2000); got.NewPercent < 22 || got.NewPercent > 28 || got.Samples != 2000 {
-		t.Errorf("twitter (25 %% in the example): %+v", got)
+		t.Errorf("twitter (at 25 %%): %+v", got)
 	}
 	if n := len(r.Counts().Snapshot()); n != 0 {
 		t.Errorf("InForce counted %d decision rows", n)
