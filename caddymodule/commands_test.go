@@ -79,7 +79,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	}
 
 	out, err = runCLI(t, "migrate", "up", "--database-url", url)
-	if err != nil || out != "✓ Already up to date (version 5)\n" {
+	if err != nil || out != "✓ Already up to date (version 6)\n" {
 		t.Errorf("second up: %q, %v", out, err)
 	}
 
@@ -88,7 +88,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 5 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
+	for _, want := range []string{"Applied version: 6 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}

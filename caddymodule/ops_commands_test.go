@@ -40,6 +40,9 @@ func healthyDatabase(t *testing.T) string {
 	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform, flow, duration_ms)
 		SELECT 'connect', 'success', p, 'new', 3000 FROM unnest(ARRAY['twitter', 'linkedin']) p, generate_series(1, 20)`)
 	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform) VALUES ('refresh', 'success', 'twitter')`)
+	// The back end reads both platforms' tokens through credgate.
+	pgtest.Exec(t, url, `INSERT INTO backend_reads (platform, via, bucket, reads)
+		VALUES ('twitter', 'token_api', date_trunc('minute', now()), 12), ('linkedin', 'egress', date_trunc('minute', now()), 3)`)
 	return url
 }
 
@@ -48,7 +51,7 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 	t.Setenv(vault.EnvMasterKey, testKey(1))
 	t.Setenv(vault.EnvPreviousKeys, "")
 	out, err := runCLI(t, "verify", "--database-url", healthyDatabase(t))
-	if err != nil || !strings.Contains(out, "All 10 checks passed.") || strings.Contains(out, "✗") {
+	if err != nil || !strings.Contains(out, "All 12 checks passed.") || strings.Contains(out, "✗") {
 		t.Fatalf("verify on a healthy database: %v\n%s", err, out)
 	}
 
@@ -72,6 +75,10 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 		{"an overdue job", `UPDATE token_refresh_queue SET run_at = now() - interval '1 hour'`,
 			"✗ refresh: no account stuck (dead or overdue jobs): 0 dead, 2 overdue"},
 		{"no audit events", `TRUNCATE credential_audit_log`, "✗ audit: events recorded in the last 24h0m0s: 0 events"},
+		{"transition mode on", `INSERT INTO credgate_settings (name, value) VALUES ('transition_mode', 'on')`,
+			"✗ app: transition mode off: transition mode is on"},
+		{"a platform the back end does not read through credgate", `DELETE FROM backend_reads WHERE platform = 'linkedin'`,
+			"✗ app: the back end reads tokens through credgate: no token API or egress read in the last 24h0m0s on linkedin (1 accounts)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
