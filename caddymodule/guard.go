@@ -81,6 +81,10 @@ func (a *App) startGuard(ctx context.Context) {
 	decisions := guard.NewDecisionLog(a.pool, a.rollout.Counts())
 	a.run.wg.Go(func() { decisions.Run(ctx, guardInterval) })
 	if a.guard == nil {
+		// The outcomes too: `rollout status` shows the window whether or
+		// not the guard judges it (the guard flushes them itself).
+		outcomes := guard.NewOutcomeLog(a.pool, a.rollout.Outcomes())
+		a.run.wg.Go(func() { outcomes.Run(ctx, guardInterval) })
 		return
 	}
 	if a.Available() {

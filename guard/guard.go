@@ -25,14 +25,15 @@
 // stored with its state, never the guard.
 //
 // DecisionLog, beside it, shares the rollout's decisions by reason the same
-// way (rollout_decisions), guard or no guard, for `rollout status`.
+// way (rollout_decisions), guard or no guard, for `rollout status`; so
+// does OutcomeLog the outcomes when the guard is off, since the window
+// is what `rollout status` shows too.
 //
 // No Caddy here: caddymodule runs the guard's loop and asks it, per
 // decision, whether a platform is halted — a map read, no database.
 package guard
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -167,7 +168,7 @@ var ErrNotHalted = errors.New("not halted")
 type Guard struct {
 	pool      *pgxpool.Pool
 	cfg       Config
-	outcomes  *flags.Outcomes
+	outcomes  *OutcomeLog
 	platforms []string
 	logger    *zap.Logger
 	// OnHalt, if set, hears of each halt this process latched.
@@ -178,8 +179,7 @@ type Guard struct {
 	halted atomic.Pointer[map[string]bool]
 	view   atomic.Pointer[[]Platform]
 
-	mu      sync.Mutex // one tick at a time
-	flushed map[flags.OutcomeKey]uint64
+	mu sync.Mutex // one tick at a time
 }
 
 // Option adjusts a Guard.
@@ -194,8 +194,8 @@ func OnHalt(fn func(Halt)) Option { return func(g *Guard) { g.onHalt = fn } }
 // New returns a guard over outcomes for platforms. Call Tick (or Run) to
 // make it follow them.
 func New(pool *pgxpool.Pool, cfg Config, outcomes *flags.Outcomes, platforms []string, opts ...Option) *Guard {
-	g := &Guard{pool: pool, cfg: cfg, outcomes: outcomes, platforms: slices.Sorted(slices.Values(platforms)),
-		logger: zap.NewNop(), flushed: map[flags.OutcomeKey]uint64{}}
+	g := &Guard{pool: pool, cfg: cfg, outcomes: NewOutcomeLog(pool, outcomes), platforms: slices.Sorted(slices.Values(platforms)),
+		logger: zap.NewNop()}
 	for _, opt := range opts {
 		opt(g)
 	}
@@ -257,7 +257,7 @@ func (g *Guard) Run(ctx context.Context, interval time.Duration) {
 			defer cancel()
 			g.mu.Lock()
 			defer g.mu.Unlock()
-			if err := g.flush(fctx); err != nil {
+			if err := g.outcomes.Flush(fctx); err != nil {
 				g.logger.Warn("rollout guard could not add its last outcomes to the window", zap.Error(err))
 			}
 			return
@@ -271,7 +271,7 @@ func (g *Guard) Run(ctx context.Context, interval time.Duration) {
 func (g *Guard) Tick(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err := g.flush(ctx); err != nil {
+	if err := g.outcomes.Flush(ctx); err != nil {
 		return err
 	}
 	view, err := Status(ctx, g.pool, g.cfg.Window, g.platforms)
@@ -314,54 +314,6 @@ func (g *Guard) Tick(ctx context.Context) error {
 	}
 	g.halted.Store(&halted)
 	g.view.Store(&view)
-	return nil
-}
-
-// flush adds the outcomes counted since the last flush to the shared
-// window, in the current bucket, and prunes buckets past retention. The
-// database's clock dates the buckets, so that replicas, the commands and
-// a resume agree on the window whatever their own clocks say. Call with
-// g.mu held.
-func (g *Guard) flush(ctx context.Context) error {
-	snapshot := map[flags.OutcomeKey]uint64{}
-	for _, c := range g.outcomes.Snapshot() {
-		snapshot[c.OutcomeKey] = c.Count
-	}
-	type delta struct{ successes, failures int64 }
-	deltas := map[[2]string]delta{}
-	for k, n := range snapshot {
-		d := int64(n - g.flushed[k])
-		if d == 0 {
-			continue
-		}
-		key := [2]string{k.Platform, string(k.Arm)}
-		cur := deltas[key]
-		if k.Success {
-			cur.successes += d
-		} else {
-			cur.failures += d
-		}
-		deltas[key] = cur
-	}
-	b := &pgx.Batch{}
-	// A fixed order, so that concurrent flushes from replicas lock the
-	// same rows in the same order.
-	keys := slices.SortedFunc(maps.Keys(deltas), func(a, b [2]string) int { return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1])) })
-	for _, key := range keys {
-		d := deltas[key]
-		b.Queue(`INSERT INTO rollout_outcomes (platform, arm, bucket, successes, failures) VALUES ($1, $2, `+currentBucket+`, $3, $4)
-			ON CONFLICT (platform, bucket, arm) DO UPDATE
-			SET successes = rollout_outcomes.successes + EXCLUDED.successes, failures = rollout_outcomes.failures + EXCLUDED.failures`,
-			key[0], key[1], d.successes, d.failures)
-	}
-	b.Queue(`DELETE FROM rollout_outcomes WHERE bucket < now() - $1::interval`, retention)
-	// One transaction: a failed flush adds nothing, and the next one
-	// carries the same deltas.
-	err := vault.InTx(ctx, g.pool, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
-	if err != nil {
-		return fmt.Errorf("guard: adding outcomes to the window: %w", err)
-	}
-	g.flushed = snapshot
 	return nil
 }
 
