@@ -3,26 +3,46 @@
 // The schema lives in plain SQL files, NNN_name.up.sql and NNN_name.down.sql,
 // embedded in the binary. Each up file is complete on its own so an operator
 // can paste it into the Supabase SQL editor, as the migration guide describes,
-// and every file is idempotent. That property is what lets this package
-// recover from a half-finished run without asking the operator to "force" a
-// version: re-running the files always converges.
+// and every file is idempotent.
 //
-// The files are applied with golang-migrate over pgx v5. golang-migrate holds
-// a PostgreSQL advisory lock while it works, so two processes running Up at
-// once are safe: one applies, the other waits and then finds nothing to do.
+// Each file is also all or nothing. golang-migrate's pgx driver (without
+// x-multi-statement, which this package never sets) sends a whole file in
+// one ExecContext with no arguments; pgx sends a query without arguments
+// over the simple protocol, as one Query message; and PostgreSQL runs the
+// statements of one Query message as one implicit transaction. So a file
+// that fails leaves nothing of itself behind, and golang-migrate's "dirty"
+// version (it marks the version dirty before running a file and clean
+// after) can only mean: that file applied whole or not at all. The next Up
+// therefore resets a dirty version to the one before it and runs the file
+// again, which idempotence makes safe even when the file had in fact
+// committed. TestEveryFileIsAllOrNothing checks it file by file: a file
+// with BEGIN or COMMIT of its own would break it.
+//
+// A failed file is recorded (see Failure) so that `migrate status` can say
+// later what happened and what to do.
+//
+// golang-migrate holds a PostgreSQL advisory lock while it works, so two
+// processes running Up at once are safe: one applies, the other waits and
+// then finds nothing to do.
 package migrations
 
 import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/golang-migrate/migrate/v4"
+	"github.com/golang-migrate/migrate/v4/database"
 	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/credgate/credgate/internal/dberr"
@@ -69,9 +89,17 @@ type Presence struct {
 // Schema is what Inspect finds in a database.
 type Schema struct {
 	// Version is the applied migration version; 0 when none is applied.
+	// When Dirty, it is golang-migrate's number, which is not what is
+	// applied: see Applied.
 	Version uint
-	// Dirty is true when a run stopped part-way. Up and Down repair it.
+	// Dirty is true when a run failed in a file or stopped inside one.
+	// Up runs that file again, Down runs every down file again.
 	Dirty bool
+	// Failure is what the failed run recorded, when Dirty and it could
+	// record it (a run whose process or connection died records nothing).
+	Failure *Failure
+	// dirtyVersion is the version table's own number, -1 included.
+	dirtyVersion int
 	// SocialAccounts is true when the app's table exists.
 	SocialAccounts bool
 	Tables         []Presence
@@ -135,14 +163,212 @@ type DownOptions struct {
 	Force bool
 }
 
+// Failure is a migration file that failed, as the failed run records it
+// in the version table's comment. golang-migrate's own record, a version
+// and a dirty flag, says neither which file nor why nor whether anything
+// of it was applied, and the operator who reads `migrate status` later
+// needs all three.
+type Failure struct {
+	// Direction is "up" or "down".
+	Direction string `json:"direction"`
+	// File is the SQL file that failed, such as
+	// 001_improve_credentials.up.sql.
+	File string `json:"file"`
+	// Cause is PostgreSQL's message and SQLSTATE on one line, or the
+	// error of a connection that broke.
+	Cause string `json:"cause"`
+	// SQLState is PostgreSQL's error code; empty when it did not answer.
+	SQLState string `json:"sqlstate,omitempty"`
+	// RolledBack is true when PostgreSQL refused the file: its
+	// transaction rolled back and nothing of it was applied. When false
+	// (the connection broke), it applied whole or not at all.
+	RolledBack bool `json:"rolled_back"`
+	// Applied is the version the schema is at when RolledBack.
+	Applied uint `json:"applied"`
+	// Command runs the failed step again.
+	Command string    `json:"command"`
+	At      time.Time `json:"at"`
+}
+
+// Outcome says what the failure left of the file.
+func (f Failure) Outcome() string {
+	if f.RolledBack {
+		return "Nothing of " + f.File + " was applied: each file runs as one transaction."
+	}
+	return f.File + " applied whole or not at all (each file runs as one transaction), and running it again is safe."
+}
+
+// Next is the exact next step.
+func (f Failure) Next() string {
+	again := "run `" + f.Command + "` again"
+	if f.Direction == "up" {
+		again += ": it starts at " + f.File
+	} else {
+		again += ": it runs every down file, which is safe"
+	}
+	switch {
+	case f.SQLState == "55P03": // lock_not_available: the files' lock_timeout
+		return "a session holds a lock on a table this file changes, most often a long transaction of the app's on social_accounts " +
+			"(SELECT pid, xact_start, state, query FROM pg_stat_activity WHERE xact_start IS NOT NULL ORDER BY xact_start lists the oldest); once it has ended, " + again
+	case f.SQLState == "42501": // insufficient_privilege
+		return "connect as the owner of social_accounts (on Supabase, the postgres role), then " + again
+	case f.SQLState == "57014": // query_canceled: a statement_timeout
+		return "raise statement_timeout for the role in DATABASE_URL (ALTER ROLE … SET statement_timeout = '5min'), then " + again
+	case f.SQLState == "", strings.HasPrefix(f.SQLState, "08"), strings.HasPrefix(f.SQLState, "57"),
+		f.SQLState == "40001", f.SQLState == "40P01":
+		return "once the database answers, " + again
+	}
+	return "do what PostgreSQL's message says, then " + again
+}
+
+// ErrMigrationFailed is returned by Up and Down when a migration file
+// failed: it names the file, PostgreSQL's answer and the next step.
+type ErrMigrationFailed struct{ Failure }
+
+func (e ErrMigrationFailed) Error() string {
+	return fmt.Sprintf("%s failed: %s. %s Next: %s.", e.File, e.Cause, e.Outcome(), e.Next())
+}
+
+// Applied is the version the schema is at, and whether that is known: a
+// dirty version hides whether its file applied, unless PostgreSQL refused
+// the file.
+func (s Schema) Applied() (uint, bool) {
+	switch {
+	case !s.Dirty:
+		return s.Version, true
+	case s.Failure != nil && s.Failure.RolledBack:
+		return s.Failure.Applied, true
+	}
+	return 0, false
+}
+
+// Dirtiness says, for a dirty schema, what happened and the exact next
+// step; both are empty when the schema is clean.
+func (s Schema) Dirtiness() (happened, next string) {
+	if !s.Dirty {
+		return "", ""
+	}
+	if f := s.Failure; f != nil {
+		return fmt.Sprintf("`%s` failed in %s at %s: %s. %s", f.Command, f.File, f.At.UTC().Format("2006-01-02 15:04:05 UTC"), f.Cause, f.Outcome()), f.Next()
+	}
+	// No record: the run's process or connection died before it could
+	// write one, or another tool left the flag. Either direction may have
+	// been running.
+	up, down := failedFile(files, s.dirtyVersion, "up"), failedFile(files, s.dirtyVersion, "down")
+	var where string
+	switch {
+	case up != "" && down != "":
+		where = up + " (or, if it was rolling back, in " + down + ")"
+	case up != "":
+		where = up
+	case down != "":
+		where = down
+	default:
+		where = fmt.Sprintf("version %d, which this binary's migrations do not have", s.dirtyVersion)
+	}
+	happened = "stopped in " + where + " without recording why: its process or its connection died. Each file runs as one transaction, so it applied whole or not at all."
+	switch {
+	case up != "":
+		next = "run `caddy credgate migrate up`: it runs " + up + " again, which is safe"
+		if down != "" {
+			next += " (to finish a rollback instead, run `caddy credgate migrate down`)"
+		}
+	case down != "":
+		next = "run `caddy credgate migrate down` to finish the rollback (or `caddy credgate migrate up` to apply everything again)"
+	default:
+		next = "run the newer credgate that applied it"
+	}
+	return happened, next
+}
+
+// failed records and describes the file that left the version dirty when
+// step returned err; ok is false when nothing is dirty (the run failed
+// before or between files).
+func failed(ctx context.Context, db *sql.DB, fsys fs.FS, direction, command string, err error) (Failure, bool) {
+	// The run may have failed because ctx ended; the record is still due.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var v int
+	var dirty bool
+	if db.QueryRowContext(ctx, `SELECT version, dirty FROM `+VersionTable+` LIMIT 1`).Scan(&v, &dirty) != nil || !dirty {
+		return Failure{}, false
+	}
+	f := Failure{Direction: direction, File: failedFile(fsys, v, direction), Command: command, At: time.Now().UTC()}
+	if f.File == "" {
+		return Failure{}, false
+	}
+	// golang-migrate's driver returns a database.Error value for the SQL
+	// of a file and a pointer for its own bookkeeping; the value embeds
+	// the whole file in its message, so the cause is taken from inside.
+	cause := err
+	if dbErr, ok := errors.AsType[database.Error](err); ok && dbErr.OrigErr != nil {
+		cause = dbErr.OrigErr
+	} else if dbErr, ok := errors.AsType[*database.Error](err); ok && dbErr.OrigErr != nil {
+		cause = dbErr.OrigErr
+	}
+	if pgErr, ok := errors.AsType[*pgconn.PgError](cause); ok {
+		f.SQLState = pgErr.Code
+		f.Cause = dberr.OneLine(pgErr.Message)
+		if pgErr.Detail != "" {
+			f.Cause += " (" + dberr.OneLine(pgErr.Detail) + ")"
+		}
+		f.Cause += " (SQLSTATE " + pgErr.Code + ")"
+		// An ERROR aborts the implicit transaction; a FATAL ends the
+		// session, and whether the commit came first nobody can tell.
+		_, fromFile := errors.AsType[database.Error](err)
+		f.RolledBack = fromFile && pgErr.Severity == "ERROR"
+	} else {
+		f.Cause = dberr.OneLine(cause.Error())
+	}
+	if f.RolledBack {
+		if direction == "up" {
+			prev, _ := previousVersion(fsys, v)
+			f.Applied = uint(max(prev, 0))
+		} else {
+			var n int
+			fmt.Sscanf(f.File, "%d_", &n)
+			f.Applied = uint(n)
+		}
+	}
+	recordFailure(ctx, db, &f)
+	return f, true
+}
+
+// recordFailure writes f as the version table's comment, or clears it
+// when f is nil. It is best effort: a role that does not own the version
+// table cannot comment on it, and the failure is returned to the caller
+// anyway. PostgreSQL quotes the comment (COMMENT takes no parameters).
+func recordFailure(ctx context.Context, db *sql.DB, f *Failure) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var text sql.NullString
+	if f != nil {
+		b, _ := json.Marshal(f)
+		text = sql.NullString{String: string(b), Valid: true}
+	}
+	var stmt string
+	if db.QueryRowContext(ctx, `SELECT format('COMMENT ON TABLE %I IS %L', $1::text, $2::text)`, VersionTable, text).Scan(&stmt) == nil {
+		db.ExecContext(ctx, stmt)
+	}
+}
+
 // Up applies every migration not yet applied.
 func Up(ctx context.Context, databaseURL string) (Report, error) {
-	return run(ctx, databaseURL, func(m *migrate.Migrate, _ *sql.DB) error {
+	return up(ctx, databaseURL, files)
+}
+
+func up(ctx context.Context, databaseURL string, fsys fs.FS) (Report, error) {
+	return run(ctx, databaseURL, fsys, "up", "caddy credgate migrate up", func(m *migrate.Migrate, _ *sql.DB) error {
 		err := m.Up()
-		if _, ok := errors.AsType[migrate.ErrDirty](err); ok {
-			// Every up file is idempotent and atomic, so replaying all of
-			// them from nothing converges whatever the interrupted run was.
-			if err := m.Force(-1); err != nil {
+		if dirty, ok := errors.AsType[migrate.ErrDirty](err); ok {
+			// The dirty file applied whole or not at all (see the package
+			// comment), so the schema is at the version before it, or at
+			// its own, where running it again changes nothing.
+			prev, perr := previousVersion(fsys, dirty.Version)
+			if perr != nil {
+				return perr
+			}
+			if err := m.Force(prev); err != nil {
 				return err
 			}
 			err = m.Up()
@@ -154,7 +380,15 @@ func Up(ctx context.Context, databaseURL string) (Report, error) {
 // Down reverts every applied migration: the seed's rollback plan. The app's
 // social_accounts table, its legacy columns and its rows are never touched.
 func Down(ctx context.Context, databaseURL string, opts DownOptions) (Report, error) {
-	return run(ctx, databaseURL, func(m *migrate.Migrate, db *sql.DB) error {
+	return down(ctx, databaseURL, opts, files)
+}
+
+func down(ctx context.Context, databaseURL string, opts DownOptions, fsys fs.FS) (Report, error) {
+	command := "caddy credgate migrate down"
+	if opts.Force {
+		command += " --force"
+	}
+	return run(ctx, databaseURL, fsys, "down", command, func(m *migrate.Migrate, db *sql.DB) error {
 		if !opts.Force {
 			n, err := encryptedOnlyAccounts(ctx, db)
 			if err != nil {
@@ -166,8 +400,9 @@ func Down(ctx context.Context, databaseURL string, opts DownOptions) (Report, er
 		}
 		err := m.Down()
 		if _, ok := errors.AsType[migrate.ErrDirty](err); ok {
-			// Down files are idempotent too: replay all of them.
-			if err := m.Force(int(latestVersion())); err != nil {
+			// Down files are idempotent too: replay all of them, which
+			// also covers a dirty version an up run left.
+			if err := m.Force(int(latestVersion(fsys))); err != nil {
 				return err
 			}
 			err = m.Down()
@@ -187,14 +422,17 @@ func Inspect(ctx context.Context, databaseURL string) (Schema, error) {
 	return inspect(ctx, db)
 }
 
-func run(ctx context.Context, databaseURL string, step func(*migrate.Migrate, *sql.DB) error) (Report, error) {
+// run applies step under credgate's lock between two inspections. A file
+// that fails is recorded and returned as ErrMigrationFailed; direction and
+// command say which files step runs and how an operator runs it again.
+func run(ctx context.Context, databaseURL string, fsys fs.FS, direction, command string, step func(*migrate.Migrate, *sql.DB) error) (Report, error) {
 	db, err := open(ctx, databaseURL)
 	if err != nil {
 		return Report{}, err
 	}
 	defer db.Close()
 
-	src, err := iofs.New(files, ".")
+	src, err := iofs.New(fsys, ".")
 	if err != nil {
 		return Report{}, fmt.Errorf("reading embedded migrations: %w", err)
 	}
@@ -230,7 +468,15 @@ func run(ctx context.Context, databaseURL string, step func(*migrate.Migrate, *s
 		if _, ok := errors.AsType[ErrWouldDestroyCredentials](err); ok {
 			return rep, err
 		}
+		if f, ok := failed(ctx, db, fsys, direction, command, err); ok {
+			return rep, ErrMigrationFailed{f}
+		}
 		return rep, dberr.Explain("applying migrations", err)
+	}
+	if rep.Before.Failure != nil {
+		// Best effort: a stale record is shown only while the version is
+		// dirty, and this run left it clean.
+		recordFailure(ctx, db, nil)
 	}
 	rep.After, err = inspect(ctx, db)
 	return rep, err
@@ -260,12 +506,19 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 	}
 	if versionTable {
 		var v int64
-		err := db.QueryRowContext(ctx, `SELECT version, dirty FROM `+VersionTable+` LIMIT 1`).Scan(&v, &s.Dirty)
+		var record sql.NullString
+		err := db.QueryRowContext(ctx, `SELECT version, dirty, obj_description(to_regclass($1), 'pg_class')
+			FROM `+VersionTable+` LIMIT 1`, VersionTable).Scan(&v, &s.Dirty, &record)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return s, dberr.Explain("reading the applied version", err)
 		}
 		if v > 0 {
 			s.Version = uint(v)
+		}
+		s.dirtyVersion = int(v)
+		var f Failure
+		if s.Dirty && record.Valid && json.Unmarshal([]byte(record.String), &f) == nil && f.File != "" {
+			s.Failure = &f
 		}
 	}
 	if err := db.QueryRowContext(ctx, `SELECT to_regclass('social_accounts') IS NOT NULL`).Scan(&s.SocialAccounts); err != nil {
@@ -346,15 +599,72 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 	return n, dberr.Explain("counting encrypted-only accounts", err)
 }
 
-// latestVersion is the highest version among the embedded files.
-func latestVersion() uint {
-	var latest uint
-	entries, _ := fs.ReadDir(files, ".")
+// versions lists the versions of the files in fsys, in order.
+func versions(fsys fs.FS) []int {
+	var out []int
+	entries, _ := fs.ReadDir(fsys, ".")
 	for _, e := range entries {
-		var v uint
-		if _, err := fmt.Sscanf(e.Name(), "%d_", &v); err == nil && v > latest {
-			latest = v
+		var v int
+		if _, err := fmt.Sscanf(e.Name(), "%d_", &v); err == nil && !slices.Contains(out, v) {
+			out = append(out, v)
 		}
 	}
-	return latest
+	slices.Sort(out)
+	return out
+}
+
+// latestVersion is the highest version among the files.
+func latestVersion(fsys fs.FS) uint {
+	vs := versions(fsys)
+	if len(vs) == 0 {
+		return 0
+	}
+	return uint(vs[len(vs)-1])
+}
+
+// previousVersion is the version before v, or -1 (nothing applied) for
+// the first. golang-migrate writes -1 dirty when the first down file
+// fails.
+func previousVersion(fsys fs.FS, v int) (int, error) {
+	if v == -1 {
+		return -1, nil
+	}
+	vs := versions(fsys)
+	i := slices.Index(vs, v)
+	switch {
+	case i < 0:
+		return 0, fmt.Errorf("the version table says %d (dirty), which this binary's migrations do not have: a newer credgate ran them; use it", v)
+	case i == 0:
+		return -1, nil
+	}
+	return vs[i-1], nil
+}
+
+// fileName is the name of version v's file in the given direction ("up"
+// or "down"), or "" when there is none.
+func fileName(fsys fs.FS, v int, direction string) string {
+	entries, _ := fs.ReadDir(fsys, ".")
+	for _, e := range entries {
+		var n int
+		if _, err := fmt.Sscanf(e.Name(), "%d_", &n); err == nil && n == v && strings.HasSuffix(e.Name(), "."+direction+".sql") {
+			return e.Name()
+		}
+	}
+	return ""
+}
+
+// failedFile names the file a run in direction was running when it left
+// the version table dirty at v: golang-migrate marks the target version
+// dirty before it runs a file, which for up is the file's own version and
+// for down the one before it.
+func failedFile(fsys fs.FS, v int, direction string) string {
+	if direction == "up" {
+		return fileName(fsys, v, "up")
+	}
+	for _, n := range versions(fsys) {
+		if n > v {
+			return fileName(fsys, n, "down")
+		}
+	}
+	return ""
 }
