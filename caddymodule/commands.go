@@ -431,6 +431,11 @@ func printUp(w io.Writer, rep migrations.Report) {
 		fmt.Fprintf(w, "✓ Already up to date (version %d)\n", rep.After.Version)
 		return
 	}
+	if f := rep.Before.Failure; f != nil {
+		fmt.Fprintf(w, "✓ Ran again from %s, where the last run had failed\n", f.File)
+	} else if rep.Before.Dirty {
+		fmt.Fprintln(w, "✓ Finished the run that had stopped part-way")
+	}
 	if !rep.Before.SocialAccounts && rep.After.SocialAccounts {
 		fmt.Fprintln(w, "✓ Created table: social_accounts (none existed)")
 	}
@@ -451,6 +456,9 @@ func printDown(w io.Writer, rep migrations.Report) {
 		fmt.Fprintln(w, "✓ Nothing to roll back (no credgate migration applied)")
 		return
 	}
+	if rep.Before.Dirty {
+		fmt.Fprintln(w, "✓ Ran every down file again: the last run had stopped part-way")
+	}
 	for _, t := range rep.Dropped() {
 		fmt.Fprintf(w, "✓ Dropped table: %s\n", t)
 	}
@@ -462,16 +470,24 @@ func printDown(w io.Writer, rep migrations.Report) {
 }
 
 // printStatus prints the schema report and reports whether it is
-// complete.
+// complete. A dirty schema says what happened and the next step first:
+// the version number alone would claim a file that was never applied.
 func printStatus(w io.Writer, s migrations.Schema) bool {
-	state := "clean"
-	if s.Dirty {
-		state = "dirty: a run stopped part-way; `migrate up` repairs it"
-	}
-	if s.Version == 0 {
+	applied, known := s.Applied()
+	switch {
+	case !known:
+		fmt.Fprintln(w, "Applied version: unknown (dirty, see below)")
+	case applied == 0 && s.Dirty:
+		fmt.Fprintln(w, "Applied version: none (dirty: the last run failed, see below)")
+	case applied == 0:
 		fmt.Fprintln(w, "Applied version: none")
-	} else {
-		fmt.Fprintf(w, "Applied version: %d (%s)\n", s.Version, state)
+	case s.Dirty:
+		fmt.Fprintf(w, "Applied version: %d (dirty: the last run failed, see below)\n", applied)
+	default:
+		fmt.Fprintf(w, "Applied version: %d (clean)\n", applied)
+	}
+	if happened, next := s.Dirtiness(); s.Dirty {
+		fmt.Fprintf(w, "Last run: %s\nNext: %s.\n", happened, next)
 	}
 	mark := func(ok bool) string {
 		if ok {
@@ -496,10 +512,14 @@ func printStatus(w io.Writer, s migrations.Schema) bool {
 		fmt.Fprintf(w, "  %s %s\n", mark(p.Present), p.Name)
 		complete = complete && p.Present
 	}
-	if complete && !s.Dirty {
+	switch {
+	case complete && !s.Dirty:
 		fmt.Fprintln(w, "Schema complete.")
 		return true
+	case s.Dirty:
+		fmt.Fprintln(w, "Schema incomplete: see Next above.")
+	default:
+		fmt.Fprintln(w, "Schema incomplete: run `caddy credgate migrate up`.")
 	}
-	fmt.Fprintln(w, "Schema incomplete: run `caddy credgate migrate up`.")
 	return false
 }
