@@ -1,16 +1,23 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/spf13/cobra"
 
@@ -19,102 +26,210 @@ import (
 	"github.com/credgate/credgate/vault"
 )
 
-// `caddy credgate rollout status|resume`: the rollout guard from the
-// command line. Both work on the database directly, so they need no
-// running instance; GET /api/credentials/rollout and POST
-// /api/credentials/rollout/resume are the same through a running one.
+// `caddy credgate rollout status|set|resume`: the rollout from the
+// command line. status and resume work on the database directly, so they
+// need no running instance (GET /api/credentials/rollout and POST
+// /api/credentials/rollout/resume are the same through a running one);
+// set edits the flag file, which every instance reads by name.
 
-// defaultPlatforms are the platforms `rollout status` lists besides any
-// with outcomes or a halt in the database.
+// defaultPlatforms are the platforms the commands list, without --config,
+// besides any the flag file names or the database has outcomes or a halt
+// for.
 var defaultPlatforms = []string{"facebook", "instagram", "linkedin", "twitter"}
+
+// rolloutSetPreflight, when set, is asked by `rollout set` before it
+// writes a percentage above 0, with the platforms the change reaches; an
+// error refuses the change and is what the operator reads. It is the
+// place for checks that need more than the flag file (for one, that the
+// app's back end reads its tokens through credgate before users move).
+var rolloutSetPreflight func(ctx context.Context, cmd *cobra.Command, platforms []string, percent float64) error
 
 func rolloutCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rollout",
-		Short: "Shows the rollout per platform and resumes a platform the guard halted",
+		Short: "Shows and sets the rollout per platform, and resumes a platform the guard halted",
 	}
-	cmd.AddCommand(rolloutStatusCommand(), rolloutResumeCommand())
+	cmd.AddCommand(rolloutStatusCommand(), rolloutSetCommand(), rolloutResumeCommand())
 	return cmd
 }
 
+// The flags --flags and --config, shared by status and set.
+const (
+	flagsFlagHelp  = `the flag source, as in the Caddyfile ("flagd <path>", "flagd_rpc <host:port>", "static <percent>"); overrides --config's`
+	configFlagHelp = "the Caddyfile (or JSON config) credgate runs with: its flag source, guard and providers"
+)
+
 func rolloutStatusCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   `status [--flags "flagd /etc/credgate/flags.json"] [--window 10m] [--json]`,
-		Short: "Prints each platform's percentage in force, kill switch, guard state and windowed success of both arms",
+		Use:   `status [--config <Caddyfile>] [--flags "flagd /etc/credgate/flags.json"] [--window 10m] [--json]`,
+		Short: "Prints each platform's percentage in force, kill switch, guard and windowed success of both arms",
 		Long: `Prints, for each platform: the percentage of users the flags send to the
-new flow and the kill switch (when --flags names the flag source, written
-as in the Caddyfile: "flagd <path>", "flagd_rpc <host:port>" or
-"static <percent>"; the percentage is measured on 1,000 sample user ids),
-whether the rollout guard has halted it, the success of both arms over
-the window, and the window's decisions at the app's connect route by arm
-and reason (no_identity: users credgate did not recognise, whom no
-percentage moves), all summed over every replica.`,
+new flow and the kill switch; the rollout guard as configured, and whether
+it has halted the platform; the success of both arms over the window; and
+the window's decisions at the app's connect route by arm and reason
+(no_identity: users credgate did not recognise, whom no percentage moves),
+all summed over every replica (each adds its counts every second).
+
+The flag source and the guard come from --config, the Caddyfile credgate
+runs with; --flags names the source instead ("flagd <path>",
+"flagd_rpc <host:port>" or "static <percent>"). A flag file's percentage
+is read from its rule, exactly; a rule whose answer depends on more than
+the platform, and a flagd daemon, are measured on 1,000 sample user ids,
+and the output says so. The window is the guard's (from --config), else
+10m.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
+			cfg, err := loadRolloutConfig(cmd)
+			if err != nil {
+				return err
+			}
 			window, _ := cmd.Flags().GetDuration("window")
-			if window <= 0 {
-				return errors.New("--window must be a positive duration")
+			if !cmd.Flags().Changed("window") && cfg != nil && cfg.guard != nil {
+				window = cfg.guard.config().Window
 			}
-			var rollout *flags.Rollout
-			if line, _ := cmd.Flags().GetString("flags"); line != "" {
-				r, err := startRolloutFrom(ctx, line)
-				if err != nil {
-					return err
-				}
-				defer r.Close(context.Background())
-				rollout = r
+			// The window is made of 10 s buckets: a shorter one would
+			// miss the flows of the bucket under way.
+			if window < 10*time.Second {
+				return errors.New("--window must be at least 10s (the shared window is counted in 10 s buckets)")
 			}
-			pool, err := vault.OpenPool(ctx, databaseURL(cmd))
+			source, err := rolloutFlagSource(cmd, cfg)
+			if err != nil {
+				return err
+			}
+			pool, err := vault.OpenPool(ctx, rolloutDatabaseURL(cmd, cfg))
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			status, err := rolloutStatus(ctx, pool, rollout, window, defaultPlatforms)
+			platforms := defaultPlatforms
+			if cfg != nil && len(cfg.platforms) > 0 {
+				platforms = cfg.platforms
+			}
+			if source != nil && source.file != nil {
+				platforms = union(platforms, source.file.Platforms())
+			}
+			status, err := rolloutStatus(ctx, pool, nil, window, platforms)
 			if err != nil {
 				return err
 			}
+			if source != nil {
+				names := make([]string, len(status))
+				for i, s := range status {
+					names[i] = s.Platform
+				}
+				inForce, err := source.inForce(ctx, names)
+				if err != nil {
+					return err
+				}
+				for i := range status {
+					status[i].Flags = &inForce[i]
+				}
+			}
 			if asJSON, _ := cmd.Flags().GetBool("json"); asJSON {
+				out := map[string]any{"window": window.String(), "platforms": status}
+				if cfg != nil {
+					out["guard"] = guardSettings(cfg.guard)
+				}
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"window": window.String(), "platforms": status})
+				return enc.Encode(out)
 			}
-			printRolloutStatus(cmd.OutOrStdout(), status, window)
+			printRolloutStatus(cmd.OutOrStdout(), status, window, cfg, source)
 			return nil
 		}),
 	}
-	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
-	cmd.Flags().String("flags", "", `the flag source, as in the Caddyfile ("flagd <path>", "flagd_rpc <host:port>", "static <percent>")`)
-	cmd.Flags().Duration("window", guard.DefaultWindow, "the success-rate window")
+	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL, else --config's database_url)")
+	cmd.Flags().String("config", "", configFlagHelp)
+	cmd.Flags().String("flags", "", flagsFlagHelp)
+	cmd.Flags().Duration("window", guard.DefaultWindow, "the success-rate window (default: the guard's from --config, else 10m)")
 	cmd.Flags().Bool("json", false, "print JSON")
 	return cmd
 }
 
-func printRolloutStatus(w io.Writer, status []RolloutStatus, window time.Duration) {
+// guardSettings is the guard as configured, for --json: the admin
+// route's shape.
+func guardSettings(g *GuardConfig) map[string]any {
+	if g == nil {
+		return map[string]any{"enabled": false}
+	}
+	c := g.config()
+	return map[string]any{"enabled": true, "min_success": c.MinSuccess, "max_gap": c.MaxGap, "min_samples": c.MinSamples, "window": c.Window.String()}
+}
+
+func printRolloutStatus(w io.Writer, status []RolloutStatus, window time.Duration, cfg *rolloutConfig, source *rolloutSource) {
 	for _, s := range status {
-		flagsText := "flags not read (pass --flags)"
+		flagsText := "not read (pass --config or --flags)"
+		if cfg != nil && source == nil {
+			flagsText = "none configured: legacy for everyone"
+		}
 		switch f := s.Flags; {
 		case f == nil:
 		case !f.Ready:
-			flagsText = "flag source not ready: legacy for everyone"
+			flagsText = "the flag source did not answer within 5 s"
 		case f.Problem != "":
 			flagsText = "flags failing (" + f.Problem + "): legacy for everyone"
 		case !f.KillSwitchOn:
-			flagsText = fmt.Sprintf("kill switch off (legacy for everyone); split %.1f %% new", f.NewPercent)
+			flagsText = fmt.Sprintf("kill switch off (legacy for everyone); split %s", percentText(*f))
 		default:
-			flagsText = fmt.Sprintf("%.1f %% new, kill switch on", f.NewPercent)
-		}
-		guardText := "running"
-		if h := s.Guard.Halt; h != nil {
-			guardText = fmt.Sprintf("HALTED since %s: %s (resume: caddy credgate rollout resume --platform %s)",
-				h.At.UTC().Format(time.RFC3339), h.Reason, s.Platform)
+			flagsText = fmt.Sprintf("%s, kill switch on", percentText(*f))
 		}
 		fmt.Fprintf(w, "%s\n  flags:  %s\n  guard:  %s\n  last %s: new flow %s, legacy flow %s\n",
-			s.Platform, flagsText, guardText, window, rateText(s.Guard.New), rateText(s.Guard.Legacy))
+			s.Platform, flagsText, guardText(s, cfg), window, rateText(s.Guard.New), rateText(s.Guard.Legacy))
 		fmt.Fprintf(w, "  decisions: %s\n", decisionsText(s.Decisions))
 		if warning := identityWarning(s.Decisions); warning != "" {
 			fmt.Fprintf(w, "  ⚠ %s\n", warning)
 		}
 	}
+}
+
+// percentText is "25.0 % new", or "24.4 % new (sampled on 1,000 user
+// ids: why)".
+func percentText(f flags.InForce) string {
+	text := fmt.Sprintf("%.1f %% new", f.NewPercent)
+	if f.Measured == flags.MeasuredSampled {
+		text += fmt.Sprintf(" (sampled on %s user ids", thousands(f.Samples))
+		if f.Note != "" {
+			text += ": " + f.Note
+		}
+		text += ")"
+	}
+	return text
+}
+
+// thousands is n with a comma every three digits.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// guardText is the guard as configured (known only with --config) and
+// any halt the database holds for the platform.
+func guardText(s RolloutStatus, cfg *rolloutConfig) string {
+	halt := ""
+	if h := s.Guard.Halt; h != nil {
+		halt = fmt.Sprintf("HALTED since %s: %s (resume: caddy credgate rollout resume --platform %s)",
+			h.At.UTC().Format(time.RFC3339), h.Reason, s.Platform)
+	}
+	switch {
+	case cfg == nil && halt != "":
+		return halt
+	case cfg == nil:
+		return "not known (pass --config)"
+	case cfg.guard == nil && halt != "":
+		// App.halted: without the guard, a latched halt decides nothing.
+		return "off (not configured); the database still holds a halt, applied only while the guard is on: " + halt
+	case cfg.guard == nil:
+		return "off (not configured)"
+	}
+	c := cfg.guard.config()
+	settings := fmt.Sprintf("on (min_success %.3f, max_gap %.3f, min_samples %d, window %s)", c.MinSuccess, c.MaxGap, c.MinSamples, c.Window)
+	if halt != "" {
+		return halt + "; " + settings
+	}
+	return settings
 }
 
 // decisionsText is "12 new (rollout), 3 legacy (no_identity)", or "none".
@@ -152,9 +267,137 @@ func rateText(r guard.Rate) string {
 	return fmt.Sprintf("%.1f %% of %d", 100*r.Success(), r.Samples())
 }
 
-// startRolloutFrom builds and starts the rollout a Caddyfile flags line
-// names, waiting up to 5 s for its source.
-func startRolloutFrom(ctx context.Context, line string) (*flags.Rollout, error) {
+// rolloutConfig is what the rollout commands read from --config: the
+// credgate app's flag source, guard and providers, as Caddy would run
+// them.
+type rolloutConfig struct {
+	path string
+	// flags is the flag source module, nil when none is configured.
+	flags caddy.Module
+	// guard is nil when the guard is off.
+	guard       *GuardConfig
+	platforms   []string
+	databaseURL string
+}
+
+// loadRolloutConfig reads --config, nil without it. A Caddyfile is
+// adapted as `caddy run` would; a JSON config is read as it is.
+func loadRolloutConfig(cmd *cobra.Command) (*rolloutConfig, error) {
+	path, _ := cmd.Flags().GetString("config")
+	if path == "" {
+		return nil, nil
+	}
+	body, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	raw := body
+	if !json.Valid(body) {
+		adapter := caddyconfig.GetAdapter("caddyfile")
+		if adapter == nil {
+			return nil, errors.New("--config: this build has no Caddyfile adapter; pass a JSON config")
+		}
+		// Warnings (an unformatted file …) are the adapter's business:
+		// `caddy run` shows them, a status command does not.
+		raw, _, err = adapter.Adapt(body, map[string]any{"filename": path})
+		if err != nil {
+			return nil, fmt.Errorf("--config %s: %w", path, err)
+		}
+	}
+	var doc struct {
+		Apps struct {
+			Credgate json.RawMessage `json:"credgate"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("--config %s: %w", path, err)
+	}
+	if len(doc.Apps.Credgate) == 0 {
+		return nil, fmt.Errorf("--config %s has no credgate app (the `credgate` global option)", path)
+	}
+	var app struct {
+		DatabaseURL string                     `json:"database_url"`
+		Flags       json.RawMessage            `json:"flags"`
+		Guard       *GuardConfig               `json:"guard"`
+		Providers   map[string]json.RawMessage `json:"providers"`
+	}
+	if err := json.Unmarshal(doc.Apps.Credgate, &app); err != nil {
+		return nil, fmt.Errorf("--config %s: the credgate app: %w", path, err)
+	}
+	cfg := &rolloutConfig{path: path, guard: app.Guard, platforms: slices.Sorted(maps.Keys(app.Providers)),
+		databaseURL: caddy.NewReplacer().ReplaceKnown(app.DatabaseURL, "")}
+	if len(app.Flags) > 0 {
+		var head struct {
+			Provider string `json:"provider"`
+		}
+		_ = json.Unmarshal(app.Flags, &head)
+		info, err := caddy.GetModule("credgate.flags." + head.Provider)
+		if err != nil {
+			return nil, fmt.Errorf("--config %s: unknown flag source %q", path, head.Provider)
+		}
+		mod := info.New()
+		if err := json.Unmarshal(app.Flags, mod); err != nil {
+			return nil, fmt.Errorf("--config %s: flags: %w", path, err)
+		}
+		cfg.flags = mod
+	}
+	return cfg, nil
+}
+
+// rolloutDatabaseURL prefers the flag, then DATABASE_URL, then the
+// config's database_url.
+func rolloutDatabaseURL(cmd *cobra.Command, cfg *rolloutConfig) string {
+	if u := databaseURL(cmd); u != "" || cfg == nil {
+		return u
+	}
+	return cfg.databaseURL
+}
+
+// rolloutSource is the flag source the commands read: --flags, else
+// --config's.
+type rolloutSource struct {
+	mod caddy.Module
+	// For a flag file: its path and content, read once.
+	path string
+	data []byte
+	file *flags.FlagSet
+}
+
+// rolloutFlagSource builds the flag source from --flags, else from cfg;
+// nil when neither names one. A flag file is read now: a mistyped path must not
+// read as "no flags".
+func rolloutFlagSource(cmd *cobra.Command, cfg *rolloutConfig) (*rolloutSource, error) {
+	var mod caddy.Module
+	if line, _ := cmd.Flags().GetString("flags"); line != "" {
+		m, err := flagModuleFrom(line)
+		if err != nil {
+			return nil, err
+		}
+		mod = m
+	} else if cfg != nil && cfg.flags != nil {
+		mod = cfg.flags
+	}
+	if mod == nil {
+		return nil, nil
+	}
+	src := &rolloutSource{mod: mod}
+	if f, ok := mod.(*FlagdFileFlags); ok {
+		path, data, err := readFlagFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""))
+		if err != nil {
+			return nil, err
+		}
+		set, err := flags.ParseFlagSet(data)
+		if err != nil {
+			return nil, fmt.Errorf("flag file %s: %w (a running credgate keeps the last good one)", path, err)
+		}
+		src.path, src.data, src.file = path, data, set
+	}
+	return src, nil
+}
+
+// flagModuleFrom builds the flag source module a Caddyfile flags line
+// names ("flagd <path>" …).
+func flagModuleFrom(line string) (caddy.Module, error) {
 	d := caddyfile.NewTestDispenser(line)
 	if !d.Next() {
 		return nil, errors.New(`--flags: name a flag source: "flagd <path>", "flagd_rpc <host:port>" or "static <percent>"`)
@@ -165,7 +408,7 @@ func startRolloutFrom(ctx context.Context, line string) (*flags.Rollout, error) 
 	}
 	mod := info.New()
 	unm, ok := mod.(caddyfile.Unmarshaler)
-	fp, ok2 := mod.(FlagProvider)
+	_, ok2 := mod.(FlagProvider)
 	if !ok || !ok2 {
 		return nil, fmt.Errorf("--flags: %s cannot be set up from the command line", d.Val())
 	}
@@ -173,11 +416,64 @@ func startRolloutFrom(ctx context.Context, line string) (*flags.Rollout, error) 
 	if err := unm.UnmarshalCaddyfile(d); err != nil {
 		return nil, fmt.Errorf("--flags: %w", err)
 	}
-	// A mistyped path would read as "no flags": say what it is.
-	if f, ok := mod.(*FlagdFileFlags); ok {
-		if _, err := os.Stat(f.Path); err != nil {
-			return nil, fmt.Errorf("--flags: flag file: %w", err)
+	return mod, nil
+}
+
+// readFlagFile reads a flag file that must exist and be a regular file
+// (or a symbolic link to one); it returns the file's real path.
+func readFlagFile(path string) (string, []byte, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("flag file: %w", err)
+	}
+	info, err := os.Stat(real)
+	if err != nil {
+		return "", nil, fmt.Errorf("flag file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		what := "something else"
+		switch t := info.Mode().Type(); {
+		case t&os.ModeDir != 0:
+			what = "a directory"
+		case t&os.ModeDevice != 0:
+			what = "a device"
+		case t&os.ModeNamedPipe != 0:
+			what = "a named pipe"
+		case t&os.ModeSocket != 0:
+			what = "a socket"
 		}
+		return "", nil, fmt.Errorf("flag file %s is %s, not a regular file", path, what)
+	}
+	data, err := os.ReadFile(real)
+	if err != nil {
+		return "", nil, fmt.Errorf("flag file: %w", err)
+	}
+	return real, data, nil
+}
+
+// inForce is what the source puts in force for each platform. A flag file
+// is read from its rule (flags.FileInForce); a static percentage is what
+// it says; anything else (a flagd daemon) is asked for sample user ids.
+// No provider that logs on its own is started: the output is the status
+// and nothing else.
+func (s *rolloutSource) inForce(ctx context.Context, platforms []string) ([]flags.InForce, error) {
+	switch f := s.mod.(type) {
+	case *FlagdFileFlags:
+		list, err := flags.FileInForce(ctx, s.data, platforms)
+		if err != nil {
+			return nil, fmt.Errorf("flag file %s: %w (a running credgate keeps the last good one)", s.path, err)
+		}
+		return list, nil
+	case *StaticFlags:
+		out := make([]flags.InForce, len(platforms))
+		for i, p := range platforms {
+			out[i] = flags.InForce{Platform: p, Ready: true, KillSwitchOn: f.Percent > 0, NewPercent: float64(f.Percent), Measured: flags.MeasuredRule}
+		}
+		return out, nil
+	}
+	fp, ok := s.mod.(FlagProvider)
+	if !ok {
+		return nil, fmt.Errorf("flags: %T is not a flag source", s.mod)
 	}
 	provider, err := fp.OpenFeatureProvider()
 	if err != nil {
@@ -187,11 +483,179 @@ func startRolloutFrom(ctx context.Context, line string) (*flags.Rollout, error) 
 	if err := r.Start(ctx); err != nil {
 		return nil, err
 	}
+	defer r.Close(context.Background())
 	deadline := time.Now().Add(5 * time.Second)
 	for !r.Ready() && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
-	return r, nil
+	out := make([]flags.InForce, len(platforms))
+	for i, p := range platforms {
+		out[i] = r.InForce(ctx, p, rolloutSamples)
+		if _, remote := s.mod.(*FlagdRPCFlags); remote && out[i].Ready {
+			out[i].Note = "the flagd daemon holds the rule"
+		}
+	}
+	return out, nil
+}
+
+func union(a, b []string) []string {
+	return slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(a), b...))))
+}
+
+func rolloutSetCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   `set <percent> [--platform <name>] [--config <Caddyfile>] [--flags "flagd /etc/credgate/flags.json"]`,
+		Short: "Sets the share of users on the new flow, on every platform or one, in the flag file",
+		Long: `Sets the share of users the oauth-new-flow flag sends to the new flow:
+on every branch of its targeting, so that every platform moves, or with
+--platform on that platform's alone (a branch of its own is added in
+front of the others when it has none, so the other platforms keep
+theirs). A flag without targeting gets a fractional split. The kill
+switch and the rest of the file stay as they are.
+
+The flag file is --flags "flagd <path>", else --config's. It is replaced
+atomically (a temporary file beside it, synced, renamed over it), so a
+running credgate, which reads it every 250 ms, sees the old rollout or the
+new one, never a part. Prints each platform's percentage before and after.
+Refuses, changing nothing, a file that is not valid flagd JSON, a
+percentage outside 0–100, and a rule it cannot change without guessing
+(it says what it found: change that file by hand).`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return interruptible(func(ctx context.Context, cmd *cobra.Command) error {
+				return rolloutSet(ctx, cmd, args)
+			})(cmd, args)
+		},
+	}
+	// A negative percentage reads as a flag to cobra: say what it is.
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if m := negativeArg.FindStringSubmatch(err.Error()); m != nil {
+			err = fmt.Errorf("the percentage must be a number from 0 to 100, got %q", m[1])
+		}
+		return fail(c, err)
+	})
+	cmd.Flags().String("platform", "", "set only this platform's percentage")
+	cmd.Flags().String("config", "", configFlagHelp)
+	cmd.Flags().String("flags", "", `the flag file, "flagd <path>" (overrides --config's)`)
+	return cmd
+}
+
+// negativeArg finds the number in cobra's "unknown shorthand flag: '5'
+// in -5".
+var negativeArg = regexp.MustCompile(`in (-[0-9][0-9.]*%?)$`)
+
+func rolloutSet(ctx context.Context, cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return errors.New("name the percentage: caddy credgate rollout set <percent> [--platform <name>]")
+	}
+	percent, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(args[0], "%")), 64)
+	if err != nil || percent < 0 || percent > 100 {
+		return fmt.Errorf("the percentage must be a number from 0 to 100, got %q", args[0])
+	}
+	cfg, err := loadRolloutConfig(cmd)
+	if err != nil {
+		return err
+	}
+	source, err := rolloutFlagSource(cmd, cfg)
+	switch {
+	case err != nil:
+		return err
+	case source == nil:
+		return errors.New(`name the flag file: --flags "flagd <path>", or --config with the Caddyfile whose flags are a flagd file`)
+	case source.file == nil:
+		info := source.mod.CaddyModule()
+		return fmt.Errorf("the flag source is %s, not a flag file: %s", info.ID.Name(), map[string]string{
+			"flagd_rpc": "the flagd daemon holds the flags; change them where it reads them",
+			"static":    "change its percentage in the Caddyfile and reload",
+		}[info.ID.Name()])
+	}
+
+	platforms := defaultPlatforms
+	if cfg != nil && len(cfg.platforms) > 0 {
+		platforms = cfg.platforms
+	}
+	platforms = union(platforms, source.file.Platforms())
+	platform, _ := cmd.Flags().GetString("platform")
+	platform = strings.ToLower(strings.TrimSpace(platform))
+	reached := platforms
+	if platform != "" {
+		if !slices.Contains(platforms, platform) {
+			return fmt.Errorf("unknown platform %q (known: %s; --config names the Caddyfile's providers)", platform, strings.Join(platforms, ", "))
+		}
+		reached = []string{platform}
+	}
+
+	if err := flags.CheckFlagSet(source.data); err != nil {
+		return fmt.Errorf("%s: %w (a running credgate keeps the last good one; fix the file first)", source.path, err)
+	}
+	before, err := flags.FileInForce(ctx, source.data, platforms)
+	if err != nil {
+		return fmt.Errorf("%s: %w", source.path, err)
+	}
+	unchanged := source.file.Marshal()
+	if err := source.file.SetNewPercent(percent, platform); err != nil {
+		return fmt.Errorf("%s: %w", source.path, err)
+	}
+	out := source.file.Marshal()
+	if err := flags.CheckFlagSet(out); err != nil {
+		return fmt.Errorf("%s: the changed file would not load, so it was not written: %w", source.path, err)
+	}
+	after, err := flags.FileInForce(ctx, out, platforms)
+	if err != nil {
+		return fmt.Errorf("%s: %w", source.path, err)
+	}
+	w := cmd.OutOrStdout()
+	if bytes.Equal(out, unchanged) {
+		fmt.Fprintf(w, "%s: %s already sends %s %% of %s to the new flow; nothing written\n",
+			source.path, flags.FlagNewFlow, strconv.FormatFloat(percent, 'f', -1, 64), strings.Join(reached, ", "))
+		printSetTable(w, before, after)
+		return nil
+	}
+	if percent > 0 && rolloutSetPreflight != nil {
+		if err := rolloutSetPreflight(ctx, cmd, reached, percent); err != nil {
+			return err
+		}
+	}
+	if err := flags.WriteFile(source.path, out); err != nil {
+		return fmt.Errorf("%w (nothing changed)", err)
+	}
+	fmt.Fprintf(w, "%s: %s\n", source.path, flags.FlagNewFlow)
+	printSetTable(w, before, after)
+	fmt.Fprintln(w, "✓ written; a running credgate applies it within 250 ms")
+	for _, a := range after {
+		if a.Problem == "" && !a.KillSwitchOn {
+			fmt.Fprintf(w, "⚠ the kill switch (%s) is off: everyone stays on the legacy flow until it is on (set does not change it)\n", flags.FlagEnabled)
+			break
+		}
+	}
+	return nil
+}
+
+// printSetTable prints each platform's percentage before and after.
+func printSetTable(w io.Writer, before, after []flags.InForce) {
+	width := 0
+	for _, b := range before {
+		width = max(width, len(b.Platform))
+	}
+	for i, b := range before {
+		a := after[i]
+		mark := ""
+		if shareText(b) == shareText(a) {
+			mark = "  (unchanged)"
+		}
+		fmt.Fprintf(w, "  %-*s  %s → %s%s\n", width, b.Platform, shareText(b), shareText(a), mark)
+	}
+}
+
+// shareText is a platform's new-flow share for the set table.
+func shareText(f flags.InForce) string {
+	switch {
+	case f.Problem != "":
+		return "(" + f.Problem + ")"
+	case f.Measured == flags.MeasuredSampled:
+		return fmt.Sprintf("%5.1f %% (sampled: %s)", f.NewPercent, f.Note)
+	}
+	return fmt.Sprintf("%5.1f %%", f.NewPercent)
 }
 
 func rolloutResumeCommand() *cobra.Command {

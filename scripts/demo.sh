@@ -133,8 +133,8 @@ cat <<BANNER
   Admin token        curl -H 'Authorization: Bearer development-admin-token' http://localhost:8080/api/credentials/service-health
 
   The rollout is $demo/flags.json (created at LinkedIn 0 %, the others 50 %; kept across runs:
-  \`rollout status\` below says what is in force). Change it, e.g. to 100 %:
-    jq '.flags["oauth-new-flow"].targeting.if[2].fractional = [["new", 100], ["legacy", 0]]' $demo/flags.json > $demo/flags.json.tmp && mv $demo/flags.json.tmp $demo/flags.json
+  \`rollout status\` below says what is in force). Change it, e.g. every platform to 100 %:
+    $CADDY_BIN credgate rollout set 100 --flags "flagd $demo/flags.json"
 
   Operator commands against this demo:
     export DATABASE_URL='$DATABASE_URL' ENCRYPTION_MASTER_KEY=\$(cat $demo/key)
