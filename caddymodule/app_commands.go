@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -251,4 +252,55 @@ written gets an audit row. Exits 1 if a row could not be written.`,
 func printWriteBack(w io.Writer, p vault.Progress) {
 	fmt.Fprintf(w, "✓ writeback: %d accounts written to the app's columns, %d already there, %d kept the newer token the app wrote, %d failed (%s)\n",
 		p.Done, p.Skipped, p.Newer, p.Failed, p.Elapsed.Round(time.Millisecond))
+}
+
+func init() { rolloutSetPreflight = backEndReadsThroughCredgate }
+
+// backEndReadsThroughCredgate is `rollout set`'s check before it moves
+// anyone: a moved user's new token is in credgate, not in the app's
+// table, so the app's back end must read each platform's tokens through
+// credgate (the token API or egress, seen in the last hour by any
+// replica) or transition mode must be on. A platform with no live
+// account yet is let through: nobody on it can lose a token.
+func backEndReadsThroughCredgate(ctx context.Context, cmd *cobra.Command, platforms []string, _ float64) error {
+	if force, _ := cmd.Flags().GetBool("force"); force {
+		return nil
+	}
+	pool, err := vault.OpenPool(ctx, databaseURL(cmd))
+	if err != nil {
+		return fmt.Errorf("%w (rollout set checks that the app's back end reads through credgate first; --force skips the check)", err)
+	}
+	defer pool.Close()
+	settings, err := vault.LoadSettings(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if settings.TransitionMode {
+		return nil
+	}
+	reads, err := vault.BackendReadsIn(ctx, pool, vault.BackendReadWindow)
+	if err != nil {
+		return err
+	}
+	rows, err := pool.Query(ctx, `SELECT DISTINCT platform FROM social_accounts
+		WHERE status IN ('connected', 'expiring') AND (access_token IS NOT NULL OR credentials_encrypted IS NOT NULL)`)
+	if err != nil {
+		return fmt.Errorf("reading the platforms in use: %w", err)
+	}
+	inUse := map[string]bool{}
+	var name string
+	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error { inUse[name] = true; return nil }); err != nil {
+		return fmt.Errorf("reading the platforms in use: %w", err)
+	}
+	var unread []string
+	for _, p := range platforms {
+		if inUse[p] && reads[p].Total() == 0 {
+			unread = append(unread, p)
+		}
+	}
+	if len(unread) > 0 {
+		return fmt.Errorf("the app's back end has not read a %s token through credgate in the last hour, and transition mode is off: the users this moves would get tokens the back end cannot see, and their posts would fail. Switch the back end to the token API or egress, or run `caddy credgate transition on` (RUNBOOK, Phase 3½), then run this again; --force raises it anyway",
+			strings.Join(unread, " or "))
+	}
+	return nil
 }

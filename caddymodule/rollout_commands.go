@@ -537,6 +537,8 @@ percentage outside 0–100, and a rule it cannot change without guessing
 	cmd.Flags().String("platform", "", "set only this platform's percentage")
 	cmd.Flags().String("config", "", configFlagHelp)
 	cmd.Flags().String("flags", "", `the flag file, "flagd <path>" (overrides --config's)`)
+	cmd.Flags().String("database-url", "", "PostgreSQL URL, for the check that the back end reads through credgate (default: $DATABASE_URL)")
+	cmd.Flags().Bool("force", false, "raise the percentage even though the app's back end has not read through credgate in the last hour")
 	return cmd
 }
 

@@ -333,7 +333,7 @@ func TestRolloutSetMovesEveryPlatform(t *testing.T) {
 	t.Parallel()
 	path := copyExample(t)
 	example, _ := os.ReadFile(path)
-	out, err := runCLI(t, "rollout", "set", "25", "--flags", "flagd "+path)
+	out, err := runCLI(t, "rollout", "set", "--force", "25", "--flags", "flagd "+path)
 	if err != nil {
 		t.Fatalf("set: %v\n%s", err, out)
 	}
@@ -361,14 +361,14 @@ func TestRolloutSetMovesEveryPlatform(t *testing.T) {
 
 	// The same again changes nothing and writes nothing.
 	before, _ := os.Stat(path)
-	out, err = runCLI(t, "rollout", "set", "25%", "--flags", "flagd "+path)
+	out, err = runCLI(t, "rollout", "set", "--force", "25%", "--flags", "flagd "+path)
 	if now, _ := os.Stat(path); err != nil || !strings.Contains(out, "already sends 25 % of facebook, instagram, linkedin, twitter to the new flow; nothing written") || !os.SameFile(before, now) {
 		t.Fatalf("set to the same: %v\n%s", err, out)
 	}
 	// A flag with no targeting gets a split; the kill switch stays off.
 	os.WriteFile(path, []byte(`{"flags": {"oauth-new-flow-enabled": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
 		"oauth-new-flow": {"state": "ENABLED", "variants": {"new": "new", "legacy": "legacy"}, "defaultVariant": "legacy"}}}`), 0o644)
-	out, err = runCLI(t, "rollout", "set", "12.5", "--flags", "flagd "+path)
+	out, err = runCLI(t, "rollout", "set", "--force", "12.5", "--flags", "flagd "+path)
 	if err != nil || !strings.Contains(out, "  twitter      0.0 % →  12.5 %\n") ||
 		!strings.Contains(out, "⚠ the kill switch (oauth-new-flow-enabled) is off: everyone stays on the legacy flow until it is on (set does not change it)\n") {
 		t.Fatalf("set on a flag without targeting: %v\n%s", err, out)
@@ -385,7 +385,7 @@ func TestRolloutSetMovesEveryPlatform(t *testing.T) {
 func TestRolloutSetOnePlatformAddsABranch(t *testing.T) {
 	t.Parallel()
 	path := copyExample(t)
-	out, err := runCLI(t, "rollout", "set", "10", "--platform", "twitter", "--flags", "flagd "+path)
+	out, err := runCLI(t, "rollout", "set", "--force", "10", "--platform", "twitter", "--flags", "flagd "+path)
 	if err != nil || !strings.Contains(out, "  facebook     0.0 % →   0.0 %  (unchanged)\n") || !strings.Contains(out, "  twitter      0.0 % →  10.0 %\n") {
 		t.Fatalf("set --platform twitter: %v\n%s", err, out)
 	}
@@ -400,7 +400,7 @@ func TestRolloutSetOnePlatformAddsABranch(t *testing.T) {
 		t.Fatalf("the file:\n%s", data)
 	}
 	config := testCaddyfile(t, path, "")
-	out, err = runCLI(t, "rollout", "set", "5", "--platform", "linkedin", "--config", config)
+	out, err = runCLI(t, "rollout", "set", "--force", "5", "--platform", "linkedin", "--config", config)
 	if err != nil || out != path+": oauth-new-flow\n  linkedin    0.0 % →   5.0 %\n  twitter    10.0 % →  10.0 %  (unchanged)\n✓ written; a running credgate applies it within 250 ms\n" {
 		t.Fatalf("set --platform linkedin --config: %v\n%s", err, out)
 	}
@@ -457,7 +457,7 @@ func TestRolloutSetReplacesTheFileAtomically(t *testing.T) {
 	for i := range 40 {
 		before, _ := os.Stat(path)
 		percent := []string{"100", "0"}[i%2]
-		if out, err := runCLI(t, "rollout", "set", percent, "--flags", "flagd "+path); err != nil {
+		if out, err := runCLI(t, "rollout", "set", "--force", percent, "--flags", "flagd "+path); err != nil {
 			t.Fatalf("set %s: %v\n%s", percent, err, out)
 		}
 		if after, _ := os.Stat(path); os.SameFile(before, after) {
@@ -473,7 +473,7 @@ func TestRolloutSetReplacesTheFileAtomically(t *testing.T) {
 	if n := problems.Load(); n != 0 {
 		t.Fatalf("credgate's flag file reader saw %d problems", n)
 	}
-	if _, err := runCLI(t, "rollout", "set", "100", "--flags", "flagd "+path); err != nil {
+	if _, err := runCLI(t, "rollout", "set", "--force", "100", "--flags", "flagd "+path); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, 2*time.Second, func() bool {
@@ -490,7 +490,7 @@ func TestRolloutSetReplacesTheFileAtomically(t *testing.T) {
 		{[]string{"2.125"}, "more than two decimals"},
 		{[]string{"50", "--platform", "linkdin"}, `unknown platform "linkdin"`},
 	} {
-		out, err := runCLI(t, append([]string{"rollout", "set", "--flags", "flagd " + path}, bad.args...)...)
+		out, err := runCLI(t, append([]string{"rollout", "set", "--force", "--flags", "flagd " + path}, bad.args...)...)
 		oneErrorLine(t, fmt.Sprint("set ", bad.args), out, err, bad.says)
 	}
 	if now, _ := os.ReadFile(path); !bytes.Equal(now, original) {
@@ -545,7 +545,7 @@ func TestRolloutSetRefusesWhatItCannotChange(t *testing.T) {
 			info, _ := os.Stat(p)
 			before = append(before, info)
 		}
-		out, err := runCLI(t, append([]string{"rollout", "set"}, tc.args...)...)
+		out, err := runCLI(t, append([]string{"rollout", "set", "--force"}, tc.args...)...)
 		oneErrorLine(t, fmt.Sprint("set ", tc.args), out, err, tc.says)
 		for i, p := range []string{invalid, reversed, rejected} {
 			if info, _ := os.Stat(p); !os.SameFile(before[i], info) || info.ModTime() != before[i].ModTime() {
@@ -563,7 +563,7 @@ func TestRolloutSetRefusesWhatItCannotChange(t *testing.T) {
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
-	out, err := runCLI(t, "rollout", "set", "30", "--flags", "flagd "+link)
+	out, err := runCLI(t, "rollout", "set", "--force", "30", "--flags", "flagd "+link)
 	if info, _ := os.Lstat(link); err != nil || info.Mode()&os.ModeSymlink == 0 || !strings.HasPrefix(out, target+": oauth-new-flow\n") {
 		t.Fatalf("set through a link: %v\n%s", err, out)
 	}
@@ -578,6 +578,7 @@ func TestRolloutSetRefusesWhatItCannotChange(t *testing.T) {
 func TestRolloutSetAsksThePreflightHook(t *testing.T) {
 	path := copyExample(t)
 	var asked [][]string
+	previous := rolloutSetPreflight
 	rolloutSetPreflight = func(_ context.Context, _ *cobra.Command, platforms []string, percent float64) error {
 		asked = append(asked, append([]string{fmt.Sprint(percent)}, platforms...))
 		if percent > 20 {
@@ -585,7 +586,7 @@ func TestRolloutSetAsksThePreflightHook(t *testing.T) {
 		}
 		return nil
 	}
-	t.Cleanup(func() { rolloutSetPreflight = nil })
+	t.Cleanup(func() { rolloutSetPreflight = previous })
 	original, _ := os.ReadFile(path)
 	out, err := runCLI(t, "rollout", "set", "50", "--flags", "flagd "+path)
 	oneErrorLine(t, "set 50", out, err, "does not read its tokens through credgate yet")
@@ -610,7 +611,7 @@ func TestRolloutCommandsPrintNothingElse(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Database(t)
 	path := copyExample(t)
-	stdout, stderr, err := runCLIProcess(t, nil, "rollout", "set", "25", "--flags", "flagd "+path)
+	stdout, stderr, err := runCLIProcess(t, nil, "rollout", "set", "--force", "25", "--flags", "flagd "+path)
 	if err != nil || stderr != "" || !regexp.MustCompile(`^\S+: oauth-new-flow\n(  \w+ +[0-9. ]+% → +[0-9. ]+%\n){4}✓ written; a running credgate applies it within 250 ms\n$`).MatchString(stdout) {
 		t.Fatalf("set: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 	}
@@ -631,7 +632,7 @@ func TestRolloutCommandsPrintNothingElse(t *testing.T) {
 			}
 		}
 	}
-	stdout, stderr, err = runCLIProcess(t, nil, "rollout", "set", "200", "--flags", "flagd "+path)
+	stdout, stderr, err = runCLIProcess(t, nil, "rollout", "set", "--force", "200", "--flags", "flagd "+path)
 	if err == nil || stdout != "" || stderr != "Error: the percentage must be a number from 0 to 100, got \"200\"\n" {
 		t.Errorf("a refused set: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
 	}

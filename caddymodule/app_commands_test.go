@@ -1,0 +1,55 @@
+package caddymodule
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/credgate/credgate/internal/pgtest"
+)
+
+// rollout set moves no one while the app's back end would not see the
+// moved users' tokens: it has not read that platform's tokens through
+// credgate in the last hour, and transition mode is off.
+func TestRolloutSetWaitsForTheBackEnd(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	path := copyExample(t)
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token)
+		VALUES (gen_random_uuid(), 'twitter', 'app-token'), (gen_random_uuid(), 'linkedin', 'app-token')`)
+	set := func(args ...string) (string, error) {
+		return runCLI(t, append([]string{"rollout", "set", "--database-url", url, "--flags", "flagd " + path}, args...)...)
+	}
+	out, err := set("25")
+	oneErrorLine(t, "set 25 with no back-end reads", out, err, "has not read a linkedin or twitter token through credgate in the last hour")
+
+	// Reads of one platform: that one may move, not the other. A platform
+	// with no account at all may.
+	pgtest.Exec(t, url, `INSERT INTO backend_reads (platform, via, bucket, reads) VALUES ('twitter', 'token_api', date_trunc('minute', now()), 5)`)
+	if _, err := set("25", "--platform", "twitter"); err != nil {
+		t.Fatalf("twitter, read through credgate: %v", err)
+	}
+	if _, err := set("25", "--platform", "facebook"); err != nil {
+		t.Fatalf("facebook, with no account: %v", err)
+	}
+	out, err = set("25")
+	oneErrorLine(t, "set 25 with linkedin unread", out, err, "has not read a linkedin token")
+
+	// Reads an hour old no longer count.
+	pgtest.Exec(t, url, `INSERT INTO backend_reads (platform, via, bucket, reads) VALUES ('linkedin', 'egress', date_trunc('minute', now()) - interval '2 hours', 5)`)
+	if _, err := set("25"); err == nil {
+		t.Fatal("reads from two hours ago let the rollout move")
+	}
+	// Transition mode, or --force, lets it through.
+	pgtest.Exec(t, url, `INSERT INTO credgate_settings (name, value) VALUES ('transition_mode', 'on')`)
+	if out, err := set("50"); err != nil || !strings.Contains(out, "written") {
+		t.Fatalf("set 50 in transition mode: %v\n%s", err, out)
+	}
+	pgtest.Exec(t, url, `DELETE FROM credgate_settings`)
+	if _, err := set("75", "--force"); err != nil {
+		t.Fatalf("set 75 --force: %v", err)
+	}
+	// Down is always allowed.
+	if _, err := set("0"); err != nil {
+		t.Fatalf("set 0: %v", err)
+	}
+}
