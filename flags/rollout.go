@@ -17,6 +17,10 @@
 // without a restart), flagd over RPC for a shared daemon, and a static
 // percentage. Nothing outside this package imports a provider; the rest of
 // credgate sees openfeature.FeatureProvider and Rollout.Decide.
+//
+// For the operator's commands it also reads and changes a flag file's
+// rule itself: FileInForce states the percentage a file puts in force,
+// exactly, and FlagSet.SetNewPercent with WriteFile changes it safely.
 package flags
 
 import (
