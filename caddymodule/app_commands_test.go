@@ -23,8 +23,14 @@ func TestRolloutSetWaitsForTheBackEnd(t *testing.T) {
 	oneErrorLine(t, "set 25 with no back-end reads", out, err, "has not read a linkedin or twitter token through credgate in the last hour")
 
 	// Reads of one platform: that one may move, not the other. A platform
-	// with no account at all may.
+	// with no account at all may. rollout status shows the reads.
 	pgtest.Exec(t, url, `INSERT INTO backend_reads (platform, via, bucket, reads) VALUES ('twitter', 'token_api', date_trunc('minute', now()), 5)`)
+	status, err := runCLI(t, "rollout", "status", "--database-url", url)
+	if err != nil || !strings.Contains(status, "twitter\n") ||
+		!strings.Contains(status, "  back end: 5 token API and 0 egress reads in the last 1h0m0s\n") ||
+		!strings.Contains(status, "  back end: 0 token API and 0 egress reads in the last 1h0m0s; transition mode off: users moved now would get tokens the back end does not see") {
+		t.Fatalf("rollout status: %v\n%s", err, status)
+	}
 	if _, err := set("25", "--platform", "twitter"); err != nil {
 		t.Fatalf("twitter, read through credgate: %v", err)
 	}

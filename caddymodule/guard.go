@@ -130,6 +130,18 @@ type RolloutStatus struct {
 	// route by arm and reason, summed over every replica, most frequent
 	// first.
 	Decisions []guard.ReasonCount `json:"decisions"`
+	// BackEnd is how the app's back end read this platform's tokens
+	// through credgate over the last hour (every replica), and whether
+	// transition mode writes them to the app's columns instead: the
+	// runbook's rule before any percentage rises.
+	BackEnd BackEndReads `json:"back_end"`
+}
+
+// BackEndReads is RolloutStatus.BackEnd.
+type BackEndReads struct {
+	vault.ReadCounts
+	Window         string `json:"window"`
+	TransitionMode bool   `json:"transition_mode"`
 }
 
 // rolloutSamples is how many sample ids the percentage in force is
@@ -148,9 +160,18 @@ func rolloutStatus(ctx context.Context, db vault.DB, rollout *flags.Rollout, win
 	if err != nil {
 		return nil, err
 	}
+	reads, err := vault.BackendReadsIn(ctx, db, vault.BackendReadWindow)
+	if err != nil {
+		return nil, err
+	}
+	settings, err := vault.LoadSettings(ctx, db)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]RolloutStatus, 0, len(states))
 	for _, p := range states {
-		s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted(), Decisions: decisions[p.Name]}
+		s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted(), Decisions: decisions[p.Name],
+			BackEnd: BackEndReads{ReadCounts: reads[p.Name], Window: vault.BackendReadWindow.String(), TransitionMode: settings.TransitionMode}}
 		if s.Decisions == nil {
 			s.Decisions = []guard.ReasonCount{}
 		}

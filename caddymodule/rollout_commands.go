@@ -176,10 +176,25 @@ func printRolloutStatus(w io.Writer, status []RolloutStatus, window time.Duratio
 		fmt.Fprintf(w, "%s\n  flags:  %s\n  guard:  %s\n  last %s: new flow %s, legacy flow %s\n",
 			s.Platform, flagsText, guardText(s, cfg), window, rateText(s.Guard.New), rateText(s.Guard.Legacy))
 		fmt.Fprintf(w, "  decisions: %s\n", decisionsText(s.Decisions))
+		fmt.Fprintf(w, "  back end: %s\n", backEndText(s.BackEnd))
 		if warning := identityWarning(s.Decisions); warning != "" {
 			fmt.Fprintf(w, "  ⚠ %s\n", warning)
 		}
 	}
+}
+
+// backEndText says whether the app's back end gets this platform's
+// tokens through credgate: "12 token API and 0 egress reads in the last
+// 1h0m0s", with what it means when there are none.
+func backEndText(b BackEndReads) string {
+	text := fmt.Sprintf("%d token API and %d egress reads in the last %s", b.TokenAPI, b.Egress, b.Window)
+	switch {
+	case b.TransitionMode:
+		text += "; transition mode on: credgate also writes tokens to the app's columns"
+	case b.Total() == 0:
+		text += "; transition mode off: users moved now would get tokens the back end does not see (RUNBOOK, Phase 3½)"
+	}
+	return text
 }
 
 // percentText is "25.0 % new", or "24.4 % new (sampled on 1,000 user

@@ -90,7 +90,7 @@ func oneErrorLine(t *testing.T, what, out string, err error, want string) {
 
 // statusLines are the only lines `rollout status` prints.
 var statusLines = regexp.MustCompile(`^(facebook|instagram|linkedin|twitter|` +
-	`  flags:  .+|  guard:  .+|  last 10m0s: new flow .+, legacy flow .+|  decisions: .+|  ⚠ .+)$`)
+	`  flags:  .+|  guard:  .+|  last 10m0s: new flow .+, legacy flow .+|  decisions: .+|  back end: .+|  ⚠ .+)$`)
 
 // `rollout status` prints the percentage in force (exactly: 25.0 % from
 // a rule at 25), the kill switch, the guard's halt and both arms'
@@ -230,6 +230,7 @@ func TestRolloutStatusShowsTheGuardAsConfigured(t *testing.T) {
 	}
 	if want := "linkedin\n  flags:  40.0 % new, kill switch on\n  guard:  off (not configured)\n  last 10m0s: new flow no flows, legacy flow no flows\n" +
 		"  decisions: none at the app's connect route\n" +
+		"  back end: 0 token API and 0 egress reads in the last 1h0m0s; transition mode off: users moved now would get tokens the back end does not see (RUNBOOK, Phase 3½)\n" +
 		"twitter\n  flags:  40.0 % new, kill switch on\n  guard:  off (not configured)\n"; !strings.HasPrefix(out, want) {
 		t.Fatalf("status with the guard off:\n%s\nwant it to start:\n%s", out, want)
 	}
