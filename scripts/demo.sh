@@ -132,14 +132,16 @@ cat <<BANNER
                      carol 33333333-3333-4333-8333-333333333333
   Admin token        curl -H 'Authorization: Bearer development-admin-token' http://localhost:8080/api/credentials/service-health
 
-  The rollout is $demo/flags.json (created at LinkedIn 0 %, the others 50 %; kept across runs:
-  \`rollout status\` below says what is in force). Change it, e.g. every platform to 100 %:
-    $CADDY_BIN credgate rollout set 100 --flags "flagd $demo/flags.json"
-
   Operator commands against this demo:
     export DATABASE_URL='$DATABASE_URL' ENCRYPTION_MASTER_KEY=\$(cat $demo/key)
     $CADDY_BIN credgate rollout status --flags "flagd $demo/flags.json"
     $CADDY_BIN credgate report
+
+  The rollout is $demo/flags.json (created at LinkedIn 0 %, the others 50 %; kept across runs:
+  \`rollout status\` says what is in force). Change it, e.g. every platform to 100 %
+  (--force: the demo's stand-in app has no back end that reads tokens through credgate,
+  which rollout set otherwise waits for; see docs/RUNBOOK.md, Phase 3½):
+    $CADDY_BIN credgate rollout set 100 --force --flags "flagd $demo/flags.json"
 
 BANNER
 
