@@ -201,6 +201,7 @@ func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
 		h.writeStoreError(w, r, "reading the rollout", err)
 		return
 	}
+	h.app.exactPercentages(ctx, status)
 	writeJSON(w, http.StatusOK, map[string]any{"guard": h.app.guardHealth(), "window": window.String(), "platforms": status})
 }
 
@@ -272,4 +273,32 @@ func parseGuard(d *caddyfile.Dispenser) (*GuardConfig, error) {
 		}
 	}
 	return g, nil
+}
+
+// exactPercentages replaces the sampled percentages in status with the
+// flag file's rule read exactly, as `rollout status` does, when the
+// source is a flag file credgate has loaded (it is ready) whose rule can
+// be read statically; otherwise the sample stays, marked as one.
+func (a *App) exactPercentages(ctx context.Context, status []RolloutStatus) {
+	file, ok := a.flagSource.(*FlagdFileFlags)
+	if !ok || !a.rollout.Ready() {
+		return
+	}
+	_, data, err := readFlagFile(file.Path)
+	if err != nil {
+		return
+	}
+	names := make([]string, len(status))
+	for i, s := range status {
+		names[i] = s.Platform
+	}
+	exact, err := flags.FileInForce(ctx, data, names)
+	if err != nil {
+		return
+	}
+	for i := range status {
+		if status[i].Flags != nil && exact[i].Problem == "" {
+			status[i].Flags = &exact[i]
+		}
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -202,4 +204,28 @@ func (h *harness) doBody(method, path, body string, headers map[string]string) (
 	out, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	return resp, out
+}
+
+// The admin rollout route reads a flag file's percentage from its rule,
+// as `rollout status` does: 25 % is 25.0, not a sample's 24.4.
+func TestRolloutRouteReadsThePercentageFromTheRule(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "flags.json")
+	if err := os.WriteFile(path, []byte(rolloutFile(true, 25)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, harnessOptions{flagsFile: path})
+	resp, body := h.do("GET", "/api/credentials/rollout", "", map[string]string{"Authorization": "Bearer " + adminToken})
+	var rollout struct {
+		Platforms []RolloutStatus `json:"platforms"`
+	}
+	json.Unmarshal(body, &rollout)
+	if resp.StatusCode != http.StatusOK || len(rollout.Platforms) == 0 {
+		t.Fatalf("rollout route: %d %s", resp.StatusCode, body)
+	}
+	for _, p := range rollout.Platforms {
+		if p.Flags == nil || p.Flags.NewPercent != 25 || p.Flags.Measured == flags.MeasuredSampled {
+			t.Errorf("%s: %+v, want exactly 25 %% from the rule", p.Platform, p.Flags)
+		}
+	}
 }
