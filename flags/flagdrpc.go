@@ -89,8 +89,8 @@ const (
 func newRPCProvider(host string, port uint16, certPath string, onEvent func(SourceEvent)) (*rpcProvider, error) {
 	addr := net.JoinHostPort(host, fmt.Sprint(port))
 	transport := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: rpcDialTimeout, KeepAlive: 15 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   rpcDialTimeout,
+		DialContext:         (&net.Dialer{Timeout: rpcDialTimeout, KeepAlive: 15 * time.Second}).DialContext,
+		TLSHandshakeTimeout: rpcDialTimeout,
 		// A backstop only: the event stream's own timer (answerTimeout)
 		// is what names a silent daemon, and must fire first, or the
 		// state says "timeout awaiting response headers" instead.

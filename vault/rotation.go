@@ -224,4 +224,3 @@ func (s *Accounts) KeyUsage(ctx context.Context, db DB) (map[uint32]int64, error
 	}
 	return out, rows.Err()
 }
-
