@@ -23,6 +23,7 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
+	"github.com/credgate/credgate/internal/dberr"
 	"github.com/credgate/credgate/internal/pgurl"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
@@ -150,6 +151,8 @@ type App struct {
 	logger   *zap.Logger
 	accounts *vault.Accounts
 	settings *vault.SettingsCache
+	// pooler is what database_url connects through (pgurl.Pooler).
+	pooler pgurl.PoolerMode
 	// backendReads counts the back end's token reads (token API,
 	// egress) for every replica's view of whether it reads through
 	// credgate yet.
@@ -291,8 +294,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		poolCfg.MaxConns = max(poolCfg.MaxConns, int32(a.RefreshWorkers+8))
 	}
 	// Sessions that cannot hold locks forever when the path to the
-	// database breaks (docs/background.md, "Faults").
-	pgurl.LimitSessions(poolCfg)
+	// database breaks (docs/background.md, "Faults"); behind a
+	// transaction pooler, the pooler's timeouts instead.
+	pooler, _ := pgurl.Pooler(databaseURL) // Parse accepted it
+	pgurl.LimitSessions(poolCfg, pooler)
+	a.pooler = pooler
 	if poolTracer != nil {
 		poolCfg.ConnConfig.Tracer = poolTracer
 	}
@@ -365,8 +371,13 @@ func (a *App) Start() error {
 		a.rollout.Close(closeCtx)
 		return fmt.Errorf("credgate: %w", err)
 	}
-	if err != nil {
+	if hint := dberr.PoolerHint(err); hint != "" {
+		// Not an outage: every statement would fail the same way.
+		a.logger.Error("the database refuses credgate's connections as configured; credgate routes answer 503 until the URL is fixed: "+hint, zap.Error(err))
+	} else if err != nil {
 		a.logger.Warn("database unavailable; credgate routes answer 503 until it is back", zap.Error(err))
+	}
+	if err != nil {
 		a.run.wg.Go(func() { a.reconnect(ctx) })
 	}
 	a.startBackground()

@@ -157,6 +157,12 @@ func (e ErrWouldDestroyCredentials) Error() string {
 	return fmt.Sprintf("%d accounts hold tokens only credentials_encrypted has (no plaintext, or a stale one from before the user reconnected through credgate); rolling back now would leave those users with no working token or a stale one. Run `caddy credgate writeback --all` first: it writes their current tokens into the app's columns, then run this again (--force rolls back anyway, and those users reconnect)", e.Accounts)
 }
 
+// ErrTransactionPooler refuses a migration through a transaction-mode
+// pooler, before it connects.
+var ErrTransactionPooler = errors.New("migrate needs a direct or session-mode connection, and this database URL goes through a transaction-mode pooler " +
+	"(pooler=transaction, pgbouncer=true or port 6543): the lock that keeps two runs apart and each file's lock_timeout live in a session, which such a pooler does not keep. " +
+	"Use the direct connection or the session pooler for migrate (Supabase: port 5432 of the pooler host, or db.<project>.supabase.co); the running credgate may use the transaction pooler")
+
 // DownOptions tune Down.
 type DownOptions struct {
 	// Force rolls back even when that destroys encrypted-only credentials.
@@ -426,6 +432,14 @@ func Inspect(ctx context.Context, databaseURL string) (Schema, error) {
 // that fails is recorded and returned as ErrMigrationFailed; direction and
 // command say which files step runs and how an operator runs it again.
 func run(ctx context.Context, databaseURL string, fsys fs.FS, direction, command string, step func(*migrate.Migrate, *sql.DB) error) (Report, error) {
+	// The run's lock is a session advisory lock and each file sets
+	// lock_timeout for its session: neither survives a transaction-mode
+	// pooler, which hands every transaction another server connection.
+	if mode, err := pgurl.Pooler(databaseURL); err != nil {
+		return Report{}, err
+	} else if mode == pgurl.TransactionPooler {
+		return Report{}, ErrTransactionPooler
+	}
 	db, err := open(ctx, databaseURL)
 	if err != nil {
 		return Report{}, err

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -75,13 +76,25 @@ const auditColumns = `(user_id, platform, action, status, flow, duration_ms, err
 // $first on: how a data-modifying statement writes its audit row in the
 // same statement, so both are written or neither.
 func auditInsertFrom(source string, first int) string {
+	return `INSERT INTO credential_audit_log ` + auditColumns + ` SELECT ` + auditValues(first) + ` FROM ` + source
+}
+
+// auditValues are an event's parameters from $first on, each cast to
+// its column's type: the statement then means the same in every pgx
+// query mode, the ones a transaction pooler needs included (there the
+// server may not describe the statement first, and a parameter's type
+// would be guessed from its Go type).
+func auditValues(first int) string {
 	types := []string{"uuid", "text", "text", "text", "text", "integer", "text", "text", "jsonb"}
 	values := make([]string, len(types))
 	for i, t := range types {
 		values[i] = fmt.Sprintf("$%d::%s", first+i, t)
 	}
-	return `INSERT INTO credential_audit_log ` + auditColumns + ` SELECT ` + strings.Join(values, ", ") + ` FROM ` + source
+	return strings.Join(values, ", ")
 }
+
+// auditInsert appends one event from parameters $1 to $9.
+var auditInsert = `INSERT INTO credential_audit_log ` + auditColumns + ` VALUES (` + auditValues(1) + `)`
 
 // args are the event's values for auditColumns.
 func (e Event) args() []any {
@@ -97,8 +110,15 @@ func (e Event) args() []any {
 		ms := e.Duration.Milliseconds()
 		duration = &ms
 	}
-	return []any{nullString(e.UserID), nullString(e.Platform), e.Action, e.Status, nullString(e.Flow), duration,
-		nullString(e.ErrorCode), nullString(e.TraceID), details}
+	// The details go as JSON text, cast by the statement: a Go map has
+	// no PostgreSQL type of its own in the query modes that do not ask
+	// the server (a transaction pooler's).
+	encoded, err := json.Marshal(details)
+	if err != nil {
+		encoded = []byte(`{"details_unencodable": true}`)
+	}
+	return []any{nullString(e.UserID), nullString(e.Platform), string(e.Action), string(e.Status), nullString(e.Flow), duration,
+		nullString(e.ErrorCode), nullString(e.TraceID), string(encoded)}
 }
 
 // Append writes one event. Run it on the same transaction as the change it
@@ -107,8 +127,7 @@ func (Audit) Append(ctx context.Context, db DB, e Event) error {
 	if e.TraceID == "" {
 		e.TraceID = TraceID(ctx)
 	}
-	_, err := db.Exec(ctx, `INSERT INTO credential_audit_log `+auditColumns+` VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		e.args()...)
+	_, err := db.Exec(ctx, auditInsert, e.args()...)
 	if err != nil {
 		return fmt.Errorf("writing audit event %s: %w", e.Action, err)
 	}
@@ -121,7 +140,7 @@ func (Audit) Queue(ctx context.Context, b *pgx.Batch, e Event) {
 	if e.TraceID == "" {
 		e.TraceID = TraceID(ctx)
 	}
-	b.Queue(`INSERT INTO credential_audit_log `+auditColumns+` VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, e.args()...)
+	b.Queue(auditInsert, e.args()...)
 }
 
 // TraceID is the id of the trace ctx belongs to ("" outside one), so an

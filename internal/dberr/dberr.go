@@ -27,6 +27,9 @@ func Explain(doing string, err error) error {
 		err = dbErr.OrigErr
 	}
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		if hint := PoolerHint(err); hint != "" {
+			return fmt.Errorf("%s: %s (SQLSTATE %s): %s", doing, OneLine(pgErr.Message), pgErr.Code, hint)
+		}
 		return fmt.Errorf("%s: %s (SQLSTATE %s)", doing, OneLine(pgErr.Message), pgErr.Code)
 	}
 	if netErr, ok := errors.AsType[*net.OpError](err); ok {
@@ -37,3 +40,26 @@ func Explain(doing string, err error) error {
 
 // OneLine folds all white space, newlines included, to single spaces.
 func OneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// PoolerHint names the likely cause of an error a transaction-mode
+// pooler causes when credgate does not know it is there, or "": a named
+// prepared statement that exists on another server connection or not on
+// this one (42P05, 26000), or a startup parameter the pooler refuses.
+// These are configuration errors, not outages.
+func PoolerHint(err error) string {
+	pgErr, ok := errors.AsType[*pgconn.PgError](err)
+	if !ok {
+		return ""
+	}
+	switch {
+	case pgErr.Code == "42P05" && strings.Contains(pgErr.Message, "stmtcache_"),
+		pgErr.Code == "26000" && strings.Contains(pgErr.Message, "stmtcache_"),
+		strings.Contains(pgErr.Message, "unsupported startup parameter"):
+		return "the database URL goes through a transaction-mode pooler (PgBouncer pool_mode=transaction, Supabase's pooler on 6543): add pooler=transaction to it (README, \"Behind a pooler\")"
+	}
+	return ""
+}
+
+// Misconfigured reports whether err is a configuration error that no
+// retry fixes (PoolerHint's cases): an operator must change the URL.
+func Misconfigured(err error) bool { return PoolerHint(err) != "" }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,6 +106,29 @@ func TestRetryable(t *testing.T) {
 	} {
 		if got := dberr.Retryable(c.err); got != c.want {
 			t.Errorf("%s (%v): retryable %v, want %v", name, c.err, got, c.want)
+		}
+	}
+}
+
+// The errors a transaction pooler causes when credgate does not know it
+// is there are configuration errors, named as such, not outages.
+func TestPoolerErrorsAreNamed(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&pgconn.PgError{Code: "42P05", Message: `prepared statement "stmtcache_0123" already exists`}, true},
+		{&pgconn.PgError{Code: "26000", Message: `prepared statement "stmtcache_0123" does not exist`}, true},
+		{&pgconn.PgError{Code: "08P01", Message: "unsupported startup parameter: statement_timeout"}, true},
+		{&pgconn.PgError{Code: "42P05", Message: `prepared statement "mine" already exists`}, false},
+		{&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}, false},
+		{errors.New("dial tcp: connection refused"), false},
+	} {
+		if got := dberr.Misconfigured(tc.err); got != tc.want {
+			t.Errorf("dberr.Misconfigured(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+		if tc.want && (dberr.Unavailable(tc.err) || !strings.Contains(dberr.Explain("reading", tc.err).Error(), "pooler=transaction")) {
+			t.Errorf("%v: unavailable %v, explained %q", tc.err, dberr.Unavailable(tc.err), dberr.Explain("reading", tc.err))
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -21,7 +22,14 @@ const DefaultConnectTimeout = 10 * time.Second
 // ErrMissing is returned for an empty URL.
 var ErrMissing = errors.New("no database URL: set DATABASE_URL or pass --database-url")
 
-// Parse parses databaseURL into a pool configuration.
+// Parse parses databaseURL into a pool configuration. Behind a
+// transaction-mode pooler (see Pooler) it uses pgx's cache_describe
+// query mode: each statement goes out as one unnamed Parse/Bind/Execute
+// in a single round trip, with its parameter types known, so nothing
+// depends on the server connection staying the same between statements.
+// pgx's default (named prepared statements cached per connection) fails
+// there with 42P05/26000, as the pooler hands each transaction another
+// server connection.
 func Parse(databaseURL string) (*pgxpool.Config, error) {
 	if strings.TrimSpace(databaseURL) == "" {
 		return nil, ErrMissing
@@ -30,10 +38,87 @@ func Parse(databaseURL string) (*pgxpool.Config, error) {
 	if err != nil {
 		return nil, errors.New("the database URL is not valid: expected postgres://user[:password]@host[:port]/dbname[?options]")
 	}
+	mode, err := poolerOf(cfg.ConnConfig.Config.Port, cfg.ConnConfig.RuntimeParams)
+	if err != nil {
+		return nil, err
+	}
+	if mode == TransactionPooler {
+		switch cfg.ConnConfig.DefaultQueryExecMode {
+		case pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheDescribe:
+			// Both work through a transaction pooler: the URL chose.
+		default:
+			cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+		}
+	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	return cfg, nil
+}
+
+// PoolerMode is what stands between credgate and PostgreSQL.
+type PoolerMode string
+
+// The modes. A session-mode pooler behaves as a direct connection.
+const (
+	// Direct: PostgreSQL itself, or a session-mode pooler.
+	Direct PoolerMode = "direct"
+	// TransactionPooler: a pooler that hands each transaction a server
+	// connection of its own (PgBouncer's pool_mode = transaction,
+	// Supabase's pooler on port 6543): no session state survives a
+	// transaction, no named prepared statement either, and startup
+	// parameters other than a few are refused.
+	TransactionPooler PoolerMode = "transaction"
+)
+
+// SupabaseTransactionPort is the port of Supabase's transaction-mode
+// pooler (Supavisor); its session mode is on 5432.
+const SupabaseTransactionPort = 6543
+
+// Pooler reports what databaseURL connects through: TransactionPooler
+// when the URL says so (pooler=transaction, or pgbouncer=true as Prisma
+// and others write it) or uses Supabase's transaction pooler port 6543;
+// Direct otherwise (pooler=session or pooler=direct say so explicitly).
+// credgate cannot tell a PgBouncer in transaction mode on another port
+// by itself: such a URL must say pooler=transaction.
+func Pooler(databaseURL string) (PoolerMode, error) {
+	if strings.TrimSpace(databaseURL) == "" {
+		return Direct, ErrMissing
+	}
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return Direct, errors.New("the database URL is not valid: expected postgres://user[:password]@host[:port]/dbname[?options]")
+	}
+	return poolerOf(cfg.ConnConfig.Config.Port, cfg.ConnConfig.RuntimeParams)
+}
+
+// poolerOf reads the mode from the URL's parameters (which pgx puts
+// among the startup parameters) and removes credgate's own from them:
+// PostgreSQL and the poolers refuse a startup parameter they do not
+// know.
+func poolerOf(port uint16, params map[string]string) (PoolerMode, error) {
+	mode := Direct
+	if port == SupabaseTransactionPort {
+		mode = TransactionPooler
+	}
+	if v, ok := params["pgbouncer"]; ok {
+		delete(params, "pgbouncer")
+		if v == "true" {
+			mode = TransactionPooler
+		}
+	}
+	if v, ok := params["pooler"]; ok {
+		delete(params, "pooler")
+		switch PoolerMode(v) {
+		case TransactionPooler:
+			mode = TransactionPooler
+		case Direct, "session":
+			mode = Direct
+		default:
+			return Direct, errors.New(`the database URL's pooler parameter must be "transaction" (PgBouncer in transaction mode, Supabase's pooler on 6543), "session" or "direct"`)
+		}
+	}
+	return mode, nil
 }
 
 // sessionLimits are the settings credgate's long-running sessions start
@@ -64,8 +149,19 @@ var sessionLimits = map[string]string{
 // LimitSessions gives cfg's sessions the limits above, except those the
 // URL sets, and keepalives on the client's side of each connection (a
 // dead server is noticed within about half a minute).
-func LimitSessions(cfg *pgxpool.Config) {
+//
+// Behind a transaction-mode pooler the limits are not sent: a pooler
+// refuses startup parameters it does not know (PgBouncer: "unsupported
+// startup parameter"), and a session setting would not follow the
+// transactions anyway. The pooler's own timeouts (PgBouncer's
+// query_timeout, idle_transaction_timeout, server_lifetime) and
+// PostgreSQL's defaults for its role take their place (README, "Behind
+// a pooler").
+func LimitSessions(cfg *pgxpool.Config, mode PoolerMode) {
 	for k, v := range sessionLimits {
+		if mode == TransactionPooler {
+			break
+		}
 		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
 			cfg.ConnConfig.RuntimeParams[k] = v
 		}

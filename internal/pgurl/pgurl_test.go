@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/internal/pgtest"
@@ -19,7 +20,7 @@ func TestSessionLimitsReachTheServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pgurl.LimitSessions(cfg)
+	pgurl.LimitSessions(cfg, pgurl.Direct)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -39,5 +40,52 @@ func TestSessionLimitsReachTheServer(t *testing.T) {
 		if got != want {
 			t.Errorf("%s = %q, want %q", setting, got, want)
 		}
+	}
+}
+
+// What a URL says about a pooler, and what Parse does about it: the
+// transaction pooler's query mode, credgate's own parameters removed
+// (a server refuses a startup parameter it does not know), and no
+// session limits sent to a transaction pooler.
+func TestPoolerModes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		url  string
+		want pgurl.PoolerMode
+		mode pgx.QueryExecMode
+	}{
+		{"postgres://u@db.example.supabase.co:5432/postgres", pgurl.Direct, pgx.QueryExecModeCacheStatement},
+		{"postgres://u@aws-0-eu.pooler.supabase.com:6543/postgres", pgurl.TransactionPooler, pgx.QueryExecModeCacheDescribe},
+		{"postgres://u@aws-0-eu.pooler.supabase.com:6543/postgres?pooler=session", pgurl.Direct, pgx.QueryExecModeCacheStatement},
+		{"postgres://u@bouncer:6432/app?pooler=transaction", pgurl.TransactionPooler, pgx.QueryExecModeCacheDescribe},
+		{"postgres://u@bouncer:6432/app?pgbouncer=true", pgurl.TransactionPooler, pgx.QueryExecModeCacheDescribe},
+		{"postgres://u@bouncer:6432/app?pooler=transaction&default_query_exec_mode=simple_protocol", pgurl.TransactionPooler, pgx.QueryExecModeSimpleProtocol},
+		{"postgres://u@bouncer:6432/app?pooler=transaction&default_query_exec_mode=exec", pgurl.TransactionPooler, pgx.QueryExecModeCacheDescribe},
+		{"host=bouncer port=6432 dbname=app pooler=transaction", pgurl.TransactionPooler, pgx.QueryExecModeCacheDescribe},
+	} {
+		mode, err := pgurl.Pooler(tc.url)
+		if err != nil || mode != tc.want {
+			t.Errorf("Pooler(%s) = %s %v, want %s", tc.url, mode, err, tc.want)
+		}
+		cfg, err := pgurl.Parse(tc.url)
+		if err != nil {
+			t.Fatalf("Parse(%s): %v", tc.url, err)
+		}
+		if cfg.ConnConfig.DefaultQueryExecMode != tc.mode {
+			t.Errorf("Parse(%s): query mode %v, want %v", tc.url, cfg.ConnConfig.DefaultQueryExecMode, tc.mode)
+		}
+		for _, own := range []string{"pooler", "pgbouncer"} {
+			if _, sent := cfg.ConnConfig.RuntimeParams[own]; sent {
+				t.Errorf("Parse(%s) would send %s to the server", tc.url, own)
+			}
+		}
+		pgurl.LimitSessions(cfg, mode)
+		_, limited := cfg.ConnConfig.RuntimeParams["statement_timeout"]
+		if limited != (mode == pgurl.Direct) {
+			t.Errorf("%s: session limits sent = %v", tc.url, limited)
+		}
+	}
+	if _, err := pgurl.Pooler("postgres://u@h/db?pooler=statement"); err == nil {
+		t.Error("pooler=statement was accepted")
 	}
 }
