@@ -105,6 +105,9 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 				return err
 			}
 			if !printStatus(cmd.OutOrStdout(), s) {
+				if len(s.AppTable.Errors()) > 0 && !s.Dirty {
+					return errors.New("the schema is incomplete: social_accounts lacks what credgate's statements need (see above)")
+				}
 				return errors.New("the schema is incomplete: run `caddy credgate migrate up`")
 			}
 			return nil
@@ -427,6 +430,11 @@ func fail(cmd *cobra.Command, err error) error {
 }
 
 func printUp(w io.Writer, rep migrations.Report) {
+	// Warnings the preflight went ahead with: credgate works, not for
+	// every row.
+	for _, p := range rep.Before.AppTable.Warnings() {
+		fmt.Fprintf(w, "! social_accounts: %s\n    fix: %s\n", p.What, p.Fix)
+	}
 	if !rep.Changed() {
 		fmt.Fprintf(w, "✓ Already up to date (version %d)\n", rep.After.Version)
 		return
@@ -512,12 +520,32 @@ func printStatus(w io.Writer, s migrations.Schema) bool {
 		fmt.Fprintf(w, "  %s %s\n", mark(p.Present), p.Name)
 		complete = complete && p.Present
 	}
+	// The preflight: what credgate's statements need of the app's table,
+	// which up cannot add.
+	errs := s.AppTable.Errors()
+	fmt.Fprintln(w, "The app's social_accounts (what credgate's statements need):")
 	switch {
-	case complete && !s.Dirty:
+	case !s.SocialAccounts:
+		fmt.Fprintln(w, "  ✓ none yet: up creates it")
+	case len(errs) == 0:
+		fmt.Fprintln(w, "  ✓ columns, types, uuid key and unique (user_id, platform) in place")
+	}
+	for _, p := range errs {
+		fmt.Fprintf(w, "  ✗ %s\n      fix: %s\n", p.What, p.Fix)
+	}
+	for _, p := range s.AppTable.Warnings() {
+		fmt.Fprintf(w, "  ! %s\n      fix: %s\n", p.What, p.Fix)
+	}
+	switch {
+	case complete && !s.Dirty && len(errs) == 0:
 		fmt.Fprintln(w, "Schema complete.")
 		return true
 	case s.Dirty:
 		fmt.Fprintln(w, "Schema incomplete: see Next above.")
+	case len(errs) == 1:
+		fmt.Fprintln(w, "Schema incomplete: social_accounts lacks what credgate's statements need (1 problem above); fix the table, then run `caddy credgate migrate up`.")
+	case len(errs) > 1:
+		fmt.Fprintf(w, "Schema incomplete: social_accounts lacks what credgate's statements need (%d problems above); fix the table, then run `caddy credgate migrate up`.\n", len(errs))
 	default:
 		fmt.Fprintln(w, "Schema incomplete: run `caddy credgate migrate up`.")
 	}

@@ -17,7 +17,12 @@ import (
 // good success rates, and a refresh job waiting.
 func healthyDatabase(t *testing.T) string {
 	t.Helper()
-	url := pgtest.Database(t)
+	return healthyDatabaseOn(t, pgtest.Database(t))
+}
+
+// healthyDatabaseOn makes the migrated database at url healthy.
+func healthyDatabaseOn(t *testing.T, url string) string {
+	t.Helper()
 	ctx := context.Background()
 	pool := pgtest.Pool(t, url)
 	keys, err := vault.NewKeyring(vault.KeyConfig{MasterKey: testKey(1)})
@@ -51,7 +56,7 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 	t.Setenv(vault.EnvMasterKey, testKey(1))
 	t.Setenv(vault.EnvPreviousKeys, "")
 	out, err := runCLI(t, "verify", "--database-url", healthyDatabase(t))
-	if err != nil || !strings.Contains(out, "All 12 checks passed.") || strings.Contains(out, "✗") {
+	if err != nil || !strings.Contains(out, "All 13 checks passed.") || strings.Contains(out, "✗") {
 		t.Fatalf("verify on a healthy database: %v\n%s", err, out)
 	}
 
@@ -79,6 +84,8 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 			"✗ app: transition mode off: transition mode is on"},
 		{"a platform the back end does not read through credgate", `DELETE FROM backend_reads WHERE platform = 'linkedin'`,
 			"✗ app: the back end reads tokens through credgate: no token API or egress read in the last 24h0m0s on linkedin (1 accounts)"},
+		{"the app's table lost a column credgate writes", `ALTER TABLE social_accounts DROP COLUMN username`,
+			"✗ app table: what credgate's statements need: (1) social_accounts has no column username: credgate writes the account's name at the platform there; fix: ALTER TABLE social_accounts ADD COLUMN username text\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

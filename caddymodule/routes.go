@@ -6,16 +6,21 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/dberr"
+	"github.com/credgate/credgate/migrations"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
@@ -670,6 +675,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		"guard":         h.app.guardHealth(),
 		"identity":      h.identityHealth(),
 		"migration":     h.migrationHealth(ctx, dbErr == nil),
+		"schema":        h.appTableHealth(ctx, dbErr == nil, &healthy),
 	}
 	status := http.StatusOK
 	if !healthy {
@@ -677,6 +683,77 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	body["ok"] = healthy
 	writeJSON(w, status, body)
+}
+
+// appTableEvery is how often service-health reads the preflight of the
+// app's social_accounts again; in between it answers from the last read.
+const appTableEvery = 30 * time.Second
+
+// appTableChecks holds the last preflight per database pool (weakly:
+// an entry goes with its pool, after a reload).
+var appTableChecks sync.Map // weak.Pointer[pgxpool.Pool] → *appTableCheck
+
+type appTableCheck struct {
+	mu       sync.Mutex
+	tried    time.Time // the last read, answered or not
+	at       time.Time // the last answered read; zero before one
+	problems migrations.Problems
+	err      error // the last read's error, if it failed
+}
+
+// appTableHealth is the preflight of the app's social_accounts: what
+// credgate's statements need of it (migrations.PreflightCatalog, the
+// catalog only, no row read). A problem makes credgate unhealthy: every
+// connect would fail on it. It is read in the request, within its
+// budget, at most every appTableEvery per pool; a read that fails keeps
+// the last answer, and makes nothing unhealthy by itself (the database
+// check reports an outage).
+func (h *Handler) appTableHealth(ctx context.Context, dbUp bool, healthy *bool) map[string]any {
+	pool := h.app.pool
+	if pool == nil {
+		return map[string]any{"ok": false, "error": "not read: no database pool"}
+	}
+	key := weak.Make(pool)
+	v, loaded := appTableChecks.LoadOrStore(key, &appTableCheck{})
+	if !loaded {
+		runtime.AddCleanup(pool, func(k weak.Pointer[pgxpool.Pool]) { appTableChecks.Delete(k) }, key)
+	}
+	c := v.(*appTableCheck)
+	c.mu.Lock()
+	if dbUp && time.Since(c.tried) >= appTableEvery {
+		c.tried = time.Now()
+		problems, err := migrations.PreflightCatalog(ctx, pool)
+		if c.err = err; err == nil {
+			c.problems, c.at = problems, c.tried
+		}
+	}
+	problems, at, err := c.problems, c.at, c.err
+	c.mu.Unlock()
+
+	out := map[string]any{"every": appTableEvery.String()}
+	if at.IsZero() {
+		out["ok"] = false
+		out["error"] = "not read yet"
+		if err != nil {
+			out["error"] = "not read yet: " + dberr.OneLine(err.Error())
+		}
+		return out
+	}
+	out["checked_at"] = at.UTC()
+	if err != nil {
+		out["read_error"] = "the last read failed, this is the one before: " + dberr.OneLine(err.Error())
+	}
+	errs := problems.Errors()
+	out["ok"] = len(errs) == 0
+	if len(errs) > 0 {
+		*healthy = false
+		out["error"] = "social_accounts lacks what credgate's statements need: every connect fails until it is fixed (caddy credgate migrate status lists the same)"
+		out["problems"] = errs
+	}
+	if warns := problems.Warnings(); len(warns) > 0 {
+		out["warnings"] = warns
+	}
+	return out
 }
 
 // identityHealth is the connect route's last minute of identity

@@ -107,6 +107,11 @@ type Schema struct {
 	// RLS is, for each table credgate creates, whether row level security
 	// is enabled on it.
 	RLS []Presence
+	// AppTable is what Preflight finds wrong with the app's
+	// social_accounts (see Problems.Errors: the schema is not usable
+	// while there are any). Inspect fills it; in a Report, Before holds
+	// the warnings an up went ahead with.
+	AppTable Problems
 }
 
 // Report describes what Up or Down changed.
@@ -364,7 +369,7 @@ func Up(ctx context.Context, databaseURL string) (Report, error) {
 }
 
 func up(ctx context.Context, databaseURL string, fsys fs.FS) (Report, error) {
-	return run(ctx, databaseURL, fsys, "up", "caddy credgate migrate up", func(m *migrate.Migrate, _ *sql.DB) error {
+	return run(ctx, databaseURL, fsys, "up", "caddy credgate migrate up", preflightDB, func(m *migrate.Migrate, _ *sql.DB) error {
 		err := m.Up()
 		if dirty, ok := errors.AsType[migrate.ErrDirty](err); ok {
 			// The dirty file applied whole or not at all (see the package
@@ -394,7 +399,7 @@ func down(ctx context.Context, databaseURL string, opts DownOptions, fsys fs.FS)
 	if opts.Force {
 		command += " --force"
 	}
-	return run(ctx, databaseURL, fsys, "down", command, func(m *migrate.Migrate, db *sql.DB) error {
+	return run(ctx, databaseURL, fsys, "down", command, nil, func(m *migrate.Migrate, db *sql.DB) error {
 		if !opts.Force {
 			n, err := encryptedOnlyAccounts(ctx, db)
 			if err != nil {
@@ -417,21 +422,32 @@ func down(ctx context.Context, databaseURL string, opts DownOptions, fsys fs.FS)
 	})
 }
 
-// Inspect reports the applied version and which expected objects exist
-// (seed Phase 1, Step 1.3).
+// Inspect reports the applied version, which expected objects exist
+// (seed Phase 1, Step 1.3) and what the app's social_accounts lacks
+// (Preflight).
 func Inspect(ctx context.Context, databaseURL string) (Schema, error) {
 	db, err := open(ctx, databaseURL)
 	if err != nil {
 		return Schema{}, err
 	}
 	defer db.Close()
-	return inspect(ctx, db)
+	s, err := inspect(ctx, db)
+	if err != nil {
+		return s, err
+	}
+	s.AppTable, err = preflightDB(ctx, db)
+	return s, err
 }
 
 // run applies step under credgate's lock between two inspections. A file
 // that fails is recorded and returned as ErrMigrationFailed; direction and
 // command say which files step runs and how an operator runs it again.
-func run(ctx context.Context, databaseURL string, fsys fs.FS, direction, command string, step func(*migrate.Migrate, *sql.DB) error) (Report, error) {
+// check, when set, runs under the lock before anything changes, the
+// version table included (golang-migrate creates it as it prepares):
+// Up's Preflight, whose errors refuse the run as ErrAppTable and whose
+// warnings land in the report's Before.AppTable.
+func run(ctx context.Context, databaseURL string, fsys fs.FS, direction, command string,
+	check func(context.Context, *sql.DB) (Problems, error), step func(*migrate.Migrate, *sql.DB) error) (Report, error) {
 	// The run's lock is a session advisory lock and each file sets
 	// lock_timeout for its session: neither survives a transaction-mode
 	// pooler, which hands every transaction another server connection.
@@ -450,34 +466,57 @@ func run(ctx context.Context, databaseURL string, fsys fs.FS, direction, command
 	if err != nil {
 		return Report{}, fmt.Errorf("reading embedded migrations: %w", err)
 	}
-	driver, err := migratepgx.WithInstance(db, &migratepgx.Config{MigrationsTable: VersionTable})
-	if err != nil {
-		return Report{}, dberr.Explain("preparing the version table", err)
-	}
-	m, err := migrate.NewWithInstance("iofs", src, "pgx5", driver)
-	if err != nil {
-		return Report{}, dberr.Explain("preparing migrations", err)
-	}
-	// Closing m closes db too, so it must run after the lock is released.
-	defer m.Close()
 
 	// golang-migrate locks only around its own steps. Holding a lock of our
 	// own across inspect, migrate and inspect makes the report true: a
 	// runner that waited for another sees the finished schema as "before".
+	// It is taken before golang-migrate prepares (which creates the
+	// version table), so that check runs before anything changes.
 	lockConn, err := db.Conn(ctx)
 	if err != nil {
 		return Report{}, dberr.Explain("connecting", err)
 	}
-	defer lockConn.Close()
+	// Closing m (below) closes db too, so the lock is released by a
+	// deferred call that runs before m's.
+	unlock := func() {
+		lockConn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, runLockKey)
+		lockConn.Close()
+	}
 	if _, err := lockConn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, runLockKey); err != nil {
+		lockConn.Close()
 		return Report{}, dberr.Explain("waiting for another migration run", err)
 	}
-	defer lockConn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, runLockKey)
-
 	var rep Report
 	if rep.Before, err = inspect(ctx, db); err != nil {
+		unlock()
 		return rep, err
 	}
+	if check != nil {
+		problems, err := check(ctx, db)
+		if err != nil {
+			unlock()
+			return rep, err
+		}
+		if len(problems.Errors()) > 0 {
+			unlock()
+			return rep, ErrAppTable{Problems: problems}
+		}
+		rep.Before.AppTable = problems
+	}
+
+	driver, err := migratepgx.WithInstance(db, &migratepgx.Config{MigrationsTable: VersionTable})
+	if err != nil {
+		unlock()
+		return rep, dberr.Explain("preparing the version table", err)
+	}
+	m, err := migrate.NewWithInstance("iofs", src, "pgx5", driver)
+	if err != nil {
+		unlock()
+		return rep, dberr.Explain("preparing migrations", err)
+	}
+	defer m.Close()
+	defer unlock()
+
 	if err := step(m, db); err != nil && !errors.Is(err, migrate.ErrNoChange) {
 		if _, ok := errors.AsType[ErrWouldDestroyCredentials](err); ok {
 			return rep, err

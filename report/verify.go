@@ -53,8 +53,9 @@ func Verify(ctx context.Context, db vault.DB, databaseURL string, keys *vault.Ke
 		return nil, err
 	}
 	checks = append(checks, schemaChecks(schema)...)
-	if !schemaComplete(schema) {
-		// The other checks read tables that are not there.
+	checks = append(checks, appTableCheck(schema))
+	if !schemaComplete(schema) || len(schema.AppTable.Errors()) > 0 {
+		// The other checks read tables and columns that are not there.
 		return checks, nil
 	}
 	steps := []func(context.Context, vault.DB, *vault.Keyring, time.Time, VerifyOptions) ([]Check, error){
@@ -111,6 +112,33 @@ func schemaChecks(s migrations.Schema) []Check {
 		rls.Detail = "off on: " + strings.Join(off, ", ") + "; run `caddy credgate migrate up`"
 	}
 	return []Check{tables, rls}
+}
+
+// appTableCheck is the preflight of the app's social_accounts: what
+// credgate's statements need of it (migrations.Preflight). Its warnings
+// do not fail it.
+func appTableCheck(s migrations.Schema) Check {
+	c := Check{Name: "app table: what credgate's statements need", OK: true,
+		Detail: "social_accounts has the columns, types, uuid key and unique (user_id, platform) credgate's statements use"}
+	if !s.SocialAccounts {
+		c.Detail = "no social_accounts yet: `caddy credgate migrate up` creates it"
+	}
+	var parts []string
+	if errs := s.AppTable.Errors(); len(errs) > 0 {
+		c.OK = false
+		for i, p := range errs {
+			parts = append(parts, fmt.Sprintf("(%d) %s", i+1, p))
+		}
+		c.Detail = strings.Join(parts, "; ")
+		parts = nil
+	}
+	for _, p := range s.AppTable.Warnings() {
+		parts = append(parts, "warning: "+p.String())
+	}
+	if len(parts) > 0 {
+		c.Detail += "; " + strings.Join(parts, "; ")
+	}
+	return c
 }
 
 func encryptionChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, _ VerifyOptions) ([]Check, error) {

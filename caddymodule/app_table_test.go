@@ -1,0 +1,240 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/migrations"
+	"github.com/credgate/credgate/vault"
+)
+
+// reportedTable is the table from the report (issue 24): no
+// platform_user_id, username or updated_at, no unique (user_id,
+// platform). Yesterday `migrate up` called it complete and every
+// connect failed with storage_unavailable.
+const reportedTable = `CREATE TABLE social_accounts (
+	id uuid PRIMARY KEY DEFAULT gen_random_uuid(), user_id uuid NOT NULL, platform text NOT NULL,
+	access_token text, refresh_token text, created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO social_accounts (user_id, platform, access_token) VALUES (gen_random_uuid(), 'twitter', 'a1')`
+
+// credgateObjects lists the tables of credgate's that exist, the version
+// table included, and social_accounts' columns.
+func credgateObjects(t *testing.T, url string) (tables, columns []string) {
+	t.Helper()
+	pool := pgtest.Pool(t, url)
+	rows, err := pool.Query(context.Background(), `SELECT t FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL`,
+		append(slices.Clone(migrations.Tables), migrations.VersionTable))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n string
+		rows.Scan(&n)
+		tables = append(tables, n)
+	}
+	rows, err = pool.Query(context.Background(), `SELECT attname::text FROM pg_attribute
+		WHERE attrelid = 'social_accounts'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n string
+		rows.Scan(&n)
+		columns = append(columns, n)
+	}
+	return tables, columns
+}
+
+// `migrate up` refuses the reported table with one line naming every
+// problem and its fix and changes nothing; `migrate status` lists them
+// and exits 1; once the table is fixed, up applies everything and a
+// platform name credgate has no provider for is a warning only.
+func TestMigrateUpRefusesAnAppTableCredgateCannotUse(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, reportedTable)
+	_, columnsBefore := credgateObjects(t, url)
+
+	out, err := runCLI(t, "migrate", "up", "--database-url", url)
+	if err == nil {
+		t.Fatalf("up accepted the table:\n%s", out)
+	}
+	msg := err.Error()
+	if out != "Error: "+msg+"\n" {
+		t.Errorf("up printed more than its one error line:\n%s", out)
+	}
+	for _, want := range []string{
+		"social_accounts lacks what credgate's statements need (4 problems); nothing was changed.",
+		"(1) social_accounts has no column platform_user_id: credgate writes the account's id at the platform there; fix: ALTER TABLE social_accounts ADD COLUMN platform_user_id text.",
+		"(2) social_accounts has no column username: credgate writes the account's name at the platform there; fix: ALTER TABLE social_accounts ADD COLUMN username text.",
+		"(3) social_accounts has no column updated_at: credgate sets it on every write; fix: ALTER TABLE social_accounts ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now().",
+		"(4) social_accounts has no unique constraint on (user_id, platform): credgate's upsert (INSERT … ON CONFLICT (user_id, platform)) needs one, and without it every connect fails; fix: ALTER TABLE social_accounts ADD CONSTRAINT social_accounts_user_id_platform_key UNIQUE (user_id, platform)",
+		"Then run `caddy credgate migrate up` again.",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("up's error lacks %q:\n%s", want, msg)
+		}
+	}
+	if tables, columns := credgateObjects(t, url); len(tables) > 0 || !slices.Equal(columns, columnsBefore) {
+		t.Errorf("a refused up changed the database: tables %v, columns %v", tables, columns)
+	}
+
+	out, err = runCLI(t, "migrate", "status", "--database-url", url)
+	if err == nil || !strings.Contains(err.Error(), "the schema is incomplete: social_accounts lacks what credgate's statements need (see above)") {
+		t.Errorf("status: %v", err)
+	}
+	for _, want := range []string{
+		"The app's social_accounts (what credgate's statements need):\n",
+		"  ✗ social_accounts has no column platform_user_id: credgate writes the account's id at the platform there\n      fix: ALTER TABLE social_accounts ADD COLUMN platform_user_id text\n",
+		"  ✗ social_accounts has no unique constraint on (user_id, platform)",
+		"Schema incomplete: social_accounts lacks what credgate's statements need (4 problems above); fix the table, then run `caddy credgate migrate up`.\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "Schema complete") {
+		t.Errorf("status calls it complete:\n%s", out)
+	}
+
+	pgtest.Exec(t, url, `ALTER TABLE social_accounts ADD COLUMN platform_user_id text, ADD COLUMN username text,
+		ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
+		ADD CONSTRAINT social_accounts_user_id_platform_key UNIQUE (user_id, platform);
+		INSERT INTO social_accounts (user_id, platform) VALUES (gen_random_uuid(), 'x')`)
+	out, err = runCLI(t, "migrate", "up", "--database-url", url)
+	if err != nil {
+		t.Fatalf("up after the fix: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"! social_accounts: 1 row has platform 'x', for which credgate has no provider (it knows twitter, linkedin, facebook, instagram)",
+		"    fix: rename them to credgate's name once the app uses it too (UPDATE social_accounts SET platform = '…' WHERE platform = 'x'), or configure a provider named 'x' (kind generic)\n",
+		"✓ Schema at version 6\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("up lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = runCLI(t, "migrate", "status", "--database-url", url)
+	if err != nil || !strings.Contains(out, "  ✓ columns, types, uuid key and unique (user_id, platform) in place\n  ! 1 row has platform 'x'") ||
+		!strings.HasSuffix(out, "Schema complete.\n") {
+		t.Errorf("status after the fix: %v\n%s", err, out)
+	}
+}
+
+// A realistic app table (its own expiry column, an updated_at trigger,
+// posts referencing the accounts): up, status and verify all pass.
+// Not parallel: verify reads keys from the environment.
+func TestMigrateAndVerifyPassOnARealisticAppTable(t *testing.T) {
+	t.Setenv(vault.EnvMasterKey, testKey(1))
+	t.Setenv(vault.EnvPreviousKeys, "")
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, `CREATE TABLE social_accounts (
+		id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+		user_id          uuid NOT NULL,
+		platform         varchar(32) NOT NULL,
+		platform_user_id text,
+		username         text,
+		access_token     text,
+		refresh_token    text,
+		token_expires_at timestamptz,
+		created_at       timestamptz NOT NULL DEFAULT now(),
+		updated_at       timestamptz NOT NULL DEFAULT now(),
+		CONSTRAINT social_accounts_user_platform_key UNIQUE (user_id, platform));
+	CREATE FUNCTION app_touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
+	CREATE TRIGGER social_accounts_touch BEFORE UPDATE ON social_accounts
+		FOR EACH ROW EXECUTE FUNCTION app_touch_updated_at();
+	CREATE TABLE posts (id bigserial PRIMARY KEY, social_account_id uuid NOT NULL REFERENCES social_accounts (id), body text)`)
+	if out, err := runCLI(t, "migrate", "up", "--database-url", url); err != nil || strings.Contains(out, "!") {
+		t.Fatalf("up: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "migrate", "status", "--database-url", url); err != nil || !strings.HasSuffix(out, "Schema complete.\n") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	out, err := runCLI(t, "verify", "--database-url", healthyDatabaseOn(t, url))
+	if err != nil || !strings.Contains(out, "✓ app table: what credgate's statements need: social_accounts has the columns") ||
+		!strings.Contains(out, "All 13 checks passed.") {
+		t.Errorf("verify: %v\n%s", err, out)
+	}
+}
+
+// expireAppTableChecks makes the next service-health read the preflight
+// again, as it does every appTableEvery.
+func expireAppTableChecks() {
+	appTableChecks.Range(func(_, v any) bool {
+		c := v.(*appTableCheck)
+		c.mu.Lock()
+		c.tried = time.Time{}
+		c.mu.Unlock()
+		return true
+	})
+}
+
+// service-health answers 503 while the app's table lacks what credgate's
+// statements need (the report: a connect ends in storage_unavailable,
+// and service-health said ok), names each problem with its fix, and
+// reads the catalog at most every 30 s.
+func TestServiceHealthFailsOnAnAppTableCredgateCannotUse(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	admin := map[string]string{"Authorization": "Bearer " + adminToken}
+	type health struct {
+		OK     bool `json:"ok"`
+		Schema struct {
+			OK        bool                 `json:"ok"`
+			Every     string               `json:"every"`
+			CheckedAt *time.Time           `json:"checked_at"`
+			Problems  []migrations.Problem `json:"problems"`
+			Error     string               `json:"error"`
+		} `json:"schema"`
+	}
+	get := func() (int, health, string) {
+		t.Helper()
+		start := time.Now()
+		resp, body := h.do("GET", "/api/credentials/service-health", "", admin)
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("service-health took %s", took)
+		}
+		var v health
+		if err := json.Unmarshal(body, &v); err != nil {
+			t.Fatalf("service-health: %v %s", err, body)
+		}
+		return resp.StatusCode, v, string(body)
+	}
+
+	code, v, body := get()
+	if code != 200 || !v.OK || !v.Schema.OK || v.Schema.CheckedAt == nil || v.Schema.Every != "30s" || len(v.Schema.Problems) != 0 {
+		t.Fatalf("a usable table: %d %s", code, body)
+	}
+
+	pgtest.Exec(t, h.db, `ALTER TABLE social_accounts DROP COLUMN platform_user_id`)
+	if loc := h.connect(alice, "twitter"); !strings.Contains(loc, "oauth_error=storage_unavailable") {
+		t.Fatalf("a connect on the broken table: %s", loc)
+	}
+	// Within 30 s of the last read, service-health answers from it.
+	if code, _, body := get(); code != 200 {
+		t.Errorf("service-health read the catalog again within 30 s: %d %s", code, body)
+	}
+
+	expireAppTableChecks()
+	code, v, body = get()
+	if code != 503 || v.OK || v.Schema.OK || len(v.Schema.Problems) != 1 ||
+		v.Schema.Problems[0].What != "social_accounts has no column platform_user_id: credgate writes the account's id at the platform there" ||
+		v.Schema.Problems[0].Fix != "ALTER TABLE social_accounts ADD COLUMN platform_user_id text" ||
+		!strings.Contains(v.Schema.Error, "every connect fails until it is fixed") {
+		t.Errorf("the broken table: %d %s", code, body)
+	}
+
+	pgtest.Exec(t, h.db, v.Schema.Problems[0].Fix)
+	expireAppTableChecks()
+	if code, v, body := get(); code != 200 || !v.Schema.OK {
+		t.Errorf("after the fix: %d %s", code, body)
+	}
+	if loc := h.connect(alice, "twitter"); strings.Contains(loc, "oauth_error") {
+		t.Errorf("a connect after the fix: %s", loc)
+	}
+}
