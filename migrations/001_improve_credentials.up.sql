@@ -197,6 +197,7 @@ BEGIN
         -- tables to the API roles; RLS does not cover TRUNCATE, so take it
         -- all back.
         EXECUTE 'REVOKE ALL ON oauth_states, credential_audit_log, token_refresh_queue, encryption_keys FROM anon, authenticated';
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s, %s FROM anon, authenticated', pg_get_serial_sequence('credential_audit_log', 'id'), pg_get_serial_sequence('token_refresh_queue', 'id'));
         -- Users may read their own accounts. RLS on social_accounts itself
         -- is the app's decision and is not switched on here: turning it on
         -- would change what the unchanged app can write.

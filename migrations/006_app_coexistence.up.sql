@@ -90,6 +90,7 @@ BEGIN
        AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated')
        AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
         EXECUTE 'REVOKE ALL ON credgate_settings, backend_reads FROM anon, authenticated';
+        EXECUTE 'REVOKE ALL ON FUNCTION credgate_app_token_fingerprint(text, text) FROM PUBLIC, anon, authenticated';
     END IF;
 END
 $$;

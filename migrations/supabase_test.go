@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/migrations"
 )
@@ -21,24 +19,13 @@ func randomSuffix(t *testing.T) string {
 // On Supabase the API roles get every privilege on new public tables by
 // default. The migration must take those back on its own tables (RLS does
 // not cover TRUNCATE) and give users read access to their own accounts.
-// The Supabase parts are emulated here: the two roles, the auth schema with
-// auth.uid(), and Supabase's default privileges.
+// The Supabase parts are emulated here: the roles, the auth schema with
+// auth.uid(), and Supabase's default privileges on tables, with no app
+// table yet (TestSupabaseProject has the app's own).
 func TestSupabaseGuardedStatements(t *testing.T) {
 	url := pgtest.EmptyDatabase(t)
 	ctx := context.Background()
-	server, err := pgx.Connect(ctx, pgtest.ServerURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close(ctx)
-	for _, role := range []string{"anon", "authenticated"} {
-		// Roles are cluster-wide; another run may have left them.
-		_, err := server.Exec(ctx, `DO $$ BEGIN CREATE ROLE `+role+` NOLOGIN;
-			EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$`)
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	pgtest.EnsureSupabaseRoles(t)
 	pgtest.Exec(t, url, `CREATE SCHEMA auth;
 		CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE
 			AS $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$;
