@@ -91,6 +91,17 @@ BEGIN
        AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
         EXECUTE 'REVOKE ALL ON credgate_settings, backend_reads FROM anon, authenticated';
         EXECUTE 'REVOKE ALL ON FUNCTION credgate_app_token_fingerprint(text, text) FROM PUBLIC, anon, authenticated';
+        -- For projects migrated before 001 revoked them: the audit log's
+        -- and the queue's id sequences (anon could read the count of
+        -- events, or setval them into collisions).
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s, %s FROM anon, authenticated', pg_get_serial_sequence('credential_audit_log', 'id'), pg_get_serial_sequence('token_refresh_queue', 'id'));
+        -- The migration runner's version table, created in public by
+        -- `migrate up` and so granted to the API roles by Supabase's
+        -- default privileges: anon could set the version and break the
+        -- next run. Absent when the files are pasted by hand.
+        IF to_regclass('credgate_schema_migrations') IS NOT NULL THEN
+            EXECUTE 'REVOKE ALL ON credgate_schema_migrations FROM anon, authenticated';
+        END IF;
     END IF;
 END
 $$;
