@@ -587,8 +587,13 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 		s.Tables = append(s.Tables, Presence{Name: t, Present: present})
 		s.RLS = append(s.RLS, Presence{Name: t, Present: rls})
 	}
-	rows, err := db.QueryContext(ctx, `SELECT column_name FROM information_schema.columns
-		WHERE table_schema = current_schema() AND table_name = 'social_accounts'`)
+	// A column counts as credgate's only with credgate's comment: an app
+	// column that happens to be called expires_at or status is the app's
+	// (the preflight names it), not a sign that the schema is in place.
+	rows, err := db.QueryContext(ctx, `SELECT a.attname FROM pg_attribute a
+		WHERE a.attrelid = to_regclass(quote_ident(current_schema()) || '.social_accounts')
+		  AND a.attnum > 0 AND NOT a.attisdropped
+		  AND coalesce(col_description(a.attrelid, a.attnum), '') LIKE 'credgate:%'`)
 	if err != nil {
 		return s, dberr.Explain("reading the schema", err)
 	}

@@ -419,3 +419,22 @@ func TestUpRefusesToShareAnAppColumn(t *testing.T) {
 		t.Errorf("the app's column after down: %d %v", n, err)
 	}
 }
+
+// An app column that happens to carry one of credgate's names is the
+// app's, not a sign that credgate's schema is in place: status lists
+// only columns with credgate's comment.
+func TestInspectDoesNotTakeTheAppsColumnForCredgates(t *testing.T) {
+	t.Parallel()
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, `CREATE TABLE social_accounts (id uuid PRIMARY KEY, user_id uuid NOT NULL, platform text NOT NULL,
+		expires_at timestamptz, status text, UNIQUE (user_id, platform))`)
+	s, err := migrations.Inspect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range s.Columns {
+		if c.Present {
+			t.Errorf("the app's own %s was taken for credgate's", c.Name)
+		}
+	}
+}
