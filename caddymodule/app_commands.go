@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -289,7 +292,7 @@ func backEndReadsThroughCredgate(ctx context.Context, cmd *cobra.Command, platfo
 	}
 	inUse := map[string]bool{}
 	var name string
-	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error { inUse[name] = true; return nil }); err != nil {
+	if _, err := pgx.ForEachRow(rows, []any{&name}, func() error { inUse[settings.Platform(name)] = true; return nil }); err != nil {
 		return fmt.Errorf("reading the platforms in use: %w", err)
 	}
 	var unread []string
@@ -303,4 +306,70 @@ func backEndReadsThroughCredgate(ctx context.Context, cmd *cobra.Command, platfo
 			strings.Join(unread, " or "))
 	}
 	return nil
+}
+
+func appPlatformNameCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "app-platform-name <platform> <the app's name>|default|status",
+		Short: "Names the app's own value of social_accounts.platform for one of credgate's platforms (x for twitter)",
+		Long: `Tells credgate what the app stores in social_accounts.platform for one of
+credgate's platforms when it is not credgate's name (an app that stores
+X as "x" rather than "twitter"): credgate then finds, stores, renews,
+writes back and rotates those accounts under the app's name in the row,
+and keeps its own name everywhere else (the Caddyfile's providers, routes,
+the token API, the audit log, metrics). "default" removes the name. Every
+replica acts on it within 2 seconds; set it before the first connect
+through credgate, or credgate's rows and the app's would not meet.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
+			args := cmd.Flags().Args()
+			pool, err := vault.OpenPool(ctx, databaseURL(cmd))
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			s, err := vault.LoadSettings(ctx, pool)
+			if err != nil {
+				return err
+			}
+			if args[0] != "status" {
+				if len(args) != 2 {
+					return errors.New("name the app's value: app-platform-name <platform> <name>|default")
+				}
+				platform, name := strings.ToLower(strings.TrimSpace(args[0])), strings.TrimSpace(args[1])
+				if !slices.Contains(oauth.Platforms, platform) {
+					return fmt.Errorf("unknown platform %q (credgate's are %s)", platform, strings.Join(oauth.Platforms, ", "))
+				}
+				names := maps.Clone(s.PlatformNames)
+				if names == nil {
+					names = map[string]string{}
+				}
+				switch {
+				case name == "default" || name == platform:
+					delete(names, platform)
+				case strings.ContainsAny(name, ",=") || name == "":
+					return fmt.Errorf("%q cannot be a platform name here (no commas or equals signs)", name)
+				case slices.Contains(oauth.Platforms, name):
+					return fmt.Errorf("%q is credgate's name for another platform", name)
+				default:
+					names[platform] = name
+				}
+				if _, err := vault.ParsePlatformNames(vault.FormatPlatformNames(names)); err != nil {
+					return err
+				}
+				if err := vault.SetSetting(ctx, pool, vault.SettingAppPlatformNames, vault.FormatPlatformNames(names), settingBy(cmd)); err != nil {
+					return err
+				}
+				s.PlatformNames = names
+			}
+			w := cmd.OutOrStdout()
+			for _, p := range oauth.Platforms {
+				fmt.Fprintf(w, "%s: the app stores %q\n", p, s.AppPlatform(p))
+			}
+			return nil
+		}),
+	}
+	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
+	cmd.Flags().String("by", "", "who changes it, for the audit log (default: $USER)")
+	return cmd
 }

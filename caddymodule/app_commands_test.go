@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 
@@ -57,5 +58,37 @@ func TestRolloutSetWaitsForTheBackEnd(t *testing.T) {
 	// Down is always allowed.
 	if _, err := set("0"); err != nil {
 		t.Fatalf("set 0: %v", err)
+	}
+}
+
+// An app that stores X as "x": once app-platform-name says so, a connect
+// through credgate lands on the app's own row (which the app finds under
+// "x"), and the token API serves it under credgate's name.
+func TestTheAppsNameForAPlatform(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	out, err := runCLI(t, "app-platform-name", "twitter", "x", "--database-url", url)
+	if err != nil || !strings.Contains(out, `twitter: the app stores "x"`) {
+		t.Fatalf("app-platform-name: %v\n%s", err, out)
+	}
+	for _, bad := range [][]string{{"myspace", "m"}, {"twitter", "linkedin"}, {"twitter", "a,b"}} {
+		out, err := runCLI(t, append([]string{"app-platform-name", "--database-url", url}, bad...)...)
+		oneErrorLine(t, "app-platform-name "+strings.Join(bad, " "), out, err, "")
+	}
+	h := newHarness(t, harnessOptions{databaseURL: url, tokenAPI: "service_token " + serviceToken})
+	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, access_token) VALUES ($1, 'x', 'the-apps-old-token')`, alice)
+	h.connect(alice, "twitter")
+	if n := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND platform = 'x' AND credentials_encrypted IS NOT NULL`, alice); n != 1 {
+		t.Fatalf("the connect did not land on the app's x row")
+	}
+	if n := h.count(`SELECT count(*) FROM social_accounts WHERE platform = 'twitter'`); n != 0 {
+		t.Fatalf("a row under credgate's name appeared beside the app's")
+	}
+	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || tok.AccessToken == "the-apps-old-token" || !h.worksAtSandbox("twitter", tok.AccessToken) {
+		t.Fatalf("token API: %d %s", code, body)
+	}
+	if out, err := runCLI(t, "app-platform-name", "twitter", "default", "--database-url", url); err != nil || !strings.Contains(out, `twitter: the app stores "twitter"`) {
+		t.Fatalf("app-platform-name default: %v\n%s", err, out)
 	}
 }

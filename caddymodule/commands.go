@@ -116,7 +116,7 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 	migrate.AddCommand(up, down, status)
 	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), cleanupCommand(), reportCommand(),
 		verifyCommand(), rolloutCommand(), sandboxCommand(), devtokenCommand(),
-		writebackCommand(), transitionCommand(), appRefreshCommand(), appExpiryColumnCommand()}
+		writebackCommand(), transitionCommand(), appRefreshCommand(), appExpiryColumnCommand(), appPlatformNameCommand()}
 }
 
 // progressInterval is how often a long batch job prints where it is.
@@ -142,7 +142,15 @@ old key.`,
 			size, _ := cmd.Flags().GetInt("batch-size")
 			w := cmd.OutOrStdout()
 			p, err := withProgress(w, "rewrap", progressInterval, func(report func(vault.Progress)) (vault.Progress, error) {
-				return vault.NewAccounts(keys).Rewrap(ctx, pool, vault.BatchOptions{BatchSize: size, Progress: report, Worker: hostname()})
+				// The app's platform names: the blobs are bound to the
+				// providers'.
+				settings, err := vault.LoadSettings(ctx, pool)
+				if err != nil {
+					return vault.Progress{}, err
+				}
+				accounts := vault.NewAccounts(keys)
+				accounts.UseSettings(vault.Fixed(settings))
+				return accounts.Rewrap(ctx, pool, vault.BatchOptions{BatchSize: size, Progress: report, Worker: hostname()})
 			})
 			if err != nil {
 				return err

@@ -145,8 +145,17 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 		out = append(out, prometheus.MustNewConstMetric(queueJobsDesc, prometheus.GaugeValue, float64(n), status))
 	}
 	out = append(out, prometheus.MustNewConstMetric(oldestDueDesc, prometheus.GaugeValue, st.OldestDue.Seconds()))
+	// The rows hold the app's names for the platforms.
+	settings, err := g.app.settings.Get(ctx)
+	if err != nil {
+		return g.cached
+	}
+	appNames := make([]string, 0, len(g.app.platforms()))
+	for _, p := range g.app.platforms() {
+		appNames = append(appNames, settings.AppPlatform(p))
+	}
 	rows, err := g.app.pool.Query(ctx, `SELECT platform, status, count(*) FROM social_accounts
-		WHERE platform = ANY($1) GROUP BY 1, 2`, g.app.platforms())
+		WHERE platform = ANY($1) GROUP BY 1, 2`, appNames)
 	if err != nil {
 		return g.cached
 	}
@@ -163,6 +172,7 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 		var platform, status string
 		var n int64
 		err := r.Scan(&platform, &status, &n)
+		platform = settings.Platform(platform)
 		if _, known := byKey[[2]string{platform, status}]; known {
 			byKey[[2]string{platform, status}] = float64(n)
 		}

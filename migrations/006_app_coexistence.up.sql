@@ -24,7 +24,7 @@
 SET lock_timeout = '5s';
 
 CREATE TABLE IF NOT EXISTS credgate_settings (
-    name       text PRIMARY KEY CHECK (name IN ('transition_mode', 'app_refresh', 'app_expiry_column')),
+    name       text PRIMARY KEY CHECK (name IN ('transition_mode', 'app_refresh', 'app_expiry_column', 'app_platform_names')),
     value      text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     updated_by text NOT NULL DEFAULT ''

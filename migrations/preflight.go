@@ -350,15 +350,37 @@ func preflight(ctx context.Context, db Querier, readRows bool) (Problems, error)
 	// Platform names credgate has no provider for: those rows stay the
 	// app's.
 	if c, ok := col("platform"); ok && readRows && slices.Contains(textTypes, c.base) {
+		// The app's own names for credgate's platforms count as known
+		// (caddy credgate app-platform-name, migration 006).
+		known := slices.Clone(oauth.Platforms)
+		var exists bool
+		if rows, err := db.Query(ctx, `SELECT to_regclass('credgate_settings') IS NOT NULL`); err == nil {
+			pgx.ForEachRow(rows, []any{&exists}, func() error { return nil })
+		}
+		if exists {
+			var names string
+			rows, err := db.Query(ctx, `SELECT value FROM credgate_settings WHERE name = 'app_platform_names'`)
+			if err != nil {
+				return fail(err)
+			}
+			if _, err := pgx.ForEachRow(rows, []any{&names}, func() error { return nil }); err != nil {
+				return fail(err)
+			}
+			for _, pair := range strings.Split(names, ",") {
+				if _, name, ok := strings.Cut(pair, "="); ok {
+					known = append(known, strings.TrimSpace(name))
+				}
+			}
+		}
 		rows, err := db.Query(ctx, `SELECT platform::text, count(*) FROM social_accounts
-			WHERE platform::text <> ALL ($1::text[]) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20`, oauth.Platforms)
+			WHERE platform::text <> ALL ($1::text[]) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20`, known)
 		if err != nil {
 			return fail(err)
 		}
 		var name string
 		var n int64
 		_, err = pgx.ForEachRow(rows, []any{&name, &n}, func() error {
-			add(true, fmt.Sprintf("rename them to credgate's name once the app uses it too (UPDATE social_accounts SET platform = '…' WHERE platform = %s), or configure a provider named %s (kind generic)", quoteLiteral(name), quoteLiteral(name)),
+			add(true, fmt.Sprintf("if it is the app's name for one of credgate's platforms, say so: caddy credgate app-platform-name <platform> %s (after migrate up); otherwise configure a provider named %s (kind generic)", name, quoteLiteral(name)),
 				"%d %s platform %s, for which credgate has no provider (it knows %s): credgate serves and renews an account only under its provider's name, so these stay the app's alone",
 				n, plural(int(n), "row has", "rows have"), quoteLiteral(name), strings.Join(oauth.Platforms, ", "))
 			return nil

@@ -269,7 +269,7 @@ func TestUpWarnsOfPlatformNamesWithoutAProvider(t *testing.T) {
 		t.Fatalf("up's app table: %v", rep.Before.AppTable)
 	}
 	if w := warns[0]; !strings.Contains(w.What, "2 rows have platform 'x', for which credgate has no provider (it knows twitter, linkedin, facebook, instagram)") ||
-		!strings.Contains(w.Fix, "UPDATE social_accounts SET platform = '…' WHERE platform = 'x'") ||
+		!strings.Contains(w.Fix, "caddy credgate app-platform-name <platform> x") ||
 		!strings.Contains(w.Fix, "configure a provider named 'x' (kind generic)") {
 		t.Errorf("warning: %+v", w)
 	}
@@ -279,6 +279,11 @@ func TestUpWarnsOfPlatformNamesWithoutAProvider(t *testing.T) {
 	s := inspect(t, url)
 	if len(s.AppTable.Warnings()) != 2 || len(s.AppTable.Errors()) != 0 {
 		t.Errorf("status's app table: %v", s.AppTable)
+	}
+	// Once the app's name for twitter is set, x is known.
+	pgtest.Exec(t, url, `INSERT INTO credgate_settings (name, value) VALUES ('app_platform_names', 'twitter=x')`)
+	if s := inspect(t, url); len(s.AppTable.Warnings()) != 1 || !strings.Contains(s.AppTable.Warnings()[0].What, "mastodon") {
+		t.Errorf("status's app table with twitter=x: %v", s.AppTable)
 	}
 	// The catalog-only check (service-health's) does not read rows.
 	problems, err := migrations.PreflightCatalog(context.Background(), connect(t, url))

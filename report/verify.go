@@ -257,9 +257,15 @@ func appChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, 
 	if err != nil {
 		return nil, fmt.Errorf("counting accounts only credgate holds: %w", err)
 	}
-	held, err := pgxCollectCounts(rows)
+	byAppName, err := pgxCollectCounts(rows)
 	if err != nil {
 		return nil, fmt.Errorf("counting accounts only credgate holds: %w", err)
+	}
+	// The rows hold the app's names for the platforms; the reads, the
+	// providers'.
+	held := map[string]int64{}
+	for name, n := range byAppName {
+		held[settings.Platform(name)] += n
 	}
 	reads, err := vault.BackendReadsIn(ctx, db, opt.Window)
 	if err != nil {

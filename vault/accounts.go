@@ -230,9 +230,13 @@ func (s *Accounts) store(ctx context.Context, db DB, c Connection, jobAt time.Ti
 		// The blob is bound to the row id, which a new row only has once
 		// inserted.
 		var id string
+		settings, err := s.settings.Get(ctx)
+		if err != nil {
+			return Account{}, fmt.Errorf("storing credentials: %w", err)
+		}
 		err = tx.QueryRow(ctx, `INSERT INTO social_accounts (user_id, platform) VALUES ($1, $2)
 			ON CONFLICT (user_id, platform) DO UPDATE SET updated_at = social_accounts.updated_at
-			RETURNING id::text`, c.UserID, c.Platform).Scan(&id)
+			RETURNING id::text`, c.UserID, settings.AppPlatform(c.Platform)).Scan(&id)
 		if err != nil {
 			return Account{}, fmt.Errorf("storing credentials: locking account: %w", err)
 		}
@@ -264,7 +268,7 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
 	}
 	args := make([]any, 0, 20)
-	args = append(args, id, c.UserID, c.Platform, blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
+	args = append(args, id, c.UserID, settings.AppPlatform(c.Platform), blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
 		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia)
 	v := storeVariant{job: !jobAt.IsZero(), audit: audit != nil}
 	if settings.TransitionMode {
@@ -294,6 +298,7 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 	if err != nil {
 		return Account{}, fmt.Errorf("storing credentials: %w", err)
 	}
+	acct.Platform = c.Platform
 	return acct, nil
 }
 
@@ -466,7 +471,11 @@ func (s *Accounts) current(r currentRow) (Account, Credentials, error) {
 // Account.AppNewer), else the blob's. An account with no blob and no
 // newer plaintext, or a disconnected one, is ErrNotConnected.
 func (s *Accounts) Get(ctx context.Context, db DB, userID, platform string) (Account, Credentials, error) {
-	a, c, _, err := s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, userID, platform)
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Account{}, Credentials{}, err
+	}
+	a, c, _, err := s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, userID, settings.AppPlatform(platform))
 	return a, c, err
 }
 
@@ -532,6 +541,9 @@ func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (A
 	if err != nil {
 		return Account{}, Credentials{}, row, fmt.Errorf("reading account: %w", err)
 	}
+	// Everything of credgate's, the blob's binding included, names the
+	// provider's platform; the row holds the app's name for it.
+	row.acct.Platform = settings.Platform(row.acct.Platform)
 	a, c, err := s.current(row.currentRow)
 	return a, c, row, err
 }
@@ -550,7 +562,7 @@ func (s *Accounts) LegacyToken(ctx context.Context, db DB, userID, platform stri
 	var expiry *time.Time
 	var newer bool
 	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, access_token, `+appExpirySQL(settings.AppExpiryColumn)+
-		`, `+appNewerSQL+` FROM social_accounts WHERE user_id = $1 AND platform = $2`, userID, platform), &token, &expiry, &newer)
+		`, `+appNewerSQL+` FROM social_accounts WHERE user_id = $1 AND platform = $2`, userID, settings.AppPlatform(platform)), &token, &expiry, &newer)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, secret.Value{}, ErrNotConnected
 	}
@@ -560,6 +572,7 @@ func (s *Accounts) LegacyToken(ctx context.Context, db DB, userID, platform stri
 	if token == nil || *token == "" || (a.Status == StatusDisconnected && !newer) {
 		return a, secret.Value{}, ErrNotConnected
 	}
+	a.Platform = settings.Platform(a.Platform)
 	a.AppOwned, a.AppNewer, a.Status = true, newer, StatusConnected
 	if expiry != nil {
 		a.ExpiresAt = expiry
@@ -570,11 +583,19 @@ func (s *Accounts) LegacyToken(ctx context.Context, db DB, userID, platform stri
 // List returns a user's accounts, including rows the legacy app wrote,
 // without any secret.
 func (s *Accounts) List(ctx context.Context, db DB, userID string) ([]Account, error) {
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
 	rows, err := db.Query(ctx, `SELECT `+accountColumns+` FROM social_accounts WHERE user_id = $1 ORDER BY platform`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("listing accounts: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Account, error) { return scanAccount(r) })
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Account, error) {
+		a, err := scanAccount(r)
+		a.Platform = settings.Platform(a.Platform)
+		return a, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listing accounts: %w", err)
 	}
@@ -599,18 +620,23 @@ func (s *Accounts) MarkStatus(ctx context.Context, db DB, id string, status Stat
 // sets status disconnected. The row stays, so history and the audit trail
 // keep their subject.
 func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform string) (Account, error) {
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Account{}, err
+	}
 	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
 			credentials_encrypted = NULL, credentials_key_id = NULL, access_token = NULL, refresh_token = NULL,
 			app_token_fingerprint = NULL, app_token_current = false,
 			credentials_version = credentials_version + 1, status = 'disconnected', expires_at = NULL, updated_at = now()
 		WHERE user_id = $1 AND platform = $2 AND status <> 'disconnected'
-		RETURNING `+accountColumns, userID, platform))
+		RETURNING `+accountColumns, userID, settings.AppPlatform(platform)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, ErrNotConnected
 	}
 	if err != nil {
 		return Account{}, fmt.Errorf("disconnecting: %w", err)
 	}
+	acct.Platform = platform
 	return acct, nil
 }
 
@@ -656,7 +682,7 @@ func (s *Accounts) QueueCompareAndSwapAudited(b *pgx.Batch, a Account, version i
 		return err
 	}
 	b.Queue(sql, args...).QueryRow(func(row pgx.Row) error {
-		acct, err := scanSwapped(row)
+		acct, err := scanSwapped(row, a.Platform)
 		*out = acct
 		return err
 	})
@@ -668,11 +694,14 @@ func (s *Accounts) swap(ctx context.Context, db DB, a Account, version int64, r 
 	if err != nil {
 		return Account{}, err
 	}
-	return scanSwapped(db.QueryRow(ctx, sql, args...))
+	return scanSwapped(db.QueryRow(ctx, sql, args...), a.Platform)
 }
 
-func scanSwapped(row pgx.Row) (Account, error) {
+// scanSwapped reads a swapped row. Its platform column holds the app's
+// name for it; the account gets the provider's, platform.
+func scanSwapped(row pgx.Row, platform string) (Account, error) {
 	acct, err := scanAccount(row)
+	acct.Platform = platform
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, ErrVersionConflict
 	}

@@ -145,10 +145,10 @@ type WriteBackPlan struct {
 const writeBackCandidates = `credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring')
 	AND (access_token IS NULL OR NOT app_token_current)`
 
-func (f WriteBackFilter) where(first int) (string, []any) {
+func (f WriteBackFilter) where(first int, settings Settings) (string, []any) {
 	where, args := writeBackCandidates, []any{}
 	if f.Platform != "" {
-		args = append(args, f.Platform)
+		args = append(args, settings.AppPlatform(f.Platform))
 		where += fmt.Sprintf(` AND platform = $%d`, first+len(args)-1)
 	}
 	if f.UserID != "" {
@@ -163,8 +163,12 @@ func (f WriteBackFilter) where(first int) (string, []any) {
 // counted as to write; the write-back itself compares them.
 func (s *Accounts) PlanWriteBack(ctx context.Context, db DB, f WriteBackFilter) (WriteBackPlan, error) {
 	var p WriteBackPlan
-	where, args := f.where(1)
-	err := db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE NOT (`+appNewerSQL+` AND app_token_fingerprint IS NOT NULL)),
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return p, err
+	}
+	where, args := f.where(1, settings)
+	err = db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE NOT (`+appNewerSQL+` AND app_token_fingerprint IS NOT NULL)),
 			count(*) FILTER (WHERE `+appNewerSQL+` AND app_token_fingerprint IS NOT NULL)
 		FROM social_accounts WHERE `+where, args...).Scan(&p.ToWrite, &p.Newer)
 	if err != nil {
@@ -189,7 +193,7 @@ func (s *Accounts) WriteBack(ctx context.Context, db DB, f WriteBackFilter, opt 
 	if err != nil {
 		return Progress{}, err
 	}
-	where, whereArgs := f.where(3)
+	where, whereArgs := f.where(3, settings)
 	return s.walk(ctx, db, opt, ActionWriteBack, settings, where, whereArgs, func(r plaintextRow) (rowChange, error) {
 		c, ok := s.opens(r)
 		switch {
@@ -292,6 +296,8 @@ func (s *Accounts) walk(ctx context.Context, db DB, opt BatchOptions, action Act
 				var x plaintextRow
 				err := r.Scan(&x.id, &x.user, &x.platform, &x.via, &x.access, &x.refresh, &x.blob, &x.version,
 					&x.appNewer, &x.fingerprinted, &x.inSync, &x.appExpiry)
+				// The blob is bound to the provider's platform name.
+				x.platform = settings.Platform(x.platform)
 				return x, err
 			})
 			if err != nil {

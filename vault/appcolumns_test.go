@@ -264,7 +264,67 @@ func TestExpiryColumnMustBeATimestamp(t *testing.T) {
 	if err := vault.SetSetting(ctx, pool, "no_such_setting", "x", "test"); err == nil {
 		t.Error("an unknown setting was stored")
 	}
-	if s, err := vault.LoadSettings(ctx, pool); err != nil || s != (vault.Settings{}) {
+	if s, err := vault.LoadSettings(ctx, pool); err != nil || s.TransitionMode || s.AppRefreshOff || s.AppExpiryColumn != "" || len(s.PlatformNames) != 0 {
 		t.Fatalf("settings %+v %v, want the defaults", s, err)
+	}
+}
+
+// An app that stores X as "x": credgate finds, stores, renews, writes
+// back and rotates its accounts under the app's name in the row and the
+// provider's name everywhere else (the blob's binding included).
+func TestTheAppsPlatformNames(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := newPool(t)
+	if err := vault.SetSetting(ctx, pool, vault.SettingAppPlatformNames, "twitter=x", "test"); err != nil {
+		t.Fatal(err)
+	}
+	settings, err := vault.LoadSettings(ctx, pool)
+	if err != nil || settings.AppPlatform("twitter") != "x" || settings.Platform("x") != "twitter" || settings.Platform("linkedin") != "linkedin" {
+		t.Fatalf("settings %+v %v", settings, err)
+	}
+	keys := mustKeyring(t, vault.KeyConfig{MasterKey: key(1), MasterKeyID: 1})
+	accounts := vault.NewAccounts(keys)
+	accounts.UseSettings(vault.Fixed(settings))
+	// The app's own row, then backfill.
+	if _, err := pool.Exec(ctx, `INSERT INTO social_accounts (user_id, platform, access_token) VALUES ($1, 'x', 'app-token')`, alice); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := accounts.Backfill(ctx, pool, vault.BatchOptions{}); err != nil || p.Done != 1 {
+		t.Fatalf("backfill: %+v %v", p, err)
+	}
+	if a, c, err := accounts.Get(ctx, pool, alice, "twitter"); err != nil || c.AccessToken.Reveal() != "app-token" || a.Platform != "twitter" {
+		t.Fatalf("get twitter: %q %s %v", c.AccessToken.Reveal(), a.Platform, err)
+	}
+	// A connect through credgate lands on the app's row, under its name.
+	acct, err := accounts.Upsert(ctx, pool, connection(bob, "twitter", "cg-token", "cg-refresh"))
+	if err != nil || acct.Platform != "twitter" {
+		t.Fatalf("upsert: %+v %v", acct, err)
+	}
+	var stored string
+	if err := pool.QueryRow(ctx, `SELECT platform FROM social_accounts WHERE user_id = $1`, bob).Scan(&stored); err != nil || stored != "x" {
+		t.Fatalf("bob's row has platform %q (%v), want the app's x", stored, err)
+	}
+	list, err := accounts.List(ctx, pool, bob)
+	if err != nil || len(list) != 1 || list[0].Platform != "twitter" {
+		t.Fatalf("list: %+v %v", list, err)
+	}
+	// Write-back by credgate's platform name, and a rotation.
+	if p, err := accounts.WriteBack(ctx, pool, vault.WriteBackFilter{Platform: "twitter"}, vault.BatchOptions{}); err != nil || p.Done != 1 || p.Failed != 0 {
+		t.Fatalf("writeback: %+v %v", p, err)
+	}
+	rotated := vault.NewAccounts(mustKeyring(t, vault.KeyConfig{MasterKey: key(2), MasterKeyID: 2, PreviousKeys: "1:" + key(1)}))
+	rotated.UseSettings(vault.Fixed(settings))
+	if p, err := rotated.Rewrap(ctx, pool, vault.BatchOptions{}); err != nil || p.Failed != 0 || p.Done != 2 {
+		t.Fatalf("rewrap: %+v %v", p, err)
+	}
+	if _, c, err := rotated.Get(ctx, pool, bob, "twitter"); err != nil || c.AccessToken.Reveal() != "cg-token" {
+		t.Fatalf("after the rotation: %v", err)
+	}
+	if _, err := rotated.Disconnect(ctx, pool, bob, "twitter"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+	if _, err := vault.ParsePlatformNames("twitter=x,linkedin=x"); err == nil {
+		t.Error("one app name for two platforms was accepted")
 	}
 }

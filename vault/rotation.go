@@ -67,6 +67,10 @@ func (o BatchOptions) size() int {
 // credentials_key_id: a blob whose header disagrees with the column (a
 // tampered or hand-edited row) is not taken for done.
 func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progress, error) {
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Progress{}, err
+	}
 	start := time.Now()
 	var p Progress
 	primary := int64(s.keys.PrimaryID())
@@ -117,6 +121,8 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 					if err := rows.Scan(&id, &user, &platform, &blob, &version); err != nil {
 						return err
 					}
+					// The blob is bound to the provider's platform name.
+					platform = settings.Platform(platform)
 					b := accountBinding(id, user, platform)
 					plain, _, err := s.keys.Open(PurposeCredentials, blob, b)
 					if err != nil {

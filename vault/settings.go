@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,13 +34,69 @@ type Settings struct {
 	// expires ("" when it has none), read wherever credgate takes a token
 	// from the plaintext columns and written wherever it writes them.
 	AppExpiryColumn string
+	// PlatformNames are the app's own names for credgate's platforms,
+	// where they differ (twitter → "x"): social_accounts.platform holds
+	// the app's name, everything else of credgate's (providers, the
+	// audit log, metrics, the blob's binding) the provider's.
+	PlatformNames map[string]string
+}
+
+// AppPlatform is the name the app stores for credgate's platform.
+func (s Settings) AppPlatform(platform string) string {
+	if name, ok := s.PlatformNames[platform]; ok {
+		return name
+	}
+	return platform
+}
+
+// Platform is credgate's platform for a name the app stores.
+func (s Settings) Platform(appName string) string {
+	for platform, name := range s.PlatformNames {
+		if name == appName {
+			return platform
+		}
+	}
+	return appName
+}
+
+// ParsePlatformNames reads "twitter=x,linkedin=li".
+func ParsePlatformNames(value string) (map[string]string, error) {
+	out := map[string]string{}
+	seen := map[string]bool{}
+	for _, pair := range strings.Split(value, ",") {
+		if strings.TrimSpace(pair) == "" {
+			continue
+		}
+		platform, name, ok := strings.Cut(pair, "=")
+		platform, name = strings.TrimSpace(platform), strings.TrimSpace(name)
+		if !ok || platform == "" || name == "" {
+			return nil, fmt.Errorf("app platform names: %q is not platform=name", pair)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("app platform names: %q names two platforms", name)
+		}
+		seen[name] = true
+		out[platform] = name
+	}
+	return out, nil
+}
+
+// FormatPlatformNames writes names as ParsePlatformNames reads them, in
+// a fixed order.
+func FormatPlatformNames(names map[string]string) string {
+	parts := make([]string, 0, len(names))
+	for _, platform := range slices.Sorted(maps.Keys(names)) {
+		parts = append(parts, platform+"="+names[platform])
+	}
+	return strings.Join(parts, ",")
 }
 
 // The setting names, as stored.
 const (
-	SettingTransitionMode  = "transition_mode"
-	SettingAppRefresh      = "app_refresh"
-	SettingAppExpiryColumn = "app_expiry_column"
+	SettingTransitionMode   = "transition_mode"
+	SettingAppRefresh       = "app_refresh"
+	SettingAppExpiryColumn  = "app_expiry_column"
+	SettingAppPlatformNames = "app_platform_names"
 )
 
 // ActionSetting: an operator changed a setting (details: name, value, by).
@@ -63,6 +122,12 @@ func LoadSettings(ctx context.Context, db DB) (Settings, error) {
 			s.AppRefreshOff = value == "off"
 		case SettingAppExpiryColumn:
 			s.AppExpiryColumn = value
+		case SettingAppPlatformNames:
+			names, err := ParsePlatformNames(value)
+			if err != nil {
+				return s, err
+			}
+			s.PlatformNames = names
 		}
 	}
 	return s, rows.Err()
