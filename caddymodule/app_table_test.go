@@ -112,7 +112,7 @@ func TestMigrateUpRefusesAnAppTableCredgateCannotUse(t *testing.T) {
 	}
 	for _, want := range []string{
 		"! social_accounts: 1 row has platform 'x', for which credgate has no provider (it knows twitter, linkedin, facebook, instagram)",
-		"    fix: rename them to credgate's name once the app uses it too (UPDATE social_accounts SET platform = '…' WHERE platform = 'x'), or configure a provider named 'x' (kind generic)\n",
+		"    fix: if it is the app's name for one of credgate's platforms, say so: caddy credgate app-platform-name <platform> x (after migrate up); otherwise configure a provider named 'x' (kind generic)\n",
 		"✓ Schema at version 6\n",
 	} {
 		if !strings.Contains(out, want) {
