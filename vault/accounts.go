@@ -475,13 +475,17 @@ func (s *Accounts) Get(ctx context.Context, db DB, userID, platform string) (Acc
 	if err != nil {
 		return Account{}, Credentials{}, err
 	}
-	a, c, _, err := s.get(ctx, db, `WHERE user_id = $1 AND platform = $2`, userID, settings.AppPlatform(platform))
+	a, c, _, err := s.get(ctx, db, settings, `WHERE user_id = $1 AND platform = $2`, userID, settings.AppPlatform(platform))
 	return a, c, err
 }
 
 // GetByID is Get by social_accounts.id, for the refresh worker.
 func (s *Accounts) GetByID(ctx context.Context, db DB, id string) (Account, Credentials, error) {
-	a, c, _, err := s.get(ctx, db, `WHERE id = $1`, id)
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Account{}, Credentials{}, err
+	}
+	a, c, _, err := s.get(ctx, db, settings, `WHERE id = $1`, id)
 	return a, c, err
 }
 
@@ -510,7 +514,11 @@ type Renewable struct {
 // token itself, or the user reconnected through the legacy flow), the
 // app's token is the current one and is returned (Account.AppNewer).
 func (s *Accounts) LockForRenewal(ctx context.Context, tx pgx.Tx, id string) (Renewable, error) {
-	a, c, row, err := s.get(ctx, tx, `WHERE id = $1 FOR NO KEY UPDATE`, id)
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return Renewable{}, err
+	}
+	a, c, row, err := s.get(ctx, tx, settings, `WHERE id = $1 FOR NO KEY UPDATE`, id)
 	r := Renewable{Account: a, Credentials: c, Settings: row.settings}
 	if err != nil {
 		return r, err
@@ -526,13 +534,11 @@ type readRow struct {
 	settings Settings
 }
 
-func (s *Accounts) get(ctx context.Context, db DB, where string, args ...any) (Account, Credentials, readRow, error) {
-	var row readRow
-	settings, err := s.settings.Get(ctx)
-	if err != nil {
-		return Account{}, Credentials{}, row, err
-	}
-	row.settings = settings
+// get reads the row where picks and decides its current token, under
+// the caller's settings (read once per call).
+func (s *Accounts) get(ctx context.Context, db DB, settings Settings, where string, args ...any) (Account, Credentials, readRow, error) {
+	row := readRow{settings: settings}
+	var err error
 	row.acct, err = scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, `+currentColumns(settings.AppExpiryColumn)+
 		` FROM social_accounts `+where, args...), row.targets()...)
 	if errors.Is(err, pgx.ErrNoRows) {

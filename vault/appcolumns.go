@@ -3,7 +3,6 @@ package vault
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -373,19 +372,4 @@ func (s *Accounts) apply(ctx context.Context, tx pgx.Tx, action Action, r plaint
 			Details: map[string]any{"account_id": r.id}})
 	}
 	return nil
-}
-
-// describe is for messages: "twitter", "user …", or "all accounts".
-func (f WriteBackFilter) describe() string {
-	var parts []string
-	if f.Platform != "" {
-		parts = append(parts, f.Platform)
-	}
-	if f.UserID != "" {
-		parts = append(parts, "user "+f.UserID)
-	}
-	if len(parts) == 0 {
-		return "all accounts"
-	}
-	return strings.Join(parts, ", ")
 }

@@ -59,7 +59,3 @@ func PoolerHint(err error) string {
 	}
 	return ""
 }
-
-// Misconfigured reports whether err is a configuration error that no
-// retry fixes (PoolerHint's cases): an operator must change the URL.
-func Misconfigured(err error) bool { return PoolerHint(err) != "" }

@@ -124,8 +124,8 @@ func TestPoolerErrorsAreNamed(t *testing.T) {
 		{&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}, false},
 		{errors.New("dial tcp: connection refused"), false},
 	} {
-		if got := dberr.Misconfigured(tc.err); got != tc.want {
-			t.Errorf("dberr.Misconfigured(%v) = %v, want %v", tc.err, got, tc.want)
+		if got := dberr.PoolerHint(tc.err) != ""; got != tc.want {
+			t.Errorf("dberr.PoolerHint(%v) names the pooler: %v, want %v", tc.err, got, tc.want)
 		}
 		if tc.want && (dberr.Unavailable(tc.err) || !strings.Contains(dberr.Explain("reading", tc.err).Error(), "pooler=transaction")) {
 			t.Errorf("%v: unavailable %v, explained %q", tc.err, dberr.Unavailable(tc.err), dberr.Explain("reading", tc.err))
