@@ -37,17 +37,7 @@ func credgateObjects(t *testing.T, url string) (tables, columns []string) {
 		rows.Scan(&n)
 		tables = append(tables, n)
 	}
-	rows, err = pool.Query(context.Background(), `SELECT attname::text FROM pg_attribute
-		WHERE attrelid = 'social_accounts'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var n string
-		rows.Scan(&n)
-		columns = append(columns, n)
-	}
-	return tables, columns
+	return tables, pgtest.Columns(t, url)
 }
 
 // `migrate up` refuses the reported table with one line naming every

@@ -11,44 +11,10 @@ import (
 	"github.com/credgate/credgate/migrations"
 )
 
-// appTable is a realistic app table before credgate: a uuid key the
-// database makes, the unique pair the app upserts on, the app's own
-// expiry column, and rows.
-const appTable = `CREATE TABLE social_accounts (
-	id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	user_id          uuid NOT NULL,
-	platform         text NOT NULL,
-	platform_user_id text,
-	username         text,
-	access_token     text,
-	refresh_token    text,
-	token_expires_at timestamptz,
-	created_at       timestamptz NOT NULL DEFAULT now(),
-	updated_at       timestamptz NOT NULL DEFAULT now(),
-	CONSTRAINT social_accounts_user_platform_key UNIQUE (user_id, platform))`
-
 const appRows = `INSERT INTO social_accounts (user_id, platform, access_token, refresh_token) VALUES
 	('00000000-0000-4000-8000-000000000001', 'twitter', 'a1', 'r1'),
 	('00000000-0000-4000-8000-000000000001', 'linkedin', 'a2', NULL),
 	('00000000-0000-4000-8000-000000000002', 'facebook', 'a3', NULL)`
-
-// columnsOf lists social_accounts' columns.
-func columnsOf(t *testing.T, url string) []string {
-	t.Helper()
-	rows, err := connect(t, url).Query(context.Background(), `SELECT attname::text FROM pg_attribute
-		WHERE attrelid = 'social_accounts'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var c string
-		rows.Scan(&c)
-		out = append(out, c)
-	}
-	return out
-}
 
 // assertUntouched checks that a refused up changed nothing: no table of
 // credgate's (the version table included), no column, the same dump.
@@ -69,7 +35,7 @@ func assertUntouched(t *testing.T, url string, columns []string, dump string) {
 	if len(tables) > 0 {
 		t.Errorf("a refused up created tables: %v", tables)
 	}
-	if got := columnsOf(t, url); !slices.Equal(got, columns) {
+	if got := pgtest.Columns(t, url); !slices.Equal(got, columns) {
 		t.Errorf("a refused up changed the columns: %v, was %v", got, columns)
 	}
 	if after := dumpDatabase(t, url); after != dump {
@@ -92,56 +58,56 @@ func TestUpRefusesAnAppTableCredgateCannotUse(t *testing.T) {
 		repair  string // makes the table usable; default: fix
 	}{{
 		name:    "missing platform_user_id",
-		table:   appTable + `; ALTER TABLE social_accounts DROP COLUMN platform_user_id`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts DROP COLUMN platform_user_id`,
 		problem: "social_accounts has no column platform_user_id",
 		fix:     "ALTER TABLE social_accounts ADD COLUMN platform_user_id text",
 	}, {
 		name:    "missing username",
-		table:   appTable + `; ALTER TABLE social_accounts DROP COLUMN username`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts DROP COLUMN username`,
 		problem: "social_accounts has no column username",
 		fix:     "ALTER TABLE social_accounts ADD COLUMN username text",
 	}, {
 		name:    "missing updated_at",
-		table:   appTable + `; ALTER TABLE social_accounts DROP COLUMN updated_at`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts DROP COLUMN updated_at`,
 		problem: "social_accounts has no column updated_at: credgate sets it on every write",
 		fix:     "ALTER TABLE social_accounts ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now()",
 	}, {
 		name:    "no unique (user_id, platform)",
-		table:   appTable + `; ALTER TABLE social_accounts DROP CONSTRAINT social_accounts_user_platform_key`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts DROP CONSTRAINT social_accounts_user_platform_key`,
 		problem: "social_accounts has no unique constraint on (user_id, platform): credgate's upsert (INSERT … ON CONFLICT (user_id, platform)) needs one",
 		fix:     "ALTER TABLE social_accounts ADD CONSTRAINT social_accounts_user_id_platform_key UNIQUE (user_id, platform)",
 	}, {
 		name:    "a partial unique index on (user_id, platform)",
-		table:   appTable + `; ALTER TABLE social_accounts DROP CONSTRAINT social_accounts_user_platform_key; CREATE UNIQUE INDEX social_accounts_live ON social_accounts (user_id, platform) WHERE access_token IS NOT NULL`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts DROP CONSTRAINT social_accounts_user_platform_key; CREATE UNIQUE INDEX social_accounts_live ON social_accounts (user_id, platform) WHERE access_token IS NOT NULL`,
 		problem: "the unique constraint on social_accounts (user_id, platform) is DEFERRABLE, partial or not yet valid: ON CONFLICT cannot use it",
 		fix:     "replace it with a plain one",
 		repair:  `ALTER TABLE social_accounts ADD CONSTRAINT social_accounts_user_id_platform_key UNIQUE (user_id, platform)`,
 	}, {
 		name:    "text id",
-		table:   strings.Replace(appTable, "id               uuid PRIMARY KEY DEFAULT gen_random_uuid()", "id text PRIMARY KEY DEFAULT gen_random_uuid()::text", 1),
+		table:   strings.Replace(pgtest.AppTable, "id               uuid PRIMARY KEY DEFAULT gen_random_uuid()", "id text PRIMARY KEY DEFAULT gen_random_uuid()::text", 1),
 		problem: `credgate needs a uuid id: social_accounts.id is text, token_refresh_queue references it as uuid (PostgreSQL refuses that foreign key: "cannot be implemented", 42804)`,
 		fix:     "ALTER TABLE social_accounts ALTER COLUMN id TYPE uuid USING id::uuid",
 		repair:  `ALTER TABLE social_accounts ALTER COLUMN id DROP DEFAULT, ALTER COLUMN id TYPE uuid USING id::uuid, ALTER COLUMN id SET DEFAULT gen_random_uuid()`,
 	}, {
 		name:    "bigint id",
-		table:   strings.Replace(appTable, "id               uuid PRIMARY KEY DEFAULT gen_random_uuid()", "id bigserial PRIMARY KEY", 1),
+		table:   strings.Replace(pgtest.AppTable, "id               uuid PRIMARY KEY DEFAULT gen_random_uuid()", "id bigserial PRIMARY KEY", 1),
 		problem: "credgate needs a uuid id: social_accounts.id is bigint",
 		fix:     "move the key to a uuid column named id (for instance ALTER TABLE social_accounts RENAME COLUMN id TO legacy_id;",
 		repair:  `ALTER TABLE social_accounts RENAME COLUMN id TO legacy_id; ALTER TABLE social_accounts ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE`,
 	}, {
 		name:    "the app's own expires_at",
-		table:   appTable + `; ALTER TABLE social_accounts RENAME COLUMN token_expires_at TO expires_at`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts RENAME COLUMN token_expires_at TO expires_at`,
 		problem: "social_accounts.expires_at already exists (timestamp with time zone) and is not credgate's",
 		fix:     "ALTER TABLE social_accounts RENAME COLUMN expires_at TO app_expires_at) and the app's statements with it, then `caddy credgate app-expiry-column app_expires_at`",
 		repair:  `ALTER TABLE social_accounts RENAME COLUMN expires_at TO app_expires_at`,
 	}, {
 		name:    "access_token NOT NULL",
-		table:   appTable + `; ALTER TABLE social_accounts ALTER COLUMN access_token SET NOT NULL`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts ALTER COLUMN access_token SET NOT NULL`,
 		problem: "social_accounts.access_token is NOT NULL: credgate leaves it NULL on the accounts it connects",
 		fix:     "ALTER TABLE social_accounts ALTER COLUMN access_token DROP NOT NULL",
 	}, {
 		name:    "an app column NOT NULL without a default",
-		table:   appTable + `; ALTER TABLE social_accounts ADD COLUMN display_name text`,
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts ADD COLUMN display_name text`,
 		then:    `UPDATE social_accounts SET display_name = 'someone'; ALTER TABLE social_accounts ALTER COLUMN display_name SET NOT NULL`,
 		problem: "social_accounts.display_name is NOT NULL without a default: credgate's insert of a new account does not name it",
 		fix:     `ALTER TABLE social_accounts ALTER COLUMN display_name SET DEFAULT`,
@@ -157,7 +123,7 @@ func TestUpRefusesAnAppTableCredgateCannotUse(t *testing.T) {
 			if tc.then != "" {
 				pgtest.Exec(t, url, tc.then)
 			}
-			columns, dump := columnsOf(t, url), dumpDatabase(t, url)
+			columns, dump := pgtest.Columns(t, url), dumpDatabase(t, url)
 
 			for attempt := range 2 {
 				_, err := migrations.Up(ctx, url)
@@ -221,7 +187,7 @@ func TestUpListsEveryProblemInOneError(t *testing.T) {
 		id bigserial PRIMARY KEY, user_id uuid NOT NULL, platform text NOT NULL,
 		access_token text, refresh_token text, expires_at timestamptz, status text)`)
 	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, status) VALUES (gen_random_uuid(), 'x', 'active')`)
-	columns, dump := columnsOf(t, url), dumpDatabase(t, url)
+	columns, dump := pgtest.Columns(t, url), dumpDatabase(t, url)
 
 	_, err := migrations.Up(ctx, url)
 	refused, ok := errors.AsType[migrations.ErrAppTable](err)
@@ -257,7 +223,7 @@ func TestUpListsEveryProblemInOneError(t *testing.T) {
 func TestUpWarnsOfPlatformNamesWithoutAProvider(t *testing.T) {
 	t.Parallel()
 	url := pgtest.EmptyDatabase(t)
-	pgtest.Exec(t, url, appTable)
+	pgtest.Exec(t, url, pgtest.AppTable)
 	pgtest.Exec(t, url, appRows)
 	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform) VALUES
 		(gen_random_uuid(), 'x'), (gen_random_uuid(), 'x'), (gen_random_uuid(), 'mastodon')`)
@@ -304,7 +270,7 @@ func TestPreflightPassesAGoodAppTable(t *testing.T) {
 	if problems, err := migrations.Preflight(ctx, connect(t, url)); err != nil || problems != nil {
 		t.Errorf("no table: %v %v", problems, err)
 	}
-	pgtest.Exec(t, url, strings.Replace(appTable, "platform         text NOT NULL", "platform varchar(32) NOT NULL", 1)+`;
+	pgtest.Exec(t, url, strings.Replace(pgtest.AppTable, "platform         text NOT NULL", "platform varchar(32) NOT NULL", 1)+`;
 		CREATE FUNCTION app_touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
 		CREATE TRIGGER social_accounts_touch BEFORE UPDATE ON social_accounts
@@ -335,7 +301,7 @@ func TestPreflightPassesAGoodAppTable(t *testing.T) {
 func TestPreflightWarnsOfAnIDWithoutDefault(t *testing.T) {
 	t.Parallel()
 	url := pgtest.EmptyDatabase(t)
-	pgtest.Exec(t, url, appTable+`; ALTER TABLE social_accounts ALTER COLUMN id DROP DEFAULT`)
+	pgtest.Exec(t, url, pgtest.AppTable+`; ALTER TABLE social_accounts ALTER COLUMN id DROP DEFAULT`)
 	rep := mustUp(t, url)
 	assertComplete(t, rep.After)
 	warns := rep.Before.AppTable.Warnings()

@@ -15,18 +15,7 @@ import (
 const appTableCheck = "app table: what credgate's statements need"
 
 // realisticApp is an app's table before credgate, with its rows.
-const realisticApp = `CREATE TABLE social_accounts (
-	id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	user_id          uuid NOT NULL,
-	platform         text NOT NULL,
-	platform_user_id text,
-	username         text,
-	access_token     text,
-	refresh_token    text,
-	token_expires_at timestamptz,
-	created_at       timestamptz NOT NULL DEFAULT now(),
-	updated_at       timestamptz NOT NULL DEFAULT now(),
-	CONSTRAINT social_accounts_user_platform_key UNIQUE (user_id, platform));
+var realisticApp = pgtest.AppTable + `;
 CREATE TABLE posts (id bigserial PRIMARY KEY, social_account_id uuid NOT NULL REFERENCES social_accounts (id), body text);
 INSERT INTO social_accounts (user_id, platform, platform_user_id, username, access_token, refresh_token) VALUES
 	('00000000-0000-4000-8000-000000000001', 'twitter', '101', 'alice', 'a1', 'r1'),

@@ -52,20 +52,7 @@ const (
 // The realistic app table: a uuid key the database makes, the unique
 // pair the app upserts on, the app's own expiry column, an updated_at
 // trigger, an index, and a table of posts that references the accounts.
-const appSchema = `
-CREATE TABLE social_accounts (
-    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    user_id          uuid NOT NULL,
-    platform         text NOT NULL,
-    platform_user_id text,
-    username         text,
-    access_token     text,
-    refresh_token    text,
-    token_expires_at timestamptz,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT social_accounts_user_platform_key UNIQUE (user_id, platform)
-);
+var appSchema = pgtest.AppTable + `;
 CREATE INDEX social_accounts_user_idx ON social_accounts (user_id);
 CREATE FUNCTION app_touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
