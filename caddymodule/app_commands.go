@@ -26,21 +26,22 @@ import (
 // write-back. The settings live in the database (credgate_settings), so
 // every replica acts on them within seconds and every command sees them.
 
-// openAccounts is openVault with the store acting on the settings in the
-// database.
-func openAccounts(ctx context.Context, cmd *cobra.Command) (*vault.Accounts, *pgxpool.Pool, vault.Settings, error) {
+// openAccounts is openVault with the account store acting on the
+// settings in the database (the app's platform names, expiry column,
+// transition mode), which every batch command needs.
+func openAccounts(ctx context.Context, cmd *cobra.Command) (*vault.Accounts, *vault.Keyring, *pgxpool.Pool, error) {
 	keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{})
 	if err != nil {
-		return nil, nil, vault.Settings{}, err
+		return nil, nil, nil, err
 	}
 	settings, err := vault.LoadSettings(ctx, pool)
 	if err != nil {
 		pool.Close()
-		return nil, nil, settings, err
+		return nil, nil, nil, err
 	}
 	accounts := vault.NewAccounts(keys)
 	accounts.UseSettings(vault.Fixed(settings))
-	return accounts, pool, settings, nil
+	return accounts, keys, pool, nil
 }
 
 // settingBy names who changed a setting, for its audit row.
@@ -214,7 +215,7 @@ written gets an audit row. Exits 1 if a row could not be written.`,
 			if f.Platform == "" && f.UserID == "" && !all {
 				return errors.New("say which accounts: --all, --platform <name> or --user <uuid>")
 			}
-			accounts, pool, _, err := openAccounts(ctx, cmd)
+			accounts, _, pool, err := openAccounts(ctx, cmd)
 			if err != nil {
 				return err
 			}

@@ -134,7 +134,9 @@ a stopped run resumes where it stopped. Exits 1 if any row is left on an
 old key.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
-			keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{})
+			// The store with the app's platform names: the blobs are bound
+			// to the providers'.
+			accounts, keys, pool, err := openAccounts(ctx, cmd)
 			if err != nil {
 				return err
 			}
@@ -142,14 +144,6 @@ old key.`,
 			size, _ := cmd.Flags().GetInt("batch-size")
 			w := cmd.OutOrStdout()
 			p, err := withProgress(w, "rewrap", progressInterval, func(report func(vault.Progress)) (vault.Progress, error) {
-				// The app's platform names: the blobs are bound to the
-				// providers'.
-				settings, err := vault.LoadSettings(ctx, pool)
-				if err != nil {
-					return vault.Progress{}, err
-				}
-				accounts := vault.NewAccounts(keys)
-				accounts.UseSettings(vault.Fixed(settings))
 				return accounts.Rewrap(ctx, pool, vault.BatchOptions{BatchSize: size, Progress: report, Worker: hostname()})
 			})
 			if err != nil {
@@ -190,7 +184,7 @@ the app no longer reads those columns (guide Phase 5). Exits 1 if any row
 could not be processed.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
-			accounts, pool, _, err := openAccounts(ctx, cmd)
+			accounts, _, pool, err := openAccounts(ctx, cmd)
 			if err != nil {
 				return err
 			}
