@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/flushloop"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -38,25 +39,10 @@ func NewDecisionLog(pool *pgxpool.Pool, decisions *flags.Decisions) *DecisionLog
 	return &DecisionLog{pool: pool, decisions: decisions, flushed: map[decisionKey]uint64{}}
 }
 
-// Run flushes every interval until ctx ends, and once more then (with a
-// short budget of its own), so that a replica that stops keeps its last
-// counts.
+// Run flushes every interval until ctx ends, and once more then, so that
+// a replica that stops keeps its last counts.
 func (d *DecisionLog) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			_ = d.Flush(final)
-			cancel()
-			return
-		case <-t.C:
-			// A failed flush adds nothing and the next carries the same
-			// deltas: nothing to do but wait.
-			_ = d.Flush(ctx)
-		}
-	}
+	flushloop.Run(ctx, interval, 2*time.Second, d.Flush)
 }
 
 // Flush adds the decisions counted since the last flush to the current

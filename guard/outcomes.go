@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/flushloop"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -34,28 +35,12 @@ func NewOutcomeLog(pool *pgxpool.Pool, outcomes *flags.Outcomes) *OutcomeLog {
 	return &OutcomeLog{pool: pool, outcomes: outcomes, flushed: map[flags.OutcomeKey]uint64{}}
 }
 
-// Run flushes every interval until ctx ends, and once more then (with a
-// budget of its own), so that a replica that stops or reloads keeps its
-// last outcomes. Only for an instance without the guard: the guard
-// flushes the same log itself, before it judges.
+// Run flushes every interval until ctx ends, and once more then, so that
+// a replica that stops or reloads keeps its last outcomes. Only for an
+// instance without the guard: the guard flushes the same log itself,
+// before it judges.
 func (l *OutcomeLog) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), tickTimeout)
-			_ = l.Flush(final)
-			cancel()
-			return
-		case <-t.C:
-			// A failed flush adds nothing and the next carries the same
-			// deltas: nothing to do but wait.
-			fctx, cancel := context.WithTimeout(ctx, tickTimeout)
-			_ = l.Flush(fctx)
-			cancel()
-		}
-	}
+	flushloop.Run(ctx, interval, tickTimeout, l.Flush)
 }
 
 // Flush adds the outcomes counted since the last flush to the shared

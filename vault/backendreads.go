@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/credgate/credgate/internal/flushloop"
 )
 
 // The runbook's first rule: the app's back end reads its tokens through
@@ -84,19 +86,7 @@ func (b *BackendReads) Flush(ctx context.Context, db DB) error {
 
 // Run flushes every interval until ctx ends, and once more then.
 func (b *BackendReads) Run(ctx context.Context, db DB, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			_ = b.Flush(final, db)
-			cancel()
-			return
-		case <-t.C:
-			_ = b.Flush(ctx, db)
-		}
-	}
+	flushloop.Run(ctx, interval, 2*time.Second, func(ctx context.Context) error { return b.Flush(ctx, db) })
 }
 
 // BackendReadWindow is how far back the checks look for back-end reads.
