@@ -646,16 +646,23 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 	query := `SELECT count(*) FROM social_accounts
 		WHERE credentials_encrypted IS NOT NULL AND (access_token IS NULL OR connected_via = 'credgate')`
 	if fingerprinted {
-		query = `SELECT count(*) FROM social_accounts
-			WHERE credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring')
-			  AND (access_token IS NULL
-			       OR (connected_via = 'credgate' AND NOT app_token_current
-			           AND app_token_fingerprint IS NOT DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token)))`
+		query = `SELECT count(*) FROM social_accounts WHERE ` + TokenOnlyInCredgate
 	}
 	var n int64
 	err = db.QueryRowContext(ctx, query).Scan(&n)
 	return n, dberr.Explain("counting encrypted-only accounts", err)
 }
+
+// TokenOnlyInCredgate is true on a social_accounts row (from 006 on)
+// whose live current token is in credgate's blob and not in the app's
+// columns: no plaintext, or a credgate-connected row whose plaintext is
+// the app's superseded token (seen by credgate, not written back). The
+// unchanged app cannot post for such an account, and `migrate down`
+// would lose its token.
+const TokenOnlyInCredgate = `credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring')
+	AND (access_token IS NULL
+	     OR (connected_via = 'credgate' AND NOT app_token_current
+	         AND app_token_fingerprint IS NOT DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token)))`
 
 // versions lists the versions of the files in fsys, in order.
 func versions(fsys fs.FS) []int {

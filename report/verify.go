@@ -250,10 +250,7 @@ func appChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, 
 	// Accounts the unchanged app cannot post for: credgate holds their
 	// current token and the app's columns do not.
 	rows, err := db.Query(ctx, `SELECT platform, count(*) FROM social_accounts
-		WHERE credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring') AND NOT app_token_current
-		  AND (access_token IS NULL OR app_token_fingerprint IS NOT DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token))
-		  AND connected_via = 'credgate'
-		GROUP BY platform ORDER BY platform`)
+		WHERE `+migrations.TokenOnlyInCredgate+` GROUP BY platform ORDER BY platform`)
 	if err != nil {
 		return nil, fmt.Errorf("counting accounts only credgate holds: %w", err)
 	}
