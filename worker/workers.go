@@ -254,6 +254,18 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		return ResultSkipped, w.finish(q.Kill(txCtx, tx, j, w.Name, "unknown_platform"))
 	}
 	if a.AppOwned && !locked.Settings.AppRefreshOff {
+		// The settings were read through a cache that may be a moment
+		// old, and the scheduler queued this job from the table's own:
+		// ask the table before leaving the job to the app, or a job
+		// queued just after app-refresh went off would be left, and
+		// queued again.
+		now, err := vault.LoadSettings(txCtx, tx)
+		if err != nil {
+			return "", err
+		}
+		locked.Settings = now
+	}
+	if a.AppOwned && !locked.Settings.AppRefreshOff {
 		// The app's token, and the app still renews it: no renewal, and
 		// no expiring or needs_reauth mark either (the app decides).
 		return ResultSkipped, w.finish(q.LeaveToApp(txCtx, tx, j, w.Name))
