@@ -295,16 +295,16 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	// Sessions that cannot hold locks forever when the path to the
 	// database breaks (docs/background.md, "Faults"); behind a
-	// transaction pooler, the pooler's timeouts instead.
+	// transaction pooler, the same timeouts set in each transaction.
 	pooler, _ := pgurl.Pooler(databaseURL) // Parse accepted it
-	pgurl.LimitSessions(poolCfg, pooler)
+	limits := pgurl.LimitSessions(poolCfg, pooler)
 	a.pooler = pooler
 	if poolTracer != nil {
 		poolCfg.ConnConfig.Tracer = poolTracer
 	}
 	a.poolKey = databaseURL
 	shared, _, err := pools.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
-		p, err := pgxpool.NewWithConfig(context.Background(), poolCfg) // connects lazily
+		p, err := pgurl.NewPool(context.Background(), poolCfg, limits) // connects lazily
 		return sharedPool{Pool: p, verified: new(sync.Map)}, err
 	})
 	if err != nil {

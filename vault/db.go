@@ -6,6 +6,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/credgate/credgate/internal/pgurl"
 )
 
 // DB is what the stores run on: a *pgxpool.Pool, a *pgx.Conn or a pgx.Tx.
@@ -19,8 +22,15 @@ type DB interface {
 }
 
 // InTx runs fn in a transaction on db (a savepoint when db is already a
-// transaction) and commits when fn returns nil.
+// transaction) and commits when fn returns nil. On a pool behind a
+// transaction pooler the transaction begins with credgate's session
+// limits as SET LOCAL (pgurl.NewPool), as its sessions cannot carry them.
 func InTx(ctx context.Context, db DB, fn func(tx pgx.Tx) error) error {
+	if pool, ok := db.(*pgxpool.Pool); ok {
+		if opts, limited := pgurl.TxOptions(pool); limited {
+			return pgx.BeginTxFunc(ctx, pool, opts, fn)
+		}
+	}
 	return pgx.BeginFunc(ctx, db, fn)
 }
 

@@ -139,3 +139,34 @@ func TestTheStoresWorkThroughATransactionPooler(t *testing.T) {
 		t.Fatalf("%d audit rows (%v), want the connects and renewals", audited, err)
 	}
 }
+
+// InTx begins its transactions with the pool's limits behind a
+// transaction pooler (pgurl.NewPool), so a renewal's row lock is bounded
+// there as it is on a direct connection's session.
+func TestInTxCarriesTheLimitsThroughATransactionPooler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	through := pgtest.Bouncer(t, pgtest.Database(t))
+	cfg, err := pgurl.Parse(through)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgurl.NewPool(ctx, cfg, pgurl.LimitSessions(cfg, pgurl.TransactionPooler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var inTx, outside string
+	err = vault.InTx(ctx, pool, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT current_setting('lock_timeout')`).Scan(&inTx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT current_setting('lock_timeout')`).Scan(&outside); err != nil {
+		t.Fatal(err)
+	}
+	if inTx != "15s" || outside == "15s" {
+		t.Errorf("lock_timeout in InTx's transaction %q, outside %q: want 15s inside only (SET LOCAL)", inTx, outside)
+	}
+}

@@ -5,11 +5,17 @@
 package pgurl
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -150,24 +156,78 @@ var sessionLimits = map[string]string{
 // URL sets, and keepalives on the client's side of each connection (a
 // dead server is noticed within about half a minute).
 //
-// Behind a transaction-mode pooler the limits are not sent: a pooler
-// refuses startup parameters it does not know (PgBouncer: "unsupported
-// startup parameter"), and a session setting would not follow the
-// transactions anyway. The pooler's own timeouts (PgBouncer's
-// query_timeout, idle_transaction_timeout, server_lifetime) and
-// PostgreSQL's defaults for its role take their place (README, "Behind
-// a pooler").
-func LimitSessions(cfg *pgxpool.Config, mode PoolerMode) {
-	for k, v := range sessionLimits {
-		if mode == TransactionPooler {
-			break
-		}
-		if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
-			cfg.ConnConfig.RuntimeParams[k] = v
-		}
-	}
+// Behind a transaction-mode pooler no setting is sent at startup: a
+// pooler refuses startup parameters it does not know (PgBouncer:
+// "unsupported startup parameter"), and a session setting would not
+// follow the transactions anyway, as each may run on another server
+// connection. The timeouts (the defaults, or the URL's) move into the
+// transactions instead: LimitSessions returns the statement each
+// transaction credgate begins on a pool made by NewPool starts with,
+// SET LOCAL for each, sent with BEGIN in one round trip. A transaction
+// is where credgate holds locks, so that is where the limits matter; a
+// single statement outside one is bounded by its caller's deadline,
+// which cancels it at the server. The TCP settings, which belong to the
+// server connection, are left to the pooler (README, "Behind a
+// pooler").
+func LimitSessions(cfg *pgxpool.Config, mode PoolerMode) TransactionLimits {
 	d := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}}
 	cfg.ConnConfig.DialFunc = d.DialContext
+	if mode != TransactionPooler {
+		for k, v := range sessionLimits {
+			if _, set := cfg.ConnConfig.RuntimeParams[k]; !set {
+				cfg.ConnConfig.RuntimeParams[k] = v
+			}
+		}
+		return ""
+	}
+	var begin strings.Builder
+	begin.WriteString("BEGIN")
+	for _, k := range slices.Sorted(maps.Keys(sessionLimits)) {
+		if strings.HasPrefix(k, "tcp_") {
+			delete(cfg.ConnConfig.RuntimeParams, k)
+			continue
+		}
+		v, set := cfg.ConnConfig.RuntimeParams[k]
+		if set {
+			delete(cfg.ConnConfig.RuntimeParams, k) // the pooler would refuse it
+		} else {
+			v = sessionLimits[k]
+		}
+		fmt.Fprintf(&begin, "; SET LOCAL %s = '%s'", k, strings.ReplaceAll(v, "'", "''"))
+	}
+	return TransactionLimits(begin.String())
+}
+
+// TransactionLimits is the statement that begins each transaction on a
+// pool whose sessions cannot carry credgate's limits (a transaction
+// pooler's); empty when they can.
+type TransactionLimits string
+
+// transactionLimits holds the limits of each pool NewPool made with
+// some, weakly: an entry goes with its pool.
+var transactionLimits sync.Map // weak.Pointer[pgxpool.Pool] → TransactionLimits
+
+// NewPool makes a pool on cfg (connecting lazily) whose transactions,
+// begun through TxOptions (vault.InTx does), start with limits.
+func NewPool(ctx context.Context, cfg *pgxpool.Config, limits TransactionLimits) (*pgxpool.Pool, error) {
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil || limits == "" {
+		return pool, err
+	}
+	key := weak.Make(pool)
+	transactionLimits.Store(key, limits)
+	runtime.AddCleanup(pool, func(k weak.Pointer[pgxpool.Pool]) { transactionLimits.Delete(k) }, key)
+	return pool, nil
+}
+
+// TxOptions returns the options to begin a transaction on pool with:
+// its limits, when NewPool gave it some (ok reports whether it did).
+func TxOptions(pool *pgxpool.Pool) (opts pgx.TxOptions, ok bool) {
+	v, ok := transactionLimits.Load(weak.Make(pool))
+	if !ok {
+		return pgx.TxOptions{}, false
+	}
+	return pgx.TxOptions{BeginQuery: string(v.(TransactionLimits))}, true
 }
 
 // SessionLimits lists the defaults, for docs and tests.

@@ -3,6 +3,7 @@ package pgurl_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -87,5 +88,75 @@ func TestPoolerModes(t *testing.T) {
 	}
 	if _, err := pgurl.Pooler("postgres://u@h/db?pooler=statement"); err == nil {
 		t.Error("pooler=statement was accepted")
+	}
+}
+
+// Behind a transaction pooler the limits reach the server in each
+// transaction begun with TxOptions, the URL's values winning, and none
+// goes out at startup (PgBouncer would refuse it). The idle limit
+// really ends a transaction that stops talking.
+func TestTransactionLimitsBehindAPooler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	through := pgtest.Bouncer(t, pgtest.Database(t))
+	cfg, err := pgurl.Parse(through + "&lock_timeout=3s&idle_in_transaction_session_timeout=1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limits := pgurl.LimitSessions(cfg, pgurl.TransactionPooler)
+	if limits == "" {
+		t.Fatal("no transaction limits behind a transaction pooler")
+	}
+	pool, err := pgurl.NewPool(ctx, cfg, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	opts, ok := pgurl.TxOptions(pool)
+	if !ok {
+		t.Fatal("TxOptions: the pool has no limits")
+	}
+	err = pgx.BeginTxFunc(ctx, pool, opts, func(tx pgx.Tx) error {
+		for setting, want := range map[string]string{
+			"idle_in_transaction_session_timeout": "1s",
+			"statement_timeout":                   "1min",
+			"lock_timeout":                        "3s",
+		} {
+			var got string
+			if err := tx.QueryRow(ctx, "SELECT current_setting($1)", setting).Scan(&got); err != nil {
+				return err
+			}
+			if got != want {
+				t.Errorf("in a transaction: %s = %q, want %q", setting, got, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A transaction that goes quiet past the limit is ended by the
+	// server, its locks with it.
+	tx, err := pool.BeginTx(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := tx.Exec(ctx, "SELECT 1"); err == nil {
+		t.Error("a transaction idle past idle_in_transaction_session_timeout went on")
+	}
+	tx.Rollback(ctx)
+
+	// A pool on a direct connection has none: its sessions carry them.
+	direct, err := pgurl.Parse(pgtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := pgurl.LimitSessions(direct, pgurl.Direct); l != "" {
+		t.Errorf("direct: transaction limits %q", l)
 	}
 }
