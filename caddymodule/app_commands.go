@@ -286,8 +286,8 @@ func backEndReadsThroughCredgate(ctx context.Context, cmd *cobra.Command, platfo
 	if err != nil {
 		return err
 	}
-	rows, err := pool.Query(ctx, `SELECT DISTINCT platform FROM social_accounts
-		WHERE status IN ('connected', 'expiring') AND (access_token IS NOT NULL OR credentials_encrypted IS NOT NULL)`)
+	rows, err := pool.Query(ctx, settings.Columns.SQL(`SELECT DISTINCT platform FROM social_accounts
+		WHERE {status} IN ('connected', 'expiring') AND (access_token IS NOT NULL OR credentials_encrypted IS NOT NULL)`))
 	if err != nil {
 		return fmt.Errorf("reading the platforms in use: %w", err)
 	}

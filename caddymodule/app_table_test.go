@@ -3,10 +3,13 @@ package caddymodule
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/migrations"
@@ -227,4 +230,174 @@ func TestServiceHealthFailsOnAnAppTableCredgateCannotUse(t *testing.T) {
 	if loc := h.connect(alice, "twitter"); strings.Contains(loc, "oauth_error") {
 		t.Errorf("a connect after the fix: %s", loc)
 	}
+}
+
+// clashingTable is an app's social_accounts with columns of its own by
+// three of credgate's names, of its own types and rules (a status with
+// the app's values, NOT NULL; scopes as a comma-separated string), and
+// X stored as "x".
+const clashingTable = `CREATE TABLE social_accounts (
+	id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	user_id          uuid NOT NULL,
+	platform         text NOT NULL,
+	platform_user_id text,
+	username         text,
+	access_token     text,
+	refresh_token    text,
+	expires_at       timestamptz,
+	status           text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'inactive')),
+	scopes           text,
+	created_at       timestamptz NOT NULL DEFAULT now(),
+	updated_at       timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (user_id, platform));
+INSERT INTO social_accounts (user_id, platform, access_token, refresh_token, expires_at, status, scopes) VALUES
+	('` + carol + `', 'x', 'carols-token', 'carols-refresh', now() + interval '90 minutes', 'active', 'tweet.read,tweet.write'),
+	('` + bob + `', 'linkedin', 'daves-token', NULL, now() + interval '50 days', 'inactive', 'w_member_social')`
+
+// An app table with its own expires_at, status and scopes (and "x" for
+// twitter) is absorbed, not refused: migrate up gives credgate's columns
+// credgate_ names and the app's stay as they are; every path then works
+// on it (connects on all four platforms, the token API, a renewal,
+// egress, disconnect, backfill from the app's expiry, the scheduler,
+// verify, service-health, metrics); and migrate down removes only what
+// credgate added.
+// Not parallel: verify reads keys from the environment.
+func TestTheGatewayWorksOnAnAppTableWithItsOwnExpiresAtStatusAndScopes(t *testing.T) {
+	t.Setenv(vault.EnvMasterKey, testKey(1))
+	t.Setenv(vault.EnvPreviousKeys, "")
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, clashingTable)
+	appColumns := `SELECT user_id::text || ' ' || platform || ' ' || coalesce(access_token, '-') || ' ' || status || ' ' ||
+		coalesce(scopes, '-') || ' ' || coalesce(to_char(expires_at, 'YYYY-MM-DD'), '-') FROM social_accounts ORDER BY 1`
+	before := stringsOn(t, url, appColumns)
+
+	out, err := runCLI(t, "migrate", "up", "--database-url", url)
+	if err != nil || !strings.Contains(out, "credgate_expires_at, credgate_status") || !strings.Contains(out, "credgate_scopes") {
+		t.Fatalf("up: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "app-expiry-column expires_at") {
+		t.Errorf("up does not say how to have credgate read the app's expires_at:\n%s", out)
+	}
+	if out, err := runCLI(t, "migrate", "status", "--database-url", url); err != nil || !strings.HasSuffix(out, "Schema complete.\n") ||
+		!strings.Contains(out, "✓ credgate_status") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{{"app-platform-name", "twitter", "x"}, {"app-expiry-column", "expires_at"}} {
+		if out, err := runCLI(t, append(args, "--database-url", url)...); err != nil {
+			t.Fatalf("%s: %v\n%s", args[0], err, out)
+		}
+	}
+	if out, err := runCLI(t, "app-expiry-column", "credgate_expires_at", "--database-url", url); err == nil {
+		t.Errorf("app-expiry-column accepted credgate's own column:\n%s", out)
+	}
+	if after := stringsOn(t, url, appColumns); !slices.Equal(before, after) {
+		t.Fatalf("up changed the app's columns:\n%v\n%v", before, after)
+	}
+
+	// Backfill takes the app's expiry into credgate's column.
+	if out, err := runCLI(t, "backfill", "--database-url", url); err != nil {
+		t.Fatalf("backfill: %v\n%s", err, out)
+	}
+	if n := countOn(t, url, `SELECT count(*) FROM social_accounts WHERE credentials_encrypted IS NOT NULL
+		AND credgate_expires_at = expires_at AND credgate_status = 'connected'`); n != 2 {
+		t.Fatalf("%d backfilled rows carry the app's expiry in credgate_expires_at, want 2", n)
+	}
+
+	h := newHarness(t, harnessOptions{databaseURL: url, metrics: true,
+		tokenAPI: "service_token " + serviceToken, egress: "service_token " + serviceToken})
+	for p := range postPaths {
+		if loc := h.connect(alice, p); strings.Contains(loc, "oauth_error") {
+			t.Fatalf("connect %s: %s", p, loc)
+		}
+	}
+	if n := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND credgate_status = 'connected'
+		AND credgate_expires_at > now() AND (credgate_scopes IS NOT NULL OR platform = 'facebook') AND status = 'active' AND scopes IS NULL
+		AND platform IN ('x', 'linkedin', 'facebook', 'instagram')`, alice); n != 4 {
+		t.Fatalf("%d of alice's 4 rows as expected (credgate's columns set, the app's at their defaults): %v", n,
+			stringsOn(t, url, `SELECT platform || ' ' || credgate_status || ' ' || coalesce(credgate_expires_at::text, '-') || ' ' ||
+				coalesce(array_to_string(credgate_scopes, ','), '-') || ' ' || status || ' ' || coalesce(scopes, '-') FROM social_accounts WHERE user_id = '`+alice+`'`))
+	}
+	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || !h.worksAtSandbox("twitter", tok.AccessToken) {
+		t.Fatalf("token API: %d %s", code, body)
+	}
+	before2 := h.sandbox.Stats()["twitter"].Refreshes
+	h.sandbox.Clock().Advance(117 * time.Minute)
+	code, renewed, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || renewed.AccessToken == tok.AccessToken || h.sandbox.Stats()["twitter"].Refreshes != before2+1 {
+		t.Fatalf("renewal: %d %s", code, body)
+	}
+	for p, path := range postPaths {
+		if code, body := h.egressCall("POST", path+"?fields=id", alice, serviceToken, `{"text":"hello"}`); code/100 != 2 {
+			t.Fatalf("egress %s: %d %s", p, code, body)
+		}
+	}
+	if resp, body := h.do("DELETE", "/api/credentials/facebook/disconnect", alice, map[string]string{"Origin": h.origin}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("disconnect: %d %s", resp.StatusCode, body)
+	}
+	if n := h.count(`SELECT count(*) FROM social_accounts WHERE user_id = $1 AND platform = 'facebook'
+		AND credgate_status = 'disconnected' AND credgate_expires_at IS NULL AND status = 'active'`, alice); n != 1 {
+		t.Fatal("the disconnect did not mark credgate's status (or touched the app's)")
+	}
+	resp, body := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("service-health: %d %s", resp.StatusCode, body)
+	}
+	if got := metricValue(h.scrape(), "credgate_accounts", `platform="twitter"`, `status="connected"`); got != 2 {
+		t.Errorf("credgate_accounts{twitter,connected} = %v, want 2 (alice's and carol's)", got)
+	}
+	// The back end reads through credgate (its reads are flushed every
+	// second), the plaintext is purged: verify passes whole.
+	if out, err := runCLI(t, "backfill", "--purge-plaintext", "--database-url", url); err != nil {
+		t.Fatalf("purge: %v\n%s", err, out)
+	}
+	waitUntil(t, 10*time.Second, func() bool { return h.count(`SELECT count(DISTINCT platform) FROM backend_reads`) == 4 })
+	if out, err := runCLI(t, "verify", "--database-url", url); err != nil || !strings.Contains(out, "All 15 checks passed.") {
+		t.Errorf("verify: %v\n%s", err, out)
+	}
+
+	// The way back: write-back gives the app its tokens again, so down
+	// needs no --force; credgate's columns go, the app's stay.
+	if out, err := runCLI(t, "writeback", "--all", "--database-url", url); err != nil {
+		t.Fatalf("writeback: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "migrate", "down", "--database-url", url); err != nil {
+		t.Fatalf("down: %v\n%s", err, out)
+	}
+	cols := pgtest.Columns(t, url)
+	for _, c := range []string{"credgate_expires_at", "credgate_status", "credgate_scopes", "credentials_encrypted"} {
+		if slices.Contains(cols, c) {
+			t.Errorf("down left %s", c)
+		}
+	}
+	for _, c := range []string{"expires_at", "status", "scopes"} {
+		if !slices.Contains(cols, c) {
+			t.Errorf("down dropped the app's %s", c)
+		}
+	}
+	if n := countOn(t, url, `SELECT count(*) FROM social_accounts WHERE user_id = $1 AND status = 'inactive' AND scopes = 'w_member_social'`, bob); n != 1 {
+		t.Error("the app's values did not survive down")
+	}
+}
+
+func countOn(t *testing.T, url, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := pgtest.Pool(t, url).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func stringsOn(t *testing.T, url, sql string) []string {
+	t.Helper()
+	rows, err := pgtest.Pool(t, url).Query(context.Background(), sql)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

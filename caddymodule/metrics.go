@@ -154,8 +154,8 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 	for _, p := range g.app.platforms() {
 		appNames = append(appNames, settings.AppPlatform(p))
 	}
-	rows, err := g.app.pool.Query(ctx, `SELECT platform, status, count(*) FROM social_accounts
-		WHERE platform = ANY($1) GROUP BY 1, 2`, appNames)
+	rows, err := g.app.pool.Query(ctx, settings.Columns.SQL(`SELECT platform, {status}, count(*) FROM social_accounts
+		WHERE platform = ANY($1) GROUP BY 1, 2`), appNames)
 	if err != nil {
 		return g.cached
 	}

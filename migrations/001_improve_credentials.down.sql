@@ -26,14 +26,16 @@ ALTER TABLE social_accounts
     DROP CONSTRAINT IF EXISTS social_accounts_credgate_status_check,
     DROP CONSTRAINT IF EXISTS social_accounts_credgate_connected_via_check;
 
--- Only the columns credgate added (marked by their comment): never a
--- column of the app's that happens to share a name.
+-- Only the columns credgate added (marked by their comment), under
+-- whichever name 001 gave them: never a column of the app's that happens
+-- to share a name.
 DO $$
 DECLARE
     col text;
 BEGIN
     FOREACH col IN ARRAY ARRAY['credentials_encrypted', 'credentials_key_id', 'credentials_version', 'expires_at',
-                               'status', 'scopes', 'last_refreshed_at', 'connected_via'] LOOP
+                               'status', 'scopes', 'last_refreshed_at', 'connected_via',
+                               'credgate_expires_at', 'credgate_status', 'credgate_scopes'] LOOP
         IF EXISTS (SELECT 1 FROM pg_attribute a
                    WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = col AND NOT a.attisdropped
                      AND col_description(a.attrelid, a.attnum) LIKE 'credgate:%') THEN

@@ -33,19 +33,25 @@ CREATE TABLE IF NOT EXISTS social_accounts (
     UNIQUE (user_id, platform)
 );
 
--- The app's table must not already have a column by one of credgate's
--- names: ADD COLUMN IF NOT EXISTS would silently share it, credgate's
--- CHECK constraints would then reject the app's own values, and the
--- rollback would drop the app's data. credgate marks its columns with a
--- comment; any other column of the same name stops the migration here,
--- before anything changed.
+-- The app's table may already have columns of its own by credgate's names.
+-- expires_at, status and scopes are names apps often use for their own
+-- token expiry, account state or scopes: for those, credgate's column is
+-- named credgate_expires_at, credgate_status or credgate_scopes instead,
+-- and credgate's statements follow (docs/schema.md). Any other of
+-- credgate's names, or one of those credgate_ names, already taken by the
+-- app stops the migration here, before anything changed: ADD COLUMN IF NOT
+-- EXISTS would silently share it, credgate's CHECK constraints would then
+-- reject the app's values, and the rollback would drop the app's data.
+-- credgate marks its columns with a comment; that is how they are told
+-- apart, here and everywhere.
 DO $$
 DECLARE
     col        text;
     found_type text;
 BEGIN
-    FOREACH col IN ARRAY ARRAY['credentials_encrypted', 'credentials_key_id', 'credentials_version', 'expires_at',
-                               'status', 'scopes', 'last_refreshed_at', 'connected_via'] LOOP
+    FOREACH col IN ARRAY ARRAY['credentials_encrypted', 'credentials_key_id', 'credentials_version',
+                               'last_refreshed_at', 'connected_via',
+                               'credgate_expires_at', 'credgate_status', 'credgate_scopes'] LOOP
         SELECT format_type(a.atttypid, a.atttypmod) INTO found_type
         FROM pg_attribute a
         WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = col AND NOT a.attisdropped
@@ -63,31 +69,60 @@ ALTER TABLE social_accounts
     ADD COLUMN IF NOT EXISTS credentials_encrypted bytea,
     ADD COLUMN IF NOT EXISTS credentials_key_id    integer,
     ADD COLUMN IF NOT EXISTS credentials_version   bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS expires_at            timestamptz,
-    ADD COLUMN IF NOT EXISTS status                text NOT NULL DEFAULT 'connected',
-    ADD COLUMN IF NOT EXISTS scopes                text[],
     ADD COLUMN IF NOT EXISTS last_refreshed_at     timestamptz,
     ADD COLUMN IF NOT EXISTS connected_via         text NOT NULL DEFAULT 'legacy';
 
 COMMENT ON COLUMN social_accounts.credentials_encrypted IS 'credgate: the token set, XChaCha20-Poly1305, bound to this row';
 COMMENT ON COLUMN social_accounts.credentials_key_id IS 'credgate: id of the master key that sealed credentials_encrypted';
 COMMENT ON COLUMN social_accounts.credentials_version IS 'credgate: bumped on every credential write (compare-and-swap guard)';
-COMMENT ON COLUMN social_accounts.expires_at IS 'credgate: when the access token expires';
-COMMENT ON COLUMN social_accounts.status IS 'credgate: connected, expiring, needs_reauth, revoked or disconnected';
-COMMENT ON COLUMN social_accounts.scopes IS 'credgate: scopes granted';
 COMMENT ON COLUMN social_accounts.last_refreshed_at IS 'credgate: last successful refresh';
 COMMENT ON COLUMN social_accounts.connected_via IS 'credgate: legacy or credgate';
 
--- ADD CONSTRAINT has no IF NOT EXISTS; NOT VALID skips the scan of existing
--- rows (they all hold the defaults above) and takes no long lock.
+-- expires_at, status and scopes, under credgate_ names where the app has
+-- its own; then the status CHECK (NOT VALID: ADD CONSTRAINT has no IF NOT
+-- EXISTS, and skipping the scan of existing rows, which all hold the
+-- default, takes no long lock) and the refresh scheduler's index of live
+-- credentials close to expiry, on whichever names the columns took.
 DO $$
+DECLARE
+    spec       text[];
+    col        text;
+    status_col text;
+    expiry_col text;
 BEGIN
+    FOREACH spec SLICE 1 IN ARRAY ARRAY[
+        ['expires_at', 'timestamptz', 'when the access token expires'],
+        ['status', 'text NOT NULL DEFAULT ''connected''', 'connected, expiring, needs_reauth, revoked or disconnected'],
+        ['scopes', 'text[]', 'scopes granted']] LOOP
+        col := spec[1];
+        IF EXISTS (SELECT 1 FROM pg_attribute a
+                   WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = col AND NOT a.attisdropped
+                     AND coalesce(col_description(a.attrelid, a.attnum), '') NOT LIKE 'credgate:%') THEN
+            col := 'credgate_' || col;
+        END IF;
+        EXECUTE format('ALTER TABLE social_accounts ADD COLUMN IF NOT EXISTS %I %s', col, spec[2]);
+        EXECUTE format('COMMENT ON COLUMN social_accounts.%I IS %L', col, 'credgate: ' || spec[3]);
+        IF spec[1] = 'status' THEN
+            status_col := col;
+        ELSIF spec[1] = 'expires_at' THEN
+            expiry_col := col;
+        END IF;
+    END LOOP;
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
                    WHERE conname = 'social_accounts_credgate_status_check'
                      AND conrelid = 'social_accounts'::regclass) THEN
-        ALTER TABLE social_accounts ADD CONSTRAINT social_accounts_credgate_status_check
-            CHECK (status IN ('connected', 'expiring', 'needs_reauth', 'revoked', 'disconnected')) NOT VALID;
+        EXECUTE format('ALTER TABLE social_accounts ADD CONSTRAINT social_accounts_credgate_status_check
+            CHECK (%I IN (''connected'', ''expiring'', ''needs_reauth'', ''revoked'', ''disconnected'')) NOT VALID', status_col);
     END IF;
+    EXECUTE format('CREATE INDEX IF NOT EXISTS social_accounts_expires_at_idx
+        ON social_accounts (%I) WHERE %I IN (''connected'', ''expiring'')', expiry_col, status_col);
+END
+$$;
+
+-- ADD CONSTRAINT has no IF NOT EXISTS; NOT VALID skips the scan of existing
+-- rows (they all hold the default above) and takes no long lock.
+DO $$
+BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
                    WHERE conname = 'social_accounts_credgate_connected_via_check'
                      AND conrelid = 'social_accounts'::regclass) THEN
@@ -100,9 +135,6 @@ $$;
 -- Key rotation looks for blobs not yet under the primary key.
 CREATE INDEX IF NOT EXISTS social_accounts_credentials_key_id_idx
     ON social_accounts (credentials_key_id) WHERE credentials_encrypted IS NOT NULL;
--- The refresh scheduler looks for live credentials close to expiry.
-CREATE INDEX IF NOT EXISTS social_accounts_expires_at_idx
-    ON social_accounts (expires_at) WHERE status IN ('connected', 'expiring');
 
 -- Single-use OAuth state. Only a SHA-256 of the state is stored, so a
 -- database reader cannot replay a flow in progress; the PKCE verifier is

@@ -45,6 +45,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/credgate/credgate/internal/appschema"
 	"github.com/credgate/credgate/internal/dberr"
 	"github.com/credgate/credgate/internal/pgurl"
 )
@@ -610,6 +611,12 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 		return s, dberr.Explain("reading the schema", err)
 	}
 	for _, c := range AccountColumns {
+		// Where the app has its own expires_at, status or scopes,
+		// credgate's is credgate_expires_at … (internal/appschema), and
+		// the report names the column the table has.
+		if moved := appschema.Prefix + c; slices.Contains(appschema.Movable, c) && !have[c] && have[moved] {
+			c = moved
+		}
 		s.Columns = append(s.Columns, Presence{Name: c, Present: have[c]})
 	}
 	return s, nil
@@ -646,7 +653,23 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 	query := `SELECT count(*) FROM social_accounts
 		WHERE credentials_encrypted IS NOT NULL AND (access_token IS NULL OR connected_via = 'credgate')`
 	if fingerprinted {
-		query = `SELECT count(*) FROM social_accounts WHERE ` + TokenOnlyInCredgate
+		rows, err := db.QueryContext(ctx, appschema.LoadSQL)
+		if err != nil {
+			return 0, dberr.Explain("reading the schema", err)
+		}
+		var moved []string
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				rows.Close()
+				return 0, dberr.Explain("reading the schema", err)
+			}
+			moved = append(moved, name)
+		}
+		if err := rows.Close(); err != nil {
+			return 0, dberr.Explain("reading the schema", err)
+		}
+		query = appschema.Of(moved).SQL(`SELECT count(*) FROM social_accounts WHERE ` + TokenOnlyInCredgate)
 	}
 	var n int64
 	err = db.QueryRowContext(ctx, query).Scan(&n)
@@ -658,8 +681,9 @@ func encryptedOnlyAccounts(ctx context.Context, db *sql.DB) (int64, error) {
 // columns: no plaintext, or a credgate-connected row whose plaintext is
 // the app's superseded token (seen by credgate, not written back). The
 // unchanged app cannot post for such an account, and `migrate down`
-// would lose its token.
-const TokenOnlyInCredgate = `credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring')
+// would lose its token. It names status by its placeholder: a statement
+// it is in goes through appschema.Columns.SQL.
+const TokenOnlyInCredgate = `credentials_encrypted IS NOT NULL AND {status} IN ('connected', 'expiring')
 	AND (access_token IS NULL
 	     OR (connected_via = 'credgate' AND NOT app_token_current
 	         AND app_token_fingerprint IS NOT DISTINCT FROM credgate_app_token_fingerprint(access_token, refresh_token)))`

@@ -387,17 +387,17 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 	}
 }
 
-// An app whose table already has a column by one of credgate's names
-// (here its own "status") stops the migration with a clear message before
+// An app whose table already has a column by one of credgate's own names
+// (here connected_via) stops the migration with a clear message before
 // anything changes; credgate never shares or drops the app's column.
 func TestUpRefusesToShareAnAppColumn(t *testing.T) {
 	t.Parallel()
 	url := pgtest.EmptyDatabase(t)
 	pgtest.Exec(t, url, legacyTable)
-	pgtest.Exec(t, url, `ALTER TABLE social_accounts ADD COLUMN status text;
-		INSERT INTO social_accounts (user_id, platform, status) VALUES (gen_random_uuid(), 'twitter', 'active')`)
+	pgtest.Exec(t, url, `ALTER TABLE social_accounts ADD COLUMN connected_via text;
+		INSERT INTO social_accounts (user_id, platform, connected_via) VALUES (gen_random_uuid(), 'twitter', 'web')`)
 	_, err := migrations.Up(context.Background(), url)
-	if err == nil || !strings.Contains(err.Error(), "social_accounts.status already exists (text) and is not credgate's") {
+	if err == nil || !strings.Contains(err.Error(), "social_accounts.connected_via already exists (text) and is not credgate's") {
 		t.Fatalf("up: %v", err)
 	}
 	s, err := migrations.Inspect(context.Background(), url)
@@ -405,18 +405,66 @@ func TestUpRefusesToShareAnAppColumn(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range append(s.Tables, s.Columns...) {
-		if p.Present && p.Name != "status" {
+		if p.Present {
 			t.Errorf("%s was created by a refused migration", p.Name)
 		}
 	}
-	// Down leaves the app's column alone.
-	pgtest.Exec(t, url, `ALTER TABLE social_accounts RENAME COLUMN status TO app_status`)
+}
+
+// The app's own expires_at, status and scopes give way: credgate's
+// columns are credgate_expires_at, credgate_status and credgate_scopes,
+// with its CHECK and index on them; the app's keep their values and
+// rules, up runs again harmlessly, and down leaves them.
+func TestUpAbsorbsTheAppsOwnColumns(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.EmptyDatabase(t)
+	pgtest.Exec(t, url, legacyTable)
+	pgtest.Exec(t, url, `ALTER TABLE social_accounts ADD COLUMN expires_at date, ADD COLUMN scopes jsonb,
+			ADD COLUMN status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'banned'));
+		INSERT INTO social_accounts (user_id, platform, status, scopes, expires_at)
+		VALUES (gen_random_uuid(), 'twitter', 'banned', '["a"]', '2030-01-01')`)
 	mustUp(t, url)
-	pgtest.Exec(t, url, `ALTER TABLE social_accounts RENAME COLUMN app_status TO legacy_status`)
+	mustUp(t, url)
+	s, err := migrations.Inspect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range s.Columns {
+		if !p.Present {
+			t.Errorf("%s missing after up", p.Name)
+		}
+		names = append(names, p.Name)
+	}
+	for _, want := range []string{"credgate_expires_at", "credgate_status", "credgate_scopes"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("status does not list %s: %v", want, names)
+		}
+	}
+	conn := connect(t, url)
+	// credgate's CHECK is on its column, the app's on the app's.
+	if _, err := conn.Exec(ctx, `UPDATE social_accounts SET credgate_status = 'banned'`); err == nil {
+		t.Error("credgate_status took a value outside credgate's")
+	}
+	if _, err := conn.Exec(ctx, `UPDATE social_accounts SET credgate_status = 'needs_reauth', status = 'active'`); err != nil {
+		t.Errorf("each column with its own values: %v", err)
+	}
+	var def string
+	if err := conn.QueryRow(ctx, `SELECT pg_get_indexdef('social_accounts_expires_at_idx'::regclass)`).Scan(&def); err != nil ||
+		!strings.Contains(def, "(credgate_expires_at) WHERE (credgate_status = ANY") {
+		t.Errorf("the scheduler's index: %s %v", def, err)
+	}
 	mustDown(t, url)
 	var n int
-	if err := connect(t, url).QueryRow(context.Background(), `SELECT count(*) FROM social_accounts WHERE legacy_status = 'active'`).Scan(&n); err != nil || n != 1 {
-		t.Errorf("the app's column after down: %d %v", n, err)
+	if err := connect(t, url).QueryRow(ctx, `SELECT count(*) FROM social_accounts
+		WHERE status = 'active' AND scopes = '["a"]' AND expires_at = '2030-01-01'`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("the app's columns after down: %d %v", n, err)
+	}
+	for _, c := range pgtest.Columns(t, url) {
+		if strings.HasPrefix(c, "credgate_") {
+			t.Errorf("down left %s", c)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/credgate/credgate/internal/appschema"
 	"github.com/credgate/credgate/internal/dberr"
 	"github.com/credgate/credgate/oauth"
 )
@@ -153,11 +154,10 @@ var needed = []struct {
 	{"updated_at", "credgate sets it on every write", "timestamptz NOT NULL DEFAULT now()", timestampTypes},
 }
 
-// insertedColumns are the columns credgate's insert of a new account
-// names; any other NOT NULL column needs a default.
-var insertedColumns = []string{"id", "user_id", "platform", "platform_user_id", "username", "updated_at",
-	"credentials_encrypted", "credentials_key_id", "credentials_version", "status", "expires_at", "scopes",
-	"connected_via", "last_refreshed_at"}
+// insertedColumns are the app's columns credgate's insert of a new
+// account names (besides its own); any other NOT NULL column of the app's
+// needs a default.
+var insertedColumns = []string{"id", "user_id", "platform", "platform_user_id", "username", "updated_at"}
 
 func preflight(ctx context.Context, db Querier, readRows bool) (Problems, error) {
 	fail := func(err error) (Problems, error) {
@@ -209,6 +209,12 @@ func preflight(ctx context.Context, db Querier, readRows bool) (Problems, error)
 	})
 	if err != nil {
 		return fail(err)
+	}
+	var settings map[string]string
+	if readRows {
+		if settings, err = appSettings(ctx, db); err != nil {
+			return fail(err)
+		}
 	}
 	col := func(name string) (appColumn, bool) {
 		i := slices.IndexFunc(cols, func(c appColumn) bool { return c.name == name })
@@ -319,16 +325,24 @@ func preflight(ctx context.Context, db Querier, readRows bool) (Problems, error)
 		}
 	}
 
-	// The app's own columns by credgate's names (001 and 006 refuse
-	// them too, one at a time).
-	for _, name := range AccountColumns {
-		if c, ok := col(name); ok && !c.credgate {
-			fix := "rename the app's column (ALTER TABLE social_accounts RENAME COLUMN " + name + " TO app_" + name + ") and the app's statements with it"
-			if name == "expires_at" {
-				fix += ", then `caddy credgate app-expiry-column app_expires_at` so credgate keeps it up to date"
-			}
-			add(false, fix, "social_accounts.%s already exists (%s) and is not credgate's: credgate adds a column by that name", name, c.typ)
+	// The app's own columns by credgate's names. expires_at, status and
+	// scopes give way: credgate's are credgate_expires_at … then
+	// (internal/appschema). Any other name, or a credgate_ name taken
+	// too, 001 and 006 refuse, one at a time.
+	for _, name := range append(slices.Clone(AccountColumns), movedNames()...) {
+		c, ok := col(name)
+		if !ok || c.credgate {
+			continue
 		}
+		if slices.Contains(appschema.Movable, name) {
+			if _, taken := col(appschema.Prefix + name); !taken && name == "expires_at" && slices.Contains(timestampTypes, c.base) && readRows && settings["app_expiry_column"] != name {
+				add(true, "if it holds when the app's access token expires, caddy credgate app-expiry-column expires_at (after migrate up), so backfill and the legacy flow read it and credgate keeps it up to date",
+					"social_accounts.expires_at is the app's (%s): credgate's own expiry column is credgate_expires_at, and credgate does not read the app's until it is named", c.typ)
+			}
+			continue
+		}
+		fix := "rename the app's column (ALTER TABLE social_accounts RENAME COLUMN " + name + " TO app_" + name + ") and the app's statements with it"
+		add(false, fix, "social_accounts.%s already exists (%s) and is not credgate's: credgate adds a column by that name", name, c.typ)
 	}
 
 	// Columns credgate leaves or sets NULL.
@@ -341,7 +355,8 @@ func preflight(ctx context.Context, db Querier, readRows bool) (Problems, error)
 		case c.name == "created_at" && !c.hasDef:
 			add(false, "ALTER TABLE social_accounts ALTER COLUMN created_at SET DEFAULT now()",
 				"social_accounts.created_at has no default: credgate's insert of a new account leaves it NULL, and reading that account then fails")
-		case c.notNull && !c.hasDef && !slices.Contains(insertedColumns, c.name) && !slices.Contains(AccountColumns, c.name):
+		case c.notNull && !c.hasDef && !slices.Contains(insertedColumns, c.name) &&
+			(!slices.Contains(AccountColumns, c.name) || slices.Contains(appschema.Movable, c.name)):
 			add(false, "ALTER TABLE social_accounts ALTER COLUMN "+quoteIdent(c.name)+" SET DEFAULT … (or DROP NOT NULL)",
 				"social_accounts.%s is NOT NULL without a default: credgate's insert of a new account does not name it, so every first connect fails", c.name)
 		}
@@ -353,23 +368,9 @@ func preflight(ctx context.Context, db Querier, readRows bool) (Problems, error)
 		// The app's own names for credgate's platforms count as known
 		// (caddy credgate app-platform-name, migration 006).
 		known := slices.Clone(oauth.Platforms)
-		var exists bool
-		if rows, err := db.Query(ctx, `SELECT to_regclass('credgate_settings') IS NOT NULL`); err == nil {
-			pgx.ForEachRow(rows, []any{&exists}, func() error { return nil })
-		}
-		if exists {
-			var names string
-			rows, err := db.Query(ctx, `SELECT value FROM credgate_settings WHERE name = 'app_platform_names'`)
-			if err != nil {
-				return fail(err)
-			}
-			if _, err := pgx.ForEachRow(rows, []any{&names}, func() error { return nil }); err != nil {
-				return fail(err)
-			}
-			for _, pair := range strings.Split(names, ",") {
-				if _, name, ok := strings.Cut(pair, "="); ok {
-					known = append(known, strings.TrimSpace(name))
-				}
+		for _, pair := range strings.Split(settings["app_platform_names"], ",") {
+			if _, name, ok := strings.Cut(pair, "="); ok {
+				known = append(known, strings.TrimSpace(name))
 			}
 		}
 		rows, err := db.Query(ctx, `SELECT platform::text, count(*) FROM social_accounts
@@ -425,3 +426,34 @@ func quoteIdent(s string) string {
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// movedNames are the names credgate's movable columns take where the app
+// has its own (credgate_expires_at …).
+func movedNames() []string {
+	out := make([]string, len(appschema.Movable))
+	for i, name := range appschema.Movable {
+		out[i] = appschema.Prefix + name
+	}
+	return out
+}
+
+// appSettings reads the operator's settings (credgate_settings, migration
+// 006); none before 006.
+func appSettings(ctx context.Context, db Querier) (map[string]string, error) {
+	var exists bool
+	rows, err := db.Query(ctx, `SELECT to_regclass('credgate_settings') IS NOT NULL`)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pgx.ForEachRow(rows, []any{&exists}, func() error { return nil }); err != nil || !exists {
+		return nil, err
+	}
+	rows, err = db.Query(ctx, `SELECT name, value FROM credgate_settings`)
+	if err != nil {
+		return nil, err
+	}
+	settings := map[string]string{}
+	var name, value string
+	_, err = pgx.ForEachRow(rows, []any{&name, &value}, func() error { settings[name] = value; return nil })
+	return settings, err
+}

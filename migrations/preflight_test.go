@@ -95,11 +95,19 @@ func TestUpRefusesAnAppTableCredgateCannotUse(t *testing.T) {
 		fix:     "move the key to a uuid column named id (for instance ALTER TABLE social_accounts RENAME COLUMN id TO legacy_id;",
 		repair:  `ALTER TABLE social_accounts RENAME COLUMN id TO legacy_id; ALTER TABLE social_accounts ADD COLUMN id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE`,
 	}, {
-		name:    "the app's own expires_at",
-		table:   pgtest.AppTable + `; ALTER TABLE social_accounts RENAME COLUMN token_expires_at TO expires_at`,
-		problem: "social_accounts.expires_at already exists (timestamp with time zone) and is not credgate's",
-		fix:     "ALTER TABLE social_accounts RENAME COLUMN expires_at TO app_expires_at) and the app's statements with it, then `caddy credgate app-expiry-column app_expires_at`",
-		repair:  `ALTER TABLE social_accounts RENAME COLUMN expires_at TO app_expires_at`,
+		// expires_at, status and scopes give way (TestUpAbsorbsTheAppsOwnColumns);
+		// credgate's other names do not.
+		name:    "the app's own last_refreshed_at",
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts ADD COLUMN last_refreshed_at timestamptz`,
+		problem: "social_accounts.last_refreshed_at already exists (timestamp with time zone) and is not credgate's",
+		fix:     "ALTER TABLE social_accounts RENAME COLUMN last_refreshed_at TO app_last_refreshed_at) and the app's statements with it",
+		repair:  `ALTER TABLE social_accounts RENAME COLUMN last_refreshed_at TO app_last_refreshed_at`,
+	}, {
+		name:    "the app's own credgate_status beside its status",
+		table:   pgtest.AppTable + `; ALTER TABLE social_accounts ADD COLUMN status text, ADD COLUMN credgate_status text`,
+		problem: "social_accounts.credgate_status already exists (text) and is not credgate's",
+		fix:     "ALTER TABLE social_accounts RENAME COLUMN credgate_status TO app_credgate_status)",
+		repair:  `ALTER TABLE social_accounts RENAME COLUMN credgate_status TO app_credgate_status`,
 	}, {
 		name:    "access_token NOT NULL",
 		table:   pgtest.AppTable + `; ALTER TABLE social_accounts ALTER COLUMN access_token SET NOT NULL`,
@@ -185,7 +193,7 @@ func TestUpListsEveryProblemInOneError(t *testing.T) {
 	url := pgtest.EmptyDatabase(t)
 	pgtest.Exec(t, url, `CREATE TABLE social_accounts (
 		id bigserial PRIMARY KEY, user_id uuid NOT NULL, platform text NOT NULL,
-		access_token text, refresh_token text, expires_at timestamptz, status text)`)
+		access_token text, refresh_token text, expires_at timestamptz, status text, connected_via text)`)
 	pgtest.Exec(t, url, `INSERT INTO social_accounts (user_id, platform, status) VALUES (gen_random_uuid(), 'x', 'active')`)
 	columns, dump := pgtest.Columns(t, url), dumpDatabase(t, url)
 
@@ -196,22 +204,25 @@ func TestUpListsEveryProblemInOneError(t *testing.T) {
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		"(8 problems); nothing was changed.",
+		"(7 problems); nothing was changed.",
 		"(1) credgate needs a uuid id: social_accounts.id is bigint",
 		"(2) social_accounts has no column platform_user_id",
 		"(3) social_accounts has no column username",
 		"(4) social_accounts has no column created_at",
 		"(5) social_accounts has no column updated_at",
 		"(6) social_accounts has no unique constraint on (user_id, platform)",
-		"(7) social_accounts.expires_at already exists (timestamp with time zone) and is not credgate's",
-		"(8) social_accounts.status already exists (text) and is not credgate's",
-		"Also, not stopping up: 1 row has platform 'x', for which credgate has no provider",
+		"(7) social_accounts.connected_via already exists (text) and is not credgate's",
+		"Also, not stopping up: social_accounts.expires_at is the app's (timestamp with time zone): credgate's own expiry column is credgate_expires_at",
+		"1 row has platform 'x', for which credgate has no provider",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
 	}
-	if len(refused.Problems.Warnings()) != 1 {
+	if strings.Contains(msg, "social_accounts.status") {
+		t.Errorf("the app's own status is named as a problem:\n%s", msg)
+	}
+	if len(refused.Problems.Warnings()) != 2 {
 		t.Errorf("warnings: %v", refused.Problems.Warnings())
 	}
 	assertUntouched(t, url, columns, dump)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/credgate/credgate/internal/appschema"
 	"github.com/credgate/credgate/migrations"
 	"github.com/credgate/credgate/vault"
 )
@@ -143,11 +144,15 @@ func appTableCheck(s migrations.Schema) Check {
 
 func encryptionChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, _ VerifyOptions) ([]Check, error) {
 	var live, sealed, plaintext int64
-	err := db.QueryRow(ctx, `SELECT
-			count(*) FILTER (WHERE status IN ('connected', 'expiring')),
-			count(*) FILTER (WHERE status IN ('connected', 'expiring') AND credentials_encrypted IS NOT NULL),
+	cols, err := appschema.Load(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("reading encryption coverage: %w", err)
+	}
+	err = db.QueryRow(ctx, cols.SQL(`SELECT
+			count(*) FILTER (WHERE {status} IN ('connected', 'expiring')),
+			count(*) FILTER (WHERE {status} IN ('connected', 'expiring') AND credentials_encrypted IS NOT NULL),
 			count(*) FILTER (WHERE access_token IS NOT NULL OR refresh_token IS NOT NULL)
-		FROM social_accounts`).Scan(&live, &sealed, &plaintext)
+		FROM social_accounts`)).Scan(&live, &sealed, &plaintext)
 	if err != nil {
 		return nil, fmt.Errorf("reading encryption coverage: %w", err)
 	}
@@ -249,8 +254,8 @@ func appChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, _ time.Time, 
 	}
 	// Accounts the unchanged app cannot post for: credgate holds their
 	// current token and the app's columns do not.
-	rows, err := db.Query(ctx, `SELECT platform, count(*) FROM social_accounts
-		WHERE `+migrations.TokenOnlyInCredgate+` GROUP BY platform ORDER BY platform`)
+	rows, err := db.Query(ctx, settings.Columns.SQL(`SELECT platform, count(*) FROM social_accounts
+		WHERE `+migrations.TokenOnlyInCredgate+` GROUP BY platform ORDER BY platform`))
 	if err != nil {
 		return nil, fmt.Errorf("counting accounts only credgate holds: %w", err)
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/credgate/credgate/secret"
+
+	"github.com/credgate/credgate/internal/appschema"
 )
 
 // Status is the lifecycle of a connected account (social_accounts.status).
@@ -125,8 +127,12 @@ func (s *Accounts) UseSettings(src SettingsSource) { s.settings = src }
 // Settings returns the settings the store acts on.
 func (s *Accounts) Settings(ctx context.Context) (Settings, error) { return s.settings.Get(ctx) }
 
+// accountColumns is what every read of an account scans. Like every
+// statement on social_accounts that names expires_at, status or scopes,
+// the statements it is in go through Settings.Columns.SQL, which fills
+// in the names those columns have on the app's table (internal/appschema).
 const accountColumns = `id::text, user_id::text, platform, coalesce(platform_user_id, ''), coalesce(username, ''),
-	status, expires_at, coalesce(scopes, '{}'), last_refreshed_at, connected_via, credentials_version,
+	{status}, {expires_at}, coalesce({scopes}, '{}'), last_refreshed_at, connected_via, credentials_version,
 	credentials_key_id, credentials_encrypted IS NOT NULL, created_at, updated_at`
 
 func scanAccount(row pgx.Row) (Account, error) { return scanAccountWith(row) }
@@ -291,7 +297,7 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 		}
 		args = append(args, e.args()...)
 	}
-	acct, err := scanAccount(db.QueryRow(ctx, storeStatement(v), args...))
+	acct, err := scanAccount(db.QueryRow(ctx, settings.Columns.SQL(storeStatement(v)), args...))
 	if errors.Is(err, pgx.ErrNoRows) || tookAnotherID(err) {
 		return Account{}, errAnotherID
 	}
@@ -377,13 +383,13 @@ func credentialUpsert(v storeVariant, next *int) string {
 		}
 	}
 	return `INSERT INTO social_accounts AS s (id, user_id, platform,
-		credentials_encrypted, credentials_key_id, credentials_version, status, expires_at, scopes,
+		credentials_encrypted, credentials_key_id, credentials_version, {status}, {expires_at}, {scopes},
 		platform_user_id, username, connected_via, last_refreshed_at, updated_at` + insertCols + `)
 	VALUES ($1, $2, $3, $4, $5, 1, 'connected', $6, $7, $8, $9, $10, NULL, now()` + insertVals + `)
 	ON CONFLICT (user_id, platform) DO UPDATE SET
 		credentials_encrypted = EXCLUDED.credentials_encrypted, credentials_key_id = EXCLUDED.credentials_key_id,
-		credentials_version = s.credentials_version + 1, status = 'connected', expires_at = EXCLUDED.expires_at,
-		scopes = EXCLUDED.scopes, platform_user_id = EXCLUDED.platform_user_id, username = EXCLUDED.username,
+		credentials_version = s.credentials_version + 1, {status} = 'connected', {expires_at} = EXCLUDED.{expires_at},
+		{scopes} = EXCLUDED.{scopes}, platform_user_id = EXCLUDED.platform_user_id, username = EXCLUDED.username,
 		connected_via = EXCLUDED.connected_via, last_refreshed_at = NULL, updated_at = now(), ` + update + `
 	WHERE s.id = $1::uuid
 	RETURNING s.*`
@@ -539,8 +545,8 @@ type readRow struct {
 func (s *Accounts) get(ctx context.Context, db DB, settings Settings, where string, args ...any) (Account, Credentials, readRow, error) {
 	row := readRow{settings: settings}
 	var err error
-	row.acct, err = scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, `+currentColumns(settings.AppExpiryColumn)+
-		` FROM social_accounts `+where, args...), row.targets()...)
+	row.acct, err = scanAccountWith(db.QueryRow(ctx, settings.Columns.SQL(`SELECT `+accountColumns+`, `+currentColumns(settings.AppExpiryColumn)+
+		` FROM social_accounts `+where), args...), row.targets()...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, Credentials{}, row, ErrNotConnected
 	}
@@ -567,8 +573,8 @@ func (s *Accounts) LegacyToken(ctx context.Context, db DB, userID, platform stri
 	var token *string
 	var expiry *time.Time
 	var newer bool
-	a, err := scanAccountWith(db.QueryRow(ctx, `SELECT `+accountColumns+`, access_token, `+appExpirySQL(settings.AppExpiryColumn)+
-		`, `+appNewerSQL+` FROM social_accounts WHERE user_id = $1 AND platform = $2`, userID, settings.AppPlatform(platform)), &token, &expiry, &newer)
+	a, err := scanAccountWith(db.QueryRow(ctx, settings.Columns.SQL(`SELECT `+accountColumns+`, access_token, `+appExpirySQL(settings.AppExpiryColumn)+
+		`, `+appNewerSQL+` FROM social_accounts WHERE user_id = $1 AND platform = $2`), userID, settings.AppPlatform(platform)), &token, &expiry, &newer)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, secret.Value{}, ErrNotConnected
 	}
@@ -593,7 +599,7 @@ func (s *Accounts) List(ctx context.Context, db DB, userID string) ([]Account, e
 	if err != nil {
 		return nil, err
 	}
-	rows, err := db.Query(ctx, `SELECT `+accountColumns+` FROM social_accounts WHERE user_id = $1 ORDER BY platform`, userID)
+	rows, err := db.Query(ctx, settings.Columns.SQL(`SELECT `+accountColumns+` FROM social_accounts WHERE user_id = $1 ORDER BY platform`), userID)
 	if err != nil {
 		return nil, fmt.Errorf("listing accounts: %w", err)
 	}
@@ -611,7 +617,11 @@ func (s *Accounts) List(ctx context.Context, db DB, userID string) ([]Account, e
 // MarkStatus sets an account's status (needs_reauth after a dead refresh
 // token, expiring ahead of a Facebook re-auth …).
 func (s *Accounts) MarkStatus(ctx context.Context, db DB, id string, status Status) error {
-	tag, err := db.Exec(ctx, `UPDATE social_accounts SET status = $2, updated_at = now() WHERE id = $1`, id, status)
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return err
+	}
+	tag, err := db.Exec(ctx, settings.Columns.SQL(`UPDATE social_accounts SET {status} = $2, updated_at = now() WHERE id = $1`), id, status)
 	if err != nil {
 		return fmt.Errorf("marking account %s: %w", id, err)
 	}
@@ -630,12 +640,12 @@ func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform strin
 	if err != nil {
 		return Account{}, err
 	}
-	acct, err := scanAccount(db.QueryRow(ctx, `UPDATE social_accounts SET
+	acct, err := scanAccount(db.QueryRow(ctx, settings.Columns.SQL(`UPDATE social_accounts SET
 			credentials_encrypted = NULL, credentials_key_id = NULL, access_token = NULL, refresh_token = NULL,
 			app_token_fingerprint = NULL, app_token_current = false,
-			credentials_version = credentials_version + 1, status = 'disconnected', expires_at = NULL, updated_at = now()
-		WHERE user_id = $1 AND platform = $2 AND status <> 'disconnected'
-		RETURNING `+accountColumns, userID, settings.AppPlatform(platform)))
+			credentials_version = credentials_version + 1, {status} = 'disconnected', {expires_at} = NULL, updated_at = now()
+		WHERE user_id = $1 AND platform = $2 AND {status} <> 'disconnected'
+		RETURNING `+accountColumns), userID, settings.AppPlatform(platform)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Account{}, ErrNotConnected
 	}
@@ -656,6 +666,9 @@ type Refreshed struct {
 	// leave this process unencrypted.
 	WritePlaintext bool
 	ExpiryColumn   string
+	// Columns are the names credgate's columns have on the table
+	// (Settings.Columns, as the renewal's lock read them).
+	Columns appschema.Columns
 	// Adopted: the renewed token was the app's newer one (Account.AppNewer):
 	// the row becomes the app's again (connected_via legacy), so that
 	// credgate does not renew it while the app still does.
@@ -748,7 +761,7 @@ func (s *Accounts) swapStatement(a Account, version int64, r Refreshed, e *Event
 	}
 	update := `UPDATE social_accounts SET
 			credentials_encrypted = $3, credentials_key_id = $4, credentials_version = credentials_version + 1,
-			expires_at = $5, scopes = $6, status = 'connected', last_refreshed_at = now(), updated_at = now(),
+			{expires_at} = $5, {scopes} = $6, {status} = 'connected', last_refreshed_at = now(), updated_at = now(),
 			` + plaintext + `
 		WHERE id = $1 AND credentials_version = $2
 		RETURNING ` + accountColumns
@@ -760,7 +773,7 @@ func (s *Accounts) swapStatement(a Account, version int64, r Refreshed, e *Event
 			SELECT * FROM swapped`
 		args = append(args, e.args()...)
 	}
-	return sql, args, nil
+	return r.Columns.SQL(sql), args, nil
 }
 
 func nullTime(t time.Time) *time.Time {

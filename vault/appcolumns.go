@@ -85,10 +85,10 @@ func (s *Accounts) Backfill(ctx context.Context, db DB, opt BatchOptions) (Progr
 			if r.via != FlowLegacy {
 				// The app's token replaces credgate's: the account is
 				// connected again, whatever credgate had recorded.
-				set += `, status = 'connected'`
+				set += `, {status} = 'connected'`
 			}
 			if settings.AppExpiryColumn != "" {
-				set += `, expires_at = $4`
+				set += `, {expires_at} = $4`
 				args = append(args, r.appExpiry)
 			}
 			return rowChange{set: set, args: args, bump: true}, nil
@@ -141,7 +141,7 @@ type WriteBackPlan struct {
 
 // writeBackCandidates are the rows a write-back looks at: live ones with
 // a blob whose plaintext is not known to equal it.
-const writeBackCandidates = `credentials_encrypted IS NOT NULL AND status IN ('connected', 'expiring')
+const writeBackCandidates = `credentials_encrypted IS NOT NULL AND {status} IN ('connected', 'expiring')
 	AND (access_token IS NULL OR NOT app_token_current)`
 
 func (f WriteBackFilter) where(first int, settings Settings) (string, []any) {
@@ -167,9 +167,9 @@ func (s *Accounts) PlanWriteBack(ctx context.Context, db DB, f WriteBackFilter) 
 		return p, err
 	}
 	where, args := f.where(1, settings)
-	err = db.QueryRow(ctx, `SELECT count(*) FILTER (WHERE NOT (`+appNewerSQL+` AND app_token_fingerprint IS NOT NULL)),
+	err = db.QueryRow(ctx, settings.Columns.SQL(`SELECT count(*) FILTER (WHERE NOT (`+appNewerSQL+` AND app_token_fingerprint IS NOT NULL)),
 			count(*) FILTER (WHERE `+appNewerSQL+` AND app_token_fingerprint IS NOT NULL)
-		FROM social_accounts WHERE `+where, args...).Scan(&p.ToWrite, &p.Newer)
+		FROM social_accounts WHERE `+where), args...).Scan(&p.ToWrite, &p.Newer)
 	if err != nil {
 		return p, fmt.Errorf("planning write-back: %w", err)
 	}
@@ -277,12 +277,14 @@ func (s *Accounts) walk(ctx context.Context, db DB, opt BatchOptions, action Act
 	start := time.Now()
 	var p Progress
 	last := zeroUUID
-	query := `SELECT id::text, user_id::text, platform, connected_via, access_token, refresh_token,
+	// where and each change's set may name credgate's columns by their
+	// placeholders (internal/appschema).
+	query := settings.Columns.SQL(`SELECT id::text, user_id::text, platform, connected_via, access_token, refresh_token,
 			credentials_encrypted, credentials_version, ` + appNewerSQL + `, app_token_fingerprint IS NOT NULL,
 			app_token_current, ` + appExpirySQL(settings.AppExpiryColumn) + `
 		FROM social_accounts
 		WHERE id > $1 AND ` + where + `
-		ORDER BY social_accounts.id LIMIT $2 FOR UPDATE`
+		ORDER BY social_accounts.id LIMIT $2 FOR UPDATE`)
 	for {
 		var seen int
 		var batch Progress
@@ -309,6 +311,7 @@ func (s *Accounts) walk(ctx context.Context, db DB, opt BatchOptions, action Act
 				if err != nil {
 					return err
 				}
+				change.set = settings.Columns.SQL(change.set)
 				if err := s.apply(ctx, tx, action, r, change, &batch); err != nil {
 					return err
 				}

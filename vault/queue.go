@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/credgate/credgate/internal/appschema"
 )
 
 // Job is a claimed token_refresh_queue row.
@@ -271,16 +273,20 @@ func finish(ctx context.Context, db DB, sql string, args ...any) error {
 // twice for the same token: that is what stops refresh loops.
 // It returns how many jobs it queued.
 func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Time, limit int) (int64, error) {
+	cols, err := appschema.Load(ctx, db)
+	if err != nil {
+		return 0, fmt.Errorf("scheduling unscheduled accounts: %w", err)
+	}
 	// A job that died of errors that pass (a platform outage longer than
 	// the backoff) is revived after a cool-off, so that a live account's
 	// token is not left to expire. A grant the platform refused, a blob
 	// that does not open or a platform no longer configured stay dead.
-	revived, err := db.Exec(ctx, `UPDATE token_refresh_queue q SET status = 'pending', attempts = 0, run_at = $1, updated_at = now()
+	revived, err := db.Exec(ctx, cols.SQL(`UPDATE token_refresh_queue q SET status = 'pending', attempts = 0, run_at = $1, updated_at = now()
 		FROM social_accounts a
 		WHERE q.social_account_id = a.id AND q.status = 'dead' AND q.credentials_version = a.credentials_version
-		  AND a.status IN ('connected', 'expiring') AND q.updated_at < now() - $2::interval
+		  AND a.{status} IN ('connected', 'expiring') AND q.updated_at < now() - $2::interval
 		  AND coalesce(q.last_error, '') NOT IN ('invalid_grant', 'needs_reauth', 'decrypt_failed', 'unknown_platform')
-		  AND NOT EXISTS (SELECT 1 FROM token_refresh_queue o WHERE o.social_account_id = a.id AND o.status IN ('pending', 'running'))`,
+		  AND NOT EXISTS (SELECT 1 FROM token_refresh_queue o WHERE o.social_account_id = a.id AND o.status IN ('pending', 'running'))`),
 		now, DeadJobCoolOff)
 	if err != nil {
 		return 0, fmt.Errorf("reviving refresh jobs: %w", err)
@@ -290,18 +296,18 @@ func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Tim
 	// that, a renewal by credgate would race the app's own (and X
 	// rotates refresh tokens: one of the two loses the grant). A job
 	// left to the app then no longer counts as done.
-	tag, err := db.Exec(ctx, `WITH setting AS (SELECT EXISTS (SELECT 1 FROM credgate_settings
+	tag, err := db.Exec(ctx, cols.SQL(`WITH setting AS (SELECT EXISTS (SELECT 1 FROM credgate_settings
 			WHERE name = 'app_refresh' AND value = 'off') AS credgate_renews_app_rows)
 		INSERT INTO token_refresh_queue (social_account_id, credentials_version, run_at)
 		SELECT a.id, a.credentials_version, $1 FROM social_accounts a, setting
-		WHERE a.credentials_encrypted IS NOT NULL AND a.status IN ('connected', 'expiring')
+		WHERE a.credentials_encrypted IS NOT NULL AND a.{status} IN ('connected', 'expiring')
 		  AND (a.connected_via = 'credgate' OR setting.credgate_renews_app_rows)
 		  AND NOT EXISTS (SELECT 1 FROM token_refresh_queue q WHERE q.social_account_id = a.id
 		                  AND (q.status IN ('pending', 'running')
 		                       OR (q.credentials_version = a.credentials_version
 		                           AND NOT (setting.credgate_renews_app_rows AND q.last_error IS NOT DISTINCT FROM '`+appRenewsMark+`'))))
 		LIMIT $2
-		ON CONFLICT DO NOTHING`, now, limit)
+		ON CONFLICT DO NOTHING`), now, limit)
 	if err != nil {
 		return 0, fmt.Errorf("scheduling unscheduled accounts: %w", err)
 	}
@@ -342,15 +348,19 @@ type QueueStats struct {
 func (RefreshQueue) Stats(ctx context.Context, db DB, now time.Time, grace time.Duration) (QueueStats, error) {
 	var s QueueStats
 	var oldest *time.Time
-	err := db.QueryRow(ctx, `SELECT
+	cols, err := appschema.Load(ctx, db)
+	if err != nil {
+		return s, fmt.Errorf("reading refresh queue: %w", err)
+	}
+	err = db.QueryRow(ctx, cols.SQL(`SELECT
 			count(*) FILTER (WHERE q.status = 'pending'),
 			count(*) FILTER (WHERE q.status = 'pending' AND q.run_at <= $1),
 			count(*) FILTER (WHERE q.status = 'running'),
 			count(*) FILTER (WHERE (q.status = 'pending' AND q.run_at <= $2) OR (q.status = 'running' AND q.locked_until < now())),
 			count(*) FILTER (WHERE q.status = 'dead' AND q.credentials_version = a.credentials_version
-			                       AND a.status IN ('connected', 'expiring')),
+			                       AND a.{status} IN ('connected', 'expiring')),
 			min(q.run_at) FILTER (WHERE q.status = 'pending' AND q.run_at <= $1)
-		FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id`, now, now.Add(-grace)).
+		FROM token_refresh_queue q JOIN social_accounts a ON a.id = q.social_account_id`), now, now.Add(-grace)).
 		Scan(&s.Pending, &s.Due, &s.Running, &s.Overdue, &s.Dead, &oldest)
 	if err != nil {
 		return s, fmt.Errorf("reading refresh queue: %w", err)

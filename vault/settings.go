@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/credgate/credgate/internal/appschema"
 )
 
 // Settings are the operator's decisions about sharing social_accounts
@@ -39,6 +41,12 @@ type Settings struct {
 	// the app's name, everything else of credgate's (providers, the
 	// audit log, metrics, the blob's binding) the provider's.
 	PlatformNames map[string]string
+	// Columns are the names credgate's own columns have on the app's
+	// table: expires_at, status and scopes are credgate_expires_at … where
+	// the app had its own (migration 001). Not a setting but a fact of the
+	// schema, read off the catalog with the settings, in the same round
+	// trip, by every statement path that reads them.
+	Columns appschema.Columns
 }
 
 // AppPlatform is the name the app stores for credgate's platform.
@@ -102,10 +110,16 @@ const (
 // ActionSetting: an operator changed a setting (details: name, value, by).
 const ActionSetting Action = "setting_changed"
 
+// movedColumn marks, in LoadSettings' answer, a row that names one of
+// credgate's columns moved aside (not a setting: no setting has spaces).
+const movedColumn = "moved column"
+
 // LoadSettings reads the settings. Unset ones keep their defaults.
 func LoadSettings(ctx context.Context, db DB) (Settings, error) {
 	var s Settings
-	rows, err := db.Query(ctx, `SELECT name, value FROM credgate_settings`)
+	var moved []string
+	rows, err := db.Query(ctx, `SELECT name, value FROM credgate_settings
+		UNION ALL SELECT '`+movedColumn+`', moved FROM (`+appschema.LoadSQL+`) AS m (moved)`)
 	if err != nil {
 		return s, fmt.Errorf("reading credgate_settings: %w", settingsErr(err))
 	}
@@ -116,6 +130,8 @@ func LoadSettings(ctx context.Context, db DB) (Settings, error) {
 			return s, fmt.Errorf("reading credgate_settings: %w", err)
 		}
 		switch name {
+		case movedColumn:
+			moved = append(moved, value)
 		case SettingTransitionMode:
 			s.TransitionMode = value == "on"
 		case SettingAppRefresh:
@@ -130,6 +146,7 @@ func LoadSettings(ctx context.Context, db DB) (Settings, error) {
 			s.PlatformNames = names
 		}
 	}
+	s.Columns = appschema.Of(moved)
 	return s, rows.Err()
 }
 
@@ -156,17 +173,24 @@ func SetSetting(ctx context.Context, db DB, name, value, by string) error {
 }
 
 // CheckExpiryColumn verifies that social_accounts has column with a
-// timestamp type, so a setting can never name a column the statements
-// would then fail on.
+// timestamp type, and that it is the app's (credgate's expires_at is
+// not), so a setting can never name a column the statements would then
+// fail on or write twice.
 func CheckExpiryColumn(ctx context.Context, db DB, column string) error {
 	var typ string
-	err := db.QueryRow(ctx, `SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-		WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = $1 AND a.attnum > 0 AND NOT a.attisdropped`, column).Scan(&typ)
+	var credgates bool
+	err := db.QueryRow(ctx, `SELECT format_type(a.atttypid, a.atttypmod),
+			coalesce(col_description(a.attrelid, a.attnum), '') LIKE 'credgate:%'
+		FROM pg_attribute a
+		WHERE a.attrelid = 'social_accounts'::regclass AND a.attname = $1 AND a.attnum > 0 AND NOT a.attisdropped`, column).Scan(&typ, &credgates)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("social_accounts has no column %q", column)
 	}
 	if err != nil {
 		return fmt.Errorf("reading social_accounts' columns: %w", err)
+	}
+	if credgates {
+		return fmt.Errorf("social_accounts.%s is credgate's own column, not the app's: name the column the app writes its token expiry to", column)
 	}
 	switch typ {
 	case "timestamp with time zone", "timestamp without time zone":

@@ -467,7 +467,8 @@ func VouchForAppToken(a vault.Account, now time.Time) error {
 // writes: the app's columns too when it reads them, and the row back to
 // the app's when the renewed token was the app's newer one.
 func refreshedFrom(locked vault.Renewable, nc vault.Credentials, scopes []string) vault.Refreshed {
-	r := vault.Refreshed{Credentials: nc, Scopes: scopes, WritePlaintext: locked.AppReadsPlaintext, Adopted: locked.Account.AppNewer}
+	r := vault.Refreshed{Credentials: nc, Scopes: scopes, WritePlaintext: locked.AppReadsPlaintext, Adopted: locked.Account.AppNewer,
+		Columns: locked.Settings.Columns}
 	if r.WritePlaintext {
 		r.ExpiryColumn = locked.Settings.AppExpiryColumn
 	}
