@@ -94,17 +94,28 @@ psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)" -qc "CREATE
 demo_url=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1${db}_demo#" <<<"$server")
 "$CADDY_BIN" credgate migrate up --database-url "$demo_url" >/dev/null
 demo_key=$("$CADDY_BIN" credgate keygen)
-DATABASE_URL="$demo_url" ENCRYPTION_MASTER_KEY="$demo_key" \
-  "$CADDY_BIN" run --config examples/sandbox.Caddyfile --adapter caddyfile >demo.$$.log 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 50); do curl -sf -o /dev/null http://localhost:9090/_sandbox/stats && break; sleep 0.2; done
-for platform in twitter linkedin facebook instagram; do
-  check "examples/connect.sh $platform through examples/sandbox.Caddyfile" bash examples/connect.sh "$platform"
-done
-check "a post through the egress proxy, the app holding no token" \
-  bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer development-service-token-do-not-use' \
-           -H 'X-Credgate-User: 11111111-1111-4111-8111-111111111111' -H 'Content-Type: application/json' -d '{\"text\":\"hello\"}' \
-           http://127.0.0.1:8081/egress/twitter/2/tweets) = 201"
+# run_example DATABASE_URL LOG: examples/sandbox.Caddyfile in the
+# background (its pid in example_pid), once its sandbox answers.
+run_example() {
+  DATABASE_URL="$1" ENCRYPTION_MASTER_KEY="$demo_key" \
+    "$CADDY_BIN" run --config examples/sandbox.Caddyfile --adapter caddyfile >"$2" 2>&1 &
+  example_pid=$!
+  for _ in $(seq 1 50); do curl -sf -o /dev/null http://localhost:9090/_sandbox/stats && break; sleep 0.2; done
+}
+# connect_and_post HOW EGRESS_PATH: a connect per platform, then a post
+# through the egress proxy by the app's back end, which holds no token.
+connect_and_post() {
+  for platform in twitter linkedin facebook instagram; do
+    check "examples/connect.sh $platform $1" bash examples/connect.sh "$platform"
+  done
+  check "a post through the egress proxy, the app holding no token, $1" \
+    bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer development-service-token-do-not-use' \
+             -H 'X-Credgate-User: 11111111-1111-4111-8111-111111111111' -H 'Content-Type: application/json' -d '{\"text\":\"hello\"}' \
+             http://127.0.0.1:8081/egress/$2) = 201"
+}
+run_example "$demo_url" demo.$$.log
+demo_pid=$example_pid
+connect_and_post "through examples/sandbox.Caddyfile" twitter/2/tweets
 check "the token API is not on the public origin" \
   bash -c "test \$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer development-service-token-do-not-use' \
            http://localhost:8080/api/internal/credentials/11111111-1111-4111-8111-111111111111/twitter/token) = 404"
@@ -140,6 +151,69 @@ check "a second demo refuses to share the running one's ports" \
 kill $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true
 rm -f demo.$$.log
 psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)"
+
+# The same example through PgBouncer in transaction mode (what Supabase's
+# pooler on port 6543 is): migrate goes direct, as the README says, and
+# the gateway, the token API, egress and verify go through the pooler. PgBouncer refuses to run as root: as root (CI) it runs as the
+# postgres user, like the tests' PgBouncers.
+bouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+[[ -x $bouncer_bin ]] || { echo "smoke: pgbouncer is missing (apt-get install pgbouncer; .ci/run does it)" >&2; exit 1; }
+bouncer_port=""
+for p in $(seq 16432 16532); do
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then bouncer_port=$p; break; fi
+done
+[[ -n $bouncer_port ]] || { echo "smoke: no free port for PgBouncer in 16432-16532" >&2; exit 1; }
+bouncer_dir=$(mktemp -d)
+pool_db="${db}_pool"
+server_host=$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/?]*).*#\2#' <<<"$server")
+server_port=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/?]*:([0-9]+).*#\2#p' <<<"$server")
+server_user=$(sed -nE 's#^[a-z]+://([^:@/]*)[:@].*#\1#p' <<<"$server")
+cat >"$bouncer_dir/pgbouncer.ini" <<INI
+[databases]
+$pool_db = host=$server_host port=${server_port:-5432} dbname=$pool_db user=${server_user:-postgres}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $bouncer_dir/userlist.txt
+pool_mode = transaction
+server_reset_query =
+logfile = $bouncer_dir/pgbouncer.log
+pidfile = $bouncer_dir/pgbouncer.pid
+INI
+echo "\"${server_user:-postgres}\" \"\"" >"$bouncer_dir/userlist.txt"
+if [[ $(id -u) -eq 0 ]]; then
+  chown -R postgres "$bouncer_dir"
+  runuser -u postgres -- "$bouncer_bin" -d "$bouncer_dir/pgbouncer.ini"
+else
+  "$bouncer_bin" -d "$bouncer_dir/pgbouncer.ini"
+fi
+for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$bouncer_port") 2>/dev/null && break; sleep 0.1; done
+psql "$server" -qc "DROP DATABASE IF EXISTS $pool_db WITH (FORCE)" -qc "CREATE DATABASE $pool_db"
+pool_direct=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1$pool_db#" <<<"$server")
+through="postgres://${server_user:-postgres}@127.0.0.1:$bouncer_port/$pool_db?sslmode=disable&pooler=transaction"
+"$CADDY_BIN" credgate migrate up --database-url "$pool_direct" >/dev/null
+check "migrate through the transaction pooler refuses at once, naming what to use" \
+  bash -c "'$CADDY_BIN' credgate migrate up --database-url '$through' 2>&1 | grep -q 'direct or session-mode connection'"
+run_example "$through" pool.$$.log
+pool_pid=$example_pid
+connect_and_post "through the transaction pooler" linkedin/v2/ugcPosts
+# (Renewals through the pooler are in TestTheGatewayWorksThroughATransactionPooler,
+# whose sandbox clock the gateway shares; this one's tokens live two hours.)
+check "the token API serves a token through the transaction pooler" \
+  bash -c "curl -sf -H 'Authorization: Bearer development-service-token-do-not-use' \
+             http://127.0.0.1:8081/api/internal/credentials/11111111-1111-4111-8111-111111111111/twitter/token | grep -q access_token"
+check "verify passes through the transaction pooler" \
+  bash -c "for _ in 1 2 3 4 5; do
+             out=\$(ENCRYPTION_MASTER_KEY='$demo_key' '$CADDY_BIN' credgate verify --database-url '$through' 2>&1) && exit 0;
+             sleep 1; done; echo \"\$out\"; exit 1"
+kill $pool_pid 2>/dev/null; wait $pool_pid 2>/dev/null || true
+kill "$(cat "$bouncer_dir/pgbouncer.pid")" 2>/dev/null || true
+if [[ $failed -ne 0 ]]; then cat pool.$$.log "$bouncer_dir/pgbouncer.log" | tail -40; fi
+rm -rf pool.$$.log "$bouncer_dir"
+psql "$server" -qc "DROP DATABASE IF EXISTS $pool_db WITH (FORCE)"
 
 # `make demo` itself, once (DEMO_ONCE: connect one platform and stop).
 check "make demo starts, connects and stops cleanly" \
