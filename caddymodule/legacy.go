@@ -48,13 +48,13 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 	code := ""
 	switch {
 	case err != nil:
-		code = "app_error"
+		code = telemetry.CodeAppError
 	case status >= 500:
-		code = "http_5xx"
+		code = telemetry.CodeAppHTTP5xx
 	case status >= 400:
-		code = "http_4xx"
+		code = telemetry.CodeAppHTTP4xx
 	}
-	h.app.metrics.Connection(p.Name(), telemetry.FlowLegacy, ok, code, 0)
+	h.app.metrics.Connection(p.Name(), telemetry.FlowLegacy, code, 0)
 	telemetry.End(span, code)
 	return err
 }

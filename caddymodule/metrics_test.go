@@ -91,7 +91,7 @@ func TestMetricsOnCaddysEndpointForBothArms(t *testing.T) {
 		want   float64
 	}{
 		{"credgate_connections_total", []string{`platform="twitter"`, `flow="new"`, `outcome="success"`, `error=""`}, 1},
-		{"credgate_connections_total", []string{`platform="twitter"`, `flow="new"`, `outcome="failure"`, `error="access_denied"`}, 1},
+		{"credgate_connections_total", []string{`platform="twitter"`, `flow="new"`, `outcome="declined"`, `error="access_denied"`}, 1},
 		{"credgate_connections_total", []string{`platform="twitter"`, `flow="legacy"`, `outcome="success"`}, 1},
 		{"credgate_connections_total", []string{`platform="twitter"`, `flow="legacy"`, `outcome="failure"`, `error="http_5xx"`}, 1},
 		{"credgate_connection_duration_seconds_count", []string{`platform="twitter"`, `flow="new"`}, 2},

@@ -325,7 +325,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		if code != oauth.CodeAccessDenied {
 			outcome.Record(flags.ArmNew, platform, false)
 		}
-		h.app.metrics.Connection(platform, telemetry.FlowNew, false, string(code), time.Since(st.CreatedAt))
+		h.app.metrics.Connection(platform, telemetry.FlowNew, string(code), time.Since(st.CreatedAt))
 		// A fresh budget: the exchange may have used up the request's.
 		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
 		defer acancel()
@@ -381,12 +381,12 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
 		h.storeFailed(r, p, platform, st, tok)
 		outcome.Record(flags.ArmNew, platform, false)
-		h.app.metrics.Connection(platform, telemetry.FlowNew, false, "storage_unavailable", time.Since(st.CreatedAt))
+		h.app.metrics.Connection(platform, telemetry.FlowNew, telemetry.CodeStorageUnavailable, time.Since(st.CreatedAt))
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
 		return
 	}
 	outcome.Record(flags.ArmNew, platform, true)
-	h.app.metrics.Connection(platform, telemetry.FlowNew, true, "", time.Since(st.CreatedAt))
+	h.app.metrics.Connection(platform, telemetry.FlowNew, "", time.Since(st.CreatedAt))
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
 }
 

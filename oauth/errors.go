@@ -32,6 +32,14 @@ const (
 	CodeServerError         Code = "server_error"         // the provider reported an internal error
 )
 
+// Codes lists every code, for the closed label sets of metrics (a
+// series per code exists from the start, so the first of each counts).
+func Codes() []Code {
+	return []Code{CodeAccessDenied, CodeInvalidGrant, CodeInvalidRequest, CodeInvalidClient, CodeInvalidScope,
+		CodeInsufficientScope, CodeRateLimited, CodeProviderUnavailable, CodeInvalidResponse, CodeNeedsReauth,
+		CodeUnsupported, CodeServerError}
+}
+
 // Error is every failure this package returns. Its message never holds a
 // token, a code, a secret or the provider's raw body: only the operation,
 // the stable code, the HTTP status and a short sanitised description.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credgate/credgate/oauth"
 )
 
 // Metrics are credgate's counters and histograms.
@@ -48,11 +50,59 @@ const (
 	FlowLegacy = "legacy"
 )
 
-// Outcomes, as the outcome label spells them.
+// Outcomes, as the outcome label spells them. A connection's success
+// rate is success / (success + failure) everywhere credgate reports one
+// (the dashboard, the alert rules, verify, report, rollout status and the
+// guard): a user who declines at the consent screen says nothing about
+// the flow's health and is counted apart, as declined (docs/telemetry.md).
 const (
-	Success = "success"
-	Failure = "failure"
+	Success  = "success"
+	Failure  = "failure"
+	Declined = "declined"
 )
+
+// Outcome is the outcome of a connection that ended with errorCode ("" when
+// it succeeded): declined for access_denied, failure for any other code.
+func Outcome(errorCode string) string {
+	switch errorCode {
+	case "":
+		return Success
+	case string(oauth.CodeAccessDenied):
+		return Declined
+	}
+	return Failure
+}
+
+// Error codes of the connections credgate counts besides the platforms'
+// (oauth.Codes): the new flow's own, and the legacy arm's, which credgate
+// sees only through the app's answer.
+const (
+	// CodeStorageUnavailable: the platform issued tokens and credgate
+	// could not store them (they were revoked where possible).
+	CodeStorageUnavailable = "storage_unavailable"
+	// CodeAppError: the app's callback failed to answer at all.
+	CodeAppError = "app_error"
+	// CodeAppHTTP4xx, CodeAppHTTP5xx: the app's callback answered 4xx or 5xx.
+	CodeAppHTTP4xx = "http_4xx"
+	CodeAppHTTP5xx = "http_5xx"
+)
+
+// newFlowCodes and legacyCodes are the closed sets of failure codes per
+// arm, whose series Prepare creates at zero.
+func newFlowCodes() []string {
+	var out []string
+	for _, c := range oauth.Codes() {
+		if c != oauth.CodeAccessDenied {
+			out = append(out, string(c))
+		}
+	}
+	return append(out, CodeStorageUnavailable)
+}
+
+var legacyCodes = []string{CodeAppError, CodeAppHTTP4xx, CodeAppHTTP5xx}
+
+// RefreshOutcomes are the outcomes of a renewal.
+var RefreshOutcomes = []string{Success, Failure, "needs_reauth"}
 
 // New returns the metrics, registered only with their own registry (for
 // the OTLP export): register Collectors with Caddy's as well.
@@ -60,7 +110,7 @@ func New() *Metrics {
 	m := &Metrics{
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credgate_connections_total",
-			Help: "Finished OAuth connections by platform, arm (new/legacy), outcome and stable error code.",
+			Help: "Finished OAuth connections by platform, arm (new/legacy), outcome (success, failure, declined) and stable error code.",
 		}, []string{"platform", "flow", "outcome", "error"}),
 		connectionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "credgate_connection_duration_seconds",
@@ -103,19 +153,39 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions, m.identity}
 }
 
-// Prepare creates the success series of each platform at zero, so that
-// the first connection or renewal after a start is an increase a rate
-// can see, rather than a series that appears already counted.
+// Prepare creates every series a dashboard or an alert divides at zero,
+// for each platform: connections by arm and outcome with every failure
+// code of the arm, declines, renewals by outcome, token reads. The first
+// connection, failure or renewal after a start is then an increase a
+// rate can see, rather than a series that appears already counted (which
+// rate() and increase() never count: the first failure of each code
+// would vanish from the success rate, again after every restart).
 func (m *Metrics) Prepare(platforms []string) {
 	for _, p := range platforms {
-		for _, flow := range []string{FlowNew, FlowLegacy} {
+		for flow, codes := range map[string][]string{FlowNew: newFlowCodes(), FlowLegacy: legacyCodes} {
 			m.connections.WithLabelValues(p, flow, Success, "")
+			m.connections.WithLabelValues(p, flow, Declined, string(oauth.CodeAccessDenied))
+			for _, code := range codes {
+				m.connections.WithLabelValues(p, flow, Failure, code)
+			}
 		}
-		m.refreshes.WithLabelValues(p, Success)
+		for _, outcome := range RefreshOutcomes {
+			m.refreshes.WithLabelValues(p, outcome)
+		}
 		m.tokenReads.WithLabelValues(p, Success)
 		// The decision an unrecognised user gets, so that its rate is
 		// right from the first such request.
 		m.decisions.WithLabelValues(p, FlowLegacy, "no_identity")
+	}
+}
+
+// PrepareTokenReads creates the token API's outcome series (its error
+// codes) at zero for each platform.
+func (m *Metrics) PrepareTokenReads(platforms, outcomes []string) {
+	for _, p := range platforms {
+		for _, o := range outcomes {
+			m.tokenReads.WithLabelValues(p, o)
+		}
 	}
 }
 
@@ -134,15 +204,11 @@ func (m *Metrics) Identity(route, result string) {
 	m.identity.WithLabelValues(route, result).Inc()
 }
 
-// Connection counts a finished connection; errorCode is "" on success.
-// A duration of zero (the legacy arm, whose start credgate never sees) is
-// not observed.
-func (m *Metrics) Connection(platform, flow string, success bool, errorCode string, d time.Duration) {
-	outcome := Success
-	if !success {
-		outcome = Failure
-	}
-	m.connections.WithLabelValues(platform, flow, outcome, errorCode).Inc()
+// Connection counts a finished connection; errorCode is "" on success,
+// and decides the outcome (Outcome). A duration of zero (the legacy arm,
+// whose start credgate never sees) is not observed.
+func (m *Metrics) Connection(platform, flow, errorCode string, d time.Duration) {
+	m.connections.WithLabelValues(platform, flow, Outcome(errorCode), errorCode).Inc()
 	if d > 0 {
 		m.connectionDuration.WithLabelValues(platform, flow).Observe(d.Seconds())
 	}
