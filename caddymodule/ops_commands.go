@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/guard"
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
@@ -100,13 +102,14 @@ func printReport(w io.Writer, r report.Report) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\n", e.Action, e.Status, e.Count)
 	}
 	section("Connection success rate")
-	fmt.Fprintln(tw, "PLATFORM\tFLOW\tSUCCESS\tFAILED\tRATE\tAVG TIME")
+	fmt.Fprintln(tw, "(successes / (successes + failures); users who declined at the consent screen apart)")
+	fmt.Fprintln(tw, "PLATFORM\tFLOW\tSUCCESS\tFAILED\tRATE\tDECLINED\tAVG TIME")
 	for _, x := range r.Connections {
 		avg := "-"
 		if x.AvgMillis != nil {
 			avg = (time.Duration(*x.AvgMillis) * time.Millisecond).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f%%\t%s\n", x.Platform, x.Flow, x.Success, x.Failed, x.Rate*100, avg)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f%%\t%d\t%s\n", x.Platform, x.Flow, x.Success, x.Failed, x.Rate*100, x.Declined, avg)
 	}
 	section("Token refresh success rate")
 	fmt.Fprintln(tw, "PLATFORM\tSUCCESS\tFAILED\tRATE")
@@ -132,21 +135,27 @@ func printReport(w io.Writer, r report.Report) {
 
 func verifyCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "verify [--min-success-rate 0.95] [--since 24h]",
+		Use:   "verify [--min-success-rate 0.95] [--min-samples 50] [--since 24h] [--platforms twitter,linkedin,…]",
 		Short: "Runs the guide's post-migration verification and exits 1 if any check fails",
 		Long: `Checks, as a ✓/✗ list: the schema and row level security, encryption
 coverage (every connected account has a blob; no plaintext left), that
 every blob's key is in the keyring, that the audit log has recent events,
-the connection and token refresh success rate per platform against
+the connection success rate of every platform (--platforms) and the token
+refresh success rate of each platform that had renewals, against
 --min-success-rate, and that no account's refresh is dead or overdue.
+A success rate is successes / (successes + failures): users who declined
+at the consent screen are shown apart. A platform with fewer than
+--min-samples attempts in the window is not judged: ⚠, never ✓.
 Reads DATABASE_URL, ENCRYPTION_MASTER_KEY, ENCRYPTION_MASTER_KEY_ID and
 ENCRYPTION_PREVIOUS_KEYS. Exits 1 when any check fails.`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			rate, _ := cmd.Flags().GetFloat64("min-success-rate")
 			since, _ := cmd.Flags().GetDuration("since")
-			if rate <= 0 || rate > 1 || since <= 0 {
-				return errors.New("--min-success-rate must be in (0, 1] and --since a positive duration")
+			samples, _ := cmd.Flags().GetInt64("min-samples")
+			platforms, _ := cmd.Flags().GetStringSlice("platforms")
+			if rate <= 0 || rate > 1 || since <= 0 || samples < 1 {
+				return errors.New("--min-success-rate must be in (0, 1], --since a positive duration and --min-samples at least 1")
 			}
 			// verify reports missing keys as a failed check of its own.
 			keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{AllowMissingKeys: true})
@@ -154,21 +163,29 @@ ENCRYPTION_PREVIOUS_KEYS. Exits 1 when any check fails.`,
 				return err
 			}
 			defer pool.Close()
-			checks, err := report.Verify(ctx, pool, databaseURL(cmd), keys, time.Now(), report.VerifyOptions{MinSuccessRate: rate, Window: since})
+			checks, err := report.Verify(ctx, pool, databaseURL(cmd), keys, time.Now(), report.VerifyOptions{
+				MinSuccessRate: rate, Window: since, MinSamples: samples, Platforms: platforms})
 			if err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
-			failed := 0
+			failed, tooFew := 0, 0
 			for _, c := range checks {
 				mark := "✓"
-				if !c.OK {
+				switch {
+				case c.TooFew:
+					mark, tooFew = "⚠", tooFew+1
+				case !c.OK:
 					mark, failed = "✗", failed+1
 				}
 				fmt.Fprintf(w, "%s %s: %s\n", mark, c.Name, c.Detail)
 			}
 			if failed > 0 {
 				return fmt.Errorf("verify: %d of %d checks failed", failed, len(checks))
+			}
+			if tooFew > 0 {
+				fmt.Fprintf(w, "%d checks passed; %d not judged: too few attempts (--min-samples %d).\n", len(checks)-tooFew, tooFew, samples)
+				return nil
 			}
 			fmt.Fprintf(w, "All %d checks passed.\n", len(checks))
 			return nil
@@ -177,6 +194,8 @@ ENCRYPTION_PREVIOUS_KEYS. Exits 1 when any check fails.`,
 	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
 	cmd.Flags().Float64("min-success-rate", 0.95, "lowest acceptable success rate per platform")
 	cmd.Flags().Duration("since", 24*time.Hour, "window for success rates and audit activity")
+	cmd.Flags().Int64("min-samples", guard.DefaultMinSamples, "attempts a platform needs in the window before its success rate is judged")
+	cmd.Flags().StringSlice("platforms", oauth.Platforms, "platforms whose connection success rate is judged, traffic or not")
 	return cmd
 }
 

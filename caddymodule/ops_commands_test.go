@@ -44,7 +44,7 @@ func healthyDatabaseOn(t *testing.T, url string) string {
 	}
 	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform, flow, duration_ms)
 		SELECT 'connect', 'success', p, 'new', 3000 FROM unnest(ARRAY['twitter', 'linkedin']) p, generate_series(1, 20)`)
-	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform) VALUES ('refresh', 'success', 'twitter')`)
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform) SELECT 'refresh', 'success', 'twitter' FROM generate_series(1, 20)`)
 	// The back end reads both platforms' tokens through credgate.
 	pgtest.Exec(t, url, `INSERT INTO backend_reads (platform, via, bucket, reads)
 		VALUES ('twitter', 'token_api', date_trunc('minute', now()), 12), ('linkedin', 'egress', date_trunc('minute', now()), 3)`)
@@ -55,7 +55,9 @@ func healthyDatabaseOn(t *testing.T, url string) string {
 func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing.T) {
 	t.Setenv(vault.EnvMasterKey, testKey(1))
 	t.Setenv(vault.EnvPreviousKeys, "")
-	out, err := runCLI(t, "verify", "--database-url", healthyDatabase(t))
+	// The healthy database has 20 attempts on twitter and linkedin.
+	verify := []string{"verify", "--min-samples", "20", "--platforms", "twitter,linkedin"}
+	out, err := runCLI(t, append(verify, "--database-url", healthyDatabase(t))...)
 	if err != nil || !strings.Contains(out, "All 13 checks passed.") || strings.Contains(out, "✗") {
 		t.Fatalf("verify on a healthy database: %v\n%s", err, out)
 	}
@@ -70,7 +72,7 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 		{"RLS off", `ALTER TABLE oauth_states DISABLE ROW LEVEL SECURITY`,
 			"✗ schema: row level security on credgate's tables: off on: oauth_states"},
 		{"low success rate", `INSERT INTO credential_audit_log (action, status, platform, flow, error_code)
-			SELECT 'connect', 'failed', 'twitter', 'new', 'access_denied' FROM generate_series(1, 5)`,
+			SELECT 'connect', 'failed', 'twitter', 'new', 'provider_unavailable' FROM generate_series(1, 5)`,
 			"✗ connections: twitter success rate ≥ 95%: 80.0% (20 of 25)"},
 		{"a blob under an unknown key", `UPDATE social_accounts SET credentials_key_id = 7 WHERE platform = 'linkedin'`,
 			"✗ keys: every blob's key is in the keyring: blobs under key 7 (1 rows)"},
@@ -92,7 +94,7 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 			url := healthyDatabase(t)
 			pgtest.Exec(t, url, `ALTER TABLE credential_audit_log DISABLE TRIGGER credential_audit_log_append_only`)
 			pgtest.Exec(t, url, tc.breakIt)
-			out, err := runCLI(t, "verify", "--database-url", url)
+			out, err := runCLI(t, append(verify, "--database-url", url)...)
 			if err == nil || !strings.Contains(err.Error(), "checks failed") {
 				t.Errorf("verify exited cleanly: %v", err)
 			}
@@ -103,6 +105,45 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 				t.Errorf("%d failed checks, want only the broken one:\n%s", n, out)
 			}
 		})
+	}
+}
+
+// A success rate is judged only on enough attempts, for every configured
+// platform, traffic or not; declines are shown apart and never count.
+// Not parallel: the commands read keys from the environment.
+func TestVerifySaysTooFewAttemptsAndCountsDeclinesApart(t *testing.T) {
+	t.Setenv(vault.EnvMasterKey, testKey(1))
+	t.Setenv(vault.EnvPreviousKeys, "")
+	url := healthyDatabase(t)
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform, flow) VALUES ('connect', 'success', 'facebook', 'new')`)
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform, flow, error_code)
+		SELECT 'connect', 'failed', 'twitter', 'new', 'access_denied' FROM generate_series(1, 30)`)
+	out, err := runCLI(t, "verify", "--database-url", url)
+	if err != nil {
+		t.Fatalf("verify failed on too few attempts: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"⚠ connections: facebook success rate ≥ 95%: not judged: 1 of 50 attempts needed (100.0% so far)\n",
+		"⚠ connections: instagram success rate ≥ 95%: not judged: no attempts in the last 24h0m0s\n",
+		"⚠ connections: twitter success rate ≥ 95%: not judged: 20 of 50 attempts needed (100.0% so far); 30 declined at the consent screen, not counted\n",
+		"⚠ token refresh: twitter success rate ≥ 95%: not judged: 20 of 50 attempts needed",
+		"10 checks passed; 5 not judged: too few attempts (--min-samples 50).",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("verify lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "✓ connections") {
+		t.Errorf("a platform below min-samples passed:\n%s", out)
+	}
+	// Enough of them: judged, the declines still apart.
+	out, err = runCLI(t, "verify", "--database-url", url, "--min-samples", "20", "--platforms", "twitter")
+	if err != nil || !strings.Contains(out, "✓ connections: twitter success rate ≥ 95%: 100.0% (20 of 20); 30 declined at the consent screen, not counted\n") {
+		t.Errorf("verify --min-samples 20: %v\n%s", err, out)
+	}
+	out, _ = runCLI(t, "report", "--database-url", url)
+	if !strings.Contains(out, "DECLINED") {
+		t.Errorf("report does not show declines apart:\n%s", out)
 	}
 }
 

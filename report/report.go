@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -35,11 +36,16 @@ type Failure struct {
 
 // Rate is a success rate for one platform (and flow).
 type Rate struct {
-	Platform string  `json:"platform"`
-	Flow     string  `json:"flow,omitempty"`
-	Success  int64   `json:"success"`
-	Failed   int64   `json:"failed"`
-	Rate     float64 `json:"rate"`
+	Platform string `json:"platform"`
+	Flow     string `json:"flow,omitempty"`
+	Success  int64  `json:"success"`
+	Failed   int64  `json:"failed"`
+	// Declined counts users who said no at the consent screen
+	// (access_denied): not failures of the flow, and not in Rate.
+	Declined int64 `json:"declined"`
+	// Rate is Success / (Success + Failed): the one definition of
+	// success every credgate signal uses (docs/telemetry.md).
+	Rate float64 `json:"rate"`
 	// AvgMillis is the mean duration of the successful ones, where
 	// recorded (connections: from start to the end of the callback).
 	AvgMillis *float64 `json:"avg_ms,omitempty"`
@@ -101,6 +107,10 @@ func Build(ctx context.Context, db vault.DB, now time.Time, since time.Duration,
 	return r, err
 }
 
+// notDeclined is false on an audit row of a user who declined at the
+// consent screen.
+const notDeclined = `error_code IS DISTINCT FROM '` + string(oauth.CodeAccessDenied) + `'`
+
 // rates computes success rates of action by platform (and flow).
 func rates(ctx context.Context, db vault.DB, action vault.Action, byFlow bool, from time.Time) ([]Rate, error) {
 	flow := `''`
@@ -108,13 +118,15 @@ func rates(ctx context.Context, db vault.DB, action vault.Action, byFlow bool, f
 		flow = `coalesce(flow, '')`
 	}
 	return collect(ctx, db, `SELECT coalesce(platform, ''), `+flow+`,
-			count(*) FILTER (WHERE status = 'success'), count(*) FILTER (WHERE status = 'failed'),
+			count(*) FILTER (WHERE status = 'success'),
+			count(*) FILTER (WHERE status = 'failed' AND `+notDeclined+`),
+			count(*) FILTER (WHERE status = 'failed' AND NOT `+notDeclined+`),
 			avg(duration_ms) FILTER (WHERE status = 'success')
 		FROM credential_audit_log WHERE action = $1 AND created_at > $2
 		GROUP BY 1, 2 ORDER BY 1, 2`, []any{action, from},
 		func(row pgx.CollectableRow) (Rate, error) {
 			var x Rate
-			err := row.Scan(&x.Platform, &x.Flow, &x.Success, &x.Failed, &x.AvgMillis)
+			err := row.Scan(&x.Platform, &x.Flow, &x.Success, &x.Failed, &x.Declined, &x.AvgMillis)
 			if total := x.Success + x.Failed; total > 0 {
 				x.Rate = float64(x.Success) / float64(total)
 			}

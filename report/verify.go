@@ -10,8 +10,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/internal/appschema"
 	"github.com/credgate/credgate/migrations"
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -20,6 +22,9 @@ type Check struct {
 	Name   string `json:"name"`
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"`
+	// TooFew: not judged, too few attempts to mean anything (fewer than
+	// MinSamples). Not OK, and not a failure either: ⚠.
+	TooFew bool `json:"too_few,omitempty"`
 }
 
 // VerifyOptions tune Verify.
@@ -32,6 +37,13 @@ type VerifyOptions struct {
 	Window time.Duration
 	// OverdueGrace: a due refresh job waiting longer is stuck. Default 5m.
 	OverdueGrace time.Duration
+	// MinSamples is how many attempts (successes and failures; declines
+	// are not attempts the flow can fail) a platform needs in the window
+	// before its success rate is judged. Default: the guard's, 50.
+	MinSamples int64
+	// Platforms are judged each, whether or not they had traffic.
+	// Default: the built-in four.
+	Platforms []string
 }
 
 // Verify runs the guide's post-migration verification (Day 1 and Day 3,
@@ -47,6 +59,12 @@ func Verify(ctx context.Context, db vault.DB, databaseURL string, keys *vault.Ke
 	}
 	if opt.OverdueGrace <= 0 {
 		opt.OverdueGrace = 5 * time.Minute
+	}
+	if opt.MinSamples <= 0 {
+		opt.MinSamples = guard.DefaultMinSamples
+	}
+	if len(opt.Platforms) == 0 {
+		opt.Platforms = oauth.Platforms
 	}
 	var checks []Check
 	schema, err := migrations.Inspect(ctx, databaseURL)
@@ -201,26 +219,47 @@ func auditChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Ti
 
 func rateChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Time, opt VerifyOptions) ([]Check, error) {
 	var checks []Check
-	for _, kind := range []struct {
-		action vault.Action
-		name   string
-	}{{vault.ActionConnect, "connections"}, {vault.ActionRefresh, "token refresh"}} {
-		rs, err := rates(ctx, db, kind.action, false, now.Add(-opt.Window))
-		if err != nil {
-			return nil, err
+	judge := func(kind, platform string, r Rate) Check {
+		c := Check{Name: fmt.Sprintf("%s: %s success rate ≥ %.0f%%", kind, platform, opt.MinSuccessRate*100)}
+		n := r.Success + r.Failed
+		switch {
+		case n == 0:
+			c.TooFew, c.Detail = true, fmt.Sprintf("not judged: no attempts in the last %s", opt.Window)
+		case n < opt.MinSamples:
+			c.TooFew, c.Detail = true, fmt.Sprintf("not judged: %d of %d attempts needed (%.1f%% so far)", n, opt.MinSamples, r.Rate*100)
+		default:
+			c.OK, c.Detail = r.Rate >= opt.MinSuccessRate, fmt.Sprintf("%.1f%% (%d of %d)", r.Rate*100, r.Success, n)
 		}
-		if len(rs) == 0 {
-			checks = append(checks, Check{Name: kind.name + ": success rate", OK: true,
-				Detail: "no attempts in the last " + opt.Window.String()})
-			continue
+		if r.Declined > 0 {
+			c.Detail += fmt.Sprintf("; %d declined at the consent screen, not counted", r.Declined)
 		}
-		for _, r := range rs {
-			checks = append(checks, Check{
-				Name:   fmt.Sprintf("%s: %s success rate ≥ %.0f%%", kind.name, r.Platform, opt.MinSuccessRate*100),
-				OK:     r.Rate >= opt.MinSuccessRate,
-				Detail: fmt.Sprintf("%.1f%% (%d of %d)", r.Rate*100, r.Success, r.Success+r.Failed),
-			})
+		return c
+	}
+	// Connections: every configured platform is judged, traffic or not.
+	rs, err := rates(ctx, db, vault.ActionConnect, false, now.Add(-opt.Window))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range opt.Platforms {
+		i := slices.IndexFunc(rs, func(r Rate) bool { return r.Platform == p })
+		var r Rate
+		if i >= 0 {
+			r = rs[i]
 		}
+		checks = append(checks, judge("connections", p, r))
+	}
+	// Renewals: the platforms that had any (a long-lived token may go
+	// weeks without one).
+	rs, err = rates(ctx, db, vault.ActionRefresh, false, now.Add(-opt.Window))
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) == 0 {
+		checks = append(checks, Check{Name: "token refresh: success rate", TooFew: true,
+			Detail: "not judged: no renewals in the last " + opt.Window.String()})
+	}
+	for _, r := range rs {
+		checks = append(checks, judge("token refresh", r.Platform, r))
 	}
 	return checks, nil
 }
