@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -215,11 +216,20 @@ func TestRolloutRouteReadsThePercentageFromTheRule(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newHarness(t, harnessOptions{flagsFile: path})
-	resp, body := h.do("GET", "/api/credentials/rollout", "", map[string]string{"Authorization": "Bearer " + adminToken})
 	var rollout struct {
 		Platforms []RolloutStatus `json:"platforms"`
 	}
-	json.Unmarshal(body, &rollout)
+	// The flag file is read in the background after the start: a busy
+	// machine may answer once before it is (Ready false, 0 %).
+	var resp *http.Response
+	var body []byte
+	waitUntil(t, 10*time.Second, func() bool {
+		resp, body = h.do("GET", "/api/credentials/rollout", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		rollout.Platforms = nil
+		json.Unmarshal(body, &rollout)
+		return resp.StatusCode != http.StatusOK || len(rollout.Platforms) == 0 ||
+			!slices.ContainsFunc(rollout.Platforms, func(p RolloutStatus) bool { return p.Flags == nil || !p.Flags.Ready })
+	})
 	if resp.StatusCode != http.StatusOK || len(rollout.Platforms) == 0 {
 		t.Fatalf("rollout route: %d %s", resp.StatusCode, body)
 	}
