@@ -71,7 +71,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
 		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases, credgate_settings, backend_reads\n",
-		"✓ Schema at version 6\n",
+		"✓ Schema at version 8\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q:\n%s", want, out)
@@ -79,7 +79,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	}
 
 	out, err = runCLI(t, "migrate", "up", "--database-url", url)
-	if err != nil || out != "✓ Already up to date (version 6)\n" {
+	if err != nil || out != "✓ Already up to date (version 8)\n" {
 		t.Errorf("second up: %q, %v", out, err)
 	}
 

@@ -66,6 +66,8 @@ func (a *App) provisionGuard() error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("credgate: %w", err)
 	}
+	// A user's own failures count once per guard window.
+	a.rollout.Outcomes().UserWindow = cfg.Window
 	a.guard = guard.New(a.pool, cfg, a.rollout.Outcomes(), a.platforms(), guard.WithLogger(a.logger.Named("guard")))
 	return nil
 }

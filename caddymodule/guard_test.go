@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -237,5 +238,78 @@ func TestRolloutRouteReadsThePercentageFromTheRule(t *testing.T) {
 		if p.Flags == nil || p.Flags.NewPercent != 25 || p.Flags.Measured == flags.MeasuredSampled {
 			t.Errorf("%s: %+v, want exactly 25 %% from the rule", p.Platform, p.Flags)
 		}
+	}
+}
+
+// Failures a user can cause on purpose (an error= put on the callback
+// URL, a made-up code the platform refuses) cannot halt a platform for
+// everyone: each account counts once per window, and together they count
+// only once there are min_samples of them. Measured with the default
+// guard (min_samples 50): the reported attacks (5 accounts × 10 flows
+// on an empty window; one account × 4 flows beside 60 real successes)
+// no longer halt; it takes 50 distinct accounts (min_samples), the first
+// number at which a flow failing for many real users should halt.
+func TestUsersCannotHaltTheRollout(t *testing.T) {
+	h := newHarness(t, harnessOptions{globalOptions: "guard {\n\t\t\tmin_samples 50\n\t\t\twindow 10m\n\t\t}"})
+	app := currentApp(t)
+	forge := func(user string, i int) {
+		t.Helper()
+		providerURL, cookie := h.startFlow(user, "linkedin", "/settings")
+		u, err := url.Parse(providerURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail := "&error=server_error"
+		if i%2 == 1 {
+			tail = "&code=made-up"
+		}
+		resp, _ := h.callback("/api/auth/oauth/linkedin/callback?state="+url.QueryEscape(u.Query().Get("state"))+tail, cookie, user)
+		if loc := resp.Header.Get("Location"); !strings.Contains(loc, "oauth_error=") {
+			t.Fatalf("a forged callback did not fail: %d %s", resp.StatusCode, loc)
+		}
+	}
+	settle := func() { time.Sleep(3 * guardInterval) }
+	userFailures := func() int { return h.count(`SELECT coalesce(sum(user_failures), 0)::int FROM rollout_outcomes`) }
+
+	// 5 accounts × 10 forged flows on an empty window: 5 counted.
+	for a := range 5 {
+		for i := range 10 {
+			forge(userN(a), i)
+		}
+	}
+	settle()
+	if app.halted("linkedin") {
+		t.Fatal("5 accounts halted LinkedIn")
+	}
+	if n := userFailures(); n != 5 {
+		t.Fatalf("%d user-caused failures in the window, want 5 (one per account)", n)
+	}
+	// 60 real successes, then one more account × 4 forged flows.
+	for i := range 60 {
+		if loc := h.connect(userN(1000+i), "linkedin"); strings.Contains(loc, "error") {
+			t.Fatalf("a real connect failed: %s", loc)
+		}
+	}
+	for i := range 4 {
+		forge(userN(5), i)
+	}
+	settle()
+	if app.halted("linkedin") {
+		t.Fatal("one account with 4 flows halted LinkedIn beside 60 successes")
+	}
+	// Up to 49 distinct accounts: still not halted.
+	for a := 6; a < 49; a++ {
+		forge(userN(a), a)
+	}
+	settle()
+	if app.halted("linkedin") || userFailures() != 49 {
+		t.Fatalf("49 accounts: halted %v, %d user-caused failures", app.halted("linkedin"), userFailures())
+	}
+	// The 50th: as many users failing as min_samples is a flow failing
+	// for real users, and it halts (60 of 110).
+	forge(userN(49), 0)
+	waitUntil(t, 5*time.Second, func() bool { return app.halted("linkedin") })
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed' AND platform = 'linkedin'`); n != 5*10+4+43+1 {
+		t.Errorf("%d failed connects audited, want every forged one (98)", n)
 	}
 }

@@ -317,12 +317,20 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 
 	outcome := h.app.rollout.Outcomes()
-	fail := func(code oauth.Code) {
-		// A user who declines at the consent screen says nothing about the
-		// flow's health, and the legacy arm cannot see declines (the app
-		// answers them with a redirect): the rollout guard must not judge
-		// them. The metrics and the audit log still count them.
-		if code != oauth.CodeAccessDenied {
+	// fail ends the flow with code. What the guard makes of it: a user who
+	// declines at the consent screen says nothing about the flow's health
+	// (and the legacy arm cannot see declines): not counted. A failure the
+	// user could have caused on purpose (userCaused: an error= on the
+	// callback URL, a code the platform refused) counts once per user per
+	// window, and only in numbers (guard.Config.Judged): otherwise one
+	// account could halt the rollout for everyone. The metrics and the
+	// audit log count every one.
+	fail := func(code oauth.Code, userCaused bool) {
+		switch {
+		case code == oauth.CodeAccessDenied:
+		case userCaused:
+			outcome.RecordUserCaused(flags.ArmNew, platform, st.UserID)
+		default:
 			outcome.Record(flags.ArmNew, platform, false)
 		}
 		h.app.metrics.Connection(platform, telemetry.FlowNew, string(code), time.Since(st.CreatedAt))
@@ -336,7 +344,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {string(code)}, "platform": {platform}})
 	}
 	if cbErr := oauth.CallbackError(platform, r.URL.Query()); cbErr != nil {
-		fail(cbErr.Code)
+		fail(cbErr.Code, true)
 		return
 	}
 	// The code exchange gets its own budget: providers may be slow. A
@@ -347,7 +355,10 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	tok, err := p.Complete(exCtx, secret.New(r.URL.Query().Get("code")), st.Verifier, oauth.WithRedirectURL(st.RedirectURI))
 	if err != nil {
 		h.logger.Info("oauth exchange failed", zap.String("platform", platform), errField(err))
-		fail(oauth.CodeOf(err))
+		// A code the platform refused (unknown, used, malformed) is the
+		// user's to send; the platform down or answering nonsense is not.
+		code := oauth.CodeOf(err)
+		fail(code, code == oauth.CodeInvalidGrant || code == oauth.CodeInvalidRequest)
 		return
 	}
 

@@ -98,7 +98,16 @@ func (c Config) Validate() error {
 // Rate is one arm's outcomes in the window.
 type Rate struct {
 	Successes int64 `json:"successes"`
-	Failures  int64 `json:"failures"`
+	// Failures credgate attributes to the platform (down, nonsense) or
+	// to itself (the tokens could not be stored): they count fully.
+	Failures int64 `json:"failures"`
+	// UserFailures are failures a user can cause on purpose (an error=
+	// on the callback, a code the platform refused), each user counted
+	// at most once per window and replica. Config.Judged counts them
+	// only once there are MinSamples of them: one account, or a handful,
+	// cannot halt a platform for everyone, while a flow that fails for
+	// many users (a scope the platform refuses to everyone) still trips.
+	UserFailures int64 `json:"user_failures,omitempty"`
 }
 
 // Samples is the number of outcomes.
@@ -112,8 +121,19 @@ func (r Rate) Success() float64 {
 	return float64(r.Successes) / float64(r.Samples())
 }
 
+// Judged is r as the guard judges it: its user-caused failures folded
+// into Failures once there are MinSamples of them, dropped before.
+func (c Config) Judged(r Rate) Rate {
+	if r.UserFailures >= c.MinSamples {
+		r.Failures += r.UserFailures
+	}
+	r.UserFailures = 0
+	return r
+}
+
 // Trips says whether the window's outcomes trip the guard, and why.
 func (c Config) Trips(newArm, legacy Rate) (reason string, trips bool) {
+	newArm, legacy = c.Judged(newArm), c.Judged(legacy)
 	if newArm.Samples() < c.MinSamples {
 		return "", false
 	}
@@ -393,7 +413,7 @@ func Status(ctx context.Context, db vault.DB, window time.Duration, platforms []
 		return nil, fmt.Errorf("guard: reading the halts: %w", err)
 	}
 
-	rows, err = db.Query(ctx, `SELECT o.platform, o.arm, sum(o.successes)::bigint, sum(o.failures)::bigint
+	rows, err = db.Query(ctx, `SELECT o.platform, o.arm, sum(o.successes)::bigint, sum(o.failures)::bigint, sum(o.user_failures)::bigint
 		FROM rollout_outcomes o LEFT JOIN rollout_halts h ON h.platform = o.platform
 		WHERE o.bucket >= greatest(now() - $1::interval, h.resumed_at)
 		GROUP BY o.platform, o.arm`, window)
@@ -404,7 +424,7 @@ func Status(ctx context.Context, db vault.DB, window time.Duration, platforms []
 	for rows.Next() {
 		var platform, arm string
 		var r Rate
-		if err := rows.Scan(&platform, &arm, &r.Successes, &r.Failures); err != nil {
+		if err := rows.Scan(&platform, &arm, &r.Successes, &r.Failures, &r.UserFailures); err != nil {
 			return nil, fmt.Errorf("guard: reading the window: %w", err)
 		}
 		if arm == string(flags.ArmNew) {

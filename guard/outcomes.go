@@ -54,7 +54,7 @@ func (l *OutcomeLog) Flush(ctx context.Context) error {
 	for _, c := range l.outcomes.Snapshot() {
 		snapshot[c.OutcomeKey] = c.Count
 	}
-	type delta struct{ successes, failures int64 }
+	type delta struct{ successes, failures, userFailures int64 }
 	deltas := map[[2]string]delta{}
 	for k, n := range snapshot {
 		d := int64(n - l.flushed[k])
@@ -63,9 +63,12 @@ func (l *OutcomeLog) Flush(ctx context.Context) error {
 		}
 		key := [2]string{k.Platform, string(k.Arm)}
 		cur := deltas[key]
-		if k.Success {
+		switch {
+		case k.Success:
 			cur.successes += d
-		} else {
+		case k.UserCaused:
+			cur.userFailures += d
+		default:
 			cur.failures += d
 		}
 		deltas[key] = cur
@@ -76,10 +79,12 @@ func (l *OutcomeLog) Flush(ctx context.Context) error {
 	keys := slices.SortedFunc(maps.Keys(deltas), func(a, b [2]string) int { return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1])) })
 	for _, key := range keys {
 		d := deltas[key]
-		b.Queue(`INSERT INTO rollout_outcomes (platform, arm, bucket, successes, failures) VALUES ($1, $2, `+currentBucket+`, $3, $4)
+		b.Queue(`INSERT INTO rollout_outcomes (platform, arm, bucket, successes, failures, user_failures)
+			VALUES ($1, $2, `+currentBucket+`, $3, $4, $5)
 			ON CONFLICT (platform, bucket, arm) DO UPDATE
-			SET successes = rollout_outcomes.successes + EXCLUDED.successes, failures = rollout_outcomes.failures + EXCLUDED.failures`,
-			key[0], key[1], d.successes, d.failures)
+			SET successes = rollout_outcomes.successes + EXCLUDED.successes, failures = rollout_outcomes.failures + EXCLUDED.failures,
+			    user_failures = rollout_outcomes.user_failures + EXCLUDED.user_failures`,
+			key[0], key[1], d.successes, d.failures, d.userFailures)
 	}
 	b.Queue(`DELETE FROM rollout_outcomes WHERE bucket < now() - $1::interval`, retention)
 	// One transaction: a failed flush adds nothing, and the next one
