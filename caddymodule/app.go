@@ -164,6 +164,7 @@ type App struct {
 	refresher  *worker.Refresher
 	loops      *worker.Loops
 	metrics    *telemetry.Metrics
+	health     *telemetry.Health
 	tracing    *telemetry.Export
 	// holdsTelemetry is true once this config took the shared metrics
 	// and providers.

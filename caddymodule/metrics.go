@@ -29,6 +29,7 @@ var telemetryPool = caddy.NewUsagePool()
 
 type sharedTelemetry struct {
 	metrics *telemetry.Metrics
+	health  *telemetry.Health
 	export  *telemetry.Export
 }
 
@@ -40,19 +41,21 @@ func (t sharedTelemetry) Destruct() error {
 
 // provisionTelemetry takes the shared metrics and providers (built from
 // the OTEL_* variables the first time) and registers the metrics, and
-// this config's database gauges, with the config's registry (served by
-// Caddy's `metrics` handler and admin endpoint).
+// this config's database gauges and pool statistics, with the config's
+// registry (served by Caddy's `metrics` handler and admin endpoint).
+// That registry already holds Caddy's Go and process collectors
+// (go_memstats_*, process_resident_memory_bytes): credgate adds none.
 func (a *App) provisionTelemetry(ctx caddy.Context) error {
 	shared, _, err := telemetryPool.LoadOrNew(telemetryKey, func() (caddy.Destructor, error) {
 		m := telemetry.New()
 		e, err := telemetry.ExportFromEnv(context.Background(), m)
-		return sharedTelemetry{metrics: m, export: e}, err
+		return sharedTelemetry{metrics: m, health: telemetry.NewHealth(), export: e}, err
 	})
 	if err != nil {
 		return err
 	}
 	t := shared.(sharedTelemetry)
-	a.metrics, a.tracing, a.holdsTelemetry = t.metrics, t.export, true
+	a.metrics, a.health, a.tracing, a.holdsTelemetry = t.metrics, t.health, t.export, true
 	a.metrics.Prepare(a.platforms())
 	results := []string{}
 	for _, r := range identity.Results() {
@@ -63,7 +66,8 @@ func (a *App) provisionTelemetry(ctx caddy.Context) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range append(a.metrics.Collectors(), &gauges{app: a}) {
+	collectors := append(a.metrics.Collectors(), a.health.Collectors()...)
+	for _, c := range append(collectors, &gauges{app: a}, poolStats{pool: a.pool}) {
 		// A registry may already hold the shared collectors (a config
 		// provisioned twice): that is the same collector, which is fine.
 		if err := registry.Register(c); err != nil {
@@ -98,10 +102,12 @@ var (
 		"1 while the rollout guard holds a platform's new starts on the legacy flow (only with the guard on).", []string{"platform"}, nil)
 	flagReadyDesc = prometheus.NewDesc("credgate_flag_provider_ready",
 		"1 when the rollout follows its flag source's current flags; 0 while every user is on the legacy flow or the source is failing (see service-health).", nil, nil)
+	storageDesc = prometheus.NewDesc("credgate_storage_available",
+		"1 while credgate's routes can serve: the database answers and the key check passed; 0 while they answer 503.", nil, nil)
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueJobsDesc, oldestDueDesc, accountsDesc, flagReadyDesc, haltedDesc} {
+	for _, d := range []*prometheus.Desc{queueJobsDesc, oldestDueDesc, accountsDesc, flagReadyDesc, haltedDesc, storageDesc} {
 		ch <- d
 	}
 }
@@ -112,6 +118,13 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(flagReadyDesc, prometheus.GaugeValue, ready)
+	// Read at every scrape (no database round trip): a quiet night has
+	// no 503 to rate, and this still says the routes would answer one.
+	available := 0.0
+	if g.app.Available() {
+		available = 1
+	}
+	ch <- prometheus.MustNewConstMetric(storageDesc, prometheus.GaugeValue, available)
 	if g.app.guard != nil {
 		for _, p := range g.app.guard.Platforms() {
 			halted := 0.0

@@ -56,12 +56,14 @@ func noteCode(w http.ResponseWriter, code string) {
 
 // traced serves a credgate route inside a span named name, a child of
 // the request span when Caddy's tracing directive started one, and ends
-// it with the route's outcome.
+// it with the route's outcome; the answer is counted by route and status
+// class (credgate_responses_total), and a blob that did not open by
+// where (credgate_decrypt_failures_total).
 func (a *App) traced(w http.ResponseWriter, r *http.Request, name string, attrs []trace.SpanStartOption, serve func(http.ResponseWriter, *http.Request)) {
 	ctx, span := a.tracer().Start(r.Context(), name, attrs...)
 	sw := &spanWriter{ResponseWriter: w}
 	// Deferred, so that a panic in serve (recovered by Caddy) still ends
-	// the span.
+	// the span and counts as the 500 Caddy answers.
 	defer func() {
 		p := recover()
 		code := sw.code
@@ -69,11 +71,68 @@ func (a *App) traced(w http.ResponseWriter, r *http.Request, name string, attrs 
 			code = "internal"
 		}
 		telemetry.End(span, code)
+		a.countAnswer(routeLabel(name, r.URL.Path), sw, p != nil)
 		if p != nil {
 			panic(p) // Caddy's own recovery answers it
 		}
 	}()
 	serve(sw, r.WithContext(ctx))
+}
+
+// countAnswer counts the answer sw carried on route. A panic is the 500
+// Caddy answers for it. On the egress route an answer without a code of
+// credgate's is the platform's, passed through.
+func (a *App) countAnswer(route string, sw *spanWriter, panicked bool) {
+	status := sw.status
+	if panicked {
+		status = http.StatusInternalServerError
+	}
+	class := telemetry.StatusClass(status)
+	if route == telemetry.RouteEgress && sw.code == "" && !panicked {
+		class = telemetry.StatusProxied
+	}
+	a.health.Response(route, class)
+	if sw.code == "decrypt_failed" {
+		switch route {
+		case telemetry.RouteToken:
+			a.health.DecryptFailed(telemetry.ViaTokenAPI)
+		case telemetry.RouteEgress:
+			a.health.DecryptFailed(telemetry.ViaEgress)
+		}
+	}
+}
+
+// routeLabel is the route label (telemetry.Routes) of an answer in the
+// span named span: the span says which route, except credgate.api, whose
+// path does (the paths of Handler.route).
+func routeLabel(span, path string) string {
+	switch span {
+	case "credgate.oauth.start":
+		return telemetry.RouteStart
+	case "credgate.oauth.callback":
+		return telemetry.RouteCallback
+	case "credgate.disconnect":
+		return telemetry.RouteDisconnect
+	case "credgate.token.read":
+		return telemetry.RouteToken
+	case "credgate.egress":
+		return telemetry.RouteEgress
+	}
+	switch path {
+	case "/api/credentials/status":
+		return telemetry.RouteStatus
+	case "/api/credentials/health-check":
+		return telemetry.RouteHealthCheck
+	case "/api/credentials/service-health":
+		return telemetry.RouteServiceHealth
+	case "/api/maintenance/cleanup":
+		return telemetry.RouteCleanup
+	case "/api/credentials/rollout":
+		return telemetry.RouteRollout
+	case "/api/credentials/rollout/resume":
+		return telemetry.RouteRolloutResume
+	}
+	return telemetry.RouteOther
 }
 
 // spanAttrs are the start options for a span about platform and flow
