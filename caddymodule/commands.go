@@ -455,6 +455,9 @@ func printUp(w io.Writer, rep migrations.Report) {
 	if cols := rep.AddedColumns(); len(cols) > 0 {
 		fmt.Fprintf(w, "✓ Added columns to social_accounts: %s\n", strings.Join(cols, ", "))
 	}
+	if cols := rep.AddedAuditColumns(); len(cols) > 0 {
+		fmt.Fprintf(w, "✓ Added columns to credential_audit_log: %s\n", strings.Join(cols, ", "))
+	}
 	if tables := rep.RLSEnabled(); len(tables) > 0 {
 		fmt.Fprintf(w, "✓ Enabled RLS policies: %s\n", strings.Join(tables, ", "))
 	}
@@ -514,6 +517,11 @@ func printStatus(w io.Writer, s migrations.Schema) bool {
 	}
 	fmt.Fprintln(w, "Columns on social_accounts:")
 	for _, p := range s.Columns {
+		fmt.Fprintf(w, "  %s %s\n", mark(p.Present), p.Name)
+		complete = complete && p.Present
+	}
+	fmt.Fprintln(w, "Columns on credential_audit_log:")
+	for _, p := range s.AuditColumns {
 		fmt.Fprintf(w, "  %s %s\n", mark(p.Present), p.Name)
 		complete = complete && p.Present
 	}

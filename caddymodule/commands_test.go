@@ -70,6 +70,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: credential_audit_log\n",
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
+		"✓ Added columns to credential_audit_log: events\n",
 		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases, credgate_settings, backend_reads\n",
 		"✓ Schema at version 8\n",
 	} {
@@ -88,7 +89,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 6 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Schema complete."} {
+	for _, want := range []string{"Applied version: 8 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Columns on credential_audit_log:\n  ✓ events\n", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}

@@ -69,10 +69,12 @@ func Files() fs.FS { return files }
 // migration guide lists (001), then the audit roll-up (002), then the
 // guarded rollout's window and latch (003), then the shared count of
 // rollout decisions (004), then the renewals in flight (005), then the
-// operator's settings for sharing the table with the app (006).
+// operator's settings for sharing the table with the app (006), then the
+// legacy flows credgate saw begin (008). 007 adds
+// no table: a column on the audit log (AuditColumns).
 var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
 	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions", "renewal_leases",
-	"credgate_settings", "backend_reads"}
+	"credgate_settings", "backend_reads", "legacy_flows"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{
@@ -80,6 +82,10 @@ var AccountColumns = []string{
 	"status", "scopes", "last_refreshed_at", "connected_via",
 	"app_token_fingerprint", "app_token_current",
 }
+
+// AuditColumns are the columns later migrations add to
+// credential_audit_log: events (007), how many events a row stands for.
+var AuditColumns = []string{"events"}
 
 // Presence says whether one expected object exists.
 type Presence struct {
@@ -105,6 +111,8 @@ type Schema struct {
 	SocialAccounts bool
 	Tables         []Presence
 	Columns        []Presence
+	// AuditColumns are AuditColumns on credential_audit_log.
+	AuditColumns []Presence
 	// RLS is, for each table credgate creates, whether row level security
 	// is enabled on it.
 	RLS []Presence
@@ -134,6 +142,11 @@ func (r Report) AddedColumns() []string { return appeared(r.Before.Columns, r.Af
 
 // RemovedColumns lists the social_accounts columns the run removed.
 func (r Report) RemovedColumns() []string { return appeared(r.After.Columns, r.Before.Columns) }
+
+// AddedAuditColumns lists the credential_audit_log columns the run added.
+func (r Report) AddedAuditColumns() []string {
+	return appeared(r.Before.AuditColumns, r.After.AuditColumns)
+}
 
 // RLSEnabled lists the tables on which the run switched row level security on.
 func (r Report) RLSEnabled() []string { return appeared(r.Before.RLS, r.After.RLS) }
@@ -587,6 +600,15 @@ func inspect(ctx context.Context, db *sql.DB) (Schema, error) {
 		}
 		s.Tables = append(s.Tables, Presence{Name: t, Present: present})
 		s.RLS = append(s.RLS, Presence{Name: t, Present: rls})
+	}
+	for _, c := range AuditColumns {
+		var present bool
+		err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
+			WHERE attrelid = to_regclass('credential_audit_log') AND attname = $1 AND attnum > 0 AND NOT attisdropped)`, c).Scan(&present)
+		if err != nil {
+			return s, dberr.Explain("reading the schema", err)
+		}
+		s.AuditColumns = append(s.AuditColumns, Presence{Name: c, Present: present})
 	}
 	// A column counts as credgate's only with credgate's comment: an app
 	// column that happens to be called expires_at or status is the app's

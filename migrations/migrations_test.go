@@ -52,7 +52,7 @@ func assertComplete(t testing.TB, s migrations.Schema) {
 	if !s.SocialAccounts {
 		t.Error("social_accounts missing")
 	}
-	for _, group := range [][]migrations.Presence{s.Tables, s.Columns, s.RLS} {
+	for _, group := range [][]migrations.Presence{s.Tables, s.Columns, s.AuditColumns, s.RLS} {
 		for _, p := range group {
 			if !p.Present {
 				t.Errorf("%s missing after up", p.Name)
@@ -298,10 +298,11 @@ func TestFilesAreIdempotentWhenRunByHand(t *testing.T) {
 		"004_rollout_decisions.up.sql", "004_rollout_decisions.up.sql",
 		"005_renewal_leases.up.sql", "005_renewal_leases.up.sql",
 		"006_app_coexistence.up.sql", "006_app_coexistence.up.sql",
-		"006_app_coexistence.down.sql", "005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
-		"006_app_coexistence.down.sql", "005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
+		"007_audit_lifecycle.up.sql", "007_audit_lifecycle.up.sql",
+		"007_audit_lifecycle.down.sql", "006_app_coexistence.down.sql", "005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
+		"007_audit_lifecycle.down.sql", "006_app_coexistence.down.sql", "005_renewal_leases.down.sql", "004_rollout_decisions.down.sql", "003_rollout_guard.down.sql", "002_background_work.down.sql", "001_improve_credentials.down.sql",
 		"001_improve_credentials.up.sql", "002_background_work.up.sql", "003_rollout_guard.up.sql", "004_rollout_decisions.up.sql", "005_renewal_leases.up.sql",
-		"006_app_coexistence.up.sql"} {
+		"006_app_coexistence.up.sql", "007_audit_lifecycle.up.sql"} {
 		sql, err := fs.ReadFile(migrations.Files(), name)
 		if err != nil {
 			t.Fatal(err)
@@ -314,7 +315,7 @@ func TestFilesAreIdempotentWhenRunByHand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range append(s.Tables, s.Columns...) {
+	for _, p := range slices.Concat(s.Tables, s.Columns, s.AuditColumns) {
 		if !p.Present {
 			t.Errorf("%s missing after running the files by hand", p.Name)
 		}
@@ -368,22 +369,78 @@ func TestDownRefusesToDestroyEncryptedOnlyCredentials(t *testing.T) {
 	}
 }
 
+// The audit log refuses UPDATE and DELETE, except the two scoped
+// exceptions 007 opens with a transaction-local setting (retention and
+// erasure), and each of those only within its scope.
 func TestAuditLogIsAppendOnly(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Database(t)
-	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status) VALUES ('connect', 'success')`)
+	const user = "11111111-1111-1111-1111-111111111111"
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (created_at, user_id, action, status, details) VALUES
+		('2020-01-01', $1, 'connect', 'success', '{"account_id": "a1", "scopes": 2}'),
+		('2020-01-03', NULL, 'connect', 'success', '{}'),
+		(now(), '22222222-2222-2222-2222-222222222222', 'connect', 'success', '{}')`, user)
 	conn := connect(t, url)
-	for _, stmt := range []string{
-		`UPDATE credential_audit_log SET status = 'failed'`,
-		`DELETE FROM credential_audit_log`,
+	ctx := context.Background()
+	inTx := func(setting, value, stmt string) error {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if setting != "" {
+			if _, err := tx.Exec(ctx, `SELECT set_config($1, $2, true)`, setting, value); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}
+	for _, tc := range []struct{ setting, value, stmt string }{
+		{"", "", `UPDATE credential_audit_log SET status = 'failed'`},
+		{"", "", `DELETE FROM credential_audit_log`},
+		{"", "", `UPDATE credential_audit_log SET user_id = NULL`},
+		// Retention deletes only rows before its cutoff.
+		{"credgate.audit_prune", "2020-01-02", `DELETE FROM credential_audit_log`},
+		{"credgate.audit_prune", "not a time", `DELETE FROM credential_audit_log WHERE created_at < '2020-01-02'`},
+		// The prune setting opens no UPDATE, the erase setting no DELETE.
+		{"credgate.audit_prune", "2030-01-01", `UPDATE credential_audit_log SET user_id = NULL`},
+		{"credgate.audit_erase", user, `DELETE FROM credential_audit_log WHERE user_id = '` + user + `'`},
+		// Erasure clears only the named user's id, and changes nothing else.
+		{"credgate.audit_erase", user, `UPDATE credential_audit_log SET user_id = NULL`},
+		{"credgate.audit_erase", user, `UPDATE credential_audit_log SET user_id = NULL, status = 'failed' WHERE user_id = '` + user + `'`},
+		{"credgate.audit_erase", user, `UPDATE credential_audit_log SET user_id = NULL, details = '{}' WHERE user_id = '` + user + `'`},
+		{"credgate.audit_erase", user, `UPDATE credential_audit_log SET user_id = '33333333-3333-3333-3333-333333333333' WHERE user_id = '` + user + `'`},
 	} {
-		if _, err := conn.Exec(context.Background(), stmt); err == nil {
-			t.Errorf("%s succeeded on the append-only audit log", stmt)
+		if err := inTx(tc.setting, tc.value, tc.stmt); err == nil {
+			t.Errorf("%s with %s = %q succeeded on the append-only audit log", tc.stmt, tc.setting, tc.value)
 		}
 	}
 	var n int
-	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM credential_audit_log WHERE status = 'success'`).Scan(&n); err != nil || n != 1 {
-		t.Errorf("audit rows after refused edits: %d (%v), want 1", n, err)
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM credential_audit_log WHERE status = 'success' AND (user_id IS NOT NULL OR created_at > '2020-01-02')`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("audit rows after refused edits: %d (%v), want the 3 unchanged", n, err)
+	}
+
+	// Within their scope, the two exceptions go through.
+	if err := inTx("credgate.audit_erase", user, `UPDATE credential_audit_log SET user_id = NULL, details = details - 'account_id' WHERE user_id = '`+user+`'`); err != nil {
+		t.Errorf("erasing the user's id: %v", err)
+	}
+	if err := inTx("credgate.audit_prune", "2020-01-02T00:00:00Z", `DELETE FROM credential_audit_log WHERE created_at < '2020-01-02'`); err != nil {
+		t.Errorf("pruning before the cutoff: %v", err)
+	}
+	var left int
+	var details string
+	if err := conn.QueryRow(ctx, `SELECT count(*), min(details::text) FROM credential_audit_log WHERE user_id IS NULL`).Scan(&left, &details); err != nil || left != 1 || details != "{}" {
+		t.Errorf("after erase and prune: %d rows without a user id (%s, %v), want the one of 2020-01-03", left, details, err)
+	}
+	// The setting lasts until the transaction ends.
+	if _, err := conn.Exec(ctx, `SELECT set_config('credgate.audit_prune', '2030-01-01', true)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM credential_audit_log`); err == nil {
+		t.Error("a prune setting outlived its transaction")
 	}
 }
 
