@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/google/uuid"
 
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/internal/testport"
@@ -132,6 +133,21 @@ func newHarness(t testing.TB, opt harnessOptions) *harness {
 		h.mu.Unlock()
 		w.Header().Set("X-Upstream", "stub-app")
 		w.Header().Set("Set-Cookie", "app_session=abc; Path=/")
+		// The app's connect route sends the browser to the platform with
+		// a state of its own (app_state, or a fresh one), as real apps do.
+		if strings.HasPrefix(r.URL.Path, "/api/") && strings.HasSuffix(r.URL.Path, "/connect") {
+			state := r.URL.Query().Get("app_state")
+			if state == "" {
+				state = "app-" + uuid.NewString()
+			}
+			http.Redirect(w, r, "https://platform.invalid/oauth/authorize?client_id=app&state="+url.QueryEscape(state), http.StatusFound)
+			return
+		}
+		// Its callback: a failure it reports with a redirect.
+		if r.URL.Query().Get("stub_redirect") != "" {
+			http.Redirect(w, r, r.URL.Query().Get("stub_redirect"), http.StatusFound)
+			return
+		}
 		status := http.StatusOK
 		if r.URL.Query().Get("stub_status") == "500" {
 			status = http.StatusInternalServerError

@@ -65,6 +65,7 @@ func TestGuardHaltsARegressionAndResumeClearsIt(t *testing.T) {
 
 	// The app's own LinkedIn callbacks: the legacy arm, healthy.
 	for i := range 60 {
+		h.beginAppFlow(userN(5000+i), "linkedin", fmt.Sprintf("app-state-%d", i))
 		if resp, _ := h.do("GET", fmt.Sprintf("/api/linkedin/callback?state=app-state-%d&code=c", i), "", nil); resp.StatusCode != http.StatusOK {
 			t.Fatalf("legacy callback: %d", resp.StatusCode)
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -74,6 +75,13 @@ type Handler struct {
 	// return. Default: the path of a same-origin Referer, else "/".
 	LegacyReturnTo string `json:"legacy_return_to,omitempty"`
 
+	// LegacyErrorPattern is a regular expression matched against the
+	// Location of the app's answer to its callback: a redirect that
+	// matches is the app reporting a failed connection, counted as the
+	// legacy arm's failure (app_error_redirect). Default: an error or
+	// oauth_error query parameter, `[?&](error|oauth_error)=`.
+	LegacyErrorPattern string `json:"legacy_error_pattern,omitempty"`
+
 	// StartLimit bounds how many flows one user may start per platform:
 	// "<n>/<duration>" (default "10/1m"), or "off". Past it the start
 	// route answers 429 too_many_requests with Retry-After. Each start
@@ -91,6 +99,7 @@ type Handler struct {
 	logger        *zap.Logger
 
 	legacyOff       bool
+	legacyError     *regexp.Regexp             // LegacyErrorPattern
 	legacyCallbacks map[string]*oauth.Provider // by exact path
 	legacyStarts    map[string]*oauth.Provider // by exact path
 	// legacyOutsideAPI is true when a legacy path does not start with
@@ -174,6 +183,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.LegacyCallback == "" {
 		h.LegacyCallback = "/api/{platform}/callback"
+	}
+	if h.LegacyErrorPattern == "" {
+		h.LegacyErrorPattern = defaultLegacyErrorPattern
+	}
+	if h.legacyError, err = regexp.Compile(h.LegacyErrorPattern); err != nil {
+		return fmt.Errorf("credgate handler: legacy_error_pattern is not a regular expression: %v", err)
 	}
 	if h.LegacyReturnTo != "" {
 		if _, ok := h.validReturnTo(h.LegacyReturnTo); !ok {

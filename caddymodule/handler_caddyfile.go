@@ -44,6 +44,7 @@ func init() {
 //		legacy_callback /api/{platform}/callback  # the app's callback (default)
 //		legacy_start    /api/{platform}/connect   # the app's connect route: the rollout splits here
 //		legacy_return_to <path>                   # default: same-origin Referer path, else /
+//		legacy_error_pattern <regexp>             # the app's failure redirect; default [?&](error|oauth_error)=
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -54,10 +55,12 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
-		case "public_origin", "login_url", "admin_token", "legacy", "legacy_callback", "legacy_start", "legacy_return_to", "start_limit":
+		case "public_origin", "login_url", "admin_token", "legacy", "legacy_callback", "legacy_start", "legacy_return_to", "start_limit",
+			"legacy_error_pattern":
 			target := map[string]*string{"public_origin": &handler.PublicOrigin, "login_url": &handler.LoginURL,
 				"admin_token": &handler.AdminToken, "legacy": &handler.Legacy, "legacy_callback": &handler.LegacyCallback,
-				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo, "start_limit": &handler.StartLimit}[opt]
+				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo, "start_limit": &handler.StartLimit,
+				"legacy_error_pattern": &handler.LegacyErrorPattern}[opt]
 			if !d.AllArgs(target) {
 				return nil, d.ArgErr()
 			}

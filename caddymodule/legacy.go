@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"time"
@@ -14,14 +15,22 @@ import (
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/telemetry"
+	"github.com/credgate/credgate/vault"
 )
+
+// defaultLegacyErrorPattern recognises the app's failure redirect after
+// its callback: an error (or oauth_error) query parameter.
+const defaultLegacyErrorPattern = `[?&](error|oauth_error)=`
 
 // legacyCallback handles the app's own callback URL, which the platforms
 // already know. A state credgate issued (recognised by its MAC, with no
 // database lookup) is finished here, whatever the rollout says now: flow
-// affinity. Anything else is the legacy app's flow and goes to it
-// untouched; its outcome is counted by the app's response status, which
-// is streamed, never buffered.
+// affinity. Anything else goes to the legacy app untouched, its answer
+// streamed, never buffered; afterwards, if credgate saw that flow begin
+// at the app's connect route (its state, in legacy_flows), the flow's
+// outcome is counted, for the metrics, the guard and the audit log alike
+// (countLegacyOutcome). A request no flow began counts nowhere: junk on
+// the app's callback path must not move the legacy arm's rate.
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
@@ -38,25 +47,78 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 	ctx, span := h.app.tracer().Start(r.Context(), "credgate.legacy.callback", spanAttrs(p.Name(), telemetry.FlowLegacy)...)
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r.WithContext(ctx))
+	code, userCaused := h.legacyOutcome(r, rec, err)
+	counted := h.countLegacyOutcome(r, p.Name(), state, code, userCaused)
+	span.SetAttributes(telemetry.AttrLegacyCounted.Bool(counted))
+	telemetry.End(span, code)
+	return err
+}
+
+// legacyOutcome reads how the app's flow ended: "" for a success, else
+// its code. The platform's error= on the callback is the user's decline
+// (access_denied) or a failure the user can cause (userCaused: anyone
+// can put an error= on the URL); after that, the app's answer: no answer
+// (app_error), 5xx, 4xx, or a redirect that reports a failure
+// (legacy_error_pattern, app_error_redirect).
+func (h *Handler) legacyOutcome(r *http.Request, rec caddyhttp.ResponseRecorder, err error) (code string, userCaused bool) {
+	if cbErr := oauth.CallbackError("", r.URL.Query()); cbErr != nil {
+		return string(cbErr.Code), cbErr.Code != oauth.CodeAccessDenied
+	}
 	status := rec.Status()
 	if status == 0 {
 		status = http.StatusOK
 	}
-	ok := err == nil && status < 400
-	h.app.rollout.Outcomes().Record(flags.ArmLegacy, p.Name(), ok)
-	// The app's failure as a closed-set code: its status class.
-	code := ""
 	switch {
 	case err != nil:
-		code = telemetry.CodeAppError
+		return telemetry.CodeAppError, false
 	case status >= 500:
-		code = telemetry.CodeAppHTTP5xx
+		return telemetry.CodeAppHTTP5xx, false
 	case status >= 400:
-		code = telemetry.CodeAppHTTP4xx
+		return telemetry.CodeAppHTTP4xx, false
+	case status >= 300 && h.legacyError.MatchString(rec.Header().Get("Location")):
+		return telemetry.CodeAppErrorRedirect, false
 	}
-	h.app.metrics.Connection(p.Name(), telemetry.FlowLegacy, code, 0)
-	telemetry.End(span, code)
-	return err
+	return "", false
+}
+
+// countLegacyOutcome counts the outcome of the app's flow with state, if
+// credgate saw it begin (legacy_flows): the metrics with its duration,
+// the guard (a user-caused failure once per user, like the new arm's),
+// and an audit row (flow legacy, no token). It reports whether it
+// counted. The database is asked after the app has answered, with a
+// budget of its own: counting never delays or fails the app's callback.
+func (h *Handler) countLegacyOutcome(r *http.Request, platform, state, code string, userCaused bool) bool {
+	if state == "" || !h.app.Available() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+	defer cancel()
+	flow, err := vault.ConsumeLegacyFlow(ctx, h.app.pool, state, platform)
+	if err != nil {
+		if !errors.Is(err, vault.ErrNoLegacyFlow) {
+			h.logger.Warn("legacy callback: reading the flow's start; its outcome is not counted", zap.String("platform", platform), errField(err))
+		}
+		return false
+	}
+	took := time.Since(flow.StartedAt)
+	outcome := h.app.rollout.Outcomes()
+	switch {
+	case code == string(oauth.CodeAccessDenied):
+	case userCaused:
+		outcome.RecordUserCaused(flags.ArmLegacy, platform, flow.UserID)
+	default:
+		outcome.Record(flags.ArmLegacy, platform, code == "")
+	}
+	h.app.metrics.Connection(platform, telemetry.FlowLegacy, code, took)
+	status := vault.Success
+	if code != "" {
+		status = vault.Failed
+	}
+	if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: flow.UserID, Platform: platform, Action: vault.ActionConnect,
+		Status: status, Flow: telemetry.FlowLegacy, ErrorCode: code, Duration: took}); err != nil {
+		h.logger.Error("writing audit row", errField(err))
+	}
+	return true
 }
 
 // legacyStart handles the app's own "connect" route: the rollout decides,
@@ -82,13 +144,41 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 			telemetry.AttrRolloutReason.String(string(d.Reason)), telemetry.AttrIdentity.String(string(who.Result))))
 		span.End()
 		if d.Arm != flags.ArmNew {
-			return next.ServeHTTP(w, r)
+			return h.startLegacyFlow(w, r, next, p.Name(), who.UserID)
 		}
 		h.logger.Debug("rollout: new flow", zap.String("platform", p.Name()), zap.String("reason", string(d.Reason)))
 	}
 	target := url.URL{Path: "/api/auth/oauth/" + p.Name(), RawQuery: url.Values{"return_to": {h.legacyReturnTo(r)}}.Encode()}
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, target.String(), http.StatusFound)
+	return nil
+}
+
+// startLegacyFlow hands the start to the app and, when the app answers
+// with its redirect to the platform, remembers the app's state (its
+// SHA-256) so that the flow's callback can be counted (legacy_flows). The
+// answer is streamed as the app writes it; the state is recorded after,
+// within a short budget, and a failure to record it only leaves that flow
+// uncounted.
+func (h *Handler) startLegacyFlow(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, platform, user string) error {
+	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+	err := next.ServeHTTP(rec, r)
+	if err != nil || rec.Status() < 300 || rec.Status() >= 400 || !h.app.Available() {
+		return err
+	}
+	to, perr := url.Parse(rec.Header().Get("Location"))
+	state := ""
+	if perr == nil {
+		state = to.Query().Get("state")
+	}
+	if state == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 250*time.Millisecond)
+	defer cancel()
+	if err := vault.RecordLegacyFlow(ctx, h.app.pool, state, platform, user); err != nil {
+		h.logger.Debug("legacy start: the flow's state was not recorded; its outcome will not be counted", zap.String("platform", platform), errField(err))
+	}
 	return nil
 }
 

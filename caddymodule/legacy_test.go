@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/internal/flagdtest"
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/vault"
 )
 
 // rolloutFile is a flag file at percent with the kill switch on or off.
@@ -71,7 +74,7 @@ func (h *harness) legacyStartIsNew(user, platform string) bool {
 	switch {
 	case resp.StatusCode == http.StatusFound && resp.Header.Get("Location") == "/api/auth/oauth/"+platform+"?return_to=%2Faccounts%3Ftab%3Dsocial":
 		return true
-	case resp.StatusCode == http.StatusOK && resp.Header.Get("X-Upstream") == "stub-app":
+	case resp.Header.Get("X-Upstream") == "stub-app":
 		return false
 	}
 	h.t.Fatalf("legacy start for %s: %d %s", user, resp.StatusCode, resp.Header.Get("Location"))
@@ -169,7 +172,7 @@ func TestSplitProportionsAndNesting(t *testing.T) {
 	setRollout(t, path, true, 100)
 	h.waitForRollout(userInBucket(90, 99), true)
 	resp, _ := h.do("GET", "/api/facebook/connect", "", nil)
-	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream") != "stub-app" {
+	if resp.Header.Get("X-Upstream") != "stub-app" {
 		t.Errorf("anonymous start: %d", resp.StatusCode)
 	}
 }
@@ -347,9 +350,15 @@ func TestCutoverAndRollback(t *testing.T) {
 
 func TestLegacyOutcomesAreCounted(t *testing.T) {
 	h, _ := newLegacyHarness(t, true, 100, "")
+	for _, s := range []string{"s1", "s2", "s3"} {
+		h.beginAppFlow(alice, "twitter", s)
+	}
 	h.do("GET", "/api/twitter/callback?state=s1&code=c", "", nil)
 	h.do("GET", "/api/twitter/callback?state=s2&code=c&stub_status=500", "", nil)
 	h.do("GET", "/api/twitter/callback?state=s3&code=c", "", nil)
+	// No flow began with these: they count nowhere.
+	h.do("GET", "/api/twitter/callback?state=s1&code=c", "", nil)
+	h.do("GET", "/api/twitter/callback?state=junk&code=c&stub_status=500", "", nil)
 	h.connect(alice, "linkedin")
 	// A user who declines at the consent screen is no outcome for the
 	// rollout guard (the metrics and the audit log still count it).
@@ -475,5 +484,99 @@ func TestRollbackAfterEachSavePatternThroughCaddy(t *testing.T) {
 		if took > 2*time.Second {
 			t.Errorf("%s: rollback took %v, want under 2 s", p.Name, took)
 		}
+	}
+}
+
+// beginAppFlow records, as the app's connect route would through
+// credgate (startLegacyFlow), that the app began a flow with state, so
+// that its callback is counted.
+func (h *harness) beginAppFlow(user, platform, state string) {
+	h.t.Helper()
+	if err := vault.RecordLegacyFlow(context.Background(), pgtest.Pool(h.t, h.db), state, platform, user); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// The legacy arm counts real flows only: credgate sees the app's connect
+// route answer with its redirect to the platform and remembers the app's
+// state; the callback with that state, on any replica, counts once, for
+// the metrics (with its duration), the guard and an audit row (flow
+// legacy, the user who started it). The app's failure redirect is a
+// failure, a decline is declined; a callback no flow began counts
+// nowhere, and neither does a second one with the same state.
+func TestLegacyFlowsAreCountedFromTheirStart(t *testing.T) {
+	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, flags: "static 0",
+		extraSite: "legacy_start /api/{platform}/connect"})
+	start := func(user, state string) {
+		t.Helper()
+		resp, _ := h.do("GET", "/api/twitter/connect?app_state="+state, user, nil)
+		if resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), "platform.invalid") {
+			t.Fatalf("the app's connect route: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	start(alice, "st-ok")
+	start(bob, "st-app-error")
+	start(carol, "st-declined")
+	start("", "st-anonymous")
+	if n := h.count(`SELECT count(*) FROM legacy_flows WHERE platform = 'twitter'`); n != 4 {
+		t.Fatalf("%d legacy flow starts recorded, want 4", n)
+	}
+	if n := h.count(`SELECT count(*) FROM legacy_flows WHERE state_hash = sha256('st-ok'::bytea) AND user_id = $1`, alice); n != 1 {
+		t.Fatal("the start is not stored by the state's SHA-256 with its user")
+	}
+	time.Sleep(10 * time.Millisecond)
+	for _, q := range []string{
+		"state=st-ok&code=c",
+		"state=st-app-error&code=c&stub_redirect=" + url.QueryEscape("/settings?oauth_error=token_exchange_failed"),
+		"state=st-declined&error=access_denied",
+		"state=st-anonymous&code=c",
+		"state=st-ok&code=c",                  // the same state again
+		"state=never-begun&code=c",            // junk
+		"state=never-begun-2&stub_status=500", // junk the app fails
+	} {
+		if resp, _ := h.do("GET", "/api/twitter/callback?"+q, "", nil); resp.Header.Get("X-Upstream") != "stub-app" {
+			t.Fatalf("the app's callback was not proxied: %s", q)
+		}
+	}
+	got := map[flags.OutcomeKey]uint64{}
+	for _, c := range currentApp(t).Rollout().Outcomes().Snapshot() {
+		got[c.OutcomeKey] = c.Count
+	}
+	if got[flags.OutcomeKey{Arm: flags.ArmLegacy, Platform: "twitter", Success: true}] != 2 ||
+		got[flags.OutcomeKey{Arm: flags.ArmLegacy, Platform: "twitter", Success: false}] != 1 {
+		t.Errorf("guard outcomes: %v, want 2 successes and 1 failure on the legacy arm", got)
+	}
+	body := h.scrape()
+	for _, c := range []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{`flow="legacy"`, `outcome="success"`, `platform="twitter"`}, 2},
+		{[]string{`flow="legacy"`, `outcome="failure"`, `error="app_error_redirect"`, `platform="twitter"`}, 1},
+		{[]string{`flow="legacy"`, `outcome="declined"`, `platform="twitter"`}, 1},
+		{[]string{`flow="legacy"`, `outcome="failure"`, `error="http_5xx"`, `platform="twitter"`}, 0},
+	} {
+		if got := metricValue(body, "credgate_connections_total", c.labels...); got != c.want {
+			t.Errorf("credgate_connections_total%v = %v, want %v", c.labels, got, c.want)
+		}
+	}
+	if got := metricValue(body, "credgate_connection_duration_seconds_count", `flow="legacy"`, `platform="twitter"`); got != 4 {
+		t.Errorf("legacy durations observed: %v, want 4", got)
+	}
+	for _, c := range []struct {
+		sql  string
+		args []any
+	}{
+		{`SELECT count(*) FROM credential_audit_log WHERE flow = 'legacy' AND action = 'connect' AND status = 'success' AND user_id = $1`, []any{alice}},
+		{`SELECT count(*) FROM credential_audit_log WHERE flow = 'legacy' AND status = 'failed' AND error_code = 'app_error_redirect' AND user_id = $1`, []any{bob}},
+		{`SELECT count(*) FROM credential_audit_log WHERE flow = 'legacy' AND status = 'failed' AND error_code = 'access_denied' AND user_id = $1`, []any{carol}},
+		{`SELECT count(*) FROM credential_audit_log WHERE flow = 'legacy' AND status = 'success' AND user_id IS NULL AND duration_ms >= 10`, nil},
+	} {
+		if n := h.count(c.sql, c.args...); n != 1 {
+			t.Errorf("%d rows, want 1: %s", n, c.sql)
+		}
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE flow = 'legacy'`); n != 4 {
+		t.Errorf("%d legacy audit rows, want 4 (one per flow begun)", n)
 	}
 }

@@ -72,8 +72,10 @@ func TestMetricsOnCaddysEndpointForBothArms(t *testing.T) {
 	}
 	// Legacy arm: the app's own flows through its callback, one fine and
 	// one the app fails.
-	h.do("GET", "/api/twitter/callback?code=c&state=app-state", "", nil)
-	h.do("GET", "/api/twitter/callback?code=c&state=app-state&stub_status=500", "", nil)
+	h.beginAppFlow(carol, "twitter", "app-state-1")
+	h.beginAppFlow(carol, "twitter", "app-state-2")
+	h.do("GET", "/api/twitter/callback?code=c&state=app-state-1", "", nil)
+	h.do("GET", "/api/twitter/callback?code=c&state=app-state-2&stub_status=500", "", nil)
 	// A rollout decision at the app's connect route (static 100 %).
 	if resp, _ := h.do("GET", "/api/twitter/connect", alice, nil); resp.StatusCode != http.StatusFound {
 		t.Fatalf("connect route: %d", resp.StatusCode)
@@ -95,7 +97,7 @@ func TestMetricsOnCaddysEndpointForBothArms(t *testing.T) {
 		{"credgate_connections_total", []string{`platform="twitter"`, `flow="legacy"`, `outcome="success"`}, 1},
 		{"credgate_connections_total", []string{`platform="twitter"`, `flow="legacy"`, `outcome="failure"`, `error="http_5xx"`}, 1},
 		{"credgate_connection_duration_seconds_count", []string{`platform="twitter"`, `flow="new"`}, 2},
-		{"credgate_connection_duration_seconds_count", []string{`flow="legacy"`}, -1},
+		{"credgate_connection_duration_seconds_count", []string{`flow="legacy"`}, 2},
 		{"credgate_rollout_decisions_total", []string{`platform="twitter"`, `arm="new"`}, 1},
 		{"credgate_token_reads_total", []string{`platform="twitter"`, `outcome="success"`}, 1},
 		{"credgate_flag_provider_ready", nil, 1},

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -63,8 +65,11 @@ func TestDashboardAndRulesAgainstARealPrometheus(t *testing.T) {
 		providerURL, cookie := h.startFlow(carol, "twitter", "/settings")
 		u, _ := url.Parse(providerURL)
 		h.callback(h.origin+"/api/auth/oauth/twitter/callback?error=access_denied&state="+url.QueryEscape(u.Query().Get("state")), cookie, carol)
-		h.do("GET", "/api/twitter/callback?code=c&state=app-state", "", nil)
-		h.do("GET", "/api/twitter/callback?code=c&state=app-state&stub_status=500", "", nil)
+		ok, failing := "app-"+uuid.NewString(), "app-"+uuid.NewString()
+		h.beginAppFlow(carol, "twitter", ok)
+		h.beginAppFlow(carol, "twitter", failing)
+		h.do("GET", "/api/twitter/callback?code=c&state="+ok, "", nil)
+		h.do("GET", "/api/twitter/callback?code=c&state="+failing+"&stub_status=500", "", nil)
 		h.do("GET", "/api/twitter/connect", alice, nil)
 		h.sandbox.Clock().Advance(117 * time.Minute)
 		if code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != http.StatusOK {

@@ -147,6 +147,9 @@ const (
 	// refreshed, or why no user was recognised).
 	AttrIdentity  = attribute.Key("credgate.identity")
 	AttrErrorType = attribute.Key("error.type")
+	// AttrLegacyCounted: the app's callback belonged to a flow credgate
+	// saw begin, and its outcome was counted.
+	AttrLegacyCounted = attribute.Key("credgate.legacy.counted")
 )
 
 // End closes span with its outcome: success, or a failure with its

@@ -85,6 +85,9 @@ const (
 	// CodeAppHTTP4xx, CodeAppHTTP5xx: the app's callback answered 4xx or 5xx.
 	CodeAppHTTP4xx = "http_4xx"
 	CodeAppHTTP5xx = "http_5xx"
+	// CodeAppErrorRedirect: the app's callback redirected with a failure
+	// (legacy_error_pattern).
+	CodeAppErrorRedirect = "app_error_redirect"
 )
 
 // newFlowCodes and legacyCodes are the closed sets of failure codes per
@@ -99,7 +102,16 @@ func newFlowCodes() []string {
 	return append(out, CodeStorageUnavailable)
 }
 
-var legacyCodes = []string{CodeAppError, CodeAppHTTP4xx, CodeAppHTTP5xx}
+func legacyCodes() []string {
+	out := []string{CodeAppError, CodeAppHTTP4xx, CodeAppHTTP5xx, CodeAppErrorRedirect}
+	// The platform's error= on the app's callback, declines apart.
+	for _, c := range oauth.Codes() {
+		if c != oauth.CodeAccessDenied {
+			out = append(out, string(c))
+		}
+	}
+	return out
+}
 
 // RefreshOutcomes are the outcomes of a renewal.
 var RefreshOutcomes = []string{Success, Failure, "needs_reauth"}
@@ -162,7 +174,7 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 // would vanish from the success rate, again after every restart).
 func (m *Metrics) Prepare(platforms []string) {
 	for _, p := range platforms {
-		for flow, codes := range map[string][]string{FlowNew: newFlowCodes(), FlowLegacy: legacyCodes} {
+		for flow, codes := range map[string][]string{FlowNew: newFlowCodes(), FlowLegacy: legacyCodes()} {
 			m.connections.WithLabelValues(p, flow, Success, "")
 			m.connections.WithLabelValues(p, flow, Declined, string(oauth.CodeAccessDenied))
 			for _, code := range codes {
@@ -205,8 +217,8 @@ func (m *Metrics) Identity(route, result string) {
 }
 
 // Connection counts a finished connection; errorCode is "" on success,
-// and decides the outcome (Outcome). A duration of zero (the legacy arm,
-// whose start credgate never sees) is not observed.
+// and decides the outcome (Outcome). A duration of zero (unknown) is not
+// observed.
 func (m *Metrics) Connection(platform, flow, errorCode string, d time.Duration) {
 	m.connections.WithLabelValues(platform, flow, Outcome(errorCode), errorCode).Inc()
 	if d > 0 {

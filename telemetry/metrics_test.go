@@ -96,8 +96,9 @@ func TestPrepareStartsEveryDividedSeriesAtZero(t *testing.T) {
 	// created for the closed set only.
 	// Per platform: the new arm's success, decline, every platform code
 	// but access_denied and storage_unavailable; the legacy arm's
-	// success, decline and its three codes.
-	perPlatform := (1 + 1 + len(oauth.Codes()) - 1 + 1) + (1 + 1 + 3)
+	// success, decline, its four codes of the app's answer and every
+	// platform code but access_denied (the error= on its callback).
+	perPlatform := (1 + 1 + len(oauth.Codes()) - 1 + 1) + (1 + 1 + 4 + len(oauth.Codes()) - 1)
 	if n := testutil.CollectAndCount(reg, "credgate_connections_total"); n != 2*perPlatform {
 		t.Errorf("%d connection series, want %d", n, 2*perPlatform)
 	}

@@ -42,6 +42,11 @@ func Cleanup(ctx context.Context, db vault.DB, now time.Time, trigger string, wa
 		if res.Jobs, err = (vault.RefreshQueue{}).PruneFinished(ctx, tx, now.Add(-finishedJobRetention)); err != nil {
 			return err
 		}
+		// The app's flows whose callback never came (abandoned at the
+		// consent screen): they count nowhere.
+		if _, err = vault.CleanupLegacyFlows(ctx, tx); err != nil {
+			return err
+		}
 		if res.States == 0 {
 			return nil
 		}
