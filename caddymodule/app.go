@@ -142,6 +142,13 @@ type App struct {
 	// resumes it. Default: off.
 	Guard *GuardConfig `json:"guard,omitempty"`
 
+	// AuditReadWindow is how long this instance counts the back end's
+	// token reads (token API and egress) before it writes their audit
+	// rows: one per account, caller and outcome, with the count, and one
+	// without a user id for ids that have no account. Written again at
+	// stop. From 1s to 1h; default 1m.
+	AuditReadWindow caddy.Duration `json:"audit_read_window,omitempty"`
+
 	keys     *vault.Keyring
 	pool     *pgxpool.Pool
 	shared   sharedPool
@@ -157,7 +164,10 @@ type App struct {
 	// egress) for every replica's view of whether it reads through
 	// credgate yet.
 	backendReads *vault.BackendReads
-	states       *vault.States
+	// readAudit counts the back end's token reads into their audit rows
+	// (one per account, caller and outcome per AuditReadWindow).
+	readAudit *vault.ReadAudit
+	states    *vault.States
 	// flagSource, when the flag provider can say, reports where the
 	// rollout comes from and whether it is in force.
 	flagSource flagSource
@@ -319,6 +329,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.settings = &vault.SettingsCache{DB: a.pool}
 	a.accounts.UseSettings(a.settings)
 	a.backendReads = new(vault.BackendReads)
+	if a.AuditReadWindow == 0 {
+		a.AuditReadWindow = caddy.Duration(vault.DefaultReadWindow)
+	}
+	if w := time.Duration(a.AuditReadWindow); w < time.Second || w > time.Hour {
+		return fmt.Errorf("credgate: audit_read_window must be from 1s to 1h, got %s", w)
+	}
+	a.readAudit = &vault.ReadAudit{Window: time.Duration(a.AuditReadWindow)}
 	if _, ok := a.shared.verified.Load(keys.Identity()); ok {
 		a.run.available.Store(true)
 	}
@@ -384,6 +401,11 @@ func (a *App) Start() error {
 	a.startBackground()
 	a.startGuard(ctx)
 	a.run.wg.Go(func() { a.backendReads.Run(ctx, a.pool, guardInterval) })
+	a.run.wg.Go(func() {
+		a.readAudit.Run(ctx, a.pool, func(err error) {
+			a.logger.Warn("token read audit rows not written yet; their counts are kept for the next window", zap.Error(err))
+		})
+	})
 	a.run.wg.Go(func() { a.watchDatabase(ctx) })
 	return nil
 }

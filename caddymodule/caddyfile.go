@@ -37,6 +37,7 @@ func init() {
 //			background on|off             # default on: run the loops on this instance
 //			flags         flagd <path> | flagd_rpc <host:port> [tls <ca.pem>] | static <percent>
 //			decision_timeout <duration>   # default 100ms: past it, the user goes legacy (reason timeout)
+//			audit_read_window <duration>  # default 1m (1s–1h): the back end's token reads, one audit row per account, caller and outcome per window
 //			guard {                       # default off: halt a platform's new starts when the new flow does badly
 //				min_success <0–1>           # default 0.95
 //				max_gap     <0–1>           # default 0.05: below the legacy arm's rate minus this also halts
@@ -88,7 +89,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if !d.AllArgs(&app.PreviousKeys) {
 				return nil, d.ArgErr()
 			}
-		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "store_retry", "cleanup_interval", "decision_timeout":
+		case "state_ttl", "refresh_ahead", "refresh_ahead_short", "refresh_lease", "store_retry", "cleanup_interval", "decision_timeout",
+			"audit_read_window":
 			opt := d.Val()
 			dur, err := parseDurationArg(d, opt)
 			if err != nil {
@@ -96,7 +98,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			}
 			*map[string]*caddy.Duration{"state_ttl": &app.StateTTL, "refresh_ahead": &app.RefreshAhead,
 				"refresh_ahead_short": &app.RefreshAheadShort, "refresh_lease": &app.RefreshLease, "store_retry": &app.StoreRetry,
-				"cleanup_interval": &app.CleanupInterval, "decision_timeout": &app.DecisionTimeout}[opt] = caddy.Duration(dur)
+				"cleanup_interval": &app.CleanupInterval, "decision_timeout": &app.DecisionTimeout,
+				"audit_read_window": &app.AuditReadWindow}[opt] = caddy.Duration(dur)
 		case "refresh_workers", "refresh_max_attempts":
 			opt := d.Val()
 			var raw string

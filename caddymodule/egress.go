@@ -242,8 +242,12 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		},
 		Transport:  rt,
 		BufferPool: copyBuffers,
+		// Each call is counted once into the token_read audit rows (via
+		// egress): here when the platform answered, in fail when no
+		// token could be had.
 		ModifyResponse: func(resp *http.Response) error {
 			e.app.metrics.Egress(platform, strconv.Itoa(resp.StatusCode/100)+"xx")
+			e.app.readAudit.Count(vault.TokenRead{UserID: user, Platform: platform, Via: vault.ViaEgress, Status: vault.Success})
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -252,6 +256,8 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 				return
 			}
 			e.app.metrics.Egress(platform, "provider_unavailable")
+			e.app.readAudit.Count(vault.TokenRead{UserID: user, Platform: platform, Via: vault.ViaEgress, Status: vault.Failed,
+				ErrorCode: "provider_unavailable"})
 			e.logger.Info("egress call failed", zap.String("platform", platform), errField(err))
 			writeError(w, http.StatusBadGateway, "provider_unavailable", "the platform did not answer")
 		},
@@ -303,8 +309,10 @@ type bufferPool struct{ pool sync.Pool }
 func (p *bufferPool) Get() []byte  { return *p.pool.Get().(*[]byte) }
 func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
 
-// fail answers a token that cannot be had, audited (auth failures only:
-// a successful call writes no audit row).
+// fail answers a token that cannot be had. Like every token use through
+// egress, it is counted into the window's token_read audit rows (via
+// egress, the answer's code); renewals and their failures also have the
+// refresher's own rows.
 func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform string, err error) {
 	status, code, message := tokenFailure(err)
 	if status == 0 {
@@ -312,16 +320,7 @@ func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform str
 		return
 	}
 	e.app.metrics.Egress(platform, code)
-	// Renewal failures and needs_reauth are audited by the refresher; a
-	// blob that does not open is not, anywhere else.
-	if code == "decrypt_failed" {
-		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-		if err := (vault.Audit{}).Append(actx, e.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDecryptFailed,
-			Status: vault.Failed, ErrorCode: code, Details: map[string]any{"via": "egress"}}); err != nil {
-			e.logger.Error("writing audit row", errField(err))
-		}
-		acancel()
-	}
+	e.app.readAudit.Count(vault.TokenRead{UserID: user, Platform: platform, Via: vault.ViaEgress, Status: vault.Failed, ErrorCode: code})
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "30")
 	}

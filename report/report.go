@@ -17,7 +17,9 @@ import (
 	"github.com/credgate/credgate/vault"
 )
 
-// EventCount is one row of the guide's "SELECT action, status, COUNT(*)".
+// EventCount is one row of the guide's "SELECT action, status, COUNT(*)",
+// summing credential_audit_log.events (a row of token reads counts each
+// read).
 type EventCount struct {
 	Action string `json:"action"`
 	Status string `json:"status"`
@@ -79,7 +81,7 @@ const maxFailures = 20
 func Build(ctx context.Context, db vault.DB, now time.Time, since time.Duration, days int) (Report, error) {
 	r := Report{From: now.Add(-since), To: now}
 	var err error
-	if r.Events, err = collect(ctx, db, `SELECT action, status, count(*) FROM credential_audit_log
+	if r.Events, err = collect(ctx, db, `SELECT action, status, sum(events)::bigint FROM credential_audit_log
 		WHERE created_at > $1 GROUP BY action, status ORDER BY action, status`, []any{r.From},
 		func(row pgx.CollectableRow) (EventCount, error) {
 			var e EventCount
@@ -142,7 +144,7 @@ func Daily(ctx context.Context, db vault.DB, now time.Time, days int) ([]Day, er
 	return collect(ctx, db, `SELECT day::text, action, status, sum(events)::bigint, bool_or(partial) FROM (
 			SELECT day, action, status, events, false AS partial FROM credential_audit_daily WHERE day >= $1::date
 			UNION ALL
-			SELECT (created_at AT TIME ZONE 'UTC')::date, action, status, 1, true FROM credential_audit_log l
+			SELECT (created_at AT TIME ZONE 'UTC')::date, action, status, events, true FROM credential_audit_log l
 			WHERE created_at >= $1::date::timestamp AT TIME ZONE 'UTC'
 			  AND NOT EXISTS (SELECT 1 FROM credential_audit_rollups r WHERE r.day = (l.created_at AT TIME ZONE 'UTC')::date)
 		) d GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`, []any{from},

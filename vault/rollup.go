@@ -11,7 +11,8 @@ import (
 // RollUpAuditDays writes the daily counts of up to maxDays finished days
 // (UTC) not yet rolled up into credential_audit_daily, oldest first, so
 // that reports over months read a few rows per day instead of every
-// event. A day counts as finished once the grace after its midnight has
+// event. A day's count sums credential_audit_log.events: a row of token
+// reads stands for every read it counted (migration 007). A day counts as finished once the grace after its midnight has
 // passed at now: a transaction that began before midnight may still
 // commit a row dated that day. Each day is written in db's transaction,
 // replacing what was there, so a second run is harmless. It returns the
@@ -46,7 +47,7 @@ func rollUpDay(ctx context.Context, db DB, day time.Time) error {
 		var events int64
 		err := tx.QueryRow(ctx, `WITH counted AS (
 				INSERT INTO credential_audit_daily (day, action, status, platform, flow, events, duration_ms_sum, duration_count)
-				SELECT $1::date, action, status, coalesce(platform, ''), coalesce(flow, ''), count(*),
+				SELECT $1::date, action, status, coalesce(platform, ''), coalesce(flow, ''), sum(events),
 				       coalesce(sum(duration_ms), 0), count(duration_ms)
 				FROM credential_audit_log
 				WHERE created_at >= ($1::date)::timestamp AT TIME ZONE 'UTC'
