@@ -29,7 +29,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "credgate",
 		Usage: "<command> [flags]",
-		Short: "Manages credgate: keys, schema, rotation, backfill, cleanup, reports, verification and the rollout guard",
+		Short: "Manages credgate: keys, schema, rotation, backfill, cleanup, reports, verification, the rollout guard, audit retention and erasure",
 		Long: `
 Operator commands for credgate. Each reads DATABASE_URL and
 ENCRYPTION_MASTER_KEY from the environment unless a flag says otherwise,
@@ -116,7 +116,8 @@ Store it in your secret manager as ENCRYPTION_MASTER_KEY.`,
 	migrate.AddCommand(up, down, status)
 	return []*cobra.Command{keygen, migrate, rotateCommand(), backfillCommand(), cleanupCommand(), reportCommand(),
 		verifyCommand(), rolloutCommand(), sandboxCommand(), devtokenCommand(),
-		writebackCommand(), transitionCommand(), appRefreshCommand(), appExpiryColumnCommand(), appPlatformNameCommand()}
+		writebackCommand(), transitionCommand(), appRefreshCommand(), appExpiryColumnCommand(), appPlatformNameCommand(),
+		auditCommand(), eraseUserCommand()}
 }
 
 // progressInterval is how often a long batch job prints where it is.

@@ -295,40 +295,15 @@ type rolloutConfig struct {
 	databaseURL string
 }
 
-// loadRolloutConfig reads --config, nil without it. A Caddyfile is
-// adapted as `caddy run` would; a JSON config is read as it is.
+// loadRolloutConfig reads --config, nil without it.
 func loadRolloutConfig(cmd *cobra.Command) (*rolloutConfig, error) {
 	path, _ := cmd.Flags().GetString("config")
 	if path == "" {
 		return nil, nil
 	}
-	body, err := os.ReadFile(path)
+	credgate, err := credgateAppJSON(path)
 	if err != nil {
-		return nil, fmt.Errorf("--config: %w", err)
-	}
-	raw := body
-	if !json.Valid(body) {
-		adapter := caddyconfig.GetAdapter("caddyfile")
-		if adapter == nil {
-			return nil, errors.New("--config: this build has no Caddyfile adapter; pass a JSON config")
-		}
-		// Warnings (an unformatted file …) are the adapter's business:
-		// `caddy run` shows them, a status command does not.
-		raw, _, err = adapter.Adapt(body, map[string]any{"filename": path})
-		if err != nil {
-			return nil, fmt.Errorf("--config %s: %w", path, err)
-		}
-	}
-	var doc struct {
-		Apps struct {
-			Credgate json.RawMessage `json:"credgate"`
-		} `json:"apps"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		return nil, fmt.Errorf("--config %s: %w", path, err)
-	}
-	if len(doc.Apps.Credgate) == 0 {
-		return nil, fmt.Errorf("--config %s has no credgate app (the `credgate` global option)", path)
+		return nil, err
 	}
 	var app struct {
 		DatabaseURL string                     `json:"database_url"`
@@ -336,7 +311,7 @@ func loadRolloutConfig(cmd *cobra.Command) (*rolloutConfig, error) {
 		Guard       *GuardConfig               `json:"guard"`
 		Providers   map[string]json.RawMessage `json:"providers"`
 	}
-	if err := json.Unmarshal(doc.Apps.Credgate, &app); err != nil {
+	if err := json.Unmarshal(credgate, &app); err != nil {
 		return nil, fmt.Errorf("--config %s: the credgate app: %w", path, err)
 	}
 	cfg := &rolloutConfig{path: path, guard: app.Guard, platforms: slices.Sorted(maps.Keys(app.Providers)),
@@ -357,6 +332,41 @@ func loadRolloutConfig(cmd *cobra.Command) (*rolloutConfig, error) {
 		cfg.flags = mod
 	}
 	return cfg, nil
+}
+
+// credgateAppJSON is the credgate app's JSON in the config at path, which
+// the commands' --config names: a Caddyfile is adapted as `caddy run`
+// would, a JSON config is read as it is.
+func credgateAppJSON(path string) (json.RawMessage, error) {
+	body, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
+	}
+	raw := body
+	if !json.Valid(body) {
+		adapter := caddyconfig.GetAdapter("caddyfile")
+		if adapter == nil {
+			return nil, errors.New("--config: this build has no Caddyfile adapter; pass a JSON config")
+		}
+		// Warnings (an unformatted file …) are the adapter's business:
+		// `caddy run` shows them, a command does not.
+		raw, _, err = adapter.Adapt(body, map[string]any{"filename": path})
+		if err != nil {
+			return nil, fmt.Errorf("--config %s: %w", path, err)
+		}
+	}
+	var doc struct {
+		Apps struct {
+			Credgate json.RawMessage `json:"credgate"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("--config %s: %w", path, err)
+	}
+	if len(doc.Apps.Credgate) == 0 {
+		return nil, fmt.Errorf("--config %s has no credgate app (the `credgate` global option)", path)
+	}
+	return doc.Apps.Credgate, nil
 }
 
 // rolloutDatabaseURL prefers the flag, then DATABASE_URL, then the
