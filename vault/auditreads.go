@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/credgate/credgate/internal/flushloop"
 )
 
@@ -112,9 +110,6 @@ func (a *ReadAudit) Count(r TokenRead) {
 	}
 }
 
-// readFlushChunk bounds the keys one INSERT carries.
-const readFlushChunk = 5000
-
 // readAuditInsert writes one row per key, or, for keys whose user has no
 // account at all, one row per platform, caller and outcome (user_id NULL,
 // details.users the distinct ids). The account check takes KEY SHARE on
@@ -140,7 +135,7 @@ const readAuditInsert = `WITH r AS (
 	GROUP BY subject, platform, via, status, error_code, source`
 
 // Flush writes the reads counted since the last flush, in one
-// transaction. On failure the counts are kept for the next flush.
+// statement. On failure the counts are kept for the next flush.
 func (a *ReadAudit) Flush(ctx context.Context, db DB) error {
 	a.mu.Lock()
 	counts := a.counts
@@ -154,14 +149,9 @@ func (a *ReadAudit) Flush(ctx context.Context, db DB) error {
 		return cmp.Or(cmp.Compare(x.user, y.user), cmp.Compare(x.platform, y.platform), cmp.Compare(x.via, y.via),
 			cmp.Compare(x.status, y.status), cmp.Compare(x.code, y.code), cmp.Compare(x.source, y.source))
 	})
-	err := InTx(ctx, db, func(tx pgx.Tx) error {
-		for chunk := range slices.Chunk(keys, readFlushChunk) {
-			if _, err := tx.Exec(ctx, readAuditInsert, readArgs(chunk, counts, a.Window)...); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	// One statement, so that the reads of ids with no account become one
+	// row however many ids there were (at most maxReadKeys, a few MB).
+	_, err := db.Exec(ctx, readAuditInsert, readArgs(keys, counts, a.Window)...)
 	if err != nil {
 		a.restore(counts)
 		return fmt.Errorf("writing token read audit rows: %w", err)
@@ -187,7 +177,8 @@ func readArgs(keys []tokenReadKey, counts map[tokenReadKey]*tokenReadCount, wind
 }
 
 // restore adds counts that could not be written back to the current
-// window.
+// window, within the same bound as Count: while the database does not
+// take them, a key beyond maxReadKeys keeps its count without its user.
 func (a *ReadAudit) restore(counts map[tokenReadKey]*tokenReadCount) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -197,6 +188,11 @@ func (a *ReadAudit) restore(counts map[tokenReadKey]*tokenReadCount) {
 	}
 	for k, c := range counts {
 		cur := a.counts[k]
+		if cur == nil && len(a.counts) >= maxReadKeys && k.user != "" {
+			k.user = ""
+			c.unattributed = c.events
+			cur = a.counts[k]
+		}
 		if cur == nil {
 			a.counts[k] = c
 			continue

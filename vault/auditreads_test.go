@@ -146,3 +146,26 @@ func TestRollUpSumsEvents(t *testing.T) {
 		t.Errorf("rolled up %d token reads of %d events, want 11580 of 11581", reads, total)
 	}
 }
+
+// A window holds at most 100,000 keys: reads past that are still
+// counted, without their user id (details.unattributed).
+func TestReadAuditBoundsItsMemory(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t)
+	audit := &vault.ReadAudit{}
+	const keys, more = 100_000, 5
+	for range keys + more {
+		audit.Count(vault.TokenRead{UserID: uuid.NewString(), Platform: "twitter", Via: vault.ViaTokenAPI, Status: vault.Failed, ErrorCode: "not_connected"})
+	}
+	if err := audit.Flush(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	var rows, events, users, unattributed int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*), sum(events), max((details->>'users')::int), max((details->>'unattributed')::int)
+		FROM credential_audit_log`).Scan(&rows, &events, &users, &unattributed); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 1 || events != keys+more || users != keys || unattributed != more {
+		t.Errorf("%d rows, %d events, %d users, %d unattributed; want 1, %d, %d, %d", rows, events, users, unattributed, keys+more, keys, more)
+	}
+}
