@@ -135,12 +135,13 @@ func printReport(w io.Writer, r report.Report) {
 
 func verifyCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "verify [--min-success-rate 0.95] [--min-samples 50] [--since 24h] [--platforms twitter,linkedin,…]",
+		Use:   "verify [--min-success-rate 0.95] [--min-samples 50] [--max-gap 0.05] [--since 24h] [--platforms twitter,linkedin,…]",
 		Short: "Runs the guide's post-migration verification and exits 1 if any check fails",
 		Long: `Checks, as a ✓/✗ list: the schema and row level security, encryption
 coverage (every connected account has a blob; no plaintext left), that
 every blob's key is in the keyring, that the audit log has recent events,
-the connection success rate of every platform (--platforms) and the token
+the connection success rate of every platform (--platforms), new flow and
+legacy flow apart and the gap between them (--max-gap), and the token
 refresh success rate of each platform that had renewals, against
 --min-success-rate, and that no account's refresh is dead or overdue.
 A success rate is successes / (successes + failures): users who declined
@@ -153,9 +154,10 @@ ENCRYPTION_PREVIOUS_KEYS. Exits 1 when any check fails.`,
 			rate, _ := cmd.Flags().GetFloat64("min-success-rate")
 			since, _ := cmd.Flags().GetDuration("since")
 			samples, _ := cmd.Flags().GetInt64("min-samples")
+			gap, _ := cmd.Flags().GetFloat64("max-gap")
 			platforms, _ := cmd.Flags().GetStringSlice("platforms")
-			if rate <= 0 || rate > 1 || since <= 0 || samples < 1 {
-				return errors.New("--min-success-rate must be in (0, 1], --since a positive duration and --min-samples at least 1")
+			if rate <= 0 || rate > 1 || since <= 0 || samples < 1 || gap <= 0 || gap > 1 {
+				return errors.New("--min-success-rate and --max-gap must be in (0, 1], --since a positive duration and --min-samples at least 1")
 			}
 			// verify reports missing keys as a failed check of its own.
 			keys, pool, err := openVault(ctx, cmd, vault.VerifyOptions{AllowMissingKeys: true})
@@ -164,7 +166,7 @@ ENCRYPTION_PREVIOUS_KEYS. Exits 1 when any check fails.`,
 			}
 			defer pool.Close()
 			checks, err := report.Verify(ctx, pool, databaseURL(cmd), keys, time.Now(), report.VerifyOptions{
-				MinSuccessRate: rate, Window: since, MinSamples: samples, Platforms: platforms})
+				MinSuccessRate: rate, Window: since, MinSamples: samples, Platforms: platforms, MaxGap: gap})
 			if err != nil {
 				return err
 			}
@@ -195,6 +197,7 @@ ENCRYPTION_PREVIOUS_KEYS. Exits 1 when any check fails.`,
 	cmd.Flags().Float64("min-success-rate", 0.95, "lowest acceptable success rate per platform")
 	cmd.Flags().Duration("since", 24*time.Hour, "window for success rates and audit activity")
 	cmd.Flags().Int64("min-samples", guard.DefaultMinSamples, "attempts a platform needs in the window before its success rate is judged")
+	cmd.Flags().Float64("max-gap", guard.DefaultMaxGap, "how far the new flow's success rate may fall below the legacy flow's")
 	cmd.Flags().StringSlice("platforms", oauth.Platforms, "platforms whose connection success rate is judged, traffic or not")
 	return cmd
 }

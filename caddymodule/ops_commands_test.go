@@ -73,7 +73,7 @@ func TestVerifyPassesOnAHealthyDatabaseAndNamesEachBrokenPrecondition(t *testing
 			"✗ schema: row level security on credgate's tables: off on: oauth_states"},
 		{"low success rate", `INSERT INTO credential_audit_log (action, status, platform, flow, error_code)
 			SELECT 'connect', 'failed', 'twitter', 'new', 'provider_unavailable' FROM generate_series(1, 5)`,
-			"✗ connections: twitter success rate ≥ 95%: 80.0% (20 of 25)"},
+			"✗ connections: twitter new flow success rate ≥ 95%: 80.0% (20 of 25)"},
 		{"a blob under an unknown key", `UPDATE social_accounts SET credentials_key_id = 7 WHERE platform = 'linkedin'`,
 			"✗ keys: every blob's key is in the keyring: blobs under key 7 (1 rows)"},
 		{"a dead job", `UPDATE token_refresh_queue SET status = 'dead', last_error = 'provider_unavailable'
@@ -123,9 +123,9 @@ func TestVerifySaysTooFewAttemptsAndCountsDeclinesApart(t *testing.T) {
 		t.Fatalf("verify failed on too few attempts: %v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"⚠ connections: facebook success rate ≥ 95%: not judged: 1 of 50 attempts needed (100.0% so far)\n",
-		"⚠ connections: instagram success rate ≥ 95%: not judged: no attempts in the last 24h0m0s\n",
-		"⚠ connections: twitter success rate ≥ 95%: not judged: 20 of 50 attempts needed (100.0% so far); 30 declined at the consent screen, not counted\n",
+		"⚠ connections: facebook new flow success rate ≥ 95%: not judged: 1 of 50 attempts needed (100.0% so far)\n",
+		"⚠ connections: instagram new flow success rate ≥ 95%: not judged: no attempts in the last 24h0m0s\n",
+		"⚠ connections: twitter new flow success rate ≥ 95%: not judged: 20 of 50 attempts needed (100.0% so far); 30 declined at the consent screen, not counted\n",
 		"⚠ token refresh: twitter success rate ≥ 95%: not judged: 20 of 50 attempts needed",
 		"10 checks passed; 5 not judged: too few attempts (--min-samples 50).",
 	} {
@@ -138,12 +138,32 @@ func TestVerifySaysTooFewAttemptsAndCountsDeclinesApart(t *testing.T) {
 	}
 	// Enough of them: judged, the declines still apart.
 	out, err = runCLI(t, "verify", "--database-url", url, "--min-samples", "20", "--platforms", "twitter")
-	if err != nil || !strings.Contains(out, "✓ connections: twitter success rate ≥ 95%: 100.0% (20 of 20); 30 declined at the consent screen, not counted\n") {
+	if err != nil || !strings.Contains(out, "✓ connections: twitter new flow success rate ≥ 95%: 100.0% (20 of 20); 30 declined at the consent screen, not counted\n") {
 		t.Errorf("verify --min-samples 20: %v\n%s", err, out)
 	}
 	out, _ = runCLI(t, "report", "--database-url", url)
 	if !strings.Contains(out, "DECLINED") {
 		t.Errorf("report does not show declines apart:\n%s", out)
+	}
+	// Both arms, as the runbook compares them: the legacy flow's line,
+	// and the gap once both are judged (new 20 of 22 = 90.9 %, legacy
+	// 100 %: more than 5 points below).
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform, flow)
+		SELECT 'connect', 'success', 'twitter', 'legacy' FROM generate_series(1, 20)`)
+	pgtest.Exec(t, url, `INSERT INTO credential_audit_log (action, status, platform, flow, error_code)
+		SELECT 'connect', 'failed', 'twitter', 'new', 'provider_unavailable' FROM generate_series(1, 2)`)
+	out, err = runCLI(t, "verify", "--database-url", url, "--min-samples", "20", "--platforms", "twitter", "--min-success-rate", "0.9")
+	for _, want := range []string{
+		"✓ connections: twitter new flow success rate ≥ 90%: 90.9% (20 of 22)",
+		"✓ connections: twitter legacy flow success rate ≥ 90%: 100.0% (20 of 20)",
+		"✗ connections: twitter new flow within 5 points of the legacy flow: new 90.9%, legacy 100.0%",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("verify lacks %q:\n%s", want, out)
+		}
+	}
+	if err == nil {
+		t.Error("verify passed with the new flow 9 points below the legacy flow")
 	}
 }
 

@@ -44,6 +44,9 @@ type VerifyOptions struct {
 	// Platforms are judged each, whether or not they had traffic.
 	// Default: the built-in four.
 	Platforms []string
+	// MaxGap is how far the new flow's success rate may fall below the
+	// legacy flow's. Default: the guard's, 0.05.
+	MaxGap float64
 }
 
 // Verify runs the guide's post-migration verification (Day 1 and Day 3,
@@ -65,6 +68,9 @@ func Verify(ctx context.Context, db vault.DB, databaseURL string, keys *vault.Ke
 	}
 	if len(opt.Platforms) == 0 {
 		opt.Platforms = oauth.Platforms
+	}
+	if opt.MaxGap <= 0 {
+		opt.MaxGap = guard.DefaultMaxGap
 	}
 	var checks []Check
 	schema, err := migrations.Inspect(ctx, databaseURL)
@@ -235,18 +241,46 @@ func rateChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Tim
 		}
 		return c
 	}
-	// Connections: every configured platform is judged, traffic or not.
-	rs, err := rates(ctx, db, vault.ActionConnect, false, now.Add(-opt.Window))
+	// Connections, both arms as the runbook compares them: every
+	// configured platform's new flow is judged, traffic or not; its
+	// legacy flow (the app's, counted from the flows credgate saw begin)
+	// where it had any; and, where both are judged, the gap between them.
+	rs, err := rates(ctx, db, vault.ActionConnect, true, now.Add(-opt.Window))
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range opt.Platforms {
-		i := slices.IndexFunc(rs, func(r Rate) bool { return r.Platform == p })
-		var r Rate
-		if i >= 0 {
-			r = rs[i]
+	arm := func(platform, flow string) Rate {
+		var sum Rate
+		for _, r := range rs {
+			f := r.Flow
+			if f == "" {
+				f = "new" // a refused callback with no state behind it
+			}
+			if r.Platform == platform && f == flow {
+				sum.Success, sum.Failed, sum.Declined = sum.Success+r.Success, sum.Failed+r.Failed, sum.Declined+r.Declined
+			}
 		}
-		checks = append(checks, judge("connections", p, r))
+		if n := sum.Success + sum.Failed; n > 0 {
+			sum.Rate = float64(sum.Success) / float64(n)
+		}
+		return sum
+	}
+	for _, p := range opt.Platforms {
+		newArm, legacy := arm(p, "new"), arm(p, "legacy")
+		newCheck := judge("connections", p+" new flow", newArm)
+		checks = append(checks, newCheck)
+		if legacy.Success+legacy.Failed+legacy.Declined == 0 {
+			continue
+		}
+		legacyCheck := judge("connections", p+" legacy flow", legacy)
+		checks = append(checks, legacyCheck)
+		if !newCheck.TooFew && !legacyCheck.TooFew {
+			checks = append(checks, Check{
+				Name:   fmt.Sprintf("connections: %s new flow within %.0f points of the legacy flow", p, opt.MaxGap*100),
+				OK:     newArm.Rate >= legacy.Rate-opt.MaxGap,
+				Detail: fmt.Sprintf("new %.1f%%, legacy %.1f%%", newArm.Rate*100, legacy.Rate*100),
+			})
+		}
 	}
 	// Renewals: the platforms that had any (a long-lived token may go
 	// weeks without one).
