@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -137,5 +138,21 @@ func TestTokenReadsAreAuditedOncePerWindow(t *testing.T) {
 				t.Errorf("%d more audit rows than the token reads' (a renewal?)", other)
 			}
 		})
+	}
+}
+
+// audit_read_window is from 1s to 1h: a shorter window writes a row per
+// account a second, a longer one holds more counts that a crash loses.
+func TestProvisionRefusesAnAuditReadWindowOutOfRange(t *testing.T) {
+	t.Parallel()
+	for _, w := range []time.Duration{500 * time.Millisecond, 2 * time.Hour} {
+		app := &App{DatabaseURL: "postgres://x/y", MasterKey: testKey(1), AuditReadWindow: caddy.Duration(w)}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+		err := app.Provision(ctx)
+		cancel()
+		app.Cleanup()
+		if err == nil || !strings.Contains(err.Error(), "audit_read_window must be from 1s to 1h") {
+			t.Errorf("audit_read_window %v: %v", w, err)
+		}
 	}
 }
