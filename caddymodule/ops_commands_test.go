@@ -176,7 +176,7 @@ func TestReportAndCleanupCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Events by action and status", "connect  success  40", "twitter   new   20       1       95.2%   3s",
+	for _, want := range []string{"Events by action and status", "connect  success  40", "twitter   new   20       0       100.0%  1         3s",
 		"Recent failures", "access_denied", "Daily (from the roll-up"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)

@@ -1,4 +1,4 @@
 -- credgate migration 008_rollout_signals (down)
 
 DROP TABLE IF EXISTS legacy_flows;
-ALTER TABLE rollout_outcomes DROP COLUMN IF EXISTS user_failures;
+ALTER TABLE IF EXISTS rollout_outcomes DROP COLUMN IF EXISTS user_failures;
