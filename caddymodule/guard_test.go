@@ -285,6 +285,10 @@ func TestUsersCannotHaltTheRollout(t *testing.T) {
 	if n := userFailures(); n != 5 {
 		t.Fatalf("%d user-caused failures in the window, want 5 (one per account)", n)
 	}
+	if out, err := runCLI(t, "rollout", "status", "--database-url", h.db); err != nil ||
+		!strings.Contains(out, "new flow no flows (+5 failed a way a user could cause, one per account)") {
+		t.Errorf("rollout status does not show the user-caused failures apart: %v\n%s", err, out)
+	}
 	// 60 real successes, then one more account × 4 forged flows.
 	for i := range 60 {
 		if loc := h.connect(userN(1000+i), "linkedin"); strings.Contains(loc, "error") {

@@ -275,11 +275,19 @@ func identityWarning(list []guard.ReasonCount) string {
 	return fmt.Sprintf("%d of %d decisions had no identity credgate recognises: those users stay on the legacy flow whatever the percentage (credgate_identity_total by result; docs/identity.md)", unknown, total)
 }
 
+// rateText is an arm's success rate in the window, success / (success +
+// failure), with the failures a user could have caused on purpose apart:
+// the guard counts them only once there are min_samples of them
+// (docs/rollout.md).
 func rateText(r guard.Rate) string {
-	if r.Samples() == 0 {
-		return "no flows"
+	text := "no flows"
+	if r.Samples() > 0 {
+		text = fmt.Sprintf("%.1f %% of %d", 100*r.Success(), r.Samples())
 	}
-	return fmt.Sprintf("%.1f %% of %d", 100*r.Success(), r.Samples())
+	if r.UserFailures > 0 {
+		text += fmt.Sprintf(" (+%d failed a way a user could cause, one per account)", r.UserFailures)
+	}
+	return text
 }
 
 // rolloutConfig is what the rollout commands read from --config: the
