@@ -9,6 +9,7 @@ import (
 
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
 )
@@ -64,7 +65,7 @@ func (a *App) provisionRefresher(repl *caddy.Replacer) error {
 	a.refresher = &worker.Refresher{
 		DB: a.pool, Accounts: a.accounts, Providers: providers, Logger: a.logger.Named("refresh"), Now: a.now,
 		Policy:  worker.Policy{Ahead: time.Duration(a.RefreshAhead), AheadShort: time.Duration(a.RefreshAheadShort)},
-		Observe: a.metrics.Refresh, Tracer: a.tracer(), StoreRetry: time.Duration(a.StoreRetry),
+		Observe: a.metrics.Refresh, DecryptFailed: func(string) { a.health.DecryptFailed(telemetry.ViaRefresh) }, Tracer: a.tracer(), StoreRetry: time.Duration(a.StoreRetry),
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
 )
@@ -120,6 +121,9 @@ var egressDropHeaders = []string{"Authorization", "X-Credgate-User", "Cookie", "
 
 // ServeHTTP forwards one API call.
 func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	answer := e.app.early(w, telemetry.RouteEgress)
+	defer answer.done()
+	w = answer.Writer()
 	if !e.authorized(w, r) {
 		return nil
 	}
@@ -144,7 +148,7 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		return nil
 	}
 	e.app.backendReads.Count(platform, vault.ViaEgress)
-	e.app.traced(w, r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
+	answer.traced(r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
 		e.forward(w, r, user, platform, base, apiPath, rawPath)
 	})
 	return nil

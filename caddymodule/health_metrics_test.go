@@ -93,6 +93,10 @@ func TestHealthMetricsOnCaddysEndpoint(t *testing.T) {
 	if code, body := h.egressCall("GET", "/twitter/2/users/me", alice, serviceToken, ""); code != http.StatusInternalServerError || errorCode([]byte(body)) != "decrypt_failed" {
 		t.Fatalf("egress with an undecryptable account: %d %s", code, body)
 	}
+	// The user disconnects it anyway (wiped, not revocable): counted too.
+	if resp, body := h.do("DELETE", "/api/credentials/twitter/disconnect", alice, map[string]string{"Origin": h.origin}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("disconnecting an undecryptable account: %d %s", resp.StatusCode, body)
+	}
 
 	after := h.scrape()
 	for _, c := range []struct {
@@ -112,6 +116,8 @@ func TestHealthMetricsOnCaddysEndpoint(t *testing.T) {
 		{"credgate_responses_total", []string{`status_class="503"`}, 0},
 		{"credgate_decrypt_failures_total", []string{`via="token_api"`}, 1},
 		{"credgate_decrypt_failures_total", []string{`via="egress"`}, 1},
+		{"credgate_decrypt_failures_total", []string{`via="disconnect"`}, 1},
+		{"credgate_responses_total", []string{`route="disconnect"`, `status_class="2xx"`}, 1},
 	} {
 		if got := metricValue(after, c.name, c.labels...) - metricValue(before, c.name, c.labels...); got != c.delta {
 			t.Errorf("%s%v moved by %v, want %v", c.name, c.labels, got, c.delta)
@@ -246,5 +252,42 @@ func TestEveryRouteHasARouteLabel(t *testing.T) {
 		if got := routeLabel(span, "/anything"); got != want {
 			t.Errorf("%s: %q, want %q", span, got, want)
 		}
+	}
+}
+
+// The token API's and egress's refusals before their traced part (no
+// service token, a malformed request) count on their route too, once
+// each; an answer from the traced part is not counted twice.
+func TestEarlyRefusalsOfTheTokenAPIAndEgressCount(t *testing.T) {
+	h := newHarness(t, harnessOptions{metrics: true, tokenAPI: "service_token " + serviceToken, egress: "service_token " + serviceToken})
+	count := func(route, class string) float64 {
+		return metricValue(h.scrape(), "credgate_responses_total", `route="`+route+`"`, `status_class="`+class+`"`)
+	}
+	h.connect(alice, "twitter")
+	before4, before2 := count(telemetry.RouteToken, telemetry.Status4xx), count(telemetry.RouteToken, telemetry.Status2xx)
+	if code, _, _ := h.fetchToken(h.internal, alice, "twitter", "wrong-token"); code != http.StatusUnauthorized {
+		t.Fatalf("a wrong service token: %d", code)
+	}
+	if code, _, _ := h.fetchToken(h.internal, "not-a-uuid", "twitter", serviceToken); code != http.StatusBadRequest {
+		t.Fatalf("a malformed user id: %d", code)
+	}
+	if code, _, _ := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != http.StatusOK {
+		t.Fatalf("a good read: %d", code)
+	}
+	if d := count(telemetry.RouteToken, telemetry.Status4xx) - before4; d != 2 {
+		t.Errorf("token route 4xx moved by %v, want 2", d)
+	}
+	if d := count(telemetry.RouteToken, telemetry.Status2xx) - before2; d != 1 {
+		t.Errorf("token route 2xx moved by %v, want 1 (counted once)", d)
+	}
+	before := count(telemetry.RouteEgress, telemetry.Status4xx)
+	if code, _ := h.egressCall("POST", "/twitter/2/tweets", "not-a-uuid", serviceToken, `{}`); code != http.StatusBadRequest {
+		t.Fatalf("egress with a malformed user: %d", code)
+	}
+	if code, _ := h.egressCall("POST", "/twitter/2/tweets", alice, "", `{}`); code != http.StatusUnauthorized {
+		t.Fatalf("egress without a token: %d", code)
+	}
+	if d := count(telemetry.RouteEgress, telemetry.Status4xx) - before; d != 2 {
+		t.Errorf("egress route 4xx moved by %v, want 2", d)
 	}
 }

@@ -520,6 +520,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 			return
 		}
 		h.logger.Warn("disconnecting an account whose credentials do not decrypt", zap.String("platform", platform), errField(err))
+		h.app.health.DecryptFailed(telemetry.ViaDisconnect)
 		// Audited: the token cannot be revoked at the platform, so the
 		// record must say so.
 		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)

@@ -131,6 +131,9 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	if !ok {
 		return next.ServeHTTP(w, r)
 	}
+	answer := t.app.early(w, telemetry.RouteToken)
+	defer answer.done()
+	w = answer.Writer()
 	if !t.authorized(w, r) {
 		return nil
 	}
@@ -162,7 +165,7 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 		return nil
 	}
 	t.app.backendReads.Count(platform, vault.ViaTokenAPI)
-	t.app.traced(w, r, "credgate.token.read", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
+	answer.traced(r, "credgate.token.read", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
 		t.serveToken(w, r, user, platform)
 	})
 	return nil

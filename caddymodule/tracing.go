@@ -102,6 +102,38 @@ func (a *App) countAnswer(route string, sw *spanWriter, panicked bool) {
 	}
 }
 
+// earlyAnswer counts the refusals a route gives before its traced part
+// (a missing service token, a malformed path, storage down): the token
+// API and egress check their request before they open a span, and those
+// answers count on their route like any other.
+type earlyAnswer struct {
+	app    *App
+	route  string
+	sw     *spanWriter
+	handed bool
+}
+
+// early wraps w for route's early answers; defer done, write through
+// Writer, and hand over to the traced part with traced.
+func (a *App) early(w http.ResponseWriter, route string) *earlyAnswer {
+	return &earlyAnswer{app: a, route: route, sw: &spanWriter{ResponseWriter: w}}
+}
+
+func (e *earlyAnswer) Writer() http.ResponseWriter { return e.sw }
+
+// traced runs the route's traced part, which counts its own answer.
+func (e *earlyAnswer) traced(r *http.Request, name string, attrs []trace.SpanStartOption, serve func(http.ResponseWriter, *http.Request)) {
+	e.handed = true
+	e.app.traced(e.sw.ResponseWriter, r, name, attrs, serve)
+}
+
+// done counts the answer when the traced part never ran.
+func (e *earlyAnswer) done() {
+	if !e.handed && e.sw.status != 0 {
+		e.app.countAnswer(e.route, e.sw, false)
+	}
+}
+
 // routeLabel is the route label (telemetry.Routes) of an answer in the
 // span named span: the span says which route, except credgate.api, whose
 // path does (the paths of Handler.route).

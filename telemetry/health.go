@@ -79,12 +79,14 @@ func StatusClass(status int) string {
 // Where a blob that does not open was met, as the via label spells it
 // (the audit rows' details say the same).
 const (
-	ViaTokenAPI = "token_api"
-	ViaEgress   = "egress"
+	ViaTokenAPI   = "token_api"
+	ViaEgress     = "egress"
+	ViaDisconnect = "disconnect"
+	ViaRefresh    = "refresh"
 )
 
 // DecryptVias is the closed set of the via label.
-var DecryptVias = []string{ViaTokenAPI, ViaEgress}
+var DecryptVias = []string{ViaTokenAPI, ViaEgress, ViaDisconnect, ViaRefresh}
 
 // NewHealth returns the health counters with every series at zero.
 func NewHealth() *Health {

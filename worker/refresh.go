@@ -61,6 +61,9 @@ type Refresher struct {
 	// Observe, if set, sees the outcome of every renewal attempt that
 	// reached the platform: "success", "failure" or "needs_reauth".
 	Observe func(platform, outcome string)
+	// DecryptFailed, if set, sees each account whose stored credentials
+	// do not open with the configured keys when a renewal reads them.
+	DecryptFailed func(platform string)
 	// Tracer, if set, traces each renewal (credgate.refresh) and loop run.
 	Tracer trace.Tracer
 	// StoreRetry is how long a renewal the platform answered is retried

@@ -240,6 +240,9 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))
 	case undecryptable(lockErr) && a.ID != "":
 		// No retry fixes that, a key does.
+		if r.DecryptFailed != nil {
+			r.DecryptFailed(a.Platform)
+		}
 		return ResultDead, w.kill(txCtx, tx, j, a, vault.ActionDecryptFailed, "decrypt_failed")
 	case lockErr != nil:
 		return "", lockErr
