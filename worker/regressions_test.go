@@ -301,3 +301,30 @@ func TestTheAppsRowsAreLeftToTheAppUntilItsRefreshIsOff(t *testing.T) {
 		t.Fatalf("after the renewal the app's column does not hold credgate's new token (%v)", err)
 	}
 }
+
+// A job whose account's blob does not open dies at once (no retry fixes
+// that, a key does), is audited, and is reported through DecryptFailed,
+// for the metric an operator alerts on.
+func TestAJobWhoseBlobDoesNotOpenIsReported(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.connect("twitter", userID(21))
+	e.clock.Advance(110 * time.Minute)
+	pgtest.Exec(t, e.url, `UPDATE social_accounts SET credentials_encrypted = overlay(credentials_encrypted PLACING '\xff'::bytea FROM 40 FOR 1)`)
+	w := e.workers("w", e.pool, nil)
+	var reported []string
+	w.Refresher.DecryptFailed = func(platform string) { reported = append(reported, platform) }
+	jobs, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "w", 1, time.Minute, e.clock.Now())
+	if err != nil || len(jobs) != 1 {
+		t.Fatal(jobs, err)
+	}
+	if _, res, err := w.RunJob(context.Background(), jobs[0]); err != nil || res != worker.ResultDead {
+		t.Fatalf("%v %v, want dead", res, err)
+	}
+	if len(reported) != 1 || reported[0] != "twitter" {
+		t.Errorf("DecryptFailed saw %v, want [twitter]", reported)
+	}
+	if n := e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'decrypt_failed'`); n != 1 {
+		t.Errorf("%d decrypt_failed audit rows, want 1", n)
+	}
+}
