@@ -365,6 +365,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionTelemetry(ctx); err != nil {
 		return fmt.Errorf("credgate: telemetry: %w", err)
 	}
+	// The token API's and egress's series too start at zero, so that the
+	// first of each outcome counts.
+	a.metrics.PrepareTokenReads(a.platforms(), tokenReadOutcomes())
+	a.metrics.PrepareEgress(a.platforms(), egressClasses())
 	return a.provisionRefresher(repl)
 }
 

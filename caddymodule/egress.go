@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -397,6 +398,36 @@ func tokenRefused(platform string, resp *http.Response) bool {
 		} `json:"error"`
 	}
 	return json.Unmarshal(raw, &graph) == nil && graph.Error.Code == 190
+}
+
+// tokenFailureCodes are the codes tokenFailure answers with.
+var tokenFailureCodes = []string{"not_connected", "needs_reauth", "decrypt_failed", "provider_unavailable",
+	"token_expired", "expiry_unknown", "renewal_pending"}
+
+// tokenReadOutcomes are the token API's outcomes (the outcome label of
+// credgate_token_reads_total): success, a code of tokenFailure's, or the
+// platform's code for a renewal it refused.
+func tokenReadOutcomes() []string {
+	out := append([]string{telemetry.Success}, tokenFailureCodes...)
+	for _, c := range oauth.Codes() {
+		if !slices.Contains(out, string(c)) {
+			out = append(out, string(c))
+		}
+	}
+	return out
+}
+
+// egressClasses are the status_class label's values of
+// credgate_egress_requests_total: the platform's answer's class, or the
+// code credgate answered with.
+func egressClasses() []string {
+	out := []string{"2xx", "3xx", "4xx", "5xx"}
+	for _, c := range tokenFailureCodes {
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // tokenFailure maps a failure to get a token to the answer both the token

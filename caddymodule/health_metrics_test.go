@@ -4,12 +4,16 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/telemetry"
+	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
 )
 
 // healthClasses are the status classes every route's series has.
@@ -289,5 +293,28 @@ func TestEarlyRefusalsOfTheTokenAPIAndEgressCount(t *testing.T) {
 	}
 	if d := count(telemetry.RouteEgress, telemetry.Status4xx) - before; d != 2 {
 		t.Errorf("egress route 4xx moved by %v, want 2", d)
+	}
+}
+
+// Every code tokenFailure answers with is in the closed set whose series
+// start at zero (tokenFailureCodes).
+func TestTokenFailureCodesAreTheClosedSet(t *testing.T) {
+	for _, err := range []error{vault.ErrNotConnected, worker.ErrNeedsReauth, worker.ErrAppRenews, worker.ErrExpiryUnknown,
+		worker.ErrRenewalPending, &oauth.Error{Code: oauth.CodeInvalidGrant}} {
+		if _, code, _ := tokenFailure(err); !slices.Contains(tokenFailureCodes, code) {
+			t.Errorf("tokenFailure(%v) = %q, not in tokenFailureCodes", err, code)
+		}
+	}
+	h := newHarness(t, harnessOptions{metrics: true, tokenAPI: "service_token " + serviceToken})
+	body := h.scrape()
+	for _, c := range []struct{ metric, label string }{
+		{"credgate_token_reads_total", `outcome="renewal_pending"`},
+		{"credgate_token_reads_total", `outcome="invalid_grant"`},
+		{"credgate_egress_requests_total", `status_class="5xx"`},
+		{"credgate_egress_requests_total", `status_class="decrypt_failed"`},
+	} {
+		if !regexp.MustCompile(`(?m)^` + c.metric + `\{[^}]*` + regexp.QuoteMeta(c.label) + `[^}]*platform="twitter"[^}]*\} 0$|^` + c.metric + `\{[^}]*platform="twitter"[^}]*` + regexp.QuoteMeta(c.label) + `[^}]*\} 0$`).MatchString(body) {
+			t.Errorf("%s{%s, platform=twitter} is not at zero from the start", c.metric, c.label)
+		}
 	}
 }

@@ -201,6 +201,16 @@ func (m *Metrics) PrepareTokenReads(platforms, outcomes []string) {
 	}
 }
 
+// PrepareEgress creates the egress proxy's series (its status classes
+// and failure codes) at zero for each platform.
+func (m *Metrics) PrepareEgress(platforms, classes []string) {
+	for _, p := range platforms {
+		for _, c := range classes {
+			m.egress.WithLabelValues(p, c)
+		}
+	}
+}
+
 // PrepareIdentity creates every identity series at zero: results is the
 // closed set of identity results.
 func (m *Metrics) PrepareIdentity(results []string) {
