@@ -47,9 +47,13 @@ func (t sharedTelemetry) Destruct() error {
 // (go_memstats_*, process_resident_memory_bytes): credgate adds none.
 func (a *App) provisionTelemetry(ctx caddy.Context) error {
 	shared, _, err := telemetryPool.LoadOrNew(telemetryKey, func() (caddy.Destructor, error) {
-		m := telemetry.New()
+		m, h := telemetry.New(), telemetry.NewHealth()
+		// The health counters go out over OTLP too, like the rest.
+		if err := m.AlsoExport(h.Collectors()...); err != nil {
+			return nil, err
+		}
 		e, err := telemetry.ExportFromEnv(context.Background(), m)
-		return sharedTelemetry{metrics: m, health: telemetry.NewHealth(), export: e}, err
+		return sharedTelemetry{metrics: m, health: h, export: e}, err
 	})
 	if err != nil {
 		return err

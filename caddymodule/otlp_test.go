@@ -165,12 +165,16 @@ func TestSpansArriveOverOTLPAndNothingLeaksASecret(t *testing.T) {
 		}
 	}
 	gotMetrics := recv.metrics["credgate_connections_total"] || recv.metrics["credgate_connections"]
+	gotHealth := recv.metrics["credgate_responses_total"] || recv.metrics["credgate_responses"]
 	recv.mu.Unlock()
 	if len(orphans) > 0 {
 		t.Errorf("%v are not children of Caddy's request span", orphans)
 	}
 	if !gotMetrics {
 		t.Errorf("credgate_connections_total did not arrive over OTLP")
+	}
+	if !gotHealth {
+		t.Errorf("credgate_responses_total (credgate's own health) did not arrive over OTLP")
 	}
 	outcomes := map[string]bool{}
 	for _, a := range spans["credgate.oauth.callback"] {

@@ -160,6 +160,17 @@ func New() *Metrics {
 	return m
 }
 
+// AlsoExport adds collectors of the process's own (credgate's health) to
+// what the OTLP export sends, beside the metrics' own.
+func (m *Metrics) AlsoExport(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := m.registry.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Collectors are what to register with a Prometheus registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions, m.identity}
