@@ -14,8 +14,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"testing"
 )
+
+// given holds the ports Free has handed out in this process.
+var given sync.Map
 
 // The range Free picks from: below Linux's ephemeral range, above the
 // ports services usually take.
@@ -26,10 +30,17 @@ const (
 
 // Free returns a port that is free on every interface (Caddy binds
 // ":port") as well as on loopback.
+//
+// A port is handed out once per process: two calls before either port is
+// bound (a harness picking its sites' ports) would otherwise find the
+// same port free twice.
 func Free(t testing.TB) int {
 	t.Helper()
 	for range 200 {
 		port := low + rand.IntN(high-low)
+		if _, taken := given.LoadOrStore(port, true); taken {
+			continue
+		}
 		if free(port) {
 			return port
 		}
