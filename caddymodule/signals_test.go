@@ -87,7 +87,7 @@ func panelExpr(t *testing.T, title string) string {
 // the rate, and the legacy arm was in /metrics only.
 func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
 	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, flags: "static 0",
-		extraSite: "legacy_start /api/{platform}/connect"})
+		tokenAPI: "service_token " + serviceToken, extraSite: "legacy_start /api/{platform}/connect"})
 	promURL := startPrometheus(t, strings.TrimPrefix(strings.TrimSuffix(h.metricsURL, "/metrics"), "http://"))
 	// Scraped at zero before any flow.
 	deadline := time.Now().Add(20 * time.Second)
@@ -129,6 +129,16 @@ func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
 		h.do("GET", "/api/twitter/callback?state="+state+tail, "", nil)
 	}
 	h.do("GET", "/api/twitter/callback?state=junk&code=c&stub_status=500", "", nil)
+	// Renewals: alice's and bob's tokens near expiry, the platform down
+	// for bob's.
+	h.sandbox.Clock().Advance(117 * time.Minute)
+	if code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != http.StatusOK {
+		t.Fatalf("a renewal: %d %s", code, body)
+	}
+	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{ErrorRate: 1})
+	// (Its token, still valid for a few minutes, is served all the same.)
+	h.fetchToken(h.internal, bob, "twitter", serviceToken)
+	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{})
 
 	// The audit log's view, as report and verify read it.
 	r, err := report.Build(context.Background(), pgtest.Pool(t, h.db), time.Now().Add(time.Minute), time.Hour, 1)
@@ -157,6 +167,22 @@ func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
 		if got := rates[key]; math.Abs(got-a.Rate) > 0.001 {
 			t.Errorf("%s: the dashboard's success rate %.4f, the audit log's %.4f (%d of %d)", key, got, a.Rate, a.Success, a.Success+a.Failed)
 		}
+	}
+	var renewals report.Rate
+	for _, x := range r.Refreshes {
+		if x.Platform == "twitter" {
+			renewals = x
+		}
+	}
+	if renewals.Success != 1 || renewals.Failed < 1 {
+		t.Fatalf("audit renewals: %+v, want 1 success and the failure", renewals)
+	}
+	waitUntil(t, 30*time.Second, func() bool {
+		v := promVector(t, promURL, `sum by (outcome) (increase(credgate_refresh_total{platform="twitter"}[10m]))`, "outcome")
+		return math.Round(v["success"]) == 1 && math.Round(v["failure"]) == float64(renewals.Failed)
+	})
+	if got := promVector(t, promURL, panelExpr(t, "Token refresh success rate"), "platform")["twitter"]; math.Abs(got-renewals.Rate) > 0.001 {
+		t.Errorf("renewals: the dashboard's success rate %.4f, the audit log's %.4f", got, renewals.Rate)
 	}
 	declined := promVector(t, promURL, panelExpr(t, "Declined at the consent screen"), "platform", "flow")
 	errs := promVector(t, promURL, `sum by (platform, flow) (`+panelExpr(t, "Errors by platform")+`)`, "platform", "flow")
