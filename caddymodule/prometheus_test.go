@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -174,4 +175,31 @@ func mustAbs(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return abs
+}
+
+// Every alert in the rules has a promtool case in which it fires and one
+// in which it stays quiet: `promtool test rules` (run above and by the
+// dashboard test) then covers every alert, credgate's own health too.
+func TestEveryAlertHasAFiringAndAQuietCase(t *testing.T) {
+	rules, err := os.ReadFile("../dashboards/credgate.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests, err := os.ReadFile("../dashboards/credgate.rules.test.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`(?m)^\s*- alert: (\w+)\s*$`).FindAllStringSubmatch(string(rules), -1)
+	if len(names) < 10 {
+		t.Fatalf("only %d alerts found in the rules", len(names))
+	}
+	for _, n := range names {
+		name := regexp.QuoteMeta(n[1])
+		if !regexp.MustCompile(`alertname: ` + name + `\s*\n\s*exp_alerts:\s*\n\s*- `).Match(tests) {
+			t.Errorf("%s has no promtool case in which it fires", n[1])
+		}
+		if !regexp.MustCompile(`alertname: ` + name + `\s*\n\s*exp_alerts: \[\]`).Match(tests) {
+			t.Errorf("%s has no promtool case in which it stays quiet", n[1])
+		}
+	}
 }
