@@ -66,9 +66,10 @@ type tokenReadCount struct {
 	first, last  time.Time
 }
 
-// ReadAudit counts token reads until Flush. The zero value is ready;
-// Window, when set, is recorded in each row (window_s).
+// ReadAudit counts token reads until Flush. The zero value is ready.
 type ReadAudit struct {
+	// Window is how often Run flushes, recorded in each row (window_s);
+	// default DefaultReadWindow.
 	Window time.Duration
 
 	mu     sync.Mutex
@@ -151,7 +152,7 @@ func (a *ReadAudit) Flush(ctx context.Context, db DB) error {
 	})
 	// One statement, so that the reads of ids with no account become one
 	// row however many ids there were (at most maxReadKeys, a few MB).
-	_, err := db.Exec(ctx, readAuditInsert, readArgs(keys, counts, a.Window)...)
+	_, err := db.Exec(ctx, readAuditInsert, readArgs(keys, counts, a.window())...)
 	if err != nil {
 		a.restore(counts)
 		return fmt.Errorf("writing token read audit rows: %w", err)
@@ -214,15 +215,19 @@ func (a *ReadAudit) restore(counts map[tokenReadKey]*tokenReadCount) {
 // ends, and once more then; failed reports each failed flush (its counts
 // are kept for the next).
 func (a *ReadAudit) Run(ctx context.Context, db DB, failed func(error)) {
-	window := a.Window
-	if window <= 0 {
-		window = DefaultReadWindow
-	}
-	flushloop.Run(ctx, window, 5*time.Second, func(ctx context.Context) error {
+	flushloop.Run(ctx, a.window(), 5*time.Second, func(ctx context.Context) error {
 		err := a.Flush(ctx, db)
 		if err != nil && failed != nil {
 			failed(err)
 		}
 		return err
 	})
+}
+
+// window is Window, or DefaultReadWindow when unset.
+func (a *ReadAudit) window() time.Duration {
+	if a.Window <= 0 {
+		return DefaultReadWindow
+	}
+	return a.Window
 }

@@ -114,6 +114,9 @@ const pruneBatch = `WITH gone AS (
 func PruneAudit(ctx context.Context, db DB, opts PruneOptions) (PruneResult, error) {
 	start := time.Now()
 	var res PruneResult
+	// PostgreSQL keeps microseconds: the statement and the trigger's
+	// setting must name the same instant.
+	opts.Before = opts.Before.Truncate(time.Microsecond)
 	if !opts.Before.Before(start) {
 		return res, fmt.Errorf("the cutoff %s is not in the past", opts.Before.UTC().Format(time.RFC3339))
 	}
