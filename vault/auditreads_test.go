@@ -3,10 +3,13 @@ package vault_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/credgate/credgate/internal/pgtest"
 
 	"github.com/credgate/credgate/vault"
 )
@@ -167,5 +170,54 @@ func TestReadAuditBoundsItsMemory(t *testing.T) {
 	}
 	if rows != 1 || events != keys+more || users != keys || unattributed != more {
 		t.Errorf("%d rows, %d events, %d users, %d unattributed; want 1, %d, %d, %d", rows, events, users, unattributed, keys+more, keys, more)
+	}
+}
+
+// Through PgBouncer in transaction mode (pooler=transaction: every
+// statement one typed round trip), the token read rows are written as on
+// a direct connection, and prune and erasure pass their doors (the
+// settings are transaction-local, so they hold behind such a pooler).
+func TestTheAuditLifecycleWorksThroughATransactionPooler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	direct := pgtest.Database(t)
+	pool, err := vault.OpenPool(ctx, pgtest.Bouncer(t, direct))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO social_accounts (user_id, platform) VALUES ($1::uuid, 'twitter')`, alice); err != nil {
+		t.Fatal(err)
+	}
+	audit := &vault.ReadAudit{}
+	for range 25 {
+		audit.Count(vault.TokenRead{UserID: alice, Platform: "twitter", Via: vault.ViaTokenAPI, Status: vault.Success})
+		audit.Count(vault.TokenRead{UserID: bob, Platform: "twitter", Via: vault.ViaEgress, Status: vault.Failed, ErrorCode: "not_connected"})
+	}
+	if err := audit.Flush(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO credential_audit_log (created_at, action, status) VALUES (now() - interval '3 days', 'connect', 'success')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vault.RollUpAuditDays(ctx, pool, time.Now(), time.Hour, 31); err != nil {
+		t.Fatal(err)
+	}
+	var export strings.Builder
+	res, err := vault.PruneAudit(ctx, pool, vault.PruneOptions{Before: time.Now().Add(-48 * time.Hour), Export: &export})
+	if err != nil || res.Rows != 1 || strings.Count(export.String(), "\n") != 1 {
+		t.Fatalf("prune: %+v %v\n%s", res, err, export.String())
+	}
+	erased, err := vault.EraseUser(ctx, pool, vault.Settings{}, alice, vault.EraseOptions{})
+	if err != nil || len(erased.Accounts) != 1 || erased.AuditRows != 1 {
+		t.Fatalf("erase: %+v %v", erased, err)
+	}
+	var named, reads int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE user_id IS NOT NULL), coalesce(sum(events) FILTER (WHERE action = 'token_read'), 0)
+		FROM credential_audit_log`).Scan(&named, &reads); err != nil {
+		t.Fatal(err)
+	}
+	if named != 0 || reads != 50 {
+		t.Errorf("%d rows name a user, %d token reads; want 0 and 50", named, reads)
 	}
 }
