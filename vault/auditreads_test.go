@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/credgate/credgate/internal/pgtest"
-
 	"github.com/credgate/credgate/vault"
 )
 
