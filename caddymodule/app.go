@@ -186,6 +186,10 @@ type App struct {
 // appRun is the app's running state, behind a pointer because Caddy
 // copies module values.
 type appRun struct {
+	// exposure: the config's public origins and weak secrets, refused
+	// together at Start.
+	exposure exposure
+
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
 	available atomic.Bool
@@ -378,6 +382,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 // database does not: pass-through traffic flows, credgate routes answer
 // 503, and a background loop keeps trying.
 func (a *App) Start() error {
+	if err := a.checkExposure(); err != nil {
+		return err
+	}
 	if err := a.rollout.Start(context.Background()); err != nil {
 		return fmt.Errorf("credgate: starting flag provider: %w", err)
 	}

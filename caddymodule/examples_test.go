@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
@@ -48,5 +50,58 @@ func TestTheExampleListensOnLoopbackOnly(t *testing.T) {
 				t.Errorf("%s listens on %q, not on loopback", name, addr)
 			}
 		}
+	}
+}
+
+// A config serving a public origin refuses to start with the published
+// development secrets (the example's JWT secret, admin token, service
+// token) or a short admin token, naming each option and never the value;
+// on a loopback origin (the demo, these tests) they still work, and a
+// public origin with secrets of its own starts.
+func TestPublicOriginsRefuseTheDevelopmentSecrets(t *testing.T) {
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token development-service-token-do-not-use"})
+	base := h.caddyfile("")
+	load := func(src string) error {
+		t.Helper()
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return caddy.Load(cfg, true)
+	}
+	public := strings.Replace(base, "public_origin "+h.origin, "public_origin https://app.example.com", 1)
+	if public == base {
+		t.Fatal("no public_origin in the harness's Caddyfile")
+	}
+	devJWT := strings.Replace(public, "jwt_secret "+devSecret, "jwt_secret development-only-jwt-secret-do-not-use-in-production", 1)
+	devAdmin := strings.Replace(devJWT, "admin_token "+adminToken, "admin_token development-admin-token", 1)
+	err := load(devAdmin)
+	if err == nil {
+		t.Fatal("a public origin started with the development secrets")
+	}
+	for _, want := range []string{"https://app.example.com", "credgate identity jwt_secret is the published development value",
+		"credgate handler admin_token is the published development value", "credgate_tokens service_token is the published development value"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal does not say %q: %v", want, err)
+		}
+	}
+	for _, secret := range []string{"development-admin-token", "development-service-token-do-not-use", "do-not-use-in-production"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the refusal repeats a secret: %v", err)
+		}
+	}
+	short := strings.Replace(strings.Replace(public, "admin_token "+adminToken, "admin_token short", 1),
+		"service_token development-service-token-do-not-use", "service_token "+serviceToken, 1)
+	if err := load(short); err == nil || !strings.Contains(err.Error(), "admin_token is shorter than 16 characters") {
+		t.Errorf("a short admin token on a public origin: %v", err)
+	}
+	// Secrets of its own: it starts.
+	if err := load(strings.Replace(public, "service_token development-service-token-do-not-use", "service_token "+serviceToken, 1)); err != nil {
+		t.Errorf("a public origin with secrets of its own: %v", err)
+	}
+	// The same development secrets on loopback: the demo's case.
+	if err := load(strings.Replace(strings.Replace(base, "jwt_secret "+devSecret, "jwt_secret development-only-jwt-secret-do-not-use-in-production", 1),
+		"admin_token "+adminToken, "admin_token development-admin-token", 1)); err != nil {
+		t.Errorf("the development secrets on a loopback origin: %v", err)
 	}
 }

@@ -157,6 +157,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if host := u.Hostname(); u.Scheme == "http" && host != "localhost" && host != "127.0.0.1" && host != "::1" {
 		return fmt.Errorf("credgate handler: public_origin %q must be https (plain http works only for localhost)", h.PublicOrigin)
 	}
+	// A public origin with a published or short secret is refused at
+	// Start (exposure.go), once every handler of the config has said.
+	h.app.noteOrigin(h.PublicOrigin)
+	h.app.noteSecret("credgate handler", "admin_token", h.adminToken.Reveal(), minAdminToken)
+	if h.Identity != nil {
+		h.app.noteSecret("credgate identity", "jwt_secret", repl.ReplaceKnown(h.Identity.JWTSecret, ""), 0)
+	}
 	if len(h.ReturnToAllow) == 0 {
 		h.ReturnToAllow = []string{"/"}
 	}

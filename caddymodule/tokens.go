@@ -85,6 +85,7 @@ func (ih *internalHandler) provision(ctx caddy.Context, who string) error {
 	if len(ih.token.Reveal()) < 16 {
 		return fmt.Errorf("%s: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})", who)
 	}
+	app.noteSecret(who, "service_token", ih.token.Reveal(), 0)
 	if ih.MinValidity <= 0 {
 		ih.MinValidity = caddy.Duration(5 * time.Minute)
 	}
