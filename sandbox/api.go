@@ -1,6 +1,9 @@
 package sandbox
 
 import (
+	"encoding/json"
+	"io"
+	"mime"
 	"net/http"
 	"strings"
 )
@@ -38,7 +41,14 @@ func (s *Server) apiRoute(platform, method, path string) handlerFunc {
 
 // post creates a post for a live token with the platform's posting scope.
 func (s *Server) post(w http.ResponseWriter, r *http.Request, platform string) {
-	r.ParseForm()
+	var tweet struct {
+		Text string `json:"text"`
+	}
+	var badBody string
+	if platform == "twitter" {
+		// Read before the lock: a slow body must not hold the sandbox.
+		badBody = readTweet(r, &tweet)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.bearer(r, platform)
@@ -52,17 +62,37 @@ func (s *Server) post(w http.ResponseWriter, r *http.Request, platform string) {
 		apiForbidden(w, platform)
 		return
 	}
+	if badBody != "" {
+		s.reject(platform, "invalid_request")
+		writeJSON(w, http.StatusBadRequest, map[string]any{"errors": []any{map[string]any{"parameters": map[string]any{}, "message": badBody}},
+			"title": "Invalid Request", "detail": "One or more parameters to your request was invalid.",
+			"type": "https://api.twitter.com/2/problems/invalid-request"})
+		return
+	}
 	s.stats[platform].Posts++
 	id := randomString(12)
 	switch platform {
 	case "twitter":
-		writeJSON(w, http.StatusCreated, map[string]any{"data": map[string]any{"id": id, "text": r.FormValue("text")}})
+		writeJSON(w, http.StatusCreated, map[string]any{"data": map[string]any{"id": id, "text": tweet.Text}})
 	case "linkedin":
 		w.Header().Set("X-RestLi-Id", "urn:li:share:"+id)
 		writeJSON(w, http.StatusCreated, map[string]any{"id": "urn:li:share:" + id})
 	default:
 		writeJSON(w, http.StatusOK, map[string]any{"id": id})
 	}
+}
+
+// readTweet reads X's POST /2/tweets body into tweet: JSON only, as X
+// takes it (a form body, which X refuses, would otherwise read as an
+// empty post). It returns X's complaint, "" for a good body.
+func readTweet(r *http.Request, tweet any) string {
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		return "Requests with bodies must have content-type of application/json."
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(tweet); err != nil {
+		return "The request body is not a valid JSON object: " + err.Error()
+	}
+	return ""
 }
 
 // apiUnauthorized is each platform's answer to a bad access token on its

@@ -264,6 +264,7 @@ func TestPostChecksTokenAndScope(t *testing.T) {
 	post := func(tok string) (int, string) {
 		req, _ := http.NewRequest("POST", base+"/twitter/2/tweets", strings.NewReader(`{"text":"hi"}`))
 		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -287,5 +288,69 @@ func TestPostChecksTokenAndScope(t *testing.T) {
 	s.Clock().Advance(3 * time.Hour)
 	if code, _ := post(expiring); code != 401 {
 		t.Fatalf("expired: %d", code)
+	}
+}
+
+// X's POST /2/tweets takes a JSON body, as the app (and egress) sends
+// it: the text is read from the JSON and echoed back. A form body gets
+// X's own 400 and posts nothing (issue 26, item 15: the sandbox read a
+// form field, so a JSON post came back with empty text).
+func TestTwitterPostReadsJSONAsXDoes(t *testing.T) {
+	t.Parallel()
+	s, base := start(t, sandbox.Config{AutoApprove: true})
+	resp, _ := get(t, twitterAuthorize(base, url.Values{"scope": {"tweet.write users.read"}}))
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	_, m := redeemTwitter(base, loc.Query().Get("code"), "verifier-verifier-verifier-verifier-verif")
+	tok, _ := m["access_token"].(string)
+	if tok == "" {
+		t.Fatalf("no token: %v", m)
+	}
+	for _, c := range []struct {
+		name, contentType, body string
+		status                  int
+		text, message           string
+	}{
+		{"json", "application/json", `{"text":"hello from the app"}`, 201, "hello from the app", ""},
+		{"json with a charset", "application/json; charset=utf-8", `{"text":"héllo"}`, 201, "héllo", ""},
+		{"form", "application/x-www-form-urlencoded", "text=hello", 400, "", "Requests with bodies must have content-type of application/json."},
+		{"no content type", "", `{"text":"hello"}`, 400, "", "Requests with bodies must have content-type of application/json."},
+		{"malformed json", "application/json", `{"text":`, 400, "", ""},
+	} {
+		before := s.Stats()["twitter"].Posts
+		req, _ := http.NewRequest("POST", base+"/twitter/2/tweets", strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if c.contentType != "" {
+			req.Header.Set("Content-Type", c.contentType)
+		} else {
+			req.Header["Content-Type"] = nil
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Data struct {
+				ID   string `json:"id"`
+				Text string `json:"text"`
+			} `json:"data"`
+			Errors []struct {
+				Message string `json:"message"`
+			} `json:"errors"`
+			Title string `json:"title"`
+			Type  string `json:"type"`
+		}
+		json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		posted := s.Stats()["twitter"].Posts - before
+		switch {
+		case resp.StatusCode != c.status:
+			t.Errorf("%s: %d, want %d (%+v)", c.name, resp.StatusCode, c.status, got)
+		case c.status == 201 && (got.Data.Text != c.text || got.Data.ID == "" || posted != 1):
+			t.Errorf("%s: %+v, %d posts; want text %q and one post", c.name, got, posted, c.text)
+		case c.status == 400 && (got.Title != "Invalid Request" || got.Type != "https://api.twitter.com/2/problems/invalid-request" || len(got.Errors) != 1 || posted != 0):
+			t.Errorf("%s: %+v, %d posts; want X's invalid request and no post", c.name, got, posted)
+		case c.message != "" && got.Errors[0].Message != c.message:
+			t.Errorf("%s: message %q, want %q", c.name, got.Errors[0].Message, c.message)
+		}
 	}
 }

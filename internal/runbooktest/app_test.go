@@ -169,9 +169,14 @@ func (a *stubApp) post(user, platform string) error {
 	if err != nil {
 		return err
 	}
-	req, _ := http.NewRequest(http.MethodPost, a.apiBase[platform]+postPaths[platform], strings.NewReader("text=hello"))
+	// As each platform takes a post: X a JSON body, the others a form.
+	body, contentType := "text=hello", "application/x-www-form-urlencoded"
+	if platform == "twitter" {
+		body, contentType = `{"text":"hello"}`, "application/json"
+	}
+	req, _ := http.NewRequest(http.MethodPost, a.apiBase[platform]+postPaths[platform], strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Content-Type", contentType)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
