@@ -178,6 +178,7 @@ func facebook() Profile {
 			err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+"/me?fields=id,name", nil, access, &r)
 			return Identity{ID: r.ID, Username: r.Name}, err
 		},
+		grantedScopes: facebookPermissions,
 		revoke: func(ctx context.Context, p *Provider, t TokenSet) error {
 			if t.PlatformUserID == "" {
 				return newError(p.profile.Name, "revoke", CodeInvalidRequest, 0, "no platform user id")
@@ -210,6 +211,29 @@ func facebookLongLived(ctx context.Context, p *Provider, t TokenSet) (TokenSet, 
 	out, err := p.fromResponse(r)
 	out.Scopes = t.Scopes
 	return out, err
+}
+
+// facebookPermissions reads the permissions the user granted the app:
+// Graph's token responses carry none, and the user may have unticked
+// some of those asked for. Only status "granted" counts ("declined" and
+// "expired" do not).
+func facebookPermissions(ctx context.Context, p *Provider, access secret.Value) ([]string, error) {
+	var r struct {
+		Data []struct {
+			Permission string `json:"permission"`
+			Status     string `json:"status"`
+		} `json:"data"`
+	}
+	if err := p.callJSON(ctx, http.MethodGet, p.profile.APIBase+"/me/permissions", nil, access, &r); err != nil {
+		return nil, err
+	}
+	scopes := []string{}
+	for _, d := range r.Data {
+		if d.Status == "granted" && d.Permission != "" {
+			scopes = append(scopes, d.Permission)
+		}
+	}
+	return scopes, nil
 }
 
 func instagram() Profile {

@@ -108,6 +108,10 @@ type Profile struct {
 	refresh       func(ctx context.Context, p *Provider, t TokenSet) (TokenSet, error)
 	revoke        func(ctx context.Context, p *Provider, t TokenSet) error
 	identify      func(ctx context.Context, p *Provider, access secret.Value) (Identity, error)
+	// grantedScopes asks the platform which scopes a token holds, for a
+	// platform whose token response does not say (Facebook's
+	// /me/permissions).
+	grantedScopes func(ctx context.Context, p *Provider, access secret.Value) ([]string, error)
 	// identifyIDToken reads the identity from the exchange's ID token
 	// instead of calling identify; false: the token does not say, ask
 	// identify.
@@ -388,6 +392,13 @@ func (p *Provider) Complete(ctx context.Context, code, verifier secret.Value, op
 	t, err := p.exchange(ctx, raw, verifier, o.redirectURL)
 	if err != nil {
 		return TokenSet{}, err
+	}
+	// The scopes the user granted, where the token response leaves them
+	// out: what the consent screen asked for may not be what was granted.
+	if len(t.Scopes) == 0 && p.profile.grantedScopes != nil {
+		if t.Scopes, err = p.profile.grantedScopes(p.context(ctx, "permissions"), p, t.AccessToken); err != nil {
+			return TokenSet{}, p.asError("permissions", err)
+		}
 	}
 	if p.profile.identifyIDToken != nil && !t.idToken.IsZero() {
 		if id, ok := p.profile.identifyIDToken(p, t.idToken.Reveal()); ok {

@@ -81,6 +81,9 @@ func (s *Server) route(platform, method, path string) (string, handlerFunc) {
 	if platform == "facebook" && method == http.MethodDelete && strings.HasSuffix(path, "/permissions") {
 		return EndpointRevoke, s.facebookRevoke
 	}
+	if platform == "facebook" && method == http.MethodGet && strings.HasSuffix(path, "/permissions") {
+		return EndpointProfile, s.facebookPermissions
+	}
 	return "", nil
 }
 

@@ -249,6 +249,27 @@ func (s *Server) facebookMe(w http.ResponseWriter, r *http.Request) {
 	}, func(t *token) any { return map[string]any{"id": t.user.ID, "name": t.user.Name} })
 }
 
+// facebookPermissions is Graph's GET /{user-id}/permissions (or
+// /me/permissions): the permissions the user granted the app, each
+// {"permission", "status"}. Graph's token responses carry no scope, so
+// this is where a client learns what the consent granted.
+func (s *Server) facebookPermissions(w http.ResponseWriter, r *http.Request) {
+	who := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/facebook"), "/v22.0"), "/permissions")
+	who = strings.Trim(who, "/")
+	s.serveProfile(w, r, "facebook", func(w http.ResponseWriter) {
+		platformError(w, "facebook", http.StatusBadRequest, "", "Invalid OAuth access token - Cannot parse access token", 190, 0)
+	}, func(t *token) any {
+		if who != "me" && who != t.user.ID {
+			return map[string]any{"data": []any{}}
+		}
+		data := []any{}
+		for _, scope := range t.scopes {
+			data = append(data, map[string]any{"permission": scope, "status": "granted"})
+		}
+		return map[string]any{"data": data}
+	})
+}
+
 func (s *Server) facebookRevoke(w http.ResponseWriter, r *http.Request) {
 	userID := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/facebook"), "/v22.0"), "/permissions")
 	userID = strings.Trim(userID, "/")
