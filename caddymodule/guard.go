@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -225,8 +227,15 @@ func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
 	if req.By != "" {
 		by = "admin-route: " + req.By
 	}
+	// A halt in the database is cleared whatever its platform (one left
+	// from a provider since removed too); only with none is the name
+	// checked, so a typo is not answered as "not halted".
 	halt, err := guard.Resume(r.Context(), h.app.pool, req.Platform, by)
 	switch {
+	case errors.Is(err, guard.ErrNotHalted) && !slices.Contains(h.app.platforms(), req.Platform):
+		writeError(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
+			req.Platform, strings.Join(h.app.platforms(), ", ")))
+		return
 	case errors.Is(err, guard.ErrNotHalted):
 		writeError(w, http.StatusConflict, "not_halted", req.Platform+" is not halted")
 		return

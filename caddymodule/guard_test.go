@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/sandbox"
 )
 
@@ -190,6 +191,36 @@ func TestGuardHaltsARegressionAndResumeClearsIt(t *testing.T) {
 	}
 	if resp, _ := h.doBody("POST", "/api/credentials/rollout/resume", `{"platform": "linkedin"}`, nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("resume without the admin token: %d", resp.StatusCode)
+	}
+}
+
+// Resuming a platform credgate does not serve answers 404
+// unknown_platform naming it, not 409 not_halted, and writes nothing; a
+// configured platform that is not halted is still 409; a halt left in
+// the database for a platform no longer configured can still be cleared
+// (issue 26, item 11).
+func TestResumeRouteNamesAnUnknownPlatform(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	admin := map[string]string{"Authorization": "Bearer " + adminToken}
+
+	resp, body := h.doBody("POST", "/api/credentials/rollout/resume", `{"platform": "myspace"}`, admin)
+	if resp.StatusCode != http.StatusNotFound || errorCode(body) != "unknown_platform" || !bytes.Contains(body, []byte(`myspace`)) ||
+		!bytes.Contains(body, []byte(`twitter`)) {
+		t.Fatalf("an unknown platform: %d %s", resp.StatusCode, body)
+	}
+	resp, body = h.doBody("POST", "/api/credentials/rollout/resume", `{"platform": "twitter"}`, admin)
+	if resp.StatusCode != http.StatusConflict || errorCode(body) != "not_halted" {
+		t.Fatalf("a configured platform that is not halted: %d %s", resp.StatusCode, body)
+	}
+	if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'rollout_resumed'`); n != 0 {
+		t.Fatalf("%d rollout_resumed rows, want none", n)
+	}
+
+	pgtest.Exec(t, h.db, `INSERT INTO rollout_halts (platform, halted_at, reason, new_success, new_samples, legacy_success, legacy_samples)
+		VALUES ('retired-sso', now(), 'below min_success', 0.5, 60, 1, 60)`)
+	resp, body = h.doBody("POST", "/api/credentials/rollout/resume", `{"platform": "retired-sso"}`, admin)
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"resumed":"retired-sso"`)) {
+		t.Fatalf("a halt left for a platform no longer configured: %d %s", resp.StatusCode, body)
 	}
 }
 

@@ -695,13 +695,14 @@ func shareText(f flags.InForce) string {
 
 func rolloutResumeCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "resume --platform <name> [--by <who>]",
+		Use:   "resume --platform <name> [--by <who>] [--config <Caddyfile>]",
 		Short: "Clears a rollout guard halt: new starts follow the flags again",
 		Long: `Clears the halt the rollout guard latched for a platform, in every
 replica within a second, and writes a rollout_resumed audit row naming who
 resumed it. The guard judges again on a fresh window that starts now, so
 the flows that caused the halt cannot trip it again. Fails when the
-platform is not halted.`,
+platform is not halted, naming a platform that is neither halted nor
+known (the four built-in platforms, and --config's providers).`,
 		Args: cobra.NoArgs,
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command) error {
 			platform, _ := cmd.Flags().GetString("platform")
@@ -718,7 +719,24 @@ platform is not halted.`,
 				return err
 			}
 			defer pool.Close()
+			// A halt in the database is cleared whatever its platform;
+			// only with none is the name checked, so a typo is not
+			// answered as "not halted".
 			h, err := guard.Resume(ctx, pool, platform, by)
+			if errors.Is(err, guard.ErrNotHalted) {
+				cfg, cfgErr := loadRolloutConfig(cmd)
+				if cfgErr != nil {
+					return cfgErr
+				}
+				known := defaultPlatforms
+				if cfg != nil {
+					known = union(known, cfg.platforms)
+				}
+				if !slices.Contains(known, platform) {
+					return fmt.Errorf("unknown platform %q, and no halt under that name (known: %s; --config names the Caddyfile's providers)",
+						platform, strings.Join(known, ", "))
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -729,5 +747,6 @@ platform is not halted.`,
 	cmd.Flags().String("database-url", "", "PostgreSQL URL (default: $DATABASE_URL)")
 	cmd.Flags().String("platform", "", "the platform to resume")
 	cmd.Flags().String("by", "", "who resumes it, for the audit log (default: $USER)")
+	cmd.Flags().String("config", "", "the Caddyfile (or JSON config) credgate runs with: its providers are known platforms too")
 	return cmd
 }

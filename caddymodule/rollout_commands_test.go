@@ -184,6 +184,54 @@ func TestRolloutStatusAndResumeCommands(t *testing.T) {
 	}
 }
 
+// `rollout resume` names a platform credgate does not know instead of
+// saying it is not halted; --config adds the Caddyfile's own providers;
+// a halt left in the database is cleared whatever its platform's name
+// (issue 26, item 11).
+func TestRolloutResumeNamesAnUnknownPlatform(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Database(t)
+	config := filepath.Join(t.TempDir(), "Caddyfile")
+	caddyfile := `{
+	credgate {
+		database_url {env.CREDGATE_TEST_NO_SUCH_VARIABLE}
+		master_key {env.ENCRYPTION_MASTER_KEY}
+		provider corp-sso {
+			kind generic
+			client_id c
+			client_secret s
+			auth_url https://sso.example/authorize
+			token_url https://sso.example/token
+		}
+	}
+}
+`
+	if err := os.WriteFile(config, []byte(caddyfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--platform", "myspace"}, `unknown platform "myspace", and no halt under that name (known: facebook, instagram, linkedin, twitter; --config names the Caddyfile's providers)`},
+		{[]string{"--platform", "twitter"}, "twitter: not halted"},
+		{[]string{"--platform", "corp-sso"}, `unknown platform "corp-sso"`},
+		{[]string{"--platform", "corp-sso", "--config", config}, "corp-sso: not halted"},
+	} {
+		out, err := runCLI(t, append([]string{"rollout", "resume", "--database-url", url}, c.args...)...)
+		oneErrorLine(t, fmt.Sprint("resume ", c.args), out, err, c.says)
+	}
+	var rows int
+	if err := pgtest.Pool(t, url).QueryRow(context.Background(), `SELECT count(*) FROM credential_audit_log WHERE action = 'rollout_resumed'`).Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("%d rollout_resumed rows, want none (%v)", rows, err)
+	}
+	pgtest.Exec(t, url, `INSERT INTO rollout_halts (platform, halted_at, reason, new_success, new_samples, legacy_success, legacy_samples)
+		VALUES ('retired-sso', now(), 'below min_success', 0.5, 60, 1, 60)`)
+	if out, err := runCLI(t, "rollout", "resume", "--database-url", url, "--platform", "retired-sso"); err != nil || !strings.Contains(out, "✓ retired-sso resumed") {
+		t.Fatalf("a halt left for a platform no longer configured: %v %s", err, out)
+	}
+}
+
 // testCaddyfile is a Caddyfile whose credgate block reads flagFile, with
 // guardBlock ("" for none), for two providers.
 func testCaddyfile(t *testing.T, flagFile, guardBlock string) string {
