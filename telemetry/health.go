@@ -97,7 +97,7 @@ func NewHealth() *Health {
 		}, []string{"route", "status_class"}),
 		decryptFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credgate_decrypt_failures_total",
-			Help: "Stored credentials that did not decrypt with the configured keys (a missing or wrong key, a tampered blob), by where they were read (token_api, egress).",
+			Help: "Stored credentials that did not decrypt with the configured keys (a missing or wrong key, a tampered blob), by where they were read (token_api, egress, disconnect, refresh).",
 		}, []string{"via"}),
 	}
 	for _, route := range Routes {
