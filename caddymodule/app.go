@@ -270,6 +270,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	a.warnLiteral("credgate", "master_key", a.MasterKey)
+	a.warnLiteral("credgate", "previous_keys", a.PreviousKeys)
+	for name, pc := range a.Providers {
+		a.warnLiteral("credgate provider "+name, "client_secret", pc.ClientSecret)
+	}
 	keyCfg := vault.KeyConfig{
 		MasterKey:    repl.ReplaceKnown(a.MasterKey, ""),
 		PreviousKeys: repl.ReplaceKnown(a.PreviousKeys, ""),

@@ -105,3 +105,35 @@ func TestPublicOriginsRefuseTheDevelopmentSecrets(t *testing.T) {
 		t.Errorf("the development secrets on a loopback origin: %v", err)
 	}
 }
+
+// A secret written out in the config (not {env.NAME}) ends up in Caddy's
+// debug log, whose "adjusted config" line prints the config: credgate
+// warns at start for each such option, naming it and never its value;
+// a secret read from the environment draws no warning.
+func TestLiteralSecretsAreWarnedOf(t *testing.T) {
+	logFile := t.TempDir() + "/caddy.log"
+	t.Setenv("CREDGATE_TEST_ADMIN_TOKEN", "admin-token-from-the-environment")
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken,
+		caddyGlobals: "log {\n\t\toutput file " + logFile + "\n\t\tlevel DEBUG\n\t}",
+		extraSite:    "admin_token {env.CREDGATE_TEST_ADMIN_TOKEN}"})
+	_ = h
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(raw)
+	for _, want := range []string{"credgate master_key is written literally", "credgate provider twitter client_secret is written literally",
+		"credgate identity jwt_secret is written literally", "credgate_tokens service_token is written literally"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("no warning %q in the log", want)
+		}
+	}
+	if strings.Contains(log, "admin_token is written literally") {
+		t.Error("a secret read from the environment was warned of")
+	}
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "written literally") && (strings.Contains(line, serviceToken) || strings.Contains(line, devSecret)) {
+			t.Errorf("the warning repeats the secret: %s", line)
+		}
+	}
+}

@@ -91,3 +91,22 @@ func (a *App) checkExposure() error {
 	return fmt.Errorf("credgate: refusing to serve %s with %s: set a secret of your own (for example from an environment variable: {env.CREDGATE_ADMIN_TOKEN}); the development values work on a loopback origin only",
 		strings.Join(e.origins, ", "), strings.Join(e.weak, "; "))
 }
+
+// literalSecret reports whether a secret option's value is written out in
+// the config, rather than read at run time from a placeholder such as
+// {env.NAME} or {file.PATH}. Caddy prints the whole config at debug level
+// (its "adjusted config" line), literals included; credgate cannot
+// reach into that line, so it says so when a secret would be in it. The
+// published development values are public anyway.
+func literalSecret(raw string) bool {
+	return raw != "" && !strings.Contains(raw, "{") && developmentSecrets[raw] == ""
+}
+
+// warnLiteral warns, naming where and the option (never the value), when
+// a secret is written out in the config.
+func (a *App) warnLiteral(where, option, raw string) {
+	if literalSecret(raw) {
+		a.logger.Warn(where + " " + option + " is written literally in the config, and Caddy's debug log prints the config " +
+			"(\"adjusted config\") with it: read it at run time instead, for example {env.NAME} (not {$NAME}, which the Caddyfile adapter writes into the config)")
+	}
+}

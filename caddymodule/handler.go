@@ -161,8 +161,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// Start (exposure.go), once every handler of the config has said.
 	h.app.noteOrigin(h.PublicOrigin)
 	h.app.noteSecret("credgate handler", "admin_token", h.adminToken.Reveal(), minAdminToken)
+	h.app.warnLiteral("credgate handler", "admin_token", h.AdminToken)
 	if h.Identity != nil {
 		h.app.noteSecret("credgate identity", "jwt_secret", repl.ReplaceKnown(h.Identity.JWTSecret, ""), 0)
+		h.app.warnLiteral("credgate identity", "jwt_secret", h.Identity.JWTSecret)
 	}
 	if len(h.ReturnToAllow) == 0 {
 		h.ReturnToAllow = []string{"/"}
