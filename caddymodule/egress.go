@@ -44,6 +44,7 @@ func init() {
 //	POST /{platform}/{the platform's API path}?{query}
 //	Authorization: Bearer <service_token>
 //	X-Credgate-User: <user uuid>
+//	X-Credgate-Retry: safe   (optional: the call may be sent twice)
 //
 // goes to the platform's API base (api.x.com, api.linkedin.com,
 // graph.facebook.com, graph.instagram.com, or the sandbox's) with the
@@ -54,9 +55,10 @@ type Egress struct {
 	internalHandler
 
 	// MaxRetryBody is the largest request body kept so that a call the
-	// platform refused with an expired-token answer can be retried after a
-	// renewal. Larger bodies (or unknown lengths) of non-idempotent calls
-	// are streamed and not retried. Default 1 MiB.
+	// platform refused with an expired-token answer can be sent again
+	// after a renewal (an idempotent call, or one marked
+	// "X-Credgate-Retry: safe"). Larger bodies, and bodies of unknown
+	// length, are streamed and not resent. Default 1 MiB.
 	MaxRetryBody int64 `json:"max_retry_body,omitempty"`
 
 	transport http.RoundTripper
@@ -117,8 +119,44 @@ func (e *Egress) Cleanup() error {
 
 // hopHeaders are the request headers never forwarded: credgate's own, and
 // what would let the caller steer the connection.
-var egressDropHeaders = []string{"Authorization", "X-Credgate-User", "Cookie", "Proxy-Authorization", "Forwarded",
+var egressDropHeaders = []string{"Authorization", "X-Credgate-User", retryHeader, "Cookie", "Proxy-Authorization", "Forwarded",
 	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+// dropCallerHeaders removes egressDropHeaders from an outgoing call.
+func dropCallerHeaders(h http.Header) {
+	for _, name := range egressDropHeaders {
+		h.Del(name)
+	}
+}
+
+// retryHeader is how the app says that a call which is not idempotent
+// (a POST, a PATCH) may be sent twice: "X-Credgate-Retry: safe". Without
+// it such a call is never resent, since the platform may have acted on
+// the first send although it answered 401.
+const retryHeader = "X-Credgate-Retry"
+
+// renewedHeader marks the platform's refusal of a call credgate did not
+// send again: the token is renewed, and the app may resend the call if
+// it knows the platform did not act on it.
+const renewedHeader = "X-Credgate-Renewed"
+
+// mayResend reports whether a call may be sent again after the platform
+// refused its token: idempotent methods (RFC 9110 §9.2.2) always, others
+// only when the app says so with retryHeader.
+func mayResend(r *http.Request) (bool, error) {
+	switch v := r.Header.Values(retryHeader); {
+	case len(v) == 0:
+	case len(v) == 1 && strings.EqualFold(strings.TrimSpace(v[0]), "safe"):
+		return true, nil
+	default:
+		return false, errors.New(retryHeader + " takes one value, safe")
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true, nil
+	}
+	return false, nil
+}
 
 // ServeHTTP forwards one API call.
 func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
@@ -144,13 +182,18 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		return nil
 	}
 	user := id.String()
+	resend, err := mayResend(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_retry", err.Error())
+		return nil
+	}
 	if !e.app.Available() {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return nil
 	}
 	e.app.backendReads.Count(platform, vault.ViaEgress)
 	answer.traced(r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
-		e.forward(w, r, user, platform, base, apiPath, rawPath)
+		e.forward(w, r, user, platform, base, apiPath, rawPath, resend)
 	})
 	return nil
 }
@@ -196,9 +239,10 @@ func egressURL(base *url.URL, apiPath, rawPath, rawQuery string) *url.URL {
 }
 
 // forward calls the platform with the user's token, renewed first when it
-// expires within MinValidity, and once more with a renewed token if the
-// platform refuses it as expired or revoked.
-func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath, rawPath string) {
+// expires within MinValidity. If the platform refuses the token as expired
+// or revoked, the token is renewed, and the call sent once more when
+// resend allows it.
+func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath, rawPath string, resend bool) {
 	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
 	defer cancel()
 	token, err := e.userToken(ctx, user, platform)
@@ -206,13 +250,14 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		e.fail(w, r, user, platform, err)
 		return
 	}
-	// A call the platform refused for its token did nothing there, so it
-	// can be sent again, if its body can: a call without one always, one
-	// with a body of known length up to MaxRetryBody, kept in memory. A
-	// larger or chunked body streams through and is not retried.
-	retryable := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	// A call the platform refused for its token is sent again only when
+	// sending it twice does no harm (resend), and only if its body can
+	// be: a call without one always, one with a body of known length up
+	// to MaxRetryBody, kept in memory. A larger or chunked body streams
+	// through and is not resent.
+	retryable := resend && (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0)
 	var body []byte
-	if !retryable && r.ContentLength > 0 && r.ContentLength <= e.MaxRetryBody {
+	if resend && !retryable && r.ContentLength > 0 && r.ContentLength <= e.MaxRetryBody {
 		if body, err = io.ReadAll(io.LimitReader(r.Body, e.MaxRetryBody+1)); err != nil {
 			writeError(w, http.StatusBadRequest, "invalid_body", "the request body could not be read")
 			return
@@ -237,9 +282,7 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL = egressURL(base, apiPath, rawPath, r.URL.RawQuery)
 			pr.Out.Host = base.Host
-			for _, h := range egressDropHeaders {
-				pr.Out.Header.Del(h)
-			}
+			dropCallerHeaders(pr.Out.Header)
 			if body != nil {
 				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
 				pr.Out.ContentLength = int64(len(body))
@@ -333,8 +376,9 @@ func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform str
 }
 
 // renewingTransport sends one call with the user's token and, when the
-// platform refuses the token (401, or the Graph APIs' error 190) and the
-// call can be sent again, renews it once and retries once.
+// platform refuses the token (401, or the Graph APIs' error 190), renews
+// it once; it retries once if the call may be sent again, and otherwise
+// hands back the platform's refusal marked with renewedHeader.
 type renewingTransport struct {
 	next      http.RoundTripper
 	platform  string
@@ -357,7 +401,7 @@ func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	// The first attempt uses the outgoing request as it is (it is the
 	// proxy's own copy); only a retry needs a fresh one.
 	resp, err := send(req, t.token)
-	if err != nil || !t.retryable || !tokenRefused(t.platform, resp) {
+	if err != nil || !tokenRefused(t.platform, resp) {
 		return resp, err
 	}
 	renewed, err := t.renew(t.token)
@@ -366,11 +410,18 @@ func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		// token's age, and the app sees the platform's answer as it is.
 		return resp, nil
 	}
-	resp.Body.Close()
 	if err != nil {
+		resp.Body.Close()
 		t.renewErr = err
 		return nil, fmt.Errorf("renewing a refused token: %w", err)
 	}
+	if !t.retryable {
+		// The next call has a working token; whether this one may go
+		// again is the app's to decide.
+		resp.Header.Set(renewedHeader, "true")
+		return resp, nil
+	}
+	resp.Body.Close()
 	return send(req.Clone(req.Context()), renewed)
 }
 
