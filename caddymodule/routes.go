@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
@@ -389,7 +390,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 	telemetry.End(storeSpan, storeCode)
 	if err != nil {
-		h.logger.Error("storing credentials", zap.String("platform", platform), errField(err))
+		h.logger.Error("storing credentials", zap.String("user_id", st.UserID), zap.String("platform", platform), errField(err))
 		h.storeFailed(r, p, platform, st, tok)
 		outcome.Record(flags.ArmNew, platform, false)
 		h.app.metrics.Connection(platform, telemetry.FlowNew, telemetry.CodeStorageUnavailable, time.Since(st.CreatedAt))
@@ -426,8 +427,11 @@ func retryStore(ctx context.Context, store func(ctx context.Context) error) erro
 
 // storeFailed handles tokens the platform issued but credgate could not
 // keep: it withdraws them at the platform where that is possible (no live
-// token is left that nobody holds), then audits the failed connect, each
-// with a fresh budget (the store may have used up the request's).
+// token is left that nobody holds), then audits the failed connect, with
+// a fresh budget (the store may have used up the request's) and, while
+// the database does not answer, again in the background
+// (appendEventually): a grant withdrawn with no record is what the audit
+// log exists to prevent.
 func (h *Handler) storeFailed(r *http.Request, p *oauth.Provider, platform string, st vault.ConsumedState, tok oauth.TokenSet) {
 	revoked := false
 	if p.CanRevoke() {
@@ -436,16 +440,55 @@ func (h *Handler) storeFailed(r *http.Request, p *oauth.Provider, platform strin
 		rcancel()
 		revoked = rerr == nil
 		if rerr != nil {
-			h.logger.Warn("could not revoke the tokens credgate failed to store", zap.String("platform", platform), errField(rerr))
+			h.logger.Warn("could not revoke the tokens credgate failed to store", zap.String("user_id", st.UserID), zap.String("platform", platform), errField(rerr))
 		}
 	}
-	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-	defer acancel()
-	if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
+	h.appendEventually(vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
 		Status: vault.Failed, Flow: st.Flow, ErrorCode: "storage_unavailable", Duration: time.Since(st.CreatedAt),
-		Details: map[string]any{"stage": "store", "issued_token_revoked": revoked, "revocable": p.CanRevoke()}}); err != nil {
-		h.logger.Error("writing audit row", errField(err))
+		TraceID: vault.TraceID(r.Context()),
+		Details: map[string]any{"stage": "store", "issued_token_revoked": revoked, "revocable": p.CanRevoke()}})
+}
+
+// auditRetry bounds how long appendEventually keeps trying: a failover's
+// length, as for a renewal's answer (worker.Refresher.StoreRetry).
+const auditRetry = 5 * time.Minute
+
+// appendEventually writes e now or, while the database is down or does
+// not answer, in the background with backoff for up to auditRetry. Every
+// log line names the user and platform, so that a row given up on can be
+// written by hand.
+func (h *Handler) appendEventually(e vault.Event) {
+	fields := []zap.Field{zap.String("user_id", e.UserID), zap.String("platform", e.Platform), zap.String("action", string(e.Action)),
+		zap.String("error_code", e.ErrorCode), zap.Any("details", e.Details)}
+	try := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), dbTimeout)
+		defer cancel()
+		return (vault.Audit{}).Append(ctx, h.app.pool, e)
 	}
+	err := try()
+	if err == nil {
+		return
+	}
+	if !dberr.Retryable(err) || errors.Is(err, puddle.ErrClosedPool) {
+		h.logger.Error("writing audit row", append(fields, errField(err))...)
+		return
+	}
+	h.logger.Warn("writing audit row: the database does not answer; retrying in the background", append(fields, errField(err))...)
+	go func() {
+		deadline := time.Now().Add(auditRetry)
+		for wait := time.Second; ; wait = min(wait*2, 15*time.Second) {
+			time.Sleep(wait)
+			err := try()
+			switch {
+			case err == nil:
+				h.logger.Info("audit row written after the database came back", fields...)
+				return
+			case !dberr.Retryable(err) || errors.Is(err, puddle.ErrClosedPool) || time.Now().Add(wait).After(deadline):
+				h.logger.Error("audit row not written: giving up", append(fields, errField(err))...)
+				return
+			}
+		}
+	}()
 }
 
 // accountView is what the status endpoint shows of an account: no secret.

@@ -98,3 +98,34 @@ func TestServiceHealthAnswersInAPartition(t *testing.T) {
 		}
 	}
 }
+
+// A database path that hangs from the exchange on (a partition, nothing
+// refused): the store gives up after its retries and the issued tokens
+// are revoked, and the failed connect's audit row is written once the
+// database answers again. Issue 26, item 9: the row was never written,
+// and the log named neither user nor platform.
+func TestAStoreWhoseDatabaseHangsIsAuditedOnceItAnswers(t *testing.T) {
+	h, proxy := proxiedHarness(t)
+	providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
+	cb := h.authorize(providerURL)
+	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{Latency: sandbox.Duration(500 * time.Millisecond)})
+	go func() {
+		time.Sleep(200 * time.Millisecond) // the exchange is at the platform
+		proxy.Freeze()
+	}()
+	defer proxy.Thaw()
+	resp, body := h.callback(cb, cookie, alice)
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusFound || loc.Query().Get("oauth_error") != "storage_unavailable" {
+		t.Fatalf("callback with the database hanging: %d %s %s", resp.StatusCode, loc, body)
+	}
+	if st := h.sandbox.Stats()["twitter"]; st.Revocations != 1 {
+		t.Errorf("%d revocations, want 1", st.Revocations)
+	}
+	proxy.Thaw()
+	waitUntil(t, 30*time.Second, func() bool {
+		return h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'connect' AND status = 'failed'
+			AND error_code = 'storage_unavailable' AND user_id = $1 AND platform = 'twitter'
+			AND (details->>'issued_token_revoked')::boolean`, alice) == 1
+	})
+}
