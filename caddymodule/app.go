@@ -544,34 +544,52 @@ func credgateApp(ctx caddy.Context, who string) (*App, error) {
 // check has passed, and the database watch last found it answering.
 func (a *App) Available() bool { return a.run.available.Load() && !a.run.databaseDown.Load() }
 
-// The database watch's timings: a connect or a ping that takes longer
-// than this counts as an outage.
+// The database's timings. A new connection may take a while on a loaded
+// machine (a dial, TLS, authentication, all on a busy CPU): slow is not
+// down. The watch declares an outage when the database refuses (a ping
+// that fails before its budget), or when slowOutage pings in a row run
+// out of their budget (a partition: nothing answers at all).
 const (
-	connectTimeout     = time.Second
+	connectTimeout     = 5 * time.Second
 	databaseWatchEvery = time.Second
+	pingTimeout        = 2 * time.Second
+	slowOutage         = 3
 )
 
 // watchDatabase pings PostgreSQL every second while the app runs and
-// keeps databaseDown current, logging each change once. With it, an
-// outage turns every credgate route into an immediate 503 within about a
-// second, and the routes serve again within a second of the database
-// answering.
+// keeps databaseDown current, logging each change once. With it, a
+// database that refuses turns every credgate route into an immediate 503
+// within about a second, one that stops answering within slowOutage
+// pings (about 6 s), and the routes serve again within a second of the
+// database answering. One slow ping on a loaded machine is not an
+// outage.
 func (a *App) watchDatabase(ctx context.Context) {
 	t := time.NewTicker(databaseWatchEvery)
 	defer t.Stop()
+	slow := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
 		err := a.pool.Ping(pctx)
+		timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		down := err != nil
+		switch {
+		case err == nil:
+			slow = 0
+		case timedOut:
+			slow++
+		}
+		down := err != nil && (!timedOut || slow >= slowOutage)
+		if err != nil && !down {
+			continue // slow, not (yet) down: keep the last verdict
+		}
 		if a.run.databaseDown.Swap(down) != down {
 			if down {
 				a.logger.Warn("database not answering; credgate routes answer 503 until it does", zap.Error(err))
