@@ -295,7 +295,7 @@ func (a *App) exactPercentages(ctx context.Context, status []RolloutStatus) {
 	if !ok || !a.rollout.Ready() {
 		return
 	}
-	_, data, err := readFlagFile(file.Path)
+	_, data, err := flags.ReadFile(file.Path)
 	if err != nil {
 		return
 	}

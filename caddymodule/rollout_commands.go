@@ -9,7 +9,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -415,9 +414,9 @@ func rolloutFlagSource(cmd *cobra.Command, cfg *rolloutConfig) (*rolloutSource, 
 	}
 	src := &rolloutSource{mod: mod}
 	if f, ok := mod.(*FlagdFileFlags); ok {
-		path, data, err := readFlagFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""))
+		path, data, err := flags.ReadFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("flag file: %w", err)
 		}
 		set, err := flags.ParseFlagSet(data)
 		if err != nil {
@@ -450,38 +449,6 @@ func flagModuleFrom(line string) (caddy.Module, error) {
 		return nil, fmt.Errorf("--flags: %w", err)
 	}
 	return mod, nil
-}
-
-// readFlagFile reads a flag file that must exist and be a regular file
-// (or a symbolic link to one); it returns the file's real path.
-func readFlagFile(path string) (string, []byte, error) {
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return "", nil, fmt.Errorf("flag file: %w", err)
-	}
-	info, err := os.Stat(real)
-	if err != nil {
-		return "", nil, fmt.Errorf("flag file: %w", err)
-	}
-	if !info.Mode().IsRegular() {
-		what := "something else"
-		switch t := info.Mode().Type(); {
-		case t&os.ModeDir != 0:
-			what = "a directory"
-		case t&os.ModeDevice != 0:
-			what = "a device"
-		case t&os.ModeNamedPipe != 0:
-			what = "a named pipe"
-		case t&os.ModeSocket != 0:
-			what = "a socket"
-		}
-		return "", nil, fmt.Errorf("flag file %s is %s, not a regular file", path, what)
-	}
-	data, err := os.ReadFile(real)
-	if err != nil {
-		return "", nil, fmt.Errorf("flag file: %w", err)
-	}
-	return real, data, nil
 }
 
 // inForce is what the source puts in force for each platform. A flag file

@@ -146,10 +146,17 @@ func TestRolloutStatusAndResumeCommands(t *testing.T) {
 	if out, _ := runCLI(t, "rollout", "status", "--database-url", url); !strings.Contains(out, "flags:  not read (pass --config or --flags)") {
 		t.Errorf("status without --flags:\n%s", out)
 	}
+	// Only a regular file of at most 1 MiB is read (issue 26, item 4).
+	huge := filepath.Join(t.TempDir(), "huge.json")
+	if err := os.WriteFile(huge, []byte(rolloutFile(true, 25)+strings.Repeat(" ", flags.MaxFileSize)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, bad := range []struct {
 		args []string
 		says string
 	}{
+		{[]string{"--flags", "flagd " + huge}, "too large for a flag file"},
+		{[]string{"--flags", "flagd /dev/zero"}, "is a device, not a regular file"},
 		{[]string{"--flags", "nosuch x"}, `unknown flag source "nosuch"`},
 		{[]string{"--flags", "static 150"}, "from 0 to 100"},
 		{[]string{"--window", "-1m"}, "--window must be at least 10s"},

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +23,8 @@ import (
 // operations, symlink swaps included; flagd still parses and evaluates
 // exactly as before.
 //
-// A missing or unreadable file means no flags (everyone legacy) until it
+// A missing or unreadable file, or anything but a regular file of at
+// most MaxFileSize bytes, means no flags (everyone legacy) until it
 // comes back. A malformed one (empty, half-written, not a flag set) keeps
 // the last good flags: it must not flip the rollout; with no good file
 // read yet, it means no flags.
@@ -114,7 +114,10 @@ func (f *fileSync) ReSync(ctx context.Context, out chan<- flagsync.DataSync) err
 
 // poll reads the file and hands flagd anything new.
 func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force bool) {
-	data, err := os.ReadFile(f.path)
+	// Only a regular file, and only so much of it: a named pipe must not
+	// block this poll (and every rollback after it), nor /dev/zero fill
+	// memory; either is a source error, everyone on legacy.
+	_, data, err := ReadFile(f.path)
 	f.mu.Lock()
 	prevProblem := f.problem
 	var send string
