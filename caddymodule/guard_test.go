@@ -86,7 +86,16 @@ func TestGuardHaltsARegressionAndResumeClearsIt(t *testing.T) {
 	for i := range 49 {
 		connect(i)
 	}
-	time.Sleep(3 * guardInterval)
+	// A tick of the guard, now: it adds this instance's outcomes to the
+	// window and judges (its loop does the same every second; waiting on
+	// it with sleeps flaked on a loaded machine).
+	tick := func() {
+		t.Helper()
+		if err := app.guard.Tick(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tick()
 	if app.halted("linkedin") {
 		t.Fatalf("halted below the sample minimum (%d of 49 failed)", failed)
 	}
@@ -101,10 +110,7 @@ func TestGuardHaltsARegressionAndResumeClearsIt(t *testing.T) {
 		}
 		connect(flows)
 		flows++
-		time.Sleep(20 * time.Millisecond)
-		if flows%10 == 0 {
-			time.Sleep(2 * guardInterval)
-		}
+		tick()
 	}
 	t.Logf("halted after %d new-arm flows, %d failed", flows, failed)
 
@@ -300,7 +306,13 @@ func TestUsersCannotHaltTheRollout(t *testing.T) {
 			t.Fatalf("a forged callback did not fail: %d %s", resp.StatusCode, loc)
 		}
 	}
-	settle := func() { time.Sleep(3 * guardInterval) }
+	// A tick of the guard, now: the outcomes into the window, a verdict.
+	settle := func() {
+		t.Helper()
+		if err := app.guard.Tick(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	userFailures := func() int { return h.count(`SELECT coalesce(sum(user_failures), 0)::int FROM rollout_outcomes`) }
 
 	// 5 accounts × 10 forged flows on an empty window: 5 counted.
