@@ -86,7 +86,7 @@ func (h *harness) legacyStartIsNew(user, platform string) bool {
 func (h *harness) waitForRollout(user string, want bool) time.Duration {
 	h.t.Helper()
 	start := time.Now()
-	waitUntil(h.t, 5*time.Second, func() bool { return h.legacyStartIsNew(user, "twitter") == want })
+	waitUntil(h.t, 15*time.Second, func() bool { return h.legacyStartIsNew(user, "twitter") == want })
 	return time.Since(start)
 }
 
@@ -462,7 +462,9 @@ func TestFlagdRPCDaemonFailuresThroughCaddy(t *testing.T) {
 		if h.legacyStartIsNew(user, "twitter") {
 			t.Fatal("new arm from a flagd that never answers")
 		}
-		if took := time.Since(start); took > time.Second {
+		// decision_timeout is 100 ms; the bound is the code's plus room
+		// for a loaded two-core machine, not the machine's speed.
+		if took := time.Since(start); took > 3*time.Second {
 			t.Fatalf("the connect route took %v with flagd hanging", took)
 		}
 	}
