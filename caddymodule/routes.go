@@ -204,6 +204,17 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 		writeError(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
 		return
 	}
+	if code, message := h.newStartsStopped(r.Context(), platform); code != "" {
+		// The app's page can act on either: show the message, or send the
+		// user through its own connect route (the legacy flow).
+		h.logger.Debug("start refused: new starts are stopped", zap.String("platform", platform), zap.String("code", code))
+		if wantsJSON(r) {
+			writeError(w, http.StatusConflict, code, message)
+			return
+		}
+		redirectWith(w, r, returnTo, url.Values{"oauth_error": {code}, "platform": {platform}})
+		return
+	}
 	if h.startLimit != nil {
 		if ok, wait := h.startLimit.Allow(user+"/"+platform, time.Now()); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second).Seconds())))
@@ -238,6 +249,37 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 	})
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, flow.URL, http.StatusFound)
+}
+
+// newStartsStopped says why credgate's own start route must not begin a
+// flow on platform now, or "": the kill switch (oauth-new-flow-enabled)
+// is off, or the guard halted the platform. The app's connect route
+// applies both through the rollout's decision; a link straight to the
+// start route must not get around them. Flows already started finish
+// (their callbacks follow their state). With legacy off there is no
+// other flow to send users to, and the connect route does not consult
+// the rollout either: nothing is stopped. The kill switch is read as the
+// flag source states it for the platform (without a flags option, the
+// static 0 %: off), and counts only when the source answers within
+// decision_timeout: a source that is starting, failing or slow leaves
+// the start route open, as it was.
+func (h *Handler) newStartsStopped(ctx context.Context, platform string) (code, message string) {
+	if h.legacyOff {
+		return "", ""
+	}
+	if h.app.halted(platform) {
+		return "new_flow_halted", "new connections on this platform are paused; connect through the app's own flow"
+	}
+	budget := time.Duration(h.app.DecisionTimeout)
+	if budget <= 0 {
+		budget = flags.DefaultDecisionTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	if in := h.app.rollout.InForce(ctx, platform, 0); in.Ready && in.Problem == "" && !in.KillSwitchOn {
+		return "new_flow_disabled", "the new connection flow is switched off; connect through the app's own flow"
+	}
+	return "", ""
 }
 
 // callback: GET /api/auth/oauth/{platform}/callback?code&state (or error).

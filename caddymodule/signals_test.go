@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -86,7 +87,12 @@ func panelExpr(t *testing.T, title string) string {
 // apart. Before issue 25 the first failure of each code never reached
 // the rate, and the legacy arm was in /metrics only.
 func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
-	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, flags: "static 0",
+	// 0 % with the kill switch on: the app's connect route keeps everyone
+	// on the app, and credgate's own start route still starts flows
+	// (the kill switch would stop those too).
+	flagsFile := filepath.Join(t.TempDir(), "flags.json")
+	setRollout(t, flagsFile, true, 0)
+	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, flagsFile: flagsFile,
 		tokenAPI: "service_token " + serviceToken, extraSite: "legacy_start /api/{platform}/connect"})
 	promURL := startPrometheus(t, strings.TrimPrefix(strings.TrimSuffix(h.metricsURL, "/metrics"), "http://"))
 	// Scraped at zero before any flow.
