@@ -1,8 +1,12 @@
 package caddymodule
 
 import (
+	"errors"
+	"fmt"
 	"net"
+	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -101,16 +105,43 @@ func (s *sourceLog) SourceState() map[string]any {
 // FlagdFileFlags evaluates a flagd flag file in process, applying changes
 // to the file without a restart. Caddyfile: `flags flagd <path>`.
 type FlagdFileFlags struct {
-	// Path of the flag file (see flags/flags.example.json). Required.
+	// Path of the flag file (see flags/flags.example.json). Required,
+	// with no default: a path that is empty once its placeholders are
+	// replaced (an unset {env.CREDGATE_FLAGS_FILE}) refuses to start.
 	Path string `json:"path,omitempty"`
 
 	sourceLog
 }
 
-// Provision takes the logger that announces each rollout change.
+// Provision takes the logger that announces each rollout change, and
+// refuses a path that is empty once its placeholders are replaced.
 func (f *FlagdFileFlags) Provision(ctx caddy.Context) error {
 	f.provision(ctx)
-	return nil
+	_, err := f.resolvedPath()
+	return err
+}
+
+// envPlaceholder finds the variables a path reads at run time.
+var envPlaceholder = regexp.MustCompile(`\{env\.([^{}]+)\}`)
+
+// resolvedPath is the flag file's path with its placeholders replaced.
+// An empty one is an error naming the variable it reads, never a
+// fallback: a rollout read from some default file would move users
+// nobody chose to move.
+func (f *FlagdFileFlags) resolvedPath() (string, error) {
+	path := caddy.NewReplacer().ReplaceKnown(f.Path, "")
+	if strings.TrimSpace(path) != "" {
+		return path, nil
+	}
+	var names []string
+	for _, m := range envPlaceholder.FindAllStringSubmatch(f.Path, -1) {
+		names = append(names, m[1])
+	}
+	if len(names) == 0 {
+		return "", errors.New("credgate: flags flagd needs the path of a flag file")
+	}
+	return "", fmt.Errorf("credgate: flags flagd %s: the flag file's path is empty: set %s to the rollout's flag file "+
+		"(flags/flags.example.json is one with every platform at 0 %%)", f.Path, strings.Join(names, " and "))
 }
 
 // CaddyModule returns the Caddy module information.
@@ -120,7 +151,11 @@ func (FlagdFileFlags) CaddyModule() caddy.ModuleInfo {
 
 // OpenFeatureProvider builds the flagd in-process provider.
 func (f *FlagdFileFlags) OpenFeatureProvider() (openfeature.FeatureProvider, error) {
-	return flags.FlagdFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""), f.event)
+	path, err := f.resolvedPath()
+	if err != nil {
+		return nil, err
+	}
+	return flags.FlagdFile(path, f.event)
 }
 
 // UnmarshalCaddyfile parses `flagd <path>`.

@@ -295,7 +295,11 @@ func (a *App) exactPercentages(ctx context.Context, status []RolloutStatus) {
 	if !ok || !a.rollout.Ready() {
 		return
 	}
-	_, data, err := flags.ReadFile(file.Path)
+	path, err := file.resolvedPath()
+	if err != nil {
+		return
+	}
+	_, data, err := flags.ReadFile(path)
 	if err != nil {
 		return
 	}

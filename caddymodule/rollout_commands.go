@@ -414,7 +414,11 @@ func rolloutFlagSource(cmd *cobra.Command, cfg *rolloutConfig) (*rolloutSource, 
 	}
 	src := &rolloutSource{mod: mod}
 	if f, ok := mod.(*FlagdFileFlags); ok {
-		path, data, err := flags.ReadFile(caddy.NewReplacer().ReplaceKnown(f.Path, ""))
+		path, err := f.resolvedPath()
+		if err != nil {
+			return nil, err
+		}
+		path, data, err := flags.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("flag file: %w", err)
 		}

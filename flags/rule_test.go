@@ -212,6 +212,20 @@ func percents(t *testing.T, file string, platforms ...string) map[string]float64
 
 var four = []string{"facebook", "instagram", "linkedin", "twitter"}
 
+// The shipped example is where a rollout starts, the runbook's first
+// step: every platform, LinkedIn's own branch included, at 0 % (issue 26,
+// item 3: a copy of it put in force must move nobody).
+func TestTheExampleMovesNobody(t *testing.T) {
+	t.Parallel()
+	example, err := os.ReadFile("flags.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := percents(t, string(example), four...); !reflect.DeepEqual(got, map[string]float64{"facebook": 0, "instagram": 0, "linkedin": 0, "twitter": 0}) {
+		t.Fatalf("the example puts %v in force, want 0 %% everywhere", got)
+	}
+}
+
 // SetNewPercent moves every branch, LinkedIn's own included, changing
 // nothing else in the file; with a platform, only that one, in its own
 // branch, added in front when it shares one.

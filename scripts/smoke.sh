@@ -43,7 +43,15 @@ check "the example Caddyfile validates" \
   SUPABASE_JWT_SECRET=validate-only-secret-validate-only-secret CREDGATE_ADMIN_TOKEN=x CREDGATE_SERVICE_TOKEN=validate-only-service-token \
   TWITTER_CLIENT_ID=x TWITTER_CLIENT_SECRET=x LINKEDIN_CLIENT_ID=x LINKEDIN_CLIENT_SECRET=x \
   FACEBOOK_CLIENT_ID=x FACEBOOK_CLIENT_SECRET=x INSTAGRAM_CLIENT_ID=x INSTAGRAM_CLIENT_SECRET=x \
+  CREDGATE_FLAGS_FILE=flags/flags.example.json \
   "$CADDY_BIN" validate --config Caddyfile --adapter caddyfile
+check "the example Caddyfile refuses to start without CREDGATE_FLAGS_FILE, naming it" \
+  bash -c "out=\$(env -u CREDGATE_FLAGS_FILE DATABASE_URL='$url' ENCRYPTION_MASTER_KEY='$("$CADDY_BIN" credgate keygen)' \
+             SUPABASE_PROJECT_URL=https://abcd.supabase.co SUPABASE_PUBLISHABLE_KEY=sb_publishable_validate \
+             SUPABASE_JWT_SECRET=validate-only-secret-validate-only-secret CREDGATE_ADMIN_TOKEN=x CREDGATE_SERVICE_TOKEN=validate-only-service-token \
+             TWITTER_CLIENT_ID=x TWITTER_CLIENT_SECRET=x LINKEDIN_CLIENT_ID=x LINKEDIN_CLIENT_SECRET=x \
+             FACEBOOK_CLIENT_ID=x FACEBOOK_CLIENT_SECRET=x INSTAGRAM_CLIENT_ID=x INSTAGRAM_CLIENT_SECRET=x \
+             '$CADDY_BIN' validate --config Caddyfile --adapter caddyfile 2>&1) && exit 1; grep -q 'set CREDGATE_FLAGS_FILE' <<<\"\$out\""
 check "examples/sandbox.Caddyfile validates" \
   env DATABASE_URL="$url" ENCRYPTION_MASTER_KEY="$("$CADDY_BIN" credgate keygen)" \
   "$CADDY_BIN" validate --config examples/sandbox.Caddyfile --adapter caddyfile
