@@ -658,8 +658,9 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	writeJSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
 }
 
-// statusUndecryptable is the health status of an account whose blob is
-// sealed with a key the keyring does not hold.
+// statusUndecryptable is the health status of an account whose blob does
+// not open with the configured keys (tampered, malformed, or sealed with
+// a key the keyring lacks): a token read answers decrypt_failed.
 const statusUndecryptable = "undecryptable"
 
 type healthView struct {
@@ -675,28 +676,37 @@ type healthView struct {
 	LastRefreshError string     `json:"last_refresh_error,omitempty"`
 }
 
-// healthCheck: GET /api/credentials/health-check
+// healthCheck: GET /api/credentials/health-check. Each account is opened
+// as a token read opens it (vault.Accounts.ListOpened), so that what it
+// reports is what a read would find: a blob that does not open is
+// undecryptable and needs the user to connect again, whatever the row's
+// status and key id column say.
 func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer cancel()
-	user, accounts, ok := h.userAccounts(ctx, w, r)
-	if !ok {
+	user, ok := h.requireUser(w, r)
+	if !ok || !h.ready(w) {
+		return
+	}
+	accounts, err := h.app.accounts.ListOpened(ctx, h.app.pool, user)
+	if err != nil {
+		h.writeStoreError(w, r, "listing accounts", err)
 		return
 	}
 	views := []healthView{}
 	now := h.app.now()
-	for _, a := range accounts {
+	for _, o := range accounts {
+		a := o.Account
 		v := healthView{Platform: a.Platform, Status: string(a.Status), LastRefreshedAt: a.LastRefreshedAt}
-		if a.KeyID != nil && !h.app.keys.Has(*a.KeyID) {
-			// Sealed with a key this keyring lacks (allow_missing_keys):
-			// no token can be read, whatever the row's status says.
-			v.Status = statusUndecryptable
-		}
 		if a.ExpiresAt != nil {
 			s := int64(a.ExpiresAt.Sub(now).Seconds())
 			v.SecondsToExpiry = &s
 		}
 		v.NeedsReauth = a.Status == vault.StatusNeedsReauth || (a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) && a.Status != vault.StatusDisconnected)
+		if undecryptable(o.Err) {
+			v.Status, v.NeedsReauth = statusUndecryptable, true
+			h.auditUndecryptable(ctx, r, a, o.Err)
+		}
 		last, found, err := vault.Audit{}.Last(ctx, h.app.pool, user, a.Platform, vault.ActionRefresh)
 		if err != nil {
 			h.writeStoreError(w, r, "reading refresh outcome", err)
@@ -709,6 +719,25 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 		views = append(views, v)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"accounts": views})
+}
+
+// auditUndecryptable records a blob the health check found not opening:
+// a decrypt_failed audit row (during health_check) and a log line, once
+// per account until the row changes, so that a page polling the health
+// check does not write a row per poll. A failure to record is logged and
+// does not fail the health check.
+func (h *Handler) auditUndecryptable(ctx context.Context, r *http.Request, a vault.Account, cause error) {
+	last, found, err := vault.Audit{}.Last(ctx, h.app.pool, a.UserID, a.Platform, vault.ActionDecryptFailed)
+	if err == nil && found && !last.At.Before(a.UpdatedAt) {
+		return
+	}
+	h.logger.Warn("health check: credentials do not decrypt", zap.String("user_id", a.UserID), zap.String("platform", a.Platform), errField(cause))
+	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
+	defer acancel()
+	if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionDecryptFailed,
+		Status: vault.Failed, ErrorCode: "decrypt_failed", Details: map[string]any{"during": "health_check", "account_id": a.ID}}); err != nil {
+		h.logger.Error("writing audit row", zap.String("user_id", a.UserID), zap.String("platform", a.Platform), errField(err))
+	}
 }
 
 // serviceHealth: GET /api/credentials/service-health (admin)

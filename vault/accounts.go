@@ -614,6 +614,47 @@ func (s *Accounts) List(ctx context.Context, db DB, userID string) ([]Account, e
 	return out, nil
 }
 
+// Opened is an account as a token read finds it: the account its
+// current token belongs to (Get's view: the app's newer plaintext, else
+// the blob), and Err when there is no token to read: ErrNotConnected, or
+// an error wrapping ErrDecryptionFailed, ErrUnknownKey or
+// ErrMalformedBlob for a blob that does not open.
+type Opened struct {
+	Account Account
+	Err     error
+}
+
+// ListOpened returns a user's accounts, each opened as Get opens it (the
+// blob decrypted with the key id its header names, whatever the key id
+// column says), in one statement; no secret leaves it. For the health
+// check, which must report what a token read would find.
+func (s *Accounts) ListOpened(ctx context.Context, db DB, userID string) ([]Opened, error) {
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.Query(ctx, settings.Columns.SQL(`SELECT `+accountColumns+`, `+currentColumns(settings.AppExpiryColumn)+
+		` FROM social_accounts WHERE user_id = $1 ORDER BY platform`), userID)
+	if err != nil {
+		return nil, fmt.Errorf("listing accounts: %w", err)
+	}
+	defer rows.Close()
+	var out []Opened
+	for rows.Next() {
+		var r currentRow
+		if r.acct, err = scanAccountWith(rows, r.targets()...); err != nil {
+			return nil, fmt.Errorf("listing accounts: %w", err)
+		}
+		r.acct.Platform = settings.Platform(r.acct.Platform)
+		a, _, err := s.current(r)
+		out = append(out, Opened{Account: a, Err: err})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing accounts: %w", err)
+	}
+	return out, nil
+}
+
 // MarkStatus sets an account's status (needs_reauth after a dead refresh
 // token, expiring ahead of a Facebook re-auth …).
 func (s *Accounts) MarkStatus(ctx context.Context, db DB, id string, status Status) error {
