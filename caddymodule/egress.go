@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,12 +55,25 @@ func init() {
 type Egress struct {
 	internalHandler
 
-	// MaxRetryBody is the largest request body kept so that a call the
-	// platform refused with an expired-token answer can be sent again
-	// after a renewal (an idempotent call, or one marked
-	// "X-Credgate-Retry: safe"). Larger bodies, and bodies of unknown
-	// length, are streamed and not resent. Default 1 MiB.
+	// MaxRetryBody is the largest request body read whole before the
+	// platform is called, and kept so that a call the platform refused
+	// with an expired-token answer can be sent again after a renewal (an
+	// idempotent call, or one marked "X-Credgate-Retry: safe"). Larger
+	// bodies, and bodies of unknown length, are streamed and not resent.
+	// Default 1 MiB.
 	MaxRetryBody int64 `json:"max_retry_body,omitempty"`
+
+	// BodyTimeout bounds the time a call's request body may take to
+	// arrive, counted from when egress takes the call; a body still
+	// incomplete then is answered 408 request_timeout and its connection
+	// closed. Default 10s.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+
+	// MaxInFlight is how many calls this handler serves at once for its
+	// service token, on each instance, from the first byte of the body to
+	// the last byte of the platform's answer; more are answered 429
+	// too_many_requests with Retry-After. Default 64.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
 
 	transport http.RoundTripper
 	// tokens caches each user's token for tokenCacheTTL, so that a burst
@@ -67,6 +81,8 @@ type Egress struct {
 	tokens *sync.Map
 	stores *atomic.Int64
 	bases  map[string]*url.URL
+	// inFlight counts the calls being served (MaxInFlight).
+	inFlight *atomic.Int64
 }
 
 // tokenCacheTTL bounds how long this instance reuses a token it read
@@ -93,7 +109,13 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 	if e.MaxRetryBody <= 0 {
 		e.MaxRetryBody = 1 << 20
 	}
-	e.tokens, e.stores = new(sync.Map), new(atomic.Int64)
+	if e.BodyTimeout <= 0 {
+		e.BodyTimeout = caddy.Duration(10 * time.Second)
+	}
+	if e.MaxInFlight <= 0 {
+		e.MaxInFlight = 64
+	}
+	e.tokens, e.stores, e.inFlight = new(sync.Map), new(atomic.Int64), new(atomic.Int64)
 	// The only hosts egress ever reaches: each configured platform's API
 	// base, parsed once.
 	e.bases = map[string]*url.URL{}
@@ -163,6 +185,15 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	answer := e.app.early(w, telemetry.RouteEgress)
 	defer answer.done()
 	w = answer.Writer()
+	// From here every answer, even a refusal, waits for the body at most
+	// BodyTimeout: net/http reads what the handler left before it
+	// answers on a kept-alive connection.
+	// (Caddy wraps even an empty body: the length says whether there is
+	// one, -1 for chunked.)
+	hasBody := r.ContentLength != 0
+	if hasBody {
+		r.Body = newBoundedBody(w, r.Body, time.Duration(e.BodyTimeout))
+	}
 	if !e.authorized(w, r) {
 		return nil
 	}
@@ -187,6 +218,18 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		writeError(w, http.StatusBadRequest, "invalid_retry", err.Error())
 		return nil
 	}
+	if !e.admit() {
+		e.app.metrics.Egress(platform, "too_many_requests")
+		if hasBody {
+			// Answer now rather than after reading the body to keep the
+			// connection.
+			w.Header().Set("Connection", "close")
+		}
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, "too_many_requests", "more calls with this service token are in flight than max_in_flight allows; try again shortly")
+		return nil
+	}
+	defer e.inFlight.Add(-1)
 	if !e.app.Available() {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return nil
@@ -196,6 +239,56 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		e.forward(w, r, user, platform, base, apiPath, rawPath, resend)
 	})
 	return nil
+}
+
+// admit takes one of MaxInFlight places for a call, reporting whether
+// one was free; the caller gives it back when the call is over.
+func (e *Egress) admit() bool {
+	if e.inFlight.Add(1) > int64(e.MaxInFlight) {
+		e.inFlight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// boundedBody is a request body that must arrive by a deadline, set as
+// the connection's read deadline: a slow body then fails its read instead
+// of holding the call, and its connection, open. The deadline is lifted
+// once the body has all arrived, so it never cuts short the wait for the
+// platform's answer (net/http watches the connection from then on, and a
+// read that times out there would cancel the call).
+type boundedBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	timedOut atomic.Bool
+}
+
+// newBoundedBody bounds body to arrive within d. Where the connection
+// takes no deadline (a writer that does not unwrap to net/http's), the
+// body is left as it is.
+func newBoundedBody(w http.ResponseWriter, body io.ReadCloser, d time.Duration) io.ReadCloser {
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(d)) != nil {
+		return body
+	}
+	return &boundedBody{ReadCloser: body, rc: rc}
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF:
+		_ = b.rc.SetReadDeadline(time.Time{})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		b.timedOut.Store(true)
+	}
+	return n, err
+}
+
+// bodyTimedOut reports whether r's body missed its deadline.
+func bodyTimedOut(r *http.Request) bool {
+	b, ok := r.Body.(*boundedBody)
+	return ok && b.timedOut.Load()
 }
 
 // egressTarget reads /{platform}/{api path} from the request. The API
@@ -245,6 +338,18 @@ func egressURL(base *url.URL, apiPath, rawPath, rawQuery string) *url.URL {
 func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath, rawPath string, resend bool) {
 	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
 	defer cancel()
+	// A body of known length up to MaxRetryBody is read whole before
+	// anything else (within BodyTimeout), so that the platform never gets
+	// half a call and the call can be sent again. A larger or chunked
+	// body streams through and is not resent.
+	var body []byte
+	if r.ContentLength > 0 && r.ContentLength <= e.MaxRetryBody {
+		var err error
+		if body, err = io.ReadAll(io.LimitReader(r.Body, e.MaxRetryBody+1)); err != nil {
+			e.bodyFailed(w, r, platform)
+			return
+		}
+	}
 	token, err := e.userToken(ctx, user, platform)
 	if err != nil {
 		e.fail(w, r, user, platform, err)
@@ -252,18 +357,8 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 	}
 	// A call the platform refused for its token is sent again only when
 	// sending it twice does no harm (resend), and only if its body can
-	// be: a call without one always, one with a body of known length up
-	// to MaxRetryBody, kept in memory. A larger or chunked body streams
-	// through and is not resent.
-	retryable := resend && (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0)
-	var body []byte
-	if resend && !retryable && r.ContentLength > 0 && r.ContentLength <= e.MaxRetryBody {
-		if body, err = io.ReadAll(io.LimitReader(r.Body, e.MaxRetryBody+1)); err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_body", "the request body could not be read")
-			return
-		}
-		retryable = true
-	}
+	// be: a call without one always, one with a body kept in memory.
+	retryable := resend && (body != nil || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0)
 	rt := &renewingTransport{next: e.transport, platform: platform, token: token, body: body, retryable: retryable,
 		// The renewal is audited by the refresher (trigger egress), as
 		// are its failures.
@@ -301,6 +396,10 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if rt.renewErr != nil {
 				e.fail(w, r, user, platform, rt.renewErr)
+				return
+			}
+			if bodyTimedOut(r) {
+				e.bodyFailed(w, r, platform)
 				return
 			}
 			e.app.metrics.Egress(platform, "provider_unavailable")
@@ -373,6 +472,18 @@ func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform str
 		w.Header().Set("Retry-After", "30")
 	}
 	writeError(w, status, code, message)
+}
+
+// bodyFailed answers a call whose body could not be read: 408 when it
+// did not arrive within BodyTimeout, else 400.
+func (e *Egress) bodyFailed(w http.ResponseWriter, r *http.Request, platform string) {
+	if !bodyTimedOut(r) {
+		writeError(w, http.StatusBadRequest, "invalid_body", "the request body could not be read")
+		return
+	}
+	e.app.metrics.Egress(platform, "request_timeout")
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusRequestTimeout, "request_timeout", "the request body did not arrive within body_timeout")
 }
 
 // renewingTransport sends one call with the user's token and, when the
@@ -472,7 +583,7 @@ func tokenReadOutcomes() []string {
 // credgate_egress_requests_total: the platform's answer's class, or the
 // code credgate answered with.
 func egressClasses() []string {
-	out := []string{"2xx", "3xx", "4xx", "5xx"}
+	out := []string{"2xx", "3xx", "4xx", "5xx", "too_many_requests", "request_timeout"}
 	for _, c := range tokenFailureCodes {
 		if !slices.Contains(out, c) {
 			out = append(out, c)
@@ -514,25 +625,43 @@ func isPlatformError(err error) bool {
 //		service_token  <token>     # required, e.g. {env.CREDGATE_SERVICE_TOKEN}
 //		min_validity   <duration>  # default 5m
 //		max_retry_body <bytes>     # default 1048576
+//		body_timeout   <duration>  # default 10s
+//		max_in_flight  <calls>     # default 64
 //	}
 func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	e := new(Egress)
 	err := parseInternalHandler(h.Dispenser, "credgate_egress", &e.ServiceToken, &e.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
-		if opt != "max_retry_body" {
-			return false, nil
+		switch opt {
+		case "max_retry_body":
+			n, err := parseCountArg(d, opt, "a whole number of bytes")
+			e.MaxRetryBody = n
+			return true, err
+		case "max_in_flight":
+			n, err := parseCountArg(d, opt, "a whole number of calls")
+			e.MaxInFlight = int(min(n, 1<<20))
+			return true, err
+		case "body_timeout":
+			dur, err := parseDurationArg(d, opt)
+			e.BodyTimeout = caddy.Duration(dur)
+			return true, err
 		}
-		var raw string
-		if !d.AllArgs(&raw) {
-			return true, d.ArgErr()
-		}
-		n, err := strconv.ParseInt(raw, 10, 64)
-		if err != nil || n < 1 {
-			return true, d.Errf("credgate_egress: max_retry_body must be a whole number of bytes, got %q", raw)
-		}
-		e.MaxRetryBody = n
-		return true, nil
+		return false, nil
 	})
 	return e, err
+}
+
+// parseCountArg reads one positive whole-number argument of option opt,
+// a number of what.
+func parseCountArg(d *caddyfile.Dispenser, opt, what string) (int64, error) {
+	var raw string
+	if !d.AllArgs(&raw) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || n < 1 {
+		return 0, d.Errf("credgate_egress: %s must be %s, got %q", opt, what, raw)
+	}
+	return n, nil
 }
 
 // Interface guards.

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -358,4 +359,110 @@ func TestEgressDropsTheCallersHeaders(t *testing.T) {
 	if len(h) != 2 || h.Get("Content-Type") == "" || h.Get("X-Restli-Protocol-Version") == "" {
 		t.Fatalf("forwarded headers: %v, want Content-Type and X-Restli-Protocol-Version only", h)
 	}
+}
+
+// slowBodyCall sends a POST whose body stops after its first bytes and
+// returns the answer, or status 0 if none came within wait.
+func (h *harness) slowBodyCall(wait time.Duration) (int, http.Header, string) {
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.egress, "http://"))
+	if err != nil {
+		h.t.Error(err)
+		return 0, nil, ""
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nX-Credgate-User: %s\r\n"+
+		"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"text\":", postPaths["twitter"], strings.TrimPrefix(h.egress, "http://"), serviceToken, alice)
+	conn.SetReadDeadline(time.Now().Add(wait))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0, nil, err.Error()
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(raw)
+}
+
+// A request body that does not arrive within body_timeout is answered
+// 408, and no caller has more than max_in_flight calls in flight: a
+// hundred slow-body POSTs with the service token no longer hold their
+// connections open. Issue 26, item 7.
+func TestEgressBoundsSlowBodiesAndCallsInFlight(t *testing.T) {
+	h := newHarness(t, harnessOptions{egress: "service_token " + serviceToken + "\n\t\tbody_timeout 1s\n\t\tmax_in_flight 4"})
+	h.connect(alice, "twitter")
+
+	// The hundred slow POSTs of the report, at once: each gets its answer
+	// (408 once its body is overdue, or 429 beyond the four in flight),
+	// none waits out the client's 30 s.
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	answers := map[string]int{}
+	for range 100 {
+		wg.Go(func() {
+			code, header, body := h.slowBodyCall(30 * time.Second)
+			key := fmt.Sprintf("%d %s", code, errorCode([]byte(body)))
+			if code == http.StatusTooManyRequests && header.Get("Retry-After") == "" {
+				key += " without Retry-After"
+			}
+			mu.Lock()
+			answers[key]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if answers["408 request_timeout"]+answers["429 too_many_requests"] != 100 || answers["408 request_timeout"] == 0 {
+		t.Fatalf("100 slow-body POSTs answered %v in %v; want each 408 request_timeout or 429 too_many_requests", answers, took)
+	}
+	t.Logf("100 slow-body POSTs answered %v in %v", answers, took)
+	if st := h.sandbox.Stats()["twitter"]; st.Posts != 0 || st.Rejected["bad_access_token"] != 0 {
+		t.Fatalf("a POST whose body never came reached the platform: %+v", st)
+	}
+	// Their slots are free again; and the bound is on the body only: a
+	// platform slower than body_timeout is still waited for.
+	h.sandbox.SetFault("twitter.api", sandbox.Fault{Latency: sandbox.Duration(2 * time.Second)})
+	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"after"}`); code != 201 {
+		t.Fatalf("a call after the slow ones, to a slow platform: %d %s", code, body)
+	}
+	h.sandbox.SetFault("twitter.api", sandbox.Fault{})
+
+	// Calls slow at the platform hold their slots too: with four in
+	// flight, the fifth is 429 with Retry-After at once.
+	h.sandbox.SetFault("twitter.profile", sandbox.Fault{Latency: sandbox.Duration(time.Minute)})
+	ctx, cancel := context.WithCancel(context.Background())
+	var slow sync.WaitGroup
+	for range 4 {
+		slow.Go(func() {
+			// Until it holds a place (the test's own calls may hold one
+			// for a moment) and is cancelled.
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", h.egress+"/twitter/2/users/me", nil)
+				req.Header.Set("Authorization", "Bearer "+serviceToken)
+				req.Header.Set("X-Credgate-User", alice)
+				resp, err := client.Do(req)
+				if err != nil {
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusTooManyRequests {
+					return
+				}
+			}
+		})
+	}
+	var header http.Header
+	waitUntil(t, 20*time.Second, func() bool {
+		var code int
+		code, header, _ = h.egressCallWith("POST", postPaths["twitter"], alice, `{"text":"fifth"}`, nil)
+		return code == http.StatusTooManyRequests
+	})
+	if header.Get("Retry-After") == "" || header.Get("Content-Type") != "application/json" {
+		t.Fatalf("429 without Retry-After or a JSON body: %v", header)
+	}
+	cancel()
+	slow.Wait()
+	h.sandbox.SetFault("twitter.profile", sandbox.Fault{})
+	waitUntil(t, 20*time.Second, func() bool {
+		code, _, _ := h.egressCallWith("GET", "/twitter/2/users/me", alice, "", nil)
+		return code == http.StatusOK
+	})
 }
