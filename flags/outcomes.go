@@ -36,7 +36,9 @@ type Outcomes struct {
 const DefaultUserWindow = 10 * time.Minute
 
 // NewOutcomes returns an empty counter.
-func NewOutcomes() *Outcomes { return &Outcomes{c: newCounter[OutcomeKey](), seen: map[[32]byte]time.Time{}} }
+func NewOutcomes() *Outcomes {
+	return &Outcomes{c: newCounter[OutcomeKey](), seen: map[[32]byte]time.Time{}}
+}
 
 // Record counts one finished flow whose outcome credgate can attribute:
 // a success, or a failure of the platform (it was down, it answered
