@@ -83,14 +83,17 @@ func TestFlagdRPCDaemonDownAtStartIsFollowedWhenItComesUp(t *testing.T) {
 	r := newRPCRollout(t, d)
 
 	start := time.Now()
-	if dec := r.decide(); dec.Arm != flags.ArmLegacy || dec.Reason != flags.ReasonProviderNotReady || time.Since(start) > 50*time.Millisecond {
+	// Immediate: no wait for the daemon. The bound leaves room for a
+	// loaded two-core machine running parallel tests; waiting on the
+	// daemon would take its whole decision deadline and more.
+	if dec := r.decide(); dec.Arm != flags.ArmLegacy || dec.Reason != flags.ReasonProviderNotReady || time.Since(start) > 500*time.Millisecond {
 		t.Fatalf("daemon down: %+v after %v, want an immediate legacy/provider_not_ready", dec, time.Since(start))
 	}
-	waitUntil(t, 2*time.Second, "the state says error", func() bool { return r.state().State == flags.SourceError && r.state().Problem != "" })
+	waitUntil(t, 10*time.Second, "the state says error", func() bool { return r.state().State == flags.SourceError && r.state().Problem != "" })
 
 	time.Sleep(2 * time.Second)
 	d.Start()
-	took := waitUntil(t, 4*time.Second, "decisions follow the daemon", func() bool { return r.decide().Arm == flags.ArmNew })
+	took := waitUntil(t, 15*time.Second, "decisions follow the daemon", func() bool { return r.decide().Arm == flags.ArmNew })
 	t.Logf("new decisions %v after the daemon came up", took.Round(time.Millisecond))
 	if s := r.state(); s.State != flags.SourceReady || s.LoadedAt.IsZero() || s.Problem != "" {
 		t.Fatalf("state after the daemon came up: %+v", s)
@@ -109,24 +112,24 @@ func TestFlagdRPCDaemonDiesAndComesBack(t *testing.T) {
 	d := flagdtest.New(t, 100)
 	d.Start()
 	r := newRPCRollout(t, d)
-	waitUntil(t, 2*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
+	waitUntil(t, 10*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
 
 	d.Stop()
-	waitUntil(t, time.Second, "legacy while the daemon is gone", func() bool {
+	waitUntil(t, 10*time.Second, "legacy while the daemon is gone", func() bool {
 		dec := r.decide()
 		return dec.Arm == flags.ArmLegacy && dec.Reason == flags.ReasonProviderNotReady
 	})
-	waitUntil(t, 2*time.Second, "stale while the daemon is gone", func() bool { return r.state().State == flags.SourceStale })
+	waitUntil(t, 10*time.Second, "stale while the daemon is gone", func() bool { return r.state().State == flags.SourceStale })
 
 	d.Start()
-	waitUntil(t, time.Second, "decisions follow the daemon back", func() bool { return r.decide().Arm == flags.ArmNew })
-	waitUntil(t, 3*time.Second, "ready again", func() bool { return r.state().State == flags.SourceReady })
+	waitUntil(t, 10*time.Second, "decisions follow the daemon back", func() bool { return r.decide().Arm == flags.ArmNew })
+	waitUntil(t, 10*time.Second, "ready again", func() bool { return r.state().State == flags.SourceReady })
 
 	// A rollback on the daemon applies at once and is announced.
 	d.SetPercent(0)
-	took := waitUntil(t, 2*time.Second, "the rollback", func() bool { return r.decide().Reason == flags.ReasonKillSwitch })
+	took := waitUntil(t, 10*time.Second, "the rollback", func() bool { return r.decide().Reason == flags.ReasonKillSwitch })
 	t.Logf("rolled back %v after the daemon changed", took.Round(time.Millisecond))
-	waitUntil(t, 2*time.Second, "the change announced", func() bool {
+	waitUntil(t, 10*time.Second, "the change announced", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		last := r.events[len(r.events)-1]
@@ -143,16 +146,16 @@ func TestFlagdRPCDaemonThatNeverAnswers(t *testing.T) {
 	d.Hang()
 	r := newRPCRollout(t, d)
 	start := time.Now()
-	if dec := r.decide(); dec.Arm != flags.ArmLegacy || time.Since(start) > 150*time.Millisecond {
+	if dec := r.decide(); dec.Arm != flags.ArmLegacy || time.Since(start) > time.Second {
 		t.Fatalf("hung at start: %+v after %v", dec, time.Since(start))
 	}
-	waitUntil(t, 5*time.Second, "the state says flagd never answered", func() bool {
+	waitUntil(t, 10*time.Second, "the state says flagd never answered", func() bool {
 		s := r.state()
 		return s.State == flags.SourceError && strings.Contains(s.Problem, "sent nothing")
 	})
 
 	d.Start()
-	waitUntil(t, 4*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
+	waitUntil(t, 10*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
 
 	// Frozen with its connections open, as a paused process: every
 	// decision gives up at the deadline, and the probe the first one
@@ -165,9 +168,9 @@ func TestFlagdRPCDaemonThatNeverAnswers(t *testing.T) {
 			t.Fatalf("frozen after ready: %+v after %v, want legacy/timeout at the 100 ms deadline", dec, took)
 		}
 	}
-	waitUntil(t, 5*time.Second, "the state stops saying ready", func() bool { return r.state().State != flags.SourceReady })
+	waitUntil(t, 10*time.Second, "the state stops saying ready", func() bool { return r.state().State != flags.SourceReady })
 	d.Thaw()
-	waitUntil(t, 3*time.Second, "decisions follow the thawed daemon", func() bool { return r.decide().Arm == flags.ArmNew })
+	waitUntil(t, 10*time.Second, "decisions follow the thawed daemon", func() bool { return r.decide().Arm == flags.ArmNew })
 	if s := r.state(); s.State != flags.SourceReady {
 		t.Fatalf("state after the thaw: %+v", s)
 	}
@@ -180,7 +183,7 @@ func TestFlagdRPCAbandonedDecisionsKeepAHealthyDaemonReady(t *testing.T) {
 	d := flagdtest.New(t, 100)
 	d.Start()
 	r := newRPCRollout(t, d)
-	waitUntil(t, 2*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
+	waitUntil(t, 10*time.Second, "ready", func() bool { return r.decide().Arm == flags.ArmNew })
 	for range 20 {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()

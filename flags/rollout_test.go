@@ -423,7 +423,9 @@ func TestDecideNeverWaitsForAHangingProvider(t *testing.T) {
 	}
 	start := time.Now()
 	d := r.Decide(context.Background(), "11111111-1111-4111-8111-111111111111", "twitter")
-	if took := time.Since(start); d.Arm != flags.ArmLegacy || d.Reason != flags.ReasonTimeout || took > time.Second {
+	// The bound is the deadline plus room for a loaded machine; the
+	// hanging provider itself would hold the decision for ever.
+	if took := time.Since(start); d.Arm != flags.ArmLegacy || d.Reason != flags.ReasonTimeout || took > 3*time.Second {
 		t.Fatalf("decision %+v after %v, want legacy/timeout within the 50 ms deadline", d, took)
 	}
 	// The default deadline is 100 ms.
@@ -432,7 +434,7 @@ func TestDecideNeverWaitsForAHangingProvider(t *testing.T) {
 		t.Fatal(err)
 	}
 	start = time.Now()
-	if d := r.Decide(context.Background(), "11111111-1111-4111-8111-111111111111", "twitter"); d.Reason != flags.ReasonTimeout || time.Since(start) > time.Second {
+	if d := r.Decide(context.Background(), "11111111-1111-4111-8111-111111111111", "twitter"); d.Reason != flags.ReasonTimeout || time.Since(start) > 3*time.Second {
 		t.Fatalf("default deadline: %+v after %v", d, time.Since(start))
 	}
 }
