@@ -1,8 +1,11 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -105,7 +108,13 @@ func TestServiceHealthAnswersInAPartition(t *testing.T) {
 // database answers again. Issue 26, item 9: the row was never written,
 // and the log named neither user nor platform.
 func TestAStoreWhoseDatabaseHangsIsAuditedOnceItAnswers(t *testing.T) {
-	h, proxy := proxiedHarness(t)
+	db := pgtest.Database(t)
+	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy.Up(t)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	h := newHarness(t, harnessOptions{databaseURL: proxy.Via(t, db),
+		caddyGlobals: "log credgate {\n\t\toutput file " + logFile + "\n\t\tformat json\n\t\tinclude http.handlers.credgate\n\t}"})
+	h.db = db
 	providerURL, cookie := h.startFlow(alice, "twitter", "/settings")
 	cb := h.authorize(providerURL)
 	h.sandbox.SetFault("twitter."+sandbox.EndpointToken, sandbox.Fault{Latency: sandbox.Duration(500 * time.Millisecond)})
@@ -128,4 +137,27 @@ func TestAStoreWhoseDatabaseHangsIsAuditedOnceItAnswers(t *testing.T) {
 			AND error_code = 'storage_unavailable' AND user_id = $1 AND platform = 'twitter'
 			AND (details->>'issued_token_revoked')::boolean`, alice) == 1
 	})
+	// Every line about the failed store names the user and the platform.
+	logs, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := 0
+	for _, line := range strings.Split(string(logs), "\n") {
+		var entry map[string]any
+		if json.Unmarshal([]byte(line), &entry) != nil {
+			continue
+		}
+		msg, _ := entry["msg"].(string)
+		if !strings.Contains(msg, "storing credentials") && !strings.Contains(msg, "audit row") {
+			continue
+		}
+		if entry["user_id"] != alice || entry["platform"] != "twitter" {
+			t.Errorf("a log line that names neither user nor platform: %s", line)
+		}
+		named++
+	}
+	if named < 2 {
+		t.Errorf("%d log lines about the failed store and its audit row, want the store's and the audit row's", named)
+	}
 }
