@@ -92,7 +92,9 @@ func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
 	// (the kill switch would stop those too).
 	flagsFile := filepath.Join(t.TempDir(), "flags.json")
 	setRollout(t, flagsFile, true, 0)
-	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, flagsFile: flagsFile,
+	// No background renewals: the renewals compared are the token API's,
+	// all in before the audit log is read.
+	h := newHarness(t, harnessOptions{metrics: true, legacyRedirect: true, flagsFile: flagsFile, globalOptions: "background off",
 		tokenAPI: "service_token " + serviceToken, extraSite: "legacy_start /api/{platform}/connect"})
 	promURL := startPrometheus(t, strings.TrimPrefix(strings.TrimSuffix(h.metricsURL, "/metrics"), "http://"))
 	// Scraped at zero before any flow.
@@ -183,10 +185,18 @@ func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
 	if renewals.Success != 1 || renewals.Failed < 1 {
 		t.Fatalf("audit renewals: %+v, want 1 success and the failure", renewals)
 	}
-	waitUntil(t, 30*time.Second, func() bool {
-		v := promVector(t, promURL, `sum by (outcome) (increase(credgate_refresh_total{platform="twitter"}[10m]))`, "outcome")
-		return math.Round(v["success"]) == 1 && math.Round(v["failure"]) == float64(renewals.Failed)
-	})
+	var seen map[string]float64
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		seen = promVector(t, promURL, `sum by (outcome) (increase(credgate_refresh_total{platform="twitter"}[10m]))`, "outcome")
+		if math.Round(seen["success"]) == float64(renewals.Success) && math.Round(seen["failure"]) == float64(renewals.Failed) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("renewals at Prometheus %v, in the audit log %+v", seen, renewals)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if got := promVector(t, promURL, panelExpr(t, "Token refresh success rate"), "platform")["twitter"]; math.Abs(got-renewals.Rate) > 0.001 {
 		t.Errorf("renewals: the dashboard's success rate %.4f, the audit log's %.4f", got, renewals.Rate)
 	}
