@@ -97,7 +97,13 @@ func TestHealthMetricsOnCaddysEndpoint(t *testing.T) {
 	if code, body := h.egressCall("GET", "/twitter/2/users/me", alice, serviceToken, ""); code != http.StatusInternalServerError || errorCode([]byte(body)) != "decrypt_failed" {
 		t.Fatalf("egress with an undecryptable account: %d %s", code, body)
 	}
-	// The user disconnects it anyway (wiped, not revocable): counted too.
+	// The health check finds it (once until the row changes), and the user
+	// disconnects it anyway (wiped, not revocable): counted too.
+	for range 2 {
+		if resp, body := h.do("GET", "/api/credentials/health-check", alice, nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("health-check: %d %s", resp.StatusCode, body)
+		}
+	}
 	if resp, body := h.do("DELETE", "/api/credentials/twitter/disconnect", alice, map[string]string{"Origin": h.origin}); resp.StatusCode != http.StatusOK {
 		t.Fatalf("disconnecting an undecryptable account: %d %s", resp.StatusCode, body)
 	}
@@ -121,6 +127,7 @@ func TestHealthMetricsOnCaddysEndpoint(t *testing.T) {
 		{"credgate_decrypt_failures_total", []string{`via="token_api"`}, 1},
 		{"credgate_decrypt_failures_total", []string{`via="egress"`}, 1},
 		{"credgate_decrypt_failures_total", []string{`via="disconnect"`}, 1},
+		{"credgate_decrypt_failures_total", []string{`via="health_check"`}, 1},
 		{"credgate_responses_total", []string{`route="disconnect"`, `status_class="2xx"`}, 1},
 	} {
 		if got := metricValue(after, c.name, c.labels...) - metricValue(before, c.name, c.labels...); got != c.delta {

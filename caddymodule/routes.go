@@ -732,6 +732,7 @@ func (h *Handler) auditUndecryptable(ctx context.Context, r *http.Request, a vau
 		return
 	}
 	h.logger.Warn("health check: credentials do not decrypt", zap.String("user_id", a.UserID), zap.String("platform", a.Platform), errField(cause))
+	h.app.health.DecryptFailed(telemetry.ViaHealthCheck)
 	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
 	defer acancel()
 	if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionDecryptFailed,

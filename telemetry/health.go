@@ -79,14 +79,15 @@ func StatusClass(status int) string {
 // Where a blob that does not open was met, as the via label spells it
 // (the audit rows' details say the same).
 const (
-	ViaTokenAPI   = "token_api"
-	ViaEgress     = "egress"
-	ViaDisconnect = "disconnect"
-	ViaRefresh    = "refresh"
+	ViaTokenAPI    = "token_api"
+	ViaEgress      = "egress"
+	ViaDisconnect  = "disconnect"
+	ViaRefresh     = "refresh"
+	ViaHealthCheck = "health_check"
 )
 
 // DecryptVias is the closed set of the via label.
-var DecryptVias = []string{ViaTokenAPI, ViaEgress, ViaDisconnect, ViaRefresh}
+var DecryptVias = []string{ViaTokenAPI, ViaEgress, ViaDisconnect, ViaRefresh, ViaHealthCheck}
 
 // NewHealth returns the health counters with every series at zero.
 func NewHealth() *Health {
@@ -97,7 +98,7 @@ func NewHealth() *Health {
 		}, []string{"route", "status_class"}),
 		decryptFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credgate_decrypt_failures_total",
-			Help: "Stored credentials that did not decrypt with the configured keys (a missing or wrong key, a tampered blob), by where they were read (token_api, egress, disconnect, refresh).",
+			Help: "Stored credentials that did not decrypt with the configured keys (a missing or wrong key, a tampered blob), by where they were read (token_api, egress, disconnect, refresh, health_check).",
 		}, []string{"via"}),
 	}
 	for _, route := range Routes {

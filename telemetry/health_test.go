@@ -36,10 +36,11 @@ func TestHealthStartsEverySeriesAtZero(t *testing.T) {
 	h.Response(telemetry.RouteStatus, telemetry.StatusClass(503))
 	h.DecryptFailed(telemetry.ViaEgress)
 	want := `
-# HELP credgate_decrypt_failures_total Stored credentials that did not decrypt with the configured keys (a missing or wrong key, a tampered blob), by where they were read (token_api, egress, disconnect, refresh).
+# HELP credgate_decrypt_failures_total Stored credentials that did not decrypt with the configured keys (a missing or wrong key, a tampered blob), by where they were read (token_api, egress, disconnect, refresh, health_check).
 # TYPE credgate_decrypt_failures_total counter
 credgate_decrypt_failures_total{via="disconnect"} 0
 credgate_decrypt_failures_total{via="egress"} 1
+credgate_decrypt_failures_total{via="health_check"} 0
 credgate_decrypt_failures_total{via="refresh"} 0
 credgate_decrypt_failures_total{via="token_api"} 0
 `
