@@ -189,6 +189,9 @@ type appRun struct {
 	// exposure: the config's public origins and weak secrets, refused
 	// together at Start.
 	exposure exposure
+	// pendingAudits are audit rows being retried while the database does
+	// not answer (Handler.appendEventually); Stop waits for them a while.
+	pendingAudits sync.WaitGroup
 
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
@@ -507,6 +510,13 @@ func (a *App) Stop() error {
 	}
 	if a.refresher != nil && !a.refresher.Wait(10*time.Second) {
 		a.logger.Error("stopping with renewed tokens still unstored (the database is not answering); their grants may be lost")
+	}
+	audited := make(chan struct{})
+	go func() { a.run.pendingAudits.Wait(); close(audited) }()
+	select {
+	case <-audited:
+	case <-time.After(10 * time.Second):
+		a.logger.Error("stopping with audit rows still unwritten (the database is not answering); the log lines before name each")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

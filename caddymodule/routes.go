@@ -516,7 +516,10 @@ func (h *Handler) appendEventually(e vault.Event) {
 		return
 	}
 	h.logger.Warn("writing audit row: the database does not answer; retrying in the background", append(fields, errField(err))...)
+	// App.Stop waits a while for these before the pool closes.
+	h.app.run.pendingAudits.Add(1)
 	go func() {
+		defer h.app.run.pendingAudits.Done()
 		deadline := time.Now().Add(auditRetry)
 		for wait := time.Second; ; wait = min(wait*2, 15*time.Second) {
 			time.Sleep(wait)
