@@ -90,7 +90,9 @@ func TestJobsOfACrashedInstanceAreReclaimedAfterTheLease(t *testing.T) {
 	e.clock.Advance(110 * time.Minute)
 	// The crashed instance claimed everything and was killed: nothing
 	// more comes from it.
-	claimed, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "crashed", 100, 2*time.Second, e.clock.Now())
+	// A 5 s lease: the check below, a second after the survivor starts,
+	// must fall inside it however slow the machine is to start it.
+	claimed, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "crashed", 100, 5*time.Second, e.clock.Now())
 	if err != nil || len(claimed) != n {
 		t.Fatalf("crashed instance claimed %d (%v), want %d", len(claimed), err, n)
 	}
