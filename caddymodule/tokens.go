@@ -90,7 +90,38 @@ func (ih *internalHandler) provision(ctx caddy.Context, who string) error {
 	if ih.MinValidity <= 0 {
 		ih.MinValidity = caddy.Duration(5 * time.Minute)
 	}
+	ih.warnUnreachableValidity(who)
 	return nil
+}
+
+// warnUnreachableValidity says which platforms' tokens cannot stay valid
+// for MinValidity: a read renews a token only in the second half of its
+// life (worker.Policy.NeedsRenewal), so there the token served may have
+// as little as half its lifetime left. Renewing earlier would renew at
+// every read, each new token no better than the last.
+func (ih *internalHandler) warnUnreachableValidity(who string) {
+	for name, p := range ih.app.refresher.Providers {
+		profile, err := oauth.Lookup(p.Name(), oauth.GenericSettings{})
+		lifetime := profile.DefaultLifetime
+		if err != nil || lifetime <= 0 || p.Renewal() == oauth.RenewNever || time.Duration(ih.MinValidity) <= lifetime/2 {
+			continue
+		}
+		ih.logger.Warn(fmt.Sprintf("%s: min_validity %s is more than half the life of %s's access tokens (%s): such a token is renewed on a read only once half its life has passed, and may be served with as little as %s left",
+			who, shortDuration(time.Duration(ih.MinValidity)), name, shortDuration(lifetime), shortDuration(lifetime/2)),
+			zap.String("platform", name), zap.Duration("token_lifetime", lifetime), zap.Duration("min_validity", time.Duration(ih.MinValidity)))
+	}
+}
+
+// shortDuration writes d as people do: 2h, 1h30m, not 2h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // authorized answers 401 unless the request carries the service token.

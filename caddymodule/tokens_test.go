@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -275,5 +277,78 @@ func TestTokenAPIOnTheAppsOwnTokens(t *testing.T) {
 	code, tok, body = h.fetchToken(h.internal, carol, "linkedin", serviceToken)
 	if code != http.StatusOK || tok.AccessToken != "app-after-rollback" {
 		t.Errorf("after the app wrote a newer token: %d %s, want the app's", code, body)
+	}
+}
+
+// readConcurrently reads user's token on platform n times at once and
+// returns how often each answer (token and status) came.
+func (h *harness) readConcurrently(n int, user, platform string) map[string]int {
+	h.t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]int{}
+	for range n {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", h.internal+"/api/internal/credentials/"+user+"/"+platform+"/token", nil)
+			req.Header.Set("Authorization", "Bearer "+serviceToken)
+			resp, err := client.Do(req)
+			if err != nil {
+				h.t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			var tok tokenResponse
+			json.NewDecoder(resp.Body).Decode(&tok)
+			mu.Lock()
+			seen[tok.AccessToken+"/"+resp.Status]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return seen
+}
+
+// A min_validity longer than the platform's tokens live (3h against X's
+// 2 h) renewed at every read: twenty concurrent reads renewed one account
+// four times and got four tokens, and each later read renewed again,
+// rotating X's refresh token. A token is never renewed on a read in the
+// first half of its life, and concurrent readers share one renewal.
+// Issue 26, item 13.
+func TestTokenAPIMinValidityLongerThanTheTokenLife(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken + "\n\t\tmin_validity 3h",
+		caddyGlobals: "log {\n\t\toutput file " + logFile + "\n\t}"})
+	// The setting is named at start, with the platform's lifetime.
+	logs, err := os.ReadFile(logFile)
+	if err != nil || !strings.Contains(string(logs), "min_validity 3h is more than half the life of twitter's access tokens (2h)") {
+		t.Errorf("no warning naming X's 2 h tokens in the log (%v)", err)
+	}
+	if strings.Contains(string(logs), "linkedin's access tokens") {
+		t.Error("a warning for LinkedIn's 60-day tokens")
+	}
+	h.connect(alice, "twitter")
+	for _, step := range []struct {
+		advance  time.Duration
+		renewals int
+	}{
+		{0, 0},                // just issued: served as it is
+		{50 * time.Minute, 0}, // 70 minutes left, still in the first half of its life
+		{15 * time.Minute, 1}, // 55 minutes left: renewed, once for all readers
+		{0, 0},                // the renewed token is fresh
+		{30 * time.Minute, 0}, // and stays so for its first hour
+	} {
+		h.sandbox.Clock().Advance(step.advance)
+		before := h.sandbox.Stats()["twitter"]
+		seen := h.readConcurrently(20, alice, "twitter")
+		after := h.sandbox.Stats()["twitter"]
+		if after.Refreshes-before.Refreshes != step.renewals || after.RefreshReuse != 0 || len(seen) != 1 {
+			t.Fatalf("after %v more: 20 concurrent reads caused %d renewals (%d refresh-token reuses) and answered %d ways %v; want %d renewals and one token",
+				step.advance, after.Refreshes-before.Refreshes, after.RefreshReuse, len(seen), seen, step.renewals)
+		}
+		for k := range seen {
+			if !strings.HasSuffix(k, "/200 OK") || !h.worksAtSandbox("twitter", strings.TrimSuffix(k, "/200 OK")) {
+				t.Fatalf("answer %q is not a working token", k)
+			}
+		}
 	}
 }

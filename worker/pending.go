@@ -77,6 +77,9 @@ type renewal struct {
 	// renewal that never finished; its answer may be lost). Audits of
 	// this renewal's outcome say so.
 	tookOver bool
+	// done is closed when the renewal's transaction is over (settle):
+	// this process's callers waiting for it look again then.
+	done chan struct{}
 }
 
 // answer is what storeAnswer needs to store a platform's answer again.
@@ -104,12 +107,23 @@ var processID = func() string {
 }()
 
 // takeLease takes accountID's lease for one renewal. taken is false, with
-// how long the other lease still runs, when another renewal holds it.
+// how long the other lease still runs, when another renewal holds it; a
+// renewal of this process that holds it, or is taking it, counts as
+// holding it (left is then 0), so that no two renewals of one process
+// race for the lease and the one that loses finds it unmarked.
 func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewal, taken bool, left time.Duration, err error) {
+	done := make(chan struct{})
+	if _, busy := r.local.LoadOrStore(accountID, done); busy {
+		return nil, false, 0, nil
+	}
 	lease := vault.RenewalLease{AccountID: accountID, Owner: fmt.Sprintf("%s/%d", processID, leaseSeq.Add(1))}
 	ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
 	defer cancel()
 	taken, left, tookOver, err := vault.TakeRenewalLease(ctx, r.DB, accountID, lease.Owner, r.leaseFor())
+	if err != nil || !taken {
+		r.local.CompareAndDelete(accountID, done)
+		close(done)
+	}
 	if err != nil {
 		// The insert may have committed although its answer was lost
 		// (the path broke on the way back): release what may be there,
@@ -124,7 +138,22 @@ func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewa
 		r.logger().Warn("renewing an account whose previous renewal never finished (its process stopped); if the platform refuses the refresh token now, its answer was lost",
 			zap.String("account_id", accountID))
 	}
-	return &renewal{lease: lease, tookOver: tookOver}, true, 0, nil
+	return &renewal{lease: lease, tookOver: tookOver, done: done}, true, 0, nil
+}
+
+// awaitLocal waits for the renewal of account id that this process has in
+// flight, if any, for at most as long as a renewal's own budget.
+func (r *Refresher) awaitLocal(id string) {
+	v, ok := r.local.Load(id)
+	if !ok {
+		return
+	}
+	t := time.NewTimer(r.providerTimeout() + renewalWriteBudget)
+	defer t.Stop()
+	select {
+	case <-v.(chan struct{}):
+	case <-t.C:
+	}
 }
 
 // settle ends a renewal after its transaction: with an answer the
@@ -132,6 +161,10 @@ func (r *Refresher) takeLease(ctx context.Context, accountID string) (rn *renewa
 // background (Wait waits for it); otherwise the lease is released (best
 // effort: it runs out anyway).
 func (r *Refresher) settle(rn *renewal, txErr error) {
+	// Waiters look at what the transaction stored; a store still being
+	// retried holds the lease, and they answer as for another process's.
+	r.local.CompareAndDelete(rn.lease.AccountID, rn.done)
+	close(rn.done)
 	if txErr != nil && rn.answered != nil {
 		r.logger().Warn("storing a renewed token failed after the platform answered; retrying on a fresh connection",
 			zap.String("platform", rn.answered.p.Name()), zap.String("account_id", rn.lease.AccountID), zap.Error(txErr))

@@ -177,8 +177,17 @@ func (p Policy) Next(r Renewal, a vault.Account, c vault.Credentials, now time.T
 
 // NeedsRenewal reports whether a token the app asked for must be renewed
 // first so that it stays valid for minValidity, and whether it can be.
+//
+// As in Next, a token in the first half of its life is never renewed:
+// minValidity counts for at most half the token's lifetime. A
+// minValidity longer than the platform's tokens live (3h against X's 2
+// hours) would otherwise renew at every read, each renewal's token no
+// better than the last, and rotate X's refresh token each time.
 func (p Policy) NeedsRenewal(r Renewal, a vault.Account, c vault.Credentials, now time.Time, minValidity time.Duration) (need, can bool) {
 	expiry := expiryOf(a, c)
+	if lifetime := expiry.Sub(issuedAt(a, c)); lifetime > 0 {
+		minValidity = min(minValidity, lifetime/2)
+	}
 	if expiry.IsZero() || expiry.Sub(now) >= minValidity {
 		return false, false
 	}

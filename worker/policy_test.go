@@ -83,3 +83,33 @@ func TestPolicyNeverRefreshesTheSameLifetimeTwice(t *testing.T) {
 		}
 	}
 }
+
+// A read's min_validity counts for at most half a token's life: asked for
+// more than the token can ever have (3h of X's 2 h tokens), a fresh token
+// is served as it is instead of being renewed at every read. Issue 26,
+// item 13.
+func TestNeedsRenewalNeverInTheFirstHalfOfALife(t *testing.T) {
+	t.Parallel()
+	issued := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	twitter := worker.Renewal{How: oauth.RenewWithRefreshToken}
+	x := vault.Credentials{AccessToken: secret.New("a"), RefreshToken: secret.New("r"), IssuedAt: issued, Expiry: issued.Add(2 * time.Hour)}
+	a := vault.Account{Status: vault.StatusConnected, UpdatedAt: issued}
+	for _, tc := range []struct {
+		minValidity, after time.Duration
+		need               bool
+	}{
+		{3 * time.Hour, 0, false},
+		{3 * time.Hour, 59 * time.Minute, false},
+		{3 * time.Hour, 61 * time.Minute, true},
+		{90 * time.Minute, 59 * time.Minute, false},
+		{90 * time.Minute, 61 * time.Minute, true},
+		{5 * time.Minute, 61 * time.Minute, false},
+		{5 * time.Minute, 116 * time.Minute, true},
+		{5 * time.Minute, 3 * time.Hour, true}, // expired
+	} {
+		need, can := worker.Policy{}.NeedsRenewal(twitter, a, x, issued.Add(tc.after), tc.minValidity)
+		if need != tc.need || (need && !can) {
+			t.Errorf("min_validity %v, %v after issue: need %v can %v, want need %v", tc.minValidity, tc.after, need, can, tc.need)
+		}
+	}
+}

@@ -72,6 +72,10 @@ type Refresher struct {
 
 	flight  singleflight.Group
 	pending sync.WaitGroup // stores being retried
+	// local holds, per account id, a channel closed when the renewal of
+	// this process that holds the account's lease ends: callers that
+	// find the lease taken by it wait for it (whileLeased).
+	local sync.Map
 }
 
 func (r *Refresher) now() time.Time {
@@ -180,7 +184,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		return Token{}, err
 	}
 	if !taken {
-		return r.whileLeased(ctx, id, left, rejected)
+		return r.whileLeased(ctx, p, id, left, minValidity, rejected)
 	}
 	var out Token
 	// failure is reported after the commit: the audit row and the status
@@ -258,10 +262,14 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 	return out, failure
 }
 
-// whileLeased answers a caller whose renewal found another one in flight
-// (in this process or another): the stored token while it still works,
-// else ErrRenewalPending.
-func (r *Refresher) whileLeased(ctx context.Context, id string, left time.Duration, rejected secret.Value) (Token, error) {
+// whileLeased answers a caller whose renewal found another one in flight.
+// One of this process (a worker's, or one asked for another reason: a
+// read near expiry, a token the platform refused) is waited for, so that
+// the caller shares it as if it had joined it. Then, or for one of
+// another process at once: the stored token while it still works, else
+// ErrRenewalPending.
+func (r *Refresher) whileLeased(ctx context.Context, p *oauth.Provider, id string, left, minValidity time.Duration, rejected secret.Value) (Token, error) {
+	r.awaitLocal(id)
 	a, c, err := r.Accounts.GetByID(ctx, r.DB, id)
 	if err != nil {
 		return Token{}, err
@@ -269,8 +277,9 @@ func (r *Refresher) whileLeased(ctx context.Context, id string, left time.Durati
 	if !rejected.IsZero() && c.AccessToken.Reveal() != rejected.Reveal() {
 		return Token{Account: a, Credentials: c}, nil // replaced meanwhile
 	}
-	if rejected.IsZero() && r.now().Before(expiryOf(a, c)) {
-		return Token{Account: a, Credentials: c, RenewalFailed: true}, nil
+	if now := r.now(); rejected.IsZero() && now.Before(expiryOf(a, c)) {
+		need, _ := r.Policy.NeedsRenewal(RenewalOf(p), a, c, now, minValidity)
+		return Token{Account: a, Credentials: c, RenewalFailed: need}, nil
 	}
 	r.logger().Debug("renewal in flight elsewhere; the stored token has expired", zap.String("account_id", id), zap.Duration("lease_left", left))
 	return Token{}, ErrRenewalPending

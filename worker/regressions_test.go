@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -326,5 +327,60 @@ func TestAJobWhoseBlobDoesNotOpenIsReported(t *testing.T) {
 	}
 	if n := e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'decrypt_failed'`); n != 1 {
 		t.Errorf("%d decrypt_failed audit rows, want 1", n)
+	}
+}
+
+// Issue 26, item 13: readers of one account in one process share one
+// renewal whatever asked for it. A read renewing a token near expiry and
+// an egress call renewing the same token after the platform refused it
+// took turns at the lease: the loser got the refused token (still within
+// its expiry) or 503 renewal_pending, instead of the renewal in flight.
+func TestReadersAndARefusalShareOneRenewal(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	u := userID(31)
+	e.connect("twitter", u)
+	e.clock.Advance(117 * time.Minute) // 3 minutes left: inside min_validity
+	_, old, err := e.accounts.Get(context.Background(), e.pool, u, "twitter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The platform takes its time, so that every caller comes while the
+	// renewal is in flight.
+	e.sandbox.SetFault("twitter.token", sandbox.Fault{Latency: sandbox.Duration(time.Second)})
+	r := e.refresher(pgtest.Pool(t, e.url+"&pool_max_conns=20"), nil)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	answers := map[string]int{}
+	for i := range 20 {
+		wg.Go(func() {
+			var tok worker.Token
+			var err error
+			if i%2 == 0 {
+				tok, err = r.EnsureFresh(context.Background(), u, "twitter", 5*time.Minute, "token_api")
+			} else {
+				tok, err = r.RenewRejected(context.Background(), u, "twitter", old.AccessToken, "egress")
+			}
+			key := "a new token"
+			switch {
+			case err != nil:
+				key = err.Error()
+			case tok.Credentials.AccessToken.Reveal() == old.AccessToken.Reveal():
+				key = "the refused token"
+			case tok.RenewalFailed:
+				key = "a new token marked as a failed renewal"
+			}
+			mu.Lock()
+			answers[key]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if st := e.sandbox.Stats()["twitter"]; st.Refreshes != 1 || st.RefreshReuse != 0 || answers["a new token"] != 20 {
+		t.Fatalf("%d renewals, %d refresh-token reuses, answers %v; want 1, 0 and a new token for all 20", st.Refreshes, st.RefreshReuse, answers)
+	}
+	e.sandbox.SetFault("twitter.token", sandbox.Fault{})
+	if err := e.works(u, "twitter"); err != nil {
+		t.Fatal(err)
 	}
 }
