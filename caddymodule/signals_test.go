@@ -23,7 +23,18 @@ import (
 // value by the given labels joined with "/".
 func promVector(t *testing.T, promURL, expr string, by ...string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(promURL + "/api/v1/query?query=" + url.QueryEscape(expr))
+	return promVectorAt(t, promURL, time.Time{}, expr, by...)
+}
+
+// promVectorAt is promVector evaluated at a given instant (zero: now):
+// two queries compared with each other must see the same samples.
+func promVectorAt(t *testing.T, promURL string, at time.Time, expr string, by ...string) map[string]float64 {
+	t.Helper()
+	q := "/api/v1/query?query=" + url.QueryEscape(expr)
+	if !at.IsZero() {
+		q += fmt.Sprintf("&time=%.3f", float64(at.UnixMilli())/1000)
+	}
+	resp, err := http.Get(promURL + q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,8 +211,11 @@ func TestDashboardRatesEqualTheAuditLogs(t *testing.T) {
 	if got := promVector(t, promURL, panelExpr(t, "Token refresh success rate"), "platform")["twitter"]; math.Abs(got-renewals.Rate) > 0.001 {
 		t.Errorf("renewals: the dashboard's success rate %.4f, the audit log's %.4f", got, renewals.Rate)
 	}
-	declined := promVector(t, promURL, panelExpr(t, "Declined at the consent screen"), "platform", "flow")
-	errs := promVector(t, promURL, `sum by (platform, flow) (`+panelExpr(t, "Errors by platform")+`)`, "platform", "flow")
+	// Both at one instant: a scrape between two queries each evaluated
+	// at its own "now" moved one rate and not the other.
+	at := time.Now()
+	declined := promVectorAt(t, promURL, at, panelExpr(t, "Declined at the consent screen"), "platform", "flow")
+	errs := promVectorAt(t, promURL, at, `sum by (platform, flow) (`+panelExpr(t, "Errors by platform")+`)`, "platform", "flow")
 	for key, a := range audit {
 		// Rates over the same samples: their ratio is the counts'.
 		if d, e := declined[key], errs[key]; e == 0 || math.Abs(d/e-float64(a.Declined)/float64(a.Failed)) > 0.001 {
