@@ -9,10 +9,10 @@ package demo_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,10 +24,15 @@ import (
 
 	_ "github.com/credgate/credgate/caddymodule"
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/internal/testport"
 )
 
-// The demo's fixed ports: the page and the sandbox link to each other.
-var demoPorts = []int{8080, 8081, 3000, 9090, 9180}
+// demoPorts are the variables that move the demo's listeners
+// (examples/sandbox.Caddyfile): the test takes free ports, so that it
+// never shares one with a running `make demo` or another test (Caddy binds
+// with SO_REUSEPORT: a shared port would split connections silently).
+var demoPorts = []string{"CREDGATE_DEMO_PORT", "CREDGATE_DEMO_INTERNAL_PORT", "CREDGATE_DEMO_APP_PORT",
+	"CREDGATE_DEMO_SANDBOX_PORT", "CREDGATE_DEMO_METRICS_PORT"}
 
 const alice = "11111111-1111-4111-8111-111111111111"
 
@@ -65,11 +70,8 @@ func chromium(t *testing.T) string {
 // database, with its own flag file.
 func startDemo(t *testing.T) (flagFile string) {
 	t.Helper()
-	for _, port := range demoPorts {
-		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
-			c.Close()
-			t.Fatalf("port %d is in use (a running `make demo`?): the browser test needs the demo's ports", port)
-		}
+	for _, name := range demoPorts {
+		t.Setenv(name, strconv.Itoa(testport.Free(t)))
 	}
 	db := pgtest.Database(t)
 	flagFile = filepath.Join(t.TempDir(), "flags.json")
@@ -161,7 +163,7 @@ func TestDemoInABrowser(t *testing.T) {
 	}
 
 	// Sign in.
-	do("sign in", chromedp.Navigate("http://localhost:8080/"),
+	do("sign in", chromedp.Navigate("http://localhost:"+os.Getenv("CREDGATE_DEMO_PORT")+"/"),
 		chromedp.Click(chromedp.ID("signin-alice")),
 		chromedp.WaitVisible(chromedp.ID("connect-twitter")))
 	// The page signs in as a current Supabase app does: @supabase/ssr's
