@@ -17,6 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CADDY_BIN=${CADDY_BIN:-bin/caddy}
 ports=(8080 8081 3000 9090 9180)
+# The demo's own ports, whatever the environment says (the Caddyfile
+# would otherwise move them away from the ones checked and printed here).
+unset CREDGATE_DEMO_PORT CREDGATE_DEMO_INTERNAL_PORT CREDGATE_DEMO_APP_PORT CREDGATE_DEMO_SANDBOX_PORT CREDGATE_DEMO_METRICS_PORT
 demo=.demo
 
 say() { printf 'make demo: %s\n' "$*"; }
