@@ -260,7 +260,10 @@ func (g *Guard) Run(ctx context.Context, interval time.Duration) {
 	defer t.Stop()
 	failing := false
 	for {
-		tctx, cancel := context.WithTimeout(ctx, tickTimeout)
+		// Not cancelled by ctx (see flushloop.Run): a stop must not cut
+		// the tick's flush between PostgreSQL's commit and the counters
+		// hearing of it, or the last flush adds the same outcomes again.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tickTimeout)
 		err := g.Tick(tctx)
 		cancel()
 		switch {

@@ -24,7 +24,12 @@ func Run(ctx context.Context, interval, budget time.Duration, flush func(context
 			cancel()
 			return
 		case <-t.C:
-			tick, cancel := context.WithTimeout(ctx, budget)
+			// Not cancelled by ctx: a stop that cancelled a flush in
+			// flight could cut it after PostgreSQL committed and before
+			// the counters heard, and the last flush would then add the
+			// same counts again (seen under load: a window counted
+			// twice). The stop waits for it instead; the budget bounds it.
+			tick, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
 			_ = flush(tick)
 			cancel()
 		}
