@@ -78,7 +78,14 @@ func TestNoGrantIsLostToADatabaseFault(t *testing.T) {
 			run(t, wb)
 
 			e.clock.Advance(110 * time.Minute)
-			waitFor(t, 20*time.Second, "renewals in flight", func() bool { return e.sandbox.Stats()["twitter"].Refreshes >= 8 })
+			// The fault must meet replica a with renewals of its own in
+			// flight (claimed, at the platform): on a loaded machine b
+			// could otherwise hold every running job just then, and the
+			// fault would miss the window the test is about.
+			waitFor(t, 20*time.Second, "renewals in flight", func() bool {
+				return e.sandbox.Stats()["twitter"].Refreshes >= 8 &&
+					e.scalar(`SELECT count(*) FROM token_refresh_queue WHERE status = 'running' AND locked_by = 'a'`) >= 2
+			})
 			fault(proxyA)
 			time.Sleep(time.Second)
 			proxyA.Up(t)
