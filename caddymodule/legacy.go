@@ -101,14 +101,7 @@ func (h *Handler) countLegacyOutcome(r *http.Request, platform, state, code stri
 		return false
 	}
 	took := time.Since(flow.StartedAt)
-	outcome := h.app.rollout.Outcomes()
-	switch {
-	case code == string(oauth.CodeAccessDenied):
-	case userCaused:
-		outcome.RecordUserCaused(flags.ArmLegacy, platform, flow.UserID)
-	default:
-		outcome.Record(flags.ArmLegacy, platform, code == "")
-	}
+	h.app.recordOutcome(flags.ArmLegacy, platform, flow.UserID, code, userCaused)
 	h.app.metrics.Connection(platform, telemetry.FlowLegacy, code, took)
 	status := vault.Success
 	if code != "" {
@@ -152,6 +145,26 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, target.String(), http.StatusFound)
 	return nil
+}
+
+// recordOutcome counts a finished flow of arm for the rollout guard, the
+// same way on both arms. A decline at the consent screen says nothing
+// about the flow's health: not counted. A failure the user could have
+// caused on purpose (userCaused: an error= on the callback URL, a code
+// the platform refused) counts once per user per window, and only in
+// numbers (guard.Config.Judged): otherwise one account could halt the
+// rollout for everyone. Anything else is a success ("") or a failure the
+// platform, the app or credgate caused. The metrics and the audit log
+// count every one.
+func (a *App) recordOutcome(arm flags.Arm, platform, user, code string, userCaused bool) {
+	outcomes := a.rollout.Outcomes()
+	switch {
+	case telemetry.Outcome(code) == telemetry.Declined:
+	case userCaused:
+		outcomes.RecordUserCaused(arm, platform, user)
+	default:
+		outcomes.Record(arm, platform, code == "")
+	}
 }
 
 // startLegacyFlow hands the start to the app and, when the app answers

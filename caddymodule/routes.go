@@ -359,23 +359,10 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 	http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 
-	outcome := h.app.rollout.Outcomes()
-	// fail ends the flow with code. What the guard makes of it: a user who
-	// declines at the consent screen says nothing about the flow's health
-	// (and the legacy arm cannot see declines): not counted. A failure the
-	// user could have caused on purpose (userCaused: an error= on the
-	// callback URL, a code the platform refused) counts once per user per
-	// window, and only in numbers (guard.Config.Judged): otherwise one
-	// account could halt the rollout for everyone. The metrics and the
-	// audit log count every one.
+	// fail ends the flow with code: for the guard (recordOutcome), the
+	// metrics and the audit log.
 	fail := func(code oauth.Code, userCaused bool) {
-		switch {
-		case code == oauth.CodeAccessDenied:
-		case userCaused:
-			outcome.RecordUserCaused(flags.ArmNew, platform, st.UserID)
-		default:
-			outcome.Record(flags.ArmNew, platform, false)
-		}
+		h.app.recordOutcome(flags.ArmNew, platform, st.UserID, string(code), userCaused)
 		h.app.metrics.Connection(platform, telemetry.FlowNew, string(code), time.Since(st.CreatedAt))
 		// A fresh budget: the exchange may have used up the request's.
 		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
@@ -434,12 +421,12 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	if err != nil {
 		h.logger.Error("storing credentials", zap.String("user_id", st.UserID), zap.String("platform", platform), errField(err))
 		h.storeFailed(r, p, platform, st, tok)
-		outcome.Record(flags.ArmNew, platform, false)
+		h.app.recordOutcome(flags.ArmNew, platform, st.UserID, telemetry.CodeStorageUnavailable, false)
 		h.app.metrics.Connection(platform, telemetry.FlowNew, telemetry.CodeStorageUnavailable, time.Since(st.CreatedAt))
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
 		return
 	}
-	outcome.Record(flags.ArmNew, platform, true)
+	h.app.recordOutcome(flags.ArmNew, platform, st.UserID, "", false)
 	h.app.metrics.Connection(platform, telemetry.FlowNew, "", time.Since(st.CreatedAt))
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
 }
