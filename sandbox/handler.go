@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -189,7 +190,7 @@ var consentPage = template.Must(template.New("consent").Parse(`<!doctype html>
 <p><strong>{{.ClientID}}</strong> asks for: <code>{{.Scope}}</code></p>
 <form method="post">
 {{range $k, $v := .Params}}<input type="hidden" name="{{$k}}" value="{{$v}}">
-{{end}}<label>Sign in as <input name="sandbox_user" value="sandbox-user"></label>
+{{end}}<label>Sign in as <input name="sandbox_user" value="{{.User}}"></label>
 <p><button name="decision" value="approve" id="approve">Authorize app</button>
 <button name="decision" value="deny" id="deny">Cancel</button></p>
 </form></body></html>`))
@@ -260,7 +261,8 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, platform stri
 				params[k] = q.Get(k)
 			}
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			consentPage.Execute(w, map[string]any{"Platform": platform, "ClientID": clientID, "Scope": q.Get("scope"), "Params": params})
+			consentPage.Execute(w, map[string]any{"Platform": platform, "ClientID": clientID, "Scope": q.Get("scope"),
+				"Params": params, "User": signedInUser(r)})
 			return
 		}
 	}
@@ -285,10 +287,27 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, platform stri
 	c := randomString(24)
 	s.mu.Lock()
 	s.codes[c] = &code{app: a, redirect: redirect, challenge: challenge, scopes: splitScope(q.Get("scope")),
-		user: userFor(platform, q.Get("sandbox_user")), issued: s.clock.Now()}
+		user: userFor(platform, cmp.Or(q.Get("sandbox_user"), signedInUser(r))), issued: s.clock.Now()}
 	s.stats[platform].CodesIssued++
 	s.mu.Unlock()
 	redirectBack(w, r, platform, redirect, url.Values{"code": {c}, "state": {state}})
+}
+
+// UserCookie names the sandbox's stand-in for a platform session: the
+// person signed in at the platform, whose account a consent grants
+// (default "sandbox-user"). The consent form's sandbox_user field, when
+// sent, wins. The demo page sets it at sign-in, so that each demo user
+// connects accounts of their own (cookies are per host, not per port:
+// the app on localhost:8080 can set one the sandbox on localhost:9090
+// reads).
+const UserCookie = "sandbox_user"
+
+// signedInUser is the platform user UserCookie names, else "sandbox-user".
+func signedInUser(r *http.Request) string {
+	if c, err := r.Cookie(UserCookie); err == nil && c.Value != "" {
+		return c.Value
+	}
+	return "sandbox-user"
 }
 
 // redirectBack sends the browser to the app, with Facebook's #_=_ and
