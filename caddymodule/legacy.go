@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/flags"
@@ -115,35 +114,23 @@ func (h *Handler) countLegacyOutcome(r *http.Request, platform, state, code stri
 }
 
 // legacyStart handles the app's own "connect" route: the rollout decides,
-// once per flow, whether this user goes to the new flow (302 to the new
-// start route, which stores the decision with the flow's state) or stays
-// with the app. No identity means legacy. With legacy off everyone goes to
-// the new flow.
+// once per flow (decideConnect), whether this user goes to the new flow
+// (302 to the new start route, which stores the decision with the flow's
+// state) or stays with the app. No identity means legacy. With legacy off
+// everyone goes to the new flow. A browser the decision route already
+// sent here on the legacy arm carries its decision (decidedLegacy): it
+// goes to the app without a second decision.
 func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
-	if !h.legacyOff {
-		who := h.identify(w, r, telemetry.RouteConnect)
-		h.watchIdentity(r.Context(), who.Result, p.Name())
-		// Decide with no user too: it answers legacy with reason
-		// no_identity, counted like every other decision.
-		d := h.app.rollout.Decide(r.Context(), who.UserID, p.Name())
-		if d.Arm == flags.ArmNew && !h.newFlowCanStart(r.Context()) {
-			// The legacy flow needs no credgate database: the user
-			// connects through the app rather than meeting a 503.
-			d = flags.Decision{Arm: flags.ArmLegacy, Variant: d.Variant, Reason: flags.ReasonStoreUnavailable}
-		}
-		h.app.metrics.Decision(p.Name(), string(d.Arm), string(d.Reason))
-		_, span := h.app.tracer().Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
-			telemetry.AttrPlatform.String(p.Name()), telemetry.AttrFlow.String(string(d.Arm)),
-			telemetry.AttrRolloutReason.String(string(d.Reason)), telemetry.AttrIdentity.String(string(who.Result))))
-		span.End()
-		if d.Arm != flags.ArmNew {
-			return h.startLegacyFlow(w, r, next, p.Name(), who.UserID)
-		}
-		h.logger.Debug("rollout: new flow", zap.String("platform", p.Name()), zap.String("reason", string(d.Reason)))
+	if user, ok := h.decidedLegacy(w, r, p.Name()); ok {
+		return h.startLegacyFlow(w, r, next, p.Name(), user)
 	}
-	target := url.URL{Path: "/api/auth/oauth/" + p.Name(), RawQuery: url.Values{"return_to": {h.legacyReturnTo(r)}}.Encode()}
+	d, user := h.decideConnect(w, r, p.Name())
+	if d.Arm != flags.ArmNew {
+		return h.startLegacyFlow(w, r, next, p.Name(), user)
+	}
+	h.logger.Debug("rollout: new flow", zap.String("platform", p.Name()), zap.String("reason", string(d.Reason)))
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, target.String(), http.StatusFound)
+	http.Redirect(w, r, newStartTarget(p.Name(), h.legacyReturnTo(r)), http.StatusFound)
 	return nil
 }
 

@@ -40,6 +40,7 @@ import (
 //	POST   /api/maintenance/cleanup                (admin) delete expired states
 //	GET    /api/credentials/rollout                (admin) percentage, kill switch, guard, windowed success per platform
 //	POST   /api/credentials/rollout/resume         (admin) clear a guard halt: {"platform": "…", "by": "…"}
+//	GET    /api/credentials/rollout/{platform}     this user's rollout decision and where to send the browser (rollout_decision.go)
 //	*      /api/internal/credentials/…             404: the token API (credgate_tokens) is never public
 //
 // Anything else under /api/ goes to the next handler.
@@ -73,6 +74,9 @@ func (h *Handler) route(method, path string) http.HandlerFunc {
 		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.rolloutRoute})
 	case "/api/credentials/rollout/resume":
 		return h.methods(map[string]http.HandlerFunc{http.MethodPost: h.resumeRoute})
+	}
+	if platform, ok := strings.CutPrefix(path, rolloutDecisionPrefix); ok && platform != "" && !strings.Contains(platform, "/") {
+		return h.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { h.rolloutDecision(w, r, platform) }})
 	}
 	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
 		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok && !strings.Contains(platform, "/") {
