@@ -71,7 +71,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Created table: token_refresh_queue\n",
 		"✓ Added columns to social_accounts: credentials_encrypted,",
 		"✓ Added columns to credential_audit_log: events\n",
-		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases, credgate_settings, backend_reads, legacy_flows\n",
+		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases, credgate_settings, backend_reads, legacy_flows, credgate_webhook_outbox\n",
 		"✓ Schema at version 8\n",
 	} {
 		if !strings.Contains(out, want) {

@@ -70,11 +70,12 @@ func Files() fs.FS { return files }
 // guarded rollout's window and latch (003), then the shared count of
 // rollout decisions (004), then the renewals in flight (005), then the
 // operator's settings for sharing the table with the app (006), then the
-// legacy flows credgate saw begin (008). 007 adds
+// legacy flows credgate saw begin (008), then the account events for the
+// app's webhook (009). 007 adds
 // no table: a column on the audit log (AuditColumns).
 var Tables = []string{"oauth_states", "credential_audit_log", "token_refresh_queue", "encryption_keys",
 	"credential_audit_daily", "credential_audit_rollups", "rollout_outcomes", "rollout_halts", "rollout_decisions", "renewal_leases",
-	"credgate_settings", "backend_reads", "legacy_flows"}
+	"credgate_settings", "backend_reads", "legacy_flows", "credgate_webhook_outbox"}
 
 // AccountColumns are the columns credgate adds to the app's social_accounts.
 var AccountColumns = []string{

@@ -111,6 +111,9 @@ type Connection struct {
 type Accounts struct {
 	keys     *Keyring
 	settings SettingsSource
+	// outbox announces the account events the app's webhook wants; nil
+	// (no webhook) announces none.
+	outbox *Outbox
 }
 
 // NewAccounts returns the account store, with the default settings
@@ -123,6 +126,17 @@ func NewAccounts(keys *Keyring) *Accounts {
 // UseSettings makes the store act on the operator's settings read from
 // src (a SettingsCache in a running instance).
 func (s *Accounts) UseSettings(src SettingsSource) { s.settings = src }
+
+// UseOutbox makes every change the app's webhook wants to hear of write
+// its event to o, in the same statement or transaction as the change.
+func (s *Accounts) UseOutbox(o *Outbox) { s.outbox = o }
+
+// Announce writes e to the outbox (when the webhook wants its kind), in
+// the caller's transaction: for events the account's own changes do not
+// write (a renewal job that gave up).
+func (s *Accounts) Announce(ctx context.Context, db DB, e AccountEvent) error {
+	return s.outbox.Append(ctx, db, e)
+}
 
 // Settings returns the settings the store acts on.
 func (s *Accounts) Settings(ctx context.Context) (Settings, error) { return s.settings.Get(ctx) }
@@ -276,7 +290,9 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 	args := make([]any, 0, 20)
 	args = append(args, id, c.UserID, settings.AppPlatform(c.Platform), blob, int64(s.keys.PrimaryID()), nullTime(c.Credentials.Expiry),
 		c.Scopes, c.PlatformUserID, c.Username, c.ConnectedVia)
-	v := storeVariant{job: !jobAt.IsZero(), audit: audit != nil}
+	// A connect (it has its audit row) is announced to the app's webhook,
+	// from the row it wrote, in the same statement; a backfill is not.
+	v := storeVariant{job: !jobAt.IsZero(), audit: audit != nil, announce: audit != nil && s.outbox.Wants(EventConnected)}
 	if settings.TransitionMode {
 		// Transition mode: the unchanged app reads its own columns, so
 		// they get the new token too (and so do bind parameters, which
@@ -297,6 +313,15 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 		}
 		args = append(args, e.args()...)
 	}
+	if v.announce {
+		data := map[string]any{"connected_via": string(c.ConnectedVia), "scopes": c.Scopes}
+		if c.Scopes == nil {
+			data["scopes"] = []string{}
+		}
+		e := AccountEvent{Kind: EventConnected, Platform: c.Platform, Data: data}.args()
+		args = append(args, e[0], e[3], e[4]) // kind, platform, data: the statement takes the rest from the row
+
+	}
 	acct, err := scanAccount(db.QueryRow(ctx, settings.Columns.SQL(storeStatement(v)), args...))
 	if errors.Is(err, pgx.ErrNoRows) || tookAnotherID(err) {
 		return Account{}, errAnotherID
@@ -311,6 +336,8 @@ func (s *Accounts) write(ctx context.Context, db DB, c Connection, id string, jo
 // storeVariant is which of the store statement's parts are in.
 type storeVariant struct {
 	job, audit bool
+	// announce: the connect's account.connected event is written too.
+	announce bool
 	// plaintext: transition mode, the app's plaintext columns (and its
 	// expiry column, when named) are written too.
 	plaintext    bool
@@ -323,8 +350,10 @@ var storeStatements sync.Map
 // storeStatement is the store statement for v, built once: credentialUpsert's
 // ten parameters, then the plaintext pair and the app's expiry (in
 // transition mode), then the job's run time (with the job), then the
-// audit event's (with the audit row). The job and the audit row are
-// written from the upserted row, so all three are written or none.
+// audit event's (with the audit row), then the account.connected event's
+// kind, platform and data (when announced). The job, the audit row and
+// the event are written from the upserted row, so all are written or
+// none.
 func storeStatement(v storeVariant) string {
 	if sql, ok := storeStatements.Load(v); ok {
 		return sql.(string)
@@ -337,6 +366,13 @@ func storeStatement(v storeVariant) string {
 	}
 	if v.audit {
 		sql += `, audited AS (` + auditInsertFrom("account", next) + `)`
+		next += 9
+	}
+	if v.announce {
+		// The event's kind, platform and data are parameters; its
+		// account and user come from the row written.
+		sql += fmt.Sprintf(`, announced AS (INSERT INTO credgate_webhook_outbox `+outboxColumns+`
+			SELECT $%d::text, id, user_id, $%d::text, $%d::jsonb FROM account)`, next, next+1, next+2)
 	}
 	// The row must have the id the blob was sealed for. A trigger of
 	// the app's could give a new row another one; then the cast
@@ -655,27 +691,58 @@ func (s *Accounts) ListOpened(ctx context.Context, db DB, userID string) ([]Open
 	return out, nil
 }
 
-// MarkStatus sets an account's status (needs_reauth after a dead refresh
-// token, expiring ahead of a Facebook re-auth …).
-func (s *Accounts) MarkStatus(ctx context.Context, db DB, id string, status Status) error {
+// MarkExpiring sets status expiring on account a, whose token only the
+// user can renew and which ends at expiresAt, and announces it
+// (account.expiring) when the status changed: a second look at an
+// account already expiring says nothing new.
+func (s *Accounts) MarkExpiring(ctx context.Context, db DB, a Account, expiresAt time.Time) error {
+	return s.markStatus(ctx, db, a, StatusExpiring, AccountEvent{Kind: EventExpiring,
+		Data: map[string]any{"expires_at": expiresAt.UTC().Format(time.RFC3339)}})
+}
+
+// MarkNeedsReauth sets status needs_reauth on account a: only the user
+// can make it work again, for reason (needs_reauth, or the platform's
+// code). It announces account.revoked when the platform refused the
+// grant (invalid_grant), account.needs_reauth otherwise, when the status
+// changed.
+func (s *Accounts) MarkNeedsReauth(ctx context.Context, db DB, a Account, reason string) error {
+	kind := EventNeedsReauth
+	if reason == "invalid_grant" {
+		kind = EventRevoked
+	}
+	return s.markStatus(ctx, db, a, StatusNeedsReauth, AccountEvent{Kind: kind, Data: map[string]any{"reason": reason}})
+}
+
+// markStatus sets a's status and, when it was another, writes event e
+// for a in the same transaction.
+func (s *Accounts) markStatus(ctx context.Context, db DB, a Account, status Status, e AccountEvent) error {
 	settings, err := s.settings.Get(ctx)
 	if err != nil {
 		return err
 	}
-	tag, err := db.Exec(ctx, settings.Columns.SQL(`UPDATE social_accounts SET {status} = $2, updated_at = now() WHERE id = $1`), id, status)
-	if err != nil {
-		return fmt.Errorf("marking account %s: %w", id, err)
-	}
-	if tag.RowsAffected() == 0 {
+	// The join reads the row as it was before the update (the statement's
+	// snapshot): whether the status changed, in the same round trip.
+	var before Status
+	err = db.QueryRow(ctx, settings.Columns.SQL(`UPDATE social_accounts AS a SET {status} = $2, updated_at = now()
+		FROM social_accounts AS b WHERE a.id = $1 AND b.id = a.id RETURNING b.{status}`), a.ID, status).Scan(&before)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrNotConnected
 	}
-	return nil
+	if err != nil {
+		return fmt.Errorf("marking account %s: %w", a.ID, err)
+	}
+	if before == status {
+		return nil
+	}
+	e.AccountID, e.UserID, e.Platform = a.ID, a.UserID, a.Platform
+	return s.outbox.Append(ctx, db, e)
 }
 
 // Disconnect wipes the account's credentials, the legacy plaintext columns
 // included (the app must not keep using a token the user withdrew), and
 // sets status disconnected. The row stays, so history and the audit trail
-// keep their subject.
+// keep their subject. It announces account.disconnected in a second
+// statement: run it in the transaction of the disconnect's audit row.
 func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform string) (Account, error) {
 	settings, err := s.settings.Get(ctx)
 	if err != nil {
@@ -694,6 +761,9 @@ func (s *Accounts) Disconnect(ctx context.Context, db DB, userID, platform strin
 		return Account{}, fmt.Errorf("disconnecting: %w", err)
 	}
 	acct.Platform = platform
+	if err := s.outbox.Append(ctx, db, AccountEvent{Kind: EventDisconnected, AccountID: acct.ID, UserID: acct.UserID, Platform: platform}); err != nil {
+		return Account{}, fmt.Errorf("disconnecting: %w", err)
+	}
 	return acct, nil
 }
 

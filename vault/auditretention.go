@@ -211,6 +211,8 @@ type Erasure struct {
 	// AuditRows are the audit rows whose user id was cleared; their
 	// counts stay.
 	AuditRows int64
+	// WebhookEvents are the user's events in the webhook outbox.
+	WebhookEvents int64
 }
 
 // ErrAccountsChanged: the user's accounts are not the ones the caller
@@ -232,7 +234,8 @@ type EraseOptions struct {
 }
 
 // EraseUser deletes the user's social_accounts rows (their refresh jobs
-// go with them), renewal leases and OAuth states in one transaction,
+// go with them), renewal leases, OAuth states and webhook events in one
+// transaction,
 // then clears user_id (and details.account_id) in every audit row of the
 // user, in batches, keeping each row's counts; it ends with a
 // user_erased row that names no user. Running it again finishes what a
@@ -272,6 +275,19 @@ func EraseUser(ctx context.Context, db DB, settings Settings, userID string, opt
 			return fmt.Errorf("deleting the user's OAuth states: %w", err)
 		}
 		e.States = tag.RowsAffected()
+		// The user's webhook events, delivered or not, name them: they
+		// go too (where migration 009 made the outbox).
+		var outbox bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass('credgate_webhook_outbox') IS NOT NULL`).Scan(&outbox); err != nil {
+			return fmt.Errorf("looking for the webhook outbox: %w", err)
+		}
+		if outbox {
+			tag, err := tx.Exec(ctx, `DELETE FROM credgate_webhook_outbox WHERE user_id = $1`, userID)
+			if err != nil {
+				return fmt.Errorf("deleting the user's webhook events: %w", err)
+			}
+			e.WebhookEvents = tag.RowsAffected()
+		}
 		return nil
 	})
 	if err != nil {
@@ -296,7 +312,7 @@ func EraseUser(ctx context.Context, db DB, settings Settings, userID string, opt
 			break
 		}
 	}
-	details := map[string]any{"accounts": len(e.Accounts), "oauth_states": e.States, "audit_rows": e.AuditRows}
+	details := map[string]any{"accounts": len(e.Accounts), "oauth_states": e.States, "audit_rows": e.AuditRows, "webhook_events": e.WebhookEvents}
 	for k, v := range opts.Details {
 		details[k] = v
 	}

@@ -100,7 +100,7 @@ func TestAccountsLifecycle(t *testing.T) {
 		t.Errorf("after CAS refresh token = %q", c.RefreshToken.Reveal())
 	}
 
-	if err := accounts.MarkStatus(ctx, pool, acct.ID, vault.StatusNeedsReauth); err != nil {
+	if err := accounts.MarkNeedsReauth(ctx, pool, acct, "needs_reauth"); err != nil {
 		t.Fatal(err)
 	}
 	if a, _, _ := accounts.Get(ctx, pool, alice, "twitter"); a.Status != vault.StatusNeedsReauth {

@@ -502,12 +502,12 @@ func errorCode(err error) string { return string(oauth.CodeOf(err)) }
 
 // markNeedsReauth records that only the user can renew the account.
 func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Account, cause error, rn *renewal) error {
-	if err := r.Accounts.MarkStatus(ctx, tx, a.ID, vault.StatusNeedsReauth); err != nil {
-		return err
-	}
 	code := string(oauth.CodeNeedsReauth)
 	if cause != nil {
 		code = errorCode(cause)
+	}
+	if err := r.Accounts.MarkNeedsReauth(ctx, tx, a, code); err != nil {
+		return err
 	}
 	details := map[string]any{"account_id": a.ID, "needs_reauth": true}
 	if rn != nil && rn.tookOver {

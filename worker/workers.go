@@ -279,7 +279,7 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 	case StepWait:
 		return ResultWaiting, w.reschedule(txCtx, tx, j, a, plan.At)
 	case StepMarkExpiring:
-		if err := r.Accounts.MarkStatus(txCtx, tx, a.ID, vault.StatusExpiring); err != nil {
+		if err := r.Accounts.MarkExpiring(txCtx, tx, a, plan.At); err != nil {
 			return "", err
 		}
 		if err := (vault.Audit{}).Append(txCtx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform,
@@ -332,6 +332,9 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 		return "", rerr, err
 	}
 	if dead {
+		if ferr == nil {
+			ferr = w.announceGaveUp(txCtx, tx, a, errorCode(rerr), j.Attempts)
+		}
 		return ResultDead, rerr, w.finish(ferr)
 	}
 	return ResultRetry, rerr, w.finish(ferr)
@@ -344,7 +347,19 @@ func (w *Workers) kill(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Acco
 		Details: map[string]any{"account_id": a.ID, "trigger": "refresh_worker", "attempt": j.Attempts, "dead": true}}); err != nil {
 		return err
 	}
-	return w.finish((vault.RefreshQueue{}).Kill(ctx, tx, j, w.Name, code))
+	if err := (vault.RefreshQueue{}).Kill(ctx, tx, j, w.Name, code); err != nil {
+		return w.finish(err)
+	}
+	return w.announceGaveUp(ctx, tx, a, code, j.Attempts)
+}
+
+// announceGaveUp tells the app's webhook that a's renewals stopped for a
+// reason that is not the user's (account.refresh_failed), in the
+// transaction that ends the job.
+func (w *Workers) announceGaveUp(ctx context.Context, tx pgx.Tx, a vault.Account, code string, attempts int) error {
+	return w.Refresher.Accounts.Announce(ctx, tx, vault.AccountEvent{Kind: vault.EventRefreshFailed,
+		AccountID: a.ID, UserID: a.UserID, Platform: a.Platform,
+		Data: map[string]any{"reason": code, "attempts": attempts}})
 }
 
 // undecryptable reports whether err means the blob does not open with
