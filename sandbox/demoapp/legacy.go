@@ -118,7 +118,7 @@ func (a *App) disconnect(w http.ResponseWriter, r *http.Request, platform string
 		writeError(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
 		return
 	}
-	if r.Header.Get("Sec-Fetch-Site") != "same-origin" && r.Header.Get("Origin") != a.origin {
+	if !a.sameOrigin(r) {
 		writeError(w, http.StatusForbidden, "cross_origin", "disconnect from the app's own pages")
 		return
 	}
@@ -137,4 +137,13 @@ func (a *App) disconnect(w http.ResponseWriter, r *http.Request, platform string
 func back(w http.ResponseWriter, r *http.Request, q url.Values) {
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, "/?"+q.Encode(), http.StatusFound)
+}
+
+// sameOrigin is credgate's own check for a disconnect: the Origin header
+// when the browser sends one, else Sec-Fetch-Site.
+func (a *App) sameOrigin(r *http.Request) bool {
+	if origin := r.Header.Get("Origin"); origin != "" {
+		return origin == a.origin
+	}
+	return r.Header.Get("Sec-Fetch-Site") == "same-origin"
 }
