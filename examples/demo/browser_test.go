@@ -1,14 +1,19 @@
 // Package demo_test drives the demo (examples/sandbox.Caddyfile and the
 // page in this directory) with Debian's Chromium, headless, as a person
-// would click through it: sign in, connect every platform through the
-// sandbox's consent pages, disconnect one, connect one on the legacy arm,
-// and deny consent once. It runs in `make test`; .ci/run installs
-// chromium when it is missing, and the test fails, saying so, without it.
+// would click through it: sign in, see each platform's rollout decision,
+// connect every platform through the sandbox's consent pages, disconnect
+// one, connect on the legacy arm and find the connection listed (each
+// demo user with accounts of their own), and deny consent once. It runs
+// in `make test`; .ci/run installs chromium when it is missing, and the
+// test fails, saying so, without it. Caddy's log goes to a file in the
+// test's temp dir, printed only when the test fails (internal/caddylog).
 package demo_test
 
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,12 +22,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/chromedp/chromedp"
 
 	_ "github.com/credgate/credgate/caddymodule"
+	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/internal/testport"
 )
@@ -92,16 +97,37 @@ func startDemo(t *testing.T) (flagFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := caddy.Load(cfg, true); err != nil {
+	if err := caddylog.Load(t, cfg); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { caddy.Stop() })
+	// Ready when service-health says so (the key check done, the flag
+	// file read): before that the rollout sends everyone to the app's
+	// flow (store_unavailable), which is right for users and wrong for
+	// what this test clicks.
+	health := "http://localhost:" + os.Getenv("CREDGATE_DEMO_PORT") + "/api/credentials/service-health"
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		req, _ := http.NewRequest(http.MethodGet, health, nil)
+		req.Header.Set("Authorization", "Bearer development-admin-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+			err = fmt.Errorf("%d %s", resp.StatusCode, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the demo is not ready after 30 s: %v", err)
+		}
+	}
 	return flagFile
 }
 
 func TestDemoInABrowser(t *testing.T) {
 	flagFile := startDemo(t)
 	db := os.Getenv("DATABASE_URL")
+	base := "http://localhost:" + os.Getenv("CREDGATE_DEMO_PORT")
 
 	// As root (CI) Chromium needs --no-sandbox.
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium(t)), chromedp.NoSandbox,
@@ -155,34 +181,83 @@ func TestDemoInABrowser(t *testing.T) {
 	connect := func(platform, button string) (string, string) {
 		t.Helper()
 		do("connect "+platform,
+			chromedp.WaitVisible(chromedp.CSS("#rollout-"+platform+"[data-flow]")), // the page asked the rollout
 			chromedp.Click(chromedp.ID("connect-"+platform)),
 			chromedp.WaitVisible(chromedp.ID(button)), // the sandbox's consent page
 			chromedp.Click(chromedp.ID(button)),
 			chromedp.WaitVisible(chromedp.ID("connect-"+platform))) // back on the app
 		return noticeOf()
 	}
+	// cleanURL: once the notice is shown, the address bar has lost the
+	// outcome's parameters (and Facebook's #_=_), so a reload does not
+	// show it again.
+	cleanURL := func(after string) {
+		t.Helper()
+		if u := read("the address", `location.pathname + location.search + location.hash`); u != "/" {
+			t.Errorf("after %s the address is %q, want / (the notice's parameters removed)", after, u)
+		}
+	}
+	// decision waits for the page's rollout row of platform to say percent
+	// and returns where a click goes and why. The route reads a
+	// platform's percentage at most every 5 s, so the page is reloaded
+	// until the new one shows.
+	decision := func(platform, percent string) (flow, reason string) {
+		t.Helper()
+		row := "#rollout-" + platform
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			do("reload", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(row+"[data-flow]")))
+			got := read("the percentage", `document.querySelector("`+row+`").dataset.percentage`)
+			if got == percent {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the page shows %q %%, want %s", platform, got, percent)
+			}
+			time.Sleep(time.Second)
+		}
+		if text := read("the row", `document.querySelector("`+row+`").textContent`); !strings.Contains(text, percent+" % on the new flow") {
+			t.Errorf("%s's rollout row says %q, want %s %% on the new flow", platform, text, percent)
+		}
+		return read("the flow", `document.querySelector("`+row+`").dataset.flow`),
+			read("the reason", `document.querySelector("`+row+`").dataset.reason`)
+	}
+	// listed is the page's connections: "platform/arm/account" each.
+	listed := func() string {
+		return read("the rows", `[...document.querySelectorAll("#accounts tbody tr")].map(tr =>
+			tr.dataset.platform + "/" + tr.dataset.arm + "/" + tr.children[1].textContent).sort().join(",")`)
+	}
+	signIn := func(name string) {
+		t.Helper()
+		do("sign in as "+name, chromedp.Navigate(base+"/"),
+			chromedp.Click(chromedp.ID("signin-"+name)),
+			chromedp.WaitVisible(chromedp.ID("connect-twitter")))
+	}
 
 	// Sign in.
-	do("sign in", chromedp.Navigate("http://localhost:"+os.Getenv("CREDGATE_DEMO_PORT")+"/"),
-		chromedp.Click(chromedp.ID("signin-alice")),
-		chromedp.WaitVisible(chromedp.ID("connect-twitter")))
+	signIn("alice")
 	// The page signs in as a current Supabase app does: @supabase/ssr's
 	// cookie, a base64- session, and nothing in the 2022 helpers' name.
 	if c := read("the session cookie", `document.cookie.split("; ").filter(c => c.startsWith("sb-")).map(c => c.slice(0, 31)).join(",")`); c != "sb-localhost-auth-token=base64-" {
 		t.Fatalf("cookies after sign-in: %q, want only sb-localhost-auth-token=base64-…", c)
 	}
 
-	// At 100 %: every platform through the new flow.
+	// At 100 %: the page says every platform goes to the new flow, by the
+	// rollout's split, and every connect does.
 	for _, p := range []string{"twitter", "linkedin", "facebook", "instagram"} {
-		if kind, text := connect(p, "approve"); kind != "ok" || !strings.Contains(text, p+" connected through the new flow") {
-			t.Fatalf("%s at 100 %%: notice %s %q", p, kind, text)
+		if flow, reason := decision(p, "100"); flow != "new" || reason != "rollout" {
+			t.Fatalf("%s at 100 %%: the page says a click goes to %s (%s)", p, flow, reason)
 		}
+		kind, text := connect(p, "approve")
+		if kind != "ok" || !strings.Contains(text, p+" connected through the new flow") || !strings.Contains(text, "reason rollout") ||
+			!strings.Contains(text, "at 100 % new") {
+			t.Fatalf("%s at 100 %%: notice %s %q, want the new flow, and why", p, kind, text)
+		}
+		cleanURL(p + "'s connect")
 	}
 	do("the list", chromedp.WaitVisible(chromedp.CSS(`#accounts tbody tr[data-platform="instagram"]`)))
-	rows := read("the rows", `String(document.querySelectorAll("#accounts tbody tr").length)`)
-	arms := read("the arms", `[...document.querySelectorAll("#accounts .arm")].map(e => e.textContent).join(",")`)
-	if rows != "4" || strings.Count(arms, "new flow (credgate)") != 4 {
-		t.Fatalf("accounts listed: %s (%s), want 4 on the new flow", rows, arms)
+	if got := listed(); got != "facebook/new/alice,instagram/new/alice,linkedin/new/alice,twitter/new/alice" {
+		t.Fatalf("accounts listed: %s, want alice's 4 on the new flow", got)
 	}
 	if n := count(t, db, `SELECT count(*) FROM social_accounts WHERE user_id = $1 AND credentials_encrypted IS NOT NULL AND connected_via = 'credgate'`, alice); n != 4 {
 		t.Fatalf("%d encrypted accounts in the database, want 4", n)
@@ -195,17 +270,52 @@ func TestDemoInABrowser(t *testing.T) {
 		t.Fatal("the disconnected account still has its blob")
 	}
 
-	// At 0 %: the legacy app handles the connect.
+	// At 0 %: the page says the click stays with the app, the app handles
+	// the connect, and the page lists it as the app's, with alice's
+	// account at the platform.
 	setRollout(t, flagFile, 0)
-	if kind, text := connect("twitter", "approve"); kind != "legacy" || !strings.Contains(text, "handled by the legacy app") {
+	if flow, reason := decision("twitter", "0"); flow != "legacy" || reason != "rollout" {
+		t.Fatalf("twitter at 0 %%: the page says a click goes to %s (%s)", flow, reason)
+	}
+	if kind, text := connect("twitter", "approve"); kind != "legacy" || !strings.Contains(text, "handled by the legacy app") ||
+		!strings.Contains(text, "reason rollout") || !strings.Contains(text, "at 0 % new") {
 		t.Fatalf("twitter at 0 %%: notice %s %q", kind, text)
 	}
+	cleanURL("the legacy connect")
+	do("the legacy connection listed", chromedp.WaitVisible(chromedp.CSS(`#accounts tbody tr[data-platform="twitter"][data-arm="app"]`)))
+	aliceTwitter := read("alice's twitter account", `document.querySelector('#accounts tr[data-platform="twitter"][data-arm="app"]').children[1].textContent`)
+	if !strings.HasPrefix(aliceTwitter, "alice (") {
+		t.Fatalf("the legacy connection's account: %q, want alice's", aliceTwitter)
+	}
+	if got := listed(); !strings.Contains(got, "twitter/app/alice (") || strings.Count(got, "/new/") != 3 {
+		t.Fatalf("accounts listed: %s, want the app's twitter and 3 on the new flow", got)
+	}
 
-	// Denied consent, on the new flow: the error is shown.
+	// Another user: accounts of their own at the platform, and none of
+	// alice's on the page.
+	do("sign out", chromedp.Click(chromedp.ID("signout")), chromedp.WaitVisible(chromedp.ID("signin-bob")))
+	signIn("bob")
+	if kind, text := connect("twitter", "approve"); kind != "legacy" {
+		t.Fatalf("bob's twitter at 0 %%: notice %s %q", kind, text)
+	}
+	do("bob's legacy connection listed", chromedp.WaitVisible(chromedp.CSS(`#accounts tbody tr[data-platform="twitter"][data-arm="app"]`)))
+	bobTwitter := read("bob's twitter account", `document.querySelector('#accounts tr[data-platform="twitter"][data-arm="app"]').children[1].textContent`)
+	if !strings.HasPrefix(bobTwitter, "bob (") || strings.TrimPrefix(bobTwitter, "bob") == strings.TrimPrefix(aliceTwitter, "alice") {
+		t.Fatalf("bob's twitter account %q, alice's %q: want two accounts", bobTwitter, aliceTwitter)
+	}
+	if got := listed(); strings.Contains(got, "alice") {
+		t.Fatalf("bob's page lists alice's accounts: %s", got)
+	}
+
+	// Denied consent, on the new flow: the error is shown, then the
+	// address is cleaned.
 	setRollout(t, flagFile, 100)
-	if kind, text := connect("linkedin", "deny"); kind != "error" || !strings.Contains(text, "access_denied") {
+	decision("linkedin", "100")
+	if kind, text := connect("linkedin", "deny"); kind != "error" || !strings.Contains(text, "access_denied") ||
+		!strings.Contains(text, "You cancelled connecting LinkedIn") {
 		t.Fatalf("denied consent: notice %s %q", kind, text)
 	}
+	cleanURL("a denied consent")
 }
 
 func count(t *testing.T, db, sql string, args ...any) int {
