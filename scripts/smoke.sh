@@ -2,6 +2,8 @@
 # smoke.sh: the built binary, end to end: modules are registered, keygen
 # prints a key, migrate up/status/down work on a fresh database and errors
 # are one line with exit status 1. Run by `make test` after the Go tests.
+# It prints a line per check; the Caddys it runs log to files in a temp
+# dir, whose last lines it prints only when a check failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CADDY_BIN=${CADDY_BIN:-bin/caddy}
@@ -9,6 +11,7 @@ server=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disa
 db="cgsmoke_$$_$RANDOM"
 url=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1$db#" <<<"$server")
 passed=0 failed=0
+logs=$(mktemp -d -t credgate-smoke.XXXXXX)
 
 check() { # check NAME COMMAND...: run, count, show output on failure
   local name=$1; shift
@@ -19,8 +22,22 @@ check() { # check NAME COMMAND...: run, count, show output on failure
   fi
 }
 
+# finish, on exit: stop what runs, show the logs if a check failed, and
+# remove them and the database.
+finish() {
+  kill ${sandbox_pid:-} ${caddy_pid:-} 2>/dev/null || true
+  if [[ $failed -ne 0 ]]; then
+    for log in "$logs"/*.log; do
+      [[ -s $log ]] || continue
+      echo "--- the last 50 lines of $(basename "$log")"
+      tail -n 50 "$log" | sed 's/^/     /'
+    done
+  fi
+  rm -rf "$logs" Caddyfile.$$
+  psql "$server" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+}
 psql "$server" -qc "CREATE DATABASE $db"
-trap 'psql "$server" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+trap finish EXIT
 
 check "list-modules shows the credgate app" \
   bash -c "'$CADDY_BIN' list-modules | grep -qx credgate"
@@ -58,7 +75,7 @@ check "examples/sandbox.Caddyfile validates" \
 
 # The provider emulator, standalone and as a Caddy handler.
 sandbox_port=$((20000 + RANDOM % 10000))
-"$CADDY_BIN" credgate sandbox --listen "127.0.0.1:$sandbox_port" --auto-approve >sandbox.$$.log 2>&1 &
+"$CADDY_BIN" credgate sandbox --listen "127.0.0.1:$sandbox_port" --auto-approve >"$logs/sandbox.log" 2>&1 &
 sandbox_pid=$!
 caddy_port=$((sandbox_port + 1))
 cat >Caddyfile.$$ <<CADDY
@@ -71,16 +88,15 @@ cat >Caddyfile.$$ <<CADDY
 	}
 }
 CADDY
-"$CADDY_BIN" run --config Caddyfile.$$ --adapter caddyfile >caddy.$$.log 2>&1 &
+"$CADDY_BIN" run --config Caddyfile.$$ --adapter caddyfile >"$logs/caddy_sandbox.log" 2>&1 &
 caddy_pid=$!
-trap 'kill $sandbox_pid $caddy_pid 2>/dev/null; rm -f sandbox.$$.log caddy.$$.log Caddyfile.$$; psql "$server" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
 for _ in $(seq 1 50); do
   curl -sf "http://127.0.0.1:$sandbox_port/_sandbox/stats" >/dev/null && curl -sf "http://127.0.0.1:$caddy_port/_sandbox/stats" >/dev/null && break
   sleep 0.2
 done
 authorize="/twitter/i/oauth2/authorize?response_type=code&client_id=twitter-client-id&state=s&code_challenge=abc&code_challenge_method=S256&redirect_uri=http%3A%2F%2Flocalhost%3A8080%2Fapi%2Ftwitter%2Fcallback"
 check "credgate sandbox prints the apps it accepts" \
-  grep -q "client_id=twitter-client-id client_secret=twitter-client-secret" sandbox.$$.log
+  grep -q "client_id=twitter-client-id client_secret=twitter-client-secret" "$logs/sandbox.log"
 check "credgate sandbox issues a code" \
   bash -c "curl -s -o /dev/null -w '%{redirect_url}' 'http://127.0.0.1:$sandbox_port$authorize' | grep -q 'code='"
 check "credgate_sandbox in a Caddyfile issues a code" \
@@ -98,7 +114,7 @@ for port in 8080 8081 3000 9090 9180; do
     exit 1
   fi
 done
-psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)" -qc "CREATE DATABASE ${db}_demo"
+psql "$server" -qc "SET client_min_messages TO warning" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)" -qc "CREATE DATABASE ${db}_demo"
 demo_url=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1${db}_demo#" <<<"$server")
 "$CADDY_BIN" credgate migrate up --database-url "$demo_url" >/dev/null
 demo_key=$("$CADDY_BIN" credgate keygen)
@@ -121,7 +137,7 @@ connect_and_post() {
              -H 'X-Credgate-User: 11111111-1111-4111-8111-111111111111' -H 'Content-Type: application/json' -d '{\"text\":\"hello\"}' \
              http://127.0.0.1:8081/egress/$2) = 201"
 }
-run_example "$demo_url" demo.$$.log
+run_example "$demo_url" "$logs/example.log"
 demo_pid=$example_pid
 connect_and_post "through examples/sandbox.Caddyfile" twitter/2/tweets
 check "the token API is not on the public origin" \
@@ -157,7 +173,6 @@ check "a command's error is one plain line, not JSON" \
 check "a second demo refuses to share the running one's ports" \
   bash -c "out=\$(CADDY_BIN='$CADDY_BIN' bash scripts/demo.sh 2>&1); rc=\$?; test \$rc -ne 0 && grep -q 'port 8080 is in use' <<<\"\$out\""
 kill $demo_pid 2>/dev/null; wait $demo_pid 2>/dev/null || true
-rm -f demo.$$.log
 psql "$server" -qc "DROP DATABASE IF EXISTS ${db}_demo WITH (FORCE)"
 
 # The same example through PgBouncer in transaction mode (what Supabase's
@@ -199,13 +214,13 @@ else
   "$bouncer_bin" -d "$bouncer_dir/pgbouncer.ini"
 fi
 for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$bouncer_port") 2>/dev/null && break; sleep 0.1; done
-psql "$server" -qc "DROP DATABASE IF EXISTS $pool_db WITH (FORCE)" -qc "CREATE DATABASE $pool_db"
+psql "$server" -qc "SET client_min_messages TO warning" -qc "DROP DATABASE IF EXISTS $pool_db WITH (FORCE)" -qc "CREATE DATABASE $pool_db"
 pool_direct=$(sed -E "s#^([a-z]+://[^/]*/)[^?]*#\1$pool_db#" <<<"$server")
 through="postgres://${server_user:-postgres}@127.0.0.1:$bouncer_port/$pool_db?sslmode=disable&pooler=transaction"
 "$CADDY_BIN" credgate migrate up --database-url "$pool_direct" >/dev/null
 check "migrate through the transaction pooler refuses at once, naming what to use" \
   bash -c "'$CADDY_BIN' credgate migrate up --database-url '$through' 2>&1 | grep -q 'direct or session-mode connection'"
-run_example "$through" pool.$$.log
+run_example "$through" "$logs/example_through_pgbouncer.log"
 pool_pid=$example_pid
 connect_and_post "through the transaction pooler" linkedin/v2/ugcPosts
 # (Renewals through the pooler are in TestTheGatewayWorksThroughATransactionPooler,
@@ -219,8 +234,8 @@ check "verify passes through the transaction pooler" \
              sleep 1; done; echo \"\$out\"; exit 1"
 kill $pool_pid 2>/dev/null; wait $pool_pid 2>/dev/null || true
 kill "$(cat "$bouncer_dir/pgbouncer.pid")" 2>/dev/null || true
-if [[ $failed -ne 0 ]]; then cat pool.$$.log "$bouncer_dir/pgbouncer.log" | tail -40; fi
-rm -rf pool.$$.log "$bouncer_dir"
+cp "$bouncer_dir/pgbouncer.log" "$logs/pgbouncer.log" 2>/dev/null || true
+rm -rf "$bouncer_dir"
 psql "$server" -qc "DROP DATABASE IF EXISTS $pool_db WITH (FORCE)"
 
 # `make demo` itself, once (DEMO_ONCE: connect one platform and stop).
