@@ -149,6 +149,12 @@ type App struct {
 	// stop. From 1s to 1h; default 1m.
 	AuditReadWindow caddy.Duration `json:"audit_read_window,omitempty"`
 
+	// Webhook, when set, tells the app about its users' accounts
+	// (connected, disconnected, expiring, needs_reauth, revoked,
+	// refresh_failed): signed POSTs from an outbox in PostgreSQL.
+	// Default: off (no event is written).
+	Webhook *WebhookConfig `json:"webhook,omitempty"`
+
 	keys     *vault.Keyring
 	pool     *pgxpool.Pool
 	shared   sharedPool
@@ -173,9 +179,11 @@ type App struct {
 	flagSource flagSource
 	refresher  *worker.Refresher
 	loops      *worker.Loops
-	metrics    *telemetry.Metrics
-	health     *telemetry.Health
-	tracing    *telemetry.Export
+	// webhook is the configured webhook, nil without one.
+	webhook *webhookRun
+	metrics *telemetry.Metrics
+	health  *telemetry.Health
+	tracing *telemetry.Export
 	// holdsTelemetry is true once this config took the shared metrics
 	// and providers.
 	holdsTelemetry bool
@@ -381,6 +389,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	// first of each outcome counts.
 	a.metrics.PrepareTokenReads(a.platforms(), tokenReadOutcomes())
 	a.metrics.PrepareEgress(a.platforms(), egressClasses())
+	if err := a.provisionWebhook(ctx, repl); err != nil {
+		return err
+	}
 	return a.provisionRefresher(repl)
 }
 
@@ -399,7 +410,11 @@ func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.run.cancel = cancel
 	err := a.checkDatabase(ctx, 3*time.Second)
-	if refusedKeys(err) {
+	if err == nil {
+		// Only a database that answered can say the outbox is missing.
+		err = a.checkWebhookOutbox(ctx)
+	}
+	if refusedKeys(err) || errors.Is(err, vault.ErrNoOutbox) {
 		cancel()
 		// Caddy does not Stop an app whose Start failed: release the flag
 		// provider here.

@@ -117,6 +117,9 @@ func (a *App) startBackground() {
 		CleanupInterval: time.Duration(a.CleanupInterval),
 		OnCleanup:       a.metrics.StatesCleaned,
 	}
+	if a.webhook != nil {
+		a.loops.Webhooks, a.loops.WebhookInterval = a.webhook.deliverer, time.Duration(a.webhook.cfg.PollInterval)
+	}
 	a.loops.Start()
 }
 

@@ -44,6 +44,15 @@ func init() {
 //				min_samples <n>             # default 50: new-flow outcomes in the window before judging
 //				window      <duration>      # default 10m, sliding, shared by replicas
 //			}
+//			webhook <url> {              # default off: tell the app about its users' accounts (docs/webhooks.md)
+//				secret          <secret>     # required, 24+ characters: HMAC-SHA256 over "<timestamp>.<body>"
+//				previous_secret <secret>     # also signed with while the app rotates (repeatable)
+//				events          <kind…>      # default all: connected disconnected expiring needs_reauth revoked refresh_failed
+//				timeout         <duration>   # default 10s per attempt
+//				retry_for       <duration>   # default 24h, then the event is kept as failed
+//				retry_backoff   <first> <max> # default 5s 10m
+//				poll_interval   <duration>   # default 1s
+//			}
 //			provider <twitter|linkedin|facebook|instagram|generic|your-name> {
 //				kind          generic       # required for a name of your own: /api/auth/oauth/<your-name>
 //				auth_style    basic|post|auto # generic: client_secret_basic, _post, or try basic then post (default auto)
@@ -153,6 +162,15 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, err
 			}
 			app.FlagsRaw = caddyconfig.JSONModuleObject(unm, "provider", name, nil)
+		case "webhook":
+			if app.Webhook != nil {
+				return nil, d.Err("credgate: webhook may appear only once")
+			}
+			w, err := parseWebhook(d)
+			if err != nil {
+				return nil, err
+			}
+			app.Webhook = w
 		case "guard":
 			g, err := parseGuard(d)
 			if err != nil {

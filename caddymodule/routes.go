@@ -797,6 +797,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		"identity":      h.identityHealth(),
 		"migration":     h.migrationHealth(ctx, dbErr == nil),
 		"schema":        h.appTableHealth(ctx, dbErr == nil, &healthy),
+		"webhooks":      h.app.webhookHealth(ctx, dbErr == nil),
 	}
 	status := http.StatusOK
 	if !healthy {

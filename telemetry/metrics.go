@@ -34,6 +34,8 @@ type Metrics struct {
 	statesCleaned      prometheus.Counter
 	decisions          *prometheus.CounterVec
 	identity           *prometheus.CounterVec
+	webhooks           *prometheus.CounterVec
+	webhookDuration    prometheus.Histogram
 }
 
 // Routes whose identity outcomes are counted, as the route label spells
@@ -154,6 +156,15 @@ func New() *Metrics {
 			Name: "credgate_identity_total",
 			Help: "Identity outcomes at the app's connect route and credgate's start route, by route and result (ok, refreshed, or why no user was recognised).",
 		}, []string{"route", "result"}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credgate_webhook_deliveries_total",
+			Help: "Attempts to deliver an account event to the app's webhook, by event and outcome (delivered, retry, failed: given up after retry_for).",
+		}, []string{"event", "outcome"}),
+		webhookDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "credgate_webhook_delivery_duration_seconds",
+			Help:    "How long the app's webhook took to answer a delivery (or to fail).",
+			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}),
 	}
 	m.registry = prometheus.NewRegistry()
 	m.registry.MustRegister(m.Collectors()...)
@@ -173,7 +184,8 @@ func (m *Metrics) AlsoExport(cs ...prometheus.Collector) error {
 
 // Collectors are what to register with a Prometheus registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions, m.identity}
+	return []prometheus.Collector{m.connections, m.connectionDuration, m.refreshes, m.tokenReads, m.egress, m.statesCleaned, m.decisions, m.identity,
+		m.webhooks, m.webhookDuration}
 }
 
 // Prepare creates every series a dashboard or an alert divides at zero,
@@ -230,6 +242,22 @@ func (m *Metrics) PrepareIdentity(results []string) {
 			m.identity.WithLabelValues(route, res)
 		}
 	}
+}
+
+// PrepareWebhooks creates every webhook delivery series at zero: events
+// and outcomes are the closed sets of each.
+func (m *Metrics) PrepareWebhooks(events, outcomes []string) {
+	for _, e := range events {
+		for _, o := range outcomes {
+			m.webhooks.WithLabelValues(e, o)
+		}
+	}
+}
+
+// WebhookDelivery counts one delivery attempt of an event.
+func (m *Metrics) WebhookDelivery(event, outcome string, took time.Duration) {
+	m.webhooks.WithLabelValues(event, outcome).Inc()
+	m.webhookDuration.Observe(took.Seconds())
 }
 
 // Identity counts one identity outcome at route.

@@ -5,9 +5,10 @@
 // is written to a PostgreSQL outbox in the same transaction as the change
 // it reports (package vault), and delivered from there by any replica
 // (Deliverer): at least once, in order per account, retried with backoff
-// for a bounded time and then kept as failed. This package holds the
-// vocabulary of events, the delivery body, the signature scheme and the
-// deliverer; it knows nothing of Caddy.
+// for a bounded time and then kept as failed. The events' vocabulary and
+// the outbox are vault's (vault.AccountEventKind, vault.Outbox); this
+// package holds the delivery body, the signature scheme and the
+// deliverer, and knows nothing of Caddy.
 //
 // # The signature
 //

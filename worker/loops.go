@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/telemetry"
+	"github.com/credgate/credgate/webhook"
 )
 
 // Loops are the background loops of one credgate instance: the refresh
@@ -28,11 +30,16 @@ type Loops struct {
 	// OnCleanup, if set, sees how many expired states each cleanup
 	// deleted.
 	OnCleanup func(deleted int64)
+	// Webhooks, when set, delivers the app's webhook events, looking for
+	// due ones every WebhookInterval (default 1s); the cleanup prunes
+	// delivered events after a week and failed ones after 30 days.
+	Webhooks        *webhook.Deliverer
+	WebhookInterval time.Duration
 
 	cancel     context.CancelFunc
 	cancelJobs context.CancelFunc
 	wg         sync.WaitGroup
-	last       struct{ cleanup, schedule, rollup atomic.Int64 } // unix nanos of the last good run
+	last       struct{ cleanup, schedule, rollup, webhooks atomic.Int64 } // unix nanos of the last good run
 }
 
 // Start starts every loop.
@@ -59,7 +66,16 @@ func (l *Loops) Start() {
 		}
 		return err
 	})
+	if l.Webhooks != nil {
+		l.wg.Go(func() { l.deliverWebhooks(ctx, jobCtx) })
+	}
 	l.every(ctx, "cleanup", l.CleanupInterval, &l.last.cleanup, func(ctx context.Context) error {
+		if l.Webhooks != nil {
+			now := r.now()
+			if _, err := l.Webhooks.Outbox.Prune(ctx, r.DB, now.Add(-WebhookDeliveredKept), now.Add(-WebhookFailedKept)); err != nil {
+				return err
+			}
+		}
 		res, err := Cleanup(ctx, r.DB, r.now(), "schedule", false)
 		if l.OnCleanup != nil && err == nil {
 			l.OnCleanup(res.States)
@@ -123,6 +139,58 @@ func (l *Loops) every(ctx context.Context, name string, interval time.Duration, 
 	})
 }
 
+// How long the cleanup keeps finished webhook events.
+const (
+	WebhookDeliveredKept = 7 * 24 * time.Hour
+	WebhookFailedKept    = 30 * 24 * time.Hour
+)
+
+// deliverWebhooks delivers the due webhook events every WebhookInterval,
+// round after round while there are more: an outbox that filled up
+// during an outage drains at once rather than a batch a second. It stops
+// claiming when ctx ends; deliveries in flight run on jobCtx, so a stop
+// lets them finish within its grace.
+func (l *Loops) deliverWebhooks(ctx, jobCtx context.Context) {
+	log := l.Workers.Refresher.logger()
+	interval := l.WebhookInterval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		if !l.Workers.Ready() {
+			continue
+		}
+		for ctx.Err() == nil {
+			n, err := func() (n int, err error) {
+				defer func() {
+					if p := recover(); p != nil {
+						err = fmt.Errorf("panic: %v", p)
+					}
+				}()
+				return l.Webhooks.DeliverDue(jobCtx)
+			}()
+			if err != nil {
+				if !failing && ctx.Err() == nil {
+					log.Warn("webhook delivery: the outbox could not be read or updated; retrying every interval", zap.Error(err))
+				}
+				failing = true
+				break
+			}
+			failing = false
+			l.last.webhooks.Store(time.Now().UnixNano())
+			if n == 0 {
+				break
+			}
+		}
+	}
+}
+
 // Stop stops claiming at once, lets running jobs finish for up to grace,
 // then cancels them (their leases expire and another replica retries).
 func (l *Loops) Stop(grace time.Duration) {
@@ -145,7 +213,7 @@ func (l *Loops) Stop(grace time.Duration) {
 // process (zero: never).
 func (l *Loops) LastRuns() map[string]time.Time {
 	out := map[string]time.Time{}
-	for name, v := range map[string]*atomic.Int64{"cleanup": &l.last.cleanup, "scheduler": &l.last.schedule, "rollup": &l.last.rollup} {
+	for name, v := range map[string]*atomic.Int64{"cleanup": &l.last.cleanup, "scheduler": &l.last.schedule, "rollup": &l.last.rollup, "webhooks": &l.last.webhooks} {
 		if n := v.Load(); n > 0 {
 			out[name] = time.Unix(0, n)
 		}
