@@ -326,3 +326,20 @@ func count(t *testing.T, db, sql string, args ...any) int {
 	}
 	return n
 }
+
+// docs/frontend.md carries credgate.js whole, as the snippet of the
+// front-end contract: the copy in the doc is the file the demo runs.
+func TestTheFrontendDocCarriesTheSnippet(t *testing.T) {
+	t.Parallel()
+	js, err := os.ReadFile("credgate.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile("../../docs/frontend.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), "```js\n"+string(js)+"```\n") {
+		t.Error("docs/frontend.md does not carry examples/demo/credgate.js as it is: copy the file into its last js block")
+	}
+}

@@ -5,7 +5,7 @@
  *
  *   credgate.landing(show, alsoRemove)  after a connect: show the outcome, then clean the URL
  *   credgate.message(code, platform)    what to tell the user for an oauth_error code
- *   credgate.connect(platform, opts)    ask the rollout, then go where it says
+ *   credgate.connect(platform, opts)    go where the rollout says (asking it, unless the page just did)
  *   credgate.decide(platform, opts)     the rollout's decision for the signed-in user
  *   credgate.lastDecision(platform)     the decision the last connect went by (after the return)
  *   credgate.status()                   the user's accounts
@@ -114,24 +114,34 @@
   }
 
   // decide asks the rollout which flow the signed-in user gets on platform:
-  // {platform, flow: "new"|"legacy", reason, percentage, location}. Each
-  // call is a decision, counted as a connect's is.
-  function decide(platform, opts) {
+  // {platform, flow: "new"|"legacy", reason, percentage, location}, plus
+  // asked_at (this browser's clock, for connect). Each call is a decision,
+  // counted as a connect's is.
+  async function decide(platform, opts) {
     const q = opts && opts.returnTo ? "?return_to=" + encodeURIComponent(opts.returnTo) : "";
-    return call("GET", "/api/credentials/rollout/" + encodeURIComponent(platform) + q);
+    const d = await call("GET", "/api/credentials/rollout/" + encodeURIComponent(platform) + q);
+    d.asked_at = Date.now();
+    return d;
   }
+
+  // A decision a page already has is followed for this long: the legacy
+  // location's mark is good for two minutes, after which the app's
+  // connect route would decide (and count) again.
+  const DECISION_REUSE_MS = 60 * 1000;
 
   const remembered = (platform) => "credgate:decision:" + platform;
 
   // connect sends the browser where the rollout says (credgate's start,
-  // or the app's own connect route); fallback (the app's connect route)
-  // when credgate does not answer or gives no location. The decision is
-  // kept for lastDecision, after the platform sends the browser back.
+  // or the app's own connect route): opts.decision, when the page already
+  // asked (decide) less than a minute ago, else a fresh decision; then
+  // opts.fallback (the app's connect route) when credgate does not answer
+  // or gives no location. The decision is kept for lastDecision, after
+  // the platform sends the browser back.
   async function connect(platform, opts) {
     opts = opts || {};
-    let decision = null;
+    let decision = opts.decision && opts.decision.location && Date.now() - opts.decision.asked_at < DECISION_REUSE_MS ? opts.decision : null;
     try {
-      decision = await decide(platform, opts);
+      decision = decision || await decide(platform, opts);
     } catch (e) {
       if (!opts.fallback) throw e;
     }
