@@ -19,6 +19,7 @@ var developmentSecrets = map[string]string{
 	"development-only-jwt-secret-do-not-use-in-production": "jwt_secret",
 	"development-admin-token":                              "admin_token",
 	"development-service-token-do-not-use":                 "service_token",
+	"development-webhook-secret-do-not-use-in-production":  "webhook secret",
 }
 
 // minAdminToken is the shortest admin_token credgate runs with on a

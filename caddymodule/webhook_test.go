@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/webhook"
@@ -175,6 +177,38 @@ func TestTheAppHearsOfEveryAccountThatNeedsItsUser(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || health.Webhooks["url"] != receiver.URL+"/hooks/credgate" || health.Webhooks["pending"] != float64(0) ||
 		health.Webhooks["ok"] != true {
 		t.Errorf("service-health: %d %v", resp.StatusCode, health.Webhooks)
+	}
+}
+
+// The demo's webhook secret is public: refused on a public origin, like
+// the other development secrets, and fine on loopback; a short secret
+// and a webhook without one are refused everywhere.
+func TestTheWebhookSecretMustBeTheAppsOwn(t *testing.T) {
+	const demoSecret = "development-webhook-secret-do-not-use-in-production"
+	h := newHarness(t, harnessOptions{globalOptions: "webhook http://127.0.0.1:1/hooks {\n\t\t\tsecret " + demoSecret + "\n\t\t}"})
+	base := h.caddyfile("")
+	load := func(src string) error {
+		t.Helper()
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(src), nil)
+		if err != nil {
+			return err
+		}
+		return caddylog.Load(t, cfg)
+	}
+	public := strings.Replace(base, "public_origin "+h.origin, "public_origin https://app.example.com", 1)
+	err := load(public)
+	if err == nil || !strings.Contains(err.Error(), "credgate webhook secret is the published development value") || strings.Contains(err.Error(), demoSecret) {
+		t.Errorf("the demo's webhook secret on a public origin: %v", err)
+	}
+	for src, want := range map[string]string{
+		strings.Replace(base, "secret "+demoSecret, "secret too-short", 1):                                      "secret is shorter than 24 characters",
+		strings.Replace(base, "secret "+demoSecret, "timeout 1s", 1):                                            "secret is required",
+		strings.Replace(base, "webhook http://127.0.0.1:1/hooks", "webhook ftp://x", 1):                         `"ftp://x" is not an http or https URL`,
+		strings.Replace(base, "secret "+demoSecret, "secret "+demoSecret+"\n\t\t\tevents connected deleted", 1): `unknown account event "deleted"`,
+	} {
+		if err := load(src); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q, got %v", want, err)
+		}
 	}
 }
 
