@@ -124,7 +124,10 @@ cat <<BANNER
 
   credgate demo is running (log: $demo/caddy.log). Ctrl-C stops it.
 
-  The app            http://localhost:8080/     sign in as alice, bob or carol, then Connect
+  The app            http://localhost:8080/     sign in as alice, bob or carol, then Connect: the page
+                     shows where each click goes and why (the rollout), both arms' connections
+                     (credgate's, and those the stub app on :3000 made itself), and the webhook
+                     events credgate sent the app (POST http://localhost:3000/hooks/credgate, verified)
   The sandbox        http://localhost:9090/     the four platforms, their apps and faults
   Metrics            http://127.0.0.1:9180/metrics
   Token API          http://127.0.0.1:8081/api/internal/credentials/<user>/<platform>/token
@@ -133,6 +136,7 @@ cat <<BANNER
   Demo users         alice 11111111-1111-4111-8111-111111111111
                      bob   22222222-2222-4222-8222-222222222222
                      carol 33333333-3333-4333-8333-333333333333
+                     (each is signed in at the sandbox's platforms as themselves: accounts of their own)
   Admin token        curl -H 'Authorization: Bearer development-admin-token' http://localhost:8080/api/credentials/service-health
 
   Operator commands against this demo:
