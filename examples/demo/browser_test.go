@@ -289,6 +289,23 @@ func TestDemoInABrowser(t *testing.T) {
 		t.Errorf("the webhook events on the page: %s, want the 4 connects and the disconnect", got)
 	}
 
+	// An account that needs the user (as a failed renewal leaves it): the
+	// page asks for a reconnect, and the Reconnect button is a connect.
+	if _, err := pgtest.Pool(t, db).Exec(context.Background(),
+		`UPDATE social_accounts SET status = 'needs_reauth' WHERE user_id = $1 AND platform = 'facebook'`, alice); err != nil {
+		t.Fatal(err)
+	}
+	do("the reconnect prompt", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("prompt-facebook")))
+	if text := read("the prompt", `document.getElementById("prompt-facebook").textContent`); !strings.Contains(text, "Your Facebook connection stopped working") {
+		t.Errorf("the reconnect prompt says %q", text)
+	}
+	do("reconnect", chromedp.Click(chromedp.CSS("#prompt-facebook button")), chromedp.WaitVisible(chromedp.ID("approve")),
+		chromedp.Click(chromedp.ID("approve")), chromedp.WaitVisible(chromedp.ID("connect-facebook")))
+	if kind, text := noticeOf(); kind != "ok" || !strings.Contains(text, "facebook connected") {
+		t.Fatalf("the reconnect: notice %s %q", kind, text)
+	}
+	do("the prompt gone", chromedp.WaitVisible(chromedp.CSS(`#accounts tr[data-platform="facebook"]`)), chromedp.WaitNotPresent(chromedp.ID("prompt-facebook")))
+
 	// At 0 %: the page says the click stays with the app, the app handles
 	// the connect, and the page lists it as the app's, with alice's
 	// account at the platform.
