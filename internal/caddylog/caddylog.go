@@ -77,7 +77,8 @@ func load(cfg []byte) error {
 	return caddy.Load(cfg, true)
 }
 
-// withLog returns cfg with its default log written to the test's file.
+// withLog returns cfg with its default log, unless it names one, and Go's
+// standard log (Caddy's "sink") written to the test's file.
 func withLog(t testing.TB, cfg []byte) ([]byte, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(cfg, &top); err != nil {
@@ -104,12 +105,17 @@ func withLog(t testing.TB, cfg []byte) ([]byte, error) {
 	if def == nil {
 		def = map[string]any{} // the Caddyfile adapter may have made one with only "exclude"
 	}
-	if _, ok := def["writer"]; ok {
-		return cfg, nil
+	ours := map[string]any{"output": "file", "filename": File(t)}
+	if _, ok := def["writer"]; !ok {
+		def["writer"] = ours
+		logs["default"] = def
+		logging["logs"] = logs
 	}
-	def["writer"] = map[string]any{"output": "file", "filename": File(t)}
-	logs["default"] = def
-	logging["logs"] = logs
+	// The sink is Go's standard logger, which libraries write to (an
+	// OTLP exporter's errors): Caddy sends it to stderr unless told.
+	if _, ok := logging["sink"]; !ok {
+		logging["sink"] = map[string]any{"writer": ours}
+	}
 	raw, err := json.Marshal(logging)
 	if err != nil {
 		return nil, err
