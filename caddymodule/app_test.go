@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -27,7 +28,7 @@ func runningApp(t *testing.T, db, appJSON string) *App {
 	app["database_url"], app["master_key"] = db, testKey(1)
 	appBytes, _ := json.Marshal(app)
 	cfg := `{"admin":{"disabled":true},"apps":{"credgate":` + string(appBytes) + `}}`
-	if err := caddy.Load([]byte(cfg), true); err != nil {
+	if err := caddylog.Load(t, []byte(cfg)); err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
 	running, err := caddy.ActiveContext().App("credgate")
@@ -112,14 +113,14 @@ func TestStartRefusesMissingKeyIDs(t *testing.T) {
 		}
 		return cfg
 	}
-	err := caddy.Load(newKey(""), true)
+	err := caddylog.Load(t, newKey(""))
 	if err == nil || !strings.Contains(err.Error(), "key ids 1 seal credentials") {
 		t.Fatalf("a keyring without key 1: %v", err)
 	}
 	if n := h.count(`SELECT count(*) FROM encryption_keys WHERE id = 2`); n != 0 {
 		t.Fatalf("the refused start recorded key id 2")
 	}
-	if err := caddy.Load(newKey("\n\t\tallow_missing_keys"), true); err != nil {
+	if err := caddylog.Load(t, newKey("\n\t\tallow_missing_keys")); err != nil {
 		t.Fatalf("allow_missing_keys: %v", err)
 	}
 	resp, body := h.do("GET", "/api/credentials/health-check", alice, nil)

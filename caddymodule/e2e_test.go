@@ -20,6 +20,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/google/uuid"
 
+	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/internal/testport"
 	"github.com/credgate/credgate/sandbox"
@@ -249,7 +250,7 @@ func (h *harness) load(extraSite string) {
 	if err != nil {
 		h.t.Fatalf("adapting: %v", err)
 	}
-	if err := caddy.Load(cfgJSON, true); err != nil {
+	if err := caddylog.Load(h.t, cfgJSON); err != nil {
 		h.t.Fatalf("loading: %v", err)
 	}
 	waitUntil(h.t, 10*time.Second, func() bool {

@@ -7,8 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/credgate/credgate/internal/caddylog"
 )
 
 // The example `make demo` runs carries public secrets (a JWT secret, an
@@ -67,7 +68,7 @@ func TestPublicOriginsRefuseTheDevelopmentSecrets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return caddy.Load(cfg, true)
+		return caddylog.Load(t, cfg)
 	}
 	public := strings.Replace(base, "public_origin "+h.origin, "public_origin https://app.example.com", 1)
 	if public == base {

@@ -17,6 +17,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/credgate/credgate/identity"
+	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -138,7 +139,7 @@ func TestStartFailsClosedOnAnotherKey(t *testing.T) {
 	load := func(key string) error {
 		cfg, _ := json.Marshal(map[string]any{"admin": map[string]any{"disabled": true},
 			"apps": map[string]any{"credgate": map[string]any{"database_url": db, "master_key": key}}})
-		return caddy.Load(cfg, true)
+		return caddylog.Load(t, cfg)
 	}
 	if err := load(testKey(1)); err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/internal/testport"
 	"github.com/credgate/credgate/sandbox"
@@ -365,14 +366,10 @@ func (w *world) startCaddy(t *testing.T) {
 	if err := w.caddy.Start(); err != nil {
 		t.Fatal(err)
 	}
+	caddylog.ShowOnFailure(t, w.caddyLog)
 	t.Cleanup(func() {
 		w.stopCaddy(t)
 		logFile.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(w.caddyLog); err == nil {
-				t.Logf("caddy's log (last 4 KB):\n%s", tail(b, 4096))
-			}
-		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -386,8 +383,7 @@ func (w *world) startCaddy(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(w.caddyLog)
-			t.Fatalf("credgate did not become healthy in 30 s (%v); its log:\n%s", err, tail(b, 4096))
+			t.Fatalf("credgate did not become healthy in 30 s (%v); its log:\n%s", err, caddylog.Tail(w.caddyLog))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
