@@ -1,6 +1,7 @@
 package caddylog_test
 
 import (
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,6 +73,12 @@ func TestLoadSendsTheDefaultLogToTheTestsFile(t *testing.T) {
 			}
 			if strings.Join(found, " ") != strings.Join(want, " ") {
 				t.Errorf("the line is in %q, want %q", found, want)
+			}
+			// Go's standard log (libraries') goes to the test's file
+			// whatever the config's default log is.
+			log.Print("a library's line")
+			if !strings.Contains(logged(t, caddylog.File(t)), "a library's line") {
+				t.Errorf("the standard log's line is not in %s", caddylog.File(t))
 			}
 		})
 	}
