@@ -599,11 +599,18 @@ func (a *App) watchDatabase(ctx context.Context) {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
-		err := a.pool.Ping(pctx)
+		busy, err := a.ping(pctx)
 		timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
 		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		if busy {
+			// Every connection is in use and none came free in time:
+			// credgate is busy, which says nothing of the database
+			// (requests hold the connections; a partition would end
+			// them at their own timeouts and free the pool).
+			continue
 		}
 		switch {
 		case err == nil:
@@ -623,6 +630,22 @@ func (a *App) watchDatabase(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// ping asks PostgreSQL for an answer through the pool. busy is true
+// when no connection could be had because all of them were in use (a
+// burst of requests on a loaded machine), not because the database did
+// not answer: before, a saturated pool read as an outage, and the burst
+// turned into 503s for everyone (TestTokenReadsAreAuditedOncePerWindow
+// at load 20).
+func (a *App) ping(ctx context.Context) (busy bool, err error) {
+	conn, err := a.pool.Acquire(ctx)
+	if err != nil {
+		st := a.pool.Stat()
+		return ctx.Err() != nil && st.AcquiredConns() >= st.MaxConns(), err
+	}
+	defer conn.Release()
+	return false, conn.Ping(ctx)
 }
 
 // Rollout is the app's rollout decision.
