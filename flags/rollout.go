@@ -94,6 +94,8 @@ type Rollout struct {
 	ready atomic.Bool
 	// timeout bounds one decision.
 	timeout time.Duration
+	// inForceBudget bounds InForce per platform.
+	inForceBudget time.Duration
 	// halted, when set, says a platform's new starts are halted.
 	halted func(platform string) bool
 }
@@ -116,6 +118,18 @@ func WithDecisionTimeout(d time.Duration) Option {
 	}
 }
 
+// WithInForceBudget sets how long InForce may spend per platform (default
+// inForceBudget, 2 s): a status page must not wait minutes on a remote
+// daemon, but a test about the split, on a loaded machine, wants every
+// sample.
+func WithInForceBudget(d time.Duration) Option {
+	return func(r *Rollout) {
+		if d > 0 {
+			r.inForceBudget = d
+		}
+	}
+}
+
 // WithHalts sends every new start on a platform for which halted is true
 // to legacy, reason guard_halted, before any flag is evaluated (the
 // rollout guard). halted must be cheap: it runs on every decision.
@@ -127,7 +141,8 @@ func WithHalts(halted func(platform string) bool) Option {
 // is ready every decision is legacy.
 func NewRollout(provider openfeature.FeatureProvider, opts ...Option) *Rollout {
 	api := isolated.NewAPI()
-	r := &Rollout{api: api, provider: provider, counts: NewDecisions(), outcomes: NewOutcomes(), timeout: DefaultDecisionTimeout}
+	r := &Rollout{api: api, provider: provider, counts: NewDecisions(), outcomes: NewOutcomes(), timeout: DefaultDecisionTimeout,
+		inForceBudget: inForceBudget}
 	for _, opt := range opts {
 		opt(r)
 	}
@@ -295,7 +310,7 @@ type InForce struct {
 const inForceBudget = 2 * time.Second
 
 // InForce evaluates the flags for platform over up to samples fixed
-// sample user ids, stopping early when ctx ends or inForceBudget is spent
+// sample user ids, stopping early when ctx ends or its budget is spent
 // (Samples says how many were evaluated). It neither counts as decisions
 // nor applies the guard, and it holds the evaluation lock one evaluation
 // at a time, so a config reload never waits behind it.
@@ -304,7 +319,7 @@ func (r *Rollout) InForce(ctx context.Context, platform string, samples int) InF
 	if !out.Ready {
 		return out
 	}
-	ctx, cancel := context.WithTimeout(ctx, inForceBudget)
+	ctx, cancel := context.WithTimeout(ctx, r.inForceBudget)
 	defer cancel()
 	attrs := map[string]any{"platform": platform}
 	evaluationLock.RLock()

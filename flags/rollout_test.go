@@ -54,8 +54,9 @@ func flagdRollout(t testing.TB, content string) (*flags.Rollout, string) {
 		t.Fatal(err)
 	}
 	// These tests are about the split, not the deadline: a busy CI machine
-	// must not turn a decision into a timeout.
-	r := flags.NewRollout(p, flags.WithDecisionTimeout(10*time.Second))
+	// must not turn a decision into a timeout, nor cut InForce's sample
+	// short (it did at load 20: 523 of 1,000).
+	r := flags.NewRollout(p, flags.WithDecisionTimeout(10*time.Second), flags.WithInForceBudget(time.Minute))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := r.StartAndWait(ctx); err != nil {
