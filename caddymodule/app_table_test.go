@@ -106,7 +106,7 @@ func TestMigrateUpRefusesAnAppTableCredgateCannotUse(t *testing.T) {
 	for _, want := range []string{
 		"! social_accounts: 1 row has platform 'x', for which credgate has no provider (it knows twitter, linkedin, facebook, instagram)",
 		"    fix: if it is the app's name for one of credgate's platforms, say so: caddy credgate app-platform-name <platform> x (after migrate up); otherwise configure a provider named 'x' (kind generic)\n",
-		"✓ Schema at version 8\n",
+		"✓ Schema at version 9\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up lacks %q:\n%s", want, out)

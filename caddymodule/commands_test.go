@@ -72,7 +72,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 		"✓ Added columns to social_accounts: credentials_encrypted,",
 		"✓ Added columns to credential_audit_log: events\n",
 		"✓ Enabled RLS policies: oauth_states, credential_audit_log, token_refresh_queue, encryption_keys, credential_audit_daily, credential_audit_rollups, rollout_outcomes, rollout_halts, rollout_decisions, renewal_leases, credgate_settings, backend_reads, legacy_flows, credgate_webhook_outbox\n",
-		"✓ Schema at version 8\n",
+		"✓ Schema at version 9\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up output lacks %q:\n%s", want, out)
@@ -80,7 +80,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	}
 
 	out, err = runCLI(t, "migrate", "up", "--database-url", url)
-	if err != nil || out != "✓ Already up to date (version 8)\n" {
+	if err != nil || out != "✓ Already up to date (version 9)\n" {
 		t.Errorf("second up: %q, %v", out, err)
 	}
 
@@ -89,7 +89,7 @@ func TestMigrateUpStatusDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Applied version: 8 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Columns on credential_audit_log:\n  ✓ events\n", "Schema complete."} {
+	for _, want := range []string{"Applied version: 9 (clean)", "✓ token_refresh_queue", "✓ connected_via", "Columns on credential_audit_log:\n  ✓ events\n", "Schema complete."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status after up lacks %q:\n%s", want, out)
 		}

@@ -47,6 +47,8 @@ BEGIN
        AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated')
        AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
         EXECUTE 'REVOKE ALL ON credgate_webhook_outbox FROM anon, authenticated';
+        -- and its id sequence (anon could read how many events there were).
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM anon, authenticated', pg_get_serial_sequence('credgate_webhook_outbox', 'id'));
     END IF;
 END
 $$;
