@@ -50,7 +50,7 @@ func init() {
 //				events          <kind…>      # default all: connected disconnected expiring needs_reauth revoked refresh_failed
 //				timeout         <duration>   # default 10s per attempt
 //				retry_for       <duration>   # default 24h, then the event is kept as failed
-//				retry_backoff   <first> <max> # default 5s 10m
+//				retry_backoff   <first> <max> # default 5s 1m
 //				poll_interval   <duration>   # default 1s
 //			}
 //			provider <twitter|linkedin|facebook|instagram|generic|your-name> {

@@ -39,7 +39,7 @@ type WebhookConfig struct {
 	// is kept as failed. Default 24h.
 	RetryFor caddy.Duration `json:"retry_for,omitempty"`
 	// FirstRetry and MaxRetry bound the backoff between attempts (it
-	// doubles from the first to the max). Default 5s and 10m.
+	// doubles from the first to the max). Default 5s and 1m.
 	FirstRetry caddy.Duration `json:"first_retry,omitempty"`
 	MaxRetry   caddy.Duration `json:"max_retry,omitempty"`
 	// PollInterval is how often each instance looks for due events.
@@ -55,7 +55,7 @@ type WebhookConfig struct {
 //		events          <kind…>           # default all: connected disconnected expiring needs_reauth revoked refresh_failed
 //		timeout         <duration>        # default 10s
 //		retry_for       <duration>        # default 24h, then kept as failed
-//		retry_backoff   <first> <max>     # default 5s 10m
+//		retry_backoff   <first> <max>     # default 5s 1m
 //		poll_interval   <duration>        # default 1s
 //	}
 func parseWebhook(d *caddyfile.Dispenser) (*WebhookConfig, error) {
@@ -95,7 +95,7 @@ func parseWebhook(d *caddyfile.Dispenser) (*WebhookConfig, error) {
 		case "retry_backoff":
 			var first, most string
 			if !d.AllArgs(&first, &most) {
-				return nil, d.Err("credgate: webhook retry_backoff takes the first wait and the longest, e.g. `retry_backoff 5s 10m`")
+				return nil, d.Err("credgate: webhook retry_backoff takes the first wait and the longest, e.g. `retry_backoff 5s 1m`")
 			}
 			f, err1 := caddy.ParseDuration(first)
 			m, err2 := caddy.ParseDuration(most)

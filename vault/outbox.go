@@ -202,6 +202,18 @@ func (o *Outbox) Retry(ctx context.Context, db DB, e OutboxEntry, worker, why st
 	return nil
 }
 
+// Wake makes every pending event waiting out a backoff due now: the app
+// just took an event, so it is back, and the events that failed while it
+// was down need not wait out the rest of their backoff.
+func (o *Outbox) Wake(ctx context.Context, db DB) (int64, error) {
+	tag, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET next_attempt_at = now()
+		WHERE status = 'pending' AND next_attempt_at > now() AND attempts > 0`)
+	if err != nil {
+		return 0, fmt.Errorf("waking webhook events: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // GiveUp keeps e as failed, with why: it was retried for as long as the
 // webhook allows. The account's later events go on.
 func (o *Outbox) GiveUp(ctx context.Context, db DB, e OutboxEntry, worker, why string) error {

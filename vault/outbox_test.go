@@ -45,7 +45,9 @@ func TestAccountChangesAnnounceThemselves(t *testing.T) {
 	pool := newPool(t)
 	accounts := vault.NewAccounts(mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}))
 	accounts.UseOutbox(vault.NewOutbox())
-	audit := func(string) vault.Event { return vault.Event{UserID: alice, Platform: "twitter", Action: vault.ActionConnect} }
+	audit := func(string) vault.Event {
+		return vault.Event{UserID: alice, Platform: "twitter", Action: vault.ActionConnect}
+	}
 
 	acct, err := accounts.StoreConnect(ctx, pool, connection(alice, "twitter", "at-secret-1", "rt-secret-1"), time.Time{}, audit)
 	if err != nil {
@@ -150,7 +152,9 @@ func TestOnlyWantedEventsAreWritten(t *testing.T) {
 			accounts := vault.NewAccounts(mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}))
 			accounts.UseOutbox(tc.outbox)
 			acct, err := accounts.StoreConnect(ctx, pool, connection(alice, "twitter", "at", "rt"), time.Time{},
-				func(string) vault.Event { return vault.Event{UserID: alice, Platform: "twitter", Action: vault.ActionConnect} })
+				func(string) vault.Event {
+					return vault.Event{UserID: alice, Platform: "twitter", Action: vault.ActionConnect}
+				})
 			if err != nil {
 				t.Fatal(err)
 			}

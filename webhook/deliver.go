@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/credgate/credgate/secret"
@@ -62,7 +63,7 @@ const (
 	DefaultTimeout    = 10 * time.Second
 	DefaultRetryFor   = 24 * time.Hour
 	DefaultFirstRetry = 5 * time.Second
-	DefaultMaxRetry   = 10 * time.Minute
+	DefaultMaxRetry   = time.Minute
 	DefaultBatch      = 16
 )
 
@@ -90,7 +91,9 @@ type Deliverer struct {
 	RetryFor time.Duration
 	// FirstRetry is the wait after a first failure, doubled after each
 	// next one up to MaxRetry (with ±20 % jitter, so replicas and
-	// accounts do not retry in step).
+	// accounts do not retry in step). Defaults 5s and 1m: an app that
+	// comes back hears within about a minute, and the first event it
+	// takes wakes every other one waiting.
 	FirstRetry, MaxRetry time.Duration
 	// Batch is how many events one round claims. Default DefaultBatch.
 	Batch int
@@ -102,6 +105,9 @@ type Deliverer struct {
 	Now func() time.Time
 
 	once sync.Once
+	// failed is set when an attempt of this deliverer failed, and
+	// cleared by the next delivery, which wakes the waiting events.
+	failed atomic.Bool
 }
 
 func (d *Deliverer) defaults() {
@@ -175,7 +181,13 @@ func (d *Deliverer) deliverOne(ctx context.Context, e vault.OutboxEntry) error {
 	switch {
 	case why == "":
 		err = d.Outbox.Delivered(rctx, d.DB, e)
+		if err == nil && d.failed.Swap(false) {
+			// The app is back: what failed while it was down goes now,
+			// not after the rest of each backoff.
+			_, err = d.Outbox.Wake(rctx, d.DB)
+		}
 	default:
+		d.failed.Store(true)
 		next := d.Now().Add(d.delay(e.Attempts))
 		if next.Sub(e.CreatedAt) > d.RetryFor {
 			outcome = GaveUp

@@ -270,3 +270,33 @@ func TestARedirectIsNotFollowed(t *testing.T) {
 	}
 	_ = url
 }
+
+// Events that failed while the app was down do not wait out the rest of
+// their backoff once it is back: the first event it takes wakes them.
+func TestTheAppBackWakesTheWaitingEvents(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t, pgtest.Database(t))
+	rc, url := newReceiver(t)
+	var down atomic.Bool
+	down.Store(true)
+	refuse := func(webhook.Body) int {
+		if down.Load() {
+			return http.StatusBadGateway
+		}
+		return 0
+	}
+	rc.answer.Store(&refuse)
+	announce(t, pool, 5, 1)
+	d := deliverer(pool, url, "replica-a")
+	d.FirstRetry, d.MaxRetry = time.Hour, time.Hour
+	if n, err := d.DeliverDue(context.Background()); err != nil || n != 5 {
+		t.Fatalf("the first round: %d %v", n, err)
+	}
+	down.Store(false)
+	// A new account's event is due at once; the five wait an hour.
+	if err := vault.NewOutbox().Append(context.Background(), pool, vault.AccountEvent{Kind: vault.EventConnected,
+		AccountID: "00000000-0000-4000-8000-000000000099", UserID: "00000000-0000-4000-9000-000000000099", Platform: "linkedin"}); err != nil {
+		t.Fatal(err)
+	}
+	runUntil(t, 20*time.Second, func() bool { return len(rc.got()) == 6 }, d)
+}
