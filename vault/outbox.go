@@ -153,9 +153,9 @@ func (o *Outbox) Claim(ctx context.Context, db DB, worker string, n int, lease t
 			SELECT o.id FROM credgate_webhook_outbox o JOIN heads USING (id)
 			WHERE o.status = 'pending' AND o.next_attempt_at <= now()
 			  AND (o.locked_until IS NULL OR o.locked_until < now())
-			ORDER BY o.id LIMIT $2 FOR UPDATE OF o SKIP LOCKED
+			ORDER BY o.id LIMIT $2::integer FOR UPDATE OF o SKIP LOCKED
 		)
-		UPDATE credgate_webhook_outbox o SET locked_by = $1, locked_until = now() + $3::interval, attempts = o.attempts + 1
+		UPDATE credgate_webhook_outbox o SET locked_by = $1::text, locked_until = now() + $3::interval, attempts = o.attempts + 1
 		FROM due WHERE o.id = due.id
 		RETURNING o.id, o.event_id::text, o.kind, o.account_id::text, o.user_id::text, o.platform, o.data::text, o.created_at, o.attempts`,
 		worker, n, lease.String())
@@ -181,7 +181,7 @@ func (o *Outbox) Claim(ctx context.Context, db DB, worker string, n int, lease t
 // at most a duplicate, which at least once allows.
 func (o *Outbox) Delivered(ctx context.Context, db DB, e OutboxEntry) error {
 	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET status = 'delivered', finished_at = now(),
-		locked_by = NULL, locked_until = NULL, last_error = NULL WHERE id = $1 AND status = 'pending'`, e.ID)
+		locked_by = NULL, locked_until = NULL, last_error = NULL WHERE id = $1::bigint AND status = 'pending'`, e.ID)
 	if err != nil {
 		return fmt.Errorf("recording webhook delivery: %w", err)
 	}
@@ -193,8 +193,8 @@ func (o *Outbox) Delivered(ctx context.Context, db DB, e OutboxEntry) error {
 // Only the holder of the lease does; a lost lease means another replica
 // is on it.
 func (o *Outbox) Retry(ctx context.Context, db DB, e OutboxEntry, worker, why string, at time.Time) error {
-	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET next_attempt_at = $3, last_error = $4,
-		locked_by = NULL, locked_until = NULL WHERE id = $1 AND locked_by = $2 AND attempts = $5 AND status = 'pending'`,
+	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET next_attempt_at = $3::timestamptz, last_error = $4::text,
+		locked_by = NULL, locked_until = NULL WHERE id = $1::bigint AND locked_by = $2::text AND attempts = $5::integer AND status = 'pending'`,
 		e.ID, worker, at, why, e.Attempts)
 	if err != nil {
 		return fmt.Errorf("rescheduling webhook event: %w", err)
@@ -217,8 +217,8 @@ func (o *Outbox) Wake(ctx context.Context, db DB) (int64, error) {
 // GiveUp keeps e as failed, with why: it was retried for as long as the
 // webhook allows. The account's later events go on.
 func (o *Outbox) GiveUp(ctx context.Context, db DB, e OutboxEntry, worker, why string) error {
-	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET status = 'failed', finished_at = now(), last_error = $3,
-		locked_by = NULL, locked_until = NULL WHERE id = $1 AND locked_by = $2 AND attempts = $4 AND status = 'pending'`,
+	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET status = 'failed', finished_at = now(), last_error = $3::text,
+		locked_by = NULL, locked_until = NULL WHERE id = $1::bigint AND locked_by = $2::text AND attempts = $4::integer AND status = 'pending'`,
 		e.ID, worker, why, e.Attempts)
 	if err != nil {
 		return fmt.Errorf("giving up a webhook event: %w", err)
@@ -270,7 +270,7 @@ func (o *Outbox) Stats(ctx context.Context, db DB) (OutboxStats, error) {
 // ones finished before failed (kept longer: an operator may still look).
 func (o *Outbox) Prune(ctx context.Context, db DB, delivered, failed time.Time) (int64, error) {
 	tag, err := db.Exec(ctx, `DELETE FROM credgate_webhook_outbox
-		WHERE (status = 'delivered' AND finished_at < $1) OR (status = 'failed' AND finished_at < $2)`, delivered, failed)
+		WHERE (status = 'delivered' AND finished_at < $1::timestamptz) OR (status = 'failed' AND finished_at < $2::timestamptz)`, delivered, failed)
 	if err != nil {
 		return 0, fmt.Errorf("pruning the webhook outbox: %w", err)
 	}

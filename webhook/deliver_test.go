@@ -300,3 +300,46 @@ func TestTheAppBackWakesTheWaitingEvents(t *testing.T) {
 	}
 	runUntil(t, 20*time.Second, func() bool { return len(rc.got()) == 6 }, d)
 }
+
+// Through PgBouncer in transaction mode (Supabase's pooler), the outbox
+// works as it does on a direct connection: events written with their
+// change, claimed by two replicas, delivered, woken after a failure.
+func TestDeliveryThroughATransactionPooler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	through := pgtest.Bouncer(t, pgtest.Database(t))
+	pool, err := vault.OpenPool(ctx, through)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	rc, url := newReceiver(t)
+	var calls atomic.Int32
+	failFirst := func(webhook.Body) int {
+		if calls.Add(1) <= 3 {
+			return http.StatusServiceUnavailable
+		}
+		return 0
+	}
+	rc.answer.Store(&failFirst)
+	want := announce(t, pool, 8, 4)
+	runUntil(t, 60*time.Second, func() bool {
+		s, _ := vault.NewOutbox().Stats(ctx, pool)
+		return s.Pending == 0
+	}, deliverer(pool, url, "replica-a"), deliverer(pool, url, "replica-b"))
+	got := map[string][]string{}
+	for _, b := range rc.got() {
+		got[b.AccountID] = append(got[b.AccountID], seq(b))
+	}
+	for account, events := range want {
+		if !slices.Equal(got[account], events) {
+			t.Errorf("account %s received %v, want %v", account, got[account], events)
+		}
+	}
+	if _, err := vault.NewOutbox().Prune(ctx, pool, time.Now().Add(time.Hour), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := vault.NewOutbox().Stats(ctx, pool); err != nil || st.Pending+st.Failed != 0 {
+		t.Errorf("after the prune: %+v %v", st, err)
+	}
+}
