@@ -26,6 +26,10 @@ func FlagdFile(path string, onEvent func(SourceEvent)) (openfeature.FeatureProvi
 	defer evaluationLock.Unlock()
 	// flagd's own log lines (JSON on stderr, outside Caddy's logger) say
 	// nothing the SourceEvents do not: credgate logs the file's state.
+	// The provider's logger is discarded; its in-process service (v0.3.0)
+	// does not take it, and still writes a line at each start and stop
+	// ("operating in in-process mode…", "Shutting down data sync
+	// listener").
 	p, err := flagd.NewProvider(flagd.WithInProcessResolver(), flagd.WithLogger(logr.Discard()),
 		flagd.WithCustomSyncProviderAndUri(&fileSync{path: path, interval: pollInterval, onEvent: onEvent}, path))
 	if err != nil {
