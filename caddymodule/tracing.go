@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"net/http"
+	"strings"
 
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
@@ -163,6 +164,9 @@ func routeLabel(span, path string) string {
 		return telemetry.RouteRollout
 	case "/api/credentials/rollout/resume":
 		return telemetry.RouteRolloutResume
+	}
+	if strings.HasPrefix(path, rolloutDecisionPrefix) {
+		return telemetry.RouteRolloutDecision
 	}
 	return telemetry.RouteOther
 }

@@ -168,7 +168,15 @@ func TestFlagdRPCDaemonThatNeverAnswers(t *testing.T) {
 			t.Fatalf("frozen after ready: %+v after %v, want legacy/timeout at the 100 ms deadline", dec, took)
 		}
 	}
-	waitUntil(t, 10*time.Second, "the state stops saying ready", func() bool { return r.state().State != flags.SourceReady })
+	// Decisions keep coming, as traffic does: a probe runs at most once
+	// per request timeout, and the one the first frozen decision would
+	// start may have been skipped because an earlier one (from the
+	// daemon-down phase) ran moments before, which a loaded machine
+	// makes likely.
+	waitUntil(t, 10*time.Second, "the state stops saying ready", func() bool {
+		r.decide()
+		return r.state().State != flags.SourceReady
+	})
 	d.Thaw()
 	waitUntil(t, 10*time.Second, "decisions follow the thawed daemon", func() bool { return r.decide().Arm == flags.ArmNew })
 	if s := r.state(); s.State != flags.SourceReady {

@@ -34,14 +34,17 @@ const (
 	RouteCleanup       = "cleanup"
 	RouteRollout       = "rollout"
 	RouteRolloutResume = "rollout_resume"
-	RouteToken         = "token"
-	RouteEgress        = "egress"
-	RouteOther         = "other"
+	// RouteRolloutDecision is GET /api/credentials/rollout/<platform>,
+	// a signed-in user's decision.
+	RouteRolloutDecision = "rollout_decision"
+	RouteToken           = "token"
+	RouteEgress          = "egress"
+	RouteOther           = "other"
 )
 
 // Routes is the closed set of the route label (RouteStart included).
 var Routes = []string{RouteStart, RouteCallback, RouteStatus, RouteDisconnect, RouteHealthCheck, RouteServiceHealth,
-	RouteCleanup, RouteRollout, RouteRolloutResume, RouteToken, RouteEgress, RouteOther}
+	RouteCleanup, RouteRollout, RouteRolloutResume, RouteRolloutDecision, RouteToken, RouteEgress, RouteOther}
 
 // Status classes of credgate's answers. 503 is its own class, apart from
 // the other 5xx: credgate answers it when its storage is unavailable (or
