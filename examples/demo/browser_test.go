@@ -203,7 +203,8 @@ func TestDemoInABrowser(t *testing.T) {
 	// most every 5 s, so the page is reloaded until the new one shows;
 	// and while a database ping takes over 250 ms (a loaded machine) the
 	// rollout rightly sends users to the app's flow (store_unavailable),
-	// which this test waits out too.
+	// and so it does when the flag evaluation misses its 100 ms deadline
+	// (timeout, seen at load 15): this test waits both out.
 	decision := func(platform, percent string) (flow, reason string) {
 		t.Helper()
 		row := "#rollout-" + platform
@@ -212,7 +213,7 @@ func TestDemoInABrowser(t *testing.T) {
 			do("reload", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(row+"[data-flow]")))
 			got := read("the percentage", `document.querySelector("`+row+`").dataset.percentage`)
 			why := read("the reason", `document.querySelector("`+row+`").dataset.reason`)
-			if got == percent && why != "store_unavailable" {
+			if got == percent && why != "store_unavailable" && why != "timeout" {
 				break
 			}
 			if time.Now().After(deadline) {
