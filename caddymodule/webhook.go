@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,7 +134,8 @@ func (a *App) provisionWebhook(ctx caddy.Context, repl *caddy.Replacer) error {
 	raw := repl.ReplaceKnown(w.URL, "")
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("credgate: webhook: %q is not an http or https URL", raw)
+		// Not the URL itself: its query may hold a key of the app's.
+		return fmt.Errorf("credgate: webhook: the URL is not an absolute http or https URL (scheme %q)", schemeOf(raw))
 	}
 	secrets := []secret.Value{}
 	for i, s := range append([]string{w.Secret}, w.PreviousSecrets...) {
@@ -281,4 +283,14 @@ func (g *outboxGauges) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range g.cached {
 		ch <- m
 	}
+}
+
+// schemeOf is what comes before "://" in raw, if that is short and
+// plain, for an error that must not repeat the rest.
+func schemeOf(raw string) string {
+	scheme, _, ok := strings.Cut(raw, "://")
+	if !ok || len(scheme) > 10 || strings.ContainsAny(scheme, "?#@/ ") {
+		return ""
+	}
+	return scheme
 }

@@ -201,13 +201,13 @@ func TestTheWebhookSecretMustBeTheAppsOwn(t *testing.T) {
 		t.Errorf("the demo's webhook secret on a public origin: %v", err)
 	}
 	for src, want := range map[string]string{
-		strings.Replace(base, "secret "+demoSecret, "secret too-short", 1):                                      "secret is shorter than 24 characters",
-		strings.Replace(base, "secret "+demoSecret, "timeout 1s", 1):                                            "secret is required",
-		strings.Replace(base, "webhook http://127.0.0.1:1/hooks", "webhook ftp://x", 1):                         `"ftp://x" is not an http or https URL`,
-		strings.Replace(base, "secret "+demoSecret, "secret "+demoSecret+"\n\t\t\tevents connected deleted", 1): `unknown account event "deleted"`,
+		strings.Replace(base, "secret "+demoSecret, "secret too-short", 1):                                                  "secret is shorter than 24 characters",
+		strings.Replace(base, "secret "+demoSecret, "timeout 1s", 1):                                                        "secret is required",
+		strings.Replace(base, "webhook http://127.0.0.1:1/hooks", "webhook htps://app/hook?key=app-secret-in-the-query", 1): `the URL is not an absolute http or https URL (scheme "htps")`,
+		strings.Replace(base, "secret "+demoSecret, "secret "+demoSecret+"\n\t\t\tevents connected deleted", 1):             `unknown account event "deleted"`,
 	} {
-		if err := load(src); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("want %q, got %v", want, err)
+		if err := load(src); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "app-secret-in-the-query") {
+			t.Errorf("want %q (and never the URL's query), got %v", want, err)
 		}
 	}
 }

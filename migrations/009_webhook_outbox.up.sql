@@ -10,8 +10,9 @@
 -- oldest first per account, at least once; after retry_for an event
 -- that could not be delivered stays as failed, for the operator to see.
 --
--- No foreign key to social_accounts: an event outlives the row it names
--- (erase-user deletes the row; the app still has to hear of it).
+-- No foreign key to social_accounts: an event is about a change that
+-- already committed, and is delivered whatever happens to the row after
+-- (erase-user deletes a user's rows and their events together).
 --
 -- Idempotent, whole or nothing. It touches no table of the app's.
 
@@ -23,7 +24,7 @@ CREATE TABLE IF NOT EXISTS credgate_webhook_outbox (
     user_id         uuid        NOT NULL,
     platform        text        NOT NULL,
     data            jsonb       NOT NULL DEFAULT '{}',
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    created_at      timestamptz NOT NULL DEFAULT statement_timestamp(),
     status          text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
     attempts        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),

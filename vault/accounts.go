@@ -720,19 +720,25 @@ func (s *Accounts) markStatus(ctx context.Context, db DB, a Account, status Stat
 	if err != nil {
 		return err
 	}
-	// The join reads the row as it was before the update (the statement's
-	// snapshot): whether the status changed, in the same round trip.
-	var before Status
-	err = db.QueryRow(ctx, settings.Columns.SQL(`UPDATE social_accounts AS a SET {status} = $2, updated_at = now()
-		FROM social_accounts AS b WHERE a.id = $1 AND b.id = a.id RETURNING b.{status}`), a.ID, status).Scan(&before)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrNotConnected
-	}
+	// Only a change is written, and only a change is announced. The
+	// condition is on the updated row, which PostgreSQL checks again on
+	// the newest version when the statement had to wait for a concurrent
+	// change (a self-join's copy would keep the old one: two marks, or a
+	// reconnect meanwhile, would then announce twice or not at all).
+	tag, err := db.Exec(ctx, settings.Columns.SQL(`UPDATE social_accounts SET {status} = $2, updated_at = now()
+		WHERE id = $1 AND {status} IS DISTINCT FROM $2`), a.ID, status)
 	if err != nil {
 		return fmt.Errorf("marking account %s: %w", a.ID, err)
 	}
-	if before == status {
-		return nil
+	if tag.RowsAffected() == 0 {
+		var exists bool
+		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM social_accounts WHERE id = $1)`, a.ID).Scan(&exists); err != nil {
+			return fmt.Errorf("marking account %s: %w", a.ID, err)
+		}
+		if !exists {
+			return ErrNotConnected
+		}
+		return nil // already so: nothing new to say
 	}
 	e.AccountID, e.UserID, e.Platform = a.ID, a.UserID, a.Platform
 	return s.outbox.Append(ctx, db, e)

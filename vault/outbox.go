@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -155,10 +156,10 @@ func (o *Outbox) Claim(ctx context.Context, db DB, worker string, n int, lease t
 			  AND (o.locked_until IS NULL OR o.locked_until < now())
 			ORDER BY o.id LIMIT $2::integer FOR UPDATE OF o SKIP LOCKED
 		)
-		UPDATE credgate_webhook_outbox o SET locked_by = $1::text, locked_until = now() + $3::interval, attempts = o.attempts + 1
+		UPDATE credgate_webhook_outbox o SET locked_by = $1::text, locked_until = now() + make_interval(secs => $3::float8), attempts = o.attempts + 1
 		FROM due WHERE o.id = due.id
 		RETURNING o.id, o.event_id::text, o.kind, o.account_id::text, o.user_id::text, o.platform, o.data::text, o.created_at, o.attempts`,
-		worker, n, lease.String())
+		worker, n, lease.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("claiming webhook events: %w", err)
 	}
@@ -176,54 +177,88 @@ func (o *Outbox) Claim(ctx context.Context, db DB, worker string, n int, lease t
 	return out, nil
 }
 
-// Delivered records that the app accepted e. It does so even when the
-// lease ran out meanwhile: the app has it, and another delivery of it is
-// at most a duplicate, which at least once allows.
-func (o *Outbox) Delivered(ctx context.Context, db DB, e OutboxEntry) error {
+// Delivered records that the app accepted e, as worker claimed it. It
+// does so even when worker's lease ran out meanwhile, unless another
+// replica has claimed e since and is still on it: marking it delivered
+// then would let the account's next event go out while that replica's
+// copy of e is still in flight, and the app could get them out of order.
+// That replica marks it once it is done (the app gets it twice, which at
+// least once allows).
+func (o *Outbox) Delivered(ctx context.Context, db DB, e OutboxEntry, worker string) error {
 	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET status = 'delivered', finished_at = now(),
-		locked_by = NULL, locked_until = NULL, last_error = NULL WHERE id = $1::bigint AND status = 'pending'`, e.ID)
+		locked_by = NULL, locked_until = NULL, last_error = NULL
+		WHERE id = $1::bigint AND status = 'pending'
+		  AND (locked_by = $2::text OR locked_by IS NULL OR locked_until < now())`, e.ID, worker)
 	if err != nil {
 		return fmt.Errorf("recording webhook delivery: %w", err)
 	}
 	return nil
 }
 
-// Retry puts e back for another attempt at at, with why the last failed
-// (a status or a transport error: never a body, which the app wrote).
-// Only the holder of the lease does; a lost lease means another replica
-// is on it.
-func (o *Outbox) Retry(ctx context.Context, db DB, e OutboxEntry, worker, why string, at time.Time) error {
-	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET next_attempt_at = $3::timestamptz, last_error = $4::text,
-		locked_by = NULL, locked_until = NULL WHERE id = $1::bigint AND locked_by = $2::text AND attempts = $5::integer AND status = 'pending'`,
-		e.ID, worker, at, why, e.Attempts)
+// Fail records that an attempt at e failed, with why (a status or a
+// transport error: never a body, which the app wrote): e is tried again
+// after wait, or, when that would be more than retryFor after e was
+// written, kept as failed (gaveUp), and the account's later events go
+// on. The times are the database's, as Claim's are: a replica whose clock
+// is off neither skips nor stretches the backoff. Only the holder of the
+// lease records it; a lost lease means another replica is on it.
+func (o *Outbox) Fail(ctx context.Context, db DB, e OutboxEntry, worker, why string, wait, retryFor time.Duration) (gaveUp bool, err error) {
+	var status string
+	err = db.QueryRow(ctx, `UPDATE credgate_webhook_outbox SET last_error = $3::text, locked_by = NULL, locked_until = NULL,
+			status = CASE WHEN now() + make_interval(secs => $5::float8) - created_at > make_interval(secs => $6::float8)
+			              THEN 'failed' ELSE 'pending' END,
+			finished_at = CASE WHEN now() + make_interval(secs => $5::float8) - created_at > make_interval(secs => $6::float8)
+			                   THEN now() END,
+			next_attempt_at = now() + make_interval(secs => $5::float8)
+		WHERE id = $1::bigint AND locked_by = $2::text AND attempts = $4::integer AND status = 'pending'
+		RETURNING status`, e.ID, worker, why, e.Attempts, wait.Seconds(), retryFor.Seconds()).Scan(&status)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
 	if err != nil {
-		return fmt.Errorf("rescheduling webhook event: %w", err)
+		return false, fmt.Errorf("recording a failed webhook delivery: %w", err)
+	}
+	return status == "failed", nil
+}
+
+// Release hands e back untried (this replica is stopping): the attempt
+// it claimed is not counted, no backoff starts, and e is due again at
+// once for whichever replica claims it next.
+func (o *Outbox) Release(ctx context.Context, db DB, e OutboxEntry, worker string) error {
+	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET locked_by = NULL, locked_until = NULL, attempts = attempts - 1
+		WHERE id = $1::bigint AND locked_by = $2::text AND attempts = $3::integer AND status = 'pending'`, e.ID, worker, e.Attempts)
+	if err != nil {
+		return fmt.Errorf("releasing a webhook event: %w", err)
 	}
 	return nil
 }
 
-// Wake makes every pending event waiting out a backoff due now: the app
-// just took an event, so it is back, and the events that failed while it
-// was down need not wait out the rest of their backoff.
+// The failures (an entry's last_error) that say the app was down or
+// unreachable, rather than refusing one event: only these does Wake cut
+// short. An event the app refuses on its own (a 400, a 500 from a handler
+// that fails on that account) keeps its backoff while others go through.
+var appDownErrors = []string{"status 502", "status 503", "status 504", "timeout", "request failed"}
+
+// appUnreachable prefixes a failed connection's last_error.
+const appUnreachable = "connection failed"
+
+// AppDown reports whether why (a failed attempt's reason) says the app
+// was down or unreachable: the failures Wake cuts short.
+func AppDown(why string) bool {
+	return slices.Contains(appDownErrors, why) || strings.HasPrefix(why, appUnreachable)
+}
+
+// Wake makes every pending event that is waiting out a backoff because
+// the app was down due now: the app just took an event, so it is back,
+// and those events need not wait out the rest of their backoff.
 func (o *Outbox) Wake(ctx context.Context, db DB) (int64, error) {
 	tag, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET next_attempt_at = now()
-		WHERE status = 'pending' AND next_attempt_at > now() AND attempts > 0`)
+		WHERE status = 'pending' AND next_attempt_at > now() AND attempts > 0
+		  AND (last_error IN ('`+strings.Join(appDownErrors, "', '")+`') OR last_error LIKE '`+appUnreachable+`%')`)
 	if err != nil {
 		return 0, fmt.Errorf("waking webhook events: %w", err)
 	}
 	return tag.RowsAffected(), nil
-}
-
-// GiveUp keeps e as failed, with why: it was retried for as long as the
-// webhook allows. The account's later events go on.
-func (o *Outbox) GiveUp(ctx context.Context, db DB, e OutboxEntry, worker, why string) error {
-	_, err := db.Exec(ctx, `UPDATE credgate_webhook_outbox SET status = 'failed', finished_at = now(), last_error = $3::text,
-		locked_by = NULL, locked_until = NULL WHERE id = $1::bigint AND locked_by = $2::text AND attempts = $4::integer AND status = 'pending'`,
-		e.ID, worker, why, e.Attempts)
-	if err != nil {
-		return fmt.Errorf("giving up a webhook event: %w", err)
-	}
-	return nil
 }
 
 // OutboxStats is the outbox at a glance, for service-health and the

@@ -105,8 +105,9 @@ type Deliverer struct {
 	Now func() time.Time
 
 	once sync.Once
-	// failed is set when an attempt of this deliverer failed, and
-	// cleared by the next delivery, which wakes the waiting events.
+	// failed is set when an attempt of this deliverer failed as an app
+	// that is down does (vault.AppDown), and cleared by the next
+	// delivery, which wakes the events waiting for that reason.
 	failed atomic.Bool
 }
 
@@ -172,29 +173,34 @@ func (d *Deliverer) deliverOne(ctx context.Context, e vault.OutboxEntry) error {
 	start := d.Now()
 	why := d.send(ctx, e)
 	took := d.Now().Sub(start)
-	// The outcome is recorded even if ctx ended meanwhile (a stop):
+	// What came of it is recorded even if ctx ended meanwhile (a stop):
 	// the app may have the event, and the row must say so.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	if why != "" && ctx.Err() != nil {
+		// Cut short by a stop, not failed by the app: handed back
+		// untried, with no backoff, and never given up for it.
+		return d.Outbox.Release(rctx, d.DB, e, d.Name)
+	}
 	outcome := Delivered
 	var err error
 	switch {
 	case why == "":
-		err = d.Outbox.Delivered(rctx, d.DB, e)
+		err = d.Outbox.Delivered(rctx, d.DB, e, d.Name)
 		if err == nil && d.failed.Swap(false) {
 			// The app is back: what failed while it was down goes now,
 			// not after the rest of each backoff.
 			_, err = d.Outbox.Wake(rctx, d.DB)
 		}
 	default:
-		d.failed.Store(true)
-		next := d.Now().Add(d.delay(e.Attempts))
-		if next.Sub(e.CreatedAt) > d.RetryFor {
+		if vault.AppDown(why) {
+			d.failed.Store(true)
+		}
+		var gaveUp bool
+		gaveUp, err = d.Outbox.Fail(rctx, d.DB, e, d.Name, why, d.delay(e.Attempts), d.RetryFor)
+		outcome = Retrying
+		if gaveUp {
 			outcome = GaveUp
-			err = d.Outbox.GiveUp(rctx, d.DB, e, d.Name, why)
-		} else {
-			outcome = Retrying
-			err = d.Outbox.Retry(rctx, d.DB, e, d.Name, why, next)
 		}
 	}
 	if d.Observe != nil {
