@@ -343,3 +343,78 @@ func TestDeliveryThroughATransactionPooler(t *testing.T) {
 		t.Errorf("after the prune: %+v %v", st, err)
 	}
 }
+
+// Only events that failed as a down app fails are woken when it is back:
+// an event the app refuses on its own (a 400) keeps its backoff, rather
+// than being sent again on every poll.
+func TestARefusedEventKeepsItsBackoff(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, pgtest.Database(t))
+	rc, url := newReceiver(t)
+	var down atomic.Bool
+	down.Store(true)
+	answer := func(b webhook.Body) int {
+		switch {
+		case b.Platform == "linkedin":
+			return http.StatusBadRequest
+		case down.Load():
+			return http.StatusServiceUnavailable
+		}
+		return 0
+	}
+	rc.answer.Store(&answer)
+	outbox := vault.NewOutbox()
+	for i, platform := range []string{"linkedin", "twitter"} {
+		if err := outbox.Append(ctx, pool, vault.AccountEvent{Kind: vault.EventConnected, Platform: platform,
+			AccountID: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), UserID: fmt.Sprintf("00000000-0000-4000-9000-%012d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := deliverer(pool, url, "replica-a")
+	d.FirstRetry, d.MaxRetry = time.Hour, time.Hour
+	if n, err := d.DeliverDue(ctx); err != nil || n != 2 {
+		t.Fatalf("the first round: %d %v", n, err)
+	}
+	down.Store(false)
+	if err := outbox.Append(ctx, pool, vault.AccountEvent{Kind: vault.EventConnected, Platform: "facebook",
+		AccountID: "00000000-0000-4000-8000-000000000099", UserID: "00000000-0000-4000-9000-000000000099"}); err != nil {
+		t.Fatal(err)
+	}
+	runUntil(t, 20*time.Second, func() bool { return len(rc.got()) == 2 }, d)
+	var attempts int
+	var waiting bool
+	pool.QueryRow(ctx, `SELECT attempts, next_attempt_at > now() + interval '30 minutes' FROM credgate_webhook_outbox WHERE platform = 'linkedin'`).
+		Scan(&attempts, &waiting)
+	if attempts != 1 || !waiting {
+		t.Errorf("the refused event: %d attempts, still waiting out its backoff: %v", attempts, waiting)
+	}
+}
+
+// A stop that cuts an attempt short hands the event back untried: not
+// counted, no backoff, not a failure in the metrics.
+func TestAStopHandsTheEventBackUntried(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.Pool(t, pgtest.Database(t))
+	rc, url := newReceiver(t)
+	slow := func(webhook.Body) int { time.Sleep(2 * time.Second); return 0 }
+	rc.answer.Store(&slow)
+	announce(t, pool, 1, 1)
+	d := deliverer(pool, url, "replica-a")
+	var observed atomic.Int32
+	d.Observe = func(vault.AccountEventKind, webhook.Outcome, time.Duration) { observed.Add(1) }
+	stopping, stop := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer stop()
+	if _, err := d.DeliverDue(stopping); err != nil {
+		t.Fatal(err)
+	}
+	var attempts int
+	var locked, due bool
+	var lastError *string
+	pool.QueryRow(ctx, `SELECT attempts, locked_by IS NOT NULL, next_attempt_at <= now(), last_error FROM credgate_webhook_outbox`).
+		Scan(&attempts, &locked, &due, &lastError)
+	if attempts != 0 || locked || !due || lastError != nil || observed.Load() != 0 {
+		t.Errorf("after a stop mid-attempt: %d attempts, locked %v, due %v, last error %v, %d outcomes observed", attempts, locked, due, lastError, observed.Load())
+	}
+}
