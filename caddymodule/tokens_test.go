@@ -166,12 +166,18 @@ func TestTwitterTokenStillWorksThreeLifetimesLater(t *testing.T) {
 		// Generous: an idle worker whose claims failed under load backs
 		// off up to 30 s, and `make test` runs the fault tests beside
 		// this one; the state is printed if it still waits in vain.
+		// The renewal is done when credgate has stored it (its audit row
+		// is in the same transaction), not when the sandbox answered:
+		// moving the shared clock in between would date the new token's
+		// expiry from the moved clock, and the next renewal would be due
+		// two hours late (it failed so in CI, under load).
 		deadline := time.Now().Add(150 * time.Second)
-		for h.sandbox.Stats()["twitter"].Refreshes < cycle {
+		for h.sandbox.Stats()["twitter"].Refreshes < cycle ||
+			h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'success'`) < cycle {
 			if time.Now().After(deadline) {
 				t.Fatalf("cycle %d: no renewal within 150 s; %s", cycle, h.refreshState())
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	code, tok, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
