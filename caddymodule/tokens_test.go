@@ -115,27 +115,7 @@ func TestTokenAPI(t *testing.T) {
 	// renewal and get the same token.
 	before := h.sandbox.Stats()["twitter"].Refreshes
 	h.sandbox.Clock().Advance(117 * time.Minute)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	seen := map[string]int{}
-	for range 50 {
-		wg.Go(func() {
-			req, _ := http.NewRequest("GET", h.internal+"/api/internal/credentials/"+alice+"/twitter/token", nil)
-			req.Header.Set("Authorization", "Bearer "+serviceToken)
-			resp, err := client.Do(req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer resp.Body.Close()
-			var tok tokenResponse
-			json.NewDecoder(resp.Body).Decode(&tok)
-			mu.Lock()
-			seen[tok.AccessToken+"/"+resp.Status]++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	seen := h.readConcurrently(50, alice, "twitter")
 	st := h.sandbox.Stats()["twitter"]
 	if st.Refreshes-before != 1 || st.RefreshReuse != 0 || len(seen) != 1 {
 		t.Fatalf("50 concurrent calls near expiry: %d renewals, %d reuse, answers %v; want 1, 0 and one token", st.Refreshes-before, st.RefreshReuse, seen)
