@@ -277,9 +277,9 @@ func EraseUser(ctx context.Context, db DB, settings Settings, userID string, opt
 		e.States = tag.RowsAffected()
 		// The user's webhook events, delivered or not, name them: they
 		// go too (where migration 009 made the outbox).
-		var outbox bool
-		if err := tx.QueryRow(ctx, `SELECT to_regclass('credgate_webhook_outbox') IS NOT NULL`).Scan(&outbox); err != nil {
-			return fmt.Errorf("looking for the webhook outbox: %w", err)
+		outbox, err := outboxExists(ctx, tx)
+		if err != nil {
+			return err
 		}
 		if outbox {
 			tag, err := tx.Exec(ctx, `DELETE FROM credgate_webhook_outbox WHERE user_id = $1`, userID)

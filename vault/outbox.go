@@ -319,12 +319,21 @@ var ErrNoOutbox = errors.New("credgate_webhook_outbox is missing: run `caddy cre
 // configured before its migration is refused at start with the fix
 // rather than failing every connect.
 func CheckOutbox(ctx context.Context, db DB) error {
-	var ok bool
-	if err := db.QueryRow(ctx, `SELECT to_regclass('credgate_webhook_outbox') IS NOT NULL`).Scan(&ok); err != nil {
-		return fmt.Errorf("looking for the webhook outbox: %w", err)
+	ok, err := outboxExists(ctx, db)
+	if err != nil {
+		return err
 	}
 	if !ok {
 		return ErrNoOutbox
 	}
 	return nil
+}
+
+// outboxExists reports whether migration 009 made the outbox table.
+func outboxExists(ctx context.Context, db DB) (bool, error) {
+	var ok bool
+	if err := db.QueryRow(ctx, `SELECT to_regclass('credgate_webhook_outbox') IS NOT NULL`).Scan(&ok); err != nil {
+		return false, fmt.Errorf("looking for the webhook outbox: %w", err)
+	}
+	return ok, nil
 }
