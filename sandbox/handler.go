@@ -286,8 +286,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, platform stri
 	}
 	c := randomString(24)
 	s.mu.Lock()
+	now := s.clock.Now()
 	s.codes[c] = &code{app: a, redirect: redirect, challenge: challenge, scopes: splitScope(q.Get("scope")),
-		user: userFor(platform, cmp.Or(q.Get("sandbox_user"), signedInUser(r))), issued: s.clock.Now()}
+		user: userFor(platform, cmp.Or(q.Get("sandbox_user"), signedInUser(r))), issued: now}
+	s.codeLife.remember(c, now.Add(codeMemory))
+	forget(&s.codeLife, s.codes, now, func(c *code) time.Time { return c.issued })
 	s.stats[platform].CodesIssued++
 	s.mu.Unlock()
 	redirectBack(w, r, platform, redirect, url.Values{"code": {c}, "state": {state}})
@@ -366,6 +369,8 @@ func (s *Server) issue(a *App, user identity, scopes []string, ttl time.Duration
 	v := randomString(32)
 	now := s.clock.Now()
 	s.tokens[v] = &token{app: a, user: user, scopes: scopes, issued: now, expires: now.Add(ttl), long: long, refresh: refresh, family: family}
+	s.tokenLife.remember(v, now.Add(ttl))
+	forget(&s.tokenLife, s.tokens, now, func(t *token) time.Time { return t.issued })
 	if !refresh {
 		s.stats[a.Platform].TokensIssued++
 	}

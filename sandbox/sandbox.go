@@ -11,7 +11,9 @@
 // and kills a refresh-token family on reuse; LinkedIn answers 401 to a
 // code_verifier; Facebook speaks Graph errors and has no refresh tokens;
 // Instagram speaks flat errors and refreshes only tokens a day old. Codes
-// are single-use and live 30 s; redirect URIs must match exactly.
+// are single-use and live 30 s; redirect URIs must match exactly. Codes
+// and tokens are forgotten once expired, and past a cap, so a long run
+// neither grows without bound nor slows down.
 //
 // It is written from the platforms' documented behaviour, independently of
 // the oauth package, so that it can catch that client's mistakes. Faults
@@ -20,6 +22,7 @@
 package sandbox
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -123,6 +126,13 @@ type Config struct {
 	Faults map[string]Fault `json:"faults,omitempty"`
 	// Clock defaults to a real clock that tests can move forward.
 	Clock *Clock `json:"-"`
+	// MaxCodes and MaxTokens cap how many issued codes and tokens the
+	// server remembers (default DefaultMaxCodes, DefaultMaxTokens). Each
+	// is forgotten when it expires anyway; past the cap, the ones nearest
+	// their end are forgotten first, and a client that presents one is
+	// refused as it would be for an unknown value.
+	MaxCodes  int `json:"max_codes,omitempty"`
+	MaxTokens int `json:"max_tokens,omitempty"`
 }
 
 // Clock is the sandbox's notion of now: real time plus an offset that only
@@ -190,13 +200,16 @@ type Server struct {
 	autoApprove bool
 	clock       *Clock
 
-	mu       sync.Mutex
-	apps     map[string]*App // by platform + client id
-	faults   map[string]Fault
-	codes    map[string]*code
-	tokens   map[string]*token
-	families map[string]bool // revoked refresh-token families
-	stats    map[string]*PlatformStats
+	mu     sync.Mutex
+	apps   map[string]*App // by platform + client id
+	faults map[string]Fault
+	codes  map[string]*code
+	tokens map[string]*token
+	// codeLife and tokenLife forget codes and tokens when they no longer
+	// matter (expiry.go).
+	codeLife, tokenLife forgetting
+	families            map[string]bool // revoked refresh-token families
+	stats               map[string]*PlatformStats
 }
 
 // New returns a sandbox server.
@@ -211,6 +224,8 @@ func New(cfg Config) *Server {
 		autoApprove: cfg.AutoApprove, clock: cfg.Clock,
 		apps: map[string]*App{}, faults: map[string]Fault{}, codes: map[string]*code{},
 		tokens: map[string]*token{}, families: map[string]bool{}, stats: map[string]*PlatformStats{},
+		codeLife:  forgetting{max: cmp.Or(max(cfg.MaxCodes, 0), DefaultMaxCodes)},
+		tokenLife: forgetting{max: cmp.Or(max(cfg.MaxTokens, 0), DefaultMaxTokens)},
 	}
 	for i := range cfg.Apps {
 		a := cfg.Apps[i]
