@@ -35,15 +35,12 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/credgate/credgate/bench/internal/loadrun"
 	"github.com/oauth2-proxy/mockoidc"
 )
 
@@ -65,7 +62,7 @@ func main() {
 	flag.Parse()
 
 	if *summarize != "" {
-		if err := summarizeFile(*summarize, *baseline, os.Stdout); err != nil {
+		if err := loadrun.SummarizeFile(*summarize, *baseline, os.Stdout); err != nil {
 			fail(err)
 		}
 		return
@@ -87,7 +84,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "connectload: need -start, -provider-only or -serve-provider")
 		os.Exit(2)
 	}
-	meters, err := parseCPU(*cpu)
+	meters, err := loadrun.ParseCPU(*cpu)
 	if err != nil {
 		fail(err)
 	}
@@ -96,166 +93,12 @@ func main() {
 	if err := run(); err != nil {
 		fail(fmt.Errorf("warm-up flow: %w", err))
 	}
-	res := measure(run, *conc, *dur, *flows, meters)
+	res := loadrun.Measure(run, *conc, *dur, *flows, meters)
 	res.Label = *label
 	json.NewEncoder(os.Stdout).Encode(res)
 	if res.Flows == 0 {
 		os.Exit(1)
 	}
-}
-
-type result struct {
-	Label       string             `json:"label,omitempty"`
-	Flows       int64              `json:"flows"`
-	Failed      int64              `json:"failed"`
-	FirstError  string             `json:"first_error,omitempty"`
-	FlowsPerSec float64            `json:"flows_per_s"`
-	P50ms       float64            `json:"p50_ms"`
-	P99ms       float64            `json:"p99_ms"`
-	Concurrency int                `json:"c"`
-	CPUms       map[string]float64 `json:"cpu_ms_per_flow,omitempty"`
-}
-
-func measure(run func() error, conc int, dur time.Duration, flows int64, meters []cpuMeter) result {
-	before := readCPU(meters)
-	var ok, failed, taken atomic.Int64
-	var firstErr atomic.Value
-	var mu sync.Mutex
-	var lat []time.Duration
-	deadline := time.Now().Add(dur)
-	more := func() bool {
-		if flows > 0 {
-			return taken.Add(1) <= flows
-		}
-		return time.Now().Before(deadline)
-	}
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	for range conc {
-		wg.Go(func() {
-			var mine []time.Duration
-			for more() {
-				t := time.Now()
-				if err := run(); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				ok.Add(1)
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(t0)
-	after := readCPU(meters)
-	slices.Sort(lat)
-	pct := func(p float64) float64 {
-		if len(lat) == 0 {
-			return 0
-		}
-		return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000
-	}
-	r := result{Flows: ok.Load(), Failed: failed.Load(), FlowsPerSec: float64(ok.Load()) / elapsed.Seconds(),
-		P50ms: pct(0.5), P99ms: pct(0.99), Concurrency: conc}
-	if e, _ := firstErr.Load().(string); e != "" {
-		r.FirstError = e
-	}
-	if len(meters) > 0 && r.Flows > 0 {
-		r.CPUms = map[string]float64{}
-		for i, m := range meters {
-			r.CPUms[m.name] = round3(float64(after[i]-before[i]) / clockTicks * 1000 / float64(r.Flows))
-		}
-	}
-	return r
-}
-
-func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
-
-// ---- the summary ----
-
-// summarizeFile prints, per label in the order first seen, the median
-// flows/s with the range of the rounds, the median CPU per flow, and the
-// ratio of medians against the baseline, with the range of the per-round
-// ratios (round i of a label against round i of the baseline: the rounds
-// alternate, so a pair ran on the same machine minutes apart).
-func summarizeFile(path, baseline string, w io.Writer) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	byLabel := map[string][]result{}
-	var order []string
-	for line := range strings.Lines(string(raw)) {
-		var r result
-		if json.Unmarshal([]byte(line), &r) != nil || r.Concurrency == 0 {
-			continue // not a result line
-		}
-		if _, seen := byLabel[r.Label]; !seen {
-			order = append(order, r.Label)
-		}
-		byLabel[r.Label] = append(byLabel[r.Label], r)
-	}
-	if len(order) == 0 {
-		return fmt.Errorf("%s: no result lines", path)
-	}
-	base := byLabel[baseline]
-	for _, label := range order {
-		rs := byLabel[label]
-		fps := make([]float64, len(rs))
-		for i, r := range rs {
-			fps[i] = r.FlowsPerSec
-		}
-		fmt.Fprintf(w, "%-22s %6.0f flows/s (rounds %s)", label, median(fps), span(fps, "%.0f"))
-		var cpuNames []string
-		for name := range rs[0].CPUms {
-			cpuNames = append(cpuNames, name)
-		}
-		slices.Sort(cpuNames)
-		for _, name := range cpuNames {
-			v := make([]float64, len(rs))
-			for i, r := range rs {
-				v[i] = r.CPUms[name]
-			}
-			fmt.Fprintf(w, "  cpu %s %.3f ms/flow", name, median(v))
-		}
-		if len(base) > 0 && label != baseline {
-			var pairs []float64
-			for i := range min(len(rs), len(base)) {
-				pairs = append(pairs, rs[i].FlowsPerSec/base[i].FlowsPerSec)
-			}
-			bfps := make([]float64, len(base))
-			for i, r := range base {
-				bfps[i] = r.FlowsPerSec
-			}
-			fmt.Fprintf(w, "  = %.2fx %s (per round %s)", median(fps)/median(bfps), baseline, span(pairs, "%.2f"))
-		}
-		var failed int64
-		for _, r := range rs {
-			failed += r.Failed
-		}
-		if failed > 0 {
-			fmt.Fprintf(w, "  FAILED %d", failed)
-		}
-		fmt.Fprintln(w)
-	}
-	return nil
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func span(v []float64, format string) string {
-	return fmt.Sprintf(format+"–"+format, slices.Min(v), slices.Max(v))
 }
 
 // ---- flows ----
@@ -440,90 +283,6 @@ func mintJWT(secret, sub string) string {
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write([]byte(msg))
 	return msg + "." + enc.EncodeToString(mac.Sum(nil))
-}
-
-// ---- CPU accounting from /proc ----
-
-// clockTicks is USER_HZ, which Linux fixes at 100 for /proc/<pid>/stat.
-const clockTicks = 100
-
-type cpuMeter struct {
-	name string
-	pid  int // 0: every process named postgres
-}
-
-func parseCPU(spec string) ([]cpuMeter, error) {
-	var out []cpuMeter
-	for item := range strings.SplitSeq(spec, ",") {
-		if item = strings.TrimSpace(item); item == "" {
-			continue
-		}
-		name, pidText, ok := strings.Cut(item, "=")
-		if !ok {
-			return nil, fmt.Errorf("-cpu %q: want name=pid", item)
-		}
-		if pidText == "postgres" {
-			out = append(out, cpuMeter{name: name})
-			continue
-		}
-		if raw, err := os.ReadFile(pidText); err == nil { // a pid file
-			pidText = strings.TrimSpace(string(raw))
-		}
-		pid, err := strconv.Atoi(pidText)
-		if err != nil || pid <= 0 {
-			return nil, fmt.Errorf("-cpu %q: %q is neither a pid nor a pid file", item, pidText)
-		}
-		out = append(out, cpuMeter{name: name, pid: pid})
-	}
-	return out, nil
-}
-
-// readCPU returns each meter's CPU in clock ticks; for postgres, the sum
-// over every process of that name (backends, walwriter, checkpointer:
-// all of it is the database's cost).
-func readCPU(meters []cpuMeter) []int64 {
-	out := make([]int64, len(meters))
-	for i, m := range meters {
-		if m.pid != 0 {
-			out[i] = procTicks(m.pid)
-			continue
-		}
-		dirs, _ := filepath.Glob("/proc/[0-9]*")
-		for _, d := range dirs {
-			if comm, err := os.ReadFile(d + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "postgres" {
-				pid, _ := strconv.Atoi(filepath.Base(d))
-				out[i] += procTicks(pid)
-			}
-		}
-	}
-	return out
-}
-
-// procTicks reads utime, stime, cutime and cstime (fields 14 to 17) of
-// /proc/<pid>/stat: the children's share counts the autovacuum workers
-// and backends that ended within the window, whose time the postmaster
-// reaped. The command name before them may hold spaces, so fields are
-// counted from the closing parenthesis.
-func procTicks(pid int) int64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(raw)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 15 {
-		return 0
-	}
-	var sum int64
-	for _, field := range f[11:15] {
-		n, _ := strconv.ParseInt(field, 10, 64)
-		sum += n
-	}
-	return sum
 }
 
 func fail(err error) {

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# bench/tokenapi.sh: token API reads per second against a prepared SELECT
+# of the same row (the floor), in alternating rounds of one run.
+#
+# One Caddy serves credgate with the token API and the sandbox; USERS
+# whole connects (bench/connectload) give it USERS Twitter accounts with
+# sealed tokens two hours from expiry, so no read renews one. Then each
+# round runs bench/tokenload both ways, CONC readers cycling through the
+# same accounts, the order alternating:
+#   token-api  GET /api/internal/credentials/{user}/twitter/token, service token
+#   select     a prepared SELECT of the row the API reads, from a pool of
+#              CONC connections (pgx prepares and caches it)
+# CPU per read is reported for the Caddy process and for PostgreSQL. The
+# database is a fresh one made for the run and dropped after it.
+#
+#   ROUNDS=5 DURATION=10s CONC=8 USERS=1000 bash bench/tokenapi.sh
+#   CADDY_BIN=/path/to/older/caddy bash bench/tokenapi.sh   # another build
+#   CADDY_ADMIN=127.0.0.1:28599 bash bench/tokenapi.sh  # admin on, for
+#     go tool pprof http://127.0.0.1:28599/debug/pprof/profile?seconds=5
+#
+# Needs PostgreSQL at DATABASE_ADMIN_URL (default the local server as
+# `make test` uses it) and psql.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10s} CONC=${CONC:-8} USERS=${USERS:-1000}
+CADDY_BIN=${CADDY_BIN:-bin/caddy}
+ADMIN_URL=${DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
+
+die() { echo "bench/tokenapi.sh: $*" >&2; exit 1; }
+[[ -x $CADDY_BIN ]] || make build >/dev/null
+go build -o bin/connectload ./bench/connectload
+go build -o bin/tokenload ./bench/tokenload
+command -v psql >/dev/null || die "psql is needed to create the run's database"
+
+work=$(mktemp -d)
+db=credgate_bench_$$
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  [[ -n ${KEEP:-} ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+next_port=${BENCH_PORT_BASE:-28500}
+source bench/ports.sh
+take_port a; take_port sb; take_port tk
+wait_up() { # port
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  die "nothing answers on 127.0.0.1:$1 (logs in $work)"
+}
+
+psql -q "$ADMIN_URL" -c "CREATE DATABASE $db" >/dev/null
+DATABASE_URL=${ADMIN_URL/\/postgres\?//$db?}
+[[ $DATABASE_URL == *"/$db?"* ]] || die "DATABASE_ADMIN_URL must end in /postgres?<options>, got $ADMIN_URL"
+"$CADDY_BIN" credgate migrate up --database-url "$DATABASE_URL" >/dev/null
+jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
+service_token=bench-only-service-token-0123456789abcdef
+
+cat >"$work/Caddyfile" <<CADDY
+{
+	admin ${CADDY_ADMIN:-off}
+	credgate {
+		database_url $DATABASE_URL
+		master_key $("$CADDY_BIN" credgate keygen)
+		flags static 100
+		background off
+		provider twitter {
+			client_id twitter-client-id
+			client_secret twitter-client-secret
+			redirect_url http://127.0.0.1:$a/api/auth/oauth/twitter/callback
+			sandbox http://127.0.0.1:$sb
+		}
+	}
+}
+http://127.0.0.1:$a {
+	credgate {
+		public_origin http://127.0.0.1:$a
+		identity {
+			jwt_secret $jwt_secret
+			cookie sb-access-token
+		}
+		return_to_allow /
+	}
+	respond "app" 200
+}
+http://127.0.0.1:$sb {
+	credgate_sandbox {
+		auto_approve
+		app_origin http://127.0.0.1:$a
+	}
+}
+http://127.0.0.1:$tk {
+	credgate_tokens {
+		service_token $service_token
+	}
+	respond 404
+}
+CADDY
+"$CADDY_BIN" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
+pids+=($!)
+echo $! >"$work/caddy.pid"
+wait_up "$a"; wait_up "$tk"
+
+bin/connectload -start "http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/" -jwt-secret "$jwt_secret" \
+  -c 8 -flows "$USERS" >"$work/seed.json" || die "connecting $USERS accounts failed: $(cat "$work/seed.json")"
+psql -q "$DATABASE_URL" -c "VACUUM ANALYZE" >/dev/null
+
+measure() { # label
+  case $1 in
+  token-api) bin/tokenload -label token-api -database-url "$DATABASE_URL" -users "$USERS" -c "$CONC" -d "$DURATION" \
+    -api "http://127.0.0.1:$tk" -service-token "$service_token" -cpu "caddy=$work/caddy.pid,postgres=postgres" ;;
+  select) bin/tokenload -label select -database-url "$DATABASE_URL" -users "$USERS" -c "$CONC" -d "$DURATION" \
+    -select -cpu "postgres=postgres" ;;
+  esac
+}
+targets=(select token-api)
+echo "token reads: $ROUNDS rounds of $DURATION at $CONC concurrent readers over $USERS accounts; $(nproc) cores" >&2
+for t in "${targets[@]}"; do measure "$t" >/dev/null || die "$t: the warm-up failed (logs in $work)"; done
+: >"$work/results"
+for r in $(seq 0 $((ROUNDS - 1))); do
+  for i in 0 1; do
+    measure "${targets[$(((i + r) % 2))]}" | tee -a "$work/results" >&2
+  done
+done
+echo
+bin/tokenload -summarize "$work/results" -baseline select
