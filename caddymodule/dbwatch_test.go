@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,22 +24,9 @@ func TestABusyPoolIsNotAnOutage(t *testing.T) {
 	h := newHarness(t, harnessOptions{databaseURL: pgtestURLWith(t, "pool_max_conns=2")})
 	h.connect(alice, "twitter")
 	app := currentApp(t)
-	var held []*pgxpool.Conn
-	release := func() {
-		for _, c := range held {
-			c.Release()
-		}
-		held = nil
-	}
+	release := holdPool(t, app)
 	// Before the harness's stop, which waits for every connection.
 	defer release()
-	for range int(app.pool.Stat().MaxConns()) {
-		c, err := app.pool.Acquire(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, c)
-	}
 	// Longer than slowOutage pings of pingTimeout each, and then some.
 	deadline := time.Now().Add(slowOutage*pingTimeout + 2*time.Second)
 	for time.Now().Before(deadline) {
@@ -62,4 +50,46 @@ func pgtestURLWith(t *testing.T, params string) string {
 		return u + "&" + params
 	}
 	return u + "?" + params
+}
+
+// holdPool takes every connection of app's pool until release is called.
+func holdPool(t *testing.T, app *App) (release func()) {
+	t.Helper()
+	var held []*pgxpool.Conn
+	release = func() {
+		for _, c := range held {
+			c.Release()
+		}
+		held = nil
+	}
+	for range int(app.pool.Stat().MaxConns()) {
+		c, err := app.pool.Acquire(context.Background())
+		if err != nil {
+			release()
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	return release
+}
+
+// A database too slow to answer a ping within the decision's budget (a
+// pool whose every connection is in use, as on a loaded machine) is
+// slow, not down: the rollout still sends its users to the new flow.
+// The decision used to read store_unavailable off one 250 ms ping, and
+// the rollout test failed so in a loaded CI run (user 522 at 75 %).
+func TestASlowDatabaseStillStartsTheNewFlow(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flags.json")
+	setRollout(t, path, true, 100)
+	h := newHarness(t, harnessOptions{databaseURL: pgtestURLWith(t, "pool_max_conns=2"), flagsFile: path,
+		legacyRedirect: true, extraSite: "legacy_start /api/{platform}/connect\n"})
+	app := currentApp(t)
+	waitUntil(t, 10*time.Second, func() bool { return app.Rollout().Ready() })
+	release := holdPool(t, app)
+	defer release()
+	a := h.decision(alice, "twitter", "")
+	release()
+	if a.Flow != "new" || a.Reason != "rollout" {
+		t.Fatalf("with the pool busy, the decision was %s (%s), want new (rollout)", a.Flow, a.Reason)
+	}
 }

@@ -183,15 +183,22 @@ func (h *Handler) startLegacyFlow(w http.ResponseWriter, r *http.Request, next c
 }
 
 // newFlowCanStart reports whether a new flow could start now: the keys
-// passed their check and the database answers a ping within 250 ms. It
-// runs only for users the rollout sends to the new flow.
+// passed their check, the database watch sees no outage, and the
+// database does not refuse a ping (a ping still unanswered after 250 ms
+// counts as slow, not down). It runs only for users the rollout sends to
+// the new flow.
 func (h *Handler) newFlowCanStart(ctx context.Context) bool {
 	if !h.app.Available() {
 		return false
 	}
+	// A database that refuses is down now, and the app's flow serves the
+	// user better than a 503 would. One that only takes longer than the
+	// budget (a loaded machine, a busy pool) is slow, not down: the flow
+	// starts, and the database watch declares an outage on its own
+	// repeated failures (watchDatabase).
 	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
 	defer cancel()
-	return h.app.pool.Ping(ctx) == nil
+	return h.app.pool.Ping(ctx) == nil || ctx.Err() != nil
 }
 
 // legacyReturnTo is where a flow begun at the legacy start route returns:
