@@ -300,7 +300,9 @@ http://<listen>/<platform>/…, enforcing each platform's quirks, for staging
 checks and the demo. Prints the client ids and secrets it accepts.
 
 --config reads a JSON file: {"apps": [...], "auto_approve": true,
-"faults": {"twitter.token": {"error_rate": 0.2, "latency": "300ms"}}}.
+"faults": {"twitter.token": {"error_rate": 0.2, "latency": "300ms"}},
+"access_ttl": {"twitter": "2m"}} (access_ttl: how long Twitter's or
+LinkedIn's access tokens live, to see renewals without waiting hours).
 Faults can also be changed while it runs: PUT /_sandbox/faults/<key>.
 Counters: GET /_sandbox/stats.`,
 		Args: cobra.NoArgs,
@@ -318,6 +320,9 @@ Counters: GET /_sandbox/stats.`,
 				if err := dec.Decode(&cfg); err != nil {
 					return fail(cmd, fmt.Errorf("sandbox config %s: %w", path, err))
 				}
+			}
+			if err := cfg.Check(); err != nil {
+				return fail(cmd, fmt.Errorf("sandbox config: %w", err))
 			}
 			if auto, _ := cmd.Flags().GetBool("auto-approve"); auto {
 				cfg.AutoApprove = true

@@ -89,8 +89,8 @@ func (s *Server) twitterToken(w http.ResponseWriter, r *http.Request) {
 // token of the same family; call with s.mu held.
 func (s *Server) twitterPair(w http.ResponseWriter, a *App, user identity, scopes []string, family string) {
 	resp := map[string]any{
-		"token_type": "bearer", "expires_in": int(twitterAccessTTL.Seconds()),
-		"access_token": s.issue(a, user, scopes, twitterAccessTTL, false, false, family),
+		"token_type": "bearer", "expires_in": int(s.accessTTL("twitter").Seconds()),
+		"access_token": s.issue(a, user, scopes, s.accessTTL("twitter"), false, false, family),
 		"scope":        strings.Join(scopes, " "),
 	}
 	if contains(scopes, "offline.access") {
@@ -178,8 +178,8 @@ func (s *Server) linkedinToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := map[string]any{
-		"access_token": s.issue(a, user, scopes, linkedinAccessTTL, false, false, ""),
-		"expires_in":   int(linkedinAccessTTL.Seconds()), "scope": strings.Join(scopes, ","), "token_type": "Bearer",
+		"access_token": s.issue(a, user, scopes, s.accessTTL("linkedin"), false, false, ""),
+		"expires_in":   int(s.accessTTL("linkedin").Seconds()), "scope": strings.Join(scopes, ","), "token_type": "Bearer",
 	}
 	// Refresh tokens only for apps LinkedIn approved for them.
 	if a.RefreshTokens {

@@ -133,6 +133,29 @@ type Config struct {
 	// refused as it would be for an unknown value.
 	MaxCodes  int `json:"max_codes,omitempty"`
 	MaxTokens int `json:"max_tokens,omitempty"`
+	// AccessTTL sets how long the access tokens of a platform live, by
+	// platform: "twitter" (default 2h) or "linkedin" (default 60 days),
+	// the two whose tokens are renewed with a refresh token. For staging
+	// checks and benchmarks of renewals that should not wait hours:
+	// {"access_ttl": {"twitter": "2m"}}.
+	AccessTTL map[string]Duration `json:"access_ttl,omitempty"`
+}
+
+// accessTTLs are the platforms whose access-token life Config.AccessTTL
+// may set, with their defaults.
+var accessTTLs = map[string]time.Duration{"twitter": twitterAccessTTL, "linkedin": linkedinAccessTTL}
+
+// Check reports a configuration the server cannot honour.
+func (c Config) Check() error {
+	for platform, ttl := range c.AccessTTL {
+		if _, ok := accessTTLs[platform]; !ok {
+			return fmt.Errorf("access_ttl: %q is not a platform whose access-token life can be set (twitter, linkedin)", platform)
+		}
+		if time.Duration(ttl) < time.Second {
+			return fmt.Errorf("access_ttl: %s for %s is shorter than a second", time.Duration(ttl), platform)
+		}
+	}
+	return nil
 }
 
 // Clock is the sandbox's notion of now: real time plus an offset that only
@@ -210,6 +233,8 @@ type Server struct {
 	codeLife, tokenLife forgetting
 	families            map[string]bool // revoked refresh-token families
 	stats               map[string]*PlatformStats
+	// accessTTLs: Config.AccessTTL over the defaults.
+	accessTTLs map[string]time.Duration
 }
 
 // New returns a sandbox server.
@@ -232,6 +257,12 @@ func New(cfg Config) *Server {
 		s.apps[a.Platform+"/"+a.ClientID] = &a
 	}
 	maps.Copy(s.faults, cfg.Faults)
+	s.accessTTLs = maps.Clone(accessTTLs)
+	for platform, ttl := range cfg.AccessTTL {
+		if _, ok := s.accessTTLs[platform]; ok && ttl > 0 {
+			s.accessTTLs[platform] = time.Duration(ttl)
+		}
+	}
 	for _, p := range Platforms {
 		s.stats[p] = &PlatformStats{Rejected: map[string]int{}}
 	}
@@ -249,6 +280,9 @@ func (s *Server) Apps() []App {
 	slices.SortFunc(out, func(a, b App) int { return strings.Compare(a.Platform+a.ClientID, b.Platform+b.ClientID) })
 	return out
 }
+
+// accessTTL is how long platform's access tokens live.
+func (s *Server) accessTTL(platform string) time.Duration { return s.accessTTLs[platform] }
 
 // Clock is the server's clock.
 func (s *Server) Clock() *Clock { return s.clock }

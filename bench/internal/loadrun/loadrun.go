@@ -35,6 +35,9 @@ type Result struct {
 	P99ms       float64            `json:"p99_ms"`
 	Concurrency int                `json:"c"`
 	CPUms       map[string]float64 `json:"cpu_ms_per_flow,omitempty"`
+	// BehindMs, for work on a schedule (renewals due at a spread of
+	// times), is how far behind the schedule the last one finished.
+	BehindMs float64 `json:"behind_ms,omitempty"`
 }
 
 // Measure runs run from conc workers for dur (or, with flows > 0, that
@@ -90,13 +93,22 @@ func Measure(run func() error, conc int, dur time.Duration, flows int64, meters 
 	if len(meters) > 0 && r.Flows > 0 {
 		r.CPUms = map[string]float64{}
 		for i, m := range meters {
-			r.CPUms[m.name] = round3(float64(after[i]-before[i]) / clockTicks * 1000 / float64(r.Flows))
+			r.CPUms[m.name] = CPUPerFlow(before[i], after[i], r.Flows)
 		}
 	}
 	return r
 }
 
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
+
+// CPUPerFlow is the CPU milliseconds per flow between two ReadCPU
+// readings of one meter.
+func CPUPerFlow(before, after, flows int64) float64 {
+	if flows <= 0 {
+		return 0
+	}
+	return round3(float64(after-before) / clockTicks * 1000 / float64(flows))
+}
 
 // ---- the summary ----
 
@@ -134,7 +146,17 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 		for i, r := range rs {
 			fps[i], p99[i] = r.FlowsPerSec, r.P99ms
 		}
-		fmt.Fprintf(w, "%-22s %6.0f %s/s (rounds %s)  p99 %.2f ms", label, median(fps), unit, span(fps, "%.0f"), median(p99))
+		fmt.Fprintf(w, "%-22s %6.0f %s/s (rounds %s)", label, median(fps), unit, span(fps, "%.0f"))
+		if median(p99) > 0 {
+			fmt.Fprintf(w, "  p99 %.2f ms", median(p99))
+		}
+		behind := make([]float64, len(rs))
+		for i, r := range rs {
+			behind[i] = r.BehindMs
+		}
+		if median(behind) > 0 {
+			fmt.Fprintf(w, "  %.0f ms behind the schedule (rounds %s)", median(behind), span(behind, "%.0f"))
+		}
 		var cpuNames []string
 		for name := range rs[0].CPUms {
 			cpuNames = append(cpuNames, name)
@@ -157,7 +179,10 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 			for i, r := range base {
 				bfps[i], bp99[i] = r.FlowsPerSec, r.P99ms
 			}
-			fmt.Fprintf(w, "  = %.2fx %s (per round %s), p99 %.2fx", median(fps)/median(bfps), baseline, span(pairs, "%.2f"), median(p99)/median(bp99))
+			fmt.Fprintf(w, "  = %.2fx %s (per round %s)", median(fps)/median(bfps), baseline, span(pairs, "%.2f"))
+			if median(p99) > 0 && median(bp99) > 0 {
+				fmt.Fprintf(w, ", p99 %.2fx", median(p99)/median(bp99))
+			}
 		}
 		var failed int64
 		for _, r := range rs {
@@ -195,8 +220,11 @@ type CPUMeter struct {
 	pid  int // 0: every process named postgres
 }
 
+// Name is the meter's name, as -cpu gave it.
+func (m CPUMeter) Name() string { return m.name }
+
 // ParseCPU reads -cpu's name=pid,… (pid may be a pid file; name=postgres
-// sums every process named postgres).
+// sums every process named postgres; name=self is the driver itself).
 func ParseCPU(spec string) ([]CPUMeter, error) {
 	var out []CPUMeter
 	for item := range strings.SplitSeq(spec, ",") {
@@ -209,6 +237,10 @@ func ParseCPU(spec string) ([]CPUMeter, error) {
 		}
 		if pidText == "postgres" {
 			out = append(out, CPUMeter{name: name})
+			continue
+		}
+		if pidText == "self" { // the driver itself: a floor's client
+			out = append(out, CPUMeter{name: name, pid: os.Getpid()})
 			continue
 		}
 		if raw, err := os.ReadFile(pidText); err == nil { // a pid file
