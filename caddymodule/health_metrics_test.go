@@ -174,7 +174,7 @@ func TestHealthMetricsOnCaddysEndpoint(t *testing.T) {
 // back.
 func TestA503FromCredgateCountsAs503(t *testing.T) {
 	db := pgtest.Database(t)
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	h := newHarness(t, harnessOptions{databaseURL: proxy.Via(t, db), metrics: true})
 	h.db = db

@@ -86,7 +86,7 @@ func queryOf(q string) string {
 func TestDatabaseOutage(t *testing.T) {
 	db := pgtest.Database(t)
 	cfg, _ := pgx.ParseConfig(db)
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.Addr, cfg.Database)
 
 	h := newHarness(t, harnessOptions{databaseURL: viaProxy, metrics: true, extraSite: "legacy_start /api/{platform}/connect"})
@@ -224,7 +224,7 @@ func TestReloadsWhileFlowsAreInFlight(t *testing.T) {
 func TestPartitionAnswers503Quickly(t *testing.T) {
 	db := pgtest.Database(t)
 	cfg, _ := pgx.ParseConfig(db)
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.Addr, cfg.Database)
 	h := newHarness(t, harnessOptions{databaseURL: viaProxy})
@@ -263,7 +263,7 @@ func TestPartitionAnswers503Quickly(t *testing.T) {
 func TestASlowDatabaseIsNotAnOutage(t *testing.T) {
 	db := pgtest.Database(t)
 	cfg, _ := pgx.ParseConfig(db)
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	viaProxy := fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cfg.User, proxy.Addr, cfg.Database)
 	h := newHarness(t, harnessOptions{databaseURL: viaProxy})

@@ -19,7 +19,7 @@ import (
 func proxiedHarness(t *testing.T) (*harness, *pgtest.Proxy) {
 	t.Helper()
 	db := pgtest.Database(t)
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	h := newHarness(t, harnessOptions{databaseURL: proxy.Via(t, db)})
 	h.db = db
@@ -109,7 +109,7 @@ func TestServiceHealthAnswersInAPartition(t *testing.T) {
 // and the log named neither user nor platform.
 func TestAStoreWhoseDatabaseHangsIsAuditedOnceItAnswers(t *testing.T) {
 	db := pgtest.Database(t)
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	h := newHarness(t, harnessOptions{databaseURL: proxy.Via(t, db),

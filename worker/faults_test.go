@@ -15,7 +15,7 @@ import (
 // proxied is one replica's path to the database, which a test can cut.
 func (e *env) proxied(t testing.TB) (*pgtest.Proxy, *pgxpool.Pool) {
 	t.Helper()
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	return proxy, pgtest.Pool(t, proxy.Via(t, e.url)+"&connect_timeout=2")
 }

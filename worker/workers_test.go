@@ -207,7 +207,7 @@ func TestWorkersResumeAfterADatabaseRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := pgtest.NewProxy(t, "127.0.0.1:5432")
+	proxy := pgtest.NewServerProxy(t)
 	proxy.Up(t)
 	viaProxy := pgtest.Pool(t, "postgres://"+cfg.User+"@"+proxy.Addr+"/"+cfg.Database+"?sslmode=disable&connect_timeout=2")
 	run(t, e.workers("w", viaProxy, nil))

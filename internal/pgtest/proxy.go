@@ -78,6 +78,22 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	return p
 }
 
+// NewServerProxy is NewProxy to the server the tests use (ServerURL's
+// host and port), so that a test whose database is on another server
+// than the default one cuts that server, not 127.0.0.1:5432.
+func NewServerProxy(t testing.TB) *Proxy {
+	t.Helper()
+	u, err := url.Parse(ServerURL())
+	if err != nil {
+		t.Fatalf("pgtest: %s is not a URL: %v", EnvURL, err)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "5432"
+	}
+	return NewProxy(t, net.JoinHostPort(u.Hostname(), port))
+}
+
 // Via is databaseURL reached through the proxy: the same user, database
 // and options, with the proxy's address as the host.
 func (p *Proxy) Via(t testing.TB, databaseURL string) string {
