@@ -137,43 +137,59 @@ func TestTheAppHearsOfEveryAccountThatNeedsItsUser(t *testing.T) {
 		dave:  {"account.connected", "account.expiring", "account.needs_reauth"},
 	}
 	got := map[string][]string{}
-	app.mu.Lock()
-	defer app.mu.Unlock()
-	for _, b := range app.bodies {
-		got[b.UserID] = append(got[b.UserID], string(b.Type))
-		if b.AccountID == "" || b.ID == "" || b.CreatedAt.IsZero() {
-			t.Errorf("an event without its ids or time: %+v", b)
-		}
-	}
-	for user, kinds := range want {
-		if !slices.Equal(got[user], kinds) {
-			t.Errorf("user %s: the app heard %v, want %v", user, got[user], kinds)
-		}
-	}
-	if app.bad != 0 {
-		t.Errorf("%d deliveries failed the signature check", app.bad)
-	}
-	for _, raw := range app.raw {
-		for _, tok := range tokens {
-			if tok == "" || strings.Contains(raw, tok) {
-				t.Fatalf("a delivery holds a token: %s", raw)
+	// What the app heard, read under its lock, released before the
+	// receiver must answer again below.
+	func() {
+		app.mu.Lock()
+		defer app.mu.Unlock()
+		for _, b := range app.bodies {
+			got[b.UserID] = append(got[b.UserID], string(b.Type))
+			if b.AccountID == "" || b.ID == "" || b.CreatedAt.IsZero() {
+				t.Errorf("an event without its ids or time: %+v", b)
 			}
 		}
-	}
-	for _, raw := range app.raw {
-		if strings.Contains(raw, `"account.expiring"`) && !strings.Contains(raw, `"expires_at":"`) {
-			t.Errorf("expiring without when: %s", raw)
+		for user, kinds := range want {
+			if !slices.Equal(got[user], kinds) {
+				t.Errorf("user %s: the app heard %v, want %v", user, got[user], kinds)
+			}
 		}
-		if strings.Contains(raw, `"account.revoked"`) && !strings.Contains(raw, `"reason":"invalid_grant"`) {
-			t.Errorf("revoked without its reason: %s", raw)
+		if app.bad != 0 {
+			t.Errorf("%d deliveries failed the signature check", app.bad)
 		}
-	}
-	// service-health says where the events go, and that none is waiting.
-	resp, body := h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		for _, raw := range app.raw {
+			for _, tok := range tokens {
+				if tok == "" || strings.Contains(raw, tok) {
+					t.Fatalf("a delivery holds a token: %s", raw)
+				}
+			}
+		}
+		for _, raw := range app.raw {
+			if strings.Contains(raw, `"account.expiring"`) && !strings.Contains(raw, `"expires_at":"`) {
+				t.Errorf("expiring without when: %s", raw)
+			}
+			if strings.Contains(raw, `"account.revoked"`) && !strings.Contains(raw, `"reason":"invalid_grant"`) {
+				t.Errorf("revoked without its reason: %s", raw)
+			}
+		}
+	}()
+	// service-health says where the events go, and, once the last
+	// delivery is marked done (the app heard it before it answered, so the
+	// mark may still be on its way), that none is waiting.
+	var resp *http.Response
 	var health struct {
 		Webhooks map[string]any `json:"webhooks"`
 	}
-	json.Unmarshal(body, &health)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var body []byte
+		resp, body = h.do("GET", "/api/credentials/service-health", "", map[string]string{"Authorization": "Bearer " + adminToken})
+		health.Webhooks = nil
+		json.Unmarshal(body, &health)
+		if health.Webhooks["pending"] == float64(0) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if resp.StatusCode != http.StatusOK || health.Webhooks["url"] != receiver.URL+"/hooks/credgate" || health.Webhooks["pending"] != float64(0) ||
 		health.Webhooks["ok"] != true {
 		t.Errorf("service-health: %d %v", resp.StatusCode, health.Webhooks)
