@@ -42,14 +42,21 @@ func (e *env) lost(t testing.TB, users []string) (reuse int, reauth int64, dead 
 // Nothing may be lost: no refresh token comes back to the platform, no
 // account needs its user, every stored token works, also in the cycle
 // after.
+// platformLatency is how long each renewal waits at the platform in the
+// fault tests: long enough that renewals seen in flight are still there
+// when the fault comes, on a loaded machine too (at 400 ms a run beside
+// another test suite missed the window in both cases it is about).
+const platformLatency = 1500 * time.Millisecond
+
 func TestNoGrantIsLostToADatabaseFault(t *testing.T) {
 	t.Parallel()
 	for name, fault := range map[string]func(p *pgtest.Proxy){
 		"reset after the answers": func(p *pgtest.Proxy) {
-			// The answers arrive while the path is frozen, their stores
-			// hang, then every connection is cut.
+			// The answers arrive while the path is frozen (longer than
+			// the platform's latency below), their stores hang, then
+			// every connection is cut.
 			p.Freeze()
-			time.Sleep(600 * time.Millisecond)
+			time.Sleep(platformLatency + 500*time.Millisecond)
 			p.Down()
 		},
 		"black-hole, then reset": func(p *pgtest.Proxy) {
@@ -66,9 +73,10 @@ func TestNoGrantIsLostToADatabaseFault(t *testing.T) {
 			users := e.connectMany("twitter", 40)
 			proxyA, poolA := e.proxied(t)
 			_, poolB := e.proxied(t)
-			// Every renewal waits 400 ms at the platform: the fault
-			// meets renewals in flight.
-			e.sandbox.SetFault("twitter.token", sandbox.Fault{Latency: sandbox.Duration(400 * time.Millisecond)})
+			// Every renewal waits platformLatency at the platform: the
+			// fault meets renewals in flight, even when the check for
+			// them below is slow on a loaded machine.
+			e.sandbox.SetFault("twitter.token", sandbox.Fault{Latency: sandbox.Duration(platformLatency)})
 			// Claims that a cut-off replica could not release run out
 			// in seconds, not the default minutes.
 			wa, wb := e.workers("a", poolA, nil), e.workers("b", poolB, nil)
