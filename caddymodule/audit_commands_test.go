@@ -16,6 +16,7 @@ import (
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
 )
 
 // seedAuditDays writes audit rows over the last days days: per day a
@@ -366,6 +367,9 @@ func TestEraseUserRevokesAtThePlatform(t *testing.T) {
 			t.Errorf("%s: the token still works at the platform", p)
 		}
 	}
+	// The gateway serves a token it read within worker.RecentFor again;
+	// an erasure by another process is seen once that has passed.
+	h.sandbox.Clock().Advance(worker.RecentFor)
 	if code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != 404 || errorCode(body) != "not_connected" {
 		t.Errorf("token API after erasure: %d %s", code, body)
 	}

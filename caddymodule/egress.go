@@ -76,24 +76,9 @@ type Egress struct {
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
 	transport http.RoundTripper
-	// tokens caches each user's token for tokenCacheTTL, so that a burst
-	// of calls reads the database once (see cachedToken).
-	tokens *sync.Map
-	stores *atomic.Int64
-	bases  map[string]*url.URL
+	bases     map[string]*url.URL
 	// inFlight counts the calls being served (MaxInFlight).
 	inFlight *atomic.Int64
-}
-
-// tokenCacheTTL bounds how long this instance reuses a token it read
-// without reading the database again: a disconnect or a renewal by
-// another replica is seen within this long (and a token the platform
-// refuses meanwhile is renewed and retried anyway).
-const tokenCacheTTL = time.Second
-
-type cachedToken struct {
-	token secret.Value
-	until time.Time
 }
 
 // CaddyModule returns the Caddy module information.
@@ -115,7 +100,7 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 	if e.MaxInFlight <= 0 {
 		e.MaxInFlight = 64
 	}
-	e.tokens, e.stores, e.inFlight = new(sync.Map), new(atomic.Int64), new(atomic.Int64)
+	e.inFlight = new(atomic.Int64)
 	// The only hosts egress ever reaches: each configured platform's API
 	// base, parsed once.
 	e.bases = map[string]*url.URL{}
@@ -350,7 +335,10 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 			return
 		}
 	}
-	token, err := e.userToken(ctx, user, platform)
+	// A burst of calls for one user reads the database once
+	// (worker.RecentFor).
+	tok, err := e.app.refresher.ReadRecent(ctx, user, platform, time.Duration(e.MinValidity), "egress")
+	token := tok.Credentials.AccessToken
 	if err != nil {
 		e.fail(w, r, user, platform, err)
 		return
@@ -363,7 +351,7 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		// The renewal is audited by the refresher (trigger egress), as
 		// are its failures.
 		renew: func(rejected secret.Value) (secret.Value, error) {
-			e.tokens.Delete(user + "/" + platform)
+			e.app.refresher.Forget(user, platform)
 			renewed, err := e.app.refresher.RenewRejected(ctx, user, platform, rejected, "egress")
 			if err != nil {
 				return secret.Value{}, err
@@ -410,40 +398,6 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		},
 	}
 	proxy.ServeHTTP(w, r)
-}
-
-// userToken is the user's token, renewed first when it expires within
-// MinValidity, from this instance's cache when it read it less than
-// tokenCacheTTL ago (never past the point where it would need renewing).
-func (e *Egress) userToken(ctx context.Context, user, platform string) (secret.Value, error) {
-	key := user + "/" + platform
-	now := time.Now()
-	if v, ok := e.tokens.Load(key); ok && now.Before(v.(cachedToken).until) {
-		return v.(cachedToken).token, nil
-	}
-	tok, err := e.app.refresher.EnsureFresh(ctx, user, platform, time.Duration(e.MinValidity), "egress")
-	if err != nil {
-		e.tokens.Delete(key)
-		return secret.Value{}, err
-	}
-	until := now.Add(tokenCacheTTL)
-	if x := tok.Account.ExpiresAt; x != nil && x.Add(-time.Duration(e.MinValidity)).Before(until) {
-		until = x.Add(-time.Duration(e.MinValidity))
-	}
-	if tok.RenewalFailed {
-		until = now // renew again next time
-	}
-	e.tokens.Store(key, cachedToken{token: tok.Credentials.AccessToken, until: until})
-	// Drop expired entries now and then: the cache holds active users only.
-	if e.stores.Add(1)%4096 == 0 {
-		e.tokens.Range(func(k, v any) bool {
-			if !now.Before(v.(cachedToken).until) {
-				e.tokens.Delete(k)
-			}
-			return true
-		})
-	}
-	return tok.Credentials.AccessToken, nil
 }
 
 // copyBuffers are the response copy buffers, reused across calls as

@@ -430,6 +430,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
 		return
 	}
+	h.app.refresher.Forget(st.UserID, platform) // the back end's next read takes the new token
 	h.app.recordOutcome(flags.ArmNew, platform, st.UserID, "", false)
 	h.app.metrics.Connection(platform, telemetry.FlowNew, "", time.Since(st.CreatedAt))
 	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
@@ -641,6 +642,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 		return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDisconnect,
 			Status: vault.Success, Details: map[string]any{"revoked": revoked}})
 	})
+	h.app.refresher.Forget(user, platform) // the back end's reads see it at once
 	if errors.Is(err, vault.ErrNotConnected) {
 		writeError(w, http.StatusNotFound, "not_connected", "this platform is not connected")
 		return

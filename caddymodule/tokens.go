@@ -208,7 +208,9 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 	// A renewal waits for the platform: give it the refresher's budget.
 	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
 	defer cancel()
-	tok, err := t.app.refresher.EnsureFresh(ctx, user, platform, time.Duration(t.MinValidity), "token_api")
+	// Reads of one user in a burst go to the database once
+	// (worker.RecentFor), as egress's do.
+	tok, err := t.app.refresher.ReadRecent(ctx, user, platform, time.Duration(t.MinValidity), "token_api")
 	source := "credentials_encrypted"
 	if errors.Is(err, vault.ErrNotConnected) && t.ServeLegacyPlaintext {
 		var access secret.Value

@@ -76,6 +76,8 @@ type Refresher struct {
 	// this process that holds the account's lease ends: callers that
 	// find the lease taken by it wait for it (whileLeased).
 	local sync.Map
+	// recent is what ReadRecent keeps (recent.go).
+	recent recentTokens
 }
 
 func (r *Refresher) now() time.Time {
@@ -192,12 +194,19 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 	var failure, attempt error
 	attempted := false
 	ctx, end := r.refreshSpan(ctx, p.Name(), trigger)
+	var renewed vault.Account // the account locked, whose kept token this replaces
+	defer func() {
+		if renewed.UserID != "" {
+			r.Forget(renewed.UserID, p.Name())
+		}
+	}()
 	err = r.inRenewalTx(ctx, func(txCtx context.Context, tx pgx.Tx) error {
 		locked, err := r.Accounts.LockForRenewal(txCtx, tx, id)
 		if err != nil {
 			return err
 		}
 		a, c := locked.Account, locked.Credentials
+		renewed = a
 		// Whoever held the lock before us may have renewed it already.
 		switch {
 		case !rejected.IsZero() && c.AccessToken.Reveal() != rejected.Reveal():
