@@ -10,6 +10,9 @@
 #   token-api  GET /api/internal/credentials/{user}/twitter/token, service token
 #   select     a prepared SELECT of the row the API reads, from a pool of
 #              CONC connections (pgx prepares and caches it)
+#   http-respond  the same Caddy answering the same requests with a fixed
+#              body of the token answer's size (Caddy's `respond`): what
+#              HTTP alone costs on this machine, for scale
 # CPU per read is reported for the Caddy process and for PostgreSQL. The
 # database is a fresh one made for the run and dropped after it.
 #
@@ -45,7 +48,7 @@ trap cleanup EXIT
 
 next_port=${BENCH_PORT_BASE:-28500}
 source bench/ports.sh
-take_port a; take_port sb; take_port tk
+take_port a; take_port sb; take_port tk; take_port hr
 wait_up() { # port
   for _ in $(seq 1 100); do
     curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
@@ -100,11 +103,14 @@ http://127.0.0.1:$tk {
 	}
 	respond 404
 }
+http://127.0.0.1:$hr {
+	respond `{"access_token":"0123456789012345678901234567890123456789012","token_type":"bearer","expires_at":"2026-12-06T06:10:54.077307Z","platform_user_id":"8283053950","scopes":["tweet.read","users.read","offline.access"]}` 200
+}
 CADDY
 "$CADDY_BIN" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
 pids+=($!)
 echo $! >"$work/caddy.pid"
-wait_up "$a"; wait_up "$tk"
+wait_up "$a"; wait_up "$tk"; wait_up "$hr"
 
 bin/connectload -start "http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/" -jwt-secret "$jwt_secret" \
   -c 8 -flows "$USERS" >"$work/seed.json" || die "connecting $USERS accounts failed: $(cat "$work/seed.json")"
@@ -114,17 +120,20 @@ measure() { # label
   case $1 in
   token-api) bin/tokenload -label token-api -database-url "$DATABASE_URL" -users "$USERS" -c "$CONC" -d "$DURATION" \
     -api "http://127.0.0.1:$tk" -service-token "$service_token" -cpu "caddy=$work/caddy.pid,postgres=postgres" ;;
+  http-respond) bin/tokenload -label http-respond -database-url "$DATABASE_URL" -users "$USERS" -c "$CONC" -d "$DURATION" \
+    -api "http://127.0.0.1:$hr" -service-token "$service_token" -cpu "caddy=$work/caddy.pid" ;;
   select) bin/tokenload -label select -database-url "$DATABASE_URL" -users "$USERS" -c "$CONC" -d "$DURATION" \
     -select -cpu "postgres=postgres" ;;
   esac
 }
-targets=(select token-api)
+targets=(select token-api http-respond)
 echo "token reads: $ROUNDS rounds of $DURATION at $CONC concurrent readers over $USERS accounts; $(nproc) cores" >&2
 for t in "${targets[@]}"; do measure "$t" >/dev/null || die "$t: the warm-up failed (logs in $work)"; done
 : >"$work/results"
+n=${#targets[@]}
 for r in $(seq 0 $((ROUNDS - 1))); do
-  for i in 0 1; do
-    measure "${targets[$(((i + r) % 2))]}" | tee -a "$work/results" >&2
+  for i in $(seq 0 $((n - 1))); do
+    measure "${targets[$(((i + r) % n))]}" | tee -a "$work/results" >&2
   done
 done
 echo
