@@ -26,41 +26,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3} ACCOUNTS=${ACCOUNTS:-5000} TTL=${TTL:-2m} SPREAD=${SPREAD:-0s}
-CADDY_BIN=${CADDY_BIN:-bin/caddy}
-ADMIN_URL=${DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
-
-die() { echo "bench/renewals.sh: $*" >&2; exit 1; }
-[[ -x $CADDY_BIN ]] || make build >/dev/null
+bench_name=renewals.sh next_port=28600
+source bench/common.sh
 go build -o bin/connectload ./bench/connectload
 go build -o bin/renewload ./bench/renewload
-command -v psql >/dev/null || die "psql is needed to create the run's database"
-
-work=$(mktemp -d)
-db=credgate_bench_$$
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  [[ -n ${KEEP:-} ]] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-next_port=${BENCH_PORT_BASE:-28600}
-source bench/ports.sh
 take_port a; take_port b; take_port sb
-wait_up() { # port
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  die "nothing answers on 127.0.0.1:$1 (logs in $work)"
-}
 
-psql -q "$ADMIN_URL" -c "CREATE DATABASE $db" >/dev/null
-DATABASE_URL=${ADMIN_URL/\/postgres\?//$db?}
-[[ $DATABASE_URL == *"/$db?"* ]] || die "DATABASE_ADMIN_URL must end in /postgres?<options>, got $ADMIN_URL"
-"$CADDY_BIN" credgate migrate up --database-url "$DATABASE_URL" >/dev/null
+fresh_database
 master_key=$("$CADDY_BIN" credgate keygen)
 jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
 

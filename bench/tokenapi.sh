@@ -26,41 +26,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10s} CONC=${CONC:-8} USERS=${USERS:-1000}
-CADDY_BIN=${CADDY_BIN:-bin/caddy}
-ADMIN_URL=${DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
-
-die() { echo "bench/tokenapi.sh: $*" >&2; exit 1; }
-[[ -x $CADDY_BIN ]] || make build >/dev/null
+bench_name=tokenapi.sh next_port=28500
+source bench/common.sh
 go build -o bin/connectload ./bench/connectload
 go build -o bin/tokenload ./bench/tokenload
-command -v psql >/dev/null || die "psql is needed to create the run's database"
-
-work=$(mktemp -d)
-db=credgate_bench_$$
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  [[ -n ${KEEP:-} ]] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-next_port=${BENCH_PORT_BASE:-28500}
-source bench/ports.sh
 take_port a; take_port sb; take_port tk; take_port hr
-wait_up() { # port
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  die "nothing answers on 127.0.0.1:$1 (logs in $work)"
-}
 
-psql -q "$ADMIN_URL" -c "CREATE DATABASE $db" >/dev/null
-DATABASE_URL=${ADMIN_URL/\/postgres\?//$db?}
-[[ $DATABASE_URL == *"/$db?"* ]] || die "DATABASE_ADMIN_URL must end in /postgres?<options>, got $ADMIN_URL"
-"$CADDY_BIN" credgate migrate up --database-url "$DATABASE_URL" >/dev/null
+fresh_database
 jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
 service_token=bench-only-service-token-0123456789abcdef
 
