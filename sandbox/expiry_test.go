@@ -1,10 +1,8 @@
 package sandbox_test
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/url"
-	"strings"
 	"testing"
 	"time"
 
@@ -94,16 +92,5 @@ func TestTheSandboxForgetsTheOldestPastItsCap(t *testing.T) {
 }
 
 func refreshTwitter(base, refresh string) (*http.Response, map[string]any) {
-	req, _ := http.NewRequest("POST", base+"/twitter/2/oauth2/token", strings.NewReader(url.Values{
-		"grant_type": {"refresh_token"}, "refresh_token": {refresh}}.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth("twitter-client-id", "twitter-client-secret")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, nil
-	}
-	defer resp.Body.Close()
-	var m map[string]any
-	json.NewDecoder(resp.Body).Decode(&m)
-	return resp, m
+	return twitterToken(base, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}})
 }

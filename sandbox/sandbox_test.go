@@ -108,8 +108,13 @@ func TestAuthorizeRefusals(t *testing.T) {
 }
 
 func redeemTwitter(base, code, verifier string) (*http.Response, map[string]any) {
-	req, _ := http.NewRequest("POST", base+"/twitter/2/oauth2/token", strings.NewReader(url.Values{
-		"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {twitterCallback}, "code_verifier": {verifier}}.Encode()))
+	return twitterToken(base, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {twitterCallback}, "code_verifier": {verifier}})
+}
+
+// twitterToken posts form to Twitter's token endpoint as the registered
+// client and returns the answer, decoded.
+func twitterToken(base string, form url.Values) (*http.Response, map[string]any) {
+	req, _ := http.NewRequest("POST", base+"/twitter/2/oauth2/token", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.SetBasicAuth("twitter-client-id", "twitter-client-secret")
 	resp, err := http.DefaultClient.Do(req)
