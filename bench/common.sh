@@ -8,7 +8,16 @@
 #   take_port VAR         a port nothing answers on (bench/ports.sh)
 #   wait_up PORT [PATH]   wait until something answers on 127.0.0.1:PORT
 #   fresh_database        a database made for the run, migrated, dropped on
-#                         exit: sets DATABASE_URL
+#                         exit: sets DATABASE_URL and master_key
+#   credgate_config PORT OPTIONS
+#                         a Caddyfile: credgate's global options (the run's
+#                         database and key, a static 100 % rollout, then
+#                         OPTIONS: providers, background …; admin off
+#                         unless CADDY_ADMIN names an address) and a site
+#                         on PORT whose credgate takes the bench's HS256
+#                         session JWTs (jwt_secret) in sb-access-token
+#   twitter_provider SITE-PORT SANDBOX-PORT
+#                         the provider block for Twitter on the sandbox
 #   CADDY_BIN, ADMIN_URL  the binary (built when missing) and the server
 #                         (DATABASE_ADMIN_URL, default the local one as
 #                         `make test` uses it)
@@ -47,4 +56,42 @@ fresh_database() {
   DATABASE_URL=${ADMIN_URL/\/postgres\?//$db?}
   [[ $DATABASE_URL == *"/$db?"* ]] || die "DATABASE_ADMIN_URL must end in /postgres?<options>, got $ADMIN_URL"
   "$CADDY_BIN" credgate migrate up --database-url "$DATABASE_URL" >/dev/null
+  master_key=$("$CADDY_BIN" credgate keygen)
+}
+
+jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
+credgate_config() { # port options
+  cat <<CADDY
+{
+	admin ${CADDY_ADMIN:-off}
+	credgate {
+		database_url $DATABASE_URL${POOL_MAX_CONNS:+&pool_max_conns=$POOL_MAX_CONNS}
+		master_key $master_key
+		flags static 100
+$2
+	}
+}
+http://127.0.0.1:$1 {
+	credgate {
+		public_origin http://127.0.0.1:$1
+		identity {
+			jwt_secret $jwt_secret
+			cookie sb-access-token
+		}
+		return_to_allow /
+	}
+	respond "app" 200
+}
+CADDY
+}
+
+twitter_provider() { # site-port sandbox-port
+  cat <<CADDY
+		provider twitter {
+			client_id twitter-client-id
+			client_secret twitter-client-secret
+			redirect_url http://127.0.0.1:$1/api/auth/oauth/twitter/callback
+			sandbox http://127.0.0.1:$2
+		}
+CADDY
 }

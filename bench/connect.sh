@@ -41,36 +41,8 @@ if [[ -n $OAUTH2_PROXY && ! -x $OAUTH2_PROXY ]]; then
   die "OAUTH2_PROXY=$OAUTH2_PROXY is not an executable"
 fi
 fresh_database
-master_key=$("$CADDY_BIN" credgate keygen)
-jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
 client_id=connectload-client client_secret=connectload-secret-0123456789
 
-# credgate_config <site port> <provider block>: one credgate app and site.
-credgate_config() {
-  cat <<CADDY
-{
-	admin off
-	credgate {
-		database_url $DATABASE_URL${POOL_MAX_CONNS:+&pool_max_conns=$POOL_MAX_CONNS}
-		master_key $master_key
-		flags static 100
-		background off
-$2
-	}
-}
-http://127.0.0.1:$1 {
-	credgate {
-		public_origin http://127.0.0.1:$1
-		identity {
-			jwt_secret $jwt_secret
-			cookie sb-access-token
-		}
-		return_to_allow /
-	}
-	respond "app" 200
-}
-CADDY
-}
 start_caddy() { # name binary config: starts it, and its site on the port it waits for
   echo "$3" >"$work/$1.Caddyfile"
   "$2" run --config "$work/$1.Caddyfile" --adapter caddyfile >"$work/$1.log" 2>&1 &
@@ -100,16 +72,6 @@ if [[ -n $OAUTH2_PROXY ]]; then
   oidc=http://127.0.0.1:$m/oidc
 fi
 
-twitter_provider() { # site-port sandbox-port
-  cat <<CADDY
-		provider twitter {
-			client_id twitter-client-id
-			client_secret twitter-client-secret
-			redirect_url http://127.0.0.1:$1/api/auth/oauth/twitter/callback
-			sandbox http://127.0.0.1:$2
-		}
-CADDY
-}
 
 for build in "${builds[@]}"; do
   label=${build%%=*} bin=${build#*=}
@@ -118,7 +80,8 @@ for build in "${builds[@]}"; do
   # credgate and the sandbox in one process.
   t=sandbox-inproc$suffix
   take_port a; take_port as
-  start_caddy "$t" "$bin" "$(credgate_config "$a" "$(twitter_provider "$a" "$as")")
+  start_caddy "$t" "$bin" "$(credgate_config "$a" "background off
+$(twitter_provider "$a" "$as")")
 http://127.0.0.1:$as {
 	credgate_sandbox {
 		auto_approve
@@ -135,7 +98,8 @@ http://127.0.0.1:$as {
   "$bin" credgate sandbox --listen "127.0.0.1:$sb" --auto-approve --app-origin "http://127.0.0.1:$a" >"$work/sandbox$suffix.log" 2>&1 &
   pids+=($!)
   echo $! >"$work/sandbox$suffix.pid"
-  start_caddy "$t" "$bin" "$(credgate_config "$a" "$(twitter_provider "$a" "$sb")")"
+  start_caddy "$t" "$bin" "$(credgate_config "$a" "background off
+$(twitter_provider "$a" "$sb")")"
   targets+=("$t") up+=("$a")
   start_url[$t]="http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/"
   cpu_spec[$t]="caddy=$work/$t.pid,sandbox=$work/sandbox$suffix.pid,postgres=postgres"
@@ -144,7 +108,7 @@ http://127.0.0.1:$as {
   if [[ -n $OAUTH2_PROXY ]]; then
     t=credgate-oidc$suffix
     take_port a
-    start_caddy "$t" "$bin" "$(credgate_config "$a" "
+    start_caddy "$t" "$bin" "$(credgate_config "$a" "background off
 		provider oidc {
 			kind generic
 			client_id $client_id

@@ -33,8 +33,6 @@ go build -o bin/renewload ./bench/renewload
 take_port a; take_port b; take_port sb
 
 fresh_database
-master_key=$("$CADDY_BIN" credgate keygen)
-jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
 
 echo "{\"auto_approve\": true, \"access_ttl\": {\"twitter\": \"$TTL\"}}" >"$work/sandbox.json"
 "$CADDY_BIN" credgate sandbox --listen "127.0.0.1:$sb" --app-origin "http://127.0.0.1:$a" --config "$work/sandbox.json" >"$work/sandbox.log" 2>&1 &
@@ -42,34 +40,8 @@ pids+=($!)
 echo $! >"$work/sandbox.pid"
 
 instance() { # name site-port
-  cat >"$work/$1.Caddyfile" <<CADDY
-{
-	admin off
-	credgate {
-		database_url $DATABASE_URL
-		master_key $master_key
-		flags static 100
-		refresh_workers 4
-		provider twitter {
-			client_id twitter-client-id
-			client_secret twitter-client-secret
-			redirect_url http://127.0.0.1:$a/api/auth/oauth/twitter/callback
-			sandbox http://127.0.0.1:$sb
-		}
-	}
-}
-http://127.0.0.1:$2 {
-	credgate {
-		public_origin http://127.0.0.1:$2
-		identity {
-			jwt_secret $jwt_secret
-			cookie sb-access-token
-		}
-		return_to_allow /
-	}
-	respond "app" 200
-}
-CADDY
+  credgate_config "$2" "refresh_workers 4
+$(twitter_provider "$a" "$sb")" >"$work/$1.Caddyfile"
   "$CADDY_BIN" run --config "$work/$1.Caddyfile" --adapter caddyfile >"$work/$1.log" 2>&1 &
   pids+=($!)
   echo $! >"$work/$1.pid"

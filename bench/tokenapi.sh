@@ -33,36 +33,12 @@ go build -o bin/tokenload ./bench/tokenload
 take_port a; take_port sb; take_port tk; take_port hr
 
 fresh_database
-jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
 service_token=bench-only-service-token-0123456789abcdef
 
-cat >"$work/Caddyfile" <<CADDY
 {
-	admin ${CADDY_ADMIN:-off}
-	credgate {
-		database_url $DATABASE_URL
-		master_key $("$CADDY_BIN" credgate keygen)
-		flags static 100
-		background off
-		provider twitter {
-			client_id twitter-client-id
-			client_secret twitter-client-secret
-			redirect_url http://127.0.0.1:$a/api/auth/oauth/twitter/callback
-			sandbox http://127.0.0.1:$sb
-		}
-	}
-}
-http://127.0.0.1:$a {
-	credgate {
-		public_origin http://127.0.0.1:$a
-		identity {
-			jwt_secret $jwt_secret
-			cookie sb-access-token
-		}
-		return_to_allow /
-	}
-	respond "app" 200
-}
+  credgate_config "$a" "background off
+$(twitter_provider "$a" "$sb")"
+  cat <<CADDY
 http://127.0.0.1:$sb {
 	credgate_sandbox {
 		auto_approve
@@ -79,6 +55,7 @@ http://127.0.0.1:$hr {
 	respond `{"access_token":"0123456789012345678901234567890123456789012","token_type":"bearer","expires_at":"2026-12-06T06:10:54.077307Z","platform_user_id":"8283053950","scopes":["tweet.read","users.read","offline.access"]}` 200
 }
 CADDY
+} >"$work/Caddyfile"
 "$CADDY_BIN" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
 pids+=($!)
 echo $! >"$work/caddy.pid"
