@@ -35,6 +35,9 @@ type Result struct {
 	P99ms       float64            `json:"p99_ms"`
 	Concurrency int                `json:"c"`
 	CPUms       map[string]float64 `json:"cpu_ms_per_flow,omitempty"`
+	// RSSMB is each meter's resident memory at the end of the round, for
+	// the meters that name one process.
+	RSSMB map[string]float64 `json:"rss_mb,omitempty"`
 	// BehindMs, for work on a schedule (renewals due at a spread of
 	// times), is how far behind the schedule the last one finished.
 	BehindMs float64 `json:"behind_ms,omitempty"`
@@ -94,9 +97,30 @@ func Measure(run func() error, conc int, dur time.Duration, flows int64, meters 
 		r.CPUms = map[string]float64{}
 		for i, m := range meters {
 			r.CPUms[m.name] = CPUPerFlow(before[i], after[i], r.Flows)
+			if m.pid != 0 {
+				if r.RSSMB == nil {
+					r.RSSMB = map[string]float64{}
+				}
+				r.RSSMB[m.name] = rssMB(m.pid)
+			}
 		}
 	}
 	return r
+}
+
+// rssMB is VmRSS from /proc/<pid>/status, in MB (0 when unreadable).
+func rssMB(pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(raw)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return round3(kb / 1024)
+		}
+	}
+	return 0
 }
 
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
@@ -168,6 +192,18 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 				v[i] = r.CPUms[name]
 			}
 			fmt.Fprintf(w, "  cpu %s %.3f ms/%s", name, median(v), strings.TrimSuffix(unit, "s"))
+		}
+		var rssNames []string
+		for name := range rs[0].RSSMB {
+			rssNames = append(rssNames, name)
+		}
+		slices.Sort(rssNames)
+		for _, name := range rssNames {
+			v := make([]string, len(rs))
+			for i, r := range rs {
+				v[i] = fmt.Sprintf("%.0f", r.RSSMB[name])
+			}
+			fmt.Fprintf(w, "  rss %s %s MB", name, strings.Join(v, " → "))
 		}
 		if len(base) > 0 && label != baseline {
 			var pairs []float64
