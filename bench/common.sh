@@ -13,7 +13,7 @@
 #                         a Caddyfile: credgate's global options (the run's
 #                         database and key, a static 100 % rollout, then
 #                         OPTIONS: providers, background …; admin off
-#                         unless CADDY_ADMIN names an address) and a site
+#                         unless bench_admin names an address) and a site
 #                         on PORT whose credgate takes the bench's HS256
 #                         session JWTs (jwt_secret) in sb-access-token
 #   twitter_provider SITE-PORT SANDBOX-PORT
@@ -63,7 +63,7 @@ jwt_secret=bench-only-jwt-secret-bench-only-jwt-secret
 credgate_config() { # port options
   cat <<CADDY
 {
-	admin ${CADDY_ADMIN:-off}
+	admin ${bench_admin:-off}
 	credgate {
 		database_url $DATABASE_URL${POOL_MAX_CONNS:+&pool_max_conns=$POOL_MAX_CONNS}
 		master_key $master_key

@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-10s} CONC=${CONC:-8} USERS=${USERS:-1000}
-bench_name=tokenapi.sh next_port=28500
+bench_name=tokenapi.sh next_port=28500 bench_admin=${CADDY_ADMIN:-off}
 source bench/common.sh
 go build -o bin/connectload ./bench/connectload
 go build -o bin/tokenload ./bench/tokenload
