@@ -26,6 +26,7 @@ check() { # check NAME COMMAND...: run, count, show output on failure
 # remove them and the database.
 finish() {
   kill ${sandbox_pid:-} ${caddy_pid:-} 2>/dev/null || true
+  [[ -n ${bouncer_dir:-} && -f $bouncer_dir/pgbouncer.pid ]] && kill "$(cat "$bouncer_dir/pgbouncer.pid")" 2>/dev/null || true
   if [[ $failed -ne 0 ]]; then
     for log in "$logs"/*.log; do
       [[ -s $log ]] || continue
@@ -74,7 +75,21 @@ check "examples/sandbox.Caddyfile validates" \
   "$CADDY_BIN" validate --config examples/sandbox.Caddyfile --adapter caddyfile
 
 # The provider emulator, standalone and as a Caddy handler.
-sandbox_port=$((20000 + RANDOM % 10000))
+# Two ports nothing answers on (Caddy binds with SO_REUSEPORT, and a
+# port taken by another program fails the bind): a random pair, checked.
+free_pair() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 10000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "smoke: no two free ports found in 20000-30000" >&2
+  return 1
+}
+sandbox_port=$(free_pair)
 "$CADDY_BIN" credgate sandbox --listen "127.0.0.1:$sandbox_port" --auto-approve >"$logs/sandbox.log" 2>&1 &
 sandbox_pid=$!
 caddy_port=$((sandbox_port + 1))
