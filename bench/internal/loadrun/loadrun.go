@@ -9,6 +9,7 @@ package loadrun
 
 import (
 	"cmp"
+	"maps"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -181,24 +182,14 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 		if median(behind) > 0 {
 			fmt.Fprintf(w, "  %.0f ms behind the schedule (rounds %s)", median(behind), span(behind, "%.0f"))
 		}
-		var cpuNames []string
-		for name := range rs[0].CPUms {
-			cpuNames = append(cpuNames, name)
-		}
-		slices.Sort(cpuNames)
-		for _, name := range cpuNames {
+		for _, name := range slices.Sorted(maps.Keys(rs[0].CPUms)) {
 			v := make([]float64, len(rs))
 			for i, r := range rs {
 				v[i] = r.CPUms[name]
 			}
 			fmt.Fprintf(w, "  cpu %s %.3f ms/%s", name, median(v), strings.TrimSuffix(unit, "s"))
 		}
-		var rssNames []string
-		for name := range rs[0].RSSMB {
-			rssNames = append(rssNames, name)
-		}
-		slices.Sort(rssNames)
-		for _, name := range rssNames {
+		for _, name := range slices.Sorted(maps.Keys(rs[0].RSSMB)) {
 			v := make([]string, len(rs))
 			for i, r := range rs {
 				v[i] = fmt.Sprintf("%.0f", r.RSSMB[name])
