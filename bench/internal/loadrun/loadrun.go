@@ -9,10 +9,10 @@ package loadrun
 
 import (
 	"cmp"
-	"maps"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
