@@ -90,7 +90,7 @@ func TestHealthMetricsOnCaddysEndpoint(t *testing.T) {
 	// Twitter's blob no longer opens: the token API and egress answer 500
 	// decrypt_failed, once the token read above is no longer served again
 	// (worker.RecentFor: the tampering happened behind credgate's back).
-	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = overlay(credentials_encrypted PLACING '\xff'::bytea FROM 40 FOR 1)
+	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = `+pgtest.TamperedBlob+`
 		WHERE platform = 'twitter'`)
 	h.sandbox.Clock().Advance(worker.RecentFor)
 	if code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken); code != http.StatusInternalServerError || errorCode(body) != "decrypt_failed" {

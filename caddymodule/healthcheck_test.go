@@ -18,7 +18,7 @@ func TestHealthCheckReportsWhatATokenReadFinds(t *testing.T) {
 	for _, p := range []string{"twitter", "linkedin", "facebook"} {
 		h.connect(alice, p)
 	}
-	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = overlay(credentials_encrypted PLACING '\xff'::bytea FROM 40 FOR 1)
+	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = `+pgtest.TamperedBlob+`
 		WHERE platform = 'twitter'`)
 	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_key_id = 7 WHERE platform = 'linkedin'`)
 

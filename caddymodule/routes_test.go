@@ -394,7 +394,7 @@ func TestRedirectURLChangeMidFlow(t *testing.T) {
 func TestDisconnectOfATamperedBlobIsAudited(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.connect(alice, "twitter")
-	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = overlay(credentials_encrypted PLACING '\xff'::bytea FROM 40 FOR 1)`)
+	pgtest.Exec(t, h.db, `UPDATE social_accounts SET credentials_encrypted = `+pgtest.TamperedBlob)
 	resp, body := h.do("DELETE", "/api/credentials/twitter/disconnect", alice, map[string]string{"Origin": h.origin})
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"revoked":false`) {
 		t.Fatalf("disconnect: %d %s", resp.StatusCode, body)

@@ -311,7 +311,7 @@ func TestAJobWhoseBlobDoesNotOpenIsReported(t *testing.T) {
 	e := newEnv(t)
 	e.connect("twitter", userID(21))
 	e.clock.Advance(110 * time.Minute)
-	pgtest.Exec(t, e.url, `UPDATE social_accounts SET credentials_encrypted = overlay(credentials_encrypted PLACING '\xff'::bytea FROM 40 FOR 1)`)
+	pgtest.Exec(t, e.url, `UPDATE social_accounts SET credentials_encrypted = `+pgtest.TamperedBlob)
 	w := e.workers("w", e.pool, nil)
 	var reported []string
 	w.Refresher.DecryptFailed = func(platform string) { reported = append(reported, platform) }

@@ -145,3 +145,10 @@ func redact(raw string) string {
 	}
 	return u.Redacted()
 }
+
+// TamperedBlob is an SQL expression for credentials_encrypted with one
+// byte of its ciphertext changed, for tests of a blob that no longer
+// opens. The byte is XORed with 0xff, so it always changes: overwriting
+// it with 0xff, as the tests did, left the blob intact once in 256 runs
+// (a loaded run failed on it).
+const TamperedBlob = `set_byte(credentials_encrypted, 39, get_byte(credentials_encrypted, 39) # 255)`
