@@ -99,6 +99,11 @@ func (h *Handler) countLegacyOutcome(r *http.Request, platform, state, code stri
 		}
 		return false
 	}
+	// The app may have written a new token for the user: this instance's
+	// back-end readers see it at once, not after worker.RecentFor.
+	if flow.UserID != "" {
+		h.app.refresher.Forget(flow.UserID, platform)
+	}
 	took := time.Since(flow.StartedAt)
 	h.app.recordOutcome(flags.ArmLegacy, platform, flow.UserID, code, userCaused)
 	h.app.metrics.Connection(platform, telemetry.FlowLegacy, code, took)

@@ -266,6 +266,53 @@ func TestTokenAPIOnTheAppsOwnTokens(t *testing.T) {
 	}
 }
 
+// The runbook's rollback: a user credgate connected reconnects through
+// the app at 0 %. The token API had just served credgate's token (and
+// keeps it for worker.RecentFor), yet its next read serves the app's new
+// one: the app's callback passed through this instance, which forgets
+// what it kept. CI saw the old token served once (the runbook test, on a
+// machine fast enough to reconnect within the second).
+func TestTokenAPIServesTheAppsTokenRightAfterAReconnectThroughTheApp(t *testing.T) {
+	flagFile := filepath.Join(t.TempDir(), "flags.json")
+	setRollout(t, flagFile, true, 100)
+	h := newHarness(t, harnessOptions{legacyRedirect: true, flagsFile: flagFile,
+		extraSite: "legacy_start /api/{platform}/connect",
+		tokenAPI:  "service_token " + serviceToken + "\n\t\tserve_legacy_plaintext"})
+	waitUntil(t, 10*time.Second, func() bool { return currentApp(t).Rollout().Ready() })
+	pgtest.Exec(t, h.db, `ALTER TABLE social_accounts ADD COLUMN token_expires_at timestamptz`)
+	pgtest.Exec(t, h.db, `INSERT INTO social_accounts (user_id, platform, access_token, token_expires_at)
+		VALUES ($1, 'twitter', 'app-live', now() + interval '1 hour')`, bob)
+	if err := vault.SetSetting(context.Background(), pgtest.Pool(t, h.db), vault.SettingAppExpiryColumn, "token_expires_at", "test"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, func() bool { // the setting reaches the instance within its 2 s cache
+		code, _, _ := h.fetchToken(h.internal, bob, "twitter", serviceToken)
+		return code == http.StatusOK
+	})
+	h.connect(alice, "twitter")
+	setRollout(t, flagFile, true, 0)
+	h.waitForRollout(carol, false)
+	code, before, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || before.AccessToken == "" {
+		t.Fatalf("credgate's token: %d %s", code, body)
+	}
+	resp, _ := h.do("GET", "/api/twitter/connect?app_state=st-reconnect", alice, nil)
+	if resp.Header.Get("X-Upstream") != "stub-app" {
+		t.Fatalf("at 0 %% the connect did not go to the app: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// The app stores the platform's new token, then answers its callback.
+	pgtest.Exec(t, h.db, `UPDATE social_accounts SET access_token = 'app-reconnected', token_expires_at = now() + interval '2 hours'
+		WHERE user_id = $1 AND platform = 'twitter'`, alice)
+	if resp, _ := h.do("GET", "/api/twitter/callback?state=st-reconnect&code=c", "", nil); resp.Header.Get("X-Upstream") != "stub-app" {
+		t.Fatal("the app's callback was not proxied")
+	}
+	code, after, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	if code != http.StatusOK || after.AccessToken != "app-reconnected" {
+		t.Errorf("right after the reconnect through the app: %d, the app's token %v (credgate's still: %v), want the app's",
+			code, after.AccessToken == "app-reconnected", after.AccessToken == before.AccessToken)
+	}
+}
+
 // readConcurrently reads user's token on platform n times at once and
 // returns how often each answer (token and status) came.
 func (h *harness) readConcurrently(n int, user, platform string) map[string]int {

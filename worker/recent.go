@@ -8,10 +8,12 @@ import (
 )
 
 // RecentFor is how long ReadRecent serves a token again without reading
-// the database: a disconnect or a renewal by another replica is seen
-// within this long. A change this instance makes is seen at once (Forget,
-// and every renewal here forgets what it replaces). A token the platform
-// refuses meanwhile is renewed through RenewRejected anyway.
+// the database: a disconnect or a renewal by another replica, or a token
+// the app writes on its own, is seen within this long. A change this
+// instance makes or sees pass (a reconnect through the app's callback)
+// is seen at once (Forget, and every renewal here forgets what it
+// replaces). A token the platform refuses meanwhile is renewed through
+// RenewRejected anyway.
 const RecentFor = time.Second
 
 // recentTokens is what ReadRecent remembers: per user and platform, the
