@@ -194,6 +194,7 @@ func runRunbook(t *testing.T, mode backendMode) {
 		t.Fatalf("the rollback block has %d parts, want 2 (split at its comment)", len(rollback))
 	}
 	w.runScript(t, "rollback, first part", rollback[0])
+	w.waitForRollout(t, "0")
 	w.app.setMode(readTable)
 	w.everyonePosts(t, "after the way back, the app reading its own table", live)
 
