@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -382,6 +383,41 @@ func TestTokenAPIMinValidityLongerThanTheTokenLife(t *testing.T) {
 			if !strings.HasSuffix(k, "/200 OK") || !h.worksAtSandbox("twitter", strings.TrimSuffix(k, "/200 OK")) {
 				t.Fatalf("answer %q is not a working token", k)
 			}
+		}
+	}
+}
+
+// The token API writes its answer by hand (tokenView.appendJSON); it
+// must be byte for byte what encoding/json writes, whatever the strings
+// hold (quotes, controls, HTML, invalid UTF-8, U+2028) and with or
+// without an expiry and scopes.
+func TestTheTokenAnswerIsWhatEncodingJSONWrites(t *testing.T) {
+	at := time.Date(2026, 12, 6, 7, 10, 54, 77307000, time.UTC)
+	zoned := time.Date(2027, 1, 2, 3, 4, 5, 0, time.FixedZone("", -7*3600))
+	strs := []string{"", "plain-token_0123.~", `quo"te`, `back\slash`, "tab\tnl\n", "\x00\x1f\x7f", "<a>&b", "é ü 日本",
+		"\xff\xfe broken", "line\u2028sep\u2029", strings.Repeat("x", 300)}
+	var views []tokenView
+	for i, s := range strs {
+		v := tokenView{AccessToken: s, TokenType: strs[(i+1)%len(strs)], PlatformUserID: strs[(i+2)%len(strs)]}
+		switch i % 4 {
+		case 0:
+			v.ExpiresAt, v.Scopes = &at, []string{"tweet.read", s}
+		case 1:
+			v.ExpiresAt, v.Scopes = &zoned, []string{}
+		case 2:
+			v.Scopes = nil
+		case 3:
+			v.ExpiresAt, v.Scopes = &at, []string{s, s, "offline.access"}
+		}
+		views = append(views, v)
+	}
+	for i, v := range views {
+		var want bytes.Buffer
+		if err := json.NewEncoder(&want).Encode(v); err != nil {
+			t.Fatal(err)
+		}
+		if got := v.appendJSON(nil); !bytes.Equal(got, want.Bytes()) {
+			t.Errorf("view %d:\n got %s\nwant %s", i, got, want.Bytes())
 		}
 	}
 }

@@ -39,14 +39,11 @@ type recentToken struct {
 // tries again). A kept token is returned with Refreshed false: this
 // call renewed nothing.
 func (r *Refresher) ReadRecent(ctx context.Context, userID, platform string, minValidity time.Duration, trigger string) (Token, error) {
+	if tok, ok := r.Recent(userID, platform, minValidity); ok {
+		return tok, nil
+	}
 	key := recentKey{userID, platform}
 	now := r.now()
-	if v, ok := r.recent.m.Load(key); ok {
-		kept := v.(recentToken)
-		if now.Before(kept.until) && (kept.tok.Account.ExpiresAt == nil || now.Add(minValidity).Before(*kept.tok.Account.ExpiresAt)) {
-			return kept.tok, nil
-		}
-	}
 	tok, err := r.EnsureFresh(ctx, userID, platform, minValidity, trigger)
 	if err != nil || tok.RenewalFailed {
 		r.recent.m.Delete(key)
@@ -65,6 +62,23 @@ func (r *Refresher) ReadRecent(ctx context.Context, userID, platform string, min
 		})
 	}
 	return tok, nil
+}
+
+// Recent is ReadRecent's answer when it needs no database: the token
+// kept for the account, if it was read less than RecentFor ago and stays
+// valid for minValidity. A caller that sets up a budget for the database
+// (a context with a timeout costs an allocation and a timer per call)
+// asks this first, and does so only when it reports false.
+func (r *Refresher) Recent(userID, platform string, minValidity time.Duration) (Token, bool) {
+	v, ok := r.recent.m.Load(recentKey{userID, platform})
+	if !ok {
+		return Token{}, false
+	}
+	kept, now := v.(recentToken), r.now()
+	if now.Before(kept.until) && (kept.tok.Account.ExpiresAt == nil || now.Add(minValidity).Before(*kept.tok.Account.ExpiresAt)) {
+		return kept.tok, true
+	}
+	return Token{}, false
 }
 
 // Forget drops the token ReadRecent keeps for the user's account on
