@@ -107,10 +107,21 @@ func main() {
 			steps = append(steps, func() (loadrun.Result, error) { return b.cycle(ctx, *spread, meters) })
 		}
 		for _, step := range steps {
+			wal0, ck0, err := b.walWritten(ctx)
+			if err != nil {
+				fail(err)
+			}
 			res, err := step()
 			if err != nil {
 				fail(fmt.Errorf("round %d: %w", r+1, err))
 			}
+			wal1, ck1, err := b.walWritten(ctx)
+			if err != nil {
+				fail(err)
+			}
+			res.WALKBPerFlow = float64(wal1-wal0) / 1024 / float64(res.Flows)
+			checkpoints := ck1 - ck0
+			res.Checkpoints = &checkpoints
 			emit(res)
 		}
 	}
@@ -280,6 +291,24 @@ func (b *bench) cycle(ctx context.Context, spread time.Duration, meters []loadru
 		}
 	}
 	return res, nil
+}
+
+// walWritten is where PostgreSQL's write-ahead log stands (bytes since
+// its start) and how many checkpoints it has begun: the cluster's, which
+// the run is assumed to have to itself. The slow bursts waited on the
+// WAL (LWLock WALWrite, IO WALSync in pg_stat_activity), not the CPU.
+func (b *bench) walWritten(ctx context.Context) (wal, checkpoints int64, err error) {
+	err = b.pools[0].QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
+		(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)`).Scan(&wal, &checkpoints)
+	if err != nil {
+		// PostgreSQL 17 counts checkpoints in pg_stat_checkpointer.
+		err = b.pools[0].QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
+			(SELECT num_timed + num_requested FROM pg_stat_checkpointer)`).Scan(&wal, &checkpoints)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading the WAL position and checkpoints: %w", err)
+	}
+	return wal, checkpoints, nil
 }
 
 // renewed is how many Twitter refreshes the sandbox has answered.

@@ -42,6 +42,13 @@ type Result struct {
 	// BehindMs, for work on a schedule (renewals due at a spread of
 	// times), is how far behind the schedule the last one finished.
 	BehindMs float64 `json:"behind_ms,omitempty"`
+	// WALKBPerFlow is the write-ahead log PostgreSQL wrote per flow (the
+	// whole cluster's, so the run should have it to itself), and
+	// Checkpoints how many checkpoints began during the round: a commit
+	// waits for its WAL to reach the disk, and after a checkpoint each
+	// page's first change logs the whole page.
+	WALKBPerFlow float64 `json:"wal_kb_per_flow,omitempty"`
+	Checkpoints  *int64  `json:"checkpoints,omitempty"`
 }
 
 // Measure runs run from conc workers for dur (or, with flows > 0, that
@@ -181,6 +188,20 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 		}
 		if median(behind) > 0 {
 			fmt.Fprintf(w, "  %.0f ms behind the schedule (rounds %s)", median(behind), span(behind, "%.0f"))
+		}
+		wal := make([]float64, len(rs))
+		var checkpoints []string
+		for i, r := range rs {
+			wal[i] = r.WALKBPerFlow
+			if r.Checkpoints != nil {
+				checkpoints = append(checkpoints, fmt.Sprint(*r.Checkpoints))
+			}
+		}
+		if median(wal) > 0 {
+			fmt.Fprintf(w, "  WAL %.1f KB/%s (rounds %s)", median(wal), strings.TrimSuffix(unit, "s"), span(wal, "%.1f"))
+		}
+		if len(checkpoints) > 0 {
+			fmt.Fprintf(w, "  checkpoints %s", strings.Join(checkpoints, " "))
 		}
 		for _, name := range slices.Sorted(maps.Keys(rs[0].CPUms)) {
 			v := make([]float64, len(rs))
