@@ -52,7 +52,7 @@ http://127.0.0.1:$tk {
 	respond 404
 }
 http://127.0.0.1:$hr {
-	respond `{"access_token":"0123456789012345678901234567890123456789012","token_type":"bearer","expires_at":"2026-12-06T06:10:54.077307Z","platform_user_id":"8283053950","scopes":["tweet.read","users.read","offline.access"]}` 200
+	respond \`{"access_token":"0123456789012345678901234567890123456789012","token_type":"bearer","expires_at":"2026-12-06T06:10:54.077307Z","platform_user_id":"8283053950","scopes":["tweet.read","users.read","offline.access"]}\` 200
 }
 CADDY
 } >"$work/Caddyfile"
@@ -60,6 +60,9 @@ CADDY
 pids+=($!)
 echo $! >"$work/caddy.pid"
 wait_up "$a"; wait_up "$tk"; wait_up "$hr"
+# The baseline answers a body of the token answer's size, or it measures
+# less than it claims (a shell quoting slip once left it empty).
+[[ $(curl -s "http://127.0.0.1:$hr/") == '{"access_token":"'*'}' ]] || die "http-respond does not answer the token-sized body"
 
 bin/connectload -start "http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/" -jwt-secret "$jwt_secret" \
   -c 8 -flows "$USERS" >"$work/seed.json" || die "connecting $USERS accounts failed: $(cat "$work/seed.json")"
