@@ -2,6 +2,8 @@ package flags_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +52,16 @@ func newRPCRollout(t *testing.T, d *flagdtest.Daemon) *rpcRollout {
 
 func (rr *rpcRollout) decide() flags.Decision {
 	return rr.Decide(context.Background(), userID(1), "twitter")
+}
+
+// lastEvent is the provider's latest announcement.
+func (rr *rpcRollout) lastEvent() flags.SourceEvent {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	if len(rr.events) == 0 {
+		return flags.SourceEvent{}
+	}
+	return rr.events[len(rr.events)-1]
 }
 
 func (rr *rpcRollout) eventStates() []flags.SourceState {
@@ -119,22 +131,45 @@ func TestFlagdRPCDaemonDiesAndComesBack(t *testing.T) {
 		dec := r.decide()
 		return dec.Arm == flags.ArmLegacy && dec.Reason == flags.ReasonProviderNotReady
 	})
-	waitUntil(t, 10*time.Second, "stale while the daemon is gone", func() bool { return r.state().State == flags.SourceStale })
+	// Stale as announced, not only as State says: State reads stale as
+	// soon as evaluations fail, while the event stream may not have
+	// noticed the loss yet, and "ready again" must mean a new stream (a
+	// loaded run reconnected only after the change below, and missed it).
+	waitUntil(t, 10*time.Second, "stale while the daemon is gone", func() bool {
+		return r.state().State == flags.SourceStale && r.lastEvent().State == flags.SourceStale
+	})
 
 	d.Start()
 	waitUntil(t, 10*time.Second, "decisions follow the daemon back", func() bool { return r.decide().Arm == flags.ArmNew })
-	waitUntil(t, 10*time.Second, "ready again", func() bool { return r.state().State == flags.SourceReady })
+	waitUntil(t, 10*time.Second, "ready again", func() bool {
+		return r.state().State == flags.SourceReady && r.lastEvent().State == flags.SourceReady
+	})
 
 	// A rollback on the daemon applies at once and is announced.
+	r.mu.Lock()
+	mark := len(r.events)
+	r.mu.Unlock()
 	d.SetPercent(0)
 	took := waitUntil(t, 10*time.Second, "the rollback", func() bool { return r.decide().Reason == flags.ReasonKillSwitch })
 	t.Logf("rolled back %v after the daemon changed", took.Round(time.Millisecond))
-	waitUntil(t, 10*time.Second, "the change announced", func() bool {
+	// Any announcement after the change may carry it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		r.mu.Lock()
-		defer r.mu.Unlock()
-		last := r.events[len(r.events)-1]
-		return last.State == flags.SourceReady && last.Rollout != ""
-	})
+		since := slices.Clone(r.events[mark:])
+		r.mu.Unlock()
+		if slices.ContainsFunc(since, func(e flags.SourceEvent) bool { return e.State == flags.SourceReady && e.Rollout != "" }) {
+			return
+		}
+		if time.Now().After(deadline) {
+			var said []string
+			for _, e := range since {
+				said = append(said, fmt.Sprintf("%s %q %q", e.State, e.Rollout, e.Problem))
+			}
+			t.Fatalf("the change was not announced within 10 s; announced since: %v", said)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // A daemon that accepts connections and never answers holds no decision
