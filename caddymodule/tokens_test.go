@@ -416,8 +416,29 @@ func TestTheTokenAnswerIsWhatEncodingJSONWrites(t *testing.T) {
 		if err := json.NewEncoder(&want).Encode(v); err != nil {
 			t.Fatal(err)
 		}
-		if got := v.appendJSON(nil); !bytes.Equal(got, want.Bytes()) {
-			t.Errorf("view %d:\n got %s\nwant %s", i, got, want.Bytes())
+		if got, err := v.appendJSON(nil); err != nil || !bytes.Equal(got, want.Bytes()) {
+			t.Errorf("view %d (%v):\n got %s\nwant %s", i, err, got, want.Bytes())
 		}
+	}
+
+	// Where encoding/json fails (writing nothing, which the handler once
+	// sent as an empty 200): a year past 9999 in the time's own zone is
+	// written in UTC, and one past 9999 in UTC too is an error, never
+	// "expires_at": null, which says the token does not expire.
+	east := time.Date(9999, 12, 31, 23, 30, 0, 0, time.UTC).In(time.FixedZone("", 2*3600))
+	v := tokenView{AccessToken: "a", TokenType: "bearer", ExpiresAt: &east, Scopes: []string{}}
+	utc := v
+	utc.ExpiresAt = &[]time.Time{east.UTC()}[0]
+	var want bytes.Buffer
+	if err := json.NewEncoder(&want).Encode(utc); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := v.appendJSON(nil); err != nil || !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("an expiry in year 10000 in its zone, 9999 in UTC:\n got %s (%v)\nwant %s", got, err, want.Bytes())
+	}
+	far := time.Date(10001, 1, 1, 0, 0, 0, 0, time.UTC)
+	v.ExpiresAt = &far
+	if got, err := v.appendJSON(nil); err == nil {
+		t.Errorf("an expiry in year 10001: %s, want an error", got)
 	}
 }
