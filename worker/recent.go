@@ -16,18 +16,29 @@ import (
 // RenewRejected anyway.
 const RecentFor = time.Second
 
+// forgottenFor is how long a Forget is remembered: longer than any read
+// that may have begun before it (the token API gives a read 40 s), so
+// that such a read cannot keep what it read once the Forget's mark goes.
+const forgottenFor = time.Minute
+
 // recentTokens is what ReadRecent remembers: per user and platform, the
-// token read last and until when it may be served again.
+// token read last and until when it may be served again, or a Forget's
+// mark.
 type recentTokens struct {
-	m      sync.Map // recentKey → recentToken
-	stores atomic.Int64
+	m       sync.Map // recentKey → *recentToken
+	changes atomic.Int64
 }
 
 type recentKey struct{ user, platform string }
 
+// recentToken is one account's entry. Entries are replaced, never
+// changed, and compared by pointer: a read keeps what it read only if the
+// entry it saw before reading is still there (sync.Map's
+// CompareAndSwap), so a Forget during the read wins.
 type recentToken struct {
-	tok   Token
-	until time.Time
+	tok       Token
+	until     time.Time
+	forgotten bool // a Forget's mark: nothing to serve
 }
 
 // ReadRecent is EnsureFresh for the back end's reads (the token API and
@@ -36,32 +47,48 @@ type recentToken struct {
 // database read or a decryption, as long as it stays valid for
 // minValidity. Only a token EnsureFresh served as fully fresh is kept:
 // never an error, and never one whose renewal failed (the next read
-// tries again). A kept token is returned with Refreshed false: this
-// call renewed nothing.
+// tries again), and never one read while a Forget of the account ran. A
+// kept token is returned with Refreshed false: this call renewed nothing.
 func (r *Refresher) ReadRecent(ctx context.Context, userID, platform string, minValidity time.Duration, trigger string) (Token, error) {
 	if tok, ok := r.Recent(userID, platform, minValidity); ok {
 		return tok, nil
 	}
 	key := recentKey{userID, platform}
 	now := r.now()
+	seen, _ := r.recent.m.Load(key)
 	tok, err := r.EnsureFresh(ctx, userID, platform, minValidity, trigger)
 	if err != nil || tok.RenewalFailed {
-		r.recent.m.Delete(key)
+		if seen != nil && !seen.(*recentToken).forgotten {
+			r.recent.m.CompareAndDelete(key, seen)
+		}
 		return tok, err
 	}
 	kept := tok
 	kept.Refreshed = false
-	r.recent.m.Store(key, recentToken{tok: kept, until: now.Add(RecentFor)})
-	// Drop stale entries now and then: what is kept is the active users.
-	if r.recent.stores.Add(1)%4096 == 0 {
-		r.recent.m.Range(func(k, v any) bool {
-			if !now.Before(v.(recentToken).until) {
-				r.recent.m.Delete(k)
-			}
-			return true
-		})
+	entry := &recentToken{tok: kept, until: now.Add(RecentFor)}
+	// Kept only over what was there before the read: a Forget meanwhile
+	// (or another read's entry) stays.
+	if seen == nil {
+		r.recent.m.LoadOrStore(key, entry)
+	} else {
+		r.recent.m.CompareAndSwap(key, seen, entry)
 	}
+	r.sweep(now)
 	return tok, nil
+}
+
+// sweep drops stale entries now and then: what is kept is the active
+// users, and the marks of recent Forgets.
+func (r *Refresher) sweep(now time.Time) {
+	if r.recent.changes.Add(1)%4096 != 0 {
+		return
+	}
+	r.recent.m.Range(func(k, v any) bool {
+		if !now.Before(v.(*recentToken).until) {
+			r.recent.m.CompareAndDelete(k, v)
+		}
+		return true
+	})
 }
 
 // Recent is ReadRecent's answer when it needs no database: the token
@@ -74,8 +101,8 @@ func (r *Refresher) Recent(userID, platform string, minValidity time.Duration) (
 	if !ok {
 		return Token{}, false
 	}
-	kept, now := v.(recentToken), r.now()
-	if now.Before(kept.until) && (kept.tok.Account.ExpiresAt == nil || now.Add(minValidity).Before(*kept.tok.Account.ExpiresAt)) {
+	kept, now := v.(*recentToken), r.now()
+	if !kept.forgotten && now.Before(kept.until) && (kept.tok.Account.ExpiresAt == nil || now.Add(minValidity).Before(*kept.tok.Account.ExpiresAt)) {
 		return kept.tok, true
 	}
 	return Token{}, false
@@ -83,7 +110,12 @@ func (r *Refresher) Recent(userID, platform string, minValidity time.Duration) (
 
 // Forget drops the token ReadRecent keeps for the user's account on
 // platform, after a change this instance made to it (a connect, a
-// disconnect, a renewal), so its own readers see the change at once.
+// disconnect, a renewal), so its own readers see the change at once. It
+// leaves a mark for forgottenFor, so that a read already under way
+// (which may have read the account before the change) does not keep
+// what it read.
 func (r *Refresher) Forget(userID, platform string) {
-	r.recent.m.Delete(recentKey{userID, platform})
+	now := r.now()
+	r.recent.m.Store(recentKey{userID, platform}, &recentToken{forgotten: true, until: now.Add(forgottenFor)})
+	r.sweep(now)
 }

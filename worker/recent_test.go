@@ -3,8 +3,13 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/vault"
@@ -88,5 +93,69 @@ func TestReadRecentServesABurstFromOneRead(t *testing.T) {
 	if err != nil || next.Credentials.AccessToken.Reveal() != renewed.Credentials.AccessToken.Reveal() {
 		t.Fatalf("the read after the renewal: %v, the renewed token %v", err,
 			err == nil && next.Credentials.AccessToken.Reveal() == renewed.Credentials.AccessToken.Reveal())
+	}
+}
+
+// A Forget while a read is under way wins: the read may have read the
+// account before the change Forget announces, and must not keep what it
+// read. Here the change and the Forget land right after the read's
+// SELECT (a query tracer on its pool), before ReadRecent keeps its
+// answer; the next read must go to the database. Before, the read kept
+// the old token over the Forget, and served it for RecentFor.
+func TestAForgetDuringAReadWins(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	u := userID(21)
+	e.connect("twitter", u)
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r *worker.Refresher
+	changeDuring := &afterQuery{fn: func() {
+		if _, err := e.pool.Exec(ctx, `UPDATE social_accounts SET credentials_encrypted = NULL WHERE user_id = $1`, u); err != nil {
+			t.Error(err)
+		}
+		r.Forget(u, "twitter")
+	}}
+	cfg.ConnConfig.Tracer = changeDuring
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	r = e.refresher(pool, nil)
+	changeDuring.armed.Store(true)
+	if _, err := r.ReadRecent(ctx, u, "twitter", 5*time.Minute, "token_api"); err != nil {
+		t.Fatalf("the read that began before the change: %v", err)
+	}
+	if changeDuring.armed.Load() {
+		t.Fatal("the change did not happen during the read")
+	}
+	if _, err := r.ReadRecent(ctx, u, "twitter", 5*time.Minute, "token_api"); !errors.Is(err, vault.ErrNotConnected) {
+		t.Fatalf("the read after the Forget: %v, want the database's not connected", err)
+	}
+}
+
+// afterQuery runs fn once, when armed, right after the first query that
+// reads social_accounts ends.
+type afterQuery struct {
+	armed atomic.Bool
+	fn    func()
+}
+
+type afterQueryKey struct{}
+
+func (a *afterQuery) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(d.SQL, "social_accounts") && a.armed.CompareAndSwap(true, false) {
+		return context.WithValue(ctx, afterQueryKey{}, true)
+	}
+	return ctx
+}
+
+func (a *afterQuery) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	if ctx.Value(afterQueryKey{}) != nil {
+		a.fn()
 	}
 }
