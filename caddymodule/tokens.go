@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -334,11 +333,7 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 		return
 	}
 	audit(vault.Success, "")
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	w.Write(body)
+	writeJSONBody(w, http.StatusOK, body)
 }
 
 // parseTokenAPI parses:
