@@ -53,7 +53,12 @@ func (e *env) provider(platform string, mutate ...func(*oauth.Config)) *oauth.Pr
 	return p
 }
 
-var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+// noRedirects has a transport of its own: httptest.Server.Close closes
+// http.DefaultTransport's idle connections, and a parallel test's
+// request that had just picked one failed with "connection broken:
+// CloseIdleConnections called" (a CI-like run did).
+var noRedirects = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(),
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
 // authorize follows the authorize URL (auto-approved, or with an explicit
 // decision posted to the consent form) and returns the callback query and
@@ -338,7 +343,7 @@ func TestNegativeFlows(t *testing.T) {
 	t.Run("twitter without basic auth", func(t *testing.T) {
 		e := newEnv(t, sandbox.Config{AutoApprove: true})
 		_, token, _, _ := oauth.SandboxURLs("twitter", e.base)
-		resp, err := http.PostForm(token, url.Values{"grant_type": {"authorization_code"}, "code": {"x"},
+		resp, err := noRedirects.PostForm(token, url.Values{"grant_type": {"authorization_code"}, "code": {"x"},
 			"client_id": {"twitter-client-id"}, "client_secret": {"twitter-client-secret"}})
 		if err != nil {
 			t.Fatal(err)
@@ -354,7 +359,7 @@ func TestNegativeFlows(t *testing.T) {
 		start, _ := p.Begin()
 		q, _ := e.authorize(start, "")
 		_, token, _, _ := oauth.SandboxURLs("linkedin", e.base)
-		resp, err := http.PostForm(token, url.Values{"grant_type": {"authorization_code"}, "code": {q.Get("code")},
+		resp, err := noRedirects.PostForm(token, url.Values{"grant_type": {"authorization_code"}, "code": {q.Get("code")},
 			"redirect_uri": {p.RedirectURL()}, "client_id": {"linkedin-client-id"}, "client_secret": {"linkedin-client-secret"},
 			"code_verifier": {"abc"}})
 		if err != nil {
@@ -370,7 +375,7 @@ func TestNegativeFlows(t *testing.T) {
 		for _, platform := range oauth.Platforms {
 			p := e.provider(platform)
 			start, _ := p.Begin()
-			resp, err := http.Get(start.URL)
+			resp, err := noRedirects.Get(start.URL)
 			if err != nil {
 				t.Fatal(err)
 			}
