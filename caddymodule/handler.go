@@ -43,7 +43,7 @@ type Handler struct {
 	// AdminToken guards /api/maintenance/cleanup and
 	// /api/credentials/service-health ("Authorization: Bearer <token>"),
 	// normally "{env.CREDGATE_ADMIN_TOKEN}". Default: none, and those
-	// routes answer 403.
+	// routes answer 401 to every call.
 	AdminToken string `json:"admin_token,omitempty"`
 
 	// PublicOrigin is the app's origin as browsers see it, such as
