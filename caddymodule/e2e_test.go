@@ -22,6 +22,7 @@ import (
 
 	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/internal/testport"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/vault"
@@ -285,7 +286,13 @@ func waitUntil(t testing.TB, d time.Duration, cond func() bool) {
 	}
 }
 
-var client = &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+// client is not on http.DefaultTransport, which every httptest server's
+// Close touches (see testhttp).
+var client = func() *http.Client {
+	c := testhttp.NoRedirects()
+	c.Timeout = 30 * time.Second
+	return c
+}()
 
 func (h *harness) token(user string) string {
 	tok, err := SignDevToken(user, devSecret, time.Hour)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/spf13/cobra"
 )
 
@@ -58,7 +59,7 @@ func TestSandboxCommandServesAndPrintsCredentials(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), "code=") {
 		t.Errorf("auto-approved authorize: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
-	resp, err = http.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
+	resp, err = noFollow.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,4 +89,4 @@ func TestSandboxCommandRejectsBadConfig(t *testing.T) {
 	}
 }
 
-var noFollow = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+var noFollow = testhttp.NoRedirects()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/supabasetest"
+	"github.com/credgate/credgate/internal/testhttp"
 )
 
 // An hour-stale access token with a good refresh token: credgate
@@ -80,7 +81,7 @@ func TestExpiredSessionIsRefreshedAndWrittenBack(t *testing.T) {
 // middleware would, and returns the status.
 func refreshAt(t *testing.T, authBase, refreshToken string) int {
 	t.Helper()
-	resp, err := http.Post(authBase+"/auth/v1/token?grant_type=refresh_token&apikey="+supabasetest.PublishableKey, "application/json",
+	resp, err := testhttp.Client().Post(authBase+"/auth/v1/token?grant_type=refresh_token&apikey="+supabasetest.PublishableKey, "application/json",
 		strings.NewReader(`{"refresh_token":"`+refreshToken+`"}`))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/secret"
@@ -53,12 +54,10 @@ func (e *env) provider(platform string, mutate ...func(*oauth.Config)) *oauth.Pr
 	return p
 }
 
-// noRedirects has a transport of its own: httptest.Server.Close closes
-// http.DefaultTransport's idle connections, and a parallel test's
-// request that had just picked one failed with "connection broken:
-// CloseIdleConnections called" (a CI-like run did).
-var noRedirects = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(),
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+// noRedirects is not on http.DefaultTransport: a parallel test's
+// request failed with "connection broken: CloseIdleConnections called"
+// once (see testhttp).
+var noRedirects = testhttp.NoRedirects()
 
 // authorize follows the authorize URL (auto-approved, or with an explicit
 // decision posted to the consent form) and returns the callback query and

@@ -28,7 +28,7 @@ func twitterMe(t *testing.T, base, access string) int {
 	t.Helper()
 	req, _ := http.NewRequest("GET", base+"/twitter/2/users/me", nil)
 	req.Header.Set("Authorization", "Bearer "+access)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

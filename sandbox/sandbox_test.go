@@ -12,10 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/sandbox"
 )
 
-var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+// The tests run in parallel, each with a server of its own: their
+// clients are not on http.DefaultTransport (see testhttp).
+var (
+	client      = testhttp.Client()
+	noRedirects = testhttp.NoRedirects()
+)
 
 func start(t *testing.T, cfg sandbox.Config) (*sandbox.Server, string) {
 	t.Helper()
@@ -117,7 +123,7 @@ func twitterToken(base string, form url.Values) (*http.Response, map[string]any)
 	req, _ := http.NewRequest("POST", base+"/twitter/2/oauth2/token", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.SetBasicAuth("twitter-client-id", "twitter-client-secret")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, nil
 	}
@@ -165,29 +171,29 @@ func TestAdminAPI(t *testing.T) {
 	s, base := start(t, sandbox.Config{AutoApprove: true})
 
 	req, _ := http.NewRequest("PUT", base+"/_sandbox/faults/*.token", strings.NewReader(`{"html_502":true,"latency":"10ms"}`))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("set fault: %v %v", resp.StatusCode, err)
 	}
 	resp, body := get(t, base+"/_sandbox/stats")
 	_ = body
-	r, _ := http.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
+	r, _ := client.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
 	if r.StatusCode != 502 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/html") {
 		t.Errorf("wildcard fault not applied: %d", r.StatusCode)
 	}
 	req, _ = http.NewRequest("DELETE", base+"/_sandbox/faults/*.token", nil)
-	http.DefaultClient.Do(req)
-	r, _ = http.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
+	client.Do(req)
+	r, _ = client.Post(base+"/linkedin/oauth/v2/accessToken", "application/x-www-form-urlencoded", nil)
 	if r.StatusCode != 401 {
 		t.Errorf("after clearing the fault: %d, want 401 (no client credentials)", r.StatusCode)
 	}
 
 	before := s.Clock().Now()
-	r, _ = http.Post(base+"/_sandbox/clock?advance=24h", "", nil)
+	r, _ = client.Post(base+"/_sandbox/clock?advance=24h", "", nil)
 	if r.StatusCode != 200 || s.Clock().Now().Sub(before) < 24*time.Hour {
 		t.Errorf("clock: %d", r.StatusCode)
 	}
-	if r, _ = http.Post(base+"/_sandbox/clock?advance=-1h", "", nil); r.StatusCode != 400 {
+	if r, _ = client.Post(base+"/_sandbox/clock?advance=-1h", "", nil); r.StatusCode != 400 {
 		t.Errorf("negative advance: %d", r.StatusCode)
 	}
 
@@ -234,7 +240,7 @@ func TestLandingPage(t *testing.T) {
 	s.SetFault("linkedin.token", sandbox.Fault{ErrorRate: 0.2})
 	srv := httptest.NewServer(s)
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/")
+	resp, err := client.Get(srv.URL + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +276,7 @@ func TestPostChecksTokenAndScope(t *testing.T) {
 		req, _ := http.NewRequest("POST", base+"/twitter/2/tweets", strings.NewReader(`{"text":"hi"}`))
 		req.Header.Set("Authorization", "Bearer "+tok)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +335,7 @@ func TestTwitterPostReadsJSONAsXDoes(t *testing.T) {
 		} else {
 			req.Header["Content-Type"] = nil
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -47,7 +47,7 @@ func TestTheSignedInUserIsWhoseAccountIsGranted(t *testing.T) {
 		}
 		tok.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		tok.SetBasicAuth("twitter-client-id", "twitter-client-secret")
-		resp, err = http.DefaultClient.Do(tok)
+		resp, err = client.Do(tok)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +58,7 @@ func TestTheSignedInUserIsWhoseAccountIsGranted(t *testing.T) {
 		resp.Body.Close()
 		me, _ := http.NewRequest(http.MethodGet, base+"/twitter/2/users/me", nil)
 		me.Header.Set("Authorization", "Bearer "+pair.AccessToken)
-		resp, err = http.DefaultClient.Do(me)
+		resp, err = client.Do(me)
 		if err != nil {
 			t.Fatal(err)
 		}

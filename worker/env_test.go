@@ -3,7 +3,6 @@ package worker_test
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/secret"
@@ -128,7 +128,7 @@ func (e *env) grant(key, user string) oauth.TokenSet {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	client := testhttp.NoRedirects()
 	resp, err := client.Get(start.URL + "&sandbox_user=" + url.QueryEscape(user))
 	if err != nil {
 		e.t.Fatal(err)

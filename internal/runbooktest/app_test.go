@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 )
@@ -141,7 +142,7 @@ func (a *stubApp) seed(t *testing.T, user, platform string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	client := testhttp.NoRedirects()
 	resp, err := client.Get(start.URL + "&sandbox_user=" + user)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +178,7 @@ func (a *stubApp) post(user, platform string) error {
 	req, _ := http.NewRequest(http.MethodPost, a.apiBase[platform]+postPaths[platform], strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", contentType)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testhttp.Client().Do(req)
 	if err != nil {
 		return err
 	}
@@ -205,7 +206,7 @@ func (a *stubApp) fromTable(user, platform string) (string, error) {
 func (a *stubApp) fromTokenAPI(user, platform string) (string, error) {
 	req, _ := http.NewRequest(http.MethodGet, a.w.internal+"/api/internal/credentials/"+user+"/"+platform+"/token", nil)
 	req.Header.Set("Authorization", "Bearer "+serviceToken)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testhttp.Client().Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/credgate/credgate/internal/caddylog"
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/internal/testport"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/vault"
@@ -376,7 +377,7 @@ func (w *world) startCaddy(t *testing.T) {
 	for {
 		req, _ := http.NewRequest(http.MethodGet, w.front+"/api/credentials/service-health", nil)
 		req.Header.Set("Authorization", "Bearer "+adminToken)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testhttp.Client().Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -514,7 +515,7 @@ func (w *world) waitForRollout(t *testing.T, percent string) {
 	for time.Now().Before(deadline) {
 		req, _ := http.NewRequest(http.MethodGet, w.front+"/api/credentials/service-health", nil)
 		req.Header.Set("Authorization", "Bearer "+adminToken)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
+		if resp, err := testhttp.Client().Do(req); err == nil {
 			var health struct {
 				Flags struct {
 					Rollout string `json:"rollout"`
@@ -565,7 +566,8 @@ func (w *world) connect(t *testing.T, user, platform string) string {
 		w.jars[user] = jar
 	}
 	w.mu.Unlock()
-	client := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	client := testhttp.NoRedirects()
+	client.Jar = jar
 	next := w.front + "/api/" + platform + "/connect"
 	for range 8 {
 		req, _ := http.NewRequest(http.MethodGet, next, nil)

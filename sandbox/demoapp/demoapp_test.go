@@ -13,6 +13,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/sandbox/demoapp"
 	"github.com/credgate/credgate/secret"
@@ -29,7 +30,9 @@ const (
 	appOrigin = "http://app.test"
 )
 
-var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+// Not on http.DefaultTransport, which parallel tests' servers close
+// (see testhttp).
+var noRedirects = testhttp.NoRedirects()
 
 // demo runs the sandbox and the app, and returns the app's URL.
 func demo(t *testing.T) string {
@@ -215,7 +218,7 @@ func TestTheAppKeepsOnlyVerifiedWebhookEvents(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, app+demoapp.HookPath, bytes.NewReader(tc.body))
 		req.Header.Set("Content-Type", "application/json")
 		tc.sign(req, tc.body)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testhttp.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
