@@ -417,11 +417,14 @@ func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
 func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform string, err error) {
 	status, code, message := tokenFailure(err)
 	if status == 0 {
-		writeStoreError(e.logger, w, r, "egress: reading a token", err)
-		return
+		code = storeErrorCode(r, err)
 	}
 	e.app.metrics.Egress(platform, code)
 	e.app.readAudit.Count(vault.TokenRead{UserID: user, Platform: platform, Via: vault.ViaEgress, Status: vault.Failed, ErrorCode: code})
+	if status == 0 {
+		writeStoreError(e.logger, w, r, "egress: reading a token", err)
+		return
+	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "30")
 	}

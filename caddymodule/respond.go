@@ -60,6 +60,20 @@ func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing 
 	writeStoreError(h.logger, w, r, doing, err)
 }
 
+// storeErrorCode is the error code writeStoreError answers err with, for
+// the callers that count the failure too (the token reads' audit).
+func storeErrorCode(r *http.Request, err error) string {
+	switch {
+	case dberr.Unavailable(err):
+		return "unavailable"
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return "client_closed_request"
+	case errors.Is(err, vault.ErrVersionConflict):
+		return "conflict"
+	}
+	return "internal"
+}
+
 func writeStoreError(log *zap.Logger, w http.ResponseWriter, r *http.Request, doing string, err error) {
 	switch {
 	case dberr.Unavailable(err):

@@ -297,6 +297,8 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 	if err != nil {
 		status, code, message := tokenFailure(err)
 		if status == 0 {
+			// The store failed part way: still a read, counted.
+			audit(vault.Failed, storeErrorCode(r, err))
 			writeStoreError(t.logger, w, r, "reading a token", err)
 			return
 		}

@@ -442,3 +442,36 @@ func TestTheTokenAnswerIsWhatEncodingJSONWrites(t *testing.T) {
 		t.Errorf("an expiry in year 10001: %s, want an error", got)
 	}
 }
+
+// A read the database fails part way (here its table is away for a
+// moment, after the route's own checks passed) is still a token read:
+// the token API and egress both count it into the window's token_read
+// rows, with the code they answered. They wrote nothing for it before.
+func TestATokenReadTheDatabaseFailsIsStillAudited(t *testing.T) {
+	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken, egress: "service_token " + serviceToken})
+	h.connect(alice, "twitter")
+	pool := pgtest.Pool(t, h.db)
+	alter := func(from, to string) {
+		t.Helper()
+		if _, err := pool.Exec(context.Background(), `ALTER TABLE `+from+` RENAME TO `+to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alter("social_accounts", "social_accounts_away")
+	code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
+	egressCode, egressBody := h.egressCall("GET", "/twitter/2/users/me", alice, serviceToken, "")
+	alter("social_accounts_away", "social_accounts")
+	if code != http.StatusInternalServerError || errorCode(body) != "internal" {
+		t.Fatalf("token API with the table away: %d %s, want 500 internal", code, body)
+	}
+	if egressCode != http.StatusInternalServerError || errorCode([]byte(egressBody)) != "internal" {
+		t.Fatalf("egress with the table away: %d %s, want 500 internal", egressCode, egressBody)
+	}
+	h.flushReadAudit()
+	for _, via := range []string{"token_api", "egress"} {
+		if n := h.count(`SELECT count(*) FROM credential_audit_log WHERE action = 'token_read' AND status = 'failed'
+			AND error_code = 'internal' AND user_id = $1 AND details->>'via' = $2`, alice, via); n != 1 {
+			t.Errorf("%s: %d failed token_read rows for the read the database failed, want 1", via, n)
+		}
+	}
+}
