@@ -18,14 +18,22 @@
 # CPU per flow is read from /proc for the gateway's process and for every
 # process named postgres (backends and PostgreSQL's own workers), over the
 # measured seconds only. Background work is off in credgate's config, so
-# only the connect path is measured. The database is a fresh one made for
-# the run and dropped after it.
+# only the connect path is measured. For credgate's targets the WAL
+# PostgreSQL wrote per flow is reported too (the cluster's: run on one of
+# its own), with its full-page images and checkpoints. The database is a
+# fresh one made for the run and dropped after it.
 #
 #   ROUNDS=3 DURATION=10s CONC=8 bash bench/connect.sh
 #   COMPARE="before=/path/to/older/caddy" bash bench/connect.sh   # before/after in one run
 #   TARGETS="sandbox-inproc sandbox-apart" bash bench/connect.sh
 #   POOL_MAX_CONNS=4 bash bench/connect.sh   # credgate's pool size (default refresh_workers + 8, at least max(4, cores))
 #   OAUTH2_PROXY=/path/to/oauth2-proxy bash bench/connect.sh
+#   FRESH_TABLES=1 TARGETS=sandbox-inproc bash bench/connect.sh
+#     before each round of a credgate target, empty the tables connects
+#     fill and take a checkpoint: every round meets the same database and
+#     starts the same full-page-image cycle, and only the processes (the
+#     sandbox's memory, Caddy's) carry over from round to round, which is
+#     what "the sandbox holds its pace" asks about
 #   (GOBIN=$PWD/bin go install github.com/oauth2-proxy/oauth2-proxy/v7@v7.15.6)
 #
 # Needs PostgreSQL at DATABASE_ADMIN_URL (default the local server as
@@ -148,9 +156,20 @@ measure() { # target
   local t=$1
   if [[ $t == mockoidc-only ]]; then
     bin/connectload -label "$t" -provider-only "http://127.0.0.1:$m" -client-id "$client_id" -client-secret "$client_secret" -c "$CONC" -d "$DURATION"
+  elif [[ ${cpu_spec[$t]} == *postgres* ]]; then
+    bin/connectload -label "$t" -start "${start_url[$t]}" -jwt-secret "$jwt_secret" -c "$CONC" -d "$DURATION" -cpu "${cpu_spec[$t]}" \
+      -wal-database-url "$DATABASE_URL"
   else
     bin/connectload -label "$t" -start "${start_url[$t]}" -jwt-secret "$jwt_secret" -c "$CONC" -d "$DURATION" -cpu "${cpu_spec[$t]}"
   fi
+}
+
+# The tables a connect fills (the queue goes with social_accounts); the
+# keys, settings and halts stay.
+fresh_tables() {
+  psql -q "$DATABASE_URL" -c "TRUNCATE social_accounts, oauth_states, credential_audit_log, token_refresh_queue,
+    rollout_outcomes, rollout_decisions, renewal_leases, backend_reads, legacy_flows, credgate_webhook_outbox CASCADE" \
+    -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null || die "FRESH_TABLES: emptying the tables failed"
 }
 
 if [[ -n ${TARGETS:-} ]]; then # a subset, in the order given
@@ -168,6 +187,7 @@ for r in $(seq 0 $((ROUNDS - 1))); do
   n=${#targets[@]}
   for i in $(seq 0 $((n - 1))); do
     t=${targets[$(((i + r) % n))]}
+    [[ -n ${FRESH_TABLES:-} && ${cpu_spec[$t]:-} == *postgres* ]] && fresh_tables
     measure "$t" | tee -a "$work/results" >&2
   done
 done

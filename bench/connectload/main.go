@@ -40,8 +40,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/credgate/credgate/bench/internal/loadrun"
+	"github.com/jackc/pgx/v5"
 	"github.com/oauth2-proxy/mockoidc"
+
+	"github.com/credgate/credgate/bench/internal/loadrun"
 )
 
 func main() {
@@ -56,6 +58,7 @@ func main() {
 	dur := flag.Duration("d", 10*time.Second, "how long to measure")
 	flows := flag.Int64("flows", 0, "measure this many flows instead of for -d")
 	cpu := flag.String("cpu", "", "processes whose CPU to report per flow: name=pid,… (pid may be a pid file); name=postgres sums every process named postgres")
+	walDB := flag.String("wal-database-url", "", "report the WAL PostgreSQL wrote per flow (and its full pages and checkpoints), read through this database")
 	label := flag.String("label", "", "a label copied into the output")
 	summarize := flag.String("summarize", "", "instead of measuring: summarize this file of result lines (median per label, ratios against -baseline)")
 	baseline := flag.String("baseline", "", "with -summarize: the label the others are compared with")
@@ -93,7 +96,23 @@ func main() {
 	if err := run(); err != nil {
 		fail(fmt.Errorf("warm-up flow: %w", err))
 	}
+	var wal *pgx.Conn
+	var wal0 loadrun.WALMark
+	if *walDB != "" {
+		if wal, err = pgx.Connect(context.Background(), *walDB); err != nil {
+			fail(fmt.Errorf("-wal-database-url: %w", err))
+		}
+		defer wal.Close(context.Background())
+		if wal0, err = loadrun.MarkWAL(context.Background(), wal); err != nil {
+			fail(err)
+		}
+	}
 	res := loadrun.Measure(run, *conc, *dur, *flows, meters)
+	if wal != nil {
+		if err := loadrun.AddWALSince(context.Background(), wal, &res, wal0); err != nil {
+			fail(err)
+		}
+	}
 	res.Label = *label
 	json.NewEncoder(os.Stdout).Encode(res)
 	if res.Flows == 0 {

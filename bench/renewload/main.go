@@ -201,13 +201,13 @@ func (b *bench) floor(ctx context.Context, meters []loadrun.CPUMeter) (loadrun.R
 		}
 		return nil
 	}
-	wal0, err := b.walWritten(ctx)
+	wal0, err := loadrun.MarkWAL(ctx, b.pools[0])
 	if err != nil {
 		return loadrun.Result{}, err
 	}
 	res := loadrun.Measure(run, 8, 0, int64(len(b.ids)), meters)
 	res.Label, res.Unit = "floor", "updates"
-	if err := b.addWAL(ctx, &res, wal0); err != nil {
+	if err := loadrun.AddWALSince(ctx, b.pools[0], &res, wal0); err != nil {
 		return loadrun.Result{}, err
 	}
 	return res, failed
@@ -235,7 +235,7 @@ func (b *bench) cycle(ctx context.Context, spread time.Duration, meters []loadru
 	}
 	// From here to the last renewal: the WAL of the renewals alone, not
 	// of the UPDATE that made them due or of the hold after.
-	wal0, err := b.walWritten(ctx)
+	wal0, err := loadrun.MarkWAL(ctx, b.pools[0])
 	if err != nil {
 		return loadrun.Result{}, err
 	}
@@ -262,7 +262,7 @@ func (b *bench) cycle(ctx context.Context, spread time.Duration, meters []loadru
 	cpu1 := loadrun.ReadCPU(meters)
 	var walRes loadrun.Result
 	walRes.Flows = int64(n)
-	if err := b.addWAL(ctx, &walRes, wal0); err != nil {
+	if err := loadrun.AddWALSince(ctx, b.pools[0], &walRes, wal0); err != nil {
 		return loadrun.Result{}, err
 	}
 	b.aged = last.Add(b.ttl/2 + 2*time.Second)
@@ -283,7 +283,7 @@ func (b *bench) cycle(ctx context.Context, spread time.Duration, meters []loadru
 		return loadrun.Result{}, fmt.Errorf("the platform renewed %d accounts, and %d renewals are stored: %s", n, stored, detail)
 	}
 	res := loadrun.Result{Label: "burst", Unit: "renewals", Flows: int64(n), Concurrency: 8,
-		WALKBPerFlow: walRes.WALKBPerFlow, Checkpoints: walRes.Checkpoints}
+		WALKBPerFlow: walRes.WALKBPerFlow, FPIPerFlow: walRes.FPIPerFlow, Checkpoints: walRes.Checkpoints}
 	took := last.Sub(first)
 	if spread > 0 {
 		// Keeping up, the rate is the schedule's: what tells is how far
@@ -299,41 +299,6 @@ func (b *bench) cycle(ctx context.Context, spread time.Duration, meters []loadru
 		}
 	}
 	return res, nil
-}
-
-// walMark is where PostgreSQL's write-ahead log stood (bytes since its
-// start) and how many checkpoints it had counted: the cluster's, which
-// the run is assumed to have to itself. The slow bursts waited on the
-// WAL (LWLock WALWrite, IO WALSync in pg_stat_activity), not the CPU.
-type walMark struct{ wal, checkpoints int64 }
-
-func (b *bench) walWritten(ctx context.Context) (walMark, error) {
-	var m walMark
-	// PostgreSQL 17 moved the checkpoint counts to pg_stat_checkpointer.
-	counts := `SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter`
-	var v int
-	if err := b.pools[0].QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&v); err != nil {
-		return m, fmt.Errorf("reading the server's version: %w", err)
-	} else if v >= 170000 {
-		counts = `SELECT num_timed + num_requested FROM pg_stat_checkpointer`
-	}
-	if err := b.pools[0].QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, (`+counts+`)`).Scan(&m.wal, &m.checkpoints); err != nil {
-		return m, fmt.Errorf("reading the WAL position and checkpoints: %w", err)
-	}
-	return m, nil
-}
-
-// addWAL sets res's WAL per flow and checkpoints since from (the
-// checkpoint counts include skipped ones: an upper bound).
-func (b *bench) addWAL(ctx context.Context, res *loadrun.Result, from walMark) error {
-	to, err := b.walWritten(ctx)
-	if err != nil {
-		return err
-	}
-	res.WALKBPerFlow = float64(to.wal-from.wal) / 1024 / float64(max(res.Flows, 1))
-	checkpoints := to.checkpoints - from.checkpoints
-	res.Checkpoints = &checkpoints
-	return nil
 }
 
 // renewed is how many Twitter refreshes the sandbox has answered.

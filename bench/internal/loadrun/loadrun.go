@@ -48,7 +48,9 @@ type Result struct {
 	// waits for its WAL to reach the disk, and after a checkpoint each
 	// page's first change logs the whole page.
 	WALKBPerFlow float64 `json:"wal_kb_per_flow,omitempty"`
-	Checkpoints  *int64  `json:"checkpoints,omitempty"`
+	// FPIPerFlow is how many of those records were whole pages.
+	FPIPerFlow  float64 `json:"fpi_per_flow,omitempty"`
+	Checkpoints *int64  `json:"checkpoints,omitempty"`
 }
 
 // Measure runs run from conc workers for dur (or, with flows > 0, that
@@ -198,7 +200,12 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 			}
 		}
 		if median(wal) > 0 {
-			fmt.Fprintf(w, "  WAL %.1f KB/%s (rounds %s)", median(wal), strings.TrimSuffix(unit, "s"), span(wal, "%.1f"))
+			fpi := make([]float64, len(rs))
+			for i, r := range rs {
+				fpi[i] = r.FPIPerFlow
+			}
+			fmt.Fprintf(w, "  WAL %.1f KB/%s (rounds %s), full pages %.2f (rounds %s)", median(wal), strings.TrimSuffix(unit, "s"),
+				span(wal, "%.1f"), median(fpi), span(fpi, "%.2f"))
 		}
 		if len(checkpoints) > 0 {
 			fmt.Fprintf(w, "  checkpoints %s", strings.Join(checkpoints, " "))
