@@ -65,7 +65,6 @@ func TestRolloutSetWaitsForTheBackEnd(t *testing.T) {
 // through credgate lands on the app's own row (which the app finds under
 // "x"), and the token API serves it under credgate's name.
 func TestTheAppsNameForAPlatform(t *testing.T) {
-	t.Parallel()
 	url := pgtest.Database(t)
 	out, err := runCLI(t, "app-platform-name", "twitter", "x", "--database-url", url)
 	if err != nil || !strings.Contains(out, `twitter: the app stores "x"`) {

@@ -249,7 +249,6 @@ func (h *harness) doBody(method, path, body string, headers map[string]string) (
 // The admin rollout route reads a flag file's percentage from its rule,
 // as `rollout status` does: 25 % is 25.0, not a sample's 24.4.
 func TestRolloutRouteReadsThePercentageFromTheRule(t *testing.T) {
-	t.Parallel()
 	path := filepath.Join(t.TempDir(), "flags.json")
 	if err := os.WriteFile(path, []byte(rolloutFile(true, 25)), 0o644); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -58,8 +59,14 @@ const quiet = `{"admin":{"disabled":true,"config":{"persist":false}},` +
 // When the test ends, Caddy is stopped (a test's own caddy.Stop may come
 // before or after: it is idempotent) and the log's last Lines lines are
 // printed if the test failed.
+//
+// Caddy runs one config per process, so a test that loads one while
+// another test's Caddy runs (two tests that called t.Parallel) would
+// replace that test's servers under it: Load fails the test at once
+// instead, naming the other.
 func Load(t testing.TB, cfg []byte) error {
 	t.Helper()
+	own(t)
 	cfg, err := withLog(t, cfg)
 	if err != nil {
 		return err
@@ -226,4 +233,47 @@ func tail(b []byte, n int) (string, int) {
 		return string(bytes.Join(lines[len(lines)-n:], []byte("\n"))), len(lines)
 	}
 	return string(b), len(lines)
+}
+
+// owner is the test whose Caddy runs now (the one whose config Load
+// loaded last and which has not ended); "" when none does. One of two
+// parallel tests with a Caddy each once failed with "connection refused"
+// when the other's config took its servers down.
+var owner struct {
+	sync.Mutex
+	name string
+}
+
+// own makes t the owner of the process's Caddy, or fails t if another
+// running test owns it. A subtest may load while its parent owns it.
+func own(t testing.TB) {
+	t.Helper()
+	release, err := claim(t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if release != nil {
+		t.Cleanup(release)
+	}
+}
+
+// claim makes the test named name the owner; release is nil when it (or
+// its parent) owns it already.
+func claim(name string) (release func(), err error) {
+	owner.Lock()
+	defer owner.Unlock()
+	switch {
+	case owner.name == "":
+		owner.name = name
+		return func() {
+			owner.Lock()
+			defer owner.Unlock()
+			if owner.name == name {
+				owner.name = ""
+			}
+		}, nil
+	case owner.name == name || strings.HasPrefix(name, owner.name+"/"):
+		return nil, nil
+	}
+	return nil, fmt.Errorf("the Caddy of %s is running: a test that starts Caddy in-process must not call t.Parallel (one config per process)", owner.name)
 }

@@ -134,3 +134,30 @@ func TestAChildThatLogs(t *testing.T) {
 		t.Error("failing, as asked")
 	}
 }
+
+// A second test's Caddy would replace the running one's servers: the
+// claim is refused, naming the owner, while the owner and its subtests
+// may load again, and it is free once the owner released it.
+func TestOneTestOwnsCaddyAtATime(t *testing.T) {
+	release, err := caddylog.Claim("TestA")
+	if err != nil || release == nil {
+		t.Fatalf("first claim: %v", err)
+	}
+	if r, err := caddylog.Claim("TestA"); err != nil || r != nil {
+		t.Errorf("the owner again: %v", err)
+	}
+	if r, err := caddylog.Claim("TestA/sub"); err != nil || r != nil {
+		t.Errorf("the owner's subtest: %v", err)
+	}
+	for _, other := range []string{"TestB", "TestAB"} {
+		if _, err := caddylog.Claim(other); err == nil || !strings.Contains(err.Error(), "TestA is running") {
+			t.Errorf("%s while TestA owns Caddy: %v", other, err)
+		}
+	}
+	release()
+	r, err := caddylog.Claim("TestB")
+	if err != nil || r == nil {
+		t.Fatalf("after the release: %v", err)
+	}
+	r()
+}

@@ -1,0 +1,4 @@
+package caddylog
+
+// Claim is claim, for the tests.
+var Claim = claim
