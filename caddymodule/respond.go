@@ -60,8 +60,9 @@ func (h *Handler) writeStoreError(w http.ResponseWriter, r *http.Request, doing 
 	writeStoreError(h.logger, w, r, doing, err)
 }
 
-// storeErrorCode is the error code writeStoreError answers err with, for
-// the callers that count the failure too (the token reads' audit).
+// storeErrorCode is the error code writeStoreError answers err with: the
+// one place that sorts a storage failure, for writeStoreError and for the
+// callers that count the failure too (the token reads' audit).
 func storeErrorCode(r *http.Request, err error) string {
 	switch {
 	case dberr.Unavailable(err):
@@ -75,16 +76,16 @@ func storeErrorCode(r *http.Request, err error) string {
 }
 
 func writeStoreError(log *zap.Logger, w http.ResponseWriter, r *http.Request, doing string, err error) {
-	switch {
-	case dberr.Unavailable(err):
+	switch code := storeErrorCode(r, err); code {
+	case "unavailable":
 		log.Warn(doing+": database unavailable", errField(err), pathField(r))
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
-	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		writeError(w, http.StatusServiceUnavailable, code, "credential storage is temporarily unavailable")
+	case "client_closed_request":
 		log.Debug(doing+": the client went away", pathField(r))
-		writeError(w, statusClientClosedRequest, "client_closed_request", "the request was cancelled")
-	case errors.Is(err, vault.ErrVersionConflict):
+		writeError(w, statusClientClosedRequest, code, "the request was cancelled")
+	case "conflict":
 		log.Info(doing+": credentials changed meanwhile", pathField(r))
-		writeError(w, http.StatusConflict, "conflict", "the credentials changed meanwhile; try again")
+		writeError(w, http.StatusConflict, code, "the credentials changed meanwhile; try again")
 	default:
 		id := errorID()
 		log.Error(doing, errField(err), pathField(r), zap.String("error_id", id))
