@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/internal/dberr"
@@ -178,7 +179,11 @@ type App struct {
 	// rollout comes from and whether it is in force.
 	flagSource flagSource
 	refresher  *worker.Refresher
-	loops      *worker.Loops
+	// flows runs the connect and disconnect steps; audit writes the
+	// audit rows of requests that may be gone (connect.Auditor).
+	flows *connect.Flows
+	audit *connect.Auditor
+	loops *worker.Loops
 	// webhook is the configured webhook, nil without one.
 	webhook *webhookRun
 	metrics *telemetry.Metrics
@@ -197,10 +202,6 @@ type appRun struct {
 	// exposure: the config's public origins and weak secrets, refused
 	// together at Start.
 	exposure exposure
-	// pendingAudits are audit rows being retried while the database does
-	// not answer (Handler.appendEventually); Stop waits for them a while.
-	pendingAudits sync.WaitGroup
-
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
 	available atomic.Bool
@@ -392,7 +393,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionWebhook(ctx, repl); err != nil {
 		return err
 	}
-	return a.provisionRefresher(repl)
+	if err := a.provisionRefresher(repl); err != nil {
+		return err
+	}
+	a.provisionFlows()
+	return nil
+}
+
+// provisionFlows builds the connect steps (package connect) on this
+// config's pool, keyring and renewals, counting each finished flow for
+// the metrics and the guard (flowFinished).
+func (a *App) provisionFlows() {
+	a.audit = connect.NewAuditor(a.pool, a.logger)
+	a.flows = &connect.Flows{
+		DB: a.pool, Keys: a.keys, States: a.states, Accounts: a.accounts, Renewals: a.refresher,
+		Audit: a.audit, Tracer: a.tracer(), Logger: a.logger, Finished: a.flowFinished,
+		DecryptFailed: a.health.DecryptFailed,
+	}
 }
 
 // Start starts the flag provider in the background and checks the
@@ -526,11 +543,7 @@ func (a *App) Stop() error {
 	if a.refresher != nil && !a.refresher.Wait(10*time.Second) {
 		a.logger.Error("stopping with renewed tokens still unstored (the database is not answering); their grants may be lost")
 	}
-	audited := make(chan struct{})
-	go func() { a.run.pendingAudits.Wait(); close(audited) }()
-	select {
-	case <-audited:
-	case <-time.After(10 * time.Second):
+	if a.audit != nil && !a.audit.Wait(10*time.Second) {
 		a.logger.Error("stopping with audit rows still unwritten (the database is not answering); the log lines before name each")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

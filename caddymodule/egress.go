@@ -220,7 +220,7 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		return nil
 	}
 	e.app.backendReads.Count(platform, vault.ViaEgress)
-	answer.traced(r, "credgate.egress", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
+	answer.traced(r, "credgate.egress", telemetry.SpanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
 		e.forward(w, r, user, platform, base, apiPath, rawPath, resend)
 	})
 	return nil
@@ -557,7 +557,7 @@ func tokenFailure(err error) (status int, code, message string) {
 		return http.StatusNotFound, "not_connected", "this user has no connected account on this platform"
 	case errors.Is(err, worker.ErrNeedsReauth):
 		return http.StatusConflict, "needs_reauth", "the user must reconnect this platform"
-	case undecryptable(err):
+	case vault.Undecryptable(err):
 		return http.StatusInternalServerError, "decrypt_failed", "the stored credentials cannot be decrypted with the configured keys"
 	case isPlatformError(err):
 		return http.StatusServiceUnavailable, "provider_unavailable", "the token expired and the platform did not renew it; try again later"

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/ratelimit"
 	"github.com/credgate/credgate/oauth"
@@ -98,6 +99,9 @@ type Handler struct {
 	adminToken    secret.Value
 	logger        *zap.Logger
 
+	// flows are the app's connect steps, logging as this handler.
+	flows *connect.Flows
+
 	legacyOff       bool
 	legacyError     *regexp.Regexp             // LegacyErrorPattern
 	legacyCallbacks map[string]*oauth.Provider // by exact path
@@ -145,6 +149,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.app = app
+	h.flows = app.flows.WithLogger(h.logger)
 	repl := caddy.NewReplacer()
 	h.adminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))
 	h.PublicOrigin = strings.TrimRight(repl.ReplaceKnown(h.PublicOrigin, ""), "/")
@@ -269,7 +274,7 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 			// client's to choose.
 			platform = ""
 		}
-		h.app.traced(w, r, name, spanAttrs(platform, flow), route)
+		h.app.traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
 		return nil
 	}
 	return next.ServeHTTP(w, r)

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"net/url"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/oauth"
@@ -33,7 +33,7 @@ const defaultLegacyErrorPattern = `[?&](error|oauth_error)=`
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
-		h.app.traced(w, r, "credgate.oauth.callback", spanAttrs(p.Name(), telemetry.FlowNew), func(w http.ResponseWriter, r *http.Request) {
+		h.app.traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), telemetry.FlowNew), func(w http.ResponseWriter, r *http.Request) {
 			h.finish(w, r, p, state)
 		})
 		return nil
@@ -43,11 +43,11 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 		return nil
 	}
 	// The legacy arm as credgate observes it: the app's answer, streamed.
-	ctx, span := h.app.tracer().Start(r.Context(), "credgate.legacy.callback", spanAttrs(p.Name(), telemetry.FlowLegacy)...)
+	ctx, span := h.app.tracer().Start(r.Context(), "credgate.legacy.callback", telemetry.SpanAttrs(p.Name(), telemetry.FlowLegacy)...)
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r.WithContext(ctx))
 	code, userCaused := h.legacyOutcome(r, rec, err)
-	counted := h.countLegacyOutcome(r, p.Name(), state, code, userCaused)
+	counted := h.app.Available() && h.flows.CountLegacy(r.Context(), p.Name(), state, code, userCaused)
 	span.SetAttributes(telemetry.AttrLegacyCounted.Bool(counted))
 	telemetry.End(span, code)
 	return err
@@ -80,44 +80,6 @@ func (h *Handler) legacyOutcome(r *http.Request, rec caddyhttp.ResponseRecorder,
 	return "", false
 }
 
-// countLegacyOutcome counts the outcome of the app's flow with state, if
-// credgate saw it begin (legacy_flows): the metrics with its duration,
-// the guard (a user-caused failure once per user, like the new arm's),
-// and an audit row (flow legacy, no token). It reports whether it
-// counted. The database is asked after the app has answered, with a
-// budget of its own: counting never delays or fails the app's callback.
-func (h *Handler) countLegacyOutcome(r *http.Request, platform, state, code string, userCaused bool) bool {
-	if state == "" || !h.app.Available() {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-	defer cancel()
-	flow, err := vault.ConsumeLegacyFlow(ctx, h.app.pool, state, platform)
-	if err != nil {
-		if !errors.Is(err, vault.ErrNoLegacyFlow) {
-			h.logger.Warn("legacy callback: reading the flow's start; its outcome is not counted", zap.String("platform", platform), errField(err))
-		}
-		return false
-	}
-	// The app may have written a new token for the user: this instance's
-	// back-end readers see it at once, not after worker.RecentFor.
-	if flow.UserID != "" {
-		h.app.refresher.Forget(flow.UserID, platform)
-	}
-	took := time.Since(flow.StartedAt)
-	h.app.recordOutcome(flags.ArmLegacy, platform, flow.UserID, code, userCaused)
-	h.app.metrics.Connection(platform, telemetry.FlowLegacy, code, took)
-	status := vault.Success
-	if code != "" {
-		status = vault.Failed
-	}
-	if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: flow.UserID, Platform: platform, Action: vault.ActionConnect,
-		Status: status, Flow: telemetry.FlowLegacy, ErrorCode: code, Duration: took}); err != nil {
-		h.logger.Error("writing audit row", errField(err))
-	}
-	return true
-}
-
 // legacyStart handles the app's own "connect" route: the rollout decides,
 // once per flow (decideConnect), whether this user goes to the new flow
 // (302 to the new start route, which stores the decision with the flow's
@@ -139,24 +101,25 @@ func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddy
 	return nil
 }
 
-// recordOutcome counts a finished flow of arm for the rollout guard, the
-// same way on both arms. A decline at the consent screen says nothing
-// about the flow's health: not counted. A failure the user could have
-// caused on purpose (userCaused: an error= on the callback URL, a code
-// the platform refused) counts once per user per window, and only in
-// numbers (guard.Config.Judged): otherwise one account could halt the
-// rollout for everyone. Anything else is a success ("") or a failure the
-// platform, the app or credgate caused. The metrics and the audit log
-// count every one.
-func (a *App) recordOutcome(arm flags.Arm, platform, user, code string, userCaused bool) {
+// flowFinished counts a finished flow (connect.Flows.Finished) for the
+// metrics, every one, and for the rollout guard, the same way on both
+// arms. A decline at the consent screen says nothing about the flow's
+// health: the guard does not count it. A failure the user could have
+// caused on purpose (an error= on the callback URL, a code the platform
+// refused) counts once per user per window, and only in numbers
+// (guard.Config.Judged): otherwise one account could halt the rollout for
+// everyone. Anything else is a success ("") or a failure the platform,
+// the app or credgate caused.
+func (a *App) flowFinished(o connect.Outcome) {
 	outcomes := a.rollout.Outcomes()
 	switch {
-	case telemetry.Outcome(code) == telemetry.Declined:
-	case userCaused:
-		outcomes.RecordUserCaused(arm, platform, user)
+	case telemetry.Outcome(o.Code) == telemetry.Declined:
+	case o.UserCaused:
+		outcomes.RecordUserCaused(o.Arm, o.Platform, o.UserID)
 	default:
-		outcomes.Record(arm, platform, code == "")
+		outcomes.Record(o.Arm, o.Platform, o.Code == "")
 	}
+	a.metrics.Connection(o.Platform, string(o.Arm), o.Code, o.Took)
 }
 
 // startLegacyFlow hands the start to the app and, when the app answers

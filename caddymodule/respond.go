@@ -115,17 +115,6 @@ func bearerMatches(r *http.Request, want secret.Value) bool {
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want.Reveal())) == 1
 }
 
-// undecryptable reports whether err is about the blob itself (a wrong or
-// missing key, a tampered or malformed blob), not about reading it.
-func undecryptable(err error) bool {
-	for _, blob := range []error{vault.ErrDecryptionFailed, vault.ErrUnknownKey, vault.ErrMalformedBlob} {
-		if errors.Is(err, blob) {
-			return true
-		}
-	}
-	return false
-}
-
 // redirectWith sends the browser back to the app's return path with extra
 // query parameters (connected=…, or oauth_error=…&platform=…).
 func redirectWith(w http.ResponseWriter, r *http.Request, returnTo string, params url.Values) {

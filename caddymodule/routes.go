@@ -13,11 +13,10 @@ import (
 	"time"
 	"weak"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/puddle/v2"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/dberr"
@@ -100,8 +99,9 @@ func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.HandlerFunc
 	}
 }
 
-// dbTimeout bounds every database step of a request.
-const dbTimeout = 5 * time.Second
+// dbTimeout bounds every database step of a request, as in the connect
+// steps.
+const dbTimeout = connect.DBTimeout
 
 // ready answers 503 while the database is unreachable or the key check
 // has not passed.
@@ -229,26 +229,14 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 	if !h.ready(w) {
 		return
 	}
-	flow, err := p.Begin(oauth.WithState(h.app.keys.IssueState()))
-	if err != nil {
-		h.writeStoreError(w, r, "starting oauth flow", err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
-	defer cancel()
 	ttl := time.Duration(h.app.StateTTL)
-	// The state row and its audit row in one statement: one round trip,
-	// both or neither.
-	err = h.app.states.CreateAudited(ctx, h.app.pool, vault.NewState{
-		State: flow.State, UserID: user, Platform: platform, Flow: "new", Verifier: flow.Verifier,
-		BrowserBinding: flow.BrowserBinding, ReturnTo: returnTo, RedirectURI: p.RedirectURL(), TTL: ttl,
-	}, vault.Event{UserID: user, Platform: platform, Action: vault.ActionOAuthStart, Status: vault.Success, Flow: "new"})
+	flow, err := h.flows.Begin(r.Context(), p, user, returnTo, ttl)
 	if err != nil {
-		h.writeStoreError(w, r, "storing oauth state", err)
+		h.writeStoreError(w, r, "starting a flow", err)
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: bindingCookie(platform), Value: flow.BrowserBinding.Reveal(), Path: "/",
+		Name: bindingCookie(platform), Value: flow.Binding.Reveal(), Path: "/",
 		MaxAge: int(ttl.Seconds()), Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode,
 	})
 	w.Header().Set("Cache-Control", "no-store")
@@ -296,236 +284,36 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request, platform stri
 	h.finish(w, r, p, r.URL.Query().Get("state"))
 }
 
-// finish completes a flow credgate started: consume the state (single
-// use), check it belongs to this platform, browser and user, then exchange
-// the code and store the result in one transaction with its refresh job
-// and audit row. Shared by the new callback and the legacy one.
+// finish completes a flow credgate started (connect.Flows.Finish) and
+// answers as it ended: 400 for a callback this browser may not finish,
+// else back to the flow's return path with connected=<platform> or
+// oauth_error=<code>. Shared by the new callback and the legacy one.
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provider, rawState string) {
-	platform := p.Name()
 	if !h.ready(w) {
 		return
 	}
+	cb := connect.Callback{Provider: p, State: rawState, Query: r.URL.Query()}
 	// Who is signed in, before the database's budget starts: reading it
 	// may wait for a JWKS or a session refresh.
-	signedIn := h.identify(w, r, "").UserID
-	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
-	defer cancel()
-	// refuse audits a refused callback with what the state row knew (user
-	// and flow; none for an unknown state, which is counted as the new
-	// flow's) and answers 400.
-	refuse := func(code, message string, st vault.ConsumedState, details map[string]any) {
-		flow := st.Flow
-		if flow == "" {
-			flow = "new"
-		}
-		if err := (vault.Audit{}).Append(ctx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
-			Status: vault.Failed, Flow: flow, ErrorCode: code, Details: details}); err != nil {
-			h.logger.Error("writing audit row", errField(err))
-		}
-		writeError(w, http.StatusBadRequest, code, message)
+	cb.SignedIn = h.identify(w, r, "").UserID
+	platform := p.Name()
+	if cookie, err := r.Cookie(bindingCookie(platform)); err == nil {
+		cb.Binding = secret.New(cookie.Value)
 	}
-	if !h.app.keys.RecognizeState(rawState) {
-		// Missing, forged or random: not a state credgate issued. Answer
-		// without touching the database, so junk requests cannot write.
-		writeError(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")
-		return
+	res := h.flows.Finish(r.Context(), cb)
+	if res.ClearBinding {
+		http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 	}
-	st, err := h.app.states.Consume(ctx, h.app.pool, secret.New(rawState))
-	switch {
-	case errors.Is(err, vault.ErrStateNotFound):
-		refuse("invalid_state", "this sign-in link is unknown or was already used; start again", vault.ConsumedState{}, map[string]any{"reason": "unknown_or_used"})
-		return
-	case errors.Is(err, vault.ErrStateExpired):
-		refuse("invalid_state", "this sign-in link has expired; start again", st, map[string]any{"reason": "expired"})
-		return
-	case err != nil:
-		h.writeStoreError(w, r, "consuming oauth state", err)
-		return
+	switch res.Kind {
+	case connect.Unavailable:
+		h.writeStoreError(w, r, "consuming oauth state", res.Err)
+	case connect.Refused:
+		writeError(w, http.StatusBadRequest, res.Code, res.Message)
+	case connect.Failed:
+		redirectWith(w, r, res.ReturnTo, url.Values{"oauth_error": {res.Code}, "platform": {platform}})
+	default:
+		redirectWith(w, r, res.ReturnTo, url.Values{"connected": {platform}})
 	}
-	cookie, _ := r.Cookie(bindingCookie(platform))
-	var binding secret.Value
-	if cookie != nil {
-		binding = secret.New(cookie.Value)
-	}
-	switch {
-	case st.Platform != platform:
-		refuse("state_mismatch", "this sign-in link belongs to another platform", st, map[string]any{"reason": "platform"})
-		return
-	case !st.MatchesBrowser(binding):
-		refuse("state_mismatch", "this sign-in was started in another browser", st, map[string]any{"reason": "browser"})
-		return
-	}
-	// A callback without a usable identity is not refused: the binding
-	// cookie already ties the flow to the browser that started it.
-	if signedIn != "" && signedIn != st.UserID {
-		refuse("state_mismatch", "this sign-in was started by another user", st, map[string]any{"reason": "user"})
-		return
-	}
-	http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
-
-	// fail ends the flow with code: for the guard (recordOutcome), the
-	// metrics and the audit log.
-	fail := func(code oauth.Code, userCaused bool) {
-		h.app.recordOutcome(flags.ArmNew, platform, st.UserID, string(code), userCaused)
-		h.app.metrics.Connection(platform, telemetry.FlowNew, string(code), time.Since(st.CreatedAt))
-		// A fresh budget: the exchange may have used up the request's.
-		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-		defer acancel()
-		if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
-			Status: vault.Failed, Flow: st.Flow, ErrorCode: string(code), Duration: time.Since(st.CreatedAt)}); err != nil {
-			h.logger.Error("writing audit row", errField(err))
-		}
-		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {string(code)}, "platform": {platform}})
-	}
-	if cbErr := oauth.CallbackError(platform, r.URL.Query()); cbErr != nil {
-		fail(cbErr.Code, true)
-		return
-	}
-	// The code exchange gets its own budget: providers may be slow. A
-	// browser that goes away does not cancel it: the platform may already
-	// have issued the tokens.
-	exCtx, exCancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
-	defer exCancel()
-	tok, err := p.Complete(exCtx, secret.New(r.URL.Query().Get("code")), st.Verifier, oauth.WithRedirectURL(st.RedirectURI))
-	if err != nil {
-		h.logger.Info("oauth exchange failed", zap.String("platform", platform), errField(err))
-		// A code the platform refused (unknown, used, malformed) is the
-		// user's to send; the platform down or answering nonsense is not.
-		code := oauth.CodeOf(err)
-		fail(code, code == oauth.CodeInvalidGrant || code == oauth.CodeInvalidRequest)
-		return
-	}
-
-	// The platform has issued tokens: from here on the request's client
-	// cannot cancel anything (a browser that hangs up must not cost the
-	// user the connection), and a database that is restarting or cut off
-	// for a moment is retried before credgate gives up and revokes them.
-	storeCtx, storeSpan := h.app.tracer().Start(context.WithoutCancel(r.Context()), "credgate.vault.store", spanAttrs(platform, st.Flow)...)
-	// The account row, its refresh job and its audit row: all or nothing,
-	// in one statement.
-	creds := vault.Credentials{AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, TokenType: tok.TokenType,
-		Expiry: tok.Expiry, IssuedAt: tok.IssuedAt}
-	jobAt, _ := h.app.refresher.ConnectedJobAt(p, creds)
-	err = retryStore(storeCtx, func(ctx context.Context) error {
-		_, err := h.app.accounts.StoreConnect(ctx, h.app.pool, vault.Connection{
-			UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
-			Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate, KnownID: st.AccountID,
-		}, jobAt, func(id string) vault.Event {
-			return vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
-				Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),
-				Details: map[string]any{"account_id": id, "scopes": len(tok.Scopes)}}
-		})
-		return err
-	})
-	storeCode := ""
-	if err != nil {
-		storeCode = "storage_unavailable"
-	}
-	telemetry.End(storeSpan, storeCode)
-	if err != nil {
-		h.logger.Error("storing credentials", zap.String("user_id", st.UserID), zap.String("platform", platform), errField(err))
-		h.storeFailed(r, p, platform, st, tok)
-		h.app.recordOutcome(flags.ArmNew, platform, st.UserID, telemetry.CodeStorageUnavailable, false)
-		h.app.metrics.Connection(platform, telemetry.FlowNew, telemetry.CodeStorageUnavailable, time.Since(st.CreatedAt))
-		redirectWith(w, r, st.ReturnTo, url.Values{"oauth_error": {"storage_unavailable"}, "platform": {platform}})
-		return
-	}
-	h.app.refresher.Forget(st.UserID, platform) // the back end's next read takes the new token
-	h.app.recordOutcome(flags.ArmNew, platform, st.UserID, "", false)
-	h.app.metrics.Connection(platform, telemetry.FlowNew, "", time.Since(st.CreatedAt))
-	redirectWith(w, r, st.ReturnTo, url.Values{"connected": {platform}})
-}
-
-// connectStoreRetry bounds how long a connect's store is retried while
-// the browser waits for its answer: long enough for a database restart or
-// a brief cut, short enough for a person.
-const connectStoreRetry = 20 * time.Second
-
-// retryStore runs store, each attempt with its own dbTimeout budget,
-// again while the database answers that it is down, restarting or timed
-// out, for up to connectStoreRetry.
-func retryStore(ctx context.Context, store func(ctx context.Context) error) error {
-	deadline := time.Now().Add(connectStoreRetry)
-	wait := 200 * time.Millisecond
-	for {
-		actx, cancel := context.WithTimeout(ctx, dbTimeout)
-		err := store(actx)
-		cancel()
-		if err == nil || !dberr.Retryable(err) || time.Now().Add(wait).After(deadline) {
-			return err
-		}
-		time.Sleep(wait)
-		wait = min(wait*2, 2*time.Second)
-	}
-}
-
-// storeFailed handles tokens the platform issued but credgate could not
-// keep: it withdraws them at the platform where that is possible (no live
-// token is left that nobody holds), then audits the failed connect, with
-// a fresh budget (the store may have used up the request's) and, while
-// the database does not answer, again in the background
-// (appendEventually): a grant withdrawn with no record is what the audit
-// log exists to prevent.
-func (h *Handler) storeFailed(r *http.Request, p *oauth.Provider, platform string, st vault.ConsumedState, tok oauth.TokenSet) {
-	revoked := false
-	if p.CanRevoke() {
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
-		rerr := p.Revoke(rctx, tok)
-		rcancel()
-		revoked = rerr == nil
-		if rerr != nil {
-			h.logger.Warn("could not revoke the tokens credgate failed to store", zap.String("user_id", st.UserID), zap.String("platform", platform), errField(rerr))
-		}
-	}
-	h.appendEventually(vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
-		Status: vault.Failed, Flow: st.Flow, ErrorCode: "storage_unavailable", Duration: time.Since(st.CreatedAt),
-		TraceID: vault.TraceID(r.Context()),
-		Details: map[string]any{"stage": "store", "issued_token_revoked": revoked, "revocable": p.CanRevoke()}})
-}
-
-// auditRetry bounds how long appendEventually keeps trying: a failover's
-// length, as for a renewal's answer (worker.Refresher.StoreRetry).
-const auditRetry = 5 * time.Minute
-
-// appendEventually writes e now or, while the database is down or does
-// not answer, in the background with backoff for up to auditRetry. Every
-// log line names the user and platform, so that a row given up on can be
-// written by hand.
-func (h *Handler) appendEventually(e vault.Event) {
-	fields := []zap.Field{zap.String("user_id", e.UserID), zap.String("platform", e.Platform), zap.String("action", string(e.Action)),
-		zap.String("error_code", e.ErrorCode), zap.Any("details", e.Details)}
-	try := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), dbTimeout)
-		defer cancel()
-		return (vault.Audit{}).Append(ctx, h.app.pool, e)
-	}
-	err := try()
-	if err == nil {
-		return
-	}
-	if !dberr.Retryable(err) || errors.Is(err, puddle.ErrClosedPool) {
-		h.logger.Error("writing audit row", append(fields, errField(err))...)
-		return
-	}
-	h.logger.Warn("writing audit row: the database does not answer; retrying in the background", append(fields, errField(err))...)
-	// App.Stop waits a while for these before the pool closes.
-	h.app.run.pendingAudits.Add(1)
-	go func() {
-		defer h.app.run.pendingAudits.Done()
-		deadline := time.Now().Add(auditRetry)
-		for wait := time.Second; ; wait = min(wait*2, 15*time.Second) {
-			time.Sleep(wait)
-			err := try()
-			switch {
-			case err == nil:
-				h.logger.Info("audit row written after the database came back", fields...)
-				return
-			case !dberr.Retryable(err) || errors.Is(err, puddle.ErrClosedPool) || time.Now().Add(wait).After(deadline):
-				h.logger.Error("audit row not written: giving up", append(fields, errField(err))...)
-				return
-			}
-		}
-	}()
 }
 
 // accountView is what the status endpoint shows of an account: no secret.
@@ -589,60 +377,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	if !h.ready(w) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
-	defer cancel()
-	acct, creds, err := h.app.accounts.Get(ctx, h.app.pool, user, platform)
-	if err != nil && !errors.Is(err, vault.ErrNotConnected) {
-		// A blob that no longer decrypts must not block the user from
-		// disconnecting: log it and wipe. Any other failure is one.
-		if !undecryptable(err) {
-			h.writeStoreError(w, r, "reading account", err)
-			return
-		}
-		h.logger.Warn("disconnecting an account whose credentials do not decrypt", zap.String("platform", platform), errField(err))
-		h.app.health.DecryptFailed(telemetry.ViaDisconnect)
-		// Audited: the token cannot be revoked at the platform, so the
-		// record must say so.
-		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-		aerr := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDecryptFailed,
-			Status: vault.Failed, ErrorCode: "decrypt_failed", Details: map[string]any{"during": "disconnect", "revoked": false}})
-		acancel()
-		if aerr != nil {
-			h.logger.Error("writing audit row", errField(aerr))
-		}
-	}
-	revoked := false
-	if err == nil && p.CanRevoke() {
-		rctx, rcancel := context.WithTimeout(r.Context(), 15*time.Second)
-		rerr := p.Revoke(rctx, oauth.TokenSet{AccessToken: creds.AccessToken, RefreshToken: creds.RefreshToken, PlatformUserID: acct.PlatformUserID})
-		rcancel()
-		revoked = rerr == nil
-		ev := vault.Event{UserID: user, Platform: platform, Action: vault.ActionRevoke, Status: vault.Success}
-		if rerr != nil {
-			ev.Status, ev.ErrorCode = vault.Failed, string(oauth.CodeOf(rerr))
-		}
-		actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-		if aerr := (vault.Audit{}).Append(actx, h.app.pool, ev); aerr != nil {
-			h.logger.Error("writing audit row", errField(aerr))
-		}
-		acancel()
-	}
-	// A fresh budget for the wipe: a slow revoke must not cost the user
-	// the local disconnect.
-	ctx, cancel = context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-	defer cancel()
-	err = vault.InTx(ctx, h.app.pool, func(tx pgx.Tx) error {
-		gone, err := h.app.accounts.Disconnect(ctx, tx, user, platform)
-		if err != nil {
-			return err
-		}
-		if err := (vault.RefreshQueue{}).Cancel(ctx, tx, gone.ID); err != nil {
-			return err
-		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: user, Platform: platform, Action: vault.ActionDisconnect,
-			Status: vault.Success, Details: map[string]any{"revoked": revoked}})
-	})
-	h.app.refresher.Forget(user, platform) // the back end's reads see it at once
+	revoked, err := h.flows.Disconnect(r.Context(), p, user)
 	if errors.Is(err, vault.ErrNotConnected) {
 		writeError(w, http.StatusNotFound, "not_connected", "this platform is not connected")
 		return
@@ -699,7 +434,7 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 			v.SecondsToExpiry = &s
 		}
 		v.NeedsReauth = a.Status == vault.StatusNeedsReauth || (a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) && a.Status != vault.StatusDisconnected)
-		if undecryptable(o.Err) {
+		if vault.Undecryptable(o.Err) {
 			v.Status, v.NeedsReauth = statusUndecryptable, true
 			h.auditUndecryptable(ctx, r, a, o.Err)
 		}
@@ -729,12 +464,8 @@ func (h *Handler) auditUndecryptable(ctx context.Context, r *http.Request, a vau
 	}
 	h.logger.Warn("health check: credentials do not decrypt", zap.String("user_id", a.UserID), zap.String("platform", a.Platform), errField(cause))
 	h.app.health.DecryptFailed(telemetry.ViaHealthCheck)
-	actx, acancel := context.WithTimeout(context.WithoutCancel(r.Context()), dbTimeout)
-	defer acancel()
-	if err := (vault.Audit{}).Append(actx, h.app.pool, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionDecryptFailed,
-		Status: vault.Failed, ErrorCode: "decrypt_failed", Details: map[string]any{"during": "health_check", "account_id": a.ID}}); err != nil {
-		h.logger.Error("writing audit row", zap.String("user_id", a.UserID), zap.String("platform", a.Platform), errField(err))
-	}
+	h.flows.Audit.Record(r.Context(), vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionDecryptFailed,
+		Status: vault.Failed, ErrorCode: "decrypt_failed", Details: map[string]any{"during": "health_check", "account_id": a.ID}})
 }
 
 // serviceHealth: GET /api/credentials/service-health (admin)

@@ -255,7 +255,7 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 		return nil
 	}
 	t.app.backendReads.Count(platform, vault.ViaTokenAPI)
-	answer.traced(r, "credgate.token.read", spanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
+	answer.traced(r, "credgate.token.read", telemetry.SpanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
 		t.serveToken(w, r, user, platform)
 	})
 	return nil

@@ -170,15 +170,3 @@ func routeLabel(span, path string) string {
 	}
 	return telemetry.RouteOther
 }
-
-// spanAttrs are the start options for a span about platform and flow
-// (either may be empty).
-func spanAttrs(platform, flow string) []trace.SpanStartOption {
-	if platform == "" {
-		return nil
-	}
-	if flow == "" {
-		return []trace.SpanStartOption{trace.WithAttributes(telemetry.AttrPlatform.String(platform))}
-	}
-	return []trace.SpanStartOption{trace.WithAttributes(telemetry.AttrPlatform.String(platform), telemetry.AttrFlow.String(flow))}
-}

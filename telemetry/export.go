@@ -152,6 +152,18 @@ const (
 	AttrLegacyCounted = attribute.Key("credgate.legacy.counted")
 )
 
+// SpanAttrs are the start options that name a span's platform and, when
+// known, its flow: nothing without a platform.
+func SpanAttrs(platform, flow string) []trace.SpanStartOption {
+	if platform == "" {
+		return nil
+	}
+	if flow == "" {
+		return []trace.SpanStartOption{trace.WithAttributes(AttrPlatform.String(platform))}
+	}
+	return []trace.SpanStartOption{trace.WithAttributes(AttrPlatform.String(platform), AttrFlow.String(flow))}
+}
+
 // End closes span with its outcome: success, or a failure with its
 // stable error code as error.type and an error status. The code is a
 // closed-set value, never an error message.

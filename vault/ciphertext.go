@@ -42,6 +42,13 @@ var (
 	ErrDecryptionFailed = errors.New("blob failed authentication: wrong key, wrong row, or tampered")
 )
 
+// Undecryptable reports whether err is about the blob itself (a wrong or
+// missing key, a tampered or malformed blob), not about reading it: the
+// account needs the user to connect again, not a retry.
+func Undecryptable(err error) bool {
+	return errors.Is(err, ErrDecryptionFailed) || errors.Is(err, ErrUnknownKey) || errors.Is(err, ErrMalformedBlob)
+}
+
 // Seal encrypts plaintext under the primary key's subkey for purpose.
 func (k *Keyring) Seal(purpose Purpose, plaintext []byte, b Binding) ([]byte, error) {
 	e := k.keys[k.primary]

@@ -238,7 +238,7 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 	switch {
 	case errors.Is(lockErr, vault.ErrNotConnected) || (lockErr == nil && !live):
 		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))
-	case undecryptable(lockErr) && a.ID != "":
+	case vault.Undecryptable(lockErr) && a.ID != "":
 		// No retry fixes that, a key does.
 		if r.DecryptFailed != nil {
 			r.DecryptFailed(a.Platform)
@@ -360,12 +360,6 @@ func (w *Workers) announceGaveUp(ctx context.Context, tx pgx.Tx, a vault.Account
 	return w.Refresher.Accounts.Announce(ctx, tx, vault.AccountEvent{Kind: vault.EventRefreshFailed,
 		AccountID: a.ID, UserID: a.UserID, Platform: a.Platform,
 		Data: map[string]any{"reason": code, "attempts": attempts}})
-}
-
-// undecryptable reports whether err means the blob does not open with
-// the configured keys.
-func undecryptable(err error) bool {
-	return errors.Is(err, vault.ErrDecryptionFailed) || errors.Is(err, vault.ErrUnknownKey) || errors.Is(err, vault.ErrMalformedBlob)
 }
 
 // reschedule ends this claim by making the job the account's next look.
