@@ -28,16 +28,16 @@ func (a *App) provisionBackground() error {
 		a.RefreshAheadShort = caddy.Duration(worker.DefaultAheadShort)
 	}
 	if a.RefreshWorkers <= 0 {
-		a.RefreshWorkers = 4
+		a.RefreshWorkers = worker.DefaultWorkers
 	}
 	if a.RefreshMaxAttempts <= 0 {
-		a.RefreshMaxAttempts = 8
+		a.RefreshMaxAttempts = vault.Backoff{}.Limit()
 	}
 	if a.RefreshLease <= 0 {
-		a.RefreshLease = caddy.Duration(2 * time.Minute)
+		a.RefreshLease = caddy.Duration(worker.DefaultLease)
 	}
 	if a.CleanupInterval <= 0 {
-		a.CleanupInterval = caddy.Duration(5 * time.Minute)
+		a.CleanupInterval = caddy.Duration(worker.DefaultCleanupInterval)
 	}
 	switch a.Background {
 	case "", "on", "off":

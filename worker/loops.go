@@ -48,7 +48,7 @@ func (l *Loops) Start() {
 		l.ScheduleInterval = time.Minute
 	}
 	if l.CleanupInterval <= 0 {
-		l.CleanupInterval = 5 * time.Minute
+		l.CleanupInterval = DefaultCleanupInterval
 	}
 	if l.RollupInterval <= 0 {
 		l.RollupInterval = time.Hour

@@ -28,10 +28,14 @@ type Policy struct {
 	AheadShort time.Duration
 }
 
-// Defaults for Policy.
+// The background's defaults, in one place: Policy's, Workers' and
+// Loops', which the credgate app's options default to as well.
 const (
-	DefaultAhead      = 72 * time.Hour
-	DefaultAheadShort = 15 * time.Minute
+	DefaultAhead           = 72 * time.Hour
+	DefaultAheadShort      = 15 * time.Minute
+	DefaultWorkers         = 4
+	DefaultLease           = 2 * time.Minute
+	DefaultCleanupInterval = 5 * time.Minute
 )
 
 func (p Policy) withDefaults() Policy {

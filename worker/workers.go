@@ -61,10 +61,10 @@ func (w *Workers) defaults() { w.once.Do(w.setDefaults) }
 
 func (w *Workers) setDefaults() {
 	if w.N <= 0 {
-		w.N = 4
+		w.N = DefaultWorkers
 	}
 	if w.Lease <= 0 {
-		w.Lease = 2 * time.Minute
+		w.Lease = DefaultLease
 	}
 	if w.Poll <= 0 {
 		w.Poll = time.Second
