@@ -35,7 +35,7 @@ func Lookup(name string, g GenericSettings) (Profile, error) {
 	case "instagram":
 		return instagram(), nil
 	case "generic":
-		if _, ok := AuthStyles[g.AuthStyle]; !ok {
+		if _, ok := authStyles[g.AuthStyle]; !ok {
 			return Profile{}, fmt.Errorf("oauth: auth_style must be basic, post or auto, got %q", g.AuthStyle)
 		}
 		return generic(g), nil
@@ -319,15 +319,15 @@ func instagramGrant(ctx context.Context, p *Provider, path string, q url.Values,
 	return t, err
 }
 
-// AuthStyles are the generic profile's auth_style values.
-var AuthStyles = map[string]oauth2.AuthStyle{
+// authStyles are the generic profile's auth_style values.
+var authStyles = map[string]oauth2.AuthStyle{
 	"": oauth2.AuthStyleAutoDetect, "auto": oauth2.AuthStyleAutoDetect,
 	"basic": oauth2.AuthStyleInHeader, "header": oauth2.AuthStyleInHeader,
 	"post": oauth2.AuthStyleInParams, "params": oauth2.AuthStyleInParams,
 }
 
 func generic(g GenericSettings) Profile {
-	style := AuthStyles[g.AuthStyle]
+	style := authStyles[g.AuthStyle]
 	pkce := PKCES256
 	if g.PKCE != nil && !*g.PKCE {
 		pkce = PKCENever
