@@ -3,11 +3,15 @@
 //
 //	xcaddy build v2.11.9 --with github.com/credgate/credgate
 //
-// The product itself lives in the subpackages: oauth, vault, flags and
-// migrations are plain Go libraries, and caddymodule wires them into Caddy.
+// The product itself lives in the subpackages: connect, oauth, vault,
+// flags, guard, worker and the rest are plain Go libraries, caddymodule
+// wires them into Caddy and commands is `caddy credgate …`
+// (docs/architecture.md).
 package credgate
 
 import (
-	// Registers the credgate app, handlers, Caddyfile options and commands.
+	// Registers the credgate app, handlers and Caddyfile options.
 	_ "github.com/credgate/credgate/caddymodule"
+	// Registers the `caddy credgate …` commands.
+	_ "github.com/credgate/credgate/commands"
 )

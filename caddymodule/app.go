@@ -1,9 +1,10 @@
 // Package caddymodule is the Caddy glue for credgate: the credgate app (the
 // lifecycle of the database pool, the keyring and the flag provider), the
-// credgate and credgate_sandbox HTTP handlers, their Caddyfile syntax and
-// the `caddy credgate …` commands. It parses configuration, wires the core
-// packages together and maps their results to HTTP; the logic lives in
-// vault, oauth, flags and sandbox.
+// credgate, credgate_tokens, credgate_egress and credgate_sandbox HTTP
+// handlers and their Caddyfile syntax. It parses configuration, wires the
+// core packages together and maps their results to HTTP; the logic lives
+// in connect, vault, oauth, flags, guard, worker and sandbox, and the
+// `caddy credgate …` commands in package commands (docs/architecture.md).
 package caddymodule
 
 import (

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"time"
@@ -68,6 +69,28 @@ func (a *App) provisionRefresher(repl *caddy.Replacer) error {
 		Observe: a.metrics.Refresh, DecryptFailed: func(string) { a.health.DecryptFailed(telemetry.ViaRefresh) }, Tracer: a.tracer(), StoreRetry: time.Duration(a.StoreRetry),
 	}
 	return nil
+}
+
+// AppProviders builds the renewal providers of a credgate app's JSON
+// config as the running app does (placeholders such as
+// {env.TWITTER_CLIENT_SECRET} filled in), and returns its database_url:
+// for the commands that act at the platforms (erase-user's revokes).
+func AppProviders(raw json.RawMessage) (map[string]*oauth.Provider, string, error) {
+	var app App
+	if err := json.Unmarshal(raw, &app); err != nil {
+		return nil, "", fmt.Errorf("the credgate app: %w", err)
+	}
+	app.run, app.tracing = new(appRun), telemetry.NewExport(nil)
+	repl := caddy.NewReplacer()
+	providers := map[string]*oauth.Provider{}
+	for name, pc := range app.Providers {
+		p, err := app.buildProvider(name, pc, repl, refreshOnlyRedirect)
+		if err != nil {
+			return nil, "", fmt.Errorf("provider %s: %w", name, err)
+		}
+		providers[name] = p
+	}
+	return providers, repl.ReplaceKnown(app.DatabaseURL, ""), nil
 }
 
 // buildProvider turns a provider block into an oauth.Provider on

@@ -117,18 +117,18 @@ type FlagdFileFlags struct {
 // refuses a path that is empty once its placeholders are replaced.
 func (f *FlagdFileFlags) Provision(ctx caddy.Context) error {
 	f.provision(ctx)
-	_, err := f.resolvedPath()
+	_, err := f.ResolvedPath()
 	return err
 }
 
 // envPlaceholder finds the variables a path reads at run time.
 var envPlaceholder = regexp.MustCompile(`\{env\.([^{}]+)\}`)
 
-// resolvedPath is the flag file's path with its placeholders replaced.
+// ResolvedPath is the flag file's path with its placeholders replaced.
 // An empty one is an error naming the variable it reads, never a
 // fallback: a rollout read from some default file would move users
 // nobody chose to move.
-func (f *FlagdFileFlags) resolvedPath() (string, error) {
+func (f *FlagdFileFlags) ResolvedPath() (string, error) {
 	path := caddy.NewReplacer().ReplaceKnown(f.Path, "")
 	if strings.TrimSpace(path) != "" {
 		return path, nil
@@ -151,7 +151,7 @@ func (FlagdFileFlags) CaddyModule() caddy.ModuleInfo {
 
 // OpenFeatureProvider builds the flagd in-process provider.
 func (f *FlagdFileFlags) OpenFeatureProvider() (openfeature.FeatureProvider, error) {
-	path, err := f.resolvedPath()
+	path, err := f.ResolvedPath()
 	if err != nil {
 		return nil, err
 	}

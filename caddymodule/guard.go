@@ -17,7 +17,6 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
-	"github.com/credgate/credgate/vault"
 )
 
 // GuardConfig is the `guard` option: the rollout halts a platform's new
@@ -37,7 +36,8 @@ type GuardConfig struct {
 	Window caddy.Duration `json:"window,omitempty"`
 }
 
-func (c *GuardConfig) config() guard.Config {
+// Config is the guard's settings, the defaults filled in.
+func (c *GuardConfig) Config() guard.Config {
 	cfg := guard.DefaultConfig()
 	if c.MinSuccess != nil {
 		cfg.MinSuccess = *c.MinSuccess
@@ -64,7 +64,7 @@ func (a *App) provisionGuard() error {
 	if a.Guard == nil {
 		return nil
 	}
-	cfg := a.Guard.config()
+	cfg := a.Guard.Config()
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("credgate: %w", err)
 	}
@@ -123,70 +123,8 @@ func (a *App) guardHealth() map[string]any {
 	return out
 }
 
-// RolloutStatus is one platform's rollout: what the flags put in force,
-// and the guard's state with both arms' windowed outcomes.
-type RolloutStatus struct {
-	Platform string         `json:"platform"`
-	Flags    *flags.InForce `json:"flags,omitempty"`
-	Guard    guard.Platform `json:"guard"`
-	Halted   bool           `json:"halted"`
-	// Decisions are the window's rollout decisions at the app's connect
-	// route by arm and reason, summed over every replica, most frequent
-	// first.
-	Decisions []guard.ReasonCount `json:"decisions"`
-	// BackEnd is how the app's back end read this platform's tokens
-	// through credgate over the last hour (every replica), and whether
-	// transition mode writes them to the app's columns instead: the
-	// runbook's rule before any percentage rises.
-	BackEnd BackEndReads `json:"back_end"`
-}
-
-// BackEndReads is RolloutStatus.BackEnd.
-type BackEndReads struct {
-	vault.ReadCounts
-	Window         string `json:"window"`
-	TransitionMode bool   `json:"transition_mode"`
-}
-
-// rolloutSamples is how many sample ids the percentage in force is
-// measured on (±1.5 points at 25 %).
-const rolloutSamples = 1000
-
-// rolloutStatus reads each platform's guard state and windowed outcomes
-// from db and, with a rollout, the flags it puts in force: the admin
-// route and `caddy credgate rollout status` both answer with it.
-func rolloutStatus(ctx context.Context, db vault.DB, rollout *flags.Rollout, window time.Duration, platforms []string) ([]RolloutStatus, error) {
-	states, err := guard.Status(ctx, db, window, platforms)
-	if err != nil {
-		return nil, err
-	}
-	decisions, err := guard.DecisionsInWindow(ctx, db, window)
-	if err != nil {
-		return nil, err
-	}
-	reads, err := vault.BackendReadsIn(ctx, db, vault.BackendReadWindow)
-	if err != nil {
-		return nil, err
-	}
-	settings, err := vault.LoadSettings(ctx, db)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]RolloutStatus, 0, len(states))
-	for _, p := range states {
-		s := RolloutStatus{Platform: p.Name, Guard: p, Halted: p.Halted(), Decisions: decisions[p.Name],
-			BackEnd: BackEndReads{ReadCounts: reads[p.Name], Window: vault.BackendReadWindow.String(), TransitionMode: settings.TransitionMode}}
-		if s.Decisions == nil {
-			s.Decisions = []guard.ReasonCount{}
-		}
-		if rollout != nil {
-			inForce := rollout.InForce(ctx, p.Name, rolloutSamples)
-			s.Flags = &inForce
-		}
-		out = append(out, s)
-	}
-	return out, nil
-}
+// RolloutStatus is what the rollout route answers for each platform.
+type RolloutStatus = guard.RolloutStatus
 
 // rolloutRoute: GET /api/credentials/rollout (admin), the same as
 // `caddy credgate rollout status`, from this instance's view.
@@ -200,7 +138,7 @@ func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
 	if h.app.guard != nil {
 		window = h.app.guard.Config().Window
 	}
-	status, err := rolloutStatus(ctx, h.app.pool, h.app.rollout, window, h.app.platforms())
+	status, err := guard.ReadRolloutStatus(ctx, h.app.pool, h.app.rollout, window, h.app.platforms())
 	if err != nil {
 		h.writeStoreError(w, r, "reading the rollout", err)
 		return
@@ -295,7 +233,7 @@ func (a *App) exactPercentages(ctx context.Context, status []RolloutStatus) {
 	if !ok || !a.rollout.Ready() {
 		return
 	}
-	path, err := file.resolvedPath()
+	path, err := file.ResolvedPath()
 	if err != nil {
 		return
 	}

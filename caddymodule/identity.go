@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 
 	"github.com/credgate/credgate/identity"
@@ -234,28 +233,7 @@ func validUUID(s string) string {
 }
 
 // SignDevToken returns an HS256 JWT for userID, valid for ttl, for local
-// development with `caddy credgate devtoken`.
+// development with `caddy credgate devtoken` (identity.SignDevToken).
 func SignDevToken(userID, secret string, ttl time.Duration) (string, error) {
-	return signDevToken(userID, secret, "", ttl)
-}
-
-// signDevToken signs a token with Supabase Auth's user claims (role and
-// aud authenticated) and, when issuer is set, its iss, so that a handler
-// whose identity is a supabase block accepts it too.
-func signDevToken(userID, secret, issuer string, ttl time.Duration) (string, error) {
-	if len(secret) < 32 {
-		return "", errors.New("the secret must be at least 32 bytes (the same value as the handler's jwt_secret)")
-	}
-	if validUUID(userID) == "" {
-		return "", errors.New("the user id must be a UUID")
-	}
-	now := time.Now()
-	claims := jwt.MapClaims{
-		"sub": userID, "iat": now.Unix(), "exp": now.Add(ttl).Unix(), "role": "authenticated",
-		"aud": "authenticated",
-	}
-	if issuer != "" {
-		claims["iss"] = issuer
-	}
-	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
+	return identity.SignDevToken(userID, secret, "", ttl)
 }

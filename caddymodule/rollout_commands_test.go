@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -625,38 +624,6 @@ func TestRolloutSetRefusesWhatItCannotChange(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(target); !strings.Contains(string(data), `[ "new", 30 ], [ "legacy", 70 ]`) {
 		t.Fatalf("the link's target:\n%s", data)
-	}
-}
-
-// rolloutSetPreflight is asked before a percentage above 0 is written,
-// with the platforms it reaches; its error refuses the change. Not
-// parallel: it sets the package's hook.
-func TestRolloutSetAsksThePreflightHook(t *testing.T) {
-	path := copyExample(t)
-	var asked [][]string
-	previous := rolloutSetPreflight
-	rolloutSetPreflight = func(_ context.Context, _ *cobra.Command, platforms []string, percent float64) error {
-		asked = append(asked, append([]string{fmt.Sprint(percent)}, platforms...))
-		if percent > 20 {
-			return errors.New("the app's back end does not read its tokens through credgate yet")
-		}
-		return nil
-	}
-	t.Cleanup(func() { rolloutSetPreflight = previous })
-	original, _ := os.ReadFile(path)
-	out, err := runCLI(t, "rollout", "set", "50", "--flags", "flagd "+path)
-	oneErrorLine(t, "set 50", out, err, "does not read its tokens through credgate yet")
-	if now, _ := os.ReadFile(path); !bytes.Equal(now, original) {
-		t.Fatal("a refused set changed the file")
-	}
-	if _, err := runCLI(t, "rollout", "set", "10", "--platform", "linkedin", "--flags", "flagd "+path); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := runCLI(t, "rollout", "set", "0", "--flags", "flagd "+path); err != nil {
-		t.Fatal(err)
-	}
-	if got := fmt.Sprint(asked); got != "[[50 facebook instagram linkedin twitter] [10 linkedin]]" {
-		t.Fatalf("the hook was asked %s", got)
 	}
 }
 

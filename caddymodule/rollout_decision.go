@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/telemetry"
 )
@@ -262,7 +263,7 @@ func (a *App) inForceRecently(ctx context.Context, platform string) flags.InForc
 	a.exactPercentages(ctx, status)
 	in := *status[0].Flags
 	if in.Measured == "" {
-		in = a.rollout.InForce(ctx, platform, rolloutSamples)
+		in = a.rollout.InForce(ctx, platform, guard.RolloutSamples)
 	}
 	if in.Ready {
 		// A source not ready yet is asked again next time.

@@ -1,12 +1,10 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/secret"
@@ -89,24 +87,5 @@ func TestBackfillCommand(t *testing.T) {
 	out, err = runCLI(t, "backfill", "--purge-plaintext")
 	if err != nil || !strings.Contains(out, "25 already matched") || !strings.Contains(out, "✓ purge: plaintext cleared on 25 rows, 0 kept") {
 		t.Fatalf("purge: %v\n%s", err, out)
-	}
-}
-
-func TestWithProgressPrintsWhileRunning(t *testing.T) {
-	t.Parallel()
-	var out bytes.Buffer
-	p, err := withProgress(&out, "rewrap", 20*time.Millisecond, func(report func(vault.Progress)) (vault.Progress, error) {
-		for i := range 5 {
-			report(vault.Progress{Done: int64(i * 10), Remaining: int64(50 - i*10), Batches: i})
-			time.Sleep(30 * time.Millisecond)
-		}
-		return vault.Progress{Done: 50}, nil
-	})
-	if err != nil || p.Done != 50 {
-		t.Fatal(p, err)
-	}
-	lines := strings.Count(out.String(), "rewrap: ")
-	if lines < 3 || !strings.Contains(out.String(), "remaining") {
-		t.Errorf("%d progress lines in 150ms at a 20ms interval:\n%s", lines, out.String())
 	}
 }

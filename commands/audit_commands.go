@@ -1,8 +1,7 @@
-package caddymodule
+package commands
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,13 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/caddymodule"
 	"github.com/credgate/credgate/oauth"
-	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
 )
@@ -311,19 +309,9 @@ func configProviders(path string) (map[string]*oauth.Provider, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	var app App
-	if err := json.Unmarshal(raw, &app); err != nil {
-		return nil, "", fmt.Errorf("--config %s: the credgate app: %w", path, err)
+	providers, databaseURL, err := caddymodule.AppProviders(raw)
+	if err != nil {
+		return nil, "", fmt.Errorf("--config %s: %w", path, err)
 	}
-	app.run, app.tracing = new(appRun), telemetry.NewExport(nil)
-	repl := caddy.NewReplacer()
-	providers := map[string]*oauth.Provider{}
-	for name, pc := range app.Providers {
-		p, err := app.buildProvider(name, pc, repl, refreshOnlyRedirect)
-		if err != nil {
-			return nil, "", fmt.Errorf("--config %s: provider %s: %w", path, name, err)
-		}
-		providers[name] = p
-	}
-	return providers, repl.ReplaceKnown(app.DatabaseURL, ""), nil
+	return providers, databaseURL, nil
 }

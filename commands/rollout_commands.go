@@ -1,4 +1,4 @@
-package caddymodule
+package commands
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/caddymodule"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/vault"
@@ -84,7 +85,7 @@ and the output says so. The window is the guard's (from --config), else
 			}
 			window, _ := cmd.Flags().GetDuration("window")
 			if !cmd.Flags().Changed("window") && cfg != nil && cfg.guard != nil {
-				window = cfg.guard.config().Window
+				window = cfg.guard.Config().Window
 			}
 			// The window is made of 10 s buckets: a shorter one would
 			// miss the flows of the bucket under way.
@@ -107,7 +108,7 @@ and the output says so. The window is the guard's (from --config), else
 			if source != nil && source.file != nil {
 				platforms = union(platforms, source.file.Platforms())
 			}
-			status, err := rolloutStatus(ctx, pool, nil, window, platforms)
+			status, err := guard.ReadRolloutStatus(ctx, pool, nil, window, platforms)
 			if err != nil {
 				return err
 			}
@@ -147,15 +148,15 @@ and the output says so. The window is the guard's (from --config), else
 
 // guardSettings is the guard as configured, for --json: the admin
 // route's shape.
-func guardSettings(g *GuardConfig) map[string]any {
+func guardSettings(g *caddymodule.GuardConfig) map[string]any {
 	if g == nil {
 		return map[string]any{"enabled": false}
 	}
-	c := g.config()
+	c := g.Config()
 	return map[string]any{"enabled": true, "min_success": c.MinSuccess, "max_gap": c.MaxGap, "min_samples": c.MinSamples, "window": c.Window.String()}
 }
 
-func printRolloutStatus(w io.Writer, status []RolloutStatus, window time.Duration, cfg *rolloutConfig, source *rolloutSource) {
+func printRolloutStatus(w io.Writer, status []guard.RolloutStatus, window time.Duration, cfg *rolloutConfig, source *rolloutSource) {
 	for _, s := range status {
 		flagsText := "not read (pass --config or --flags)"
 		if cfg != nil && source == nil {
@@ -185,7 +186,7 @@ func printRolloutStatus(w io.Writer, status []RolloutStatus, window time.Duratio
 // backEndText says whether the app's back end gets this platform's
 // tokens through credgate: "12 token API and 0 egress reads in the last
 // 1h0m0s", with what it means when there are none.
-func backEndText(b BackEndReads) string {
+func backEndText(b guard.BackEndReads) string {
 	text := fmt.Sprintf("%d token API and %d egress reads in the last %s", b.TokenAPI, b.Egress, b.Window)
 	switch {
 	case b.TransitionMode:
@@ -221,7 +222,7 @@ func thousands(n int) string {
 
 // guardText is the guard as configured (known only with --config) and
 // any halt the database holds for the platform.
-func guardText(s RolloutStatus, cfg *rolloutConfig) string {
+func guardText(s guard.RolloutStatus, cfg *rolloutConfig) string {
 	halt := ""
 	if h := s.Guard.Halt; h != nil {
 		halt = fmt.Sprintf("HALTED since %s: %s (resume: caddy credgate rollout resume --platform %s)",
@@ -238,7 +239,7 @@ func guardText(s RolloutStatus, cfg *rolloutConfig) string {
 	case cfg.guard == nil:
 		return "off (not configured)"
 	}
-	c := cfg.guard.config()
+	c := cfg.guard.Config()
 	settings := fmt.Sprintf("on (min_success %.3f, max_gap %.3f, min_samples %d, window %s)", c.MinSuccess, c.MaxGap, c.MinSamples, c.Window)
 	if halt != "" {
 		return halt + "; " + settings
@@ -297,7 +298,7 @@ type rolloutConfig struct {
 	// flags is the flag source module, nil when none is configured.
 	flags caddy.Module
 	// guard is nil when the guard is off.
-	guard       *GuardConfig
+	guard       *caddymodule.GuardConfig
 	platforms   []string
 	databaseURL string
 }
@@ -315,7 +316,7 @@ func loadRolloutConfig(cmd *cobra.Command) (*rolloutConfig, error) {
 	var app struct {
 		DatabaseURL string                     `json:"database_url"`
 		Flags       json.RawMessage            `json:"flags"`
-		Guard       *GuardConfig               `json:"guard"`
+		Guard       *caddymodule.GuardConfig   `json:"guard"`
 		Providers   map[string]json.RawMessage `json:"providers"`
 	}
 	if err := json.Unmarshal(credgate, &app); err != nil {
@@ -413,8 +414,8 @@ func rolloutFlagSource(cmd *cobra.Command, cfg *rolloutConfig) (*rolloutSource, 
 		return nil, nil
 	}
 	src := &rolloutSource{mod: mod}
-	if f, ok := mod.(*FlagdFileFlags); ok {
-		path, err := f.resolvedPath()
+	if f, ok := mod.(*caddymodule.FlagdFileFlags); ok {
+		path, err := f.ResolvedPath()
 		if err != nil {
 			return nil, err
 		}
@@ -444,7 +445,7 @@ func flagModuleFrom(line string) (caddy.Module, error) {
 	}
 	mod := info.New()
 	unm, ok := mod.(caddyfile.Unmarshaler)
-	_, ok2 := mod.(FlagProvider)
+	_, ok2 := mod.(caddymodule.FlagProvider)
 	if !ok || !ok2 {
 		return nil, fmt.Errorf("--flags: %s cannot be set up from the command line", d.Val())
 	}
@@ -462,20 +463,20 @@ func flagModuleFrom(line string) (caddy.Module, error) {
 // and nothing else.
 func (s *rolloutSource) inForce(ctx context.Context, platforms []string) ([]flags.InForce, error) {
 	switch f := s.mod.(type) {
-	case *FlagdFileFlags:
+	case *caddymodule.FlagdFileFlags:
 		list, err := flags.FileInForce(ctx, s.data, platforms)
 		if err != nil {
 			return nil, fmt.Errorf("flag file %s: %w (a running credgate keeps the last good one)", s.path, err)
 		}
 		return list, nil
-	case *StaticFlags:
+	case *caddymodule.StaticFlags:
 		out := make([]flags.InForce, len(platforms))
 		for i, p := range platforms {
 			out[i] = flags.InForce{Platform: p, Ready: true, KillSwitchOn: f.Percent > 0, NewPercent: float64(f.Percent), Measured: flags.MeasuredRule}
 		}
 		return out, nil
 	}
-	fp, ok := s.mod.(FlagProvider)
+	fp, ok := s.mod.(caddymodule.FlagProvider)
 	if !ok {
 		return nil, fmt.Errorf("flags: %T is not a flag source", s.mod)
 	}
@@ -494,8 +495,8 @@ func (s *rolloutSource) inForce(ctx context.Context, platforms []string) ([]flag
 	}
 	out := make([]flags.InForce, len(platforms))
 	for i, p := range platforms {
-		out[i] = r.InForce(ctx, p, rolloutSamples)
-		if _, remote := s.mod.(*FlagdRPCFlags); remote && out[i].Ready {
+		out[i] = r.InForce(ctx, p, guard.RolloutSamples)
+		if _, remote := s.mod.(*caddymodule.FlagdRPCFlags); remote && out[i].Ready {
 			out[i].Note = "the flagd daemon holds the rule"
 		}
 	}

@@ -1,4 +1,12 @@
-package caddymodule
+// Package commands is `caddy credgate …`, the operator's commands: keys,
+// the schema, rotation and backfill, cleanup, reports and verification,
+// the rollout and its guard, the app's table, audit retention and
+// erasure, the sandbox and development tokens. Each is a thin layer over
+// the core packages (vault, migrations, report, guard, flags, worker) that
+// parses flags and prints; it reads a config's credgate app the way Caddy
+// would run it (caddymodule's modules, through Caddy's registry and
+// caddymodule.AppProviders). Importing the package registers the command.
+package commands
 
 import (
 	"bytes"
@@ -20,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/migrations"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/vault"
@@ -35,15 +44,16 @@ Operator commands for credgate. Each reads DATABASE_URL and
 ENCRYPTION_MASTER_KEY from the environment unless a flag says otherwise,
 prints a one-line error and exits 1 on bad input.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			for _, sub := range credgateCommands() {
+			for _, sub := range Commands() {
 				cmd.AddCommand(sub)
 			}
 		},
 	})
 }
 
-// credgateCommands builds the subcommand tree; tests execute it directly.
-func credgateCommands() []*cobra.Command {
+// Commands builds the subcommand tree of `caddy credgate`; tests execute
+// it directly.
+func Commands() []*cobra.Command {
 	keygen := &cobra.Command{
 		Use:   "keygen",
 		Short: "Prints a new master key for ENCRYPTION_MASTER_KEY",
@@ -386,7 +396,7 @@ the environment.`,
 				return fail(cmd, errors.New("--ttl must be between 1s and 24h"))
 			}
 			issuer, _ := cmd.Flags().GetString("issuer")
-			tok, err := signDevToken(user, devSecret, issuer, ttl)
+			tok, err := identity.SignDevToken(user, devSecret, issuer, ttl)
 			if err != nil {
 				return fail(cmd, err)
 			}
