@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/connect"
+	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/ratelimit"
 	"github.com/credgate/credgate/oauth"
@@ -286,9 +287,9 @@ func routeSpan(path string) (name, platform, flow string) {
 	if rest, ok := strings.CutPrefix(path, "/api/auth/oauth/"); ok {
 		platform, tail, _ := strings.Cut(rest, "/")
 		if tail == "callback" {
-			return "credgate.oauth.callback", platform, telemetry.FlowNew
+			return "credgate.oauth.callback", platform, string(flags.ArmNew)
 		}
-		return "credgate.oauth.start", platform, telemetry.FlowNew
+		return "credgate.oauth.start", platform, string(flags.ArmNew)
 	}
 	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
 		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok {

@@ -33,7 +33,7 @@ const defaultLegacyErrorPattern = `[?&](error|oauth_error)=`
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
-		h.app.traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), telemetry.FlowNew), func(w http.ResponseWriter, r *http.Request) {
+		h.app.traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
 			h.finish(w, r, p, state)
 		})
 		return nil
@@ -43,7 +43,7 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 		return nil
 	}
 	// The legacy arm as credgate observes it: the app's answer, streamed.
-	ctx, span := h.app.tracer().Start(r.Context(), "credgate.legacy.callback", telemetry.SpanAttrs(p.Name(), telemetry.FlowLegacy)...)
+	ctx, span := h.app.tracer().Start(r.Context(), "credgate.legacy.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmLegacy))...)
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := next.ServeHTTP(rec, r.WithContext(ctx))
 	code, userCaused := h.legacyOutcome(r, rec, err)
@@ -119,7 +119,7 @@ func (a *App) flowFinished(o connect.Outcome) {
 	default:
 		outcomes.Record(o.Arm, o.Platform, o.Code == "")
 	}
-	a.metrics.Connection(o.Platform, string(o.Arm), o.Code, o.Took)
+	a.metrics.Connection(o.Platform, o.Arm, o.Code, o.Took)
 }
 
 // startLegacyFlow hands the start to the app and, when the app answers

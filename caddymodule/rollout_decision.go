@@ -51,7 +51,7 @@ func (h *Handler) decideConnect(w http.ResponseWriter, r *http.Request, platform
 		// connects through the app rather than meeting a 503.
 		d = flags.Decision{Arm: flags.ArmLegacy, Variant: d.Variant, Reason: flags.ReasonStoreUnavailable}
 	}
-	h.app.metrics.Decision(platform, string(d.Arm), string(d.Reason))
+	h.app.metrics.Decision(platform, d.Arm, d.Reason)
 	_, span := h.app.tracer().Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
 		telemetry.AttrPlatform.String(platform), telemetry.AttrFlow.String(string(d.Arm)),
 		telemetry.AttrRolloutReason.String(string(d.Reason)), telemetry.AttrIdentity.String(string(who.Result))))

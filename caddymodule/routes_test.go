@@ -36,7 +36,7 @@ func TestConnectEveryPlatform(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", platform, err)
 		}
-		if acct.ConnectedVia != vault.FlowCredgate || acct.Status != vault.StatusConnected || acct.Version != 1 || acct.ExpiresAt == nil {
+		if acct.ConnectedVia != vault.ViaCredgate || acct.Status != vault.StatusConnected || acct.Version != 1 || acct.ExpiresAt == nil {
 			t.Errorf("%s account: %+v", platform, acct)
 		}
 		// The blob holds the sandbox's live token: the sandbox's own

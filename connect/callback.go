@@ -173,7 +173,7 @@ func (f *Flows) store(ctx context.Context, p *oauth.Provider, st vault.ConsumedS
 	err := retryStore(ctx, func(ctx context.Context) error {
 		_, err := f.Accounts.StoreConnect(ctx, f.DB, vault.Connection{
 			UserID: st.UserID, Platform: platform, PlatformUserID: tok.PlatformUserID, Username: tok.Username,
-			Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.FlowCredgate, KnownID: st.AccountID,
+			Credentials: creds, Scopes: tok.Scopes, ConnectedVia: vault.ViaCredgate, KnownID: st.AccountID,
 		}, jobAt, func(id string) vault.Event {
 			return vault.Event{UserID: st.UserID, Platform: platform, Action: vault.ActionConnect,
 				Status: vault.Success, Flow: st.Flow, Duration: time.Since(st.CreatedAt),

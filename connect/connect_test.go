@@ -153,7 +153,7 @@ func TestAConnectStoresTheTokensWithTheirRenewalAndAuditRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if creds.AccessToken.IsZero() || creds.RefreshToken.IsZero() || acct.ConnectedVia != vault.FlowCredgate {
+	if creds.AccessToken.IsZero() || creds.RefreshToken.IsZero() || acct.ConnectedVia != vault.ViaCredgate {
 		t.Errorf("stored account %+v: want both tokens, connected via credgate", acct)
 	}
 	if n := e.count(`SELECT count(*) FROM token_refresh_queue WHERE social_account_id = $1 AND status = 'pending'`, acct.ID); n != 1 {

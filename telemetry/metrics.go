@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/oauth"
 )
 
@@ -44,12 +45,6 @@ type Metrics struct {
 const (
 	RouteConnect = "connect"
 	RouteStart   = "start"
-)
-
-// Arms of the rollout, as the flow label spells them.
-const (
-	FlowNew    = "new"
-	FlowLegacy = "legacy"
 )
 
 // Outcomes, as the outcome label spells them. A connection's success
@@ -197,7 +192,8 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 // would vanish from the success rate, again after every restart).
 func (m *Metrics) Prepare(platforms []string) {
 	for _, p := range platforms {
-		for flow, codes := range map[string][]string{FlowNew: newFlowCodes(), FlowLegacy: legacyCodes()} {
+		for arm, codes := range map[flags.Arm][]string{flags.ArmNew: newFlowCodes(), flags.ArmLegacy: legacyCodes()} {
+			flow := string(arm)
 			m.connections.WithLabelValues(p, flow, Success, "")
 			m.connections.WithLabelValues(p, flow, Declined, string(oauth.CodeAccessDenied))
 			for _, code := range codes {
@@ -210,7 +206,7 @@ func (m *Metrics) Prepare(platforms []string) {
 		m.tokenReads.WithLabelValues(p, Success)
 		// The decision an unrecognised user gets, so that its rate is
 		// right from the first such request.
-		m.decisions.WithLabelValues(p, FlowLegacy, "no_identity")
+		m.decisions.WithLabelValues(p, string(flags.ArmLegacy), string(flags.ReasonNoIdentity))
 	}
 }
 
@@ -268,10 +264,10 @@ func (m *Metrics) Identity(route, result string) {
 // Connection counts a finished connection; errorCode is "" on success,
 // and decides the outcome (Outcome). A duration of zero (unknown) is not
 // observed.
-func (m *Metrics) Connection(platform, flow, errorCode string, d time.Duration) {
-	m.connections.WithLabelValues(platform, flow, Outcome(errorCode), errorCode).Inc()
+func (m *Metrics) Connection(platform string, arm flags.Arm, errorCode string, d time.Duration) {
+	m.connections.WithLabelValues(platform, string(arm), Outcome(errorCode), errorCode).Inc()
 	if d > 0 {
-		m.connectionDuration.WithLabelValues(platform, flow).Observe(d.Seconds())
+		m.connectionDuration.WithLabelValues(platform, string(arm)).Observe(d.Seconds())
 	}
 }
 
@@ -298,6 +294,6 @@ func (m *Metrics) StatesCleaned(n int64) {
 }
 
 // Decision counts a rollout decision.
-func (m *Metrics) Decision(platform, arm, reason string) {
-	m.decisions.WithLabelValues(platform, arm, reason).Inc()
+func (m *Metrics) Decision(platform string, arm flags.Arm, reason flags.Reason) {
+	m.decisions.WithLabelValues(platform, string(arm), string(reason)).Inc()
 }

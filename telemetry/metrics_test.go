@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/telemetry"
 )
@@ -20,10 +21,10 @@ func TestMetricsCountByClosedLabels(t *testing.T) {
 	for _, c := range m.Collectors() {
 		reg.MustRegister(c)
 	}
-	m.Connection("twitter", telemetry.FlowNew, "", 3*time.Second)
-	m.Connection("twitter", telemetry.FlowNew, "access_denied", 2*time.Second)
-	m.Connection("twitter", telemetry.FlowNew, "invalid_grant", 2*time.Second)
-	m.Connection("twitter", telemetry.FlowLegacy, "", 0)
+	m.Connection("twitter", flags.ArmNew, "", 3*time.Second)
+	m.Connection("twitter", flags.ArmNew, "access_denied", 2*time.Second)
+	m.Connection("twitter", flags.ArmNew, "invalid_grant", 2*time.Second)
+	m.Connection("twitter", flags.ArmLegacy, "", 0)
 	m.Refresh("twitter", "success")
 	m.TokenRead("twitter", "needs_reauth")
 	m.StatesCleaned(3)

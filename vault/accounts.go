@@ -30,13 +30,17 @@ const (
 	StatusDisconnected Status = "disconnected"
 )
 
-// Flow is the rollout arm a credential came through.
-type Flow string
+// ConnectedVia is who connected an account (the connected_via column):
+// the app's own flow or credgate's. It is the rollout arm the account's
+// credentials last came through, in the database's words: flags.ArmLegacy
+// is ViaLegacy, flags.ArmNew is ViaCredgate. (The audit log's flow column
+// and the metrics' flow label use the arm's own words, new and legacy.)
+type ConnectedVia string
 
-// The two arms.
+// The two ways an account is connected.
 const (
-	FlowLegacy   Flow = "legacy"
-	FlowCredgate Flow = "credgate"
+	ViaLegacy   ConnectedVia = "legacy"
+	ViaCredgate ConnectedVia = "credgate"
 )
 
 // Credentials is the token set that is encrypted into
@@ -64,16 +68,16 @@ type sealedCredentials struct {
 // Account is a social_accounts row without any secret: safe to list, log
 // and return from an API.
 type Account struct {
-	ID              string     `json:"id"`
-	UserID          string     `json:"user_id"`
-	Platform        string     `json:"platform"`
-	PlatformUserID  string     `json:"platform_user_id,omitempty"`
-	Username        string     `json:"username,omitempty"`
-	Status          Status     `json:"status"`
-	ExpiresAt       *time.Time `json:"expires_at"`
-	Scopes          []string   `json:"scopes,omitempty"`
-	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
-	ConnectedVia    Flow       `json:"connected_via"`
+	ID              string       `json:"id"`
+	UserID          string       `json:"user_id"`
+	Platform        string       `json:"platform"`
+	PlatformUserID  string       `json:"platform_user_id,omitempty"`
+	Username        string       `json:"username,omitempty"`
+	Status          Status       `json:"status"`
+	ExpiresAt       *time.Time   `json:"expires_at"`
+	Scopes          []string     `json:"scopes,omitempty"`
+	LastRefreshedAt *time.Time   `json:"last_refreshed_at"`
+	ConnectedVia    ConnectedVia `json:"connected_via"`
 	// Version is credentials_version, the compare-and-swap guard.
 	Version int64 `json:"-"`
 	// KeyID is the key the blob is sealed with; nil without a blob.
@@ -100,7 +104,7 @@ type Connection struct {
 	Username       string
 	Credentials    Credentials
 	Scopes         []string
-	ConnectedVia   Flow
+	ConnectedVia   ConnectedVia
 	// KnownID is the id the account row had when last seen
 	// (ConsumedState.AccountID), or "" for none: StoreConnect seals for
 	// it, or for a new id, without reading the row first.
@@ -233,7 +237,7 @@ func (s *Accounts) StoreConnect(ctx context.Context, db DB, c Connection, jobAt 
 // locks first at once, without a savepoint of its own.
 func (s *Accounts) store(ctx context.Context, db DB, c Connection, jobAt time.Time, audit func(accountID string) Event) (Account, error) {
 	if c.ConnectedVia == "" {
-		c.ConnectedVia = FlowCredgate
+		c.ConnectedVia = ViaCredgate
 	}
 	tx, inCallersTx := db.(pgx.Tx)
 	if !inCallersTx {
@@ -476,7 +480,7 @@ func (r *currentRow) targets() []any {
 // the app's newer token replaces it.
 func (s *Accounts) current(r currentRow) (Account, Credentials, error) {
 	a := r.acct
-	a.AppOwned = a.ConnectedVia == FlowLegacy
+	a.AppOwned = a.ConnectedVia == ViaLegacy
 	var blobCreds Credentials
 	var blobErr error
 	if r.blob != nil {
@@ -566,7 +570,7 @@ func (s *Accounts) LockForRenewal(ctx context.Context, tx pgx.Tx, id string) (Re
 		return r, err
 	}
 	r.AppReadsPlaintext = row.settings.TransitionMode || a.AppNewer ||
-		(row.hasPlaintext && (row.inSync || a.ConnectedVia == FlowLegacy))
+		(row.hasPlaintext && (row.inSync || a.ConnectedVia == ViaLegacy))
 	return r, nil
 }
 

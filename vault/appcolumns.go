@@ -58,7 +58,7 @@ func (s *Accounts) Backfill(ctx context.Context, db DB, opt BatchOptions) (Progr
 	}
 	return s.walk(ctx, db, opt, ActionBackfill, settings, `(access_token IS NOT NULL OR refresh_token IS NOT NULL)`, nil,
 		func(r plaintextRow) (rowChange, error) {
-			if r.via != FlowLegacy && !r.appNewer {
+			if r.via != ViaLegacy && !r.appNewer {
 				// credgate's token is newer than any plaintext here.
 				return skip, nil
 			}
@@ -82,7 +82,7 @@ func (s *Accounts) Backfill(ctx context.Context, db DB, opt BatchOptions) (Progr
 			set := `credentials_encrypted = $2, credentials_key_id = $3, connected_via = 'legacy',
 				app_token_fingerprint = credgate_app_token_fingerprint(access_token, refresh_token), app_token_current = true`
 			args := []any{blob, int64(s.keys.PrimaryID())}
-			if r.via != FlowLegacy {
+			if r.via != ViaLegacy {
 				// The app's token replaces credgate's: the account is
 				// connected again, whatever credgate had recorded.
 				set += `, {status} = 'connected'`
@@ -116,7 +116,7 @@ func (s *Accounts) PurgePlaintext(ctx context.Context, db DB, opt BatchOptions) 
 			case !ok:
 				return fail, nil
 			case r.matches(c):
-			case r.appNewer || r.via == FlowLegacy:
+			case r.appNewer || r.via == ViaLegacy:
 				return newer, nil
 			}
 			return rowChange{set: `access_token = NULL, refresh_token = NULL, app_token_fingerprint = NULL, app_token_current = false`, bump: true}, nil
@@ -202,7 +202,7 @@ func (s *Accounts) WriteBack(ctx context.Context, db DB, f WriteBackFilter, opt 
 			// Equal already (a legacy row from before 006): record it.
 			return rowChange{set: `app_token_fingerprint = credgate_app_token_fingerprint(access_token, refresh_token),
 				app_token_current = true`, skip: true}, nil
-		case r.appNewer && (r.fingerprinted || r.via == FlowLegacy):
+		case r.appNewer && (r.fingerprinted || r.via == ViaLegacy):
 			return newer, nil
 		}
 		set := `access_token = $2::text, refresh_token = $3::text,
@@ -219,7 +219,7 @@ func (s *Accounts) WriteBack(ctx context.Context, db DB, f WriteBackFilter, opt 
 // plaintextRow is a row as the batch jobs see it.
 type plaintextRow struct {
 	id, user, platform string
-	via                Flow
+	via                ConnectedVia
 	access, refresh    *string
 	blob               []byte
 	version            int64

@@ -114,7 +114,7 @@ func TestTheNewestTokenWins(t *testing.T) {
 		t.Fatalf("backfill: %+v %v", p, err)
 	}
 	a, c, err = accounts.Get(ctx, pool, alice, "twitter")
-	if err != nil || c.AccessToken.Reveal() != "app-new" || a.AppNewer || !a.AppOwned || a.ConnectedVia != vault.FlowLegacy {
+	if err != nil || c.AccessToken.Reveal() != "app-new" || a.AppNewer || !a.AppOwned || a.ConnectedVia != vault.ViaLegacy {
 		t.Fatalf("after backfill: %q appNewer=%v via=%s %v", c.AccessToken.Reveal(), a.AppNewer, a.ConnectedVia, err)
 	}
 	if a.ExpiresAt == nil || !a.ExpiresAt.Equal(newExpiry) {

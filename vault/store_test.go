@@ -55,7 +55,7 @@ func TestAccountsLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if acct.Status != vault.StatusConnected || acct.ConnectedVia != vault.FlowCredgate || acct.Version != 1 ||
+	if acct.Status != vault.StatusConnected || acct.ConnectedVia != vault.ViaCredgate || acct.Version != 1 ||
 		acct.KeyID == nil || *acct.KeyID != 1 || !acct.Encrypted || acct.Username != "name-twitter" {
 		t.Errorf("upserted account: %+v", acct)
 	}
@@ -75,7 +75,7 @@ func TestAccountsLifecycle(t *testing.T) {
 	}
 
 	list, err := accounts.List(ctx, pool, alice)
-	if err != nil || len(list) != 2 || list[0].Platform != "facebook" || list[0].ConnectedVia != vault.FlowLegacy ||
+	if err != nil || len(list) != 2 || list[0].Platform != "facebook" || list[0].ConnectedVia != vault.ViaLegacy ||
 		list[0].Encrypted || list[1].Platform != "twitter" {
 		t.Fatalf("list: %+v %v", list, err)
 	}
