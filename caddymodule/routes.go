@@ -438,7 +438,7 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 			v.Status, v.NeedsReauth = statusUndecryptable, true
 			h.auditUndecryptable(ctx, r, a, o.Err)
 		}
-		last, found, err := vault.Audit{}.Last(ctx, h.app.pool, user, a.Platform, vault.ActionRefresh)
+		last, found, err := vault.LastAudit(ctx, h.app.pool, user, a.Platform, vault.ActionRefresh)
 		if err != nil {
 			h.writeStoreError(w, r, "reading refresh outcome", err)
 			return
@@ -458,7 +458,7 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 // check does not write a row per poll. A failure to record is logged and
 // does not fail the health check.
 func (h *Handler) auditUndecryptable(ctx context.Context, r *http.Request, a vault.Account, cause error) {
-	last, found, err := vault.Audit{}.Last(ctx, h.app.pool, a.UserID, a.Platform, vault.ActionDecryptFailed)
+	last, found, err := vault.LastAudit(ctx, h.app.pool, a.UserID, a.Platform, vault.ActionDecryptFailed)
 	if err == nil && found && !last.At.Before(a.UpdatedAt) {
 		return
 	}

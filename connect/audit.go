@@ -55,7 +55,7 @@ func (a *Auditor) WithLogger(logger *zap.Logger) *Auditor {
 func (a *Auditor) Record(ctx context.Context, e vault.Event) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DBTimeout)
 	defer cancel()
-	if err := (vault.Audit{}).Append(actx, a.db, e); err != nil {
+	if err := vault.AppendAudit(actx, a.db, e); err != nil {
 		a.logger.Error("writing audit row", zap.String("user_id", e.UserID), zap.String("platform", e.Platform),
 			zap.String("action", string(e.Action)), errField(err))
 	}
@@ -72,7 +72,7 @@ func (a *Auditor) RecordEventually(e vault.Event) {
 	try := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), DBTimeout)
 		defer cancel()
-		return (vault.Audit{}).Append(ctx, a.db, e)
+		return vault.AppendAudit(ctx, a.db, e)
 	}
 	err := try()
 	if err == nil {

@@ -53,7 +53,7 @@ func (f *Flows) Disconnect(ctx context.Context, p *oauth.Provider, userID string
 		if err := (vault.RefreshQueue{}).Cancel(wctx, tx, gone.ID); err != nil {
 			return err
 		}
-		return vault.Audit{}.Append(wctx, tx, vault.Event{UserID: userID, Platform: platform, Action: vault.ActionDisconnect,
+		return vault.AppendAudit(wctx, tx, vault.Event{UserID: userID, Platform: platform, Action: vault.ActionDisconnect,
 			Status: vault.Success, Details: map[string]any{"revoked": revoked}})
 	})
 	f.Renewals.Forget(userID, platform) // the back end's reads see it at once

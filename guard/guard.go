@@ -362,7 +362,7 @@ func (g *Guard) latch(ctx context.Context, h *Halt, observedResume *time.Time) (
 			return err
 		}
 		latched = true
-		return vault.Audit{}.Append(ctx, tx, vault.Event{Platform: h.Platform, Action: vault.ActionRolloutHalted, Status: vault.Success,
+		return vault.AppendAudit(ctx, tx, vault.Event{Platform: h.Platform, Action: vault.ActionRolloutHalted, Status: vault.Success,
 			Details: map[string]any{"reason": h.Reason, "new_success": h.NewSuccess, "new_samples": h.NewSamples,
 				"legacy_success": h.LegacySuccess, "legacy_samples": h.LegacySamples,
 				"min_success": g.cfg.MinSuccess, "max_gap": g.cfg.MaxGap, "min_samples": g.cfg.MinSamples, "window": g.cfg.Window.String()}})
@@ -472,7 +472,7 @@ func Resume(ctx context.Context, db vault.DB, platform, by string) (Halt, error)
 		if _, err := tx.Exec(ctx, `DELETE FROM rollout_outcomes WHERE platform = $1 AND bucket >= `+currentBucket, platform); err != nil {
 			return err
 		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{Platform: platform, Action: vault.ActionRolloutResumed, Status: vault.Success,
+		return vault.AppendAudit(ctx, tx, vault.Event{Platform: platform, Action: vault.ActionRolloutResumed, Status: vault.Success,
 			Details: map[string]any{"by": by, "halted_at": h.At.UTC().Format(time.RFC3339), "reason": h.Reason}})
 	})
 	if errors.Is(err, ErrNotHalted) {

@@ -319,7 +319,7 @@ func (s *Accounts) walk(ctx context.Context, db DB, opt BatchOptions, action Act
 			if seen == 0 {
 				return nil
 			}
-			return Audit{}.Append(ctx, tx, Event{Action: action, Status: Success, Details: map[string]any{
+			return AppendAudit(ctx, tx, Event{Action: action, Status: Success, Details: map[string]any{
 				"rows": batch.Done, "skipped": batch.Skipped, "failed": batch.Failed, "newer": batch.Newer, "worker": opt.Worker}})
 		})
 		if err != nil {
@@ -347,7 +347,7 @@ func (s *Accounts) apply(ctx context.Context, tx pgx.Tx, action Action, r plaint
 	switch {
 	case change.fail:
 		batch.Failed++
-		return Audit{}.Append(ctx, tx, Event{UserID: r.user, Platform: r.platform, Action: action,
+		return AppendAudit(ctx, tx, Event{UserID: r.user, Platform: r.platform, Action: action,
 			Status: Failed, ErrorCode: "blob_mismatch", Details: map[string]any{"account_id": r.id}})
 	case change.newer:
 		batch.Newer++
@@ -371,7 +371,7 @@ func (s *Accounts) apply(ctx context.Context, tx pgx.Tx, action Action, r plaint
 	}
 	batch.Done += tag.RowsAffected()
 	if change.audit {
-		return Audit{}.Append(ctx, tx, Event{UserID: r.user, Platform: r.platform, Action: action, Status: Success,
+		return AppendAudit(ctx, tx, Event{UserID: r.user, Platform: r.platform, Action: action, Status: Success,
 			Details: map[string]any{"account_id": r.id}})
 	}
 	return nil

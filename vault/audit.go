@@ -64,10 +64,6 @@ type Event struct {
 	Details   map[string]any
 }
 
-// Audit appends to credential_audit_log, which the migration makes
-// append-only.
-type Audit struct{}
-
 // auditColumns are what an Event fills, in the order of Event.args.
 const auditColumns = `(user_id, platform, action, status, flow, duration_ms, error_code, trace_id, details)`
 
@@ -121,9 +117,10 @@ func (e Event) args() []any {
 		nullString(e.ErrorCode), nullString(e.TraceID), string(encoded)}
 }
 
-// Append writes one event. Run it on the same transaction as the change it
-// records, so both commit or neither does.
-func (Audit) Append(ctx context.Context, db DB, e Event) error {
+// AppendAudit writes one event to credential_audit_log, which the
+// migration makes append-only. Run it on the same transaction as the
+// change it records, so both commit or neither does.
+func AppendAudit(ctx context.Context, db DB, e Event) error {
 	if e.TraceID == "" {
 		e.TraceID = TraceID(ctx)
 	}
@@ -134,9 +131,9 @@ func (Audit) Append(ctx context.Context, db DB, e Event) error {
 	return nil
 }
 
-// Queue adds the event to batch b, to be written with the statements
-// around it in one round trip (and their transaction).
-func (Audit) Queue(ctx context.Context, b *pgx.Batch, e Event) {
+// QueueAudit adds the event to batch b, to be written with the
+// statements around it in one round trip (and their transaction).
+func QueueAudit(ctx context.Context, b *pgx.Batch, e Event) {
 	if e.TraceID == "" {
 		e.TraceID = TraceID(ctx)
 	}
@@ -167,9 +164,9 @@ type LastEvent struct {
 	At        time.Time
 }
 
-// Last returns the newest event of action for (userID, platform), or
-// ok=false when there is none.
-func (Audit) Last(ctx context.Context, db DB, userID, platform string, action Action) (LastEvent, bool, error) {
+// LastAudit returns the newest event of action for (userID, platform),
+// or ok=false when there is none.
+func LastAudit(ctx context.Context, db DB, userID, platform string, action Action) (LastEvent, bool, error) {
 	var e LastEvent
 	var code *string
 	err := db.QueryRow(ctx, `SELECT status, error_code, created_at FROM credential_audit_log

@@ -189,7 +189,7 @@ func PruneAudit(ctx context.Context, db DB, opts PruneOptions) (PruneResult, err
 		}
 	}
 	res.Elapsed = time.Since(start)
-	err := Audit{}.Append(ctx, db, Event{Action: ActionAuditPruned, Status: Success, Details: map[string]any{
+	err := AppendAudit(ctx, db, Event{Action: ActionAuditPruned, Status: Success, Details: map[string]any{
 		"before": opts.Before.UTC().Format(time.RFC3339Nano), "rows": res.Rows, "events": res.Events,
 		"batches": res.Batches, "export": opts.Destination}})
 	return res, err
@@ -316,7 +316,7 @@ func EraseUser(ctx context.Context, db DB, settings Settings, userID string, opt
 	for k, v := range opts.Details {
 		details[k] = v
 	}
-	return e, Audit{}.Append(ctx, db, Event{Action: ActionUserErased, Status: Success, Details: details})
+	return e, AppendAudit(ctx, db, Event{Action: ActionUserErased, Status: Success, Details: details})
 }
 
 // sameAccounts reports whether got are exactly want, by id and version.

@@ -153,7 +153,7 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 					return err
 				}
 				changed = int(tag.RowsAffected())
-				return Audit{}.Append(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
+				return AppendAudit(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
 					"rows": changed, "to_key_id": primary, "worker": opt.Worker}})
 			})
 			if err != nil {
@@ -185,7 +185,7 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 		const sample = 20
 		details := map[string]any{"accounts": len(undecryptable), "during": "rewrap", "worker": opt.Worker,
 			"sample_account_ids": undecryptable[:min(sample, len(undecryptable))]}
-		if err := (Audit{}).Append(ctx, db, Event{Action: ActionDecryptFailed, Status: Failed, ErrorCode: "decrypt_failed", Details: details}); err != nil {
+		if err := AppendAudit(ctx, db, Event{Action: ActionDecryptFailed, Status: Failed, ErrorCode: "decrypt_failed", Details: details}); err != nil {
 			return p, fmt.Errorf("rewrapping credentials: %w", err)
 		}
 	}

@@ -167,7 +167,7 @@ func SetSetting(ctx context.Context, db DB, name, value, by string) error {
 		if err != nil {
 			return fmt.Errorf("writing credgate_settings: %w", settingsErr(err))
 		}
-		return Audit{}.Append(ctx, tx, Event{Action: ActionSetting, Status: Success,
+		return AppendAudit(ctx, tx, Event{Action: ActionSetting, Status: Success,
 			Details: map[string]any{"name": name, "value": value, "by": by}})
 	})
 }

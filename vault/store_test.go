@@ -172,7 +172,7 @@ func TestCredentialWriteAndAuditCommitTogether(t *testing.T) {
 		if _, err := accounts.Upsert(ctx, tx, connection(bob, "twitter", "a", "r")); err != nil {
 			return err
 		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{Action: vault.ActionConnect, Status: "bogus"})
+		return vault.AppendAudit(ctx, tx, vault.Event{Action: vault.ActionConnect, Status: "bogus"})
 	})
 	if err == nil {
 		t.Fatal("expected the audit insert to fail")
@@ -187,7 +187,7 @@ func TestCredentialWriteAndAuditCommitTogether(t *testing.T) {
 		if _, err := accounts.Upsert(ctx, tx, connection(bob, "twitter", "a", "r")); err != nil {
 			return err
 		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: bob, Platform: "twitter", Action: vault.ActionConnect,
+		return vault.AppendAudit(ctx, tx, vault.Event{UserID: bob, Platform: "twitter", Action: vault.ActionConnect,
 			Flow: "new", Duration: 1500 * time.Millisecond, Details: map[string]any{"scopes": 2}})
 	})
 	if err != nil {
@@ -206,14 +206,13 @@ func TestSeedMonitoringQueriesRun(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := newPool(t)
-	audit := vault.Audit{}
 	for i, e := range []vault.Event{
 		{UserID: alice, Platform: "twitter", Action: vault.ActionConnect, Flow: "new"},
 		{UserID: alice, Platform: "twitter", Action: vault.ActionConnect, Flow: "new"},
 		{UserID: bob, Platform: "facebook", Action: vault.ActionConnect, Status: vault.Failed, ErrorCode: "invalid_grant", Flow: "new"},
 		{Action: vault.ActionStateCleanup, Details: map[string]any{"deleted": 3}},
 	} {
-		if err := audit.Append(ctx, pool, e); err != nil {
+		if err := vault.AppendAudit(ctx, pool, e); err != nil {
 			t.Fatalf("event %d: %v", i, err)
 		}
 	}

@@ -50,7 +50,7 @@ func Cleanup(ctx context.Context, db vault.DB, now time.Time, trigger string, wa
 		if res.States == 0 {
 			return nil
 		}
-		return vault.Audit{}.Append(ctx, tx, vault.Event{Action: vault.ActionStateCleanup, Status: vault.Success,
+		return vault.AppendAudit(ctx, tx, vault.Event{Action: vault.ActionStateCleanup, Status: vault.Success,
 			Details: map[string]any{"deleted": res.States, "trigger": trigger}})
 	})
 	res.Ran = ran

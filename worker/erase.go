@@ -111,5 +111,5 @@ func revokeAccount(ctx context.Context, db vault.DB, accounts *vault.Accounts, p
 		}
 		outcome, ev.Status, ev.ErrorCode = RevokeAlreadyInvalid, vault.Failed, string(code)
 	}
-	return outcome, vault.Audit{}.Append(ctx, db, ev)
+	return outcome, vault.AppendAudit(ctx, db, ev)
 }

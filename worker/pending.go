@@ -312,7 +312,7 @@ func (r *Refresher) auditStoreFailed(rn *renewal, cause error) {
 	a := rn.answered.locked.Account
 	ctx, cancel := context.WithTimeout(context.Background(), renewalWriteBudget)
 	defer cancel()
-	if err := (vault.Audit{}).Append(ctx, r.DB, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
+	if err := vault.AppendAudit(ctx, r.DB, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
 		Status: vault.Failed, ErrorCode: "store_failed",
 		Details: map[string]any{"account_id": a.ID, "trigger": rn.answered.trigger, "cause": causeOf(cause)}}); err != nil {
 		r.logger().Warn("the store_failed audit row could not be written either", zap.Error(err))

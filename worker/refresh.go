@@ -368,7 +368,7 @@ func (r *Refresher) auditFailure(ctx context.Context, tx pgx.Tx, a vault.Account
 	for k, v := range extra {
 		details[k] = v
 	}
-	return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
+	return vault.AppendAudit(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
 		Status: vault.Failed, ErrorCode: errorCode(cause), Details: details})
 }
 
@@ -524,7 +524,7 @@ func (r *Refresher) markNeedsReauth(ctx context.Context, tx pgx.Tx, a vault.Acco
 		// renewal whose answer died with its process: say so.
 		details["previous_renewal_unfinished"] = true
 	}
-	return vault.Audit{}.Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
+	return vault.AppendAudit(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionRefresh,
 		Status: vault.Failed, ErrorCode: code, Details: details})
 }
 

@@ -282,7 +282,7 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		if err := r.Accounts.MarkExpiring(txCtx, tx, a, plan.At); err != nil {
 			return "", err
 		}
-		if err := (vault.Audit{}).Append(txCtx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform,
+		if err := vault.AppendAudit(txCtx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform,
 			Action: vault.ActionExpiring, Status: vault.Success,
 			Details: map[string]any{"account_id": a.ID, "expires_at": plan.At.UTC().Format(time.RFC3339)}}); err != nil {
 			return "", err
@@ -342,7 +342,7 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 
 // kill ends a job for good with a failed audit row saying why.
 func (w *Workers) kill(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Account, action vault.Action, code string) error {
-	if err := (vault.Audit{}).Append(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: action,
+	if err := vault.AppendAudit(ctx, tx, vault.Event{UserID: a.UserID, Platform: a.Platform, Action: action,
 		Status: vault.Failed, ErrorCode: code,
 		Details: map[string]any{"account_id": a.ID, "trigger": "refresh_worker", "attempt": j.Attempts, "dead": true}}); err != nil {
 		return err
