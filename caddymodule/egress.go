@@ -587,7 +587,16 @@ func isPlatformError(err error) bool {
 //	}
 func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	e := new(Egress)
-	err := parseInternalHandler(h.Dispenser, "credgate_egress", &e.ServiceToken, &e.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
+	if err := e.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// UnmarshalCaddyfile reads the credgate_egress block (parseEgress), for a
+// site and for caddyfile.UnmarshalModule alike.
+func (e *Egress) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return parseInternalHandler(d, "credgate_egress", &e.ServiceToken, &e.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
 		switch opt {
 		case "max_retry_body":
 			n, err := parseCountArg(d, opt, "a whole number of bytes")
@@ -604,7 +613,6 @@ func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		}
 		return false, nil
 	})
-	return e, err
 }
 
 // parseCountArg reads one positive whole-number argument of option opt,
@@ -626,4 +634,5 @@ var (
 	_ caddy.Provisioner           = (*Egress)(nil)
 	_ caddy.CleanerUpper          = (*Egress)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Egress)(nil)
+	_ caddyfile.Unmarshaler       = (*Egress)(nil)
 )

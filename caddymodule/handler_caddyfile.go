@@ -15,7 +15,8 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("credgate", httpcaddyfile.After, "forward_auth")
 }
 
-// parseHandlerDirective parses:
+// UnmarshalCaddyfile reads the credgate directive, for a site
+// (parseHandlerDirective) and for caddyfile.UnmarshalModule alike:
 //
 //	credgate {
 //		public_origin   <origin>                 # required: https://app.example.com
@@ -46,12 +47,10 @@ func init() {
 //		legacy_return_to <path>                   # default: same-origin Referer path, else /
 //		legacy_error_pattern <regexp>             # the app's failure redirect; default [?&](error|oauth_error)=
 //	}
-func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	handler := new(Handler)
-	d := h.Dispenser
+func (handler *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
-		return nil, d.ArgErr()
+		return d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
@@ -62,22 +61,30 @@ func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo, "start_limit": &handler.StartLimit,
 				"legacy_error_pattern": &handler.LegacyErrorPattern}[opt]
 			if !d.AllArgs(target) {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 		case "return_to_allow":
 			handler.ReturnToAllow = d.RemainingArgs()
 			if len(handler.ReturnToAllow) == 0 {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 		case "identity":
 			id, err := parseIdentity(d)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			handler.Identity = id
 		default:
-			return nil, d.Errf("credgate: unrecognized option %q", opt)
+			return d.Errf("credgate: unrecognized option %q", opt)
 		}
+	}
+	return nil
+}
+
+func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
 	}
 	return handler, nil
 }

@@ -347,7 +347,16 @@ func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, plat
 //	}
 func parseTokenAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	t := new(TokenAPI)
-	err := parseInternalHandler(h.Dispenser, "credgate_tokens", &t.ServiceToken, &t.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
+	if err := t.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// UnmarshalCaddyfile reads the credgate_tokens block (parseTokenAPI), for
+// a site and for caddyfile.UnmarshalModule alike.
+func (t *TokenAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return parseInternalHandler(d, "credgate_tokens", &t.ServiceToken, &t.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
 		if opt != "serve_legacy_plaintext" {
 			return false, nil
 		}
@@ -357,7 +366,6 @@ func parseTokenAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 		t.ServeLegacyPlaintext = true
 		return true, nil
 	})
-	return t, err
 }
 
 // parseInternalHandler parses the block of an internal handler
@@ -412,4 +420,5 @@ func parseDurationArg(d *caddyfile.Dispenser, opt string) (time.Duration, error)
 var (
 	_ caddy.Provisioner           = (*TokenAPI)(nil)
 	_ caddyhttp.MiddlewareHandler = (*TokenAPI)(nil)
+	_ caddyfile.Unmarshaler       = (*TokenAPI)(nil)
 )
