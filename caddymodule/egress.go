@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -75,6 +76,17 @@ type Egress struct {
 	// too_many_requests with Retry-After. Default 64.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
+	// DialTimeout bounds connecting to a platform's API (TCP and TLS
+	// each); a platform not reached in time is answered 502
+	// provider_unavailable. Default 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// ResponseHeaderTimeout bounds the wait for the platform's answer
+	// once the whole call is sent; past it the call is answered 502
+	// provider_unavailable and its slot freed (MaxInFlight). The body of
+	// the answer then streams without a bound. Default 30s.
+	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
+
 	transport http.RoundTripper
 	bases     map[string]*url.URL
 	// inFlight counts the calls being served (MaxInFlight).
@@ -100,6 +112,12 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 	if e.MaxInFlight <= 0 {
 		e.MaxInFlight = 64
 	}
+	if e.DialTimeout <= 0 {
+		e.DialTimeout = caddy.Duration(5 * time.Second)
+	}
+	if e.ResponseHeaderTimeout <= 0 {
+		e.ResponseHeaderTimeout = caddy.Duration(30 * time.Second)
+	}
 	e.inFlight = new(atomic.Int64)
 	// The only hosts egress ever reaches: each configured platform's API
 	// base, parsed once.
@@ -109,9 +127,16 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 			e.bases[name] = base
 		}
 	}
-	// Pooled connections per platform host, like reverse_proxy's.
+	// Pooled connections per platform host, like reverse_proxy's, with
+	// reverse_proxy's kinds of bounds: a platform that does not accept or
+	// does not answer must not hold a call (and its MaxInFlight slot)
+	// for as long as the caller waits.
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = 64
+	dialer := &net.Dialer{Timeout: time.Duration(e.DialTimeout), KeepAlive: 30 * time.Second}
+	t.DialContext = dialer.DialContext
+	t.TLSHandshakeTimeout = time.Duration(e.DialTimeout)
+	t.ResponseHeaderTimeout = time.Duration(e.ResponseHeaderTimeout)
 	e.transport = t
 	return nil
 }
@@ -584,6 +609,8 @@ func isPlatformError(err error) bool {
 //		max_retry_body <bytes>     # default 1048576
 //		body_timeout   <duration>  # default 10s
 //		max_in_flight  <calls>     # default 64
+//		dial_timeout   <duration>  # default 5s
+//		response_header_timeout <duration>  # default 30s
 //	}
 func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	e := new(Egress)
@@ -609,6 +636,14 @@ func (e *Egress) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "body_timeout":
 			dur, err := parseDurationArg(d, opt)
 			e.BodyTimeout = caddy.Duration(dur)
+			return true, err
+		case "dial_timeout":
+			dur, err := parseDurationArg(d, opt)
+			e.DialTimeout = caddy.Duration(dur)
+			return true, err
+		case "response_header_timeout":
+			dur, err := parseDurationArg(d, opt)
+			e.ResponseHeaderTimeout = caddy.Duration(dur)
 			return true, err
 		}
 		return false, nil

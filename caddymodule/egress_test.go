@@ -466,3 +466,27 @@ func TestEgressBoundsSlowBodiesAndCallsInFlight(t *testing.T) {
 		return code == http.StatusOK
 	})
 }
+
+// A platform that takes the call and does not answer is given up on
+// after response_header_timeout: 502 provider_unavailable, counted, and
+// the call's place is free again. A platform slower than body_timeout but
+// within response_header_timeout is still waited for (above).
+func TestEgressGivesUpOnAPlatformThatDoesNotAnswer(t *testing.T) {
+	h := newHarness(t, harnessOptions{egress: "service_token " + serviceToken + "\n\t\tresponse_header_timeout 1s\n\t\tmax_in_flight 1"})
+	h.connect(alice, "twitter")
+	h.sandbox.SetFault("twitter.api", sandbox.Fault{Latency: sandbox.Duration(5 * time.Second)})
+	start := time.Now()
+	code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"slow"}`)
+	took := time.Since(start)
+	if code != http.StatusBadGateway || errorCode([]byte(body)) != "provider_unavailable" {
+		t.Fatalf("a platform that does not answer: %d %s", code, body)
+	}
+	if took > 4*time.Second {
+		t.Errorf("answered after %v; response_header_timeout is 1s", took)
+	}
+	// The one place (max_in_flight 1) is free again.
+	h.sandbox.SetFault("twitter.api", sandbox.Fault{})
+	if code, body := h.egressCall("POST", postPaths["twitter"], alice, serviceToken, `{"text":"after"}`); code != http.StatusCreated {
+		t.Fatalf("the next call: %d %s", code, body)
+	}
+}
