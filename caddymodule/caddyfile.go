@@ -209,13 +209,9 @@ func parseProvider(d *caddyfile.Dispenser) (*ProviderConfig, error) {
 				return nil, d.ArgErr()
 			}
 		case opt == "timeout":
-			var raw string
-			if !d.AllArgs(&raw) {
-				return nil, d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(raw)
-			if err != nil || dur <= 0 {
-				return nil, d.Errf("credgate: timeout must be a positive duration, got %q", raw)
+			dur, err := parseDurationArg(d, opt)
+			if err != nil {
+				return nil, err
 			}
 			pc.Timeout = caddy.Duration(dur)
 		default:
