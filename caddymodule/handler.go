@@ -179,24 +179,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.startLimit, err = parseStartLimit(h.StartLimit); err != nil {
 		return err
 	}
-	for _, p := range h.ReturnToAllow {
-		if !strings.HasPrefix(p, "/") {
-			return fmt.Errorf("credgate handler: return_to_allow entries are paths starting with /, got %q", p)
-		}
-	}
 	h.identityWatch = new(identity.Watch)
 	if h.Identity != nil {
 		if err := h.Identity.provision(ctx); err != nil {
 			return err
 		}
 	}
-	switch h.Legacy {
-	case "", "on":
-	case "off":
-		h.legacyOff = true
-	default:
-		return fmt.Errorf("credgate handler: legacy must be on or off, got %q", h.Legacy)
-	}
+	h.legacyOff = h.Legacy == "off"
 	if h.LegacyCallback == "" {
 		h.LegacyCallback = "/api/{platform}/callback"
 	}
@@ -206,11 +195,35 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.legacyError, err = regexp.Compile(h.LegacyErrorPattern); err != nil {
 		return fmt.Errorf("credgate handler: legacy_error_pattern is not a regular expression: %v", err)
 	}
+	return h.provisionRoutes(repl)
+}
+
+// Validate checks the options that need nothing provisioned (Caddy calls
+// it after Provision).
+func (h *Handler) Validate() error {
+	for _, p := range h.ReturnToAllow {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("credgate handler: return_to_allow entries are paths starting with /, got %q", p)
+		}
+	}
+	switch h.Legacy {
+	case "", "on", "off":
+	default:
+		return fmt.Errorf("credgate handler: legacy must be on or off, got %q", h.Legacy)
+	}
 	if h.LegacyReturnTo != "" {
 		if _, ok := h.validReturnTo(h.LegacyReturnTo); !ok {
 			return fmt.Errorf("credgate handler: legacy_return_to must be a path under return_to_allow, got %q", h.LegacyReturnTo)
 		}
 	}
+	return nil
+}
+
+// provisionRoutes builds one OAuth provider per configured platform,
+// with its callback on public_origin, and the table of the app's own
+// routes credgate stands in front of (legacy_callback, legacy_start, per
+// platform or from the patterns).
+func (h *Handler) provisionRoutes(repl *caddy.Replacer) error {
 	h.providers = map[string]*oauth.Provider{}
 	h.legacyCallbacks = map[string]*oauth.Provider{}
 	h.legacyStarts = map[string]*oauth.Provider{}
@@ -220,31 +233,40 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("credgate handler: provider %s: %w", name, err)
 		}
 		h.providers[name] = p
-		for _, legacy := range []struct {
-			override, pattern string
-			into              map[string]*oauth.Provider
-		}{{pc.LegacyCallback, h.LegacyCallback, h.legacyCallbacks}, {pc.LegacyStart, h.LegacyStart, h.legacyStarts}} {
-			path := legacy.override
-			if path == "" {
-				path = strings.ReplaceAll(legacy.pattern, "{platform}", name)
-			}
-			if path == "" {
-				continue
-			}
-			if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "/api/auth/oauth/") || strings.HasPrefix(path, "/api/credentials/") {
-				return fmt.Errorf("credgate handler: legacy path %q for %s must be an absolute path outside credgate's own routes", path, name)
-			}
-			if other, dup := h.legacyCallbacks[path]; dup {
-				return fmt.Errorf("credgate handler: legacy path %q is used by %s and %s", path, other.Name(), name)
-			}
-			if other, dup := h.legacyStarts[path]; dup {
-				return fmt.Errorf("credgate handler: legacy path %q is used by %s and %s", path, other.Name(), name)
-			}
-			legacy.into[path] = p
-			if !strings.HasPrefix(path, "/api/") {
-				h.legacyOutsideAPI = true
-			}
+		if err := h.addLegacyRoute(h.legacyCallbacks, p, pc.LegacyCallback, h.LegacyCallback); err != nil {
+			return err
 		}
+		if err := h.addLegacyRoute(h.legacyStarts, p, pc.LegacyStart, h.LegacyStart); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addLegacyRoute puts p's legacy path (the provider's own override, else
+// pattern with {platform} filled in; none when both are empty) into
+// table. A path under credgate's own routes, or one another platform or
+// route already has, is refused.
+func (h *Handler) addLegacyRoute(table map[string]*oauth.Provider, p *oauth.Provider, override, pattern string) error {
+	name := p.Name()
+	path := override
+	if path == "" {
+		path = strings.ReplaceAll(pattern, "{platform}", name)
+	}
+	if path == "" {
+		return nil
+	}
+	if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "/api/auth/oauth/") || strings.HasPrefix(path, "/api/credentials/") {
+		return fmt.Errorf("credgate handler: legacy path %q for %s must be an absolute path outside credgate's own routes", path, name)
+	}
+	for _, routes := range []map[string]*oauth.Provider{h.legacyCallbacks, h.legacyStarts} {
+		if other, dup := routes[path]; dup {
+			return fmt.Errorf("credgate handler: legacy path %q is used by %s and %s", path, other.Name(), name)
+		}
+	}
+	table[path] = p
+	if !strings.HasPrefix(path, "/api/") {
+		h.legacyOutsideAPI = true
 	}
 	return nil
 }
@@ -320,6 +342,7 @@ func pathField(r *http.Request) zap.Field { return zap.String("path", r.URL.Path
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )
