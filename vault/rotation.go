@@ -73,8 +73,6 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 	}
 	start := time.Now()
 	var p Progress
-	primary := int64(s.keys.PrimaryID())
-	header := primaryHeader(s.keys.PrimaryID())
 	var undecryptable []string // account ids, pass 0, for the summary row
 	// Counted once: a count per batch would cost more than the batch.
 	initial, err := s.countNotOnPrimary(ctx, db)
@@ -88,86 +86,21 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 		last := zeroUUID
 		passChanged := 0
 		for {
-			var changed, failed, seen int
-			prev := last
-			err := InTx(ctx, db, func(tx pgx.Tx) error {
-				// Walk the primary key in fixed chunks and filter inside
-				// each: the plan is a pkey range scan whatever the column
-				// statistics say (stale ones made "key <> $1" a seq scan).
-				var end string
-				if err := tx.QueryRow(ctx, `SELECT c.id::text FROM (SELECT id FROM social_accounts
-					WHERE id > $1 ORDER BY id LIMIT $2) c ORDER BY c.id DESC LIMIT 1`, last, opt.size()).Scan(&end); errors.Is(err, pgx.ErrNoRows) {
-					return nil
-				} else if err != nil {
-					return err
-				}
-				seen, last = 1, end
-				rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
-					FROM social_accounts
-					WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL
-					  AND (credentials_key_id IS DISTINCT FROM $1 OR substring(credentials_encrypted FROM 1 FOR 5) <> $4)
-					FOR UPDATE SKIP LOCKED`, primary, prev, last, header)
-				if err != nil {
-					return err
-				}
-				var ids []string
-				var blobs [][]byte
-				var versions []int64
-				var bad []string
-				for rows.Next() {
-					var id, user, platform string
-					var blob []byte
-					var version int64
-					if err := rows.Scan(&id, &user, &platform, &blob, &version); err != nil {
-						return err
-					}
-					// The blob is bound to the provider's platform name.
-					platform = settings.Platform(platform)
-					b := accountBinding(id, user, platform)
-					plain, _, err := s.keys.Open(PurposeCredentials, blob, b)
-					if err != nil {
-						bad = append(bad, id)
-						continue
-					}
-					sealed, err := s.keys.Seal(PurposeCredentials, plain, b)
-					if err != nil {
-						return err
-					}
-					ids, blobs, versions = append(ids, id), append(blobs, sealed), append(versions, version)
-				}
-				if err := rows.Err(); err != nil {
-					return err
-				}
-				failed = len(bad)
-				if pass == 0 {
-					undecryptable = append(undecryptable, bad...)
-				}
-				if len(ids) == 0 {
-					return nil
-				}
-				tag, err := tx.Exec(ctx, `UPDATE social_accounts a SET credentials_encrypted = u.blob, credentials_key_id = $4,
-						credentials_version = a.credentials_version + 1
-					FROM unnest($1::uuid[], $2::bytea[], $3::bigint[]) AS u(id, blob, version)
-					WHERE a.id = u.id AND a.credentials_version = u.version`, ids, blobs, versions, primary)
-				if err != nil {
-					return err
-				}
-				changed = int(tag.RowsAffected())
-				return AppendAudit(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
-					"rows": changed, "to_key_id": primary, "worker": opt.Worker}})
-			})
+			end, changed, bad, err := s.rewrapBatch(ctx, db, settings, last, opt)
 			if err != nil {
 				return p, fmt.Errorf("rewrapping credentials: %w", err)
 			}
-			if seen == 0 {
+			if end == "" {
 				break
 			}
+			last = end
 			passChanged += changed
 			p.Done += int64(changed)
 			if pass == 0 {
 				// Undecryptable rows are met again on later passes; count
 				// (and audit) them once.
-				p.Failed += int64(failed)
+				undecryptable = append(undecryptable, bad...)
+				p.Failed += int64(len(bad))
 			}
 			p.Batches++
 			p.Elapsed = time.Since(start)
@@ -192,6 +125,80 @@ func (s *Accounts) Rewrap(ctx context.Context, db DB, opt BatchOptions) (Progres
 	p.Remaining, err = s.countNotOnPrimary(ctx, db)
 	p.Elapsed = time.Since(start)
 	return p, err
+}
+
+// rewrapBatch is one batch of a rewrap, in one transaction: the next
+// chunk of ids after after, and in it the rows not on the primary key
+// (by column or by the blob's header) that no other process holds,
+// re-sealed with their audit row. It returns the chunk's last id ("" once
+// the table is walked), the rows it changed, and the ids whose blobs did
+// not open (left as they are).
+func (s *Accounts) rewrapBatch(ctx context.Context, db DB, settings Settings, after string, opt BatchOptions) (end string, changed int, bad []string, err error) {
+	primary := int64(s.keys.PrimaryID())
+	header := primaryHeader(s.keys.PrimaryID())
+	err = InTx(ctx, db, func(tx pgx.Tx) error {
+		// Walk the primary key in fixed chunks and filter inside each: the
+		// plan is a pkey range scan whatever the column statistics say
+		// (stale ones made "key <> $1" a seq scan).
+		if err := tx.QueryRow(ctx, `SELECT c.id::text FROM (SELECT id FROM social_accounts
+			WHERE id > $1 ORDER BY id LIMIT $2) c ORDER BY c.id DESC LIMIT 1`, after, opt.size()).Scan(&end); errors.Is(err, pgx.ErrNoRows) {
+			end = ""
+			return nil
+		} else if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT id::text, user_id::text, platform, credentials_encrypted, credentials_version
+			FROM social_accounts
+			WHERE id > $2 AND id <= $3 AND credentials_encrypted IS NOT NULL
+			  AND (credentials_key_id IS DISTINCT FROM $1 OR substring(credentials_encrypted FROM 1 FOR 5) <> $4)
+			FOR UPDATE SKIP LOCKED`, primary, after, end, header)
+		if err != nil {
+			return err
+		}
+		var ids []string
+		var blobs [][]byte
+		var versions []int64
+		for rows.Next() {
+			var id, user, platform string
+			var blob []byte
+			var version int64
+			if err := rows.Scan(&id, &user, &platform, &blob, &version); err != nil {
+				return err
+			}
+			// The blob is bound to the provider's platform name.
+			b := accountBinding(id, user, settings.Platform(platform))
+			plain, _, err := s.keys.Open(PurposeCredentials, blob, b)
+			if err != nil {
+				bad = append(bad, id)
+				continue
+			}
+			sealed, err := s.keys.Seal(PurposeCredentials, plain, b)
+			if err != nil {
+				return err
+			}
+			ids, blobs, versions = append(ids, id), append(blobs, sealed), append(versions, version)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		tag, err := tx.Exec(ctx, `UPDATE social_accounts a SET credentials_encrypted = u.blob, credentials_key_id = $4,
+				credentials_version = a.credentials_version + 1
+			FROM unnest($1::uuid[], $2::bytea[], $3::bigint[]) AS u(id, blob, version)
+			WHERE a.id = u.id AND a.credentials_version = u.version`, ids, blobs, versions, primary)
+		if err != nil {
+			return err
+		}
+		changed = int(tag.RowsAffected())
+		return AppendAudit(ctx, tx, Event{Action: ActionRewrap, Status: Success, Details: map[string]any{
+			"rows": changed, "to_key_id": primary, "worker": opt.Worker}})
+	})
+	if err != nil {
+		return "", 0, nil, err
+	}
+	return end, changed, bad, nil
 }
 
 // primaryHeader is the blob header a blob sealed under id starts with.
