@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"net/http"
 
 	"context"
@@ -13,22 +12,16 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/internal/clitest"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
-// runCLI executes `caddy credgate <args>` in-process and returns stdout.
+// runCLI executes `caddy credgate <args>` in-process and returns what it
+// printed.
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := &cobra.Command{Use: "credgate", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(credgateCommands()...)
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.ExecuteContext(context.Background())
-	return out.String(), err
+	return clitest.Run(t, credgateCommands(), args...)
 }
 
 func TestKeygenPrintsA32ByteKey(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
+	"github.com/credgate/credgate/internal/clitest"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -61,18 +62,7 @@ func runCLIProcess(t *testing.T, env []string, args ...string) (stdout, stderr s
 }
 
 // copyExample puts flags/flags.example.json in a directory of its own.
-func copyExample(t *testing.T) string {
-	t.Helper()
-	data, err := os.ReadFile("../flags/flags.example.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "flags.json")
-	if err := os.WriteFile(path, data, 0o640); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
+func copyExample(t *testing.T) string { return clitest.FlagFile(t) }
 
 // oneErrorLine checks that a command failed with one `Error: …` line
 // saying want, and nothing else.

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/credgate/credgate/internal/clitest"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -21,38 +21,16 @@ import (
 // (caddymodule/commands_test.go and the *_commands_test.go files); what
 // is tested here are the commands' own parts.
 
-// runCLI executes `caddy credgate <args>` in-process and returns what it
-// printed.
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := &cobra.Command{Use: "credgate", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(Commands()...)
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.ExecuteContext(context.Background())
-	return out.String(), err
-}
-
-func copyExample(t *testing.T) string {
-	t.Helper()
-	data, err := os.ReadFile("../flags/flags.example.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "flags.json")
-	if err := os.WriteFile(path, data, 0o640); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return clitest.Run(t, Commands(), args...)
 }
 
 // rolloutSetPreflight is asked before a percentage above 0 is written,
 // with the platforms it reaches; its error refuses the change. Not
 // parallel: it sets the package's hook.
 func TestRolloutSetAsksThePreflightHook(t *testing.T) {
-	path := copyExample(t)
+	path := clitest.FlagFile(t)
 	var asked [][]string
 	previous := rolloutSetPreflight
 	rolloutSetPreflight = func(_ context.Context, _ *cobra.Command, platforms []string, percent float64) error {
