@@ -154,7 +154,7 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var out []prometheus.Metric
-	st, err := vault.RefreshQueue{}.Stats(ctx, g.app.pool, g.app.now(), overdueGrace)
+	st, err := vault.ReadQueueStats(ctx, g.app.pool, g.app.now(), overdueGrace)
 	if err != nil {
 		return g.cached
 	}

@@ -38,7 +38,7 @@ func healthyDatabaseOn(t *testing.T, url string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := (vault.RefreshQueue{}).Schedule(ctx, pool, a.ID, a.Version, time.Now().Add(time.Hour)); err != nil {
+		if _, err := vault.ScheduleRenewal(ctx, pool, a.ID, a.Version, time.Now().Add(time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 	}

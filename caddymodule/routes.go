@@ -672,7 +672,7 @@ func (h *Handler) queueHealth(ctx context.Context, reachable bool, healthy *bool
 	if !reachable {
 		return map[string]any{"ok": false, "error": "database unreachable"}
 	}
-	st, err := vault.RefreshQueue{}.Stats(ctx, h.app.pool, h.app.now(), overdueGrace)
+	st, err := vault.ReadQueueStats(ctx, h.app.pool, h.app.now(), overdueGrace)
 	if err != nil {
 		*healthy = false
 		return map[string]any{"ok": false, "error": "cannot read the refresh queue"}

@@ -50,7 +50,7 @@ func (f *Flows) Disconnect(ctx context.Context, p *oauth.Provider, userID string
 		if err != nil {
 			return err
 		}
-		if err := (vault.RefreshQueue{}).Cancel(wctx, tx, gone.ID); err != nil {
+		if err := vault.CancelRenewals(wctx, tx, gone.ID); err != nil {
 			return err
 		}
 		return vault.AppendAudit(wctx, tx, vault.Event{UserID: userID, Platform: platform, Action: vault.ActionDisconnect,

@@ -299,7 +299,7 @@ func rateChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Tim
 }
 
 func queueChecks(ctx context.Context, db vault.DB, _ *vault.Keyring, now time.Time, opt VerifyOptions) ([]Check, error) {
-	st, err := vault.RefreshQueue{}.Stats(ctx, db, now, opt.OverdueGrace)
+	st, err := vault.ReadQueueStats(ctx, db, now, opt.OverdueGrace)
 	if err != nil {
 		return nil, err
 	}

@@ -71,20 +71,26 @@ func (b Backoff) Delay(attempt int) time.Duration {
 	return half + rand.N(half+1)
 }
 
-// RefreshQueue is the token_refresh_queue: leased jobs, at most one open
-// (pending or running) per account.
-type RefreshQueue struct{}
+// RefreshQueue is one worker's hold on the token_refresh_queue (leased
+// jobs, at most one open, pending or running, per account): the name its
+// claims are leased under (locked_by), which every finish must match.
+// What concerns an account rather than a claim is a function:
+// ScheduleRenewal, CancelRenewals, ScheduleUnscheduled,
+// PruneFinishedJobs, ReadQueueStats.
+type RefreshQueue struct {
+	Worker string
+}
 
 // ErrLeaseLost is returned when a job's lease expired and another worker
 // took it over.
 var ErrLeaseLost = errors.New("refresh job lease was lost to another worker")
 
-// Schedule enqueues a refresh of account, whose credentials are at
+// ScheduleRenewal enqueues a refresh of account, whose credentials are at
 // version, at runAt. It is idempotent: an open job for the account is
 // kept; while it is pending it takes the new version, and its run time
 // moves unless it is waiting out a retry backoff for the same version.
 // It returns the job id.
-func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, version int64, runAt time.Time) (int64, error) {
+func ScheduleRenewal(ctx context.Context, db DB, accountID string, version int64, runAt time.Time) (int64, error) {
 	var id int64
 	if err := db.QueryRow(ctx, scheduleSQL, accountID, version, runAt).Scan(&id); err != nil {
 		return 0, fmt.Errorf("scheduling refresh: %w", err)
@@ -92,8 +98,8 @@ func (RefreshQueue) Schedule(ctx context.Context, db DB, accountID string, versi
 	return id, nil
 }
 
-// QueueSchedule queues Schedule on b.
-func (RefreshQueue) QueueSchedule(b *pgx.Batch, accountID string, version int64, runAt time.Time) {
+// QueueScheduleRenewal queues ScheduleRenewal on b.
+func QueueScheduleRenewal(b *pgx.Batch, accountID string, version int64, runAt time.Time) {
 	b.Queue(scheduleSQL, accountID, version, runAt)
 }
 
@@ -132,7 +138,8 @@ const scheduleSQL = `INSERT INTO token_refresh_queue (social_account_id, credent
 // caller's clock, the one token expiries are computed with (a test moves
 // it forward); a lease is measured by the database's clock, because it
 // is about how long a worker has really been silent.
-func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, lease time.Duration, now time.Time) ([]Job, error) {
+func (q RefreshQueue) Claim(ctx context.Context, db DB, n int, lease time.Duration, now time.Time) ([]Job, error) {
+	worker := q.Worker
 	rows, err := db.Query(ctx, `WITH due AS (
 			SELECT id FROM token_refresh_queue
 			WHERE (status = 'pending' AND run_at <= $4)
@@ -162,7 +169,8 @@ func (RefreshQueue) Claim(ctx context.Context, db DB, worker string, n int, leas
 // Complete marks a job done. Complete, Fail and Kill match the claim by
 // worker and attempt number, so a worker whose lease expired cannot finish
 // the job another claim now holds, even under the same worker name.
-func (RefreshQueue) Complete(ctx context.Context, db DB, job Job, worker string) error {
+func (q RefreshQueue) Complete(ctx context.Context, db DB, job Job) error {
+	worker := q.Worker
 	return finish(ctx, db, completeSQL, job.ID, worker, job.Attempts)
 }
 
@@ -170,7 +178,8 @@ func (RefreshQueue) Complete(ctx context.Context, db DB, job Job, worker string)
 // token is the app's and the app still renews it (app-refresh on). The
 // mark (last_error app_renews) lets ScheduleUnscheduled queue the
 // account again once the operator says the app's refresh is off.
-func (RefreshQueue) LeaveToApp(ctx context.Context, db DB, job Job, worker string) error {
+func (q RefreshQueue) LeaveToApp(ctx context.Context, db DB, job Job) error {
+	worker := q.Worker
 	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'done', locked_by = NULL, locked_until = NULL,
 		last_error = '`+appRenewsMark+`', updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`,
 		job.ID, worker, job.Attempts)
@@ -186,13 +195,15 @@ const completeSQL = `UPDATE token_refresh_queue SET status = 'done', locked_by =
 // account's next one: pending at runAt for credentials version, with no
 // attempts. One statement instead of Complete plus Schedule, which is
 // what a renewal does every time.
-func (RefreshQueue) Reschedule(ctx context.Context, db DB, job Job, worker string, version int64, runAt time.Time) error {
+func (q RefreshQueue) Reschedule(ctx context.Context, db DB, job Job, version int64, runAt time.Time) error {
+	worker := q.Worker
 	return finish(ctx, db, rescheduleSQL, job.ID, worker, job.Attempts, version, runAt)
 }
 
 // QueueReschedule queues Reschedule on b; a lost lease is ErrLeaseLost
 // from the batch.
-func (RefreshQueue) QueueReschedule(b *pgx.Batch, job Job, worker string, version int64, runAt time.Time) {
+func (q RefreshQueue) QueueReschedule(b *pgx.Batch, job Job, version int64, runAt time.Time) {
+	worker := q.Worker
 	b.Queue(rescheduleSQL, job.ID, worker, job.Attempts, version, runAt).Exec(leaseHeld)
 }
 
@@ -202,7 +213,8 @@ const rescheduleSQL = `UPDATE token_refresh_queue SET status = 'pending', locked
 
 // QueueComplete queues Complete on b; a lost lease is ErrLeaseLost from
 // the batch.
-func (RefreshQueue) QueueComplete(b *pgx.Batch, job Job, worker string) {
+func (q RefreshQueue) QueueComplete(b *pgx.Batch, job Job) {
+	worker := q.Worker
 	b.Queue(completeSQL, job.ID, worker, job.Attempts).Exec(leaseHeld)
 }
 
@@ -217,7 +229,8 @@ func leaseHeld(tag pgconn.CommandTag) error {
 // from now, or marked dead after b.MaxAttempts. errorCode is a stable
 // code, never a provider's raw message. It reports whether the job is now
 // dead.
-func (RefreshQueue) Fail(ctx context.Context, db DB, job Job, worker, errorCode string, b Backoff, now time.Time) (dead bool, err error) {
+func (q RefreshQueue) Fail(ctx context.Context, db DB, job Job, errorCode string, b Backoff, now time.Time) (dead bool, err error) {
+	worker := q.Worker
 	b = b.withDefaults()
 	if job.Attempts >= b.MaxAttempts {
 		return true, finish(ctx, db, `UPDATE token_refresh_queue SET status = 'dead', locked_by = NULL, locked_until = NULL,
@@ -232,20 +245,22 @@ func (RefreshQueue) Fail(ctx context.Context, db DB, job Job, worker, errorCode 
 // runAt, with this attempt counted. For a run that failed before it could
 // record anything (the database went away), so the job does not wait out
 // the claim's lease.
-func (RefreshQueue) Release(ctx context.Context, db DB, job Job, worker string, runAt time.Time) error {
+func (q RefreshQueue) Release(ctx context.Context, db DB, job Job, runAt time.Time) error {
+	worker := q.Worker
 	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'pending', locked_by = NULL, locked_until = NULL,
 		run_at = $4, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'`, job.ID, worker, job.Attempts, runAt)
 }
 
 // Kill marks a job dead at once, for errors no retry can fix
 // (invalid_grant after the account was marked needs_reauth).
-func (RefreshQueue) Kill(ctx context.Context, db DB, job Job, worker, errorCode string) error {
+func (q RefreshQueue) Kill(ctx context.Context, db DB, job Job, errorCode string) error {
+	worker := q.Worker
 	return finish(ctx, db, `UPDATE token_refresh_queue SET status = 'dead', locked_by = NULL, locked_until = NULL,
 		last_error = $3, updated_at = now() WHERE id = $1 AND locked_by = $2 AND attempts = $4 AND status = 'running'`, job.ID, worker, errorCode, job.Attempts)
 }
 
-// Cancel removes an account's open jobs (on disconnect).
-func (RefreshQueue) Cancel(ctx context.Context, db DB, accountID string) error {
+// CancelRenewals removes an account's open jobs (on disconnect).
+func CancelRenewals(ctx context.Context, db DB, accountID string) error {
 	_, err := db.Exec(ctx, `DELETE FROM token_refresh_queue WHERE social_account_id = $1 AND status IN ('pending', 'running')`, accountID)
 	if err != nil {
 		return fmt.Errorf("cancelling refresh jobs: %w", err)
@@ -272,7 +287,7 @@ func finish(ctx context.Context, db DB, sql string, args ...any) error {
 // dead) for the current version counts, so an account is never queued
 // twice for the same token: that is what stops refresh loops.
 // It returns how many jobs it queued.
-func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Time, limit int) (int64, error) {
+func ScheduleUnscheduled(ctx context.Context, db DB, now time.Time, limit int) (int64, error) {
 	cols, err := appschema.Load(ctx, db)
 	if err != nil {
 		return 0, fmt.Errorf("scheduling unscheduled accounts: %w", err)
@@ -318,9 +333,9 @@ func (RefreshQueue) ScheduleUnscheduled(ctx context.Context, db DB, now time.Tim
 // before the scheduler tries it again.
 const DeadJobCoolOff = 6 * time.Hour
 
-// PruneFinished deletes done jobs last touched before cutoff. Dead jobs
+// PruneFinishedJobs deletes done jobs last touched before cutoff. Dead jobs
 // stay: they are the record of an account that needs a person.
-func (RefreshQueue) PruneFinished(ctx context.Context, db DB, cutoff time.Time) (int64, error) {
+func PruneFinishedJobs(ctx context.Context, db DB, cutoff time.Time) (int64, error) {
 	tag, err := db.Exec(ctx, `DELETE FROM token_refresh_queue WHERE status = 'done' AND updated_at < $1`, cutoff)
 	if err != nil {
 		return 0, fmt.Errorf("pruning finished refresh jobs: %w", err)
@@ -343,9 +358,9 @@ type QueueStats struct {
 	OldestDue time.Duration `json:"-"`
 }
 
-// Stats reads the queue's health at now; a job due for longer than grace
+// ReadQueueStats reads the queue's health at now; a job due for longer than grace
 // is overdue.
-func (RefreshQueue) Stats(ctx context.Context, db DB, now time.Time, grace time.Duration) (QueueStats, error) {
+func ReadQueueStats(ctx context.Context, db DB, now time.Time, grace time.Duration) (QueueStats, error) {
 	var s QueueStats
 	var oldest *time.Time
 	cols, err := appschema.Load(ctx, db)

@@ -393,7 +393,6 @@ func TestRefreshQueue(t *testing.T) {
 	url := pgtest.Database(t)
 	pool := pgtest.Pool(t, url)
 	accounts := vault.NewAccounts(mustKeyring(t, vault.KeyConfig{MasterKey: key(1)}))
-	q := vault.RefreshQueue{}
 
 	const n = 60
 	var ids []string
@@ -403,11 +402,11 @@ func TestRefreshQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids = append(ids, a.ID)
-		first, err := q.Schedule(ctx, pool, a.ID, a.Version, time.Now().Add(-time.Minute))
+		first, err := vault.ScheduleRenewal(ctx, pool, a.ID, a.Version, time.Now().Add(-time.Minute))
 		if err != nil {
 			t.Fatal(err)
 		}
-		second, err := q.Schedule(ctx, pool, a.ID, a.Version, time.Now().Add(-time.Minute))
+		second, err := vault.ScheduleRenewal(ctx, pool, a.ID, a.Version, time.Now().Add(-time.Minute))
 		if err != nil || second != first {
 			t.Fatalf("schedule twice: %d then %d (%v), want the same open job", first, second, err)
 		}
@@ -422,7 +421,7 @@ func TestRefreshQueue(t *testing.T) {
 		wg.Go(func() {
 			worker := fmt.Sprintf("worker-%d", w)
 			for {
-				jobs, err := q.Claim(ctx, pools[w%2], worker, 3, time.Minute, time.Now())
+				jobs, err := (vault.RefreshQueue{Worker: worker}).Claim(ctx, pools[w%2], 3, time.Minute, time.Now())
 				if err != nil {
 					t.Error(err)
 					return
@@ -450,21 +449,21 @@ func TestRefreshQueue(t *testing.T) {
 	var job vault.Job
 	pool.QueryRow(ctx, `UPDATE token_refresh_queue SET locked_until = now() - interval '1 second'
 		WHERE id = (SELECT min(id) FROM token_refresh_queue) RETURNING id, social_account_id::text, attempts`).Scan(&job.ID, &job.AccountID, &job.Attempts)
-	again, err := q.Claim(ctx, pool, "rescuer", 10, time.Minute, time.Now())
+	again, err := (vault.RefreshQueue{Worker: "rescuer"}).Claim(ctx, pool, 10, time.Minute, time.Now())
 	if err != nil || len(again) != 1 || again[0].ID != job.ID || again[0].Attempts != 2 {
 		t.Fatalf("reclaim: %+v %v", again, err)
 	}
-	if err := q.Complete(ctx, pool, job, claimed[job.ID]); !errors.Is(err, vault.ErrLeaseLost) {
+	if err := (vault.RefreshQueue{Worker: claimed[job.ID]}).Complete(ctx, pool, job); !errors.Is(err, vault.ErrLeaseLost) {
 		t.Errorf("old holder completed a lost job: %v", err)
 	}
 	// Even under the same worker name, a claim from an earlier attempt
 	// cannot finish the job.
 	stale := again[0]
 	stale.Attempts = 1
-	if err := q.Complete(ctx, pool, stale, "rescuer"); !errors.Is(err, vault.ErrLeaseLost) {
+	if err := (vault.RefreshQueue{Worker: "rescuer"}).Complete(ctx, pool, stale); !errors.Is(err, vault.ErrLeaseLost) {
 		t.Errorf("a stale attempt completed the job: %v", err)
 	}
-	if err := q.Complete(ctx, pool, again[0], "rescuer"); err != nil {
+	if err := (vault.RefreshQueue{Worker: "rescuer"}).Complete(ctx, pool, again[0]); err != nil {
 		t.Fatal(err)
 	}
 
@@ -475,7 +474,7 @@ func TestRefreshQueue(t *testing.T) {
 		if id != job.ID {
 			failing = vault.Job{ID: id}
 			pool.QueryRow(ctx, `SELECT social_account_id::text, attempts FROM token_refresh_queue WHERE id = $1`, id).Scan(&failing.AccountID, &failing.Attempts)
-			dead, err := q.Fail(ctx, pool, failing, w, "provider_unavailable", backoff, time.Now())
+			dead, err := (vault.RefreshQueue{Worker: w}).Fail(ctx, pool, failing, "provider_unavailable", backoff, time.Now())
 			if err != nil || dead {
 				t.Fatalf("first failure: dead=%v %v", dead, err)
 			}
@@ -489,7 +488,7 @@ func TestRefreshQueue(t *testing.T) {
 		t.Errorf("after failure: %s %s retry in %v, want pending in 30–60 min", status, lastErr, delay)
 	}
 	pool.Exec(ctx, `UPDATE token_refresh_queue SET run_at = now() WHERE id = $1`, failing.ID)
-	retry, _ := q.Claim(ctx, pool, "w2", 100, time.Minute, time.Now())
+	retry, _ := (vault.RefreshQueue{Worker: "w2"}).Claim(ctx, pool, 100, time.Minute, time.Now())
 	var mine vault.Job
 	for _, j := range retry {
 		if j.ID == failing.ID {
@@ -499,12 +498,12 @@ func TestRefreshQueue(t *testing.T) {
 	if mine.Attempts != 2 {
 		t.Fatalf("retry not claimed: %+v", retry)
 	}
-	dead, err := q.Fail(ctx, pool, mine, "w2", "provider_unavailable", backoff, time.Now())
+	dead, err := (vault.RefreshQueue{Worker: "w2"}).Fail(ctx, pool, mine, "provider_unavailable", backoff, time.Now())
 	if err != nil || !dead {
 		t.Errorf("second failure with MaxAttempts 2: dead=%v %v", dead, err)
 	}
 
-	if err := q.Cancel(ctx, pool, ids[5]); err != nil {
+	if err := vault.CancelRenewals(ctx, pool, ids[5]); err != nil {
 		t.Fatal(err)
 	}
 	var open int

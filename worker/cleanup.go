@@ -39,7 +39,7 @@ func Cleanup(ctx context.Context, db vault.DB, now time.Time, trigger string, wa
 		if res.States, err = states.CleanupExpired(ctx, tx); err != nil {
 			return err
 		}
-		if res.Jobs, err = (vault.RefreshQueue{}).PruneFinished(ctx, tx, now.Add(-finishedJobRetention)); err != nil {
+		if res.Jobs, err = vault.PruneFinishedJobs(ctx, tx, now.Add(-finishedJobRetention)); err != nil {
 			return err
 		}
 		// The app's flows whose callback never came (abandoned at the

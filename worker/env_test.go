@@ -213,7 +213,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // settled reports whether no refresh job is due or running at the
 // sandbox's now.
 func (e *env) settled() bool {
-	st, err := vault.RefreshQueue{}.Stats(context.Background(), e.pool, e.clock.Now(), 0)
+	st, err := vault.ReadQueueStats(context.Background(), e.pool, e.clock.Now(), 0)
 	if err != nil || st.Due != 0 || st.Running != 0 {
 		return false
 	}

@@ -226,7 +226,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 		}
 		na, nc, rerr := r.renew(ctx, txCtx, tx, p, locked, trigger, 0, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
 			if at, ok := r.nextLook(p, na, nc); ok {
-				vault.RefreshQueue{}.QueueSchedule(b, na.ID, na.Version, at)
+				vault.QueueScheduleRenewal(b, na.ID, na.Version, at)
 			}
 		}, rn)
 		attempted, attempt = true, rerr
@@ -240,7 +240,7 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 			if err := r.markNeedsReauth(txCtx, tx, a, rerr, rn); err != nil {
 				return err
 			}
-			if err := (vault.RefreshQueue{}).Cancel(txCtx, tx, a.ID); err != nil {
+			if err := vault.CancelRenewals(txCtx, tx, a.ID); err != nil {
 				return err
 			}
 			failure = ErrNeedsReauth
@@ -535,7 +535,7 @@ func (r *Refresher) Schedule(ctx context.Context, tx vault.DB, p *oauth.Provider
 	if !ok {
 		return nil
 	}
-	_, err := vault.RefreshQueue{}.Schedule(ctx, tx, a.ID, a.Version, at)
+	_, err := vault.ScheduleRenewal(ctx, tx, a.ID, a.Version, at)
 	return err
 }
 

@@ -75,7 +75,7 @@ func TestARenewalTheCallerAbandonsAfterThePlatformAnsweredIsStillSaved(t *testin
 	}
 	providers := map[string]*oauth.Provider{"twitter": p}
 	w := e.workers("w", e.pool, providers)
-	jobs, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "w", 1, time.Minute, e.clock.Now())
+	jobs, err := (vault.RefreshQueue{Worker: "w"}).Claim(context.Background(), e.pool, 1, time.Minute, e.clock.Now())
 	if err != nil || len(jobs) != 1 {
 		t.Fatalf("claim: %v %v", jobs, err)
 	}
@@ -184,7 +184,7 @@ func TestAJobClaimedTooOftenDies(t *testing.T) {
 	e.clock.Advance(110 * time.Minute)
 	pgtest.Exec(t, e.url, `UPDATE token_refresh_queue SET attempts = 9`)
 	w := e.workers("w", e.pool, nil)
-	jobs, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "w", 1, time.Minute, e.clock.Now())
+	jobs, err := (vault.RefreshQueue{Worker: "w"}).Claim(context.Background(), e.pool, 1, time.Minute, e.clock.Now())
 	if err != nil || len(jobs) != 1 {
 		t.Fatal(jobs, err)
 	}
@@ -236,7 +236,7 @@ func TestFailedRenewalAuditRowsCarryTheirTrace(t *testing.T) {
 	exp := tracetest.NewInMemoryExporter()
 	w := e.workers("w", e.pool, nil)
 	w.Refresher.Tracer = sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)).Tracer("test")
-	jobs, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "w", 1, time.Minute, e.clock.Now())
+	jobs, err := (vault.RefreshQueue{Worker: "w"}).Claim(context.Background(), e.pool, 1, time.Minute, e.clock.Now())
 	if err != nil || len(jobs) != 1 {
 		t.Fatal(jobs, err)
 	}
@@ -315,7 +315,7 @@ func TestAJobWhoseBlobDoesNotOpenIsReported(t *testing.T) {
 	w := e.workers("w", e.pool, nil)
 	var reported []string
 	w.Refresher.DecryptFailed = func(platform string) { reported = append(reported, platform) }
-	jobs, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "w", 1, time.Minute, e.clock.Now())
+	jobs, err := (vault.RefreshQueue{Worker: "w"}).Claim(context.Background(), e.pool, 1, time.Minute, e.clock.Now())
 	if err != nil || len(jobs) != 1 {
 		t.Fatal(jobs, err)
 	}

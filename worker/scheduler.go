@@ -20,7 +20,7 @@ const scheduleBatch = 5000
 // takes each job decides, with the Policy, when it is really due.
 func ScheduleUnscheduled(ctx context.Context, db vault.DB, now time.Time) (queued int64, err error) {
 	_, err = exclusively(ctx, db, lockSchedule, false, func(tx pgx.Tx) error {
-		queued, err = vault.RefreshQueue{}.ScheduleUnscheduled(ctx, tx, now, scheduleBatch)
+		queued, err = vault.ScheduleUnscheduled(ctx, tx, now, scheduleBatch)
 		return err
 	})
 	return queued, err

@@ -56,6 +56,10 @@ type Workers struct {
 	once sync.Once
 }
 
+// queue is the refresh queue as this worker holds it: its claims and
+// finishes under its name.
+func (w *Workers) queue() vault.RefreshQueue { return vault.RefreshQueue{Worker: w.Name} }
+
 // defaults fills unset fields once, before any goroutine reads them.
 func (w *Workers) defaults() { w.once.Do(w.setDefaults) }
 
@@ -99,7 +103,7 @@ func (w *Workers) Run(ctx, jobCtx context.Context) {
 		var batch []vault.Job
 		var err error
 		if w.Ready() {
-			batch, err = vault.RefreshQueue{}.Claim(ctx, w.Refresher.DB, w.Name, w.N, w.Lease, w.Refresher.now())
+			batch, err = w.queue().Claim(ctx, w.Refresher.DB, w.N, w.Lease, w.Refresher.now())
 		}
 		if err != nil && ctx.Err() == nil {
 			failures++
@@ -177,7 +181,7 @@ func (w *Workers) RunJob(ctx context.Context, j vault.Job) (platform string, res
 		ctx, cancel := context.WithTimeout(ctx, renewalWriteBudget)
 		defer cancel()
 		at := w.Refresher.now().Add(min(left, 10*time.Second) + time.Second)
-		if err := w.finish((vault.RefreshQueue{}).Reschedule(ctx, w.Refresher.DB, j, w.Name, j.Version, at)); err != nil {
+		if err := w.finish(w.queue().Reschedule(ctx, w.Refresher.DB, j, j.Version, at)); err != nil {
 			return "", "", fmt.Errorf("refresh job %d: %w", j.ID, err)
 		}
 		return "", ResultWaiting, nil
@@ -221,7 +225,7 @@ func (w *Workers) release(j vault.Job) {
 	defer cancel()
 	// A short pause, not the claim's whole lease: the fault is usually
 	// gone in seconds, and MaxAttempts still bounds a job that never runs.
-	if err := w.finish((vault.RefreshQueue{}).Release(ctx, w.Refresher.DB, j, w.Name, w.Refresher.now().Add(10*time.Second))); err != nil {
+	if err := w.finish(w.queue().Release(ctx, w.Refresher.DB, j, w.Refresher.now().Add(10*time.Second))); err != nil {
 		w.Refresher.logger().Debug("releasing a refresh job failed; its claim runs out by itself", zap.Error(err))
 	}
 }
@@ -232,12 +236,12 @@ func (w *Workers) release(j vault.Job) {
 type startRenewal func(ctx context.Context) (context.Context, func(error))
 
 func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, locked vault.Renewable, lockErr error, start startRenewal, rn *renewal) (JobResult, error) {
-	r, q := w.Refresher, vault.RefreshQueue{}
+	r, q := w.Refresher, w.queue()
 	a, c := locked.Account, locked.Credentials
 	live := a.Status == vault.StatusConnected || a.Status == vault.StatusExpiring
 	switch {
 	case errors.Is(lockErr, vault.ErrNotConnected) || (lockErr == nil && !live):
-		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))
+		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j))
 	case vault.Undecryptable(lockErr) && a.ID != "":
 		// No retry fixes that, a key does.
 		if r.DecryptFailed != nil {
@@ -254,7 +258,7 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 	p, ok := r.Providers[a.Platform]
 	if !ok {
 		// A platform removed from the config: nothing can renew it.
-		return ResultSkipped, w.finish(q.Kill(txCtx, tx, j, w.Name, "unknown_platform"))
+		return ResultSkipped, w.finish(q.Kill(txCtx, tx, j, "unknown_platform"))
 	}
 	if a.AppOwned && !locked.Settings.AppRefreshOff {
 		// The settings were read through a cache that may be a moment
@@ -271,11 +275,11 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 	if a.AppOwned && !locked.Settings.AppRefreshOff {
 		// The app's token, and the app still renews it: no renewal, and
 		// no expiring or needs_reauth mark either (the app decides).
-		return ResultSkipped, w.finish(q.LeaveToApp(txCtx, tx, j, w.Name))
+		return ResultSkipped, w.finish(q.LeaveToApp(txCtx, tx, j))
 	}
 	switch plan := r.Policy.Next(RenewalOf(p), a, c, r.now()); plan.Step {
 	case StepIdle:
-		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j, w.Name))
+		return ResultSkipped, w.finish(q.Complete(txCtx, tx, j))
 	case StepWait:
 		return ResultWaiting, w.reschedule(txCtx, tx, j, a, plan.At)
 	case StepMarkExpiring:
@@ -292,7 +296,7 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 		if err := r.markNeedsReauth(txCtx, tx, a, nil, nil); err != nil {
 			return "", err
 		}
-		return ResultNeedsReauth, w.finish(q.Complete(txCtx, tx, j, w.Name))
+		return ResultNeedsReauth, w.finish(q.Complete(txCtx, tx, j))
 	}
 	ctx, attempted := start(ctx)
 	// The failure's audit rows carry the renewal's trace too.
@@ -305,15 +309,15 @@ func (w *Workers) runLocked(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, 
 // renewJob renews a due token and ends the claim: the job becomes the
 // account's next look, or is retried with backoff, or dies.
 func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p *oauth.Provider, locked vault.Renewable, rn *renewal) (res JobResult, rerr, err error) {
-	r, q, a := w.Refresher, vault.RefreshQueue{}, locked.Account
+	r, q, a := w.Refresher, w.queue(), locked.Account
 	// A lost lease does not stop the renewal from being saved: the
 	// platform has already rotated the token. The other claimant finds it
 	// fresh once it gets the row lock, and ends the job itself.
 	_, _, rerr = r.renew(ctx, txCtx, tx, p, locked, "refresh_worker", j.Attempts, func(b *pgx.Batch, na vault.Account, nc vault.Credentials) {
 		if at, ok := r.nextLook(p, na, nc); ok {
-			q.QueueReschedule(b, j, w.Name, na.Version, at)
+			q.QueueReschedule(b, j, na.Version, at)
 		} else {
-			q.QueueComplete(b, j, w.Name)
+			q.QueueComplete(b, j)
 		}
 	}, rn)
 	switch {
@@ -325,9 +329,9 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 		if err := r.markNeedsReauth(txCtx, tx, a, rerr, rn); err != nil {
 			return "", rerr, err
 		}
-		return ResultNeedsReauth, rerr, w.finish(q.Kill(txCtx, tx, j, w.Name, errorCode(rerr)))
+		return ResultNeedsReauth, rerr, w.finish(q.Kill(txCtx, tx, j, errorCode(rerr)))
 	}
-	dead, ferr := q.Fail(txCtx, tx, j, w.Name, errorCode(rerr), w.Backoff, r.now())
+	dead, ferr := q.Fail(txCtx, tx, j, errorCode(rerr), w.Backoff, r.now())
 	if err := r.auditFailure(txCtx, tx, a, rerr, "refresh_worker", map[string]any{"attempt": j.Attempts, "dead": dead}); err != nil {
 		return "", rerr, err
 	}
@@ -347,7 +351,7 @@ func (w *Workers) kill(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Acco
 		Details: map[string]any{"account_id": a.ID, "trigger": "refresh_worker", "attempt": j.Attempts, "dead": true}}); err != nil {
 		return err
 	}
-	if err := (vault.RefreshQueue{}).Kill(ctx, tx, j, w.Name, code); err != nil {
+	if err := w.queue().Kill(ctx, tx, j, code); err != nil {
 		return w.finish(err)
 	}
 	return w.announceGaveUp(ctx, tx, a, code, j.Attempts)
@@ -364,7 +368,7 @@ func (w *Workers) announceGaveUp(ctx context.Context, tx pgx.Tx, a vault.Account
 
 // reschedule ends this claim by making the job the account's next look.
 func (w *Workers) reschedule(ctx context.Context, tx pgx.Tx, j vault.Job, a vault.Account, at time.Time) error {
-	return w.finish((vault.RefreshQueue{}).Reschedule(ctx, tx, j, w.Name, a.Version, at))
+	return w.finish(w.queue().Reschedule(ctx, tx, j, a.Version, at))
 }
 
 // finish tolerates a lost lease: the account row lock, not the job,

@@ -92,7 +92,7 @@ func TestJobsOfACrashedInstanceAreReclaimedAfterTheLease(t *testing.T) {
 	// more comes from it.
 	// A 5 s lease: the check below, a second after the survivor starts,
 	// must fall inside it however slow the machine is to start it.
-	claimed, err := vault.RefreshQueue{}.Claim(context.Background(), e.pool, "crashed", 100, 5*time.Second, e.clock.Now())
+	claimed, err := (vault.RefreshQueue{Worker: "crashed"}).Claim(context.Background(), e.pool, 100, 5*time.Second, e.clock.Now())
 	if err != nil || len(claimed) != n {
 		t.Fatalf("crashed instance claimed %d (%v), want %d", len(claimed), err, n)
 	}
@@ -144,7 +144,6 @@ func TestRefreshFaults(t *testing.T) {
 	w.Backoff = vault.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond, MaxAttempts: 50}
 	w.Refresher.ProviderTimeout = 300 * time.Millisecond
 	ctx := context.Background()
-	rq := vault.RefreshQueue{}
 
 	// 5xx: every token call fails until the fault is cleared.
 	e.sandbox.SetFault("twitter.token", sandbox.Fault{ErrorRate: 1})
@@ -188,7 +187,7 @@ func TestRefreshFaults(t *testing.T) {
 		AND error_code = 'invalid_grant' AND details->>'needs_reauth' = 'true'`); n != 3 {
 		t.Errorf("%d needs_reauth audit rows, want 3 (one per account, never retried)", n)
 	}
-	st, err := rq.Stats(ctx, e.pool, e.clock.Now(), 0)
+	st, err := vault.ReadQueueStats(ctx, e.pool, e.clock.Now(), 0)
 	if err != nil || st.Pending != 0 || st.Running != 0 {
 		t.Errorf("queue after invalid_grant: %+v %v; want no open job", st, err)
 	}
