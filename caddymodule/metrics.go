@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credgate/credgate/identity"
@@ -162,17 +161,7 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 		out = append(out, prometheus.MustNewConstMetric(queueJobsDesc, prometheus.GaugeValue, float64(n), status))
 	}
 	out = append(out, prometheus.MustNewConstMetric(oldestDueDesc, prometheus.GaugeValue, st.OldestDue.Seconds()))
-	// The rows hold the app's names for the platforms.
-	settings, err := g.app.settings.Get(ctx)
-	if err != nil {
-		return g.cached
-	}
-	appNames := make([]string, 0, len(g.app.platforms()))
-	for _, p := range g.app.platforms() {
-		appNames = append(appNames, settings.AppPlatform(p))
-	}
-	rows, err := g.app.pool.Query(ctx, settings.Columns.SQL(`SELECT platform, {status}, count(*) FROM social_accounts
-		WHERE platform = ANY($1) GROUP BY 1, 2`), appNames)
+	counted, err := g.app.accounts.CountByStatus(ctx, g.app.pool, g.app.platforms())
 	if err != nil {
 		return g.cached
 	}
@@ -182,21 +171,8 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 	byKey := map[[2]string]float64{}
 	for _, p := range g.app.platforms() {
 		for _, st := range []vault.Status{vault.StatusConnected, vault.StatusExpiring, vault.StatusNeedsReauth, vault.StatusRevoked, vault.StatusDisconnected} {
-			byKey[[2]string{p, string(st)}] = 0
+			byKey[[2]string{p, string(st)}] = float64(counted[p][st])
 		}
-	}
-	_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct{}, error) {
-		var platform, status string
-		var n int64
-		err := r.Scan(&platform, &status, &n)
-		platform = settings.Platform(platform)
-		if _, known := byKey[[2]string{platform, status}]; known {
-			byKey[[2]string{platform, status}] = float64(n)
-		}
-		return struct{}{}, err
-	})
-	if err != nil {
-		return g.cached
 	}
 	var counts []prometheus.Metric
 	for k, n := range byKey {

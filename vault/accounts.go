@@ -695,6 +695,44 @@ func (s *Accounts) ListOpened(ctx context.Context, db DB, userID string) ([]Open
 	return out, nil
 }
 
+// CountByStatus counts the accounts of each of platforms (credgate's
+// names for them) by status, in one statement; a platform or status with
+// no rows is absent. The rows hold the app's names for the platforms
+// (Settings.AppPlatform), mapped both ways here.
+func (s *Accounts) CountByStatus(ctx context.Context, db DB, platforms []string) (map[string]map[Status]int64, error) {
+	settings, err := s.settings.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	appNames := make([]string, 0, len(platforms))
+	for _, p := range platforms {
+		appNames = append(appNames, settings.AppPlatform(p))
+	}
+	rows, err := db.Query(ctx, settings.Columns.SQL(`SELECT platform, {status}, count(*) FROM social_accounts
+		WHERE platform = ANY($1) GROUP BY 1, 2`), appNames)
+	if err != nil {
+		return nil, fmt.Errorf("counting accounts: %w", err)
+	}
+	out := map[string]map[Status]int64{}
+	_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct{}, error) {
+		var platform, status string
+		var n int64
+		if err := r.Scan(&platform, &status, &n); err != nil {
+			return struct{}{}, err
+		}
+		platform = settings.Platform(platform)
+		if out[platform] == nil {
+			out[platform] = map[Status]int64{}
+		}
+		out[platform][Status(status)] += n
+		return struct{}{}, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("counting accounts: %w", err)
+	}
+	return out, nil
+}
+
 // MarkExpiring sets status expiring on account a, whose token only the
 // user can renew and which ends at expiresAt, and announces it
 // (account.expiring) when the status changed: a second look at an
