@@ -1,9 +1,7 @@
 package caddymodule
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -20,7 +18,6 @@ import (
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
-	"github.com/credgate/credgate/worker"
 )
 
 func init() {
@@ -264,25 +261,8 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, platform string) {
 	// Reads of one user in a burst go to the database once
 	// (worker.RecentFor), as egress's do.
-	minValidity := time.Duration(t.MinValidity)
-	tok, kept := t.app.refresher.Recent(user, platform, minValidity)
-	source := "credentials_encrypted"
-	var err error
-	if !kept {
-		// A renewal waits for the platform: give it the refresher's budget.
-		ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
-		defer cancel()
-		tok, err = t.app.refresher.ReadRecent(ctx, user, platform, minValidity, "token_api")
-		if errors.Is(err, vault.ErrNotConnected) && t.ServeLegacyPlaintext {
-			var access secret.Value
-			tok.Account, access, err = t.app.accounts.LegacyToken(ctx, t.app.pool, user, platform)
-			tok.Credentials = vault.Credentials{AccessToken: access}
-			source = "legacy_plaintext"
-			if err == nil {
-				err = worker.VouchForAppToken(tok.Account, time.Now())
-			}
-		}
-	}
+	tok, err := t.app.refresher.ReadForBackEnd(r.Context(), user, platform, time.Duration(t.MinValidity), t.ServeLegacyPlaintext)
+	source := tok.Source
 	// Counted, not written: the app's audit row for this read comes with
 	// the window's others (App.AuditReadWindow).
 	audit := func(status vault.Outcome, code string) {

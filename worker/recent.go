@@ -2,9 +2,13 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/vault"
 )
 
 // RecentFor is how long ReadRecent serves a token again without reading
@@ -89,6 +93,52 @@ func (r *Refresher) sweep(now time.Time) {
 		}
 		return true
 	})
+}
+
+// Where a token read for the back end came from (BackEndRead.Source).
+const (
+	SourceSealed          = "credentials_encrypted"
+	SourceLegacyPlaintext = "legacy_plaintext"
+)
+
+// BackEndRead is a token read for the app's back end through the token
+// API: the token, and where it came from.
+type BackEndRead struct {
+	Token
+	// Source is SourceSealed, or SourceLegacyPlaintext for an app row
+	// credgate has not sealed yet.
+	Source string
+}
+
+// backEndReadBudget is a back-end read's budget when it has to go to the
+// database: a renewal waits for the platform.
+const backEndReadBudget = 40 * time.Second
+
+// ReadForBackEnd is the token API's read of userID's token on platform,
+// valid for minValidity: this instance's recent read when it has one
+// (no context is even made for it), else ReadRecent (the database, and a
+// renewal first when the token is about to expire). With
+// legacyPlaintext, an account credgate has not sealed yet is served from
+// the app's plaintext column, but only while its expiry is known and
+// ahead (VouchForAppToken).
+func (r *Refresher) ReadForBackEnd(ctx context.Context, userID, platform string, minValidity time.Duration, legacyPlaintext bool) (BackEndRead, error) {
+	if tok, ok := r.Recent(userID, platform, minValidity); ok {
+		return BackEndRead{Token: tok, Source: SourceSealed}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, backEndReadBudget)
+	defer cancel()
+	tok, err := r.ReadRecent(ctx, userID, platform, minValidity, "token_api")
+	if !errors.Is(err, vault.ErrNotConnected) || !legacyPlaintext {
+		return BackEndRead{Token: tok, Source: SourceSealed}, err
+	}
+	read := BackEndRead{Source: SourceLegacyPlaintext}
+	var access secret.Value
+	read.Account, access, err = r.Accounts.LegacyToken(ctx, r.DB, userID, platform)
+	read.Credentials = vault.Credentials{AccessToken: access}
+	if err == nil {
+		err = VouchForAppToken(read.Account, time.Now())
+	}
+	return read, err
 }
 
 // Recent is ReadRecent's answer when it needs no database: the token
