@@ -3,18 +3,13 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +21,7 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/egress"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
@@ -127,17 +123,9 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 			e.bases[name] = base
 		}
 	}
-	// Pooled connections per platform host, like reverse_proxy's, with
-	// reverse_proxy's kinds of bounds: a platform that does not accept or
-	// does not answer must not hold a call (and its MaxInFlight slot)
-	// for as long as the caller waits.
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConnsPerHost = 64
-	dialer := &net.Dialer{Timeout: time.Duration(e.DialTimeout), KeepAlive: 30 * time.Second}
-	t.DialContext = dialer.DialContext
-	t.TLSHandshakeTimeout = time.Duration(e.DialTimeout)
-	t.ResponseHeaderTimeout = time.Duration(e.ResponseHeaderTimeout)
-	e.transport = t
+	// A platform that does not accept or does not answer must not hold a
+	// call, and its MaxInFlight place, for as long as the caller waits.
+	e.transport = egress.NewTransport(time.Duration(e.DialTimeout), time.Duration(e.ResponseHeaderTimeout))
 	return nil
 }
 
@@ -147,47 +135,6 @@ func (e *Egress) Cleanup() error {
 		t.CloseIdleConnections()
 	}
 	return nil
-}
-
-// hopHeaders are the request headers never forwarded: credgate's own, and
-// what would let the caller steer the connection.
-var egressDropHeaders = []string{"Authorization", "X-Credgate-User", retryHeader, "Cookie", "Proxy-Authorization", "Forwarded",
-	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
-
-// dropCallerHeaders removes egressDropHeaders from an outgoing call.
-func dropCallerHeaders(h http.Header) {
-	for _, name := range egressDropHeaders {
-		h.Del(name)
-	}
-}
-
-// retryHeader is how the app says that a call which is not idempotent
-// (a POST, a PATCH) may be sent twice: "X-Credgate-Retry: safe". Without
-// it such a call is never resent, since the platform may have acted on
-// the first send although it answered 401.
-const retryHeader = "X-Credgate-Retry"
-
-// renewedHeader marks the platform's refusal of a call credgate did not
-// send again: the token is renewed, and the app may resend the call if
-// it knows the platform did not act on it.
-const renewedHeader = "X-Credgate-Renewed"
-
-// mayResend reports whether a call may be sent again after the platform
-// refused its token: idempotent methods (RFC 9110 §9.2.2) always, others
-// only when the app says so with retryHeader.
-func mayResend(r *http.Request) (bool, error) {
-	switch v := r.Header.Values(retryHeader); {
-	case len(v) == 0:
-	case len(v) == 1 && strings.EqualFold(strings.TrimSpace(v[0]), "safe"):
-		return true, nil
-	default:
-		return false, errors.New(retryHeader + " takes one value, safe")
-	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true, nil
-	}
-	return false, nil
 }
 
 // ServeHTTP forwards one API call.
@@ -202,12 +149,12 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	// one, -1 for chunked.)
 	hasBody := r.ContentLength != 0
 	if hasBody {
-		r.Body = newBoundedBody(w, r.Body, time.Duration(e.BodyTimeout))
+		r.Body = egress.BoundBody(w, r.Body, time.Duration(e.BodyTimeout))
 	}
 	if !e.authorized(w, r) {
 		return nil
 	}
-	platform, apiPath, rawPath, err := egressTarget(r)
+	platform, apiPath, rawPath, err := egress.Target(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_path", err.Error())
 		return nil
@@ -223,7 +170,7 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		return nil
 	}
 	user := id.String()
-	resend, err := mayResend(r)
+	resend, err := egress.MayResend(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_retry", err.Error())
 		return nil
@@ -261,86 +208,6 @@ func (e *Egress) admit() bool {
 	return true
 }
 
-// boundedBody is a request body that must arrive by a deadline, set as
-// the connection's read deadline: a slow body then fails its read instead
-// of holding the call, and its connection, open. The deadline is lifted
-// once the body has all arrived, so it never cuts short the wait for the
-// platform's answer (net/http watches the connection from then on, and a
-// read that times out there would cancel the call).
-type boundedBody struct {
-	io.ReadCloser
-	rc       *http.ResponseController
-	timedOut atomic.Bool
-}
-
-// newBoundedBody bounds body to arrive within d. Where the connection
-// takes no deadline (a writer that does not unwrap to net/http's), the
-// body is left as it is.
-func newBoundedBody(w http.ResponseWriter, body io.ReadCloser, d time.Duration) io.ReadCloser {
-	rc := http.NewResponseController(w)
-	if rc.SetReadDeadline(time.Now().Add(d)) != nil {
-		return body
-	}
-	return &boundedBody{ReadCloser: body, rc: rc}
-}
-
-func (b *boundedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	switch {
-	case err == io.EOF:
-		_ = b.rc.SetReadDeadline(time.Time{})
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		b.timedOut.Store(true)
-	}
-	return n, err
-}
-
-// bodyTimedOut reports whether r's body missed its deadline.
-func bodyTimedOut(r *http.Request) bool {
-	b, ok := r.Body.(*boundedBody)
-	return ok && b.timedOut.Load()
-}
-
-// egressTarget reads /{platform}/{api path} from the request. The API
-// path is cleaned and must stay a path: no "..", no scheme or host, no
-// absolute-form request URI.
-func egressTarget(r *http.Request) (platform, apiPath, rawPath string, err error) {
-	if r.URL.IsAbs() || r.URL.Host != "" || r.URL.User != nil {
-		return "", "", "", errors.New("the request URI must be a path: /{platform}/{api path}")
-	}
-	raw := r.URL.EscapedPath()
-	if strings.Contains(raw, `\`) || strings.Contains(strings.ToLower(raw), "%2f") || strings.Contains(strings.ToLower(raw), "%5c") {
-		return "", "", "", errors.New("encoded slashes are not allowed in the path")
-	}
-	rest, ok := strings.CutPrefix(raw, "/")
-	platform, tail, _ := strings.Cut(rest, "/")
-	if !ok || platform == "" || tail == "" {
-		return "", "", "", errors.New("the path is /{platform}/{api path}")
-	}
-	decoded, err := url.PathUnescape("/" + tail)
-	if err != nil {
-		return "", "", "", errors.New("the path is not valid percent-encoding")
-	}
-	for _, seg := range strings.Split(decoded, "/") {
-		if seg == ".." || seg == "." {
-			return "", "", "", errors.New(`"." and ".." are not allowed in the path`)
-		}
-	}
-	if strings.ContainsAny(decoded, "\x00\r\n@") || strings.HasPrefix(decoded, "//") {
-		return "", "", "", errors.New("the path holds characters that could change the target")
-	}
-	// The path goes on as the app encoded it (a LinkedIn URN keeps its
-	// %3A), with its decoded form beside it, as net/url wants.
-	return platform, decoded, "/" + tail, nil
-}
-
-// egressURL is where a call goes: the API base, with the path as the app
-// encoded it.
-func egressURL(base *url.URL, apiPath, rawPath, rawQuery string) *url.URL {
-	return &url.URL{Scheme: base.Scheme, Host: base.Host, Path: strings.TrimRight(base.Path, "/") + apiPath,
-		RawPath: strings.TrimRight(base.EscapedPath(), "/") + rawPath, RawQuery: rawQuery}
-}
-
 // forward calls the platform with the user's token, renewed first when it
 // expires within MinValidity. If the platform refuses the token as expired
 // or revoked, the token is renewed, and the call sent once more when
@@ -372,10 +239,10 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 	// sending it twice does no harm (resend), and only if its body can
 	// be: a call without one always, one with a body kept in memory.
 	retryable := resend && (body != nil || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0)
-	rt := &renewingTransport{next: e.transport, platform: platform, token: token, body: body, retryable: retryable,
+	rt := &egress.RenewingTransport{Next: e.transport, Platform: platform, Token: token, Body: body, Retryable: retryable,
 		// The renewal is audited by the refresher (trigger egress), as
 		// are its failures.
-		renew: func(rejected secret.Value) (secret.Value, error) {
+		Renew: func(rejected secret.Value) (secret.Value, error) {
 			e.app.refresher.Forget(user, platform)
 			renewed, err := e.app.refresher.RenewRejected(ctx, user, platform, rejected, "egress")
 			if err != nil {
@@ -388,9 +255,9 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 		}}
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL = egressURL(base, apiPath, rawPath, r.URL.RawQuery)
+			pr.Out.URL = egress.URL(base, apiPath, rawPath, r.URL.RawQuery)
 			pr.Out.Host = base.Host
-			dropCallerHeaders(pr.Out.Header)
+			egress.DropCallerHeaders(pr.Out.Header)
 			if body != nil {
 				pr.Out.Body = io.NopCloser(bytes.NewReader(body))
 				pr.Out.ContentLength = int64(len(body))
@@ -407,11 +274,11 @@ func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform 
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if rt.renewErr != nil {
-				e.fail(w, r, user, platform, rt.renewErr)
+			if err := rt.RenewErr(); err != nil {
+				e.fail(w, r, user, platform, err)
 				return
 			}
-			if bodyTimedOut(r) {
+			if egress.BodyTimedOut(r) {
 				e.bodyFailed(w, r, platform)
 				return
 			}
@@ -459,89 +326,13 @@ func (e *Egress) fail(w http.ResponseWriter, r *http.Request, user, platform str
 // bodyFailed answers a call whose body could not be read: 408 when it
 // did not arrive within BodyTimeout, else 400.
 func (e *Egress) bodyFailed(w http.ResponseWriter, r *http.Request, platform string) {
-	if !bodyTimedOut(r) {
+	if !egress.BodyTimedOut(r) {
 		writeError(w, http.StatusBadRequest, "invalid_body", "the request body could not be read")
 		return
 	}
 	e.app.metrics.Egress(platform, "request_timeout")
 	w.Header().Set("Connection", "close")
 	writeError(w, http.StatusRequestTimeout, "request_timeout", "the request body did not arrive within body_timeout")
-}
-
-// renewingTransport sends one call with the user's token and, when the
-// platform refuses the token (401, or the Graph APIs' error 190), renews
-// it once; it retries once if the call may be sent again, and otherwise
-// hands back the platform's refusal marked with renewedHeader.
-type renewingTransport struct {
-	next      http.RoundTripper
-	platform  string
-	token     secret.Value
-	body      []byte
-	retryable bool
-	renew     func(rejected secret.Value) (secret.Value, error)
-	renewErr  error
-}
-
-func (t *renewingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	send := func(out *http.Request, token secret.Value) (*http.Response, error) {
-		out.Header.Set("Authorization", "Bearer "+token.Reveal())
-		if t.body != nil {
-			out.Body = io.NopCloser(bytes.NewReader(t.body))
-			out.ContentLength = int64(len(t.body))
-		}
-		return t.next.RoundTrip(out)
-	}
-	// The first attempt uses the outgoing request as it is (it is the
-	// proxy's own copy); only a retry needs a fresh one.
-	resp, err := send(req, t.token)
-	if err != nil || !tokenRefused(t.platform, resp) {
-		return resp, err
-	}
-	renewed, err := t.renew(t.token)
-	if errors.Is(err, worker.ErrRefusedFresh) {
-		// Refused although just issued: the refusal is not about the
-		// token's age, and the app sees the platform's answer as it is.
-		return resp, nil
-	}
-	if err != nil {
-		resp.Body.Close()
-		t.renewErr = err
-		return nil, fmt.Errorf("renewing a refused token: %w", err)
-	}
-	if !t.retryable {
-		// The next call has a working token; whether this one may go
-		// again is the app's to decide.
-		resp.Header.Set(renewedHeader, "true")
-		return resp, nil
-	}
-	resp.Body.Close()
-	return send(req.Clone(req.Context()), renewed)
-}
-
-// tokenRefused reports whether the platform refused the access token
-// itself. X and LinkedIn answer 401; the Graph APIs (Facebook, Instagram)
-// answer 400 or 401 with error code 190. The body is read (it is a small
-// error document) and put back.
-func tokenRefused(platform string, resp *http.Response) bool {
-	if resp.StatusCode == http.StatusUnauthorized {
-		return true
-	}
-	if (platform != "facebook" && platform != "instagram") || resp.StatusCode != http.StatusBadRequest {
-		return false
-	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	// Put back what was read in front of whatever was not, keeping the
-	// original body's Close.
-	resp.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
-	var graph struct {
-		Error struct {
-			Code int `json:"code"`
-		} `json:"error"`
-	}
-	return json.Unmarshal(raw, &graph) == nil && graph.Error.Code == 190
 }
 
 // tokenFailureCodes are the codes tokenFailure answers with.
