@@ -23,6 +23,7 @@ import (
 	"github.com/credgate/credgate/caddymodule"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
+	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -34,8 +35,8 @@ import (
 
 // defaultPlatforms are the platforms the commands list, without --config,
 // besides any the flag file names or the database has outcomes or a halt
-// for.
-var defaultPlatforms = []string{"facebook", "instagram", "linkedin", "twitter"}
+// for: the built-in ones (oauth.Platforms), sorted.
+func defaultPlatforms() []string { return slices.Sorted(slices.Values(oauth.Platforms)) }
 
 // rolloutSetPreflight, when set, is asked by `rollout set` before it
 // writes a percentage above 0, with the platforms the change reaches; an
@@ -101,7 +102,7 @@ and the output says so. The window is the guard's (from --config), else
 				return err
 			}
 			defer pool.Close()
-			platforms := defaultPlatforms
+			platforms := defaultPlatforms()
 			if cfg != nil && len(cfg.platforms) > 0 {
 				platforms = cfg.platforms
 			}
@@ -577,7 +578,7 @@ func rolloutSet(ctx context.Context, cmd *cobra.Command, args []string) error {
 		}[info.ID.Name()])
 	}
 
-	platforms := defaultPlatforms
+	platforms := defaultPlatforms()
 	if cfg != nil && len(cfg.platforms) > 0 {
 		platforms = cfg.platforms
 	}
@@ -700,7 +701,7 @@ known (the four built-in platforms, and --config's providers).`,
 				if cfgErr != nil {
 					return cfgErr
 				}
-				known := defaultPlatforms
+				known := defaultPlatforms()
 				if cfg != nil {
 					known = union(known, cfg.platforms)
 				}
