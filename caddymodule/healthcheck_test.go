@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -13,6 +14,10 @@ import (
 // while a valid blob whose key id column says otherwise is connected.
 // Issue 26, item 8: the first showed as connected, needs_reauth false,
 // the second as undecryptable, and nothing was audited.
+
+// healthView is what the health check answers for each account.
+type healthView = connect.AccountHealth
+
 func TestHealthCheckReportsWhatATokenReadFinds(t *testing.T) {
 	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken})
 	for _, p := range []string{"twitter", "linkedin", "facebook"} {

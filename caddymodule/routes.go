@@ -389,29 +389,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	writeJSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
 }
 
-// statusUndecryptable is the health status of an account whose blob does
-// not open with the configured keys (tampered, malformed, or sealed with
-// a key the keyring lacks): a token read answers decrypt_failed.
-const statusUndecryptable = "undecryptable"
-
-type healthView struct {
-	Platform        string     `json:"platform"`
-	Status          string     `json:"status"`
-	SecondsToExpiry *int64     `json:"seconds_to_expiry"`
-	NeedsReauth     bool       `json:"needs_reauth"`
-	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
-	// LastRefresh is the outcome of the latest renewal attempt
-	// ("success" or "failed"), null before the first one.
-	LastRefresh      *string    `json:"last_refresh"`
-	LastRefreshAt    *time.Time `json:"last_refresh_at,omitempty"`
-	LastRefreshError string     `json:"last_refresh_error,omitempty"`
-}
-
-// healthCheck: GET /api/credentials/health-check. Each account is opened
-// as a token read opens it (vault.Accounts.ListOpened), so that what it
-// reports is what a read would find: a blob that does not open is
-// undecryptable and needs the user to connect again, whatever the row's
-// status and key id column say.
+// healthCheck: GET /api/credentials/health-check (connect.Flows.Health).
 func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
 	defer cancel()
@@ -419,53 +397,12 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 	if !ok || !h.ready(w) {
 		return
 	}
-	accounts, err := h.app.accounts.ListOpened(ctx, h.app.pool, user)
+	accounts, err := h.flows.Health(ctx, user, h.app.now())
 	if err != nil {
-		h.writeStoreError(w, r, "listing accounts", err)
+		h.writeStoreError(w, r, "health check", err)
 		return
 	}
-	views := []healthView{}
-	now := h.app.now()
-	for _, o := range accounts {
-		a := o.Account
-		v := healthView{Platform: a.Platform, Status: string(a.Status), LastRefreshedAt: a.LastRefreshedAt}
-		if a.ExpiresAt != nil {
-			s := int64(a.ExpiresAt.Sub(now).Seconds())
-			v.SecondsToExpiry = &s
-		}
-		v.NeedsReauth = a.Status == vault.StatusNeedsReauth || (a.ExpiresAt != nil && !now.Before(*a.ExpiresAt) && a.Status != vault.StatusDisconnected)
-		if vault.Undecryptable(o.Err) {
-			v.Status, v.NeedsReauth = statusUndecryptable, true
-			h.auditUndecryptable(ctx, r, a, o.Err)
-		}
-		last, found, err := vault.LastAudit(ctx, h.app.pool, user, a.Platform, vault.ActionRefresh)
-		if err != nil {
-			h.writeStoreError(w, r, "reading refresh outcome", err)
-			return
-		}
-		if found {
-			outcome, at := string(last.Status), last.At
-			v.LastRefresh, v.LastRefreshAt, v.LastRefreshError = &outcome, &at, last.ErrorCode
-		}
-		views = append(views, v)
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"accounts": views})
-}
-
-// auditUndecryptable records a blob the health check found not opening:
-// a decrypt_failed audit row (during health_check) and a log line, once
-// per account until the row changes, so that a page polling the health
-// check does not write a row per poll. A failure to record is logged and
-// does not fail the health check.
-func (h *Handler) auditUndecryptable(ctx context.Context, r *http.Request, a vault.Account, cause error) {
-	last, found, err := vault.LastAudit(ctx, h.app.pool, a.UserID, a.Platform, vault.ActionDecryptFailed)
-	if err == nil && found && !last.At.Before(a.UpdatedAt) {
-		return
-	}
-	h.logger.Warn("health check: credentials do not decrypt", zap.String("user_id", a.UserID), zap.String("platform", a.Platform), errField(cause))
-	h.app.health.DecryptFailed(telemetry.ViaHealthCheck)
-	h.flows.Audit.Record(r.Context(), vault.Event{UserID: a.UserID, Platform: a.Platform, Action: vault.ActionDecryptFailed,
-		Status: vault.Failed, ErrorCode: "decrypt_failed", Details: map[string]any{"during": "health_check", "account_id": a.ID}})
+	writeJSON(w, http.StatusOK, map[string]any{"accounts": accounts})
 }
 
 // serviceHealth: GET /api/credentials/service-health (admin)

@@ -3,9 +3,10 @@
 // single-use state and its audit row), its callback (consume the state,
 // check it belongs to this platform, browser and user, exchange the code,
 // store the tokens with their refresh job and audit row, and withdraw
-// tokens it could not keep), the counting of the legacy arm's flows, and
-// a disconnect (revoke at the platform, then wipe). caddymodule turns
-// requests into these calls and their results into HTTP answers.
+// tokens it could not keep), the counting of the legacy arm's flows, a
+// disconnect (revoke at the platform, then wipe), and what a user's
+// health check reports of their accounts. caddymodule turns requests
+// into these calls and their results into HTTP answers.
 package connect
 
 import (
@@ -39,7 +40,8 @@ type Flows struct {
 	// guard and the metrics. The audit log is written here.
 	Finished func(Outcome)
 	// DecryptFailed hears of credentials that no longer open, met during
-	// a disconnect (telemetry.ViaDisconnect), for the health metric.
+	// a disconnect or a health check (telemetry.ViaDisconnect,
+	// ViaHealthCheck), for the health metric.
 	DecryptFailed func(during string)
 }
 

@@ -445,3 +445,38 @@ func TestAnAuditRowWaitsForTheDatabase(t *testing.T) {
 		t.Fatalf("%d rows (%v), want 1", n, err)
 	}
 }
+
+// The health check reports what a token read would find: a blob that
+// does not open is undecryptable and needs the user, recorded once
+// however often the page polls.
+func TestHealthReportsWhatATokenReadWouldFind(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	alice := user(1)
+	if res := e.finish(e.begin("twitter", alice), alice); res.Kind != connect.Connected {
+		t.Fatalf("connect: %+v", res)
+	}
+	list, err := e.flows.Health(context.Background(), alice, time.Now())
+	if err != nil || len(list) != 1 {
+		t.Fatalf("health: %+v %v", list, err)
+	}
+	if h := list[0]; h.Platform != "twitter" || h.Status != "connected" || h.NeedsReauth || h.SecondsToExpiry == nil || *h.SecondsToExpiry <= 0 {
+		t.Errorf("a fresh account: %+v", h)
+	}
+	pgtest.Exec(t, e.url, `UPDATE social_accounts SET credentials_encrypted = set_byte(credentials_encrypted, 20, get_byte(credentials_encrypted, 20) # 1)`)
+	for range 3 {
+		list, err = e.flows.Health(context.Background(), alice, time.Now())
+		if err != nil || len(list) != 1 || list[0].Status != connect.StatusUndecryptable || !list[0].NeedsReauth {
+			t.Fatalf("an account that does not open: %+v %v", list, err)
+		}
+	}
+	if n := e.count(`SELECT count(*) FROM credential_audit_log WHERE user_id = $1 AND action = 'decrypt_failed'
+		AND details->>'during' = 'health_check'`, alice); n != 1 {
+		t.Errorf("%d decrypt_failed rows after three checks, want 1", n)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.decrypts) != 1 || e.decrypts[0] != "health_check" {
+		t.Errorf("decrypt failures reported: %v", e.decrypts)
+	}
+}
