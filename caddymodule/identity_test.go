@@ -159,3 +159,32 @@ func contains(s, sub string) bool { return strings.Contains(s, sub) }
 func (id *Identity) userID(r *http.Request) string {
 	return id.read(httptest.NewRecorder(), r, identity.MayRefresh).UserID
 }
+
+func TestDevtoken(t *testing.T) {
+	t.Parallel()
+	const secretValue = "dev-secret-dev-secret-dev-secret-0123"
+	out, err := runCLI(t, "devtoken", "--user", "11111111-1111-4111-8111-111111111111", "--secret", secretValue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &Identity{JWTSecret: secretValue}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	if err := id.provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := http.NewRequest("GET", "/", nil)
+	r.Header.Set("Authorization", "Bearer "+strings.TrimSpace(out))
+	if got := id.userID(r); got != "11111111-1111-4111-8111-111111111111" {
+		t.Errorf("the handler reads user %q from the dev token", got)
+	}
+	for _, args := range [][]string{
+		{"devtoken", "--user", "11111111-1111-4111-8111-111111111111"},
+		{"devtoken", "--user", "not-a-uuid", "--secret", secretValue},
+		{"devtoken", "--user", "11111111-1111-4111-8111-111111111111", "--secret", "short"},
+	} {
+		if _, err := runCLI(t, args...); err == nil {
+			t.Errorf("%v succeeded", args)
+		}
+	}
+}

@@ -16,11 +16,14 @@ import (
 	"github.com/credgate/credgate/vault"
 )
 
-// The commands' behaviour against a database and a running gateway is
-// tested in caddymodule, beside the gateway it shares a database with
-// (caddymodule/commands_test.go and the *_commands_test.go files); what
-// is tested here are the commands' own parts.
+// The commands are tested here where they need no gateway (keys, the
+// schema, rotation and backfill, and the commands' own parts). Those that
+// share a seeded database, a second instance or the gateway harness with
+// the handlers' tests (rollout, audit, the app's table, verify and
+// report) are tested in caddymodule (the *_commands_test.go files there).
 
+// runCLI executes `caddy credgate <args>` in-process and returns what it
+// printed.
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	return clitest.Run(t, Commands(), args...)

@@ -1,28 +1,16 @@
-package caddymodule
+package commands
 
 import (
-	"net/http"
-
 	"context"
 	"encoding/base64"
 	neturl "net/url"
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/jackc/pgx/v5"
 
-	"github.com/credgate/credgate/internal/clitest"
 	"github.com/credgate/credgate/internal/pgtest"
 )
-
-// runCLI executes `caddy credgate <args>` in-process and returns what it
-// printed.
-func runCLI(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	return clitest.Run(t, credgateCommands(), args...)
-}
 
 func TestKeygenPrintsA32ByteKey(t *testing.T) {
 	t.Parallel()
@@ -163,33 +151,4 @@ func noPrivilegeURL(t *testing.T) string {
 	}
 	u.User = neturl.UserPassword(role, "hunter2")
 	return u.String()
-}
-
-func TestDevtoken(t *testing.T) {
-	t.Parallel()
-	const secretValue = "dev-secret-dev-secret-dev-secret-0123"
-	out, err := runCLI(t, "devtoken", "--user", "11111111-1111-4111-8111-111111111111", "--secret", secretValue)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := &Identity{JWTSecret: secretValue}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-	defer cancel()
-	if err := id.provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r, _ := http.NewRequest("GET", "/", nil)
-	r.Header.Set("Authorization", "Bearer "+strings.TrimSpace(out))
-	if got := id.userID(r); got != "11111111-1111-4111-8111-111111111111" {
-		t.Errorf("the handler reads user %q from the dev token", got)
-	}
-	for _, args := range [][]string{
-		{"devtoken", "--user", "11111111-1111-4111-8111-111111111111"},
-		{"devtoken", "--user", "not-a-uuid", "--secret", secretValue},
-		{"devtoken", "--user", "11111111-1111-4111-8111-111111111111", "--secret", "short"},
-	} {
-		if _, err := runCLI(t, args...); err == nil {
-			t.Errorf("%v succeeded", args)
-		}
-	}
 }
