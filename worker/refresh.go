@@ -230,13 +230,13 @@ func (r *Refresher) renewLocked(ctx context.Context, p *oauth.Provider, id strin
 			}
 		}, rn)
 		attempted, attempt = true, rerr
-		switch {
-		case rerr == nil:
+		switch outcomeOf(rerr) {
+		case renewalDone:
 			out = Token{Account: na, Credentials: nc, Refreshed: true}
 			return nil
-		case !fromPlatform(rerr):
+		case renewalAborted:
 			return rerr
-		case needsUser(rerr):
+		case renewalNeedsUser:
 			if err := r.markNeedsReauth(txCtx, tx, a, rerr, rn); err != nil {
 				return err
 			}
@@ -338,19 +338,51 @@ func (r *Refresher) providerTimeout() time.Duration {
 	return r.ProviderTimeout
 }
 
-// observe reports a renewal attempt's outcome to Observe.
+// observe reports a renewal attempt's outcome to Observe. An attempt the
+// database aborted says nothing of the platform: not reported.
 func (r *Refresher) observe(platform string, err error) {
-	if r.Observe == nil || (err != nil && !fromPlatform(err)) {
+	if r.Observe == nil {
 		return
 	}
-	switch {
-	case err == nil:
+	switch outcomeOf(err) {
+	case renewalDone:
 		r.Observe(platform, "success")
-	case needsUser(err):
+	case renewalNeedsUser:
 		r.Observe(platform, "needs_reauth")
-	default:
+	case renewalFailed:
 		r.Observe(platform, "failure")
 	}
+}
+
+// renewalOutcome sorts what a renewal returned, one way for the
+// on-demand renewals (renewLocked), the workers' jobs (renewJob) and the
+// metrics (observe).
+type renewalOutcome int
+
+const (
+	// renewalDone: the token is renewed and stored.
+	renewalDone renewalOutcome = iota
+	// renewalAborted: the database failed, not the platform; the
+	// transaction is aborted and rolls back (fromPlatform).
+	renewalAborted
+	// renewalNeedsUser: the platform refused the grant for good
+	// (invalid_grant, needs_reauth): only the user can renew it.
+	renewalNeedsUser
+	// renewalFailed: the platform failed in a way that may pass.
+	renewalFailed
+)
+
+// outcomeOf sorts a renewal's error (nil for a success).
+func outcomeOf(rerr error) renewalOutcome {
+	switch {
+	case rerr == nil:
+		return renewalDone
+	case !fromPlatform(rerr):
+		return renewalAborted
+	case needsUser(rerr):
+		return renewalNeedsUser
+	}
+	return renewalFailed
 }
 
 // fromPlatform reports whether err came from the platform (so the

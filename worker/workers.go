@@ -320,12 +320,12 @@ func (w *Workers) renewJob(ctx, txCtx context.Context, tx pgx.Tx, j vault.Job, p
 			q.QueueComplete(b, j)
 		}
 	}, rn)
-	switch {
-	case rerr == nil:
+	switch outcomeOf(rerr) {
+	case renewalDone:
 		return ResultRefreshed, nil, nil
-	case !fromPlatform(rerr):
+	case renewalAborted:
 		return "", nil, rerr
-	case needsUser(rerr):
+	case renewalNeedsUser:
 		if err := r.markNeedsReauth(txCtx, tx, a, rerr, rn); err != nil {
 			return "", rerr, err
 		}
