@@ -13,6 +13,7 @@ import (
 
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/migrations"
+	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -157,13 +158,10 @@ func TestMigrateAndVerifyPassOnARealisticAppTable(t *testing.T) {
 }
 
 // expireAppTableChecks makes the next service-health read the preflight
-// again, as it does every appTableEvery.
+// again, as it does every report.AppTableEvery.
 func expireAppTableChecks() {
 	appTableChecks.Range(func(_, v any) bool {
-		c := v.(*appTableCheck)
-		c.mu.Lock()
-		c.tried = time.Time{}
-		c.mu.Unlock()
+		v.(*report.AppTable).Expire()
 		return true
 	})
 }

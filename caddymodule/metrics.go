@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credgate/credgate/identity"
+	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 )
@@ -153,7 +154,7 @@ func (g *gauges) fromDatabase() []prometheus.Metric {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var out []prometheus.Metric
-	st, err := vault.ReadQueueStats(ctx, g.app.pool, g.app.now(), overdueGrace)
+	st, err := vault.ReadQueueStats(ctx, g.app.pool, g.app.now(), report.DefaultOverdueGrace)
 	if err != nil {
 		return g.cached
 	}

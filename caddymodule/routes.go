@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"runtime"
@@ -19,9 +18,8 @@ import (
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
-	"github.com/credgate/credgate/internal/dberr"
-	"github.com/credgate/credgate/migrations"
 	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
@@ -456,16 +454,18 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 			providers[name] = map[string]any{"ok": true}
 		}
 	}
+	queue, queueOK := report.QueueHealth(ctx, h.app.pool, h.app.now(), dbErr == nil)
+	healthy = healthy && queueOK
 	body := map[string]any{
 		"database":      check(dbErr),
 		"keyring":       h.app.keyringHealth(),
 		"flags":         flagsView,
 		"providers":     providers,
-		"refresh_queue": h.queueHealth(ctx, dbErr == nil, &healthy),
+		"refresh_queue": queue,
 		"background":    h.app.backgroundHealth(),
 		"guard":         h.app.guardHealth(),
 		"identity":      h.identityHealth(),
-		"migration":     h.migrationHealth(ctx, dbErr == nil),
+		"migration":     report.MigrationHealth(ctx, h.app.pool, h.app.settings, h.app.platforms(), dbErr == nil),
 		"schema":        h.appTableHealth(ctx, dbErr == nil, &healthy),
 		"webhooks":      h.app.webhookHealth(ctx, dbErr == nil),
 	}
@@ -477,75 +477,24 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, body)
 }
 
-// appTableEvery is how often service-health reads the preflight of the
-// app's social_accounts again; in between it answers from the last read.
-const appTableEvery = 30 * time.Second
+// appTableChecks holds the app table's last preflight per database pool
+// (weakly: an entry goes with its pool, after a reload).
+var appTableChecks sync.Map // weak.Pointer[pgxpool.Pool] → *report.AppTable
 
-// appTableChecks holds the last preflight per database pool (weakly:
-// an entry goes with its pool, after a reload).
-var appTableChecks sync.Map // weak.Pointer[pgxpool.Pool] → *appTableCheck
-
-type appTableCheck struct {
-	mu       sync.Mutex
-	tried    time.Time // the last read, answered or not
-	at       time.Time // the last answered read; zero before one
-	problems migrations.Problems
-	err      error // the last read's error, if it failed
-}
-
-// appTableHealth is the preflight of the app's social_accounts: what
-// credgate's statements need of it (migrations.PreflightCatalog, the
-// catalog only, no row read). A problem makes credgate unhealthy: every
-// connect would fail on it. It is read in the request, within its
-// budget, at most every appTableEvery per pool; a read that fails keeps
-// the last answer, and makes nothing unhealthy by itself (the database
-// check reports an outage).
+// appTableHealth is report.AppTable for this config's pool.
 func (h *Handler) appTableHealth(ctx context.Context, dbUp bool, healthy *bool) map[string]any {
 	pool := h.app.pool
 	if pool == nil {
 		return map[string]any{"ok": false, "error": "not read: no database pool"}
 	}
 	key := weak.Make(pool)
-	v, loaded := appTableChecks.LoadOrStore(key, &appTableCheck{})
+	v, loaded := appTableChecks.LoadOrStore(key, &report.AppTable{})
 	if !loaded {
 		runtime.AddCleanup(pool, func(k weak.Pointer[pgxpool.Pool]) { appTableChecks.Delete(k) }, key)
 	}
-	c := v.(*appTableCheck)
-	c.mu.Lock()
-	if dbUp && time.Since(c.tried) >= appTableEvery {
-		c.tried = time.Now()
-		problems, err := migrations.PreflightCatalog(ctx, pool)
-		if c.err = err; err == nil {
-			c.problems, c.at = problems, c.tried
-		}
-	}
-	problems, at, err := c.problems, c.at, c.err
-	c.mu.Unlock()
-
-	out := map[string]any{"every": appTableEvery.String()}
-	if at.IsZero() {
-		out["ok"] = false
-		out["error"] = "not read yet"
-		if err != nil {
-			out["error"] = "not read yet: " + dberr.OneLine(err.Error())
-		}
-		return out
-	}
-	out["checked_at"] = at.UTC()
-	if err != nil {
-		out["read_error"] = "the last read failed, this is the one before: " + dberr.OneLine(err.Error())
-	}
-	errs := problems.Errors()
-	out["ok"] = len(errs) == 0
-	if len(errs) > 0 {
-		*healthy = false
-		out["error"] = "social_accounts lacks what credgate's statements need: every connect fails until it is fixed (caddy credgate migrate status lists the same)"
-		out["problems"] = errs
-	}
-	if warns := problems.Warnings(); len(warns) > 0 {
-		out["warnings"] = warns
-	}
-	return out
+	view, ok := v.(*report.AppTable).Health(ctx, pool, dbUp)
+	*healthy = *healthy && ok
+	return view
 }
 
 // identityHealth is the connect route's last minute of identity
@@ -563,64 +512,6 @@ func (h *Handler) identityHealth() map[string]any {
 		out["warning"] = unrecognisedWarning
 	}
 	return out
-}
-
-// migrationHealth is how credgate shares social_accounts with the app
-// (the operator's settings) and whether the app's back end reads its
-// tokens through credgate (every replica's token API and egress reads
-// over the last hour, per platform): the runbook's first rule is that it
-// does before any percentage rises. Neither makes credgate unhealthy.
-func (h *Handler) migrationHealth(ctx context.Context, dbUp bool) map[string]any {
-	out := map[string]any{}
-	if s, err := h.app.settings.Get(ctx); err == nil {
-		out["transition_mode"] = s.TransitionMode
-		out["app_refresh"] = !s.AppRefreshOff
-		out["app_expiry_column"] = s.AppExpiryColumn
-		if s.TransitionMode {
-			out["warning"] = "transition mode is on: connects and renewals write plaintext tokens to the app's columns; turn it off (caddy credgate transition off) once the back end reads through credgate"
-		}
-	} else {
-		out["error"] = "settings not read: " + err.Error()
-	}
-	if !dbUp {
-		return out
-	}
-	reads, err := vault.BackendReadsIn(ctx, h.app.pool, vault.BackendReadWindow)
-	if err != nil {
-		out["backend_reads_error"] = "not read: " + dberr.OneLine(err.Error())
-		return out
-	}
-	perPlatform := map[string]any{}
-	for name := range h.app.Providers {
-		c := reads[name]
-		perPlatform[name] = map[string]any{"token_api": c.TokenAPI, "egress": c.Egress}
-	}
-	out["backend_reads_last_hour"] = perPlatform
-	return out
-}
-
-// overdueGrace is how long a due refresh job may wait before
-// service-health calls it overdue: workers claim due jobs within seconds.
-const overdueGrace = 5 * time.Minute
-
-// queueHealth reports the refresh queue; overdue jobs make the service
-// unhealthy, since they mean no worker is keeping up.
-func (h *Handler) queueHealth(ctx context.Context, reachable bool, healthy *bool) map[string]any {
-	if !reachable {
-		return map[string]any{"ok": false, "error": "database unreachable"}
-	}
-	st, err := vault.ReadQueueStats(ctx, h.app.pool, h.app.now(), overdueGrace)
-	if err != nil {
-		*healthy = false
-		return map[string]any{"ok": false, "error": "cannot read the refresh queue"}
-	}
-	view := map[string]any{"ok": st.Overdue == 0, "pending": st.Pending, "due": st.Due, "running": st.Running,
-		"overdue": st.Overdue, "dead": st.Dead, "oldest_due_seconds": int64(st.OldestDue.Seconds())}
-	if st.Overdue > 0 {
-		*healthy = false
-		view["error"] = fmt.Sprintf("%d refresh jobs are overdue: are the refresh workers running?", st.Overdue)
-	}
-	return view
 }
 
 // adminReady answers 401 without the admin token, and 503 while the
