@@ -180,10 +180,9 @@ type App struct {
 	// rollout comes from and whether it is in force.
 	flagSource flagSource
 	refresher  *worker.Refresher
-	// flows runs the connect and disconnect steps; audit writes the
+	// flows runs the connect and disconnect steps; its Audit writes the
 	// audit rows of requests that may be gone (connect.Auditor).
 	flows *connect.Flows
-	audit *connect.Auditor
 	loops *worker.Loops
 	// webhook is the configured webhook, nil without one.
 	webhook *webhookRun
@@ -405,10 +404,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 // config's pool, keyring and renewals, counting each finished flow for
 // the metrics and the guard (flowFinished).
 func (a *App) provisionFlows() {
-	a.audit = connect.NewAuditor(a.pool, a.logger)
 	a.flows = &connect.Flows{
 		DB: a.pool, Keys: a.keys, States: a.states, Accounts: a.accounts, Renewals: a.refresher,
-		Audit: a.audit, Tracer: a.tracer(), Logger: a.logger, Finished: a.flowFinished,
+		Audit: connect.NewAuditor(a.pool, a.logger), Tracer: a.tracer(), Logger: a.logger, Finished: a.flowFinished,
 		DecryptFailed: a.health.DecryptFailed,
 	}
 }
@@ -544,7 +542,7 @@ func (a *App) Stop() error {
 	if a.refresher != nil && !a.refresher.Wait(10*time.Second) {
 		a.logger.Error("stopping with renewed tokens still unstored (the database is not answering); their grants may be lost")
 	}
-	if a.audit != nil && !a.audit.Wait(10*time.Second) {
+	if a.flows != nil && !a.flows.Audit.Wait(10*time.Second) {
 		a.logger.Error("stopping with audit rows still unwritten (the database is not answering); the log lines before name each")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
