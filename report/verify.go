@@ -35,7 +35,8 @@ type VerifyOptions struct {
 	// Window is how far back success rates and audit activity are
 	// read. Default 24h.
 	Window time.Duration
-	// OverdueGrace: a due refresh job waiting longer is stuck. Default 5m.
+	// OverdueGrace: a due refresh job waiting longer is stuck. Default
+	// DefaultOverdueGrace (5m), as service-health.
 	OverdueGrace time.Duration
 	// MinSamples is how many attempts (successes and failures; declines
 	// are not attempts the flow can fail) a platform needs in the window
@@ -61,7 +62,7 @@ func Verify(ctx context.Context, db vault.DB, databaseURL string, keys *vault.Ke
 		opt.Window = 24 * time.Hour
 	}
 	if opt.OverdueGrace <= 0 {
-		opt.OverdueGrace = 5 * time.Minute
+		opt.OverdueGrace = DefaultOverdueGrace
 	}
 	if opt.MinSamples <= 0 {
 		opt.MinSamples = guard.DefaultMinSamples
