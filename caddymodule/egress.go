@@ -213,7 +213,7 @@ func (e *Egress) admit() bool {
 // or revoked, the token is renewed, and the call sent once more when
 // resend allows it.
 func (e *Egress) forward(w http.ResponseWriter, r *http.Request, user, platform string, base *url.URL, apiPath, rawPath string, resend bool) {
-	ctx, cancel := context.WithTimeout(r.Context(), 40*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), worker.BackEndReadBudget)
 	defer cancel()
 	// A body of known length up to MaxRetryBody is read whole before
 	// anything else (within BodyTimeout), so that the platform never gets

@@ -110,9 +110,10 @@ type BackEndRead struct {
 	Source string
 }
 
-// backEndReadBudget is a back-end read's budget when it has to go to the
-// database: a renewal waits for the platform.
-const backEndReadBudget = 40 * time.Second
+// BackEndReadBudget is a back-end read's budget (the token API's and
+// egress's) when it has to go to the database: a renewal waits for the
+// platform.
+const BackEndReadBudget = 40 * time.Second
 
 // ReadForBackEnd is the token API's read of userID's token on platform,
 // valid for minValidity: this instance's recent read when it has one
@@ -125,7 +126,7 @@ func (r *Refresher) ReadForBackEnd(ctx context.Context, userID, platform string,
 	if tok, ok := r.Recent(userID, platform, minValidity); ok {
 		return BackEndRead{Token: tok, Source: SourceSealed}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, backEndReadBudget)
+	ctx, cancel := context.WithTimeout(ctx, BackEndReadBudget)
 	defer cancel()
 	tok, err := r.ReadRecent(ctx, userID, platform, minValidity, "token_api")
 	if !errors.Is(err, vault.ErrNotConnected) || !legacyPlaintext {
