@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/internal/dberr"
+	"github.com/credgate/credgate/internal/waitgroup"
 	"github.com/credgate/credgate/vault"
 )
 
@@ -103,16 +104,7 @@ func (a *Auditor) RecordEventually(e vault.Event) {
 
 // Wait waits up to d for the rows RecordEventually is retrying, and
 // reports whether they all finished: called before the pool closes.
-func (a *Auditor) Wait(d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { a.pending.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
+func (a *Auditor) Wait(d time.Duration) bool { return waitgroup.Within(a.pending, d) }
 
 // errField logs an error's text under "error", as every credgate log line
 // does (zap.Error would add a verbose stack for some error types).

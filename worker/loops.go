@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/internal/waitgroup"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/webhook"
 )
@@ -198,13 +199,9 @@ func (l *Loops) Stop(grace time.Duration) {
 		return
 	}
 	l.cancel()
-	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(grace):
+	if !waitgroup.Within(&l.wg, grace) {
 		l.cancelJobs()
-		<-done
+		l.wg.Wait()
 	}
 	l.cancelJobs()
 }

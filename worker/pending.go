@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/internal/waitgroup"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/vault"
 )
@@ -215,16 +216,7 @@ func (r *Refresher) release(l vault.RenewalLease) bool {
 
 // Wait waits up to grace for the stores still being retried (a stopping
 // instance gives them its grace period).
-func (r *Refresher) Wait(grace time.Duration) bool {
-	done := make(chan struct{})
-	go func() { r.pending.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(grace):
-		return false
-	}
-}
+func (r *Refresher) Wait(grace time.Duration) bool { return waitgroup.Within(&r.pending, grace) }
 
 // storeAnswer retries storing rn's answer until it is stored, superseded,
 // or StoreRetry has passed.
