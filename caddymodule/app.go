@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
@@ -388,8 +389,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	// The token API's and egress's series too start at zero, so that the
 	// first of each outcome counts.
-	a.metrics.PrepareTokenReads(a.platforms(), tokenReadOutcomes())
-	a.metrics.PrepareEgress(a.platforms(), egressClasses())
+	a.metrics.PrepareTokenReads(a.platforms(), answer.TokenReadOutcomes())
+	a.metrics.PrepareEgress(a.platforms(), answer.EgressClasses())
 	if err := a.provisionWebhook(ctx, repl); err != nil {
 		return err
 	}

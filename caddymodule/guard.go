@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
 )
@@ -140,11 +141,11 @@ func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
 	}
 	status, err := guard.ReadRolloutStatus(ctx, h.app.pool, h.app.rollout, window, h.app.platforms())
 	if err != nil {
-		h.writeStoreError(w, r, "reading the rollout", err)
+		answer.StoreError(h.logger, w, r, "reading the rollout", err)
 		return
 	}
 	h.app.exactPercentages(ctx, status)
-	writeJSON(w, http.StatusOK, map[string]any{"guard": h.app.guardHealth(), "window": window.String(), "platforms": status})
+	answer.JSON(w, http.StatusOK, map[string]any{"guard": h.app.guardHealth(), "window": window.String(), "platforms": status})
 }
 
 // resumeRoute: POST /api/credentials/rollout/resume (admin) with
@@ -158,7 +159,7 @@ func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
 		By       string `json:"by"`
 	}
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.Platform == "" {
-		writeError(w, http.StatusBadRequest, "invalid_request", `body must be JSON: {"platform": "<name>", "by": "<who>"}`)
+		answer.Error(w, http.StatusBadRequest, "invalid_request", `body must be JSON: {"platform": "<name>", "by": "<who>"}`)
 		return
 	}
 	by := "admin-route"
@@ -171,18 +172,18 @@ func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
 	halt, err := guard.Resume(r.Context(), h.app.pool, req.Platform, by)
 	switch {
 	case errors.Is(err, guard.ErrNotHalted) && !slices.Contains(h.app.platforms(), req.Platform):
-		writeError(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
+		answer.Error(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
 			req.Platform, strings.Join(h.app.platforms(), ", ")))
 		return
 	case errors.Is(err, guard.ErrNotHalted):
-		writeError(w, http.StatusConflict, "not_halted", req.Platform+" is not halted")
+		answer.Error(w, http.StatusConflict, "not_halted", req.Platform+" is not halted")
 		return
 	case err != nil:
-		h.writeStoreError(w, r, "resuming the rollout", err)
+		answer.StoreError(h.logger, w, r, "resuming the rollout", err)
 		return
 	}
 	h.logger.Warn("rollout resumed", zap.String("platform", req.Platform), zap.String("by", by), zap.String("halted_for", halt.Reason))
-	writeJSON(w, http.StatusOK, map[string]any{"resumed": req.Platform, "was_halted_at": halt.At.UTC().Format(time.RFC3339), "reason": halt.Reason})
+	answer.JSON(w, http.StatusOK, map[string]any{"resumed": req.Platform, "was_halted_at": halt.At.UTC().Format(time.RFC3339), "reason": halt.Reason})
 }
 
 // parseGuard parses `guard [{ min_success … max_gap … min_samples …

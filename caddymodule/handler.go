@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
@@ -298,7 +299,7 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 			// client's to choose.
 			platform = ""
 		}
-		h.app.traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
+		h.app.answers().Traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
 		return nil
 	}
 	return next.ServeHTTP(w, r)
@@ -324,7 +325,7 @@ func routeSpan(path string) (name, platform, flow string) {
 
 // adminAllowed checks "Authorization: Bearer <admin token>" in constant
 // time; without a configured token nobody is admin.
-func (h *Handler) adminAllowed(r *http.Request) bool { return bearerMatches(r, h.adminToken) }
+func (h *Handler) adminAllowed(r *http.Request) bool { return answer.BearerMatches(r, h.adminToken) }
 
 // sameOrigin accepts a state-changing request only from the app's own
 // pages: Origin equal to public_origin, or Sec-Fetch-Site same-origin.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/answer"
+	"github.com/credgate/credgate/backend"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/telemetry"
@@ -246,7 +248,7 @@ func TestEveryRouteHasARouteLabel(t *testing.T) {
 		}
 		span, _, _ := routeSpan(path)
 		label := routeLabel(span, path)
-		if strings.HasPrefix(path, tokenRoutePrefix) {
+		if strings.HasPrefix(path, backend.TokenRoutePrefix) {
 			if label != telemetry.RouteOther {
 				t.Errorf("%s: label %q, want other", path, label)
 			}
@@ -306,12 +308,12 @@ func TestEarlyRefusalsOfTheTokenAPIAndEgressCount(t *testing.T) {
 }
 
 // Every code tokenFailure answers with is in the closed set whose series
-// start at zero (tokenFailureCodes).
+// start at zero (answer.TokenFailureCodes).
 func TestTokenFailureCodesAreTheClosedSet(t *testing.T) {
 	for _, err := range []error{vault.ErrNotConnected, worker.ErrNeedsReauth, worker.ErrAppRenews, worker.ErrExpiryUnknown,
 		worker.ErrRenewalPending, &oauth.Error{Code: oauth.CodeInvalidGrant}} {
-		if _, code, _ := tokenFailure(err); !slices.Contains(tokenFailureCodes, code) {
-			t.Errorf("tokenFailure(%v) = %q, not in tokenFailureCodes", err, code)
+		if _, code, _ := answer.TokenFailure(err); !slices.Contains(answer.TokenFailureCodes, code) {
+			t.Errorf("TokenFailure(%v) = %q, not in TokenFailureCodes", err, code)
 		}
 	}
 	h := newHarness(t, harnessOptions{metrics: true, tokenAPI: "service_token " + serviceToken})

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
@@ -33,13 +34,13 @@ const defaultLegacyErrorPattern = `[?&](error|oauth_error)=`
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
-		h.app.traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
+		h.app.answers().Traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
 			h.finish(w, r, p, state)
 		})
 		return nil
 	}
 	if h.legacyOff {
-		writeError(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")
+		answer.Error(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")
 		return nil
 	}
 	// The legacy arm as credgate observes it: the app's answer, streamed.

@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/credgate/credgate/sandbox"
 	colmetrics "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/credgate/credgate/sandbox"
 )
 
 // otlpReceiver is an OTLP/HTTP endpoint for traces and metrics that

@@ -18,6 +18,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/identity"
@@ -92,7 +93,7 @@ type rolloutDecisionView struct {
 func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platform string) {
 	p, ok := h.providers[platform]
 	if !ok {
-		writeError(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
+		answer.Error(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
 			platform, strings.Join(h.app.platforms(), ", ")))
 		return
 	}
@@ -100,7 +101,7 @@ func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platfo
 	returnTo := h.legacyReturnTo(r)
 	if raw := r.URL.Query().Get("return_to"); raw != "" {
 		if returnTo, ok = h.validReturnTo(raw); !ok {
-			writeError(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
+			answer.Error(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
 			return
 		}
 	}
@@ -113,7 +114,7 @@ func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platfo
 		to := path + "?" + url.Values{decidedParam: {h.decidedMark(user, p.Name(), time.Now())}}.Encode()
 		view.Location = &to
 	}
-	writeJSON(w, http.StatusOK, view)
+	answer.JSON(w, http.StatusOK, view)
 }
 
 // legacyStartPath is the app's connect route for platform, or "" when

@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/answer"
+	"github.com/credgate/credgate/backend"
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
@@ -42,9 +44,9 @@ import (
 //
 // Anything else under /api/ goes to the next handler.
 func (h *Handler) route(method, path string) http.HandlerFunc {
-	if strings.HasPrefix(path, tokenRoutePrefix) {
+	if strings.HasPrefix(path, backend.TokenRoutePrefix) {
 		return func(w http.ResponseWriter, r *http.Request) {
-			writeError(w, http.StatusNotFound, "not_found", "not found")
+			answer.Error(w, http.StatusNotFound, "not_found", "not found")
 		}
 	}
 	rest, ok := strings.CutPrefix(path, "/api/auth/oauth/")
@@ -93,7 +95,7 @@ func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.HandlerFunc
 		for m := range byMethod {
 			w.Header().Set("Allow", m)
 		}
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
+		answer.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
 	}
 }
 
@@ -105,7 +107,7 @@ const dbTimeout = connect.DBTimeout
 // has not passed.
 func (h *Handler) ready(w http.ResponseWriter) bool {
 	if !h.app.Available() {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
+		answer.Error(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return false
 	}
 	return true
@@ -141,7 +143,7 @@ func (h *Handler) identify(w http.ResponseWriter, r *http.Request, route string)
 func (h *Handler) requireUser(w http.ResponseWriter, r *http.Request) (string, bool) {
 	user := h.identify(w, r, "").UserID
 	if user == "" {
-		writeError(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
+		answer.Error(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
 		return "", false
 	}
 	return user, true
@@ -183,27 +185,27 @@ func (h *Handler) validReturnTo(raw string) (string, bool) {
 func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string) {
 	p, ok := h.providers[platform]
 	if !ok {
-		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		answer.Error(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return
 	}
 	// A cross-site page must not start flows for the user: it would write
 	// state rows and replace the binding cookie of a flow in another tab.
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
-		writeError(w, http.StatusForbidden, "cross_origin", "start the connection from the app's own pages")
+		answer.Error(w, http.StatusForbidden, "cross_origin", "start the connection from the app's own pages")
 		return
 	}
 	user := h.identify(w, r, telemetry.RouteStart).UserID
 	if user == "" {
 		if h.LoginURL != "" && !wantsJSON(r) {
-			redirectWith(w, r, h.LoginURL, url.Values{"return_to": {r.URL.RequestURI()}})
+			answer.Redirect(w, r, h.LoginURL, url.Values{"return_to": {r.URL.RequestURI()}})
 			return
 		}
-		writeError(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
+		answer.Error(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
 		return
 	}
 	returnTo, ok := h.validReturnTo(r.URL.Query().Get("return_to"))
 	if !ok {
-		writeError(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
+		answer.Error(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
 		return
 	}
 	if code, message := h.newStartsStopped(r.Context(), platform); code != "" {
@@ -211,16 +213,16 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 		// user through its own connect route (the legacy flow).
 		h.logger.Debug("start refused: new starts are stopped", zap.String("platform", platform), zap.String("code", code))
 		if wantsJSON(r) {
-			writeError(w, http.StatusConflict, code, message)
+			answer.Error(w, http.StatusConflict, code, message)
 			return
 		}
-		redirectWith(w, r, returnTo, url.Values{"oauth_error": {code}, "platform": {platform}})
+		answer.Redirect(w, r, returnTo, url.Values{"oauth_error": {code}, "platform": {platform}})
 		return
 	}
 	if h.startLimit != nil {
 		if ok, wait := h.startLimit.Allow(user+"/"+platform, time.Now()); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second).Seconds())))
-			writeError(w, http.StatusTooManyRequests, "too_many_requests", "too many sign-in attempts; try again in a minute")
+			answer.Error(w, http.StatusTooManyRequests, "too_many_requests", "too many sign-in attempts; try again in a minute")
 			return
 		}
 	}
@@ -230,7 +232,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 	ttl := time.Duration(h.app.StateTTL)
 	flow, err := h.flows.Begin(r.Context(), p, user, returnTo, ttl)
 	if err != nil {
-		h.writeStoreError(w, r, "starting a flow", err)
+		answer.StoreError(h.logger, w, r, "starting a flow", err)
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -276,7 +278,7 @@ func (h *Handler) newStartsStopped(ctx context.Context, platform string) (code, 
 func (h *Handler) callback(w http.ResponseWriter, r *http.Request, platform string) {
 	p, ok := h.providers[platform]
 	if !ok {
-		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		answer.Error(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return
 	}
 	h.finish(w, r, p, r.URL.Query().Get("state"))
@@ -304,13 +306,13 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 	switch res.Kind {
 	case connect.Unavailable:
-		h.writeStoreError(w, r, "consuming oauth state", res.Err)
+		answer.StoreError(h.logger, w, r, "consuming oauth state", res.Err)
 	case connect.Refused:
-		writeError(w, http.StatusBadRequest, res.Code, res.Message)
+		answer.Error(w, http.StatusBadRequest, res.Code, res.Message)
 	case connect.Failed:
-		redirectWith(w, r, res.ReturnTo, url.Values{"oauth_error": {res.Code}, "platform": {platform}})
+		answer.Redirect(w, r, res.ReturnTo, url.Values{"oauth_error": {res.Code}, "platform": {platform}})
 	default:
-		redirectWith(w, r, res.ReturnTo, url.Values{"connected": {platform}})
+		answer.Redirect(w, r, res.ReturnTo, url.Values{"connected": {platform}})
 	}
 }
 
@@ -333,7 +335,7 @@ func (h *Handler) userAccounts(ctx context.Context, w http.ResponseWriter, r *ht
 	}
 	accounts, err := h.app.accounts.List(ctx, h.app.pool, user)
 	if err != nil {
-		h.writeStoreError(w, r, "listing accounts", err)
+		answer.StoreError(h.logger, w, r, "listing accounts", err)
 		return "", nil, false
 	}
 	return user, accounts, true
@@ -352,7 +354,7 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 		views = append(views, accountView{Platform: a.Platform, Status: string(a.Status), Username: a.Username,
 			ExpiresAt: a.ExpiresAt, LastRefreshedAt: a.LastRefreshedAt, ConnectedVia: string(a.ConnectedVia)})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"accounts": views})
+	answer.JSON(w, http.StatusOK, map[string]any{"accounts": views})
 }
 
 // disconnect: DELETE /api/credentials/{platform}/disconnect
@@ -361,7 +363,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	// not a configured platform (a NUL, invalid UTF-8, a typo) is a 404.
 	p, configured := h.providers[platform]
 	if !configured {
-		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
+		answer.Error(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return
 	}
 	user, ok := h.requireUser(w, r)
@@ -369,7 +371,7 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 		return
 	}
 	if !h.sameOrigin(r) {
-		writeError(w, http.StatusForbidden, "cross_origin", "this request must come from the app's own pages")
+		answer.Error(w, http.StatusForbidden, "cross_origin", "this request must come from the app's own pages")
 		return
 	}
 	if !h.ready(w) {
@@ -377,14 +379,14 @@ func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform st
 	}
 	revoked, err := h.flows.Disconnect(r.Context(), p, user)
 	if errors.Is(err, vault.ErrNotConnected) {
-		writeError(w, http.StatusNotFound, "not_connected", "this platform is not connected")
+		answer.Error(w, http.StatusNotFound, "not_connected", "this platform is not connected")
 		return
 	}
 	if err != nil {
-		h.writeStoreError(w, r, "disconnecting", err)
+		answer.StoreError(h.logger, w, r, "disconnecting", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
+	answer.JSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
 }
 
 // healthCheck: GET /api/credentials/health-check (connect.Flows.Health).
@@ -397,16 +399,16 @@ func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
 	}
 	accounts, err := h.flows.Health(ctx, user, h.app.now())
 	if err != nil {
-		h.writeStoreError(w, r, "health check", err)
+		answer.StoreError(h.logger, w, r, "health check", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"accounts": accounts})
+	answer.JSON(w, http.StatusOK, map[string]any{"accounts": accounts})
 }
 
 // serviceHealth: GET /api/credentials/service-health (admin)
 func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	if !h.adminAllowed(r) {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
+		answer.Error(w, http.StatusUnauthorized, "unauthorized", "admin token required")
 		return
 	}
 	// Answer at once, also in a partition: the database's state is the
@@ -474,7 +476,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	body["ok"] = healthy
-	writeJSON(w, status, body)
+	answer.JSON(w, status, body)
 }
 
 // appTableChecks holds the app table's last preflight per database pool
@@ -518,7 +520,7 @@ func (h *Handler) identityHealth() map[string]any {
 // database is not available; true when an admin route may go on.
 func (h *Handler) adminReady(w http.ResponseWriter, r *http.Request) bool {
 	if !h.adminAllowed(r) {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "admin token required")
+		answer.Error(w, http.StatusUnauthorized, "unauthorized", "admin token required")
 		return false
 	}
 	return h.ready(w)
@@ -533,11 +535,11 @@ func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	res, err := worker.Cleanup(ctx, h.app.pool, h.app.now(), "api", true)
 	if err != nil {
-		h.writeStoreError(w, r, "cleaning up states", err)
+		answer.StoreError(h.logger, w, r, "cleaning up states", err)
 		return
 	}
 	deleted := res.States
 	h.app.metrics.StatesCleaned(deleted)
 	h.logger.Info("cleaned up expired oauth states", zap.Int64("deleted", deleted))
-	writeJSON(w, http.StatusOK, map[string]any{"deleted": deleted})
+	answer.JSON(w, http.StatusOK, map[string]any{"deleted": deleted})
 }

@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/spf13/cobra"
+
+	"github.com/credgate/credgate/internal/testhttp"
 )
 
 func TestSandboxCommandServesAndPrintsCredentials(t *testing.T) {

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,13 +10,11 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/google/uuid"
 	"go.uber.org/zap"
 
+	"github.com/credgate/credgate/backend"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
-	"github.com/credgate/credgate/telemetry"
-	"github.com/credgate/credgate/vault"
 )
 
 func init() {
@@ -27,11 +24,6 @@ func init() {
 	// does not shadow it.
 	httpcaddyfile.RegisterDirectiveOrder("credgate_tokens", httpcaddyfile.Before, "respond")
 }
-
-// tokenRoutePrefix is where the token API lives. The public credgate
-// handler answers 404 under it, so a token is never served on the app's
-// public origin even if the app or a proxy rule would route it.
-const tokenRoutePrefix = "/api/internal/credentials/"
 
 // TokenAPI is the credgate_tokens handler: the app's back end fetches a
 // user's current access token from it instead of reading
@@ -50,6 +42,8 @@ type TokenAPI struct {
 	// an account that backfill has not sealed yet. Default false: such an
 	// account is not_connected here until `caddy credgate backfill` runs.
 	ServeLegacyPlaintext bool `json:"serve_legacy_plaintext,omitempty"`
+
+	api *backend.TokenAPI
 }
 
 // internalHandler is what the handlers of the internal listener
@@ -66,9 +60,9 @@ type internalHandler struct {
 	// 5m.
 	MinValidity caddy.Duration `json:"min_validity,omitempty"`
 
-	app    *App
-	token  secret.Value
-	logger *zap.Logger
+	app     *App
+	logger  *zap.Logger
+	service *backend.Service
 }
 
 // provision binds the handler named who to the credgate app. No network.
@@ -79,16 +73,19 @@ func (ih *internalHandler) provision(ctx caddy.Context, who string) error {
 		return err
 	}
 	ih.app = app
-	ih.token = secret.New(caddy.NewReplacer().ReplaceKnown(ih.ServiceToken, ""))
-	if len(ih.token.Reveal()) < 16 {
+	token := secret.New(caddy.NewReplacer().ReplaceKnown(ih.ServiceToken, ""))
+	if len(token.Reveal()) < 16 {
 		return fmt.Errorf("%s: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})", who)
 	}
-	app.noteSecret(who, "service_token", ih.token.Reveal(), 0)
+	app.noteSecret(who, "service_token", token.Reveal(), 0)
 	app.warnLiteral(who, "service_token", ih.ServiceToken)
 	if ih.MinValidity <= 0 {
 		ih.MinValidity = caddy.Duration(5 * time.Minute)
 	}
 	ih.warnUnreachableValidity(who)
+	ih.service = &backend.Service{Token: token, MinValidity: time.Duration(ih.MinValidity), Refresher: app.refresher,
+		Metrics: app.metrics, ReadAudit: app.readAudit, BackendReads: app.backendReads, Available: app.Available,
+		Answers: app.answers(), Logger: ih.logger}
 	return nil
 }
 
@@ -122,18 +119,6 @@ func shortDuration(d time.Duration) string {
 	return s
 }
 
-// authorized answers 401 unless the request carries the service token.
-// It comes first: without the token nothing about routes, users or
-// platforms is revealed.
-func (ih *internalHandler) authorized(w http.ResponseWriter, r *http.Request) bool {
-	if bearerMatches(r, ih.token) {
-		return true
-	}
-	w.Header().Set("WWW-Authenticate", `Bearer realm="credgate"`)
-	writeError(w, http.StatusUnauthorized, "unauthorized", "the service token is missing or wrong")
-	return false
-}
-
 // CaddyModule returns the Caddy module information.
 func (TokenAPI) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -144,178 +129,20 @@ func (TokenAPI) CaddyModule() caddy.ModuleInfo {
 
 // Provision binds the handler to the credgate app. No network.
 func (t *TokenAPI) Provision(ctx caddy.Context) error {
-	return t.provision(ctx, "credgate_tokens")
-}
-
-// tokenView is the token API's answer.
-type tokenView struct {
-	AccessToken    string     `json:"access_token"`
-	TokenType      string     `json:"token_type"`
-	ExpiresAt      *time.Time `json:"expires_at"`
-	PlatformUserID string     `json:"platform_user_id"`
-	Scopes         []string   `json:"scopes"`
-}
-
-// appendJSON appends the answer as encoding/json writes it (the tests
-// compare the two): the token API's hottest path, where the encoder's
-// reflection cost a fifth of the handler's CPU. An expiry that RFC 3339
-// cannot write in its own zone (a year past 9999 there) is written in
-// UTC; one it cannot write in UTC either is an error, never a null,
-// which would say the token does not expire.
-func (v tokenView) appendJSON(b []byte) ([]byte, error) {
-	b = append(b, `{"access_token":`...)
-	b = appendJSONString(b, v.AccessToken)
-	b = append(b, `,"token_type":`...)
-	b = appendJSONString(b, v.TokenType)
-	b = append(b, `,"expires_at":`...)
-	if v.ExpiresAt == nil {
-		b = append(b, "null"...)
-	} else {
-		t, err := v.ExpiresAt.MarshalJSON()
-		if err != nil {
-			if t, err = v.ExpiresAt.UTC().MarshalJSON(); err != nil {
-				return nil, fmt.Errorf("writing the token's expiry: %w", err)
-			}
-		}
-		b = append(b, t...)
+	if err := t.provision(ctx, "credgate_tokens"); err != nil {
+		return err
 	}
-	b = append(b, `,"platform_user_id":`...)
-	b = appendJSONString(b, v.PlatformUserID)
-	b = append(b, `,"scopes":`...)
-	if v.Scopes == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '[')
-		for i, s := range v.Scopes {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendJSONString(b, s)
-		}
-		b = append(b, ']')
-	}
-	return append(b, "}\n"...), nil
-}
-
-// appendJSONString appends s as a JSON string. Printable ASCII that
-// encoding/json leaves alone (tokens, ids and scopes are) is copied;
-// anything else is left to encoding/json, so the escaping is its own.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
+	t.api = &backend.TokenAPI{Service: t.service, ServeLegacyPlaintext: t.ServeLegacyPlaintext}
+	return nil
 }
 
 // ServeHTTP serves the token route and passes everything else on.
 func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	rest, ok := strings.CutPrefix(r.URL.Path, tokenRoutePrefix)
-	if !ok {
+	if !strings.HasPrefix(r.URL.Path, backend.TokenRoutePrefix) {
 		return next.ServeHTTP(w, r)
 	}
-	answer := t.app.early(w, telemetry.RouteToken)
-	defer answer.done()
-	w = answer.Writer()
-	if !t.authorized(w, r) {
-		return nil
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 3 || parts[2] != "token" {
-		writeError(w, http.StatusNotFound, "not_found", "the token route is "+tokenRoutePrefix+"{user_id}/{platform}/token")
-		return nil
-	}
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed")
-		return nil
-	}
-	platform := parts[1]
-	id, err := uuid.Parse(parts[0])
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_user", "user_id must be a UUID")
-		return nil
-	}
-	// The canonical form: uuid.Parse also takes urn:uuid:… and braces,
-	// which PostgreSQL does not.
-	user := id.String()
-	if _, ok := t.app.refresher.Providers[platform]; !ok {
-		writeError(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
-		return nil
-	}
-	if !t.app.Available() {
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
-		return nil
-	}
-	t.app.backendReads.Count(platform, vault.ViaTokenAPI)
-	answer.traced(r, "credgate.token.read", telemetry.SpanAttrs(platform, ""), func(w http.ResponseWriter, r *http.Request) {
-		t.serveToken(w, r, user, platform)
-	})
+	t.api.ServeHTTP(w, r)
 	return nil
-}
-
-func (t *TokenAPI) serveToken(w http.ResponseWriter, r *http.Request, user, platform string) {
-	// Reads of one user in a burst go to the database once
-	// (worker.RecentFor), as egress's do.
-	tok, err := t.app.refresher.ReadForBackEnd(r.Context(), user, platform, time.Duration(t.MinValidity), t.ServeLegacyPlaintext)
-	source := tok.Source
-	// Counted, not written: the app's audit row for this read comes with
-	// the window's others (App.AuditReadWindow).
-	audit := func(status vault.Outcome, code string) {
-		t.app.readAudit.Count(vault.TokenRead{UserID: user, Platform: platform, Via: vault.ViaTokenAPI,
-			Status: status, ErrorCode: code, Source: source, Refreshed: tok.Refreshed, RenewalFailed: tok.RenewalFailed})
-		outcome := code
-		if status == vault.Success {
-			outcome = telemetry.Success
-		}
-		t.app.metrics.TokenRead(platform, outcome)
-	}
-	if err != nil {
-		status, code, message := tokenFailure(err)
-		if status == 0 {
-			// The store failed part way: still a read, counted.
-			audit(vault.Failed, storeErrorCode(r, err))
-			writeStoreError(t.logger, w, r, "reading a token", err)
-			return
-		}
-		switch code {
-		case "decrypt_failed":
-			t.logger.Error("token API: credentials do not decrypt", zap.String("platform", platform), errField(err))
-		case "provider_unavailable":
-			w.Header().Set("Retry-After", "30")
-		case "renewal_pending":
-			w.Header().Set("Retry-After", "5")
-		}
-		// A renewal the platform refused is audited by the platform's code
-		// (invalid_grant, rate_limited …), not the answer's.
-		if isPlatformError(err) {
-			audit(vault.Failed, string(oauth.CodeOf(err)))
-		} else {
-			audit(vault.Failed, code)
-		}
-		writeError(w, status, code, message)
-		return
-	}
-	view := tokenView{AccessToken: tok.Credentials.AccessToken.Reveal(), TokenType: tok.Credentials.TokenType,
-		ExpiresAt: tok.Account.ExpiresAt, PlatformUserID: tok.Account.PlatformUserID, Scopes: tok.Account.Scopes}
-	if view.TokenType == "" {
-		view.TokenType = "bearer"
-	}
-	if view.Scopes == nil {
-		view.Scopes = []string{}
-	}
-	body, err := view.appendJSON(make([]byte, 0, 256))
-	if err != nil {
-		audit(vault.Failed, "internal")
-		writeStoreError(t.logger, w, r, "answering a token read", err)
-		return
-	}
-	audit(vault.Success, "")
-	writeJSONBody(w, http.StatusOK, body)
 }
 
 // parseTokenAPI parses:
