@@ -5,7 +5,6 @@ import (
 	"errors"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -14,7 +13,6 @@ import (
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/telemetry"
-	"github.com/credgate/credgate/vault"
 )
 
 // telemetryKey names the process's one set of metrics and OTel providers
@@ -71,7 +69,7 @@ func (a *App) provisionTelemetry(ctx caddy.Context) error {
 		return nil
 	}
 	collectors := append(a.metrics.Collectors(), a.health.Collectors()...)
-	for _, c := range append(collectors, &gauges{app: a}, poolStats{pool: a.pool}) {
+	for _, c := range append(collectors, &gauges{app: a, store: report.StoreGauges(a.pool, a.accounts, a.platforms(), a.now, a.Available)}, poolStats{pool: a.pool}) {
 		// A registry may already hold the shared collectors (a config
 		// provisioned twice): that is the same collector, which is fine.
 		if err := registry.Register(c); err != nil {
@@ -83,25 +81,14 @@ func (a *App) provisionTelemetry(ctx caddy.Context) error {
 	return nil
 }
 
-// gauges reads the state the database holds at scrape time, at most
-// every gaugeTTL, so that frequent scrapes cost the database little.
+// gauges are the instance's own state at scrape time (no database round
+// trip), and the database's gauges (report.StoreGauges), cached.
 type gauges struct {
-	app *App
-
-	mu     sync.Mutex
-	at     time.Time
-	cached []prometheus.Metric
+	app   *App
+	store *telemetry.CachedGauges
 }
 
-const gaugeTTL = 10 * time.Second
-
 var (
-	queueJobsDesc = prometheus.NewDesc("credgate_refresh_queue_jobs",
-		"Refresh jobs by status (pending, due, running, overdue, dead).", []string{"status"}, nil)
-	oldestDueDesc = prometheus.NewDesc("credgate_refresh_oldest_pending_seconds",
-		"How long the longest-waiting due refresh job has waited.", nil, nil)
-	accountsDesc = prometheus.NewDesc("credgate_accounts",
-		"Accounts by platform and status (connected, expiring, needs_reauth, revoked, disconnected).", []string{"platform", "status"}, nil)
 	haltedDesc = prometheus.NewDesc("credgate_rollout_halted",
 		"1 while the rollout guard holds a platform's new starts on the legacy flow (only with the guard on).", []string{"platform"}, nil)
 	flagReadyDesc = prometheus.NewDesc("credgate_flag_provider_ready",
@@ -111,9 +98,10 @@ var (
 )
 
 func (g *gauges) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueJobsDesc, oldestDueDesc, accountsDesc, flagReadyDesc, haltedDesc, storageDesc} {
+	for _, d := range []*prometheus.Desc{flagReadyDesc, haltedDesc, storageDesc} {
 		ch <- d
 	}
+	g.store.Describe(ch)
 }
 
 func (g *gauges) Collect(ch chan<- prometheus.Metric) {
@@ -138,49 +126,7 @@ func (g *gauges) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(haltedDesc, prometheus.GaugeValue, halted, p.Name)
 		}
 	}
-	for _, m := range g.fromDatabase() {
-		ch <- m
-	}
-}
-
-// fromDatabase returns the database gauges, cached; none while the
-// database is unreachable (a scrape must not wait for it).
-func (g *gauges) fromDatabase() []prometheus.Metric {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if time.Since(g.at) < gaugeTTL || !g.app.Available() {
-		return g.cached
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	var out []prometheus.Metric
-	st, err := vault.ReadQueueStats(ctx, g.app.pool, g.app.now(), report.DefaultOverdueGrace)
-	if err != nil {
-		return g.cached
-	}
-	for status, n := range map[string]int64{"pending": st.Pending, "due": st.Due, "running": st.Running, "overdue": st.Overdue, "dead": st.Dead} {
-		out = append(out, prometheus.MustNewConstMetric(queueJobsDesc, prometheus.GaugeValue, float64(n), status))
-	}
-	out = append(out, prometheus.MustNewConstMetric(oldestDueDesc, prometheus.GaugeValue, st.OldestDue.Seconds()))
-	counted, err := g.app.accounts.CountByStatus(ctx, g.app.pool, g.app.platforms())
-	if err != nil {
-		return g.cached
-	}
-	// Every configured platform × status, zeros included: a series that
-	// appears only at its first non-zero value hides the jump from zero
-	// that an alert wants to see.
-	byKey := map[[2]string]float64{}
-	for _, p := range g.app.platforms() {
-		for _, st := range []vault.Status{vault.StatusConnected, vault.StatusExpiring, vault.StatusNeedsReauth, vault.StatusRevoked, vault.StatusDisconnected} {
-			byKey[[2]string{p, string(st)}] = float64(counted[p][st])
-		}
-	}
-	var counts []prometheus.Metric
-	for k, n := range byKey {
-		counts = append(counts, prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, n, k[0], k[1]))
-	}
-	g.cached, g.at = append(out, counts...), time.Now()
-	return g.cached
+	g.store.Collect(ch)
 }
 
 // platforms are the configured platform names, sorted: the closed set the

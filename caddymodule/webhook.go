@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/webhook"
@@ -184,7 +184,7 @@ func (a *App) provisionWebhook(ctx caddy.Context, repl *caddy.Replacer) error {
 		},
 	}}
 	if registry := ctx.GetMetricsRegistry(); registry != nil {
-		if err := registry.Register(&outboxGauges{app: a}); err != nil {
+		if err := registry.Register(webhook.OutboxGauges(a.webhook.deliverer.Outbox, a.pool, a.now, a.Available)); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
 				return fmt.Errorf("credgate: webhook metrics: %w", err)
 			}
@@ -207,82 +207,13 @@ func (a *App) checkWebhookOutbox(ctx context.Context) error {
 	return nil
 }
 
-// webhookHealth is the webhook's part of service-health: where events
-// go, and the outbox at a glance. A failing webhook does not make
-// credgate unhealthy (it serves all the same); it says so here, in the
-// metrics and in the log.
+// webhookHealth is the webhook's part of service-health
+// (report.WebhookHealth).
 func (a *App) webhookHealth(ctx context.Context, dbOK bool) map[string]any {
 	if a.webhook == nil {
 		return map[string]any{"configured": false}
 	}
-	out := map[string]any{"configured": true, "url": a.webhook.target}
-	if !dbOK {
-		out["ok"] = false
-		out["error"] = "database unavailable"
-		return out
-	}
-	st, err := a.webhook.deliverer.Outbox.Stats(ctx, a.pool)
-	if err != nil {
-		out["ok"] = false
-		out["error"] = err.Error()
-		return out
-	}
-	out["ok"] = st.Failing == 0 && st.Failed == 0
-	out["pending"], out["failing"], out["failed"] = st.Pending, st.Failing, st.Failed
-	if !st.OldestPending.IsZero() {
-		out["oldest_pending_seconds"] = int64(a.now().Sub(st.OldestPending).Seconds())
-	}
-	if st.LastError != "" {
-		out["last_error"] = st.LastError
-	}
-	return out
-}
-
-var (
-	outboxEventsDesc = prometheus.NewDesc("credgate_webhook_outbox_events",
-		"Account events in the webhook outbox by state: pending (not delivered yet), failing (pending, and the last attempt failed), failed (given up after retry_for, kept).", []string{"state"}, nil)
-	outboxOldestDesc = prometheus.NewDesc("credgate_webhook_outbox_oldest_pending_seconds",
-		"Age of the oldest account event not delivered yet (0 when none).", nil, nil)
-)
-
-// outboxGauges reads the outbox at scrape time, at most every gaugeTTL.
-type outboxGauges struct {
-	app *App
-
-	mu     sync.Mutex
-	at     time.Time
-	cached []prometheus.Metric
-}
-
-func (g *outboxGauges) Describe(ch chan<- *prometheus.Desc) {
-	ch <- outboxEventsDesc
-	ch <- outboxOldestDesc
-}
-
-func (g *outboxGauges) Collect(ch chan<- prometheus.Metric) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if time.Since(g.at) >= gaugeTTL && g.app.Available() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st, err := g.app.webhook.deliverer.Outbox.Stats(ctx, g.app.pool)
-		cancel()
-		if err == nil {
-			oldest := 0.0
-			if !st.OldestPending.IsZero() {
-				oldest = g.app.now().Sub(st.OldestPending).Seconds()
-			}
-			g.cached = []prometheus.Metric{
-				prometheus.MustNewConstMetric(outboxEventsDesc, prometheus.GaugeValue, float64(st.Pending), "pending"),
-				prometheus.MustNewConstMetric(outboxEventsDesc, prometheus.GaugeValue, float64(st.Failing), "failing"),
-				prometheus.MustNewConstMetric(outboxEventsDesc, prometheus.GaugeValue, float64(st.Failed), "failed"),
-				prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, oldest),
-			}
-			g.at = time.Now()
-		}
-	}
-	for _, m := range g.cached {
-		ch <- m
-	}
+	return report.WebhookHealth(ctx, a.pool, a.webhook.deliverer.Outbox, a.webhook.target, a.now(), dbOK)
 }
 
 // schemeOf is what comes before "://" in raw, if that is short and
