@@ -28,6 +28,7 @@ import (
 	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/internal/dberr"
 	"github.com/credgate/credgate/internal/pgurl"
+	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
 	"github.com/credgate/credgate/worker"
@@ -202,7 +203,7 @@ type App struct {
 type appRun struct {
 	// exposure: the config's public origins and weak secrets, refused
 	// together at Start.
-	exposure exposure
+	exposure secret.Exposure
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
 	available atomic.Bool
@@ -418,7 +419,7 @@ func (a *App) provisionFlows() {
 // database does not: pass-through traffic flows, credgate routes answer
 // 503, and a background loop keeps trying.
 func (a *App) Start() error {
-	if err := a.checkExposure(); err != nil {
+	if err := a.run.exposure.Check(); err != nil {
 		return err
 	}
 	if err := a.rollout.Start(context.Background()); err != nil {

@@ -167,11 +167,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	// A public origin with a published or short secret is refused at
 	// Start (exposure.go), once every handler of the config has said.
-	h.app.noteOrigin(h.PublicOrigin)
-	h.app.noteSecret("credgate handler", "admin_token", h.adminToken.Reveal(), minAdminToken)
+	h.app.run.exposure.NoteOrigin(h.PublicOrigin)
+	h.app.run.exposure.NoteSecret("credgate handler", "admin_token", h.adminToken.Reveal(), secret.MinAdminToken)
 	h.app.warnLiteral("credgate handler", "admin_token", h.AdminToken)
 	if h.Identity != nil {
-		h.app.noteSecret("credgate identity", "jwt_secret", repl.ReplaceKnown(h.Identity.JWTSecret, ""), 0)
+		h.app.run.exposure.NoteSecret("credgate identity", "jwt_secret", repl.ReplaceKnown(h.Identity.JWTSecret, ""), 0)
 		h.app.warnLiteral("credgate identity", "jwt_secret", h.Identity.JWTSecret)
 	}
 	if len(h.ReturnToAllow) == 0 {

@@ -77,7 +77,7 @@ func (ih *internalHandler) provision(ctx caddy.Context, who string) error {
 	if len(token.Reveal()) < 16 {
 		return fmt.Errorf("%s: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})", who)
 	}
-	app.noteSecret(who, "service_token", token.Reveal(), 0)
+	app.run.exposure.NoteSecret(who, "service_token", token.Reveal(), 0)
 	app.warnLiteral(who, "service_token", ih.ServiceToken)
 	if ih.MinValidity <= 0 {
 		ih.MinValidity = caddy.Duration(5 * time.Minute)

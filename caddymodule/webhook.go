@@ -150,7 +150,7 @@ func (a *App) provisionWebhook(ctx caddy.Context, repl *caddy.Replacer) error {
 		case len(v) < webhook.MinSecretLength:
 			return fmt.Errorf("credgate: webhook: %s is shorter than %d characters", option, webhook.MinSecretLength)
 		}
-		a.noteSecret("credgate webhook", option, v, 0)
+		a.run.exposure.NoteSecret("credgate webhook", option, v, 0)
 		secrets = append(secrets, secret.New(v))
 	}
 	kinds := []vault.AccountEventKind{}
