@@ -2,15 +2,11 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/url"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -88,7 +84,7 @@ type rolloutDecisionView struct {
 // its connect route. It decides and counts exactly as the connect route
 // does (decideConnect), and answers where to send the browser: the new
 // start route, or the app's connect route carrying a decided mark
-// (decidedMark), so that the decision is not made, and counted, a
+// (flags.DecidedMark), so that the decision is not made, and counted, a
 // second time there.
 func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platform string) {
 	p, ok := h.providers[platform]
@@ -111,7 +107,7 @@ func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platfo
 		to := newStartTarget(p.Name(), returnTo)
 		view.Location = &to
 	} else if path := h.legacyStartPath(p.Name()); path != "" {
-		to := path + "?" + url.Values{decidedParam: {h.decidedMark(user, p.Name(), time.Now())}}.Encode()
+		to := path + "?" + url.Values{flags.DecidedParam: {flags.DecidedMark(h.app.keys.StateMACKey(), user, p.Name(), time.Now())}}.Encode()
 		view.Location = &to
 	}
 	answer.JSON(w, http.StatusOK, view)
@@ -128,63 +124,23 @@ func (h *Handler) legacyStartPath(platform string) string {
 	return ""
 }
 
-// The decided mark. A browser the decision route sent to the app's
-// connect route brings its decision along, so that the connect route
-// hands the request to the app without deciding, and counting, again:
-// each connect is one decision, whichever way the app asks. The mark is
-// the query parameter credgate_decided=<expiry>.<mac>, the MAC an
-// HMAC-SHA256 under the state MAC subkey of
-// "credgate/rollout-decided/v1\n<user>\n<platform>\n<expiry>" (a state's
-// MAC covers "cg1.…", so neither can pass for the other). Bound to the
-// user and platform and good for decidedFor, it cannot be handed to
-// another user or kept to stay on the legacy flow after the rollout
-// moved; a mark that does not check out is ignored, and the connect route
-// decides as usual. It is removed before the app sees the request. Only
-// the legacy arm carries one: the new arm goes to credgate's start route,
-// which does not decide.
-const (
-	decidedParam = "credgate_decided"
-	decidedFor   = 2 * time.Minute
-)
-
-// decidedMark is the mark for a legacy decision for user on platform at now.
-func (h *Handler) decidedMark(user, platform string, now time.Time) string {
-	exp := strconv.FormatInt(now.Add(decidedFor).Unix(), 10)
-	return exp + "." + decidedMAC(h.app.keys.StateMACKey(), user, platform, exp)
-}
-
-func decidedMAC(key []byte, user, platform, exp string) string {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("credgate/rollout-decided/v1\n" + user + "\n" + platform + "\n" + exp))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
-}
-
 // decidedLegacy reports whether the connect request r carries a valid
 // decided mark for its user on platform, and returns that user. Any mark
 // is removed from r first, valid or not. The user is read as the
 // connect route reads it (no session refresh: the request goes to the
 // app) and not counted again: the decision route counted it.
 func (h *Handler) decidedLegacy(w http.ResponseWriter, r *http.Request, platform string) (string, bool) {
-	if h.legacyOff || !strings.Contains(r.URL.RawQuery, decidedParam+"=") {
+	if h.legacyOff || !strings.Contains(r.URL.RawQuery, flags.DecidedParam+"=") {
 		return "", false
 	}
-	mark := r.URL.Query().Get(decidedParam)
-	removeQueryParam(r, decidedParam)
-	exp, mac, ok := strings.Cut(mark, ".")
-	at, err := strconv.ParseInt(exp, 10, 64)
-	if !ok || err != nil || time.Now().Unix() > at {
-		return "", false
-	}
-	user := ""
-	if h.Identity != nil {
-		user = h.Identity.read(w, r, identity.NoRefresh).UserID
-	}
-	for _, key := range h.app.keys.StateMACKeys() {
-		if hmac.Equal([]byte(decidedMAC(key, user, platform, exp)), []byte(mac)) {
-			return user, true
+	mark := r.URL.Query().Get(flags.DecidedParam)
+	removeQueryParam(r, flags.DecidedParam)
+	return flags.ValidDecidedMark(h.app.keys.StateMACKeys(), mark, platform, time.Now(), func() string {
+		if h.Identity == nil {
+			return ""
 		}
-	}
-	return "", false
+		return h.Identity.read(w, r, identity.NoRefresh).UserID
+	})
 }
 
 // removeQueryParam drops every name=… from r's query and leaves the rest

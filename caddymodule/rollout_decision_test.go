@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/internal/pgtest"
 )
 
@@ -54,7 +55,7 @@ func (h *harness) followLegacy(user, location string) {
 		h.t.Fatalf("following %s: %d %s, not the app", location, resp.StatusCode, resp.Header.Get("Location"))
 	}
 	seen := h.upstreamSaw()[before:]
-	if len(seen) != 1 || seen[0].Path != strings.SplitN(location, "?", 2)[0] || strings.Contains(seen[0].Query, decidedParam) {
+	if len(seen) != 1 || seen[0].Path != strings.SplitN(location, "?", 2)[0] || strings.Contains(seen[0].Query, flags.DecidedParam) {
 		h.t.Fatalf("the app saw %+v after %s", seen, location)
 	}
 }
@@ -112,7 +113,7 @@ func TestRolloutDecisionAgreesWithTheConnectRoute(t *testing.T) {
 						c.percent, i, resp.Header.Get("Location"), a.Flow, *a.Location)
 				}
 			case resp.Header.Get("X-Upstream") == "stub-app":
-				if a.Flow != "legacy" || !strings.HasPrefix(*a.Location, "/api/twitter/connect?"+decidedParam+"=") {
+				if a.Flow != "legacy" || !strings.HasPrefix(*a.Location, "/api/twitter/connect?"+flags.DecidedParam+"=") {
 					t.Fatalf("at %d %%, user %d: the connect route hands to the app, the decision route said %s %s", c.percent, i, a.Flow, *a.Location)
 				}
 			default:
