@@ -12,7 +12,7 @@ import (
 // package that breaks a rule fails here, naming what it pulled in.
 func TestTheCorePackagesKeepTheirImportRules(t *testing.T) {
 	const mod = "github.com/credgate/credgate/"
-	core := []string{"answer", "backend", "connect", "egress", "flags", "guard", "identity", "migrations", "oauth", "report", "sandbox", "sandbox/demoapp",
+	core := []string{"answer", "backend", "connect", "egress", "flags", "gateway", "guard", "identity", "migrations", "oauth", "report", "sandbox", "sandbox/demoapp",
 		"sandbox/supabaseauth", "secret", "telemetry", "vault", "webhook", "worker"}
 	forbidden := map[string][]string{"": {"github.com/caddyserver/caddy/v2"}}
 	for _, p := range []string{"flags", "oauth", "secret"} {

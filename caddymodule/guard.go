@@ -130,7 +130,7 @@ type RolloutStatus = guard.RolloutStatus
 // rolloutRoute: GET /api/credentials/rollout (admin), the same as
 // `caddy credgate rollout status`, from this instance's view.
 func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
-	if !h.adminReady(w, r) {
+	if !h.gw.AdminReady(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
@@ -151,7 +151,7 @@ func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
 // resumeRoute: POST /api/credentials/rollout/resume (admin) with
 // {"platform": "twitter", "by": "alice"}: clears a halt, audited.
 func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
-	if !h.adminReady(w, r) {
+	if !h.gw.AdminReady(w, r) {
 		return
 	}
 	var req struct {

@@ -7,15 +7,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/credgate/credgate/answer"
-	"github.com/credgate/credgate/connect"
-	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/gateway"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/ratelimit"
 	"github.com/credgate/credgate/oauth"
@@ -28,7 +27,7 @@ func init() {
 }
 
 // Handler is the credgate HTTP handler: it serves the new OAuth and
-// credential routes (routes.go) and passes everything else to the next
+// credential routes (package gateway) and passes everything else to the next
 // handler untouched, with no database access, no body read and no header
 // change.
 type Handler struct {
@@ -93,20 +92,13 @@ type Handler struct {
 	// instance, so N replicas allow up to N times as many.
 	StartLimit string `json:"start_limit,omitempty"`
 
-	app        *App
-	startLimit *ratelimit.Limiter // nil when off
-	// identityWatch is the connect route's last minute of identity
-	// results (the warning, service-health).
-	identityWatch *identity.Watch
-	providers     map[string]*oauth.Provider
-	adminToken    secret.Value
-	logger        *zap.Logger
+	app *App
+	// gw serves credgate's own routes (package gateway), and holds the
+	// options above as provisioned.
+	gw        *gateway.Gateway
+	providers map[string]*oauth.Provider
+	logger    *zap.Logger
 
-	// flows are the app's connect steps, logging as this handler.
-	flows *connect.Flows
-
-	legacyOff       bool
-	legacyError     *regexp.Regexp             // LegacyErrorPattern
 	legacyCallbacks map[string]*oauth.Provider // by exact path
 	legacyStarts    map[string]*oauth.Provider // by exact path
 	// legacyOutsideAPI is true when a legacy path does not start with
@@ -152,9 +144,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.app = app
-	h.flows = app.flows.WithLogger(h.logger)
+	// The connect steps log as this handler.
+	g := &gateway.Gateway{Flows: app.flows.WithLogger(h.logger), Accounts: app.accounts, Keys: app.keys, DB: app.pool,
+		Rollout: app.rollout, Metrics: app.metrics, Tracer: app.tracer(), Answers: app.answers(), Logger: h.logger,
+		IdentityWatch: new(identity.Watch), Available: app.Available, Now: app.now, Halted: app.halted,
+		InForceRecently: app.inForceRecently, StateTTL: time.Duration(app.StateTTL), DecisionTimeout: time.Duration(app.DecisionTimeout),
+		Admin: gateway.AdminRoutes{ServiceHealth: h.serviceHealth, RolloutStatus: h.rolloutRoute, RolloutResume: h.resumeRoute}}
+	h.gw = g
 	repl := caddy.NewReplacer()
-	h.adminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))
+	g.AdminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))
 	h.PublicOrigin = strings.TrimRight(repl.ReplaceKnown(h.PublicOrigin, ""), "/")
 	u, err := url.Parse(h.PublicOrigin)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
@@ -166,37 +164,40 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("credgate handler: public_origin %q must be https (plain http works only for localhost)", h.PublicOrigin)
 	}
 	// A public origin with a published or short secret is refused at
-	// Start (exposure.go), once every handler of the config has said.
-	h.app.run.exposure.NoteOrigin(h.PublicOrigin)
-	h.app.run.exposure.NoteSecret("credgate handler", "admin_token", h.adminToken.Reveal(), secret.MinAdminToken)
-	h.app.warnLiteral("credgate handler", "admin_token", h.AdminToken)
+	// Start (secret.Exposure), once every handler of the config has said.
+	app.run.exposure.NoteOrigin(h.PublicOrigin)
+	app.run.exposure.NoteSecret("credgate handler", "admin_token", g.AdminToken.Reveal(), secret.MinAdminToken)
+	app.warnLiteral("credgate handler", "admin_token", h.AdminToken)
 	if h.Identity != nil {
-		h.app.run.exposure.NoteSecret("credgate identity", "jwt_secret", repl.ReplaceKnown(h.Identity.JWTSecret, ""), 0)
-		h.app.warnLiteral("credgate identity", "jwt_secret", h.Identity.JWTSecret)
+		app.run.exposure.NoteSecret("credgate identity", "jwt_secret", repl.ReplaceKnown(h.Identity.JWTSecret, ""), 0)
+		app.warnLiteral("credgate identity", "jwt_secret", h.Identity.JWTSecret)
+		if err := h.Identity.provision(ctx); err != nil {
+			return err
+		}
+		g.ReadIdentity = h.Identity.read
 	}
 	if len(h.ReturnToAllow) == 0 {
 		h.ReturnToAllow = []string{"/"}
 	}
-	if h.startLimit, err = parseStartLimit(h.StartLimit); err != nil {
+	if g.StartLimit, err = parseStartLimit(h.StartLimit); err != nil {
 		return err
 	}
-	h.identityWatch = new(identity.Watch)
-	if h.Identity != nil {
-		if err := h.Identity.provision(ctx); err != nil {
-			return err
-		}
-	}
-	h.legacyOff = h.Legacy == "off"
+	g.LegacyOff = h.Legacy == "off"
 	if h.LegacyCallback == "" {
 		h.LegacyCallback = "/api/{platform}/callback"
 	}
 	if h.LegacyErrorPattern == "" {
-		h.LegacyErrorPattern = defaultLegacyErrorPattern
+		h.LegacyErrorPattern = gateway.DefaultLegacyErrorPattern
 	}
-	if h.legacyError, err = regexp.Compile(h.LegacyErrorPattern); err != nil {
+	if g.LegacyError, err = regexp.Compile(h.LegacyErrorPattern); err != nil {
 		return fmt.Errorf("credgate handler: legacy_error_pattern is not a regular expression: %v", err)
 	}
-	return h.provisionRoutes(repl)
+	g.PublicOrigin, g.ReturnToAllow, g.LoginURL, g.LegacyReturnTo = h.PublicOrigin, h.ReturnToAllow, h.LoginURL, h.LegacyReturnTo
+	if err := h.provisionRoutes(repl); err != nil {
+		return err
+	}
+	g.Providers, g.LegacyStarts = h.providers, h.legacyStarts
+	return nil
 }
 
 // Validate checks the options that need nothing provisioned (Caddy calls
@@ -213,7 +214,7 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("credgate handler: legacy must be on or off, got %q", h.Legacy)
 	}
 	if h.LegacyReturnTo != "" {
-		if _, ok := h.validReturnTo(h.LegacyReturnTo); !ok {
+		if _, ok := gateway.ValidReturnTo(h.ReturnToAllow, h.LegacyReturnTo); !ok {
 			return fmt.Errorf("credgate handler: legacy_return_to must be a path under return_to_allow, got %q", h.LegacyReturnTo)
 		}
 	}
@@ -292,8 +293,8 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if p, ok := h.legacyStarts[path]; ok {
 		return h.legacyStart(w, r, next, p)
 	}
-	if route := h.route(r.Method, path); route != nil {
-		name, platform, flow := routeSpan(path)
+	if route := h.gw.Route(r.Method, path); route != nil {
+		name, platform, flow := gateway.RouteSpan(path)
 		if _, ok := h.providers[platform]; !ok {
 			// Only a configured platform is a label: the path is the
 			// client's to choose.
@@ -303,37 +304,6 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 		return nil
 	}
 	return next.ServeHTTP(w, r)
-}
-
-// routeSpan names the span of a credgate route, with the platform and
-// flow its path names (closed sets: the path was routed).
-func routeSpan(path string) (name, platform, flow string) {
-	if rest, ok := strings.CutPrefix(path, "/api/auth/oauth/"); ok {
-		platform, tail, _ := strings.Cut(rest, "/")
-		if tail == "callback" {
-			return "credgate.oauth.callback", platform, string(flags.ArmNew)
-		}
-		return "credgate.oauth.start", platform, string(flags.ArmNew)
-	}
-	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
-		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok {
-			return "credgate.disconnect", platform, ""
-		}
-	}
-	return "credgate.api", "", ""
-}
-
-// adminAllowed checks "Authorization: Bearer <admin token>" in constant
-// time; without a configured token nobody is admin.
-func (h *Handler) adminAllowed(r *http.Request) bool { return answer.BearerMatches(r, h.adminToken) }
-
-// sameOrigin accepts a state-changing request only from the app's own
-// pages: Origin equal to public_origin, or Sec-Fetch-Site same-origin.
-func (h *Handler) sameOrigin(r *http.Request) bool {
-	if origin := r.Header.Get("Origin"); origin != "" {
-		return origin == h.PublicOrigin
-	}
-	return r.Header.Get("Sec-Fetch-Site") == "same-origin"
 }
 
 func errField(err error) zap.Field { return zap.String("error", err.Error()) }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/backend"
+	"github.com/credgate/credgate/gateway"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/telemetry"
@@ -222,11 +223,11 @@ func TestA503FromCredgateCountsAs503(t *testing.T) {
 	}
 }
 
-// Every route routes.go lists has a route label of its own (the token
+// Every route gateway/routes.go lists has a route label of its own (the token
 // API's path on the public site is "other"): a route added there without
 // one fails here.
 func TestEveryRouteHasARouteLabel(t *testing.T) {
-	src, err := os.ReadFile("routes.go")
+	src, err := os.ReadFile("../gateway/routes.go")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +235,7 @@ func TestEveryRouteHasARouteLabel(t *testing.T) {
 	if len(listed) < 9 {
 		t.Fatalf("found %d routes in routes.go's list, want its whole table", len(listed))
 	}
-	h := &Handler{}
+	g := &gateway.Gateway{}
 	seen := map[string]string{}
 	for _, m := range listed {
 		method, path := m[1], strings.ReplaceAll(m[2], "{platform}", "twitter")
@@ -242,11 +243,11 @@ func TestEveryRouteHasARouteLabel(t *testing.T) {
 			method = http.MethodGet
 		}
 		path = strings.ReplaceAll(path, "…", "u/twitter/token")
-		if h.route(method, path) == nil {
+		if g.Route(method, path) == nil {
 			t.Errorf("%s %s: routes.go does not route it", method, path)
 			continue
 		}
-		span, _, _ := routeSpan(path)
+		span, _, _ := gateway.RouteSpan(path)
 		label := routeLabel(span, path)
 		if strings.HasPrefix(path, backend.TokenRoutePrefix) {
 			if label != telemetry.RouteOther {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/credgate/credgate/gateway"
 	"github.com/credgate/credgate/internal/oauthtest"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/oauth"
@@ -76,7 +77,7 @@ func TestConnectEveryPlatform(t *testing.T) {
 	// Status includes a row the legacy app wrote, and no secret.
 	pool.Exec(ctx, `INSERT INTO social_accounts (user_id, platform, access_token, username) VALUES ($1, 'legacyplatform', 'legacy-secret-token', 'old')`, alice)
 	resp, body := h.do("GET", "/api/credentials/status", alice, nil)
-	var status struct{ Accounts []accountView }
+	var status struct{ Accounts []gateway.AccountView }
 	json.Unmarshal(body, &status)
 	if resp.StatusCode != 200 || len(status.Accounts) != 5 || strings.Contains(string(body), "legacy-secret-token") {
 		t.Fatalf("status: %d %s", resp.StatusCode, body)

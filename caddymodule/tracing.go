@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/trace/embedded"
 
 	"github.com/credgate/credgate/answer"
+	"github.com/credgate/credgate/gateway"
 	"github.com/credgate/credgate/telemetry"
 )
 
@@ -67,7 +68,7 @@ func routeLabel(span, path string) string {
 	case "/api/credentials/rollout/resume":
 		return telemetry.RouteRolloutResume
 	}
-	if strings.HasPrefix(path, rolloutDecisionPrefix) {
+	if strings.HasPrefix(path, gateway.RolloutDecisionPrefix) {
 		return telemetry.RouteRolloutDecision
 	}
 	return telemetry.RouteOther

@@ -19,7 +19,7 @@ type Health struct {
 }
 
 // The route label of credgate's answers: one name per route credgate
-// owns (caddymodule/routes.go lists them), the internal listener's two,
+// owns (gateway/routes.go lists them), the internal listener's two,
 // and RouteOther for anything else credgate answers itself (the token
 // API's path on the public site, always 404). The app's routes credgate
 // watches (connect, the legacy callback) are the app's answers and are

@@ -1,18 +1,14 @@
-package caddymodule
+package gateway
 
 import (
 	"context"
 	"errors"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
-	"weak"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/answer"
@@ -21,7 +17,6 @@ import (
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/oauth"
-	"github.com/credgate/credgate/report"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
 	"github.com/credgate/credgate/vault"
@@ -39,11 +34,11 @@ import (
 //	POST   /api/maintenance/cleanup                (admin) delete expired states
 //	GET    /api/credentials/rollout                (admin) percentage, kill switch, guard, windowed success per platform
 //	POST   /api/credentials/rollout/resume         (admin) clear a guard halt: {"platform": "…", "by": "…"}
-//	GET    /api/credentials/rollout/{platform}     this user's rollout decision and where to send the browser (rollout_decision.go)
+//	GET    /api/credentials/rollout/{platform}     this user's rollout decision and where to send the browser (rollout.go)
 //	*      /api/internal/credentials/…             404: the token API (credgate_tokens) is never public
 //
 // Anything else under /api/ goes to the next handler.
-func (h *Handler) route(method, path string) http.HandlerFunc {
+func (g *Gateway) Route(method, path string) http.HandlerFunc {
 	if strings.HasPrefix(path, backend.TokenRoutePrefix) {
 		return func(w http.ResponseWriter, r *http.Request) {
 			answer.Error(w, http.StatusNotFound, "not_found", "not found")
@@ -54,39 +49,39 @@ func (h *Handler) route(method, path string) http.HandlerFunc {
 		platform, tail, _ := strings.Cut(rest, "/")
 		switch tail {
 		case "":
-			return h.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { h.start(w, r, platform) }})
+			return g.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { g.start(w, r, platform) }})
 		case "callback":
-			return h.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { h.callback(w, r, platform) }})
+			return g.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { g.callback(w, r, platform) }})
 		}
 		return nil
 	}
 	switch path {
 	case "/api/credentials/status":
-		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.status})
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.status})
 	case "/api/credentials/health-check":
-		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.healthCheck})
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.healthCheck})
 	case "/api/credentials/service-health":
-		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.serviceHealth})
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.Admin.ServiceHealth})
 	case "/api/maintenance/cleanup":
-		return h.methods(map[string]http.HandlerFunc{http.MethodPost: h.cleanup})
+		return g.methods(map[string]http.HandlerFunc{http.MethodPost: g.cleanup})
 	case "/api/credentials/rollout":
-		return h.methods(map[string]http.HandlerFunc{http.MethodGet: h.rolloutRoute})
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.Admin.RolloutStatus})
 	case "/api/credentials/rollout/resume":
-		return h.methods(map[string]http.HandlerFunc{http.MethodPost: h.resumeRoute})
+		return g.methods(map[string]http.HandlerFunc{http.MethodPost: g.Admin.RolloutResume})
 	}
-	if platform, ok := strings.CutPrefix(path, rolloutDecisionPrefix); ok && platform != "" && !strings.Contains(platform, "/") {
-		return h.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { h.rolloutDecision(w, r, platform) }})
+	if platform, ok := strings.CutPrefix(path, RolloutDecisionPrefix); ok && platform != "" && !strings.Contains(platform, "/") {
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { g.rolloutDecision(w, r, platform) }})
 	}
 	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
 		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok && !strings.Contains(platform, "/") {
-			return h.methods(map[string]http.HandlerFunc{http.MethodDelete: func(w http.ResponseWriter, r *http.Request) { h.disconnect(w, r, platform) }})
+			return g.methods(map[string]http.HandlerFunc{http.MethodDelete: func(w http.ResponseWriter, r *http.Request) { g.disconnect(w, r, platform) }})
 		}
 	}
 	return nil
 }
 
 // methods answers 405 with an Allow header for any other method.
-func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.HandlerFunc {
+func (g *Gateway) methods(byMethod map[string]http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if f, ok := byMethod[r.Method]; ok {
 			f(w, r)
@@ -99,14 +94,10 @@ func (h *Handler) methods(byMethod map[string]http.HandlerFunc) http.HandlerFunc
 	}
 }
 
-// dbTimeout bounds every database step of a request, as in the connect
-// steps.
-const dbTimeout = connect.DBTimeout
-
-// ready answers 503 while the database is unreachable or the key check
+// Ready answers 503 while the database is unreachable or the key check
 // has not passed.
-func (h *Handler) ready(w http.ResponseWriter) bool {
-	if !h.app.Available() {
+func (g *Gateway) Ready(w http.ResponseWriter) bool {
+	if !g.Available() {
 		answer.Error(w, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
 		return false
 	}
@@ -114,8 +105,8 @@ func (h *Handler) ready(w http.ResponseWriter) bool {
 }
 
 // identify reads the request's identity; route, when not "", names a
-// route whose identity outcomes are counted (credgate_identity_total).
-func (h *Handler) identify(w http.ResponseWriter, r *http.Request, route string) identity.Identity {
+// Route whose identity outcomes are counted (credgate_identity_total).
+func (g *Gateway) identify(w http.ResponseWriter, r *http.Request, route string) identity.Identity {
 	mode := identity.MayRefresh
 	if route == telemetry.RouteConnect {
 		// The app's connect route may hand the request to the app
@@ -124,24 +115,24 @@ func (h *Handler) identify(w http.ResponseWriter, r *http.Request, route string)
 		mode = identity.NoRefresh
 	}
 	got := identity.Identity{Result: identity.Missing}
-	if h.Identity != nil {
-		got = h.Identity.read(w, r, mode)
+	if g.ReadIdentity != nil {
+		got = g.ReadIdentity(w, r, mode)
 	}
 	switch {
 	case got.Anomaly:
-		h.logger.Warn("identity: supabase auth answered a refresh with another user's session; the request is treated as signed out", zap.String("route", route))
+		g.Logger.Warn("identity: supabase auth answered a refresh with another user's session; the request is treated as signed out", zap.String("route", route))
 	case got.RefreshErr != nil:
-		h.logger.Debug("identity: refreshing the session failed", zap.String("route", route), zap.Error(got.RefreshErr))
+		g.Logger.Debug("identity: refreshing the session failed", zap.String("route", route), zap.Error(got.RefreshErr))
 	}
 	if route != "" {
-		h.app.metrics.Identity(route, string(got.Result))
+		g.Metrics.Identity(route, string(got.Result))
 	}
 	return got
 }
 
 // requireUser answers 401 JSON when the request has no identity.
-func (h *Handler) requireUser(w http.ResponseWriter, r *http.Request) (string, bool) {
-	user := h.identify(w, r, "").UserID
+func (g *Gateway) requireUser(w http.ResponseWriter, r *http.Request) (string, bool) {
+	user := g.identify(w, r, "").UserID
 	if user == "" {
 		answer.Error(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
 		return "", false
@@ -159,9 +150,14 @@ func bindingCookie(platform string) string { return "__Host-credgate-" + platfor
 
 // validReturnTo accepts only a same-origin relative path under an allowed
 // prefix: no scheme, no host, no "//" or "\" tricks, no control bytes.
-func (h *Handler) validReturnTo(raw string) (string, bool) {
+func (g *Gateway) validReturnTo(raw string) (string, bool) {
+	return ValidReturnTo(g.ReturnToAllow, raw)
+}
+
+// ValidReturnTo is validReturnTo for the prefixes allow (at least one).
+func ValidReturnTo(allow []string, raw string) (string, bool) {
 	if raw == "" {
-		return h.ReturnToAllow[0], true
+		return allow[0], true
 	}
 	if len(raw) > 2048 || !strings.HasPrefix(raw, "/") || strings.HasPrefix(raw, "//") ||
 		strings.ContainsAny(raw, "\\\x00\r\n\t") {
@@ -171,7 +167,7 @@ func (h *Handler) validReturnTo(raw string) (string, bool) {
 	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || strings.Contains(u.Path, "/../") || strings.HasSuffix(u.Path, "/..") {
 		return "", false
 	}
-	for _, prefix := range h.ReturnToAllow {
+	for _, prefix := range allow {
 		base := strings.TrimSuffix(prefix, "/")
 		// Whole path segments: /settings allows /settings/x, not /settingsx.
 		if base == "" || u.Path == base || strings.HasPrefix(u.Path, base+"/") {
@@ -182,8 +178,8 @@ func (h *Handler) validReturnTo(raw string) (string, bool) {
 }
 
 // start: GET /api/auth/oauth/{platform}?return_to=…
-func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string) {
-	p, ok := h.providers[platform]
+func (g *Gateway) start(w http.ResponseWriter, r *http.Request, platform string) {
+	p, ok := g.Providers[platform]
 	if !ok {
 		answer.Error(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return
@@ -194,24 +190,24 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 		answer.Error(w, http.StatusForbidden, "cross_origin", "start the connection from the app's own pages")
 		return
 	}
-	user := h.identify(w, r, telemetry.RouteStart).UserID
+	user := g.identify(w, r, telemetry.RouteStart).UserID
 	if user == "" {
-		if h.LoginURL != "" && !wantsJSON(r) {
-			answer.Redirect(w, r, h.LoginURL, url.Values{"return_to": {r.URL.RequestURI()}})
+		if g.LoginURL != "" && !wantsJSON(r) {
+			answer.Redirect(w, r, g.LoginURL, url.Values{"return_to": {r.URL.RequestURI()}})
 			return
 		}
 		answer.Error(w, http.StatusUnauthorized, "unauthenticated", "sign in first")
 		return
 	}
-	returnTo, ok := h.validReturnTo(r.URL.Query().Get("return_to"))
+	returnTo, ok := g.validReturnTo(r.URL.Query().Get("return_to"))
 	if !ok {
 		answer.Error(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
 		return
 	}
-	if code, message := h.newStartsStopped(r.Context(), platform); code != "" {
+	if code, message := g.newStartsStopped(r.Context(), platform); code != "" {
 		// The app's page can act on either: show the message, or send the
 		// user through its own connect route (the legacy flow).
-		h.logger.Debug("start refused: new starts are stopped", zap.String("platform", platform), zap.String("code", code))
+		g.Logger.Debug("start refused: new starts are stopped", zap.String("platform", platform), zap.String("code", code))
 		if wantsJSON(r) {
 			answer.Error(w, http.StatusConflict, code, message)
 			return
@@ -219,20 +215,20 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 		answer.Redirect(w, r, returnTo, url.Values{"oauth_error": {code}, "platform": {platform}})
 		return
 	}
-	if h.startLimit != nil {
-		if ok, wait := h.startLimit.Allow(user+"/"+platform, time.Now()); !ok {
+	if g.StartLimit != nil {
+		if ok, wait := g.StartLimit.Allow(user+"/"+platform, time.Now()); !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second).Seconds())))
 			answer.Error(w, http.StatusTooManyRequests, "too_many_requests", "too many sign-in attempts; try again in a minute")
 			return
 		}
 	}
-	if !h.ready(w) {
+	if !g.Ready(w) {
 		return
 	}
-	ttl := time.Duration(h.app.StateTTL)
-	flow, err := h.flows.Begin(r.Context(), p, user, returnTo, ttl)
+	ttl := time.Duration(g.StateTTL)
+	flow, err := g.Flows.Begin(r.Context(), p, user, returnTo, ttl)
 	if err != nil {
-		answer.StoreError(h.logger, w, r, "starting a flow", err)
+		answer.StoreError(g.Logger, w, r, "starting a flow", err)
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -255,58 +251,58 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, platform string)
 // static 0 %: off), and counts only when the source answers within
 // decision_timeout: a source that is starting, failing or slow leaves
 // the start route open, as it was.
-func (h *Handler) newStartsStopped(ctx context.Context, platform string) (code, message string) {
-	if h.legacyOff {
+func (g *Gateway) newStartsStopped(ctx context.Context, platform string) (code, message string) {
+	if g.LegacyOff {
 		return "", ""
 	}
-	if h.app.halted(platform) {
+	if g.Halted(platform) {
 		return "new_flow_halted", "new connections on this platform are paused; connect through the app's own flow"
 	}
-	budget := time.Duration(h.app.DecisionTimeout)
+	budget := time.Duration(g.DecisionTimeout)
 	if budget <= 0 {
 		budget = flags.DefaultDecisionTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	if in := h.app.rollout.InForce(ctx, platform, 0); in.Ready && in.Problem == "" && !in.KillSwitchOn {
+	if in := g.Rollout.InForce(ctx, platform, 0); in.Ready && in.Problem == "" && !in.KillSwitchOn {
 		return "new_flow_disabled", "the new connection flow is switched off; connect through the app's own flow"
 	}
 	return "", ""
 }
 
 // callback: GET /api/auth/oauth/{platform}/callback?code&state (or error).
-func (h *Handler) callback(w http.ResponseWriter, r *http.Request, platform string) {
-	p, ok := h.providers[platform]
+func (g *Gateway) callback(w http.ResponseWriter, r *http.Request, platform string) {
+	p, ok := g.Providers[platform]
 	if !ok {
 		answer.Error(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return
 	}
-	h.finish(w, r, p, r.URL.Query().Get("state"))
+	g.Finish(w, r, p, r.URL.Query().Get("state"))
 }
 
-// finish completes a flow credgate started (connect.Flows.Finish) and
+// Finish completes a flow credgate started (connect.Flows.Finish) and
 // answers as it ended: 400 for a callback this browser may not finish,
 // else back to the flow's return path with connected=<platform> or
 // oauth_error=<code>. Shared by the new callback and the legacy one.
-func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provider, rawState string) {
-	if !h.ready(w) {
+func (g *Gateway) Finish(w http.ResponseWriter, r *http.Request, p *oauth.Provider, rawState string) {
+	if !g.Ready(w) {
 		return
 	}
 	cb := connect.Callback{Provider: p, State: rawState, Query: r.URL.Query()}
 	// Who is signed in, before the database's budget starts: reading it
 	// may wait for a JWKS or a session refresh.
-	cb.SignedIn = h.identify(w, r, "").UserID
+	cb.SignedIn = g.identify(w, r, "").UserID
 	platform := p.Name()
 	if cookie, err := r.Cookie(bindingCookie(platform)); err == nil {
 		cb.Binding = secret.New(cookie.Value)
 	}
-	res := h.flows.Finish(r.Context(), cb)
+	res := g.Flows.Finish(r.Context(), cb)
 	if res.ClearBinding {
 		http.SetCookie(w, &http.Cookie{Name: bindingCookie(platform), Value: "", Path: "/", MaxAge: -1, Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 	}
 	switch res.Kind {
 	case connect.Unavailable:
-		answer.StoreError(h.logger, w, r, "consuming oauth state", res.Err)
+		answer.StoreError(g.Logger, w, r, "consuming oauth state", res.Err)
 	case connect.Refused:
 		answer.Error(w, http.StatusBadRequest, res.Code, res.Message)
 	case connect.Failed:
@@ -316,8 +312,8 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, p *oauth.Provid
 	}
 }
 
-// accountView is what the status endpoint shows of an account: no secret.
-type accountView struct {
+// AccountView is what the status endpoint shows of an account: no secret.
+type AccountView struct {
 	Platform        string     `json:"platform"`
 	Status          string     `json:"status"`
 	Username        string     `json:"username,omitempty"`
@@ -328,183 +324,89 @@ type accountView struct {
 
 // userAccounts answers for the status and health-check routes: the
 // signed-in user's accounts, or false once an error response is written.
-func (h *Handler) userAccounts(ctx context.Context, w http.ResponseWriter, r *http.Request) (string, []vault.Account, bool) {
-	user, ok := h.requireUser(w, r)
-	if !ok || !h.ready(w) {
+func (g *Gateway) userAccounts(ctx context.Context, w http.ResponseWriter, r *http.Request) (string, []vault.Account, bool) {
+	user, ok := g.requireUser(w, r)
+	if !ok || !g.Ready(w) {
 		return "", nil, false
 	}
-	accounts, err := h.app.accounts.List(ctx, h.app.pool, user)
+	accounts, err := g.Accounts.List(ctx, g.DB, user)
 	if err != nil {
-		answer.StoreError(h.logger, w, r, "listing accounts", err)
+		answer.StoreError(g.Logger, w, r, "listing accounts", err)
 		return "", nil, false
 	}
 	return user, accounts, true
 }
 
 // status: GET /api/credentials/status
-func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+func (g *Gateway) status(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), connect.DBTimeout)
 	defer cancel()
-	_, accounts, ok := h.userAccounts(ctx, w, r)
+	_, accounts, ok := g.userAccounts(ctx, w, r)
 	if !ok {
 		return
 	}
-	views := []accountView{}
+	views := []AccountView{}
 	for _, a := range accounts {
-		views = append(views, accountView{Platform: a.Platform, Status: string(a.Status), Username: a.Username,
+		views = append(views, AccountView{Platform: a.Platform, Status: string(a.Status), Username: a.Username,
 			ExpiresAt: a.ExpiresAt, LastRefreshedAt: a.LastRefreshedAt, ConnectedVia: string(a.ConnectedVia)})
 	}
 	answer.JSON(w, http.StatusOK, map[string]any{"accounts": views})
 }
 
 // disconnect: DELETE /api/credentials/{platform}/disconnect
-func (h *Handler) disconnect(w http.ResponseWriter, r *http.Request, platform string) {
+func (g *Gateway) disconnect(w http.ResponseWriter, r *http.Request, platform string) {
 	// Before anything else, and before any database call: a name that is
 	// not a configured platform (a NUL, invalid UTF-8, a typo) is a 404.
-	p, configured := h.providers[platform]
+	p, configured := g.Providers[platform]
 	if !configured {
 		answer.Error(w, http.StatusNotFound, "unknown_platform", "no such platform is configured")
 		return
 	}
-	user, ok := h.requireUser(w, r)
+	user, ok := g.requireUser(w, r)
 	if !ok {
 		return
 	}
-	if !h.sameOrigin(r) {
+	if !g.sameOrigin(r) {
 		answer.Error(w, http.StatusForbidden, "cross_origin", "this request must come from the app's own pages")
 		return
 	}
-	if !h.ready(w) {
+	if !g.Ready(w) {
 		return
 	}
-	revoked, err := h.flows.Disconnect(r.Context(), p, user)
+	revoked, err := g.Flows.Disconnect(r.Context(), p, user)
 	if errors.Is(err, vault.ErrNotConnected) {
 		answer.Error(w, http.StatusNotFound, "not_connected", "this platform is not connected")
 		return
 	}
 	if err != nil {
-		answer.StoreError(h.logger, w, r, "disconnecting", err)
+		answer.StoreError(g.Logger, w, r, "disconnecting", err)
 		return
 	}
 	answer.JSON(w, http.StatusOK, map[string]any{"platform": platform, "disconnected": true, "revoked": revoked})
 }
 
 // healthCheck: GET /api/credentials/health-check (connect.Flows.Health).
-func (h *Handler) healthCheck(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), dbTimeout)
+func (g *Gateway) healthCheck(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), connect.DBTimeout)
 	defer cancel()
-	user, ok := h.requireUser(w, r)
-	if !ok || !h.ready(w) {
+	user, ok := g.requireUser(w, r)
+	if !ok || !g.Ready(w) {
 		return
 	}
-	accounts, err := h.flows.Health(ctx, user, h.app.now())
+	accounts, err := g.Flows.Health(ctx, user, g.Now())
 	if err != nil {
-		answer.StoreError(h.logger, w, r, "health check", err)
+		answer.StoreError(g.Logger, w, r, "health check", err)
 		return
 	}
 	answer.JSON(w, http.StatusOK, map[string]any{"accounts": accounts})
 }
 
-// serviceHealth: GET /api/credentials/service-health (admin)
-func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
-	if !h.adminAllowed(r) {
-		answer.Error(w, http.StatusUnauthorized, "unauthorized", "admin token required")
-		return
-	}
-	// Answer at once, also in a partition: the database's state is the
-	// watch's (it pings every few seconds), and the one query below gets
-	// a short budget.
-	ctx, cancel := context.WithTimeout(r.Context(), 500*time.Millisecond)
-	defer cancel()
-	healthy := true
-	check := func(err error) map[string]any {
-		if err != nil {
-			healthy = false
-			return map[string]any{"ok": false, "error": err.Error()}
-		}
-		return map[string]any{"ok": true}
-	}
-	var dbErr error
-	switch {
-	case h.app.run.databaseDown.Load():
-		dbErr = errors.New("unreachable")
-	case !h.app.Available():
-		dbErr = errors.New("key check has not passed")
-	}
-	var flagsErr error
-	if !h.app.rollout.Ready() {
-		flagsErr = errors.New("flag provider not ready: every user is on the legacy flow")
-	}
-	flagsView := check(flagsErr)
-	if h.app.flagSource != nil {
-		// The source's own state: read when, rolling out what, and why
-		// not — also before it was ever reached, when the why matters most.
-		flagsView = h.app.flagSource.SourceState()
-		if flagsErr != nil {
-			flagsView["ok"] = false
-			if flagsView["error"] == nil {
-				flagsView["error"] = flagsErr.Error()
-			}
-		}
-		if flagsView["ok"] != true {
-			healthy = false
-		}
-	}
-	providers := map[string]any{}
-	for name := range h.app.Providers {
-		if _, ok := h.providers[name]; ok {
-			providers[name] = map[string]any{"ok": true}
-		}
-	}
-	queue, queueOK := report.QueueHealth(ctx, h.app.pool, h.app.now(), dbErr == nil)
-	healthy = healthy && queueOK
-	body := map[string]any{
-		"database":      check(dbErr),
-		"keyring":       h.app.keyringHealth(),
-		"flags":         flagsView,
-		"providers":     providers,
-		"refresh_queue": queue,
-		"background":    h.app.backgroundHealth(),
-		"guard":         h.app.guardHealth(),
-		"identity":      h.identityHealth(),
-		"migration":     report.MigrationHealth(ctx, h.app.pool, h.app.settings, h.app.platforms(), dbErr == nil),
-		"schema":        h.appTableHealth(ctx, dbErr == nil, &healthy),
-		"webhooks":      h.app.webhookHealth(ctx, dbErr == nil),
-	}
-	status := http.StatusOK
-	if !healthy {
-		status = http.StatusServiceUnavailable
-	}
-	body["ok"] = healthy
-	answer.JSON(w, status, body)
-}
-
-// appTableChecks holds the app table's last preflight per database pool
-// (weakly: an entry goes with its pool, after a reload).
-var appTableChecks sync.Map // weak.Pointer[pgxpool.Pool] → *report.AppTable
-
-// appTableHealth is report.AppTable for this config's pool.
-func (h *Handler) appTableHealth(ctx context.Context, dbUp bool, healthy *bool) map[string]any {
-	pool := h.app.pool
-	if pool == nil {
-		return map[string]any{"ok": false, "error": "not read: no database pool"}
-	}
-	key := weak.Make(pool)
-	v, loaded := appTableChecks.LoadOrStore(key, &report.AppTable{})
-	if !loaded {
-		runtime.AddCleanup(pool, func(k weak.Pointer[pgxpool.Pool]) { appTableChecks.Delete(k) }, key)
-	}
-	view, ok := v.(*report.AppTable).Health(ctx, pool, dbUp)
-	*healthy = *healthy && ok
-	return view
-}
-
-// identityHealth is the connect route's last minute of identity
+// IdentityHealth is the connect route's last minute of identity
 // results. Like a guard halt, users going unrecognised does not make
 // credgate unhealthy (it serves them through the app), but it is
 // named: it is why a rollout moves no one.
-func (h *Handler) identityHealth() map[string]any {
-	v := h.identityWatch.View(time.Now())
+func (g *Gateway) IdentityHealth() map[string]any {
+	v := g.IdentityWatch.View(time.Now())
 	out := map[string]any{"window": identity.WatchEvery.String(), "connect_requests": v.Requests,
 		"recognised": v.Usable, "unrecognised_share": v.UnusableShare, "by_result": v.ByResult}
 	if v.Commonest != "" {
@@ -516,30 +418,61 @@ func (h *Handler) identityHealth() map[string]any {
 	return out
 }
 
-// adminReady answers 401 without the admin token, and 503 while the
+// AdminReady answers 401 without the admin token, and 503 while the
 // database is not available; true when an admin route may go on.
-func (h *Handler) adminReady(w http.ResponseWriter, r *http.Request) bool {
-	if !h.adminAllowed(r) {
+func (g *Gateway) AdminReady(w http.ResponseWriter, r *http.Request) bool {
+	if !g.AdminAllowed(r) {
 		answer.Error(w, http.StatusUnauthorized, "unauthorized", "admin token required")
 		return false
 	}
-	return h.ready(w)
+	return g.Ready(w)
 }
 
 // cleanup: POST /api/maintenance/cleanup (admin), the guide's Step 5.2.
-func (h *Handler) cleanup(w http.ResponseWriter, r *http.Request) {
-	if !h.adminReady(w, r) {
+func (g *Gateway) cleanup(w http.ResponseWriter, r *http.Request) {
+	if !g.AdminReady(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	res, err := worker.Cleanup(ctx, h.app.pool, h.app.now(), "api", true)
+	res, err := worker.Cleanup(ctx, g.DB, g.Now(), "api", true)
 	if err != nil {
-		answer.StoreError(h.logger, w, r, "cleaning up states", err)
+		answer.StoreError(g.Logger, w, r, "cleaning up states", err)
 		return
 	}
 	deleted := res.States
-	h.app.metrics.StatesCleaned(deleted)
-	h.logger.Info("cleaned up expired oauth states", zap.Int64("deleted", deleted))
+	g.Metrics.StatesCleaned(deleted)
+	g.Logger.Info("cleaned up expired oauth states", zap.Int64("deleted", deleted))
 	answer.JSON(w, http.StatusOK, map[string]any{"deleted": deleted})
+}
+
+// RouteSpan names the span of a credgate route, with the platform and
+// flow its path names (closed sets: the path was routed).
+func RouteSpan(path string) (name, platform, flow string) {
+	if rest, ok := strings.CutPrefix(path, "/api/auth/oauth/"); ok {
+		platform, tail, _ := strings.Cut(rest, "/")
+		if tail == "callback" {
+			return "credgate.oauth.callback", platform, string(flags.ArmNew)
+		}
+		return "credgate.oauth.start", platform, string(flags.ArmNew)
+	}
+	if rest, ok := strings.CutPrefix(path, "/api/credentials/"); ok {
+		if platform, ok := strings.CutSuffix(rest, "/disconnect"); ok {
+			return "credgate.disconnect", platform, ""
+		}
+	}
+	return "credgate.api", "", ""
+}
+
+// AdminAllowed checks "Authorization: Bearer <admin token>" in constant
+// time; without a configured token nobody is admin.
+func (g *Gateway) AdminAllowed(r *http.Request) bool { return answer.BearerMatches(r, g.AdminToken) }
+
+// sameOrigin accepts a state-changing request only from the app's own
+// pages: Origin equal to public_origin, or Sec-Fetch-Site same-origin.
+func (g *Gateway) sameOrigin(r *http.Request) bool {
+	if origin := r.Header.Get("Origin"); origin != "" {
+		return origin == g.PublicOrigin
+	}
+	return r.Header.Get("Sec-Fetch-Site") == "same-origin"
 }

@@ -1,22 +1,19 @@
-package caddymodule
+package gateway
 
 import (
 	"context"
 	"fmt"
 	"net/http"
 	"net/url"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
-	"weak"
 
 	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/flags"
-	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/telemetry"
 )
@@ -26,7 +23,7 @@ import (
 // The connect route then decides nothing either, so nothing counts it.
 const reasonLegacyOff flags.Reason = "legacy_off"
 
-// decideConnect is the rollout's decision for a connect on platform, the
+// DecideConnect is the rollout's decision for a connect on platform, the
 // one both places a connect begins use: the app's connect route
 // (legacyStart) and the decision route (rolloutDecision). The rollout
 // decides for the request's user (none: legacy, no_identity); a new arm
@@ -36,35 +33,35 @@ const reasonLegacyOff flags.Reason = "legacy_off"
 // rollout's own count that `rollout status` shows) and traced. With
 // legacy off everyone goes to the new flow and nothing is asked or
 // counted. It returns the user the decision was made for.
-func (h *Handler) decideConnect(w http.ResponseWriter, r *http.Request, platform string) (flags.Decision, string) {
-	if h.legacyOff {
+func (g *Gateway) DecideConnect(w http.ResponseWriter, r *http.Request, platform string) (flags.Decision, string) {
+	if g.LegacyOff {
 		return flags.Decision{Arm: flags.ArmNew, Reason: reasonLegacyOff}, ""
 	}
-	who := h.identify(w, r, telemetry.RouteConnect)
-	h.watchIdentity(r.Context(), who.Result, platform)
-	d := h.app.rollout.Decide(r.Context(), who.UserID, platform)
-	if d.Arm == flags.ArmNew && !h.newFlowCanStart(r.Context()) {
+	who := g.identify(w, r, telemetry.RouteConnect)
+	g.watchIdentity(r.Context(), who.Result, platform)
+	d := g.Rollout.Decide(r.Context(), who.UserID, platform)
+	if d.Arm == flags.ArmNew && !g.newFlowCanStart(r.Context()) {
 		// The legacy flow needs no credgate database: the user
 		// connects through the app rather than meeting a 503.
 		d = flags.Decision{Arm: flags.ArmLegacy, Variant: d.Variant, Reason: flags.ReasonStoreUnavailable}
 	}
-	h.app.metrics.Decision(platform, d.Arm, d.Reason)
-	_, span := h.app.tracer().Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
+	g.Metrics.Decision(platform, d.Arm, d.Reason)
+	_, span := g.Tracer.Start(r.Context(), "credgate.rollout.decide", trace.WithAttributes(
 		telemetry.AttrPlatform.String(platform), telemetry.AttrFlow.String(string(d.Arm)),
 		telemetry.AttrRolloutReason.String(string(d.Reason)), telemetry.AttrIdentity.String(string(who.Result))))
 	span.End()
 	return d, who.UserID
 }
 
-// newStartTarget is where a connect on the new arm goes: credgate's start
-// route, returning to returnTo.
-func newStartTarget(platform, returnTo string) string {
+// NewStartTarget is where a connect on the new arm goes: credgate's start
+// Route, returning to returnTo.
+func NewStartTarget(platform, returnTo string) string {
 	target := url.URL{Path: "/api/auth/oauth/" + platform, RawQuery: url.Values{"return_to": {returnTo}}.Encode()}
 	return target.String()
 }
 
-// rolloutDecisionPrefix is the decision route's path before the platform.
-const rolloutDecisionPrefix = "/api/credentials/rollout/"
+// RolloutDecisionPrefix is the decision route's path before the platform.
+const RolloutDecisionPrefix = "/api/credentials/rollout/"
 
 // rolloutDecisionView is the decision route's answer.
 type rolloutDecisionView struct {
@@ -86,28 +83,28 @@ type rolloutDecisionView struct {
 // start route, or the app's connect route carrying a decided mark
 // (flags.DecidedMark), so that the decision is not made, and counted, a
 // second time there.
-func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platform string) {
-	p, ok := h.providers[platform]
+func (g *Gateway) rolloutDecision(w http.ResponseWriter, r *http.Request, platform string) {
+	p, ok := g.Providers[platform]
 	if !ok {
 		answer.Error(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
-			platform, strings.Join(h.app.platforms(), ", ")))
+			platform, strings.Join(g.platforms(), ", ")))
 		return
 	}
 	// Checked before deciding: a request refused is not a decision.
-	returnTo := h.legacyReturnTo(r)
+	returnTo := g.LegacyStartReturnTo(r)
 	if raw := r.URL.Query().Get("return_to"); raw != "" {
-		if returnTo, ok = h.validReturnTo(raw); !ok {
+		if returnTo, ok = g.validReturnTo(raw); !ok {
 			answer.Error(w, http.StatusBadRequest, "invalid_return_to", "return_to must be a path on this site under an allowed prefix")
 			return
 		}
 	}
-	d, user := h.decideConnect(w, r, p.Name())
-	view := rolloutDecisionView{Platform: p.Name(), Flow: d.Arm, Reason: d.Reason, Percentage: h.newPercentage(r.Context(), p.Name())}
+	d, user := g.DecideConnect(w, r, p.Name())
+	view := rolloutDecisionView{Platform: p.Name(), Flow: d.Arm, Reason: d.Reason, Percentage: g.newPercentage(r.Context(), p.Name())}
 	if d.Arm == flags.ArmNew {
-		to := newStartTarget(p.Name(), returnTo)
+		to := NewStartTarget(p.Name(), returnTo)
 		view.Location = &to
-	} else if path := h.legacyStartPath(p.Name()); path != "" {
-		to := path + "?" + url.Values{flags.DecidedParam: {flags.DecidedMark(h.app.keys.StateMACKey(), user, p.Name(), time.Now())}}.Encode()
+	} else if path := g.legacyStartPath(p.Name()); path != "" {
+		to := path + "?" + url.Values{flags.DecidedParam: {flags.DecidedMark(g.Keys.StateMACKey(), user, p.Name(), time.Now())}}.Encode()
 		view.Location = &to
 	}
 	answer.JSON(w, http.StatusOK, view)
@@ -115,8 +112,8 @@ func (h *Handler) rolloutDecision(w http.ResponseWriter, r *http.Request, platfo
 
 // legacyStartPath is the app's connect route for platform, or "" when
 // credgate does not intercept it (no legacy_start).
-func (h *Handler) legacyStartPath(platform string) string {
-	for path, p := range h.legacyStarts {
+func (g *Gateway) legacyStartPath(platform string) string {
+	for path, p := range g.LegacyStarts {
 		if p.Name() == platform {
 			return path
 		}
@@ -124,22 +121,22 @@ func (h *Handler) legacyStartPath(platform string) string {
 	return ""
 }
 
-// decidedLegacy reports whether the connect request r carries a valid
+// DecidedLegacy reports whether the connect request r carries a valid
 // decided mark for its user on platform, and returns that user. Any mark
 // is removed from r first, valid or not. The user is read as the
 // connect route reads it (no session refresh: the request goes to the
 // app) and not counted again: the decision route counted it.
-func (h *Handler) decidedLegacy(w http.ResponseWriter, r *http.Request, platform string) (string, bool) {
-	if h.legacyOff || !strings.Contains(r.URL.RawQuery, flags.DecidedParam+"=") {
+func (g *Gateway) DecidedLegacy(w http.ResponseWriter, r *http.Request, platform string) (string, bool) {
+	if g.LegacyOff || !strings.Contains(r.URL.RawQuery, flags.DecidedParam+"=") {
 		return "", false
 	}
 	mark := r.URL.Query().Get(flags.DecidedParam)
 	removeQueryParam(r, flags.DecidedParam)
-	return flags.ValidDecidedMark(h.app.keys.StateMACKeys(), mark, platform, time.Now(), func() string {
-		if h.Identity == nil {
+	return flags.ValidDecidedMark(g.Keys.StateMACKeys(), mark, platform, time.Now(), func() string {
+		if g.ReadIdentity == nil {
 			return ""
 		}
-		return h.Identity.read(w, r, identity.NoRefresh).UserID
+		return g.ReadIdentity(w, r, identity.NoRefresh).UserID
 	})
 }
 
@@ -165,15 +162,15 @@ func removeQueryParam(r *http.Request, name string) {
 // is not ready or does not evaluate: every decision is legacy then, and
 // the reason says why. It is read at most every percentEvery per
 // platform (percentReads).
-func (h *Handler) newPercentage(ctx context.Context, platform string) *float64 {
+func (g *Gateway) newPercentage(ctx context.Context, platform string) *float64 {
 	pct := func(v float64) *float64 { return &v }
 	switch {
-	case h.legacyOff:
+	case g.LegacyOff:
 		return pct(100)
-	case h.app.halted(platform):
+	case g.Halted(platform):
 		return pct(0)
 	}
-	in := h.app.inForceRecently(ctx, platform)
+	in := g.InForceRecently(ctx, platform)
 	switch {
 	case !in.Ready || in.Problem != "" || (in.Measured == flags.MeasuredSampled && in.Samples == 0):
 		return nil
@@ -183,48 +180,49 @@ func (h *Handler) newPercentage(ctx context.Context, platform string) *float64 {
 	return pct(in.NewPercent)
 }
 
-// percentEvery is how long the decision route answers from the last
-// reading of a platform's percentage: sampling a remote flagd takes a
-// thousand round trips, and a page asks on every click.
-const percentEvery = 5 * time.Second
-
-// percentReads holds each app's last readings (weakly: an entry goes with
-// its app, after a reload).
-var percentReads sync.Map // weak.Pointer[App] → *percentRead
-
-type percentRead struct {
-	mu   sync.Mutex
-	last map[string]flags.InForce
-	at   map[string]time.Time
-}
-
-// inForceRecently is what the flags put in force for platform, read at
-// most every percentEvery: the flag file's rule when it can be read, as
-// the admin rollout route reads it, else a sample through the provider.
-func (a *App) inForceRecently(ctx context.Context, platform string) flags.InForce {
-	key := weak.Make(a)
-	v, loaded := percentReads.LoadOrStore(key, &percentRead{last: map[string]flags.InForce{}, at: map[string]time.Time{}})
-	if !loaded {
-		runtime.AddCleanup(a, func(k weak.Pointer[App]) { percentReads.Delete(k) }, key)
+// newFlowCanStart reports whether a new flow could start now: the keys
+// passed their check, the database watch sees no outage, and the
+// database does not refuse a ping (a ping still unanswered after 250 ms
+// counts as slow, not down). It runs only for users the rollout sends to
+// the new flow.
+func (g *Gateway) newFlowCanStart(ctx context.Context) bool {
+	if !g.Available() {
+		return false
 	}
-	c := v.(*percentRead)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if at, ok := c.at[platform]; ok && time.Since(at) < percentEvery {
-		return c.last[platform]
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	// A database that refuses is down now, and the app's flow serves the
+	// user better than a 503 would. One that only takes longer than the
+	// budget (a loaded machine, a busy pool) is slow, not down: the flow
+	// starts, and the database watch declares an outage on its own
+	// repeated failures (watchDatabase).
+	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
 	defer cancel()
-	// exactPercentages replaces Flags only when it read the rule.
-	status := []RolloutStatus{{Platform: platform, Flags: &flags.InForce{Platform: platform}}}
-	a.exactPercentages(ctx, status)
-	in := *status[0].Flags
-	if in.Measured == "" {
-		in = a.rollout.InForce(ctx, platform, guard.RolloutSamples)
-	}
-	if in.Ready {
-		// A source not ready yet is asked again next time.
-		c.last[platform], c.at[platform] = in, time.Now()
-	}
-	return in
+	return g.DB.Ping(ctx) == nil || ctx.Err() != nil
 }
+
+// watchIdentity records the connect route's identity result and, when
+// most of the last minute's requests there carried no usable identity
+// while the rollout is above 0 %, warns (at most once a minute): those
+// users all stay on the legacy flow, and nothing else would say so.
+func (g *Gateway) watchIdentity(ctx context.Context, res identity.Result, platform string) {
+	now := time.Now()
+	g.IdentityWatch.Record(res, now)
+	v, warn := g.IdentityWatch.Warn(now, func() bool {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		inForce := g.Rollout.InForce(ctx, platform, rolloutOnSamples)
+		return inForce.KillSwitchOn && inForce.NewPercent > 0
+	})
+	if warn {
+		g.Logger.Warn(unrecognisedWarning,
+			zap.String("commonest_reason", string(v.Commonest)), zap.Int("requests_last_minute", v.Requests),
+			zap.Float64("share_unrecognised", v.UnusableShare))
+	}
+}
+
+// unrecognisedWarning is what the log and service-health say when most
+// users at the connect route are not recognised.
+const unrecognisedWarning = "most requests to the app's connect route carry no identity credgate recognises: " +
+	"those users stay on the legacy flow (see credgate_identity_total by result and docs/identity.md)"
+
+// rolloutOnSamples: enough sample ids to see any rollout of 1 % or more.
+const rolloutOnSamples = 500

@@ -1,0 +1,280 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/zap"
+
+	"github.com/credgate/credgate/answer"
+	"github.com/credgate/credgate/connect"
+	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/gateway"
+	"github.com/credgate/credgate/identity"
+	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/internal/testhttp"
+	"github.com/credgate/credgate/oauth"
+	"github.com/credgate/credgate/sandbox"
+	"github.com/credgate/credgate/secret"
+	"github.com/credgate/credgate/telemetry"
+	"github.com/credgate/credgate/vault"
+	"github.com/credgate/credgate/worker"
+)
+
+const (
+	origin = "https://app.test"
+	alice  = "00000000-0000-4000-8000-00000000000a"
+	admin  = "an-admin-token-of-sufficient-length"
+)
+
+// newGateway is a Gateway as the credgate handler provisions it, on a
+// migrated database of its own and the platforms' sandbox over real
+// HTTP, without Caddy. The user is whoever the X-User header names.
+func newGateway(t *testing.T, percent int) (*gateway.Gateway, *sandbox.Server) {
+	t.Helper()
+	pool := pgtest.Pool(t, pgtest.Database(t))
+	keys, err := vault.NewKeyring(vault.KeyConfig{MasterKey: vault.NewMasterKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := vault.NewAccounts(keys)
+	accounts.UseSettings(&vault.SettingsCache{DB: pool, TTL: time.Nanosecond})
+	apps := []sandbox.App{}
+	for _, p := range sandbox.Platforms {
+		apps = append(apps, sandbox.App{Platform: p, ClientID: p + "-id", ClientSecret: p + "-secret",
+			RedirectURIs: []string{origin + "/api/auth/oauth/" + p + "/callback"}})
+	}
+	sb := sandbox.New(sandbox.Config{AutoApprove: true, Apps: apps})
+	srv := httptest.NewServer(sb)
+	t.Cleanup(srv.Close)
+	providers := map[string]*oauth.Provider{}
+	for _, name := range sandbox.Platforms {
+		auth, token, api, err := oauth.SandboxURLs(name, srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := oauth.New(name, oauth.Config{ClientID: name + "-id", ClientSecret: secret.New(name + "-secret"),
+			RedirectURL: origin + "/api/auth/oauth/" + name + "/callback", AuthURL: auth, TokenURL: token, APIBase: api, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		providers[name] = p
+	}
+	provider, err := flags.Static(percent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rollout := flags.NewRollout(provider)
+	if err := rollout.StartAndWait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rollout.Close(context.Background()) })
+	tracer := noop.NewTracerProvider().Tracer("test")
+	return &gateway.Gateway{
+		PublicOrigin: origin, ReturnToAllow: []string{"/settings"}, StateTTL: 10 * time.Minute, AdminToken: secret.New(admin),
+		Providers: providers, LegacyStarts: map[string]*oauth.Provider{},
+		Flows: &connect.Flows{DB: pool, Keys: keys, States: vault.NewStates(keys), Accounts: accounts,
+			Renewals: &worker.Refresher{DB: pool, Accounts: accounts, Providers: providers}, Audit: connect.NewAuditor(pool, nil)},
+		Accounts: accounts, Keys: keys, DB: pool, Rollout: rollout, Metrics: telemetry.New(), Tracer: tracer,
+		Answers: answer.Tracker{Tracer: tracer, Health: telemetry.NewHealth(), Route: func(string, string) string { return telemetry.RouteOther }},
+		Logger: zap.NewNop(), IdentityWatch: new(identity.Watch),
+		ReadIdentity: func(_ http.ResponseWriter, r *http.Request, _ identity.Mode) identity.Identity {
+			if u := r.Header.Get("X-User"); u != "" {
+				return identity.Identity{UserID: u, Result: identity.OK}
+			}
+			return identity.Identity{Result: identity.Missing}
+		},
+		Available: func() bool { return true }, Now: time.Now, Halted: func(string) bool { return false },
+		InForceRecently: func(ctx context.Context, platform string) flags.InForce { return rollout.InForce(ctx, platform, 0) },
+	}, sb
+}
+
+// serve routes one request as the credgate handler does; a path credgate
+// does not own is a 599 here.
+func serve(g *gateway.Gateway, r *http.Request) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	route := g.Route(r.Method, r.URL.Path)
+	if route == nil {
+		w.Code = 599
+		return w
+	}
+	route(w, r)
+	return w
+}
+
+func request(method, target, user string) *http.Request {
+	r := httptest.NewRequest(method, origin+target, nil)
+	if user != "" {
+		r.Header.Set("X-User", user)
+	}
+	return r
+}
+
+func errorCode(t *testing.T, w *httptest.ResponseRecorder) string {
+	t.Helper()
+	var body struct{ Error struct{ Code string } }
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+		t.Fatalf("%d %q is not credgate's error body: %v", w.Code, w.Body, err)
+	}
+	return body.Error.Code
+}
+
+// A whole connect through the routes, without Caddy: the start sets the
+// browser's binding and sends it to the platform; the callback, from that
+// browser, stores the account and returns to the app; status shows it;
+// a disconnect from the app's own page revokes it.
+func TestAConnectThroughTheRoutes(t *testing.T) {
+	t.Parallel()
+	g, _ := newGateway(t, 100)
+	w := serve(g, request("GET", "/api/auth/oauth/twitter?return_to=/settings/accounts", alice))
+	if w.Code != http.StatusFound {
+		t.Fatalf("start: %d %s", w.Code, w.Body)
+	}
+	cookies := w.Result().Cookies()
+	if len(cookies) != 1 || cookies[0].Name != "__Host-credgate-twitter" || !cookies[0].Secure || !cookies[0].HttpOnly {
+		t.Fatalf("start's binding cookie: %+v", cookies)
+	}
+	resp, err := testhttp.NoRedirects().Get(w.Header().Get("Location") + "&sandbox_user=" + alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	callback, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || !strings.HasSuffix(callback.Path, "/api/auth/oauth/twitter/callback") {
+		t.Fatalf("the platform's answer: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	cb := request("GET", callback.RequestURI(), alice)
+	cb.AddCookie(cookies[0])
+	w = serve(g, cb)
+	if w.Code != http.StatusFound || w.Header().Get("Location") != "/settings/accounts?connected=twitter" {
+		t.Fatalf("callback: %d %q %s", w.Code, w.Header().Get("Location"), w.Body)
+	}
+	w = serve(g, request("GET", "/api/credentials/status", alice))
+	var status struct{ Accounts []gateway.AccountView }
+	json.Unmarshal(w.Body.Bytes(), &status)
+	if w.Code != http.StatusOK || len(status.Accounts) != 1 || status.Accounts[0].Status != "connected" || status.Accounts[0].ConnectedVia != "credgate" {
+		t.Fatalf("status: %d %s", w.Code, w.Body)
+	}
+	// The same callback again is refused: a state works once.
+	again := request("GET", callback.RequestURI(), alice)
+	again.AddCookie(cookies[0])
+	if w := serve(g, again); w.Code != http.StatusBadRequest {
+		t.Errorf("the callback replayed: %d %s", w.Code, w.Body)
+	}
+	cross := request("DELETE", "/api/credentials/twitter/disconnect", alice)
+	cross.Header.Set("Origin", "https://evil.test")
+	if w := serve(g, cross); w.Code != http.StatusForbidden || errorCode(t, w) != "cross_origin" {
+		t.Errorf("a disconnect from another origin: %d %s", w.Code, w.Body)
+	}
+	own := request("DELETE", "/api/credentials/twitter/disconnect", alice)
+	own.Header.Set("Origin", origin)
+	if w := serve(g, own); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"disconnected":true`) {
+		t.Fatalf("disconnect: %d %s", w.Code, w.Body)
+	}
+	w = serve(g, request("GET", "/api/credentials/status", alice))
+	if strings.Contains(w.Body.String(), `"status":"connected"`) {
+		t.Errorf("status after the disconnect: %s", w.Body)
+	}
+}
+
+// What the routes refuse, each with its status and code, before they
+// write a state row: nothing of a refused start reaches the database.
+func TestTheRoutesRefuseBadRequestsWithTheirCodes(t *testing.T) {
+	t.Parallel()
+	g, _ := newGateway(t, 100)
+	crossSite := request("GET", "/api/auth/oauth/twitter", alice)
+	crossSite.Header.Set("Sec-Fetch-Site", "cross-site")
+	for _, c := range []struct {
+		name   string
+		r      *http.Request
+		status int
+		code   string
+	}{
+		{"no user", request("GET", "/api/auth/oauth/twitter", ""), 401, "unauthenticated"},
+		{"unknown platform", request("GET", "/api/auth/oauth/myspace", alice), 404, "unknown_platform"},
+		{"another site's page", crossSite, 403, "cross_origin"},
+		{"return_to off the site", request("GET", "/api/auth/oauth/twitter?return_to=//evil.test/", alice), 400, "invalid_return_to"},
+		{"return_to outside the allowed prefixes", request("GET", "/api/auth/oauth/twitter?return_to=/admin", alice), 400, "invalid_return_to"},
+		{"a method the route does not take", request("POST", "/api/credentials/status", alice), 405, "method_not_allowed"},
+		{"the token API on the public origin", request("GET", "/api/internal/credentials/x/twitter/token", alice), 404, "not_found"},
+		{"cleanup without the admin token", request("POST", "/api/maintenance/cleanup", alice), 401, "unauthorized"},
+	} {
+		w := serve(g, c.r)
+		if w.Code != c.status || errorCode(t, w) != c.code {
+			t.Errorf("%s: %d %s, want %d %s", c.name, w.Code, w.Body, c.status, c.code)
+		}
+	}
+	var states int
+	if err := g.DB.QueryRow(t.Context(), `SELECT count(*) FROM oauth_states`).Scan(&states); err != nil || states != 0 {
+		t.Errorf("%d state rows after refused starts (%v)", states, err)
+	}
+	if w := serve(g, request("GET", "/api/posts", alice)); w.Code != 599 {
+		t.Errorf("a path credgate does not own was routed: %d", w.Code)
+	}
+	g.Available = func() bool { return false }
+	if w := serve(g, request("GET", "/api/auth/oauth/twitter", alice)); w.Code != 503 || errorCode(t, w) != "unavailable" {
+		t.Errorf("storage unavailable: %d %s", w.Code, w.Body)
+	}
+	cleanup := request("POST", "/api/maintenance/cleanup", "")
+	cleanup.Header.Set("Authorization", "Bearer "+admin)
+	if w := serve(g, cleanup); w.Code != 503 {
+		t.Errorf("cleanup while storage is unavailable: %d %s", w.Code, w.Body)
+	}
+	g.Available = func() bool { return true }
+	if w := serve(g, cleanup); w.Code != 200 || !strings.Contains(w.Body.String(), `"deleted":0`) {
+		t.Errorf("cleanup: %d %s", w.Code, w.Body)
+	}
+}
+
+// The rollout decides a connect the same way for the app's connect route
+// and the decision route: at 0 % everyone stays with the app, at 100 %
+// everyone goes to the new start route; with legacy off nothing is
+// asked. The kill switch off closes the new start route itself.
+func TestTheRolloutDecidesEachConnect(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		percent   int
+		legacyOff bool
+		arm       flags.Arm
+		reason    flags.Reason
+	}{
+		{0, false, flags.ArmLegacy, ""},
+		{100, false, flags.ArmNew, ""},
+		{0, true, flags.ArmNew, "legacy_off"},
+	} {
+		g, _ := newGateway(t, c.percent)
+		g.LegacyOff = c.legacyOff
+		r := request("GET", "/api/twitter/connect", alice)
+		d, user := g.DecideConnect(httptest.NewRecorder(), r, "twitter")
+		if d.Arm != c.arm || (c.reason != "" && d.Reason != c.reason) {
+			t.Errorf("%d %% legacy off %v: %+v", c.percent, c.legacyOff, d)
+		}
+		if !c.legacyOff && user != alice {
+			t.Errorf("%d %%: decided for %q", c.percent, user)
+		}
+		w := serve(g, request("GET", "/api/credentials/rollout/twitter?return_to=/settings", alice))
+		var view struct {
+			Flow     flags.Arm
+			Location *string
+		}
+		json.Unmarshal(w.Body.Bytes(), &view)
+		if w.Code != 200 || view.Flow != c.arm {
+			t.Errorf("%d %%: the decision route: %d %s", c.percent, w.Code, w.Body)
+		}
+		if c.arm == flags.ArmNew && (view.Location == nil || *view.Location != gateway.NewStartTarget("twitter", "/settings")) {
+			t.Errorf("%d %%: the new arm's location: %s", c.percent, w.Body)
+		}
+	}
+	g, _ := newGateway(t, 0) // the static source at 0 % has its kill switch off
+	if w := serve(g, request("GET", "/api/auth/oauth/twitter?return_to=/settings", alice)); w.Code != http.StatusFound ||
+		!strings.Contains(w.Header().Get("Location"), "oauth_error=new_flow_disabled") {
+		t.Errorf("a start with the kill switch off: %d %q", w.Code, w.Header().Get("Location"))
+	}
+}
