@@ -52,9 +52,13 @@ func JSONBody(w http.ResponseWriter, status int, body []byte) {
 }
 
 // Error writes credgate's error body, {"error":{"code","message"}}, and
-// notes code for the route's span (Recorder).
+// notes code for the route's span (Recorder). A 5xx goes to a
+// ServerErrors beneath w instead, when there is one.
 func Error(w http.ResponseWriter, status int, code, message string) {
 	NoteCode(w, code)
+	if takeServerError(w, status, code, message) {
+		return
+	}
 	JSON(w, status, map[string]apiError{"error": {Code: code, Message: message}})
 }
 

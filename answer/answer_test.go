@@ -72,3 +72,40 @@ func TestStoreErrorsAreClassifiedByKind(t *testing.T) {
 		}
 	}
 }
+
+// With a ServerErrors beneath the Recorder, the first 5xx is taken, not
+// written, and still counted as the 5xx it is; a 4xx, and any 5xx after
+// the first, are written as usual.
+func TestAServerErrorIsTakenNotWritten(t *testing.T) {
+	t.Parallel()
+	w := httptest.NewRecorder()
+	se := &ServerErrors{ResponseWriter: w}
+	rec := &Recorder{ResponseWriter: se}
+	rec.Header().Set("Retry-After", "30")
+	Error(rec, http.StatusServiceUnavailable, "unavailable", "credential storage is temporarily unavailable")
+	if w.Body.Len() != 0 || w.Code != http.StatusOK || w.Header().Get("Content-Type") != "" {
+		t.Fatalf("the 5xx was written: %d %q", w.Code, w.Body)
+	}
+	if se.Taken == nil || se.Taken.Status != 503 || se.Taken.Error() != "unavailable: credential storage is temporarily unavailable" {
+		t.Fatalf("taken: %+v", se.Taken)
+	}
+	if rec.status != 503 || rec.code != "unavailable" || w.Header().Get("Retry-After") != "30" {
+		t.Errorf("the recorder saw status %d code %q; Retry-After %q", rec.status, rec.code, w.Header().Get("Retry-After"))
+	}
+	Error(rec, http.StatusInternalServerError, "internal", "second")
+	if se.Taken.Code != "unavailable" || !strings.Contains(w.Body.String(), `"internal"`) {
+		t.Errorf("a second 5xx: taken %+v, written %q", se.Taken, w.Body)
+	}
+
+	w = httptest.NewRecorder()
+	se = &ServerErrors{ResponseWriter: w}
+	Error(&Recorder{ResponseWriter: se}, http.StatusNotFound, "unknown_platform", "no such platform")
+	if se.Taken != nil || w.Code != 404 || !strings.Contains(w.Body.String(), "unknown_platform") {
+		t.Errorf("a 4xx: taken %+v, written %d %q", se.Taken, w.Code, w.Body)
+	}
+	w = httptest.NewRecorder()
+	Error(&Recorder{ResponseWriter: w}, http.StatusBadGateway, "provider_unavailable", "the platform did not answer")
+	if w.Code != 502 || !strings.Contains(w.Body.String(), "provider_unavailable") {
+		t.Errorf("without a ServerErrors: %d %q", w.Code, w.Body)
+	}
+}

@@ -116,8 +116,7 @@ func (e *Egress) Provision(ctx caddy.Context) error {
 
 // ServeHTTP forwards one API call (backend.Egress).
 func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	e.proxy.ServeHTTP(w, r)
-	return nil
+	return serveAnswering(e.ServerErrors, w, func(w http.ResponseWriter) { e.proxy.ServeHTTP(w, r) })
 }
 
 // Cleanup closes the pooled connections.
@@ -141,6 +140,7 @@ func (e *Egress) Cleanup() error {
 //		max_in_flight  <calls>     # default 64
 //		dial_timeout   <duration>  # default 5s
 //		response_header_timeout <duration>  # default 30s
+//		server_errors  json|caddy  # who answers its 5xx; default json (server_errors.go)
 //	}
 func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	e := new(Egress)
@@ -153,7 +153,7 @@ func parseEgress(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // UnmarshalCaddyfile reads the credgate_egress block (parseEgress), for a
 // site and for caddyfile.UnmarshalModule alike.
 func (e *Egress) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return parseInternalHandler(d, "credgate_egress", &e.ServiceToken, &e.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
+	return parseInternalHandler(d, "credgate_egress", &e.internalHandler, func(d *caddyfile.Dispenser, opt string) (bool, error) {
 		switch opt {
 		case "max_retry_body":
 			n, err := parseCountArg(d, opt, "a whole number of bytes")

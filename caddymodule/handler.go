@@ -92,6 +92,12 @@ type Handler struct {
 	// instance, so N replicas allow up to N times as many.
 	StartLimit string `json:"start_limit,omitempty"`
 
+	// ServerErrors says who answers credgate's own 5xx on these routes:
+	// "json" (the default) writes credgate's JSON error body; "caddy"
+	// returns the error to Caddy instead, for the site's handle_errors
+	// (server_errors.go).
+	ServerErrors string `json:"server_errors,omitempty"`
+
 	app *App
 	// gw serves credgate's own routes (package gateway), and holds the
 	// options above as provisioned.
@@ -208,6 +214,9 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("credgate handler: return_to_allow entries are paths starting with /, got %q", p)
 		}
 	}
+	if err := checkServerErrors("credgate handler", h.ServerErrors); err != nil {
+		return err
+	}
 	switch h.Legacy {
 	case "", "on", "off":
 	default:
@@ -300,8 +309,9 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 			// client's to choose.
 			platform = ""
 		}
-		h.app.answers().Traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
-		return nil
+		return serveAnswering(h.ServerErrors, w, func(w http.ResponseWriter) {
+			h.app.answers().Traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
+		})
 	}
 	return next.ServeHTTP(w, r)
 }

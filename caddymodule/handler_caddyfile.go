@@ -46,6 +46,8 @@ func init() {
 //		legacy_start    /api/{platform}/connect   # the app's connect route: the rollout splits here
 //		legacy_return_to <path>                   # default: same-origin Referer path, else /
 //		legacy_error_pattern <regexp>             # the app's failure redirect; default [?&](error|oauth_error)=
+//		start_limit     <n>/<duration>|off        # starts per user and platform; default 10/1m
+//		server_errors   json|caddy                # who answers credgate's 5xx; default json (server_errors.go)
 //	}
 func (handler *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
@@ -55,11 +57,11 @@ func (handler *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
 		case "public_origin", "login_url", "admin_token", "legacy", "legacy_callback", "legacy_start", "legacy_return_to", "start_limit",
-			"legacy_error_pattern":
+			"legacy_error_pattern", "server_errors":
 			target := map[string]*string{"public_origin": &handler.PublicOrigin, "login_url": &handler.LoginURL,
 				"admin_token": &handler.AdminToken, "legacy": &handler.Legacy, "legacy_callback": &handler.LegacyCallback,
 				"legacy_start": &handler.LegacyStart, "legacy_return_to": &handler.LegacyReturnTo, "start_limit": &handler.StartLimit,
-				"legacy_error_pattern": &handler.LegacyErrorPattern}[opt]
+				"legacy_error_pattern": &handler.LegacyErrorPattern, "server_errors": &handler.ServerErrors}[opt]
 			if !d.AllArgs(target) {
 				return d.ArgErr()
 			}

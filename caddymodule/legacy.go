@@ -30,10 +30,11 @@ import (
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
-		h.app.answers().Traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
-			h.gw.Finish(w, r, p, state)
+		return serveAnswering(h.ServerErrors, w, func(w http.ResponseWriter) {
+			h.app.answers().Traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
+				h.gw.Finish(w, r, p, state)
+			})
 		})
-		return nil
 	}
 	if h.gw.LegacyOff {
 		answer.Error(w, http.StatusBadRequest, "invalid_state", "this sign-in link is unknown; start again")

@@ -60,6 +60,10 @@ type internalHandler struct {
 	// 5m.
 	MinValidity caddy.Duration `json:"min_validity,omitempty"`
 
+	// ServerErrors says who answers the handler's own 5xx: "json" (the
+	// default) or "caddy", for the site's handle_errors (server_errors.go).
+	ServerErrors string `json:"server_errors,omitempty"`
+
 	app     *App
 	logger  *zap.Logger
 	service *backend.Service
@@ -73,6 +77,9 @@ func (ih *internalHandler) provision(ctx caddy.Context, who string) error {
 		return err
 	}
 	ih.app = app
+	if err := checkServerErrors(who, ih.ServerErrors); err != nil {
+		return err
+	}
 	token := secret.New(caddy.NewReplacer().ReplaceKnown(ih.ServiceToken, ""))
 	if len(token.Reveal()) < 16 {
 		return fmt.Errorf("%s: service_token is required and must be at least 16 characters (for example {env.CREDGATE_SERVICE_TOKEN})", who)
@@ -141,8 +148,7 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 	if !strings.HasPrefix(r.URL.Path, backend.TokenRoutePrefix) {
 		return next.ServeHTTP(w, r)
 	}
-	t.api.ServeHTTP(w, r)
-	return nil
+	return serveAnswering(t.ServerErrors, w, func(w http.ResponseWriter) { t.api.ServeHTTP(w, r) })
 }
 
 // parseTokenAPI parses:
@@ -151,6 +157,7 @@ func (t *TokenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyh
 //		service_token <token>      # required, e.g. {env.CREDGATE_SERVICE_TOKEN}
 //		min_validity  <duration>   # default 5m
 //		serve_legacy_plaintext     # default off
+//		server_errors json|caddy   # who answers its 5xx; default json (server_errors.go)
 //	}
 func parseTokenAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	t := new(TokenAPI)
@@ -163,7 +170,7 @@ func parseTokenAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 // UnmarshalCaddyfile reads the credgate_tokens block (parseTokenAPI), for
 // a site and for caddyfile.UnmarshalModule alike.
 func (t *TokenAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return parseInternalHandler(d, "credgate_tokens", &t.ServiceToken, &t.MinValidity, func(d *caddyfile.Dispenser, opt string) (bool, error) {
+	return parseInternalHandler(d, "credgate_tokens", &t.internalHandler, func(d *caddyfile.Dispenser, opt string) (bool, error) {
 		if opt != "serve_legacy_plaintext" {
 			return false, nil
 		}
@@ -179,7 +186,7 @@ func (t *TokenAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // (credgate_tokens, credgate_egress): the options they share,
 // service_token and min_validity, and any other through more, which
 // reports whether it knew the option.
-func parseInternalHandler(d *caddyfile.Dispenser, who string, token *string, minValidity *caddy.Duration,
+func parseInternalHandler(d *caddyfile.Dispenser, who string, ih *internalHandler,
 	more func(d *caddyfile.Dispenser, opt string) (bool, error)) error {
 	d.Next()
 	if d.NextArg() {
@@ -188,7 +195,11 @@ func parseInternalHandler(d *caddyfile.Dispenser, who string, token *string, min
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
 		case "service_token":
-			if !d.AllArgs(token) {
+			if !d.AllArgs(&ih.ServiceToken) {
+				return d.ArgErr()
+			}
+		case "server_errors":
+			if !d.AllArgs(&ih.ServerErrors) {
 				return d.ArgErr()
 			}
 		case "min_validity":
@@ -196,7 +207,7 @@ func parseInternalHandler(d *caddyfile.Dispenser, who string, token *string, min
 			if err != nil {
 				return err
 			}
-			*minValidity = caddy.Duration(dur)
+			ih.MinValidity = caddy.Duration(dur)
 		default:
 			known, err := more(d, opt)
 			if err != nil {
