@@ -84,7 +84,7 @@ func newGateway(t *testing.T, percent int) (*gateway.Gateway, *sandbox.Server) {
 			Renewals: &worker.Refresher{DB: pool, Accounts: accounts, Providers: providers}, Audit: connect.NewAuditor(pool, nil)},
 		Accounts: accounts, Keys: keys, DB: pool, Rollout: rollout, Metrics: telemetry.New(), Tracer: tracer,
 		Answers: answer.Tracker{Tracer: tracer, Health: telemetry.NewHealth(), Route: func(string, string) string { return telemetry.RouteOther }},
-		Logger: zap.NewNop(), IdentityWatch: new(identity.Watch),
+		Logger:  zap.NewNop(), IdentityWatch: new(identity.Watch),
 		ReadIdentity: func(_ http.ResponseWriter, r *http.Request, _ identity.Mode) identity.Identity {
 			if u := r.Header.Get("X-User"); u != "" {
 				return identity.Identity{UserID: u, Result: identity.OK}
