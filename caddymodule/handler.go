@@ -316,10 +316,6 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 	return next.ServeHTTP(w, r)
 }
 
-func errField(err error) zap.Field { return zap.String("error", err.Error()) }
-
-func pathField(r *http.Request) zap.Field { return zap.String("path", r.URL.Path) }
-
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)

@@ -116,7 +116,7 @@ func (h *Handler) startLegacyFlow(w http.ResponseWriter, r *http.Request, next c
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 250*time.Millisecond)
 	defer cancel()
 	if err := vault.RecordLegacyFlow(ctx, h.app.pool, state, platform, user); err != nil {
-		h.logger.Debug("legacy start: the flow's state was not recorded; its outcome will not be counted", zap.String("platform", platform), errField(err))
+		h.logger.Debug("legacy start: the flow's state was not recorded; its outcome will not be counted", zap.String("platform", platform), zap.String("error", err.Error()))
 	}
 	return nil
 }
