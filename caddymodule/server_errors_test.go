@@ -1,12 +1,9 @@
 package caddymodule
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
-
-	"github.com/credgate/credgate/internal/pgtest"
 )
 
 // With `server_errors caddy` credgate's own 5xx go to Caddy as errors:
@@ -22,17 +19,10 @@ func TestServerErrorsCaddyHandsCredgates5xxToHandleErrors(t *testing.T) {
 		tokenAPI:       "service_token " + serviceToken + "\n\t\tserver_errors caddy",
 	})
 	h.connect(alice, "twitter")
-	pool := pgtest.Pool(t, h.db)
-	alter := func(from, to string) {
-		t.Helper()
-		if _, err := pool.Exec(context.Background(), `ALTER TABLE `+from+` RENAME TO `+to); err != nil {
-			t.Fatal(err)
-		}
-	}
-	alter("social_accounts", "social_accounts_away")
+	back := h.tableAway("social_accounts")
 	status, statusBody := h.do("GET", "/api/credentials/status", alice, nil)
 	tokenCode, _, tokenBody := h.fetchToken(h.internal, alice, "twitter", serviceToken)
-	alter("social_accounts_away", "social_accounts")
+	back()
 
 	if status.StatusCode != http.StatusInternalServerError || !strings.HasPrefix(string(statusBody), "caddy answered 500 internal: internal error (id ") {
 		t.Errorf("status with the table away: %d %q, want handle_errors' answer", status.StatusCode, statusBody)

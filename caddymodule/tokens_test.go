@@ -386,6 +386,21 @@ func TestTokenAPIMinValidityLongerThanTheTokenLife(t *testing.T) {
 	}
 }
 
+// tableAway renames table for a moment, so that what reads it fails
+// after a route's own checks passed; back restores it.
+func (h *harness) tableAway(table string) (back func()) {
+	h.t.Helper()
+	pool := pgtest.Pool(h.t, h.db)
+	rename := func(from, to string) {
+		h.t.Helper()
+		if _, err := pool.Exec(context.Background(), `ALTER TABLE `+from+` RENAME TO `+to); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	rename(table, table+"_away")
+	return func() { rename(table+"_away", table) }
+}
+
 // A read the database fails part way (here its table is away for a
 // moment, after the route's own checks passed) is still a token read:
 // the token API and egress both count it into the window's token_read
@@ -393,17 +408,10 @@ func TestTokenAPIMinValidityLongerThanTheTokenLife(t *testing.T) {
 func TestATokenReadTheDatabaseFailsIsStillAudited(t *testing.T) {
 	h := newHarness(t, harnessOptions{tokenAPI: "service_token " + serviceToken, egress: "service_token " + serviceToken})
 	h.connect(alice, "twitter")
-	pool := pgtest.Pool(t, h.db)
-	alter := func(from, to string) {
-		t.Helper()
-		if _, err := pool.Exec(context.Background(), `ALTER TABLE `+from+` RENAME TO `+to); err != nil {
-			t.Fatal(err)
-		}
-	}
-	alter("social_accounts", "social_accounts_away")
+	back := h.tableAway("social_accounts")
 	code, _, body := h.fetchToken(h.internal, alice, "twitter", serviceToken)
 	egressCode, egressBody := h.egressCall("GET", "/twitter/2/users/me", alice, serviceToken, "")
-	alter("social_accounts_away", "social_accounts")
+	back()
 	if code != http.StatusInternalServerError || errorCode(body) != "internal" {
 		t.Fatalf("token API with the table away: %d %s, want 500 internal", code, body)
 	}
