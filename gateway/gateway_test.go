@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -14,18 +13,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/credgate/credgate/answer"
-	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/gateway"
 	"github.com/credgate/credgate/identity"
-	"github.com/credgate/credgate/internal/pgtest"
-	"github.com/credgate/credgate/internal/testhttp"
+	"github.com/credgate/credgate/internal/flowtest"
 	"github.com/credgate/credgate/oauth"
-	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
-	"github.com/credgate/credgate/vault"
-	"github.com/credgate/credgate/worker"
 )
 
 const (
@@ -35,38 +29,10 @@ const (
 )
 
 // newGateway is a Gateway as the credgate handler provisions it, on a
-// migrated database of its own and the platforms' sandbox over real
-// HTTP, without Caddy. The user is whoever the X-User header names.
-func newGateway(t *testing.T, percent int) (*gateway.Gateway, *sandbox.Server) {
+// flowtest.Env, without Caddy. The user is whoever the X-User header names.
+func newGateway(t *testing.T, percent int) (*gateway.Gateway, *flowtest.Env) {
 	t.Helper()
-	pool := pgtest.Pool(t, pgtest.Database(t))
-	keys, err := vault.NewKeyring(vault.KeyConfig{MasterKey: vault.NewMasterKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	accounts := vault.NewAccounts(keys)
-	accounts.UseSettings(&vault.SettingsCache{DB: pool, TTL: time.Nanosecond})
-	apps := []sandbox.App{}
-	for _, p := range sandbox.Platforms {
-		apps = append(apps, sandbox.App{Platform: p, ClientID: p + "-id", ClientSecret: p + "-secret",
-			RedirectURIs: []string{origin + "/api/auth/oauth/" + p + "/callback"}})
-	}
-	sb := sandbox.New(sandbox.Config{AutoApprove: true, Apps: apps})
-	srv := httptest.NewServer(sb)
-	t.Cleanup(srv.Close)
-	providers := map[string]*oauth.Provider{}
-	for _, name := range sandbox.Platforms {
-		auth, token, api, err := oauth.SandboxURLs(name, srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := oauth.New(name, oauth.Config{ClientID: name + "-id", ClientSecret: secret.New(name + "-secret"),
-			RedirectURL: origin + "/api/auth/oauth/" + name + "/callback", AuthURL: auth, TokenURL: token, APIBase: api, Timeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		providers[name] = p
-	}
+	env := flowtest.New(t, func(p string) string { return origin + "/api/auth/oauth/" + p + "/callback" })
 	provider, err := flags.Static(percent)
 	if err != nil {
 		t.Fatal(err)
@@ -79,10 +45,8 @@ func newGateway(t *testing.T, percent int) (*gateway.Gateway, *sandbox.Server) {
 	tracer := noop.NewTracerProvider().Tracer("test")
 	return &gateway.Gateway{
 		PublicOrigin: origin, ReturnToAllow: []string{"/settings"}, StateTTL: 10 * time.Minute, AdminToken: secret.New(admin),
-		Providers: providers, LegacyStarts: map[string]*oauth.Provider{},
-		Flows: &connect.Flows{DB: pool, Keys: keys, States: vault.NewStates(keys), Accounts: accounts,
-			Renewals: &worker.Refresher{DB: pool, Accounts: accounts, Providers: providers}, Audit: connect.NewAuditor(pool, nil)},
-		Accounts: accounts, Keys: keys, DB: pool, Rollout: rollout, Metrics: telemetry.New(), Tracer: tracer,
+		Providers: env.Providers, LegacyStarts: map[string]*oauth.Provider{}, Flows: env.Flows,
+		Accounts: env.Accounts, Keys: env.Keys, DB: env.Pool, Rollout: rollout, Metrics: telemetry.New(), Tracer: tracer,
 		Answers: answer.Tracker{Tracer: tracer, Health: telemetry.NewHealth(), Route: func(string, string) string { return telemetry.RouteOther }},
 		Logger:  zap.NewNop(), IdentityWatch: new(identity.Watch),
 		ReadIdentity: func(_ http.ResponseWriter, r *http.Request, _ identity.Mode) identity.Identity {
@@ -93,7 +57,7 @@ func newGateway(t *testing.T, percent int) (*gateway.Gateway, *sandbox.Server) {
 		},
 		Available: func() bool { return true }, Now: time.Now, Halted: func(string) bool { return false },
 		InForceRecently: func(ctx context.Context, platform string) flags.InForce { return rollout.InForce(ctx, platform, 0) },
-	}, sb
+	}, env
 }
 
 // serve routes one request as the credgate handler does; a path credgate
@@ -141,14 +105,9 @@ func TestAConnectThroughTheRoutes(t *testing.T) {
 	if len(cookies) != 1 || cookies[0].Name != "__Host-credgate-twitter" || !cookies[0].Secure || !cookies[0].HttpOnly {
 		t.Fatalf("start's binding cookie: %+v", cookies)
 	}
-	resp, err := testhttp.NoRedirects().Get(w.Header().Get("Location") + "&sandbox_user=" + alice)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	callback, err := url.Parse(resp.Header.Get("Location"))
-	if err != nil || !strings.HasSuffix(callback.Path, "/api/auth/oauth/twitter/callback") {
-		t.Fatalf("the platform's answer: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	callback := flowtest.Authorize(t, w.Header().Get("Location"), alice)
+	if !strings.HasSuffix(callback.Path, "/api/auth/oauth/twitter/callback") {
+		t.Fatalf("the platform's answer: %s", callback)
 	}
 	cb := request("GET", callback.RequestURI(), alice)
 	cb.AddCookie(cookies[0])
