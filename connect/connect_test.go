@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http/httptest"
 	"net/url"
 	"sync"
 	"testing"
@@ -14,13 +13,12 @@ import (
 
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/internal/flowtest"
 	"github.com/credgate/credgate/internal/pgtest"
-	"github.com/credgate/credgate/internal/testhttp"
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/sandbox"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/vault"
-	"github.com/credgate/credgate/worker"
 )
 
 const redirect = "https://app.test/api/auth/oauth/callback"
@@ -43,44 +41,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, url: pgtest.Database(t)}
-	e.pool = pgtest.Pool(t, e.url)
-	keys, err := vault.NewKeyring(vault.KeyConfig{MasterKey: vault.NewMasterKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	accounts := vault.NewAccounts(keys)
-	accounts.UseSettings(&vault.SettingsCache{DB: e.pool, TTL: time.Nanosecond})
-	apps := []sandbox.App{}
-	for _, p := range sandbox.Platforms {
-		apps = append(apps, sandbox.App{Platform: p, ClientID: p + "-id", ClientSecret: p + "-secret", RedirectURIs: []string{redirect}})
-	}
-	e.sandbox = sandbox.New(sandbox.Config{AutoApprove: true, Apps: apps})
-	srv := httptest.NewServer(e.sandbox)
-	t.Cleanup(srv.Close)
-	e.providers = map[string]*oauth.Provider{}
-	for _, name := range sandbox.Platforms {
-		auth, token, api, err := oauth.SandboxURLs(name, srv.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := oauth.New(name, oauth.Config{ClientID: name + "-id", ClientSecret: secret.New(name + "-secret"), RedirectURL: redirect,
-			AuthURL: auth, TokenURL: token, APIBase: api, Timeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.providers[name] = p
-	}
-	e.flows = &connect.Flows{
-		DB: e.pool, Keys: keys, States: vault.NewStates(keys), Accounts: accounts,
-		Renewals: &worker.Refresher{DB: e.pool, Accounts: accounts, Providers: e.providers},
-		Audit:    connect.NewAuditor(e.pool, nil),
-		Finished: func(o connect.Outcome) { e.mu.Lock(); e.outcomes = append(e.outcomes, o); e.mu.Unlock() },
-		DecryptFailed: func(during string) {
-			e.mu.Lock()
-			e.decrypts = append(e.decrypts, during)
-			e.mu.Unlock()
-		},
+	f := flowtest.New(t, func(string) string { return redirect })
+	e := &env{t: t, url: f.URL, pool: f.Pool, sandbox: f.Sandbox, providers: f.Providers, flows: f.Flows}
+	e.flows.Finished = func(o connect.Outcome) { e.mu.Lock(); e.outcomes = append(e.outcomes, o); e.mu.Unlock() }
+	e.flows.DecryptFailed = func(during string) {
+		e.mu.Lock()
+		e.decrypts = append(e.decrypts, during)
+		e.mu.Unlock()
 	}
 	return e
 }
@@ -101,15 +68,7 @@ func (e *env) begin(platform, user string) flow {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	resp, err := testhttp.NoRedirects().Get(started.URL + "&sandbox_user=" + url.QueryEscape(user))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc, err := url.Parse(resp.Header.Get("Location"))
-	if err != nil || loc.Query().Get("code") == "" {
-		e.t.Fatalf("the sandbox's answer to the authorize: %d %q", resp.StatusCode, resp.Header.Get("Location"))
-	}
+	loc := flowtest.Authorize(e.t, started.URL, user)
 	return flow{platform: platform, query: loc.Query(), binding: started.Binding}
 }
 

@@ -25,6 +25,8 @@ import (
 
 // Env is one test's database, sandbox and connect steps.
 type Env struct {
+	// URL is the database's; Pool a pool of its own on it.
+	URL       string
 	Pool      *pgxpool.Pool
 	Keys      *vault.Keyring
 	Accounts  *vault.Accounts
@@ -47,7 +49,8 @@ var scopes = map[string][]string{
 // callback(platform).
 func New(t testing.TB, callback func(platform string) string) *Env {
 	t.Helper()
-	e := &Env{Pool: pgtest.Pool(t, pgtest.Database(t))}
+	e := &Env{URL: pgtest.Database(t)}
+	e.Pool = pgtest.Pool(t, e.URL)
 	var err error
 	if e.Keys, err = vault.NewKeyring(vault.KeyConfig{MasterKey: vault.NewMasterKey()}); err != nil {
 		t.Fatal(err)
