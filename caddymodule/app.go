@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -333,9 +332,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	pooler, _ := pgurl.Pooler(databaseURL) // Parse accepted it
 	limits := pgurl.LimitSessions(poolCfg, pooler)
 	a.pooler = pooler
-	if poolTracer != nil {
-		poolCfg.ConnConfig.Tracer = poolTracer
-	}
 	a.poolKey = databaseURL
 	shared, _, err := pools.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		p, err := pgurl.NewPool(context.Background(), poolCfg, limits) // connects lazily
@@ -491,11 +487,6 @@ func (a *App) keyringHealth() map[string]any {
 	}
 	return out
 }
-
-// poolTracer, when set (by a benchmark, before the config loads), traces
-// every statement of the pools created afterwards: how the round trips
-// per flow are counted.
-var poolTracer pgx.QueryTracer
 
 // refusedKeys reports whether err is the key check refusing the keyring
 // (a wrong key, or keys missing for credentials in use): never serve then.

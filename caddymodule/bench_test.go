@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"context"
 	"time"
 
@@ -190,52 +188,3 @@ func BenchmarkConnectFlows(b *testing.B) {
 		b.ReportMetric(float64(flows.Load())/span.Seconds(), "flows/s")
 	}
 }
-
-// roundTrips counts what each statement and batch costs: one round trip
-// to PostgreSQL each (BEGIN and COMMIT included).
-type roundTrips struct{ n atomic.Int64 }
-
-func (c *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	c.n.Add(1)
-	return ctx
-}
-func (c *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (c *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	c.n.Add(1)
-	return ctx
-}
-func (c *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-func (c *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
-
-// TestRoundTripsPerConnect counts the database round trips of one whole
-// connect, by route, for docs/performance.md. It fails when a change adds
-// one (raise the numbers here only on purpose).
-func TestRoundTripsPerConnect(t *testing.T) {
-	counter := new(roundTrips)
-	poolTracer = counter
-	defer func() { poolTracer = nil }()
-	h := newHarness(t, harnessOptions{globalOptions: "background off"})
-	// The fewest of five flows: the database watch's ping once a second
-	// may land inside one.
-	start, callback := int64(1<<30), int64(1<<30)
-	for i := range 5 {
-		user := fmt.Sprintf("00000000-0000-4000-8000-%012d", 900+i)
-		counter.n.Store(0)
-		providerURL, cookie := h.startFlow(user, "twitter", "/settings")
-		s := counter.n.Swap(0)
-		resp, body := h.callback(h.authorize(providerURL), cookie, user)
-		c := counter.n.Swap(0)
-		if resp.StatusCode != http.StatusFound {
-			t.Fatalf("callback: %d %s", resp.StatusCode, body)
-		}
-		start, callback = min(start, s), min(callback, c)
-	}
-	t.Logf("round trips: start %d, callback %d, whole connect %d", start, callback, start+callback)
-	if start > maxStartRoundTrips || callback > maxCallbackRoundTrips {
-		t.Fatalf("round trips: start %d (max %d), callback %d (max %d)", start, maxStartRoundTrips, callback, maxCallbackRoundTrips)
-	}
-}
-
-// The round trips of one connect today (docs/performance.md): raise them
-// only on purpose.
-const maxStartRoundTrips, maxCallbackRoundTrips = 1, 2

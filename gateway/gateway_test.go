@@ -3,14 +3,19 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/flags"
@@ -20,6 +25,7 @@ import (
 	"github.com/credgate/credgate/oauth"
 	"github.com/credgate/credgate/secret"
 	"github.com/credgate/credgate/telemetry"
+	"github.com/credgate/credgate/vault"
 )
 
 const (
@@ -30,9 +36,9 @@ const (
 
 // newGateway is a Gateway as the credgate handler provisions it, on a
 // flowtest.Env, without Caddy. The user is whoever the X-User header names.
-func newGateway(t *testing.T, percent int) (*gateway.Gateway, *flowtest.Env) {
+func newGateway(t *testing.T, percent int, configure ...func(*pgxpool.Config)) (*gateway.Gateway, *flowtest.Env) {
 	t.Helper()
-	env := flowtest.New(t, func(p string) string { return origin + "/api/auth/oauth/" + p + "/callback" })
+	env := flowtest.New(t, func(p string) string { return origin + "/api/auth/oauth/" + p + "/callback" }, configure...)
 	provider, err := flags.Static(percent)
 	if err != nil {
 		t.Fatal(err)
@@ -235,5 +241,61 @@ func TestTheRolloutDecidesEachConnect(t *testing.T) {
 	if w := serve(g, request("GET", "/api/auth/oauth/twitter?return_to=/settings", alice)); w.Code != http.StatusFound ||
 		!strings.Contains(w.Header().Get("Location"), "oauth_error=new_flow_disabled") {
 		t.Errorf("a start with the kill switch off: %d %q", w.Code, w.Header().Get("Location"))
+	}
+}
+
+// roundTrips counts what each statement and batch costs: one round trip
+// to PostgreSQL each (BEGIN and COMMIT included).
+type roundTrips struct{ n atomic.Int64 }
+
+func (c *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	c.n.Add(1)
+	return ctx
+}
+func (c *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (c *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	c.n.Add(1)
+	return ctx
+}
+func (c *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (c *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// The round trips of one connect today (docs/performance.md): raise them
+// only on purpose.
+const maxStartRoundTrips, maxCallbackRoundTrips = 1, 2
+
+// TestRoundTripsPerConnect counts the database round trips of one whole
+// connect, by route, on the gateway's own pool (nothing else uses it), for
+// docs/performance.md. It fails when a change adds one.
+func TestRoundTripsPerConnect(t *testing.T) {
+	t.Parallel()
+	counter := new(roundTrips)
+	g, env := newGateway(t, 100, func(c *pgxpool.Config) { c.ConnConfig.Tracer = counter })
+	// The settings as an instance caches them: read by the first store,
+	// not by every one (flowtest reads them each time).
+	env.Accounts.UseSettings(&vault.SettingsCache{DB: env.Pool, TTL: time.Minute})
+	// The fewest of three connects: the first also reads the settings.
+	start, callback := int64(1<<30), int64(1<<30)
+	for i := range 3 {
+		user := fmt.Sprintf("00000000-0000-4000-8000-%012d", 900+i)
+		counter.n.Store(0)
+		w := serve(g, request("GET", "/api/auth/oauth/twitter?return_to=/settings", user))
+		s := counter.n.Swap(0)
+		if w.Code != http.StatusFound {
+			t.Fatalf("start: %d %s", w.Code, w.Body)
+		}
+		cb := request("GET", flowtest.Authorize(t, w.Header().Get("Location"), user).RequestURI(), user)
+		cb.AddCookie(w.Result().Cookies()[0])
+		counter.n.Store(0)
+		w = serve(g, cb)
+		c := counter.n.Load()
+		if w.Code != http.StatusFound || !strings.Contains(w.Header().Get("Location"), "connected=twitter") {
+			t.Fatalf("callback: %d %q %s", w.Code, w.Header().Get("Location"), w.Body)
+		}
+		start, callback = min(start, s), min(callback, c)
+	}
+	t.Logf("round trips: start %d, callback %d, whole connect %d", start, callback, start+callback)
+	if start > maxStartRoundTrips || callback > maxCallbackRoundTrips || start == 0 || callback == 0 {
+		t.Fatalf("round trips: start %d (max %d), callback %d (max %d)", start, maxStartRoundTrips, callback, maxCallbackRoundTrips)
 	}
 }

@@ -46,11 +46,12 @@ var scopes = map[string][]string{
 }
 
 // New builds an Env whose platforms send the browser back to
-// callback(platform).
-func New(t testing.TB, callback func(platform string) string) *Env {
+// callback(platform); configure may change the pool's config first (a
+// query tracer).
+func New(t testing.TB, callback func(platform string) string, configure ...func(*pgxpool.Config)) *Env {
 	t.Helper()
 	e := &Env{URL: pgtest.Database(t)}
-	e.Pool = pgtest.Pool(t, e.URL)
+	e.Pool = pgtest.Pool(t, e.URL, configure...)
 	var err error
 	if e.Keys, err = vault.NewKeyring(vault.KeyConfig{MasterKey: vault.NewMasterKey()}); err != nil {
 		t.Fatal(err)

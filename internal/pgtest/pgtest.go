@@ -89,10 +89,18 @@ func Database(t testing.TB) string {
 	return u
 }
 
-// Pool opens a pool on databaseURL, closed when the test ends.
-func Pool(t testing.TB, databaseURL string) *pgxpool.Pool {
+// Pool opens a pool on databaseURL, closed when the test ends;
+// configure may change its config first (a query tracer).
+func Pool(t testing.TB, databaseURL string, configure ...func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), databaseURL)
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		t.Fatalf("pgtest: parsing the database URL: %v", err)
+	}
+	for _, c := range configure {
+		c(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("pgtest: opening pool: %v", err)
 	}
