@@ -2,20 +2,14 @@ package caddymodule
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net/http"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/flags"
 	"github.com/credgate/credgate/guard"
 )
@@ -102,90 +96,6 @@ func (a *App) startGuard(ctx context.Context) {
 	a.run.wg.Go(func() { a.guard.Run(ctx, guardInterval) })
 }
 
-// guardHealth is the guard's part of service-health. A halt does not make
-// the instance unhealthy: it is the guard doing its job, and a load
-// balancer must not take the instance out for it.
-func (a *App) guardHealth() map[string]any {
-	if a.guard == nil {
-		return map[string]any{"enabled": false}
-	}
-	cfg := a.guard.Config()
-	out := map[string]any{"enabled": true, "min_success": cfg.MinSuccess, "max_gap": cfg.MaxGap,
-		"min_samples": cfg.MinSamples, "window": cfg.Window.String(), "loaded": a.guard.Loaded()}
-	platforms := map[string]any{}
-	var halted []string
-	for _, p := range a.guard.Platforms() {
-		platforms[p.Name] = p
-		if p.Halted() {
-			halted = append(halted, p.Name)
-		}
-	}
-	out["platforms"], out["halted"] = platforms, halted
-	return out
-}
-
-// RolloutStatus is what the rollout route answers for each platform.
-type RolloutStatus = guard.RolloutStatus
-
-// rolloutRoute: GET /api/credentials/rollout (admin), the same as
-// `caddy credgate rollout status`, from this instance's view.
-func (h *Handler) rolloutRoute(w http.ResponseWriter, r *http.Request) {
-	if !h.gw.AdminReady(w, r) {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	window := guard.DefaultWindow
-	if h.app.guard != nil {
-		window = h.app.guard.Config().Window
-	}
-	status, err := guard.ReadRolloutStatus(ctx, h.app.pool, h.app.rollout, window, h.app.platforms())
-	if err != nil {
-		answer.StoreError(h.logger, w, r, "reading the rollout", err)
-		return
-	}
-	h.app.exactPercentages(ctx, status)
-	answer.JSON(w, http.StatusOK, map[string]any{"guard": h.app.guardHealth(), "window": window.String(), "platforms": status})
-}
-
-// resumeRoute: POST /api/credentials/rollout/resume (admin) with
-// {"platform": "twitter", "by": "alice"}: clears a halt, audited.
-func (h *Handler) resumeRoute(w http.ResponseWriter, r *http.Request) {
-	if !h.gw.AdminReady(w, r) {
-		return
-	}
-	var req struct {
-		Platform string `json:"platform"`
-		By       string `json:"by"`
-	}
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.Platform == "" {
-		answer.Error(w, http.StatusBadRequest, "invalid_request", `body must be JSON: {"platform": "<name>", "by": "<who>"}`)
-		return
-	}
-	by := "admin-route"
-	if req.By != "" {
-		by = "admin-route: " + req.By
-	}
-	// A halt in the database is cleared whatever its platform (one left
-	// from a provider since removed too); only with none is the name
-	// checked, so a typo is not answered as "not halted".
-	halt, err := guard.Resume(r.Context(), h.app.pool, req.Platform, by)
-	switch {
-	case errors.Is(err, guard.ErrNotHalted) && !slices.Contains(h.app.platforms(), req.Platform):
-		answer.Error(w, http.StatusNotFound, "unknown_platform", fmt.Sprintf("no platform %q is configured (configured: %s)",
-			req.Platform, strings.Join(h.app.platforms(), ", ")))
-		return
-	case errors.Is(err, guard.ErrNotHalted):
-		answer.Error(w, http.StatusConflict, "not_halted", req.Platform+" is not halted")
-		return
-	case err != nil:
-		answer.StoreError(h.logger, w, r, "resuming the rollout", err)
-		return
-	}
-	h.logger.Warn("rollout resumed", zap.String("platform", req.Platform), zap.String("by", by), zap.String("halted_for", halt.Reason))
-	answer.JSON(w, http.StatusOK, map[string]any{"resumed": req.Platform, "was_halted_at": halt.At.UTC().Format(time.RFC3339), "reason": halt.Reason})
-}
-
 // parseGuard parses `guard [{ min_success … max_gap … min_samples …
 // window … }]`.
 func parseGuard(d *caddyfile.Dispenser) (*GuardConfig, error) {
@@ -229,7 +139,7 @@ func parseGuard(d *caddyfile.Dispenser) (*GuardConfig, error) {
 // flag file's rule read exactly, as `rollout status` does, when the
 // source is a flag file credgate has loaded (it is ready) whose rule can
 // be read statically; otherwise the sample stays, marked as one.
-func (a *App) exactPercentages(ctx context.Context, status []RolloutStatus) {
+func (a *App) exactPercentages(ctx context.Context, status []guard.RolloutStatus) {
 	file, ok := a.flagSource.(*FlagdFileFlags)
 	if !ok || !a.rollout.Ready() {
 		return

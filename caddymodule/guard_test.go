@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/internal/pgtest"
 	"github.com/credgate/credgate/sandbox"
 )
@@ -157,10 +158,10 @@ func TestGuardHaltsARegressionAndResumeClearsIt(t *testing.T) {
 	}
 	resp, body = h.do("GET", "/api/credentials/rollout", "", admin)
 	var rollout struct {
-		Platforms []RolloutStatus `json:"platforms"`
+		Platforms []guard.RolloutStatus `json:"platforms"`
 	}
 	json.Unmarshal(body, &rollout)
-	var li *RolloutStatus
+	var li *guard.RolloutStatus
 	for i := range rollout.Platforms {
 		if rollout.Platforms[i].Platform == "linkedin" {
 			li = &rollout.Platforms[i]
@@ -255,7 +256,7 @@ func TestRolloutRouteReadsThePercentageFromTheRule(t *testing.T) {
 	}
 	h := newHarness(t, harnessOptions{flagsFile: path})
 	var rollout struct {
-		Platforms []RolloutStatus `json:"platforms"`
+		Platforms []guard.RolloutStatus `json:"platforms"`
 	}
 	// The flag file is read in the background after the start: a busy
 	// machine may answer once before it is (Ready false, 0 %).
@@ -266,7 +267,7 @@ func TestRolloutRouteReadsThePercentageFromTheRule(t *testing.T) {
 		rollout.Platforms = nil
 		json.Unmarshal(body, &rollout)
 		return resp.StatusCode != http.StatusOK || len(rollout.Platforms) == 0 ||
-			!slices.ContainsFunc(rollout.Platforms, func(p RolloutStatus) bool { return p.Flags == nil || !p.Flags.Ready })
+			!slices.ContainsFunc(rollout.Platforms, func(p guard.RolloutStatus) bool { return p.Flags == nil || !p.Flags.Ready })
 	})
 	if resp.StatusCode != http.StatusOK || len(rollout.Platforms) == 0 {
 		t.Fatalf("rollout route: %d %s", resp.StatusCode, body)

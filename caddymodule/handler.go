@@ -155,7 +155,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Rollout: app.rollout, Metrics: app.metrics, Tracer: app.tracer(), Answers: app.answers(), Logger: h.logger,
 		IdentityWatch: new(identity.Watch), Available: app.Available, Now: app.now, Halted: app.halted,
 		InForceRecently: app.inForceRecently, StateTTL: time.Duration(app.StateTTL), DecisionTimeout: time.Duration(app.DecisionTimeout),
-		Admin: gateway.AdminRoutes{ServiceHealth: h.serviceHealth, RolloutStatus: h.rolloutRoute, RolloutResume: h.resumeRoute}}
+		Guard: app.guard, ExactPercentages: app.exactPercentages, ServiceHealth: h.serviceHealth}
 	h.gw = g
 	repl := caddy.NewReplacer()
 	g.AdminToken = secret.New(repl.ReplaceKnown(h.AdminToken, ""))

@@ -126,7 +126,7 @@ func TestRolloutStatusAndResumeCommands(t *testing.T) {
 	}
 	out, err = runCLI(t, "rollout", "status", "--database-url", url, "--json", "--flags", "flagd "+path)
 	var st struct {
-		Platforms []RolloutStatus `json:"platforms"`
+		Platforms []guard.RolloutStatus `json:"platforms"`
 	}
 	if err != nil || json.Unmarshal([]byte(out), &st) != nil || len(st.Platforms) != 4 || st.Platforms[2].Platform != "linkedin" || !st.Platforms[2].Halted ||
 		st.Platforms[2].Flags == nil || st.Platforms[2].Flags.NewPercent != 25 || st.Platforms[2].Flags.Measured != flags.MeasuredRule {

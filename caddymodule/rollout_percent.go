@@ -44,7 +44,7 @@ func (a *App) inForceRecently(ctx context.Context, platform string) flags.InForc
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	// exactPercentages replaces Flags only when it read the rule.
-	status := []RolloutStatus{{Platform: platform, Flags: &flags.InForce{Platform: platform}}}
+	status := []guard.RolloutStatus{{Platform: platform, Flags: &flags.InForce{Platform: platform}}}
 	a.exactPercentages(ctx, status)
 	in := *status[0].Flags
 	if in.Measured == "" {

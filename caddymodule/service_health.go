@@ -75,7 +75,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 		"providers":     providers,
 		"refresh_queue": queue,
 		"background":    h.app.backgroundHealth(),
-		"guard":         h.app.guardHealth(),
+		"guard":         h.app.guard.Health(),
 		"identity":      h.gw.IdentityHealth(),
 		"migration":     report.MigrationHealth(ctx, h.app.pool, h.app.settings, h.app.platforms(), dbErr == nil),
 		"schema":        h.appTableHealth(ctx, dbErr == nil, &healthy),

@@ -1,12 +1,12 @@
 // Package gateway serves the routes credgate owns on the app's public
 // origin: the new flow's start and callback, a user's status,
 // disconnect and health check, the rollout's decision for a connect, and
-// the admin cleanup (Route lists them all). It also makes the decisions
+// the admin cleanup and rollout routes (Route lists them all). It also makes the decisions
 // the app's own routes need (DecideConnect, DecidedLegacy, LegacyOutcome)
 // while caddymodule's credgate handler stands in front of them. The
 // handlers are plain net/http; caddymodule provisions a Gateway from the
-// Caddyfile and the credgate app, and serves the admin routes that read
-// the instance's own state (Admin).
+// Caddyfile and the credgate app, and serves service-health, which reads
+// the instance's own state (ServiceHealth).
 package gateway
 
 import (
@@ -24,6 +24,7 @@ import (
 	"github.com/credgate/credgate/answer"
 	"github.com/credgate/credgate/connect"
 	"github.com/credgate/credgate/flags"
+	"github.com/credgate/credgate/guard"
 	"github.com/credgate/credgate/identity"
 	"github.com/credgate/credgate/internal/ratelimit"
 	"github.com/credgate/credgate/oauth"
@@ -79,16 +80,16 @@ type Gateway struct {
 	// at most every few seconds.
 	InForceRecently func(ctx context.Context, platform string) flags.InForce
 
-	// Admin are the admin routes that read the instance's own state.
-	Admin AdminRoutes
-}
+	// Guard is the rollout guard, nil when it is off.
+	Guard *guard.Guard
+	// ExactPercentages replaces sampled percentages in a rollout status
+	// with the flag file's rule, when the source is a flag file.
+	ExactPercentages func(ctx context.Context, status []guard.RolloutStatus)
 
-// AdminRoutes are served by the credgate handler itself (caddymodule),
-// behind AdminReady or AdminAllowed.
-type AdminRoutes struct {
-	ServiceHealth http.HandlerFunc // GET /api/credentials/service-health
-	RolloutStatus http.HandlerFunc // GET /api/credentials/rollout
-	RolloutResume http.HandlerFunc // POST /api/credentials/rollout/resume
+	// ServiceHealth is GET /api/credentials/service-health, which reads
+	// the instance's own state: the credgate handler serves it, behind
+	// AdminAllowed.
+	ServiceHealth http.HandlerFunc
 }
 
 // platforms are the configured platform names, sorted.

@@ -299,3 +299,39 @@ func TestRoundTripsPerConnect(t *testing.T) {
 		t.Fatalf("round trips: start %d (max %d), callback %d (max %d)", start, maxStartRoundTrips, callback, maxCallbackRoundTrips)
 	}
 }
+
+// The admin rollout routes: the status of every platform, and a resume
+// that says what it could not do.
+func TestTheAdminRolloutRoutes(t *testing.T) {
+	t.Parallel()
+	g, _ := newGateway(t, 100)
+	asAdmin := func(method, target, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, origin+target, strings.NewReader(body))
+		r.Header.Set("Authorization", "Bearer "+admin)
+		return serve(g, r)
+	}
+	if w := serve(g, request("GET", "/api/credentials/rollout", alice)); w.Code != 401 || errorCode(t, w) != "unauthorized" {
+		t.Errorf("status without the admin token: %d %s", w.Code, w.Body)
+	}
+	w := asAdmin("GET", "/api/credentials/rollout", "")
+	var status struct {
+		Guard     map[string]any
+		Platforms []struct{ Platform string }
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &status); w.Code != 200 || err != nil || len(status.Platforms) != len(g.Providers) || status.Guard["enabled"] != false {
+		t.Errorf("status: %d %s", w.Code, w.Body)
+	}
+	for _, c := range []struct {
+		body   string
+		status int
+		code   string
+	}{
+		{`{"platform": "twitter", "by": "alice"}`, 409, "not_halted"},
+		{`{"platform": "myspace"}`, 404, "unknown_platform"},
+		{`not json`, 400, "invalid_request"},
+	} {
+		if w := asAdmin("POST", "/api/credentials/rollout/resume", c.body); w.Code != c.status || errorCode(t, w) != c.code {
+			t.Errorf("resume %s: %d %s, want %d %s", c.body, w.Code, w.Body, c.status, c.code)
+		}
+	}
+}

@@ -61,13 +61,13 @@ func (g *Gateway) Route(method, path string) http.HandlerFunc {
 	case "/api/credentials/health-check":
 		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.healthCheck})
 	case "/api/credentials/service-health":
-		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.Admin.ServiceHealth})
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.ServiceHealth})
 	case "/api/maintenance/cleanup":
 		return g.methods(map[string]http.HandlerFunc{http.MethodPost: g.cleanup})
 	case "/api/credentials/rollout":
-		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.Admin.RolloutStatus})
+		return g.methods(map[string]http.HandlerFunc{http.MethodGet: g.rolloutStatus})
 	case "/api/credentials/rollout/resume":
-		return g.methods(map[string]http.HandlerFunc{http.MethodPost: g.Admin.RolloutResume})
+		return g.methods(map[string]http.HandlerFunc{http.MethodPost: g.rolloutResume})
 	}
 	if platform, ok := strings.CutPrefix(path, RolloutDecisionPrefix); ok && platform != "" && !strings.Contains(platform, "/") {
 		return g.methods(map[string]http.HandlerFunc{http.MethodGet: func(w http.ResponseWriter, r *http.Request) { g.rolloutDecision(w, r, platform) }})
@@ -418,9 +418,9 @@ func (g *Gateway) IdentityHealth() map[string]any {
 	return out
 }
 
-// AdminReady answers 401 without the admin token, and 503 while the
+// adminReady answers 401 without the admin token, and 503 while the
 // database is not available; true when an admin route may go on.
-func (g *Gateway) AdminReady(w http.ResponseWriter, r *http.Request) bool {
+func (g *Gateway) adminReady(w http.ResponseWriter, r *http.Request) bool {
 	if !g.AdminAllowed(r) {
 		answer.Error(w, http.StatusUnauthorized, "unauthorized", "admin token required")
 		return false
@@ -430,7 +430,7 @@ func (g *Gateway) AdminReady(w http.ResponseWriter, r *http.Request) bool {
 
 // cleanup: POST /api/maintenance/cleanup (admin), the guide's Step 5.2.
 func (g *Gateway) cleanup(w http.ResponseWriter, r *http.Request) {
-	if !g.AdminReady(w, r) {
+	if !g.adminReady(w, r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
