@@ -206,10 +206,9 @@ type appRun struct {
 	// available is true once the database answered and the key
 	// fingerprints matched; credgate routes answer 503 until then.
 	available atomic.Bool
-	// databaseDown is set while the database watch finds PostgreSQL not
-	// answering: credgate routes then answer 503 at once instead of each
-	// waiting for its own timeout.
-	databaseDown atomic.Bool
+	// databaseWatch finds PostgreSQL not answering: credgate routes then
+	// answer 503 at once instead of each waiting for its own timeout.
+	databaseWatch *worker.DatabaseWatch
 	// missingKeys are the key ids in use the keyring lacks (only with
 	// allow_missing_keys), as of the last key check.
 	missingKeys atomic.Pointer[[]uint32]
@@ -273,7 +272,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // also runs for `caddy validate`; a bad key fails here, closed.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	a.run = new(appRun)
+	a.run = &appRun{databaseWatch: &worker.DatabaseWatch{Logger: a.logger}}
 	repl := caddy.NewReplacer()
 	databaseURL := repl.ReplaceKnown(a.DatabaseURL, "")
 	if a.StateTTL <= 0 {
@@ -342,6 +341,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.shared = shared.(sharedPool)
 	a.pool = a.shared.Pool
+	a.run.databaseWatch.Pool = a.pool
 	// The operator's settings for sharing social_accounts with the app
 	// (transition mode, app-refresh, the app's expiry column), read by
 	// every replica from the database.
@@ -454,7 +454,7 @@ func (a *App) Start() error {
 			a.logger.Warn("token read audit rows not written yet; their counts are kept for the next window", zap.Error(err))
 		})
 	})
-	a.run.wg.Go(func() { a.watchDatabase(ctx) })
+	a.run.wg.Go(func() { a.run.databaseWatch.Run(ctx) })
 	return nil
 }
 
@@ -572,86 +572,11 @@ func credgateApp(ctx caddy.Context, who string) (*App, error) {
 
 // Available reports whether credgate routes can use the database: the key
 // check has passed, and the database watch last found it answering.
-func (a *App) Available() bool { return a.run.available.Load() && !a.run.databaseDown.Load() }
+func (a *App) Available() bool { return a.run.available.Load() && !a.run.databaseWatch.Down() }
 
-// The database's timings. A new connection may take a while on a loaded
-// machine (a dial, TLS, authentication, all on a busy CPU): slow is not
-// down. The watch declares an outage when the database refuses (a ping
-// that fails before its budget), or when slowOutage pings in a row run
-// out of their budget (a partition: nothing answers at all).
-const (
-	connectTimeout     = 5 * time.Second
-	databaseWatchEvery = time.Second
-	pingTimeout        = 2 * time.Second
-	slowOutage         = 3
-)
-
-// watchDatabase pings PostgreSQL every second while the app runs and
-// keeps databaseDown current, logging each change once. With it, a
-// database that refuses turns every credgate route into an immediate 503
-// within about a second, one that stops answering within slowOutage
-// pings (about 6 s), and the routes serve again within a second of the
-// database answering. One slow ping on a loaded machine is not an
-// outage.
-func (a *App) watchDatabase(ctx context.Context) {
-	t := time.NewTicker(databaseWatchEvery)
-	defer t.Stop()
-	slow := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
-		busy, err := a.ping(pctx)
-		timedOut := errors.Is(pctx.Err(), context.DeadlineExceeded)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if busy {
-			// Every connection is in use and none came free in time:
-			// credgate is busy, which says nothing of the database
-			// (requests hold the connections; a partition would end
-			// them at their own timeouts and free the pool).
-			continue
-		}
-		switch {
-		case err == nil:
-			slow = 0
-		case timedOut:
-			slow++
-		}
-		down := err != nil && (!timedOut || slow >= slowOutage)
-		if err != nil && !down {
-			continue // slow, not (yet) down: keep the last verdict
-		}
-		if a.run.databaseDown.Swap(down) != down {
-			if down {
-				a.logger.Warn("database not answering; credgate routes answer 503 until it does", zap.Error(err))
-			} else {
-				a.logger.Info("database answering again; credgate routes are serving")
-			}
-		}
-	}
-}
-
-// ping asks PostgreSQL for an answer through the pool. busy is true
-// when no connection could be had because all of them were in use (a
-// burst of requests on a loaded machine), not because the database did
-// not answer: before, a saturated pool read as an outage, and the burst
-// turned into 503s for everyone (TestTokenReadsAreAuditedOncePerWindow
-// at load 20).
-func (a *App) ping(ctx context.Context) (busy bool, err error) {
-	conn, err := a.pool.Acquire(ctx)
-	if err != nil {
-		st := a.pool.Stat()
-		return ctx.Err() != nil && st.AcquiredConns() >= st.MaxConns(), err
-	}
-	defer conn.Release()
-	return false, conn.Ping(ctx)
-}
+// connectTimeout bounds a new connection: on a loaded machine a dial,
+// TLS and authentication may take a while, and slow is not down.
+const connectTimeout = 5 * time.Second
 
 // Rollout is the app's rollout decision.
 func (a *App) Rollout() *flags.Rollout { return a.rollout }

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/credgate/credgate/internal/pgtest"
+	"github.com/credgate/credgate/worker"
 )
 
 // A pool whose every connection is in use (a burst of token reads on a
@@ -27,10 +28,10 @@ func TestABusyPoolIsNotAnOutage(t *testing.T) {
 	release := holdPool(t, app)
 	// Before the harness's stop, which waits for every connection.
 	defer release()
-	// Longer than slowOutage pings of pingTimeout each, and then some.
-	deadline := time.Now().Add(slowOutage*pingTimeout + 2*time.Second)
+	// Longer than DefaultSlowOutage pings of DefaultPingTimeout each, and then some.
+	deadline := time.Now().Add(worker.DefaultSlowOutage*worker.DefaultPingTimeout + 2*time.Second)
 	for time.Now().Before(deadline) {
-		if app.run.databaseDown.Load() {
+		if app.run.databaseWatch.Down() {
 			release()
 			t.Fatal("a busy pool was declared a database outage")
 		}

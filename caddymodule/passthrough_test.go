@@ -236,7 +236,7 @@ func TestPartitionAnswers503Quickly(t *testing.T) {
 	// loaded machine is not an outage): wait until it has. (A request
 	// already waiting on a stuck connection when the partition began still
 	// waits for its own timeout.)
-	waitUntil(t, 20*time.Second, func() bool { return currentApp(t).run.databaseDown.Load() })
+	waitUntil(t, 20*time.Second, func() bool { return currentApp(t).run.databaseWatch.Down() })
 	for range 5 {
 		start := time.Now()
 		resp, body := h.do("GET", "/api/auth/oauth/twitter", alice, nil)
@@ -274,7 +274,7 @@ func TestASlowDatabaseIsNotAnOutage(t *testing.T) {
 	proxy.Freeze()
 	deadline := time.Now().Add(2600 * time.Millisecond)
 	for time.Now().Before(deadline) {
-		if app.run.databaseDown.Load() {
+		if app.run.databaseWatch.Down() {
 			proxy.Thaw()
 			t.Fatal("a database silent for 2.6 s was declared down")
 		}

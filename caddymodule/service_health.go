@@ -36,7 +36,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	var dbErr error
 	switch {
-	case h.app.run.databaseDown.Load():
+	case h.app.run.databaseWatch.Down():
 		dbErr = errors.New("unreachable")
 	case !h.app.Available():
 		dbErr = errors.New("key check has not passed")
