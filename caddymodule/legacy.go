@@ -25,7 +25,7 @@ import (
 // streamed, never buffered; afterwards, if credgate saw that flow begin
 // at the app's connect route (its state, in legacy_flows), the flow's
 // outcome is counted, for the metrics, the guard and the audit log alike
-// (countLegacyOutcome). A request no flow began counts nowhere: junk on
+// (connect.Flows.CountLegacy). A request no flow began counts nowhere: junk on
 // the app's callback path must not move the legacy arm's rate.
 func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	state := r.URL.Query().Get("state")
@@ -52,11 +52,11 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 }
 
 // legacyStart handles the app's own "connect" route: the rollout decides,
-// once per flow (decideConnect), whether this user goes to the new flow
+// once per flow (gateway.DecideConnect), whether this user goes to the new flow
 // (302 to the new start route, which stores the decision with the flow's
 // state) or stays with the app. No identity means legacy. With legacy off
 // everyone goes to the new flow. A browser the decision route already
-// sent here on the legacy arm carries its decision (decidedLegacy): it
+// sent here on the legacy arm carries its decision (DecidedLegacy): it
 // goes to the app without a second decision.
 func (h *Handler) legacyStart(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, p *oauth.Provider) error {
 	if user, ok := h.gw.DecidedLegacy(w, r, p.Name()); ok {

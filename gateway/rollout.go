@@ -25,8 +25,8 @@ const reasonLegacyOff flags.Reason = "legacy_off"
 
 // DecideConnect is the rollout's decision for a connect on platform, the
 // one both places a connect begins use: the app's connect route
-// (legacyStart) and the decision route (rolloutDecision). The rollout
-// decides for the request's user (none: legacy, no_identity); a new arm
+// (caddymodule's legacyStart) and the decision route (rolloutDecision).
+// The rollout decides for the request's user (none: legacy, no_identity); a new arm
 // that cannot start now (database or keys) is downgraded to legacy,
 // store_unavailable, since the app's flow needs no credgate database;
 // then the decision is counted (credgate_rollout_decisions_total, the
@@ -79,7 +79,7 @@ type rolloutDecisionView struct {
 // rolloutDecision: GET /api/credentials/rollout/{platform}?return_to=…,
 // for an app whose Connect button asks first rather than navigating to
 // its connect route. It decides and counts exactly as the connect route
-// does (decideConnect), and answers where to send the browser: the new
+// does (DecideConnect), and answers where to send the browser: the new
 // start route, or the app's connect route carrying a decided mark
 // (flags.DecidedMark), so that the decision is not made, and counted, a
 // second time there.
@@ -157,11 +157,11 @@ func removeQueryParam(r *http.Request, name string) {
 // newPercentage is the share of users the rollout sends to the new flow
 // on platform now, in percent: 100 with legacy off; 0 while the guard
 // halts the platform or the kill switch is off; else the split's
-// percentage, read exactly from a flag file's rule (exactPercentages),
-// or measured on sample ids for other sources. nil when the flag source
-// is not ready or does not evaluate: every decision is legacy then, and
-// the reason says why. It is read at most every percentEvery per
-// platform (percentReads).
+// percentage, read exactly from a flag file's rule, or measured on
+// sample ids for other sources. nil when the flag source is not ready or
+// does not evaluate: every decision is legacy then, and the reason says
+// why. It is read through InForceRecently, at most every few seconds per
+// platform.
 func (g *Gateway) newPercentage(ctx context.Context, platform string) *float64 {
 	pct := func(v float64) *float64 { return &v }
 	switch {
