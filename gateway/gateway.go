@@ -1,12 +1,12 @@
 // Package gateway serves the routes credgate owns on the app's public
-// origin: the new flow's start and callback, a user's status,
-// disconnect and health check, the rollout's decision for a connect, and
-// the admin cleanup and rollout routes (Route lists them all). It also makes the decisions
-// the app's own routes need (DecideConnect, DecidedLegacy, LegacyOutcome)
-// while caddymodule's credgate handler stands in front of them. The
-// handlers are plain net/http; caddymodule provisions a Gateway from the
-// Caddyfile and the credgate app, and serves service-health, which reads
-// the instance's own state (ServiceHealth).
+// origin: the new flow's start and callback, a user's status, disconnect
+// and health check, the rollout's decision for a connect, and the admin
+// cleanup and rollout routes (Route lists them all). It also makes the
+// decisions the app's own routes need (DecideConnect, DecidedLegacy,
+// LegacyOutcome) while caddymodule's credgate handler stands in front of
+// them. The handlers are plain net/http; caddymodule provisions a Gateway
+// from the Caddyfile and the credgate app, and serves service-health,
+// which reads the instance's own state (ServiceHealth).
 package gateway
 
 import (
