@@ -19,6 +19,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/credgate/credgate/gateway"
 	"github.com/credgate/credgate/telemetry"
 )
 
@@ -31,7 +32,7 @@ func BenchmarkPassThrough(b *testing.B) {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	})
-	h := &Handler{}
+	h := &Handler{gw: &gateway.Gateway{}}
 	for _, path := range []string{"/some/page", "/api/posts"} {
 		r := httptest.NewRequest("GET", path, nil)
 		w := httptest.NewRecorder()

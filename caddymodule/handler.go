@@ -100,13 +100,12 @@ type Handler struct {
 
 	app *App
 	// gw serves credgate's own routes (package gateway), and holds the
-	// options above as provisioned.
-	gw        *gateway.Gateway
-	providers map[string]*oauth.Provider
-	logger    *zap.Logger
+	// options above as provisioned, the providers and the app's connect
+	// routes (LegacyStarts) included.
+	gw     *gateway.Gateway
+	logger *zap.Logger
 
 	legacyCallbacks map[string]*oauth.Provider // by exact path
-	legacyStarts    map[string]*oauth.Provider // by exact path
 	// legacyOutsideAPI is true when a legacy path does not start with
 	// /api/, so the pass-through fast path must look it up.
 	legacyOutsideAPI bool
@@ -202,7 +201,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionRoutes(repl); err != nil {
 		return err
 	}
-	g.Providers, g.LegacyStarts = h.providers, h.legacyStarts
 	return nil
 }
 
@@ -235,19 +233,19 @@ func (h *Handler) Validate() error {
 // routes credgate stands in front of (legacy_callback, legacy_start, per
 // platform or from the patterns).
 func (h *Handler) provisionRoutes(repl *caddy.Replacer) error {
-	h.providers = map[string]*oauth.Provider{}
+	h.gw.Providers = map[string]*oauth.Provider{}
 	h.legacyCallbacks = map[string]*oauth.Provider{}
-	h.legacyStarts = map[string]*oauth.Provider{}
+	h.gw.LegacyStarts = map[string]*oauth.Provider{}
 	for name, pc := range h.app.Providers {
 		p, err := h.app.buildProvider(name, pc, repl, h.PublicOrigin+"/api/auth/oauth/"+name+"/callback")
 		if err != nil {
 			return fmt.Errorf("credgate handler: provider %s: %w", name, err)
 		}
-		h.providers[name] = p
+		h.gw.Providers[name] = p
 		if err := h.addLegacyRoute(h.legacyCallbacks, p, pc.LegacyCallback, h.LegacyCallback); err != nil {
 			return err
 		}
-		if err := h.addLegacyRoute(h.legacyStarts, p, pc.LegacyStart, h.LegacyStart); err != nil {
+		if err := h.addLegacyRoute(h.gw.LegacyStarts, p, pc.LegacyStart, h.LegacyStart); err != nil {
 			return err
 		}
 	}
@@ -270,7 +268,7 @@ func (h *Handler) addLegacyRoute(table map[string]*oauth.Provider, p *oauth.Prov
 	if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "/api/auth/oauth/") || strings.HasPrefix(path, "/api/credentials/") {
 		return fmt.Errorf("credgate handler: legacy path %q for %s must be an absolute path outside credgate's own routes", path, name)
 	}
-	for _, routes := range []map[string]*oauth.Provider{h.legacyCallbacks, h.legacyStarts} {
+	for _, routes := range []map[string]*oauth.Provider{h.legacyCallbacks, h.gw.LegacyStarts} {
 		if other, dup := routes[path]; dup {
 			return fmt.Errorf("credgate handler: legacy path %q is used by %s and %s", path, other.Name(), name)
 		}
@@ -299,18 +297,18 @@ func (h *Handler) serveOwn(w http.ResponseWriter, r *http.Request, next caddyhtt
 	if p, ok := h.legacyCallbacks[path]; ok {
 		return h.legacyCallback(w, r, next, p)
 	}
-	if p, ok := h.legacyStarts[path]; ok {
+	if p, ok := h.gw.LegacyStarts[path]; ok {
 		return h.legacyStart(w, r, next, p)
 	}
 	if route := h.gw.Route(r.Method, path); route != nil {
 		name, platform, flow := gateway.RouteSpan(path)
-		if _, ok := h.providers[platform]; !ok {
+		if _, ok := h.gw.Providers[platform]; !ok {
 			// Only a configured platform is a label: the path is the
 			// client's to choose.
 			platform = ""
 		}
 		return serveAnswering(h.ServerErrors, w, func(w http.ResponseWriter) {
-			h.app.answers().Traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
+			h.gw.Answers.Traced(w, r, name, telemetry.SpanAttrs(platform, flow), route)
 		})
 	}
 	return next.ServeHTTP(w, r)

@@ -31,7 +31,7 @@ func (h *Handler) legacyCallback(w http.ResponseWriter, r *http.Request, next ca
 	state := r.URL.Query().Get("state")
 	if h.app.keys.RecognizeState(state) {
 		return serveAnswering(h.ServerErrors, w, func(w http.ResponseWriter) {
-			h.app.answers().Traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
+			h.gw.Answers.Traced(w, r, "credgate.oauth.callback", telemetry.SpanAttrs(p.Name(), string(flags.ArmNew)), func(w http.ResponseWriter, r *http.Request) {
 				h.gw.Finish(w, r, p, state)
 			})
 		})

@@ -62,7 +62,7 @@ func (h *Handler) serviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	providers := map[string]any{}
 	for name := range h.app.Providers {
-		if _, ok := h.providers[name]; ok {
+		if _, ok := h.gw.Providers[name]; ok {
 			providers[name] = map[string]any{"ok": true}
 		}
 	}
