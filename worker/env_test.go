@@ -210,6 +210,16 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// awaitReports waits up to 5 s for the workers' reports (OnResult) to
+// add up to want: a job's end is committed before its worker reports it,
+// so the queue may read settled while the last reports are on their way.
+// The caller asserts the count.
+func awaitReports(total func() int64, want int64) {
+	for deadline := time.Now().Add(5 * time.Second); total() < want && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // settled reports whether no refresh job is due or running at the
 // sandbox's now.
 func (e *env) settled() bool {

@@ -49,6 +49,7 @@ func TestReplicasRefreshThroughATransactionPooler(t *testing.T) {
 	if failed := e.scalar(`SELECT count(*) FROM credential_audit_log WHERE action = 'refresh' AND status = 'failed'`); failed != 0 {
 		t.Fatalf("%d failed refreshes", failed)
 	}
+	awaitReports(func() int64 { return done[0].Load() + done[1].Load() }, n)
 	if a, b := done[0].Load(), done[1].Load(); a+b != n {
 		t.Fatalf("replica a refreshed %d, b %d; want %d in all", a, b, n)
 	}

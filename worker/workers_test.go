@@ -56,6 +56,7 @@ func TestReplicasRefreshEachAccountExactlyOncePerCycle(t *testing.T) {
 		}
 	}
 	// Both instances did work: the coordination was real.
+	awaitReports(func() int64 { return done[0].Load() + done[1].Load() }, int64(2*n))
 	if a, b := done[0].Load(), done[1].Load(); a == 0 || b == 0 || a+b != int64(2*n) {
 		t.Fatalf("replica a refreshed %d, b %d; want both busy and %d in all", a, b, 2*n)
 	}
