@@ -24,11 +24,19 @@ const (
 )
 
 // forgetting is what the server remembers of one kind of issued value
-// (codes, or tokens): a min-heap on when each may be forgotten, so the
-// values due go first, each in O(log n).
+// (codes, or tokens), two ways: a min-heap on when each may be forgotten,
+// so the values due go first, each in O(log n); and the order they were
+// issued in, so that past the cap the oldest goes, in O(1). Both only
+// ever grow by one per value issued and are compacted in O(n) once per n
+// values forgotten, so no request pays for the whole map: a cap pass that
+// sorted the map (as this once did) held the server's lock for tens of
+// milliseconds every few thousand values, and a benchmark at the cap saw
+// every request behind it wait.
 type forgetting struct {
-	max int
-	due dueHeap
+	max   int
+	due   dueHeap
+	order []string // keys in the order issued, oldest at head
+	head  int
 }
 
 type dueEntry struct {
@@ -49,32 +57,44 @@ func (h *dueHeap) Pop() any {
 	return e
 }
 
-// remember notes that key may be forgotten at at.
+// remember notes that key, issued now, may be forgotten at at.
 func (f *forgetting) remember(key string, at time.Time) {
 	heap.Push(&f.due, dueEntry{at: at, key: key})
+	f.order = append(f.order, key)
 }
 
 // forget deletes from m every key due by now. Past the cap it then
-// forgets the oldest issued tenth, by issue time rather than by end: a
-// token just issued may be the one nearest its end (a two-hour access
-// token beside 180-day refresh tokens), and forgetting it would break a
-// connect that just happened. That pass costs O(n log n) once per n/10
-// values issued, and rebuilds the heap without the values it dropped.
-func forget[V any](f *forgetting, m map[string]V, now time.Time, issued func(V) time.Time) {
+// forgets the oldest issued, by issue order rather than by end: a token
+// just issued may be the one nearest its end (a two-hour access token
+// beside 180-day refresh tokens), and forgetting it would break a connect
+// that just happened.
+func forget[V any](f *forgetting, m map[string]V, now time.Time) {
 	for f.due.Len() > 0 && !f.due[0].at.After(now) {
 		delete(m, heap.Pop(&f.due).(dueEntry).key)
 	}
-	if len(m) <= f.max {
-		return
+	for len(m) > f.max && f.head < len(f.order) {
+		delete(m, f.order[f.head])
+		f.order[f.head] = ""
+		f.head++
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+	// Each list still names the values the other forgot. Once either
+	// holds more than twice what m does, keep only what m still holds.
+	slack := 2*len(m) + 64
+	if len(f.order)-f.head > slack || f.head > slack {
+		live := make([]string, 0, len(m)+len(m)/2)
+		for _, k := range f.order[f.head:] {
+			if _, ok := m[k]; ok {
+				live = append(live, k)
+			}
+		}
+		f.order, f.head = live, 0
 	}
-	slices.SortFunc(keys, func(a, b string) int { return issued(m[a]).Compare(issued(m[b])) })
-	for _, k := range keys[:len(m)-f.max*9/10] {
-		delete(m, k)
+	if f.due.Len() > slack {
+		f.due = slices.DeleteFunc(f.due, func(e dueEntry) bool { _, ok := m[e.key]; return !ok })
+		heap.Init(&f.due)
 	}
-	f.due = slices.DeleteFunc(f.due, func(e dueEntry) bool { _, ok := m[e.key]; return !ok })
-	heap.Init(&f.due)
 }
+
+// held is how many keys f's two lists hold (compaction keeps each within
+// twice the map's size, plus a little).
+func (f *forgetting) held() (due, order int) { return f.due.Len(), len(f.order) - f.head }

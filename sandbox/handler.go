@@ -290,7 +290,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, platform stri
 	s.codes[c] = &code{app: a, redirect: redirect, challenge: challenge, scopes: splitScope(q.Get("scope")),
 		user: userFor(platform, cmp.Or(q.Get("sandbox_user"), signedInUser(r))), issued: now}
 	s.codeLife.remember(c, now.Add(codeMemory))
-	forget(&s.codeLife, s.codes, now, func(c *code) time.Time { return c.issued })
+	forget(&s.codeLife, s.codes, now)
 	s.stats[platform].CodesIssued++
 	s.mu.Unlock()
 	redirectBack(w, r, platform, redirect, url.Values{"code": {c}, "state": {state}})
@@ -370,7 +370,7 @@ func (s *Server) issue(a *App, user identity, scopes []string, ttl time.Duration
 	now := s.clock.Now()
 	s.tokens[v] = &token{app: a, user: user, scopes: scopes, issued: now, expires: now.Add(ttl), long: long, refresh: refresh, family: family}
 	s.tokenLife.remember(v, now.Add(ttl))
-	forget(&s.tokenLife, s.tokens, now, func(t *token) time.Time { return t.issued })
+	forget(&s.tokenLife, s.tokens, now)
 	if !refresh {
 		s.stats[a.Platform].TokensIssued++
 	}
