@@ -7,6 +7,11 @@
 #   sandbox-inproc   credgate and the sandbox (auto_approve) in one Caddy
 #   sandbox-apart    credgate, with the sandbox in a process of its own
 #                    (`caddy credgate sandbox --auto-approve`)
+#   sandbox-only     the sandbox alone, in a process of its own, with a
+#                    trivial client in credgate's place: Twitter's
+#                    authorize, token exchange and users/me per flow, and
+#                    neither Caddy nor PostgreSQL in the loop, so its
+#                    rounds show the sandbox's own pace
 # and, when OAUTH2_PROXY names an oauth2-proxy binary, on one shared
 # mockoidc (served one request at a time: it is not safe for concurrent
 # use, so it is a ceiling both share):
@@ -26,6 +31,9 @@
 #   ROUNDS=3 DURATION=10s CONC=8 bash bench/connect.sh
 #   COMPARE="before=/path/to/older/caddy" bash bench/connect.sh   # before/after in one run
 #   TARGETS="sandbox-inproc sandbox-apart" bash bench/connect.sh
+#   TARGETS=sandbox-only ROUNDS=3 DURATION=30s bash bench/connect.sh
+#     does the sandbox hold its pace: three rounds of one process, which
+#     reaches its caps on codes and tokens in the first
 #   POOL_MAX_CONNS=4 bash bench/connect.sh   # credgate's pool size (default refresh_workers + 8, at least max(4, cores))
 #   OAUTH2_PROXY=/path/to/oauth2-proxy bash bench/connect.sh
 #   FRESH_TABLES=1 TARGETS=sandbox-inproc bash bench/connect.sh
@@ -59,7 +67,7 @@ start_caddy() { # name binary config: starts it, and its site on the port it wai
 }
 
 targets=()
-declare -A start_url cpu_spec
+declare -A start_url sandbox_url cpu_spec
 up=()
 
 # The binaries measured: this build, and any named in COMPARE
@@ -112,6 +120,18 @@ $(twitter_provider "$a" "$sb")")"
   start_url[$t]="http://127.0.0.1:$a/api/auth/oauth/twitter?return_to=/"
   cpu_spec[$t]="caddy=$work/$t.pid,sandbox=$work/sandbox$suffix.pid,postgres=postgres"
 
+  # The sandbox alone, driven directly: its redirect URIs are on its own
+  # origin, which nothing calls (the driver reads the code off the
+  # redirect).
+  t=sandbox-only$suffix
+  take_port so
+  "$bin" credgate sandbox --listen "127.0.0.1:$so" --auto-approve --app-origin "http://127.0.0.1:$so" >"$work/$t.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/$t.pid"
+  targets+=("$t") up+=("$so")
+  sandbox_url[$t]="http://127.0.0.1:$so"
+  cpu_spec[$t]="sandbox=$work/$t.pid"
+
   # credgate's generic provider on mockoidc.
   if [[ -n $OAUTH2_PROXY ]]; then
     t=credgate-oidc$suffix
@@ -156,6 +176,8 @@ measure() { # target
   local t=$1
   if [[ $t == mockoidc-only ]]; then
     bin/connectload -label "$t" -provider-only "http://127.0.0.1:$m" -client-id "$client_id" -client-secret "$client_secret" -c "$CONC" -d "$DURATION"
+  elif [[ -n ${sandbox_url[$t]:-} ]]; then
+    bin/connectload -label "$t" -sandbox-only "${sandbox_url[$t]}" -app-origin "${sandbox_url[$t]}" -c "$CONC" -d "$DURATION" -cpu "${cpu_spec[$t]}"
   elif [[ ${cpu_spec[$t]} == *postgres* ]]; then
     bin/connectload -label "$t" -start "${start_url[$t]}" -jwt-secret "$jwt_secret" -c "$CONC" -d "$DURATION" -cpu "${cpu_spec[$t]}" \
       -wal-database-url "$DATABASE_URL"
@@ -175,7 +197,7 @@ fresh_tables() {
 if [[ -n ${TARGETS:-} ]]; then # a subset, in the order given
   read -r -a targets <<<"$TARGETS"
   for t in "${targets[@]}"; do
-    [[ -n ${start_url[$t]:-} || ($t == mockoidc-only && -n $OAUTH2_PROXY) ]] ||
+    [[ -n ${start_url[$t]:-} || -n ${sandbox_url[$t]:-} || ($t == mockoidc-only && -n $OAUTH2_PROXY) ]] ||
       die "TARGETS: no target $t here (mockoidc-only, oauth2-proxy and credgate-oidc need OAUTH2_PROXY)"
   done
 fi

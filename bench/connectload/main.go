@@ -52,6 +52,8 @@ func main() {
 	clientSecret := flag.String("client-secret", "connectload-secret-0123456789", "client secret mockoidc accepts (-serve-provider)")
 	start := flag.String("start", "", "start URL of the target (credgate's /api/auth/oauth/<platform>?return_to=/ or oauth2-proxy's /oauth2/start?rd=/)")
 	providerOnly := flag.String("provider-only", "", "measure mockoidc alone at this base URL: authorize + token + userinfo per flow, no gateway")
+	sandboxOnly := flag.String("sandbox-only", "", "measure credgate's sandbox alone at this base URL: Twitter's authorize + token + users/me per flow, no gateway")
+	appOrigin := flag.String("app-origin", "", "with -sandbox-only: the sandbox's --app-origin, whose callback URL the flows name")
 	jwtSecret := flag.String("jwt-secret", "", "sign a session JWT for a fresh user per flow with this HS256 secret")
 	jwtCookie := flag.String("jwt-cookie", "sb-access-token", "the cookie that carries the session JWT")
 	conc := flag.Int("c", 8, "concurrent flows")
@@ -81,10 +83,16 @@ func main() {
 	switch {
 	case *providerOnly != "":
 		run = providerFlow(strings.TrimSuffix(*providerOnly, "/"), *clientID, *clientSecret)
+	case *sandboxOnly != "":
+		if *appOrigin == "" {
+			fmt.Fprintln(os.Stderr, "connectload: -sandbox-only needs -app-origin")
+			os.Exit(2)
+		}
+		run = sandboxFlow(strings.TrimSuffix(*sandboxOnly, "/"), strings.TrimSuffix(*appOrigin, "/"))
 	case *start != "":
 		run = gatewayFlow(*start, *jwtSecret, *jwtCookie)
 	default:
-		fmt.Fprintln(os.Stderr, "connectload: need -start, -provider-only or -serve-provider")
+		fmt.Fprintln(os.Stderr, "connectload: need -start, -provider-only, -sandbox-only or -serve-provider")
 		os.Exit(2)
 	}
 	meters, err := loadrun.ParseCPU(*cpu)
@@ -151,6 +159,65 @@ func gatewayFlow(start, jwtSecret, jwtCookie string) func() error {
 		}
 		if strings.Contains(final, "error") {
 			return fmt.Errorf("callback redirected to %s", final)
+		}
+		return nil
+	}
+}
+
+// sandboxFlow is the sandbox's share of one Twitter connect, with a
+// trivial client in credgate's place: authorize (auto-approved: a
+// redirect with a code), the token exchange with PKCE and HTTP Basic, and
+// users/me, the three requests credgate's connect makes of it. Nothing
+// else runs in its rounds, so they show the sandbox's own pace as its
+// memory fills to its caps and holds there.
+func sandboxFlow(base, appOrigin string) func() error {
+	const clientID, secret = "twitter-client-id", "twitter-client-secret"
+	cb := appOrigin + "/api/auth/oauth/twitter/callback"
+	return func() error {
+		c := &http.Client{CheckRedirect: noFollow, Transport: transport, Timeout: 10 * time.Second}
+		verifier := randomString(32)
+		sum := sha256.Sum256([]byte(verifier))
+		q := url.Values{"client_id": {clientID}, "response_type": {"code"}, "scope": {"tweet.read users.read offline.access"},
+			"redirect_uri": {cb}, "state": {randomString(16)},
+			"code_challenge": {base64.RawURLEncoding.EncodeToString(sum[:])}, "code_challenge_method": {"S256"}}
+		loc, err := redirect(c, base+"/twitter/i/oauth2/authorize?"+q.Encode(), "")
+		if err != nil {
+			return fmt.Errorf("authorize: %w", err)
+		}
+		u, err := url.Parse(loc)
+		if err != nil {
+			return err
+		}
+		if u.Query().Get("code") == "" {
+			return fmt.Errorf("authorize redirected without a code: %s", u.Query().Get("error"))
+		}
+		form := url.Values{"grant_type": {"authorization_code"}, "code": {u.Query().Get("code")}, "redirect_uri": {cb},
+			"code_verifier": {verifier}}
+		req, _ := http.NewRequest(http.MethodPost, base+"/twitter/2/oauth2/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth(clientID, secret)
+		resp, err := c.Do(req)
+		if err != nil {
+			return fmt.Errorf("token: %w", err)
+		}
+		var tok struct {
+			AccessToken  string `json:"access_token"`
+			RefreshToken string `json:"refresh_token"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&tok)
+		drain(resp)
+		if err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" || tok.RefreshToken == "" {
+			return fmt.Errorf("token: status %d (%v)", resp.StatusCode, err)
+		}
+		req, _ = http.NewRequest(http.MethodGet, base+"/twitter/2/users/me", nil)
+		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+		resp, err = c.Do(req)
+		if err != nil {
+			return fmt.Errorf("users/me: %w", err)
+		}
+		drain(resp)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("users/me: status %d", resp.StatusCode)
 		}
 		return nil
 	}

@@ -180,7 +180,8 @@ func SummarizeFile(path, baseline string, w io.Writer) error {
 		for i, r := range rs {
 			fps[i], p99[i] = r.FlowsPerSec, r.P99ms
 		}
-		fmt.Fprintf(w, "%-22s %6.0f %s/s (rounds %s)", label, median(fps), unit, span(fps, "%.0f"))
+		fmt.Fprintf(w, "%-22s %6.0f %s/s (rounds %s, in order %s: %.1f %% apart)", label, median(fps), unit, span(fps, "%.0f"),
+			inOrder(fps, "%.0f"), apart(fps))
 		if median(p99) > 0 {
 			fmt.Fprintf(w, "  p99 %.2f ms", median(p99))
 		}
@@ -262,6 +263,27 @@ func median(v []float64) float64 {
 
 func span(v []float64, format string) string {
 	return fmt.Sprintf(format+"–"+format, slices.Min(v), slices.Max(v))
+}
+
+// inOrder lists the rounds as they ran, so that a rate falling (or
+// rising) round after round shows.
+func inOrder(v []float64, format string) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(s, " → ")
+}
+
+// apart is how far apart the rounds are: the largest less the smallest,
+// as a percentage of the smallest ("three rounds within 5 % of each
+// other" is apart ≤ 5).
+func apart(v []float64) float64 {
+	lo := slices.Min(v)
+	if lo <= 0 {
+		return 0
+	}
+	return (slices.Max(v) - lo) / lo * 100
 }
 
 // ---- CPU accounting from /proc ----
