@@ -62,4 +62,9 @@ func TestTheClaimReadsByIndexInItsGenericPlan(t *testing.T) {
 	if strings.Contains(text, "Seq Scan") || !strings.Contains(text, "token_refresh_queue_due_idx") {
 		t.Errorf("the claim's generic plan scans the queue rather than reading it by index:\n%s", text)
 	}
+	// And the index scan stops at the first job not yet due: otherwise a
+	// claim that finds fewer than n (every idle poll) reads every open job.
+	if !strings.Contains(text, "Index Cond: (run_at <= $4)") {
+		t.Errorf("the claim's scan of the due index is not bounded by run_at:\n%s", text)
+	}
 }

@@ -138,20 +138,30 @@ const scheduleSQL = `INSERT INTO token_refresh_queue (social_account_id, credent
 // 20,000 rows each claim took 2.4 ms instead of 0.2 and was most of the
 // database's work per renewal. An array of ids has no such estimate to
 // get wrong (TestTheClaimReadsByIndexInItsGenericPlan).
+//
+// Both kinds of due job are bounded by run_at <= $4, so the index scan
+// stops at the first job not yet due. With the bound only on pending
+// jobs, a claim that found fewer than n read the whole open queue to its
+// end, and an idle poll did so every second. A running job's run_at is
+// never past the clock of the worker that claimed it (a claim takes only
+// due jobs, and nothing moves a running job's run_at), so the bound
+// loses no expired claim but for clock skew between replicas: one whose
+// clock lags by s takes over a dead worker's job at most s later.
 const claimSQL = `UPDATE token_refresh_queue q
 		SET status = 'running', locked_by = $1, locked_until = now() + $3::interval,
 		    attempts = q.attempts + 1, updated_at = now()
 		WHERE q.id = ANY (ARRAY(
 			SELECT id FROM token_refresh_queue
-			WHERE (status = 'pending' AND run_at <= $4)
-			   OR (status = 'running' AND locked_until < now())
+			WHERE run_at <= $4
+			  AND (status = 'pending' OR (status = 'running' AND locked_until < now()))
 			ORDER BY run_at
 			LIMIT $2
 			FOR UPDATE SKIP LOCKED))
 		RETURNING q.id, q.social_account_id::text, coalesce(q.credentials_version, 0), q.attempts, q.run_at`
 
 // Claim leases up to n jobs due at now to worker for lease. Jobs whose
-// lease has expired are due again. FOR UPDATE SKIP LOCKED lets many
+// lease has expired are due again (once now reaches their run_at, which
+// it always has unless clocks disagree; see claimSQL). FOR UPDATE SKIP LOCKED lets many
 // workers claim at once without ever handing one job to two of them.
 //
 // Two clocks meet here on purpose: "due" compares run_at with the
