@@ -35,6 +35,15 @@ type fileSync struct {
 	// onEvent, if set, hears of every change: new content in force, or a
 	// new problem with the file.
 	onEvent func(SourceEvent)
+	// onApply, when set (FlagdFile sets it), holds the announcement of new
+	// content until flagd has put it in force (applied): flagd takes the
+	// content from Sync's channel and applies it later, on a goroutine of
+	// its own, so an announcement at send time let service-health and the
+	// log say "in force" before a decision saw it.
+	onApply bool
+	// waiting holds, in order, the events not yet announced: each new
+	// content's, and any problem after it.
+	waiting []waitingEvent
 
 	mu       sync.Mutex
 	last     [32]byte // hash of what flagd has now
@@ -141,8 +150,13 @@ func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force
 		}
 	}
 	event, changed := f.event(prevProblem, send != "", data)
+	announce := changed && f.onEvent != nil
+	if announce && f.onApply && (send != "" || len(f.waiting) > 0) {
+		f.waiting = append(f.waiting, waitingEvent{event, send != ""})
+		announce = false
+	}
 	f.mu.Unlock()
-	if changed && f.onEvent != nil {
+	if announce {
 		f.onEvent(event)
 	}
 	if send == "" {
@@ -151,6 +165,34 @@ func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force
 	select {
 	case out <- flagsync.DataSync{FlagData: send, Source: f.path, Type: flagsync.ALL}:
 	case <-ctx.Done():
+	}
+}
+
+// waitingEvent is an event held until flagd applies the content sent
+// with it (content) or before it.
+type waitingEvent struct {
+	event   SourceEvent
+	content bool
+}
+
+// applied announces, now that flagd has put the oldest content sent in
+// force, that content's event and the problems that came after it.
+func (f *fileSync) applied() {
+	f.mu.Lock()
+	var out []SourceEvent
+	for i, w := range f.waiting {
+		if w.content && i > 0 {
+			f.waiting = f.waiting[i:]
+			break
+		}
+		out = append(out, w.event)
+		if i == len(f.waiting)-1 {
+			f.waiting = nil
+		}
+	}
+	f.mu.Unlock()
+	for _, e := range out {
+		f.onEvent(e)
 	}
 }
 

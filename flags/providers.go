@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/go-logr/logr"
 	flagd "github.com/open-feature/go-sdk-contrib/providers/flagd/pkg"
@@ -30,12 +31,67 @@ func FlagdFile(path string, onEvent func(SourceEvent)) (openfeature.FeatureProvi
 	// does not take it, and still writes a line at each start and stop
 	// ("operating in in-process mode…", "Shutting down data sync
 	// listener").
+	fs := &fileSync{path: path, interval: pollInterval, onEvent: onEvent, onApply: onEvent != nil}
 	p, err := flagd.NewProvider(flagd.WithInProcessResolver(), flagd.WithLogger(logr.Discard()),
-		flagd.WithCustomSyncProviderAndUri(&fileSync{path: path, interval: pollInterval, onEvent: onEvent}, path))
+		flagd.WithCustomSyncProviderAndUri(fs, path))
 	if err != nil {
 		return nil, fmt.Errorf("flags: flagd file provider: %w", err)
 	}
-	return p, nil
+	if onEvent == nil {
+		return p, nil
+	}
+	return &fileProvider{Provider: p, source: fs, events: make(chan openfeature.Event), stop: make(chan struct{})}, nil
+}
+
+// fileProvider is flagd's in-process provider, which tells its file
+// source when it has applied what the source sent: flagd emits
+// ProviderConfigChange once the new flags are in its evaluator, and only
+// then does the source announce them (fileSync.onApply).
+type fileProvider struct {
+	*flagd.Provider
+	source *fileSync
+	events chan openfeature.Event
+	stop   chan struct{}
+	start  sync.Once
+	end    sync.Once
+}
+
+// Init initialises flagd and starts relaying its events.
+func (p *fileProvider) Init(ec openfeature.EvaluationContext) error {
+	if err := p.Provider.Init(ec); err != nil {
+		return err
+	}
+	p.start.Do(func() { go p.relay() })
+	return nil
+}
+
+// Shutdown stops flagd and the relay.
+func (p *fileProvider) Shutdown() {
+	p.Provider.Shutdown()
+	p.end.Do(func() { close(p.stop) })
+}
+
+// EventChannel is how the OpenFeature SDK hears of flagd's events, each
+// after the file source has heard of it.
+func (p *fileProvider) EventChannel() <-chan openfeature.Event { return p.events }
+
+func (p *fileProvider) relay() {
+	in := p.Provider.EventChannel()
+	for {
+		select {
+		case e := <-in:
+			if e.EventType == openfeature.ProviderConfigChange {
+				p.source.applied()
+			}
+			select {
+			case p.events <- e:
+			case <-p.stop:
+				return
+			}
+		case <-p.stop:
+			return
+		}
+	}
 }
 
 // FlagdRPC evaluates against a shared flagd daemon over its evaluation

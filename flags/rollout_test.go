@@ -522,3 +522,54 @@ func TestInForceStatesThePercentagePerPlatform(t *testing.T) {
 		t.Errorf("not started: %+v", got)
 	}
 }
+
+// A rollout announced as in force (the log line, service-health) is the
+// one decisions get: flagd applies new content on a goroutine of its own
+// after the file source hands it over, so the announcement waits for it.
+// An operator who sees 0 % after a rollback, or a runbook step that waits
+// for 100 %, must not still get the old split.
+func TestAnAnnouncedRolloutIsTheOneDecided(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flags.json")
+	writeAtomically(t, path, flagFile(true, 0))
+	type announced struct {
+		rollout string
+		decided float64
+	}
+	var r atomic.Pointer[flags.Rollout]
+	events := make(chan announced, 16)
+	p, err := flags.FlagdFile(path, func(e flags.SourceEvent) {
+		if rr := r.Load(); rr != nil && e.Rollout != "" {
+			events <- announced{e.Rollout, rr.InForce(context.Background(), "twitter", 200).NewPercent}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rollout := flags.NewRollout(p, flags.WithDecisionTimeout(10*time.Second), flags.WithInForceBudget(time.Minute))
+	r.Store(rollout)
+	if err := rollout.StartAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rollout.Close(context.Background()) })
+	for range 3 {
+		for _, percent := range []int{100, 0} {
+			writeAtomically(t, path, flagFile(true, percent))
+			want := fmt.Sprintf("new flow: %d %%", percent)
+			for {
+				var got announced
+				select {
+				case got = <-events:
+				case <-time.After(5 * time.Second):
+					t.Fatalf("%q was never announced", want)
+				}
+				if !strings.Contains(got.rollout, want) {
+					continue // the start's announcement
+				}
+				if got.decided != float64(percent) {
+					t.Fatalf("when %q was announced, decisions were %.0f %% new", got.rollout, got.decided)
+				}
+				break
+			}
+		}
+	}
+}
