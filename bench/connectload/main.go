@@ -209,17 +209,7 @@ func sandboxFlow(base, appOrigin string) func() error {
 		if err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" || tok.RefreshToken == "" {
 			return fmt.Errorf("token: status %d (%v)", resp.StatusCode, err)
 		}
-		req, _ = http.NewRequest(http.MethodGet, base+"/twitter/2/users/me", nil)
-		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-		resp, err = c.Do(req)
-		if err != nil {
-			return fmt.Errorf("users/me: %w", err)
-		}
-		drain(resp)
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("users/me: status %d", resp.StatusCode)
-		}
-		return nil
+		return bearerGET(c, base+"/twitter/2/users/me", tok.AccessToken, "users/me")
 	}
 }
 
@@ -257,18 +247,24 @@ func providerFlow(base, clientID, secret string) func() error {
 		if err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" {
 			return fmt.Errorf("token: status %d (%v)", resp.StatusCode, err)
 		}
-		req, _ := http.NewRequest(http.MethodGet, base+mockoidc.UserinfoEndpoint, nil)
-		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-		resp, err = c.Do(req)
-		if err != nil {
-			return fmt.Errorf("userinfo: %w", err)
-		}
-		drain(resp)
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("userinfo: status %d", resp.StatusCode)
-		}
-		return nil
+		return bearerGET(c, base+mockoidc.UserinfoEndpoint, tok.AccessToken, "userinfo")
 	}
+}
+
+// bearerGET is a provider's profile call with the access token a flow
+// got: anything but 200 is an error named what.
+func bearerGET(c *http.Client, rawURL, token, what string) error {
+	req, _ := http.NewRequest(http.MethodGet, rawURL, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	drain(resp)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: status %d", what, resp.StatusCode)
+	}
+	return nil
 }
 
 // redirect GETs rawURL and returns where it redirects; anything but a
