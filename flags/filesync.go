@@ -33,17 +33,12 @@ type fileSync struct {
 	interval time.Duration
 	ready    atomic.Bool
 	// onEvent, if set, hears of every change: new content in force, or a
-	// new problem with the file.
+	// new problem with the file. New content is announced only once flagd
+	// has put it in force (applied, which FlagdFile's provider calls):
+	// flagd takes the content from Sync's channel and applies it later, on
+	// a goroutine of its own, so an announcement at send time let
+	// service-health and the log say "in force" before a decision saw it.
 	onEvent func(SourceEvent)
-	// onApply, when set (FlagdFile sets it), holds the announcement of new
-	// content until flagd has put it in force (applied): flagd takes the
-	// content from Sync's channel and applies it later, on a goroutine of
-	// its own, so an announcement at send time let service-health and the
-	// log say "in force" before a decision saw it.
-	onApply bool
-	// waiting holds, in order, the events not yet announced: each new
-	// content's, and any problem after it.
-	waiting []waitingEvent
 
 	mu       sync.Mutex
 	last     [32]byte // hash of what flagd has now
@@ -51,6 +46,9 @@ type fileSync struct {
 	loadedAt time.Time
 	// problem is why the file is not (fully) in force, "" when it is.
 	problem string
+	// waiting holds, in order, the events not yet announced: each new
+	// content's, and any problem after it.
+	waiting []waitingEvent
 }
 
 // SourceEvent is a change in where the rollout comes from: new flags in
@@ -151,7 +149,7 @@ func (f *fileSync) poll(ctx context.Context, out chan<- flagsync.DataSync, force
 	}
 	event, changed := f.event(prevProblem, send != "", data)
 	announce := changed && f.onEvent != nil
-	if announce && f.onApply && (send != "" || len(f.waiting) > 0) {
+	if announce && (send != "" || len(f.waiting) > 0) {
 		f.waiting = append(f.waiting, waitingEvent{event, send != ""})
 		announce = false
 	}

@@ -31,7 +31,7 @@ func FlagdFile(path string, onEvent func(SourceEvent)) (openfeature.FeatureProvi
 	// does not take it, and still writes a line at each start and stop
 	// ("operating in in-process mode…", "Shutting down data sync
 	// listener").
-	fs := &fileSync{path: path, interval: pollInterval, onEvent: onEvent, onApply: onEvent != nil}
+	fs := &fileSync{path: path, interval: pollInterval, onEvent: onEvent}
 	p, err := flagd.NewProvider(flagd.WithInProcessResolver(), flagd.WithLogger(logr.Discard()),
 		flagd.WithCustomSyncProviderAndUri(fs, path))
 	if err != nil {
@@ -46,7 +46,7 @@ func FlagdFile(path string, onEvent func(SourceEvent)) (openfeature.FeatureProvi
 // fileProvider is flagd's in-process provider, which tells its file
 // source when it has applied what the source sent: flagd emits
 // ProviderConfigChange once the new flags are in its evaluator, and only
-// then does the source announce them (fileSync.onApply).
+// then does the source announce them (fileSync.onEvent).
 type fileProvider struct {
 	*flagd.Provider
 	source *fileSync
