@@ -94,7 +94,3 @@ func forget[V any](f *forgetting, m map[string]V, now time.Time) {
 		heap.Init(&f.due)
 	}
 }
-
-// held is how many keys f's two lists hold (compaction keeps each within
-// twice the map's size, plus a little).
-func (f *forgetting) held() (due, order int) { return f.due.Len(), len(f.order) - f.head }

@@ -80,3 +80,7 @@ func TestForgettingKeepsItsBookkeepingInProportion(t *testing.T) {
 		}
 	})
 }
+
+// held is how many keys f's two lists hold (compaction keeps each within
+// twice the map's size, plus a little).
+func (f *forgetting) held() (due, order int) { return f.due.Len(), len(f.order) - f.head }
